@@ -1,0 +1,84 @@
+"""Shared per-tensor histogram collector for the percentile, MSE and entropy observers.
+
+Range growth: the histogram keeps ``bins`` equal-width bins starting at ``hist_min``. When a batch falls
+outside that range, the range is widened so that the new bin width is an integer multiple ``k`` of the old
+one and every new edge is an old edge; each new bin is then the exact sum of whole old bins. This never
+smears counts across bins (a count is always inside the bin that holds it), at the cost of resolution: after
+a widening, the data span at least about half of the bins. We chose exactness over resolution because
+re-binning by proportional overlap approximates anew at every widening and its error accumulates over many
+calibration batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mixq.quant.observers.base import Observer
+from mixq.quant.spec import QuantSpec
+
+# a constant first batch gets a tiny placeholder bin width (relative to its value) until a wider batch arrives
+_PLACEHOLDER_RELATIVE_WIDTH = 2.0**-20
+
+
+class HistogramObserver(Observer):
+    """Base class: a float64 histogram of everything observed (per tensor only) plus the exact min and max.
+
+    Subclasses implement ``calculate_range()`` from ``histogram``, ``bin_edges()`` and
+    ``min_val``/``max_val``. All statistics are buffers of fixed shape, so ``state_dict`` round-trips into an
+    observer built with the same ``bins`` (default 2048, the ``ObserverSpec`` default).
+    """
+
+    def __init__(self, spec: QuantSpec, axis: int | None = None, name: str = "", bins: int = 2048) -> None:
+        if axis is not None:
+            raise ValueError(f"{type(self).__name__} is per-tensor only (got axis={axis}); use the "
+                             "'minmax' or 'moving_average' observer for per-channel ranges")
+        if bins < 16:
+            raise ValueError(f"bins must be >= 16, got {bins}")
+        super().__init__(spec, None, name)
+        self.bins = bins
+        self.register_buffer("histogram", torch.zeros(bins, dtype=torch.float64))
+        self.register_buffer("hist_min", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("bin_width", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("min_val", torch.tensor(float("inf")))
+        self.register_buffer("max_val", torch.tensor(float("-inf")))
+
+    def _observe(self, x: torch.Tensor) -> None:
+        lo, hi = torch.aminmax(x)
+        if self.has_data:
+            self.min_val = torch.minimum(self.min_val, lo)
+            self.max_val = torch.maximum(self.max_val, hi)
+            self._widen(float(lo), float(hi))
+        else:
+            self.min_val, self.max_val = lo.clone(), hi.clone()
+            width = (float(hi) - float(lo)) / self.bins
+            if width <= 0.0:
+                width = max(abs(float(lo)), 1.0) * _PLACEHOLDER_RELATIVE_WIDTH / self.bins
+            self.hist_min.fill_(float(lo))
+            self.bin_width.fill_(width)
+        idx = torch.floor((x.to(torch.float64) - self.hist_min) / self.bin_width)
+        idx = idx.clamp_(0, self.bins - 1).to(torch.int64).flatten()
+        self.histogram += torch.bincount(idx, minlength=self.bins).to(torch.float64)
+
+    def _widen(self, lo: float, hi: float) -> None:
+        """Widen the range to cover ``[lo, hi]`` by merging whole old bins (see the module docstring)."""
+        start, width, n = float(self.hist_min), float(self.bin_width), self.bins
+        end = start + n * width
+        if lo >= start and hi <= end:
+            return
+        shift = max(0, math.ceil((start - lo) / width))  # old bins added below the old start
+        new_start = start - shift * width
+        factor = max(1, math.ceil((max(hi, end) - new_start) / (n * width)), math.ceil((n + shift) / n))
+        new_index = torch.div(torch.arange(n) + shift, factor, rounding_mode="floor").clamp_(max=n - 1)
+        merged = torch.zeros_like(self.histogram).index_add_(0, new_index, self.histogram)
+        self.histogram.copy_(merged)
+        self.hist_min.fill_(new_start)
+        self.bin_width.fill_(width * factor)
+
+    def bin_edges(self) -> torch.Tensor:
+        """The ``bins + 1`` edges of the histogram (float64)."""
+        return self.hist_min + self.bin_width * torch.arange(self.bins + 1, dtype=torch.float64)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, bins={self.bins}"
