@@ -1,0 +1,95 @@
+"""fp32 master weights for 16-bit models (the Apex O2 recipe).
+
+The model's parameters (and therefore its gradients) are stored in 16-bit; each optimizer is re-pointed at an
+fp32 master copy. Before the optimizer step the 16-bit gradients are copied into the masters' ``.grad``;
+after it the 16-bit parameters are refreshed from the masters. Parameters of float32-override modules stay
+float32 and are optimised directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["MasterWeights"]
+
+
+class MasterWeights:
+    """Own the fp32 masters of ``model``'s parameters and keep the 16-bit copies in sync.
+
+    Example:
+        >>> model = nn.Linear(4, 2)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> mw = MasterWeights(model, [opt], torch.bfloat16)
+        >>> model.weight.dtype, opt.param_groups[0]["params"][0].dtype
+        (torch.bfloat16, torch.float32)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizers: Sequence[torch.optim.Optimizer],
+        dtype: torch.dtype,
+        keep_fp32_modules: Iterable[nn.Module] = (),
+    ) -> None:
+        fp32_ids = {id(p) for m in keep_fp32_modules for p in m.parameters()}
+        self.pairs: list[tuple[nn.Parameter, nn.Parameter]] = []
+        to_master: dict[int, nn.Parameter] = {}
+        for p in model.parameters():
+            if id(p) in fp32_ids or not p.is_floating_point() or id(p) in to_master:
+                continue
+            master = nn.Parameter(p.detach().clone().float(), requires_grad=p.requires_grad)
+            to_master[id(p)] = master
+            self.pairs.append((p, master))
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["params"] = [to_master.get(id(p), p) for p in group["params"]]
+            for p, master in self.pairs:
+                if p in opt.state:
+                    opt.state[master] = opt.state.pop(p)
+        with torch.no_grad():
+            for p, _ in self.pairs:
+                p.data = p.data.to(dtype)
+                if p.grad is not None:
+                    p.grad = None
+
+    def grads_to_master(self) -> None:
+        """Copy the 16-bit model gradients into the fp32 masters' ``.grad`` (None stays None)."""
+        for p, master in self.pairs:
+            if p.grad is None:
+                master.grad = None
+            elif master.grad is None:
+                master.grad = p.grad.detach().float()
+            else:
+                master.grad.copy_(p.grad)
+
+    @torch.no_grad()
+    def master_to_model(self) -> None:
+        """Refresh the 16-bit model parameters from the updated masters."""
+        for p, master in self.pairs:
+            p.copy_(master)
+
+    def zero_grad(self) -> None:
+        """Drop the masters' gradients (the model's are zeroed by the caller)."""
+        for _, master in self.pairs:
+            master.grad = None
+
+    def state_dict(self) -> list[torch.Tensor]:
+        """The fp32 master values, in model parameter order (the 16-bit model state alone loses precision)."""
+        return [master.detach().clone() for _, master in self.pairs]
+
+    @torch.no_grad()
+    def load_state_dict(self, masters: Sequence[torch.Tensor]) -> None:
+        """Restore masters saved by :meth:`state_dict` and refresh the model from them."""
+        if len(masters) != len(self.pairs):
+            raise ValueError(
+                f"state has {len(masters)} master weights but this model has {len(self.pairs)}; "
+                "was it saved from a different model or keep_fp32 setting?"
+            )
+        for (_, master), saved in zip(self.pairs, masters, strict=True):
+            if saved.shape != master.shape:
+                raise ValueError(f"master weight shape {tuple(saved.shape)} != {tuple(master.shape)}")
+            master.copy_(saved)
+        self.master_to_model()
