@@ -1,0 +1,34 @@
+# Quick start: `make demo` (set up + run the end-to-end demo) and `make test` (set up + run the test suite).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.mixq-installed
+
+.PHONY: venv demo test lint bench clean
+
+# The stamp depends on pyproject.toml, so installing twice is a no-op; a broken venv is rebuilt.
+$(STAMP): pyproject.toml
+	@if [ -d $(VENV) ] && ! $(BIN)/python -c "import sys" >/dev/null 2>&1; then \
+		echo "mixq: $(VENV) is broken (its python does not run); rebuilding it"; rm -rf $(VENV); fi
+	@[ -d $(VENV) ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m mixq demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_ptq.py
+
+clean:
+	rm -rf $(VENV) mixq-report .pytest_cache

@@ -1,0 +1,40 @@
+"""mixq: mixed precision training and int8 quantization for PyTorch, deployed on ONNX Runtime.
+
+Example::
+
+    import mixq
+    qmodel = mixq.quantize(model, "static", calib_data=batches)
+    print(qmodel.mixq_summary)
+    mixq.export_onnx(qmodel, example_inputs, "model_int8.onnx")
+"""
+
+from mixq.amp import LossScale, MixedPrecision, NumericsConfig, Policy
+from mixq.export import ExportError, export_onnx, optimized_op_types
+from mixq.quant import (
+    CalibrationError,
+    ObserverSpec,
+    QuantConfig,
+    QuantizationSummary,
+    QuantSpec,
+    make_config,
+    quantize,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CalibrationError",
+    "ExportError",
+    "LossScale",
+    "MixedPrecision",
+    "NumericsConfig",
+    "ObserverSpec",
+    "Policy",
+    "QuantConfig",
+    "QuantSpec",
+    "QuantizationSummary",
+    "export_onnx",
+    "make_config",
+    "optimized_op_types",
+    "quantize",
+]

@@ -1,0 +1,98 @@
+"""``mixq.export_onnx``: write a (quantized) model to an ONNX file that ONNX Runtime runs with integer kernels."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mixq.quant.calibration import describe
+
+MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
+log = logging.getLogger(__name__)
+
+
+class ExportError(RuntimeError):
+    """The model could not be written as ONNX; nothing was left at the target path."""
+
+
+def _as_args(example_inputs: Any) -> tuple[tuple, dict]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    raise TypeError(f"example_inputs must be a tensor, a tuple of tensors or a dict of keyword tensors, got "
+                    f"{type(example_inputs).__name__}")
+
+
+def _dynamic_batch(args: tuple, kwargs: dict) -> tuple | dict:
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+
+    def spec(value: Any) -> Any:
+        return {0: batch} if isinstance(value, torch.Tensor) and value.dim() > 0 else None
+
+    if kwargs:
+        return {k: spec(v) for k, v in kwargs.items()}
+    return tuple(spec(a) for a in args)
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | os.PathLike,
+    *,
+    dynamic_batch: bool = True,
+    opset: int | None = None,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+) -> Path:
+    """Export ``model`` (quantized by mixq or plain float) to ``path`` and return the path.
+
+    Quantized layers become the QDQ / integer patterns ONNX Runtime fuses into integer kernels (QLinearConv,
+    QLinearMatMul, MatMulIntegerToFloat, DynamicQuantizeMatMul, MatMulNBits); float16 layers keep float16 weights
+    with float32 inputs and outputs. With ``dynamic_batch`` the first dimension of every input is symbolic. The file
+    is written to a temporary name and renamed, so a failed export never leaves a partial file at ``path``.
+
+    Example: ``mixq.export_onnx(qmodel, torch.randn(1, 3, 32, 32), "model.onnx")``.
+    """
+    from mixq.export.translations import translation_table  # onnxscript is only imported when exporting
+
+    target = Path(path)
+    if not target.parent.exists():
+        raise FileNotFoundError(f"output directory {str(target.parent)!r} does not exist; create it first")
+    if target.suffix != ".onnx":
+        raise ValueError(f"the output path should end in .onnx, got {str(target)!r}")
+    if opset is not None and opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} cannot express per-channel QuantizeLinear/DequantizeLinear; "
+                         f"use opset >= {MIN_OPSET} (or leave it unset)")
+    args, kwargs = _as_args(example_inputs)
+    model = model.eval()
+    dynamic_shapes = _dynamic_batch(args, kwargs) if dynamic_batch else None
+    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
+                dynamic_shapes=dynamic_shapes, custom_translation_table=translation_table(),
+                input_names=input_names, output_names=output_names, optimize=True, verbose=False,
+            )
+            program.save(tmp, external_data=False)
+        os.replace(tmp, target)
+    except Exception as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise ExportError(f"could not export {type(model).__name__} with example inputs "
+                          f"{describe(example_inputs)}: {err}") from err
+    log.info("exported %s to %s (%.2f MB)", type(model).__name__, target, target.stat().st_size / 1e6)
+    return target

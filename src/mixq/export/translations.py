@@ -1,0 +1,96 @@
+"""ONNX translations of mixq's custom ops: the QDQ / integer patterns ONNX Runtime fuses into integer kernels.
+
+* ``qconv``: Q -> DQ -> Conv(DQ weight, DQ int32 bias) [-> Relu] -> Q -> DQ  => QLinearConv
+* ``qlinear``: Q -> DQ -> MatMul(DQ weight) -> Q -> DQ => QLinearMatMul. With a bias, ONNX Runtime would fuse
+  MatMul + Add into a float Gemm (and does not fuse QDQ Gemm on CPU), so the integer kernel is emitted directly:
+  Q -> com.microsoft MatMulIntegerToFloat(bias) [-> Relu] -> Q -> DQ
+* ``dynamic_linear``: DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul [-> Add] => DynamicQuantizeMatMul
+* ``dynamic_conv``: DynamicQuantizeLinear -> ConvInteger -> Cast -> Mul [-> Add]
+* ``matmul_nbits``: com.microsoft MatMulNBits [-> Add]
+* ``dequantize_weight`` / ``upcast``: DequantizeLinear / Cast of stored int8 / float16 weights
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from onnxscript import FLOAT
+from onnxscript import opset18 as op
+
+import mixq.quant.ops  # noqa: F401  (registers torch.ops.mixq)
+from mixq.export.contrib_ops import MatMulIntegerToFloat, MatMulNBits
+
+
+def _qdq(x, scale, zp):
+    return op.DequantizeLinear(op.QuantizeLinear(x, scale, zp), scale, zp)
+
+
+def _per_channel(t, ndim: int):
+    """Reshape a per-output-channel vector to broadcast over an N-C-spatial tensor of rank ``ndim``."""
+    return op.Reshape(t, op.Constant(value_ints=[-1] + [1] * (ndim - 2)))
+
+
+def qconv(x, x_scale, x_zp, w_q, w_scale, bias_q, y_scale, y_zp, stride, padding, dilation, groups, relu):
+    xd = _qdq(x, x_scale, x_zp)
+    wd = op.DequantizeLinear(w_q, w_scale, axis=0)
+    attrs = dict(strides=stride, pads=list(padding) * 2, dilations=dilation, group=groups)
+    if bias_q is None:
+        y = op.Conv(xd, wd, **attrs)
+    else:
+        y = op.Conv(xd, wd, op.DequantizeLinear(bias_q, op.Mul(x_scale, w_scale), axis=0), **attrs)
+    if relu:
+        y = op.Relu(y)
+    return _qdq(y, y_scale, y_zp)
+
+
+def qlinear(x, x_scale, x_zp, w_t, w_scale, bias, y_scale, y_zp, relu):
+    if bias is None:
+        y = op.MatMul(_qdq(x, x_scale, x_zp), op.DequantizeLinear(w_t, w_scale, axis=1))
+    else:
+        y = MatMulIntegerToFloat(op.QuantizeLinear(x, x_scale, x_zp), w_t, x_scale, w_scale, x_zp, None, bias)
+    if relu:
+        y = op.Relu(y)
+    return _qdq(y, y_scale, y_zp)
+
+
+def dynamic_linear(x, w_t, w_scale, bias):
+    xq, x_scale, x_zp = op.DynamicQuantizeLinear(x)
+    acc = op.Cast(op.MatMulInteger(xq, w_t, x_zp), to=FLOAT.dtype)
+    y = op.Mul(acc, op.Mul(x_scale, w_scale))
+    return y if bias is None else op.Add(y, bias)
+
+
+def dynamic_conv(x, w_q, w_scale, bias, stride, padding, dilation, groups):
+    xq, x_scale, x_zp = op.DynamicQuantizeLinear(x)
+    ndim = len(stride) + 2
+    acc = op.ConvInteger(xq, w_q, x_zp, strides=stride, pads=list(padding) * 2, dilations=dilation, group=groups)
+    y = op.Mul(op.Cast(acc, to=FLOAT.dtype), _per_channel(op.Mul(x_scale, w_scale), ndim))
+    return y if bias is None else op.Add(y, _per_channel(bias, ndim))
+
+
+def matmul_nbits(x, packed, scales, bias, in_features, bits, block_size):
+    y = MatMulNBits(x, packed, scales, K=in_features, N=int(packed.shape[0]), bits=bits, block_size=block_size)
+    return y if bias is None else op.Add(y, bias)
+
+
+def dequantize_weight(q, scale, axis):
+    return op.DequantizeLinear(q, scale, axis=axis)
+
+
+def upcast(w):
+    return op.Cast(w, to=FLOAT.dtype)
+
+
+def translation_table() -> dict[Callable, Callable]:
+    """The ``custom_translation_table`` handed to ``torch.onnx.export``."""
+    ops = torch.ops.mixq
+    return {
+        ops.qconv.default: qconv,
+        ops.qlinear.default: qlinear,
+        ops.dynamic_linear.default: dynamic_linear,
+        ops.dynamic_conv.default: dynamic_conv,
+        ops.matmul_nbits.default: matmul_nbits,
+        ops.dequantize_weight.default: dequantize_weight,
+        ops.upcast.default: upcast,
+    }

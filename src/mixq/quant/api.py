@@ -1,0 +1,216 @@
+"""``mixq.quantize``: one entry point for static, dynamic, weight-only and float16 post-training quantization."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import itertools
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from mixq.quant.calibration import Batch, CalibrationError, call_model, check_batch, run_batches
+from mixq.quant.fusion import apply_fusions, find_fusions, set_submodule, trace_calls
+from mixq.quant.modules import (
+    DynamicQuantizedConv,
+    DynamicQuantizedLinear,
+    Float16Conv,
+    Float16Linear,
+    ObservedLayer,
+    QuantizedConv,
+    QuantizedLinear,
+    WeightOnlyConv,
+    WeightOnlyLinear,
+)
+from mixq.quant.modules.conv_args import unsupported_conv_reason
+from mixq.quant.observers import make_observer
+from mixq.quant.spec import DEFAULT_ACTIVATION, ObserverSpec, QuantConfig, QuantSpec
+from mixq.quant.summary import QuantizationSummary, module_bytes
+
+QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def make_config(mode: str, *, observer: str = "minmax", bits: int = 8, group_size: int | None = None,
+                per_channel: bool = True, activation_dtype: str = "uint8",
+                exclude: Iterable[str] = ()) -> QuantConfig:
+    """Build a validated ``QuantConfig`` from ``quantize``'s keyword arguments."""
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    if group_size is not None:
+        granularity = "per_group"
+    else:
+        granularity = "per_channel" if per_channel else "per_tensor"
+    if mode == "weight_only" and bits == 4 and group_size is None and per_channel:
+        granularity, group_size = "per_group", 128
+    weight = QuantSpec("int8", bits=bits, granularity=granularity, group_size=group_size)
+    if activation_dtype not in ("uint8", "int8"):
+        raise ValueError(f"activation_dtype must be 'uint8' or 'int8', got {activation_dtype!r}")
+    activation = DEFAULT_ACTIVATION if activation_dtype == "uint8" else QuantSpec(
+        "int8", symmetric=False, granularity="per_tensor", narrow_range=False)
+    if isinstance(exclude, str):
+        raise TypeError(f"exclude must be a list of name patterns, e.g. exclude=[{exclude!r}]")
+    return QuantConfig(mode, weight=weight, activation=activation, observer=ObserverSpec(observer),
+                       exclude=tuple(exclude))
+
+
+def _excluded(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*") for p in patterns)
+
+
+def _split_first(calib_data: Any) -> tuple[Batch, Iterable[Batch]]:
+    """First batch (for the dataflow probe) and an iterable that still yields every batch, generators included."""
+    if isinstance(calib_data, (torch.Tensor, dict)) or not isinstance(calib_data, Iterable):
+        raise TypeError(
+            f"calib_data must be an iterable of batches (e.g. a list of tensors or a DataLoader), got "
+            f"{type(calib_data).__name__}; wrap a single batch in a list: calib_data=[x]"
+        )
+    iterator = iter(calib_data)
+    first = next(iterator, None)
+    if first is None:
+        raise CalibrationError("calib_data is empty; pass at least one representative batch")
+    if iterator is calib_data:  # a one-shot iterator: put the first batch back
+        return first, itertools.chain([first], iterator)
+    return first, calib_data
+
+
+def _plan(model: nn.Module, cfg: QuantConfig, summary: QuantizationSummary) -> list[str]:
+    """Names of the layers to quantize; everything else with weights is reported as staying float, with why."""
+    targets = []
+    parents = dict(model.named_modules())
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        kind = type(module).__name__
+        parent = parents.get(name.rpartition(".")[0], model)
+        if isinstance(module, QUANTIZABLE):
+            reason = None
+            if _excluded(name, cfg.exclude):
+                reason = "excluded by pattern"
+            elif isinstance(parent, nn.MultiheadAttention):
+                reason = "read directly by nn.MultiheadAttention (not called as a module)"
+            elif not isinstance(module, nn.Linear):
+                reason = unsupported_conv_reason(module)
+                if reason is None and cfg.mode == "weight_only" and cfg.weight.bits == 4:
+                    reason = "4-bit weight-only covers Linear layers (MatMulNBits); use bits=8 for convolutions"
+            if reason is None:
+                targets.append(name)
+            else:
+                summary.add(name, kind, "float", reason)
+        elif not list(module.children()) and any(True for _ in module.parameters(recurse=False)):
+            summary.add(name, kind, "float", f"no quantized kernel for {kind}")
+    return targets
+
+
+def _swap(model: nn.Module, name: str, new: nn.Module, summary: QuantizationSummary, detail: str) -> None:
+    old = model.get_submodule(name)
+    layer = old.layer if isinstance(old, ObservedLayer) else old
+    summary.add(name, type(layer).__name__, "quantized", detail, module_bytes(layer), module_bytes(new))
+    set_submodule(model, name, new)
+
+
+def _convert_static(model: nn.Module, names: list[str], cfg: QuantConfig, summary: QuantizationSummary) -> None:
+    for name in names:
+        observed: ObservedLayer = model.get_submodule(name)
+        layer = observed.layer
+        if not (observed.input_observer.has_data and observed.output_observer.has_data):
+            set_submodule(model, name, layer)
+            summary.add(name, type(layer).__name__, "float", "never executed during calibration")
+            continue
+        x_q = observed.input_observer.calculate_qparams()
+        y_q = observed.output_observer.calculate_qparams()
+        cls = QuantizedLinear if isinstance(layer, nn.Linear) else QuantizedConv
+        new = cls(layer, cfg.weight, x_q, y_q, relu=observed.relu)
+        detail = f"static w:{cfg.weight} a:{cfg.activation} ({cfg.observer.name})"
+        _swap(model, name, new, summary, detail + (", relu fused" if observed.relu else ""))
+
+
+def _convert_weights(model: nn.Module, names: list[str], cfg: QuantConfig, summary: QuantizationSummary) -> None:
+    for name in names:
+        layer = model.get_submodule(name)
+        linear = isinstance(layer, nn.Linear)
+        if cfg.mode == "dynamic":
+            new = DynamicQuantizedLinear(layer, cfg.weight) if linear else DynamicQuantizedConv(layer, cfg.weight)
+        elif cfg.mode == "weight_only":
+            new = WeightOnlyLinear(layer, cfg.weight) if linear else WeightOnlyConv(layer, cfg.weight)
+        else:
+            new = Float16Linear(layer) if linear else Float16Conv(layer)
+        detail = "float16 weights" if cfg.mode == "fp16" else f"{cfg.mode} w:{cfg.weight}"
+        _swap(model, name, new, summary, detail)
+
+
+def quantize(
+    model: nn.Module,
+    mode: str = "static",
+    *,
+    calib_data: Iterable[Batch] | None = None,
+    observer: str = "minmax",
+    bits: int = 8,
+    group_size: int | None = None,
+    per_channel: bool = True,
+    activation_dtype: str = "uint8",
+    exclude: Iterable[str] = (),
+    example_inputs: Batch | None = None,
+    max_calib_batches: int | None = None,
+    progress: bool = True,
+    config: QuantConfig | None = None,
+) -> nn.Module:
+    """Return a quantized copy of ``model`` (the original is never modified), with ``.mixq_summary`` attached.
+
+    Modes: ``"static"`` (int8 weights and activations; needs ``calib_data``, an iterable of batches: tensors,
+    tuples of positional tensors or dicts of keyword tensors), ``"dynamic"`` (int8 weights, activations quantized
+    per call), ``"weight_only"`` (``bits=8`` per-channel or ``bits=4`` with ``group_size``, default 128) and
+    ``"fp16"``. Conv+BatchNorm(+ReLU) are folded first, from a probe of the real dataflow (the first calibration
+    batch, or ``example_inputs`` in the other modes).
+
+    Example::
+
+        qmodel = mixq.quantize(model, "static", calib_data=batches, observer="percentile")
+        print(qmodel.mixq_summary)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    cfg = config or make_config(mode, observer=observer, bits=bits, group_size=group_size,
+                                per_channel=per_channel, activation_dtype=activation_dtype, exclude=exclude)
+    probe = example_inputs
+    batches: Iterable[Batch] | None = None
+    if cfg.mode == "static":
+        if calib_data is None:
+            raise ValueError("static quantization needs calib_data: a few hundred representative inputs as an "
+                             "iterable of batches (or use mode='dynamic', which needs none)")
+        probe, batches = _split_first(calib_data)
+    if probe is not None:
+        check_batch(probe, 0)
+
+    qmodel = copy.deepcopy(model).eval()
+    summary = QuantizationSummary(cfg.mode)
+    relu_layers: set[str] = set()
+    if cfg.fold_batchnorm and probe is not None:
+        fusions = [f for f in find_fusions(trace_calls(qmodel, lambda m: call_model(m, probe)))
+                   if not _excluded(f.layer, cfg.exclude)]
+        if cfg.mode != "static":
+            for f in fusions:
+                f.relu = None
+        relu_layers = apply_fusions(qmodel, fusions)
+        summary.notes += [f"folded {f.batchnorm} into {f.layer}" for f in fusions if f.batchnorm]
+    targets = _plan(qmodel, cfg, summary)
+
+    if cfg.mode == "static" and targets:
+        for name in targets:
+            layer = qmodel.get_submodule(name)
+            obs_in = make_observer(cfg.observer, cfg.activation, name=f"{name} (input)")
+            obs_out = make_observer(cfg.observer, cfg.activation, name=f"{name} (output)")
+            set_submodule(qmodel, name, ObservedLayer(layer, obs_in, obs_out, relu=name in relu_layers))
+        run_batches(qmodel, batches, progress=progress, max_batches=max_calib_batches)  # type: ignore[arg-type]
+        _convert_static(qmodel, targets, cfg, summary)
+    elif targets:
+        _convert_weights(qmodel, targets, cfg, summary)
+
+    if not summary.quantized:
+        warnings.warn(f"nothing in {type(model).__name__} could be quantized (no Linear/Conv1d/Conv2d layers "
+                      "left after exclusions); returning it in float", stacklevel=2)
+    qmodel.mixq_summary = summary
+    qmodel.mixq_config = cfg
+    return qmodel

@@ -1,0 +1,140 @@
+"""Conv+BatchNorm(+ReLU) and Linear(+ReLU) fusion, discovered from the model's real dataflow.
+
+One probe forward pass with hooks on every leaf module records which tensor each module consumed and produced
+(identity and version counter, so in-place ReLUs are seen). A BatchNorm whose input is exactly a convolution's
+output is folded into that convolution's weights; a ReLU whose input is exactly a layer's (or its folded BN's)
+output is fused, so the layer's output range starts at 0 and ONNX Runtime drops the ReLU into QLinearConv.
+Modules called more than once (shared) are never removed; this works for any eager model, not only Sequentials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+_CONVS = (nn.Conv1d, nn.Conv2d)
+_BNS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+@dataclass
+class Fusion:
+    """A layer with the BatchNorm folded into it and/or a ReLU fused after it."""
+
+    layer: str
+    batchnorm: str | None = None
+    relu: str | None = None
+
+
+@dataclass
+class _Call:
+    name: str
+    module: nn.Module
+    inputs: list[tuple[int, int]]
+    output: tuple[int, int] | None = None
+
+
+def _key(t: object) -> tuple[int, int] | None:
+    return (id(t), t._version) if isinstance(t, torch.Tensor) else None
+
+
+def trace_calls(model: nn.Module, run: Callable[[nn.Module], object]) -> list[_Call]:
+    """Run ``run(model)`` once and record every leaf module call's input/output tensor identities."""
+    calls: list[_Call] = []
+    keep_alive: list[object] = []
+    handles = []
+
+    def pre_hook(name, module, args):
+        keep_alive.append(args)
+        calls.append(_Call(name, module, [k for k in map(_key, args) if k is not None]))
+
+    def post_hook(name, module, args, output):
+        keep_alive.append(output)
+        for call in reversed(calls):
+            if call.module is module and call.output is None:
+                call.output = _key(output)
+                break
+
+    for name, module in model.named_modules():
+        if name and not list(module.children()):
+            handles.append(module.register_forward_pre_hook(lambda m, a, n=name: pre_hook(n, m, a)))
+            handles.append(module.register_forward_hook(lambda m, a, o, n=name: post_hook(n, m, a, o)))
+    try:
+        with torch.no_grad():
+            run(model)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def find_fusions(calls: list[_Call]) -> list[Fusion]:
+    """Layer -> BatchNorm -> ReLU chains in the traced dataflow (each removable module called exactly once)."""
+    counts: dict[str, int] = {}
+    for c in calls:
+        counts[c.name] = counts.get(c.name, 0) + 1
+    consumers: dict[tuple[int, int], list[_Call]] = {}
+    for c in calls:
+        for k in c.inputs:
+            consumers.setdefault(k, []).append(c)
+
+    def sole_consumer(out: tuple[int, int] | None, types: tuple[type, ...]) -> _Call | None:
+        users = consumers.get(out, []) if out else []
+        if len(users) == 1 and isinstance(users[0].module, types) and counts[users[0].name] == 1:
+            return users[0]
+        return None
+
+    fusions = []
+    for c in calls:
+        if counts[c.name] != 1 or not isinstance(c.module, (*_CONVS, nn.Linear)):
+            continue
+        fusion, out = Fusion(c.name), c.output
+        bn = sole_consumer(out, _BNS) if isinstance(c.module, _CONVS) else None
+        if bn is not None and bn.module.track_running_stats:
+            fusion.batchnorm, out = bn.name, bn.output
+        relu = sole_consumer(out, (nn.ReLU,))
+        if relu is not None:
+            fusion.relu = relu.name
+        if fusion.batchnorm or fusion.relu:
+            fusions.append(fusion)
+    return fusions
+
+
+def fold_batchnorm(conv: nn.Conv1d | nn.Conv2d, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> None:
+    """Fold eval-mode BatchNorm statistics into the convolution's weight and bias, in place."""
+    with torch.no_grad():
+        inv_std = torch.rsqrt(bn.running_var.to(torch.float32) + bn.eps)
+        gamma = bn.weight if bn.affine else torch.ones_like(inv_std)
+        beta = bn.bias if bn.affine else torch.zeros_like(inv_std)
+        factor = gamma * inv_std
+        conv.weight.mul_(factor.reshape(-1, *([1] * (conv.weight.dim() - 1))))
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        new_bias = (bias - bn.running_mean) * factor + beta
+        if conv.bias is None:
+            conv.bias = nn.Parameter(new_bias)
+        else:
+            conv.bias.copy_(new_bias)
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted path ``name``."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def apply_fusions(model: nn.Module, fusions: list[Fusion]) -> set[str]:
+    """Fold/fuse in place; folded BatchNorms and fused ReLUs become ``nn.Identity``.
+
+    Returns the names of the layers a ReLU was fused into.
+    """
+    relu_layers = set()
+    for f in fusions:
+        if f.batchnorm:
+            fold_batchnorm(model.get_submodule(f.layer), model.get_submodule(f.batchnorm))
+            set_submodule(model, f.batchnorm, nn.Identity())
+        if f.relu:
+            set_submodule(model, f.relu, nn.Identity())
+            relu_layers.add(f.layer)
+    return relu_layers

@@ -1,0 +1,19 @@
+"""Quantized replacements for float layers, one file per mode, plus the observed wrapper used in calibration."""
+
+from mixq.quant.modules.dynamic import DynamicQuantizedConv, DynamicQuantizedLinear
+from mixq.quant.modules.fp16 import Float16Conv, Float16Linear
+from mixq.quant.modules.observed import ObservedLayer
+from mixq.quant.modules.static import QuantizedConv, QuantizedLinear
+from mixq.quant.modules.weight_only import WeightOnlyConv, WeightOnlyLinear
+
+__all__ = [
+    "DynamicQuantizedConv",
+    "DynamicQuantizedLinear",
+    "Float16Conv",
+    "Float16Linear",
+    "ObservedLayer",
+    "QuantizedConv",
+    "QuantizedLinear",
+    "WeightOnlyConv",
+    "WeightOnlyLinear",
+]

@@ -1,0 +1,55 @@
+"""Dynamic int8 layers: int8 weights, activations quantized to uint8 per call from their own min/max."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mixq.quant import ops
+from mixq.quant.modules.conv_args import ConvGeometry
+from mixq.quant.spec import QuantSpec
+from mixq.quant.weights import quantize_weight
+
+
+def _float_bias(layer: nn.Module) -> torch.Tensor | None:
+    return None if layer.bias is None else layer.bias.detach().to(torch.float32).clone()
+
+
+class DynamicQuantizedLinear(nn.Module):
+    """Linear layer running as ONNX Runtime's DynamicQuantizeMatMul. No calibration needed.
+
+    Example: ``DynamicQuantizedLinear(nn.Linear(768, 768), DEFAULT_WEIGHT)``.
+    """
+
+    def __init__(self, linear: nn.Linear, weight_spec: QuantSpec) -> None:
+        super().__init__()
+        q, w_scale = quantize_weight(linear.weight, weight_spec, axis=0)
+        self.register_buffer("weight_t", q.t().contiguous())
+        self.register_buffer("w_scale", w_scale)
+        self.register_buffer("bias", _float_bias(linear))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.dynamic_linear(x, self.weight_t, self.w_scale, self.bias)
+
+    def extra_repr(self) -> str:
+        k, n = self.weight_t.shape
+        return f"in_features={k}, out_features={n}"
+
+
+class DynamicQuantizedConv(nn.Module):
+    """Conv1d/Conv2d running as DynamicQuantizeLinear + ConvInteger in ONNX Runtime."""
+
+    def __init__(self, conv: nn.Conv1d | nn.Conv2d, weight_spec: QuantSpec) -> None:
+        super().__init__()
+        q, w_scale = quantize_weight(conv.weight, weight_spec, axis=0)
+        self.register_buffer("weight", q)
+        self.register_buffer("w_scale", w_scale)
+        self.register_buffer("bias", _float_bias(conv))
+        self.geometry = ConvGeometry.of(conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.geometry
+        return ops.dynamic_conv(x, self.weight, self.w_scale, self.bias, g.stride, g.padding, g.dilation, g.groups)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, {self.geometry}"

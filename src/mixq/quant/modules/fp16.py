@@ -1,0 +1,43 @@
+"""float16 layers (TFLite's "float16 quantization"): weights stored in float16, computed in float32."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mixq.quant import ops
+from mixq.quant.modules.conv_args import ConvGeometry
+
+
+def _half(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().to(torch.float16).clone()
+
+
+class Float16Linear(nn.Module):
+    """Linear layer whose weight and bias are stored as float16 and upcast at run time (half the file size)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.register_buffer("weight", _half(linear.weight))
+        self.register_buffer("bias", _half(linear.bias))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else ops.upcast(self.bias)
+        return F.linear(x, ops.upcast(self.weight), bias)
+
+
+class Float16Conv(nn.Module):
+    """Conv1d/Conv2d whose weight and bias are stored as float16 and upcast at run time."""
+
+    def __init__(self, conv: nn.Conv1d | nn.Conv2d) -> None:
+        super().__init__()
+        self.register_buffer("weight", _half(conv.weight))
+        self.register_buffer("bias", _half(conv.bias))
+        self.geometry = ConvGeometry.of(conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.geometry
+        conv = F.conv1d if self.weight.dim() == 3 else F.conv2d
+        bias = None if self.bias is None else ops.upcast(self.bias)
+        return conv(x, ops.upcast(self.weight), bias, g.stride, g.padding, g.dilation, g.groups)

@@ -1,0 +1,74 @@
+"""Static int8 layers: activations quantized with calibrated scales, int8 weights, integer accumulation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mixq.quant import ops
+from mixq.quant.modules.conv_args import ConvGeometry
+from mixq.quant.spec import QuantSpec
+from mixq.quant.weights import quantize_bias, quantize_weight
+
+QParams = tuple[torch.Tensor, torch.Tensor]
+
+
+class _StaticBase(nn.Module):
+    def _set_activation_qparams(self, x_qparams: QParams, y_qparams: QParams) -> None:
+        self.register_buffer("x_scale", x_qparams[0].clone())
+        self.register_buffer("x_zp", x_qparams[1].clone())
+        self.register_buffer("y_scale", y_qparams[0].clone())
+        self.register_buffer("y_zp", y_qparams[1].clone())
+
+
+class QuantizedConv(_StaticBase):
+    """Conv1d/Conv2d (BatchNorm and ReLU already folded in) running as ONNX Runtime's QLinearConv.
+
+    Example: ``QuantizedConv(conv, DEFAULT_WEIGHT, (x_scale, x_zp), (y_scale, y_zp), relu=True)``.
+    """
+
+    def __init__(self, conv: nn.Conv1d | nn.Conv2d, weight_spec: QuantSpec, x_qparams: QParams,
+                 y_qparams: QParams, relu: bool = False) -> None:
+        super().__init__()
+        self._set_activation_qparams(x_qparams, y_qparams)
+        q, w_scale = quantize_weight(conv.weight, weight_spec, axis=0)
+        self.register_buffer("weight", q)
+        self.register_buffer("w_scale", w_scale)
+        bias = None if conv.bias is None else quantize_bias(conv.bias, self.x_scale, w_scale)
+        self.register_buffer("bias", bias)
+        self.geometry = ConvGeometry.of(conv)
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.geometry
+        return ops.qconv(x, self.x_scale, self.x_zp, self.weight, self.w_scale, self.bias, self.y_scale, self.y_zp,
+                         g.stride, g.padding, g.dilation, g.groups, self.relu)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, {self.geometry}, relu={self.relu}"
+
+
+class QuantizedLinear(_StaticBase):
+    """Linear layer running as QLinearMatMul (no bias) or MatMulIntegerToFloat + Add (with bias) in ONNX Runtime.
+
+    The int8 weight is stored transposed (``[in, out]``) so the exported MatMul reads it without a Transpose.
+    """
+
+    def __init__(self, linear: nn.Linear, weight_spec: QuantSpec, x_qparams: QParams, y_qparams: QParams,
+                 relu: bool = False) -> None:
+        super().__init__()
+        self._set_activation_qparams(x_qparams, y_qparams)
+        q, w_scale = quantize_weight(linear.weight, weight_spec, axis=0)
+        self.register_buffer("weight_t", q.t().contiguous())
+        self.register_buffer("w_scale", w_scale)
+        bias = None if linear.bias is None else linear.bias.detach().to(torch.float32).clone()
+        self.register_buffer("bias", bias)
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.qlinear(x, self.x_scale, self.x_zp, self.weight_t, self.w_scale, self.bias, self.y_scale,
+                           self.y_zp, self.relu)
+
+    def extra_repr(self) -> str:
+        k, n = self.weight_t.shape
+        return f"in_features={k}, out_features={n}, relu={self.relu}"

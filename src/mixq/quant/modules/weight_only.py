@@ -1,0 +1,64 @@
+"""Weight-only ("hybrid") layers: integer weights in the file, float activations and float compute."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mixq.quant import ops
+from mixq.quant.modules.conv_args import ConvGeometry
+from mixq.quant.spec import QuantSpec
+from mixq.quant.weights import quantize_nbits, quantize_weight
+
+
+def _block_size(spec: QuantSpec, in_features: int) -> int:
+    """MatMulNBits wants a power-of-two block >= 16; per-channel uses one block covering all of K."""
+    if spec.granularity == "per_group":
+        return int(spec.group_size)  # type: ignore[arg-type]
+    return max(16, 1 << (in_features - 1).bit_length())
+
+
+class WeightOnlyLinear(nn.Module):
+    """Linear layer with 4- or 8-bit block-wise weights, running as ONNX Runtime's MatMulNBits.
+
+    Example: ``WeightOnlyLinear(nn.Linear(512, 512), QuantSpec(bits=4, granularity="per_group", group_size=32))``.
+    """
+
+    def __init__(self, linear: nn.Linear, spec: QuantSpec) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.bits = spec.bits
+        self.block_size = _block_size(spec, linear.in_features)
+        packed, scales = quantize_nbits(linear.weight, spec.bits, self.block_size)
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales", scales)
+        bias = None if linear.bias is None else linear.bias.detach().to(torch.float32).clone()
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.matmul_nbits(x, self.packed, self.scales, self.bias, self.in_features, self.bits,
+                                self.block_size)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+                f"block_size={self.block_size}")
+
+
+class WeightOnlyConv(nn.Module):
+    """Conv1d/Conv2d with per-channel int8 weights dequantized at run time (ONNX: DequantizeLinear -> Conv)."""
+
+    def __init__(self, conv: nn.Conv1d | nn.Conv2d, spec: QuantSpec) -> None:
+        super().__init__()
+        q, scale = quantize_weight(conv.weight, spec, axis=0)
+        self.register_buffer("weight", q)
+        self.register_buffer("w_scale", scale)
+        bias = None if conv.bias is None else conv.bias.detach().to(torch.float32).clone()
+        self.register_buffer("bias", bias)
+        self.geometry = ConvGeometry.of(conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.geometry
+        w = ops.dequantize_weight(self.weight, self.w_scale, 0)
+        conv = F.conv1d if w.dim() == 3 else F.conv2d
+        return conv(x, w, self.bias, g.stride, g.padding, g.dilation, g.groups)

@@ -1,0 +1,163 @@
+"""mixq's quantized operators as PyTorch custom ops.
+
+Each op's eager body is the exact PyTorch simulation of what ONNX Runtime's integer kernel computes (integer
+accumulation, float32 requantization, round half to even, saturation), written with the shared primitives; the
+exporter (``mixq.export.translations``) maps each op onto the QDQ / integer ONNX pattern that ONNX Runtime fuses.
+One op per layer kind keeps the emitted pattern under our control instead of the exporter's decompositions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mixq.quant.primitives import dequantize, dynamic_qparams, qrange, quantize
+
+_EXACT_FP32 = 2**24  # integers below this magnitude are exact in float32 sums
+
+
+def _acc_dtype(k: int, x_span: int = 255, w_span: int = 128) -> torch.dtype:
+    """float32 holds the integer accumulation exactly when every partial sum stays below 2**24."""
+    return torch.float32 if k * x_span * w_span < _EXACT_FP32 else torch.float64
+
+
+def _channel(t: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[dim] = -1
+    return t.reshape(shape) if t.dim() == 1 else t
+
+
+def _requantize(acc: torch.Tensor, multiplier: torch.Tensor, y_zp: torch.Tensor, relu: bool) -> torch.Tensor:
+    """int32 accumulator -> float32 -> scale -> round half to even -> + zero point -> saturate (MLAS order)."""
+    lo, hi = qrange(y_zp.dtype)
+    lo = int(y_zp.item()) if relu else lo
+    q = torch.round(acc.to(torch.float32) * multiplier) + y_zp.to(torch.float32)
+    return q.clamp_(lo, hi).to(y_zp.dtype)
+
+
+def _conv(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation, groups) -> torch.Tensor:
+    conv = F.conv1d if w.dim() == 3 else F.conv2d
+    return conv(x, w, None, stride, padding, dilation, groups)
+
+
+@torch.library.custom_op("mixq::qconv", mutates_args=())
+def qconv(x: torch.Tensor, x_scale: torch.Tensor, x_zp: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
+          bias_q: torch.Tensor | None, y_scale: torch.Tensor, y_zp: torch.Tensor, stride: list[int],
+          padding: list[int], dilation: list[int], groups: int, relu: bool) -> torch.Tensor:
+    """Static int8 convolution (ONNX Runtime: QLinearConv). Float in, dequantized float out."""
+    xi = quantize(x, x_scale, x_zp).to(torch.float32) - x_zp.to(torch.float32)
+    dt = _acc_dtype(w_q[0].numel())
+    acc = _conv(xi.to(dt), w_q.to(dt), stride, padding, dilation, groups)
+    if bias_q is not None:
+        acc = acc + _channel(bias_q.to(dt), 1, acc.dim())
+    multiplier = _channel((x_scale * w_scale) / y_scale, 1, acc.dim())
+    return dequantize(_requantize(acc, multiplier, y_zp, relu), y_scale, y_zp)
+
+
+@qconv.register_fake
+def _(x, x_scale, x_zp, w_q, w_scale, bias_q, y_scale, y_zp, stride, padding, dilation, groups, relu):
+    return _conv(x, torch.empty_like(w_q, dtype=x.dtype), stride, padding, dilation, groups)
+
+
+@torch.library.custom_op("mixq::qlinear", mutates_args=())
+def qlinear(x: torch.Tensor, x_scale: torch.Tensor, x_zp: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor,
+            bias: torch.Tensor | None, y_scale: torch.Tensor, y_zp: torch.Tensor, relu: bool) -> torch.Tensor:
+    """Static int8 linear layer; ``w_t`` is the int8 weight transposed to ``[in, out]``.
+
+    Without bias ONNX Runtime runs QLinearMatMul (requantize with ``x_scale * w_scale / y_scale``); with bias it
+    runs MatMulIntegerToFloat (``acc * x_scale * w_scale + bias``), then QuantizeLinear. Both are mirrored here.
+    """
+    xi = quantize(x, x_scale, x_zp).to(torch.float32) - x_zp.to(torch.float32)
+    dt = _acc_dtype(w_t.shape[0])
+    acc = torch.matmul(xi.to(dt), w_t.to(dt))
+    if bias is None:
+        return dequantize(_requantize(acc, (x_scale * w_scale) / y_scale, y_zp, relu), y_scale, y_zp)
+    y = acc.to(torch.float32) * (x_scale * w_scale) + bias
+    if relu:
+        y = torch.relu(y)
+    return dequantize(quantize(y, y_scale, y_zp), y_scale, y_zp)
+
+
+@qlinear.register_fake
+def _(x, x_scale, x_zp, w_t, w_scale, bias, y_scale, y_zp, relu):
+    return x.new_empty((*x.shape[:-1], w_t.shape[1]))
+
+
+@torch.library.custom_op("mixq::dynamic_linear", mutates_args=())
+def dynamic_linear(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor,
+                   bias: torch.Tensor | None) -> torch.Tensor:
+    """Dynamic int8 linear (ONNX Runtime: DynamicQuantizeMatMul): activations quantized per call to uint8."""
+    x_scale, x_zp = dynamic_qparams(x)
+    xi = quantize(x, x_scale, x_zp).to(torch.float32) - x_zp.to(torch.float32)
+    dt = _acc_dtype(w_t.shape[0])
+    y = torch.matmul(xi.to(dt), w_t.to(dt)).to(torch.float32) * (x_scale * w_scale)
+    return y if bias is None else y + bias
+
+
+@dynamic_linear.register_fake
+def _(x, w_t, w_scale, bias):
+    return x.new_empty((*x.shape[:-1], w_t.shape[1]))
+
+
+@torch.library.custom_op("mixq::dynamic_conv", mutates_args=())
+def dynamic_conv(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+                 stride: list[int], padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
+    """Dynamic int8 convolution (ONNX Runtime: DynamicQuantizeLinear + ConvInteger + scale)."""
+    x_scale, x_zp = dynamic_qparams(x)
+    xi = quantize(x, x_scale, x_zp).to(torch.float32) - x_zp.to(torch.float32)
+    dt = _acc_dtype(w_q[0].numel())
+    acc = _conv(xi.to(dt), w_q.to(dt), stride, padding, dilation, groups).to(torch.float32)
+    y = acc * _channel(x_scale * w_scale, 1, acc.dim())
+    return y if bias is None else y + _channel(bias, 1, y.dim())
+
+
+@dynamic_conv.register_fake
+def _(x, w_q, w_scale, bias, stride, padding, dilation, groups):
+    return _conv(x, torch.empty_like(w_q, dtype=x.dtype), stride, padding, dilation, groups)
+
+
+def unpack_nbits(packed: torch.Tensor, scales: torch.Tensor, bits: int, k: int) -> torch.Tensor:
+    """Dequantize a MatMulNBits weight blob ``[N, blocks, bytes]`` (zero point 2**(bits-1)) to float ``[N, K]``."""
+    n, blocks, _ = packed.shape
+    if bits == 8:
+        q = packed.to(torch.int16)
+    else:
+        q = torch.stack([packed & 0x0F, packed >> 4], dim=-1).to(torch.int16)
+    q = q.reshape(n, blocks, -1) - 2 ** (bits - 1)
+    w = q.to(torch.float32) * scales.reshape(n, blocks, 1)
+    return w.reshape(n, -1)[:, :k]
+
+
+@torch.library.custom_op("mixq::matmul_nbits", mutates_args=())
+def matmul_nbits(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+                 in_features: int, bits: int, block_size: int) -> torch.Tensor:
+    """Weight-only (4/8-bit, block-wise) linear layer (ONNX Runtime: MatMulNBits); activations stay float."""
+    w = unpack_nbits(packed, scales, bits, in_features)
+    return F.linear(x, w, bias)
+
+
+@matmul_nbits.register_fake
+def _(x, packed, scales, bias, in_features, bits, block_size):
+    return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+
+@torch.library.custom_op("mixq::dequantize_weight", mutates_args=())
+def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, axis: int) -> torch.Tensor:
+    """Per-channel int8 weight -> float (ONNX: DequantizeLinear), for weight-only layers."""
+    return dequantize(q, scale, None, axis)
+
+
+@dequantize_weight.register_fake
+def _(q, scale, axis):
+    return torch.empty_like(q, dtype=torch.float32)
+
+
+@torch.library.custom_op("mixq::upcast", mutates_args=())
+def upcast(w: torch.Tensor) -> torch.Tensor:
+    """float16 weight -> float32 (ONNX: Cast), for float16 ("TFLite float16") layers."""
+    return w.to(torch.float32)
+
+
+@upcast.register_fake
+def _(w):
+    return torch.empty_like(w, dtype=torch.float32)

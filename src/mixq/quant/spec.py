@@ -1,0 +1,151 @@
+"""Frozen, self-validating specifications of *how* to quantize: a tensor (``QuantSpec``), a model (``QuantConfig``).
+
+Specs are plain data: they serialise to a dict (and JSON) and back, print readably, and hold no functions. The
+mechanisms (observers, quantized modules, exporter) are built from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mixq.quant.primitives import qrange
+
+MODES = ("static", "dynamic", "weight_only", "fp16")
+OBSERVERS = ("minmax", "moving_average", "percentile", "mse", "entropy")
+GRANULARITIES = ("per_tensor", "per_channel", "per_group")
+_DTYPES = {"int8": torch.int8, "uint8": torch.uint8}
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one tensor is quantized.
+
+    Example: ``QuantSpec("int8", granularity="per_channel")`` (the default weight spec) or
+    ``QuantSpec("uint8", symmetric=False, granularity="per_tensor")`` (the default activation spec).
+    """
+
+    dtype: str = "int8"
+    bits: int = 8
+    symmetric: bool = True
+    granularity: str = "per_channel"
+    group_size: int | None = None
+    narrow_range: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        if not 2 <= self.bits <= 8:
+            raise ValueError(f"bits must be between 2 and 8, got {self.bits}")
+        if self.granularity == "per_group":
+            if self.group_size is None or self.group_size < 16 or self.group_size & (self.group_size - 1):
+                raise ValueError(
+                    f"per_group quantization needs group_size, a power of two >= 16 (got {self.group_size}); "
+                    "try group_size=32 or 128"
+                )
+        elif self.group_size is not None:
+            raise ValueError("group_size is only meaningful with granularity='per_group'")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The storage dtype, ``torch.int8`` or ``torch.uint8``."""
+        return _DTYPES[self.dtype]
+
+    @property
+    def qmin(self) -> int:
+        return qrange(self.torch_dtype, self.bits, self.narrow_range and self.symmetric)[0]
+
+    @property
+    def qmax(self) -> int:
+        return qrange(self.torch_dtype, self.bits, self.narrow_range and self.symmetric)[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantSpec:
+        return cls(**data)
+
+    def __str__(self) -> str:
+        sym = "sym" if self.symmetric else "affine"
+        gran = f"group{self.group_size}" if self.granularity == "per_group" else self.granularity
+        return f"{self.dtype}/{self.bits}b {sym} {gran}"
+
+
+DEFAULT_WEIGHT = QuantSpec("int8", granularity="per_channel")
+DEFAULT_ACTIVATION = QuantSpec("uint8", symmetric=False, granularity="per_tensor", narrow_range=False)
+
+
+@dataclass(frozen=True)
+class ObserverSpec:
+    """Which calibration observer estimates activation ranges, with its knobs.
+
+    ``percentile`` clips at that percentile of |x| (default 99.99); ``bins`` is the histogram resolution shared by
+    the percentile, MSE and entropy observers; ``averaging_constant`` is the moving-average weight.
+    """
+
+    name: str = "minmax"
+    percentile: float = 99.99
+    bins: int = 2048
+    averaging_constant: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.name not in OBSERVERS:
+            raise ValueError(f"unknown observer {self.name!r}; choose one of {', '.join(OBSERVERS)}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
+        if self.bins < 16:
+            raise ValueError(f"bins must be >= 16, got {self.bins}")
+        if not 0.0 < self.averaging_constant <= 1.0:
+            raise ValueError(f"averaging_constant must be in (0, 1], got {self.averaging_constant}")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Everything ``mixq.quantize`` needs to know, validated up front.
+
+    Example: ``QuantConfig("static", observer=ObserverSpec("percentile"), exclude=("head",))``.
+    """
+
+    mode: str
+    weight: QuantSpec = DEFAULT_WEIGHT
+    activation: QuantSpec = DEFAULT_ACTIVATION
+    observer: ObserverSpec = field(default_factory=ObserverSpec)
+    exclude: tuple[str, ...] = ()
+    fold_batchnorm: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if not self.weight.symmetric:
+            raise ValueError("weights are quantized symmetrically (zero point 0); set symmetric=True")
+        if self.weight.torch_dtype != torch.int8:
+            raise ValueError("weights are stored as int8; set the weight dtype to 'int8'")
+        if self.mode in ("static", "dynamic") and self.weight.bits != 8:
+            raise ValueError(f"{self.mode} mode runs int8 kernels and needs 8-bit weights; "
+                             "use mode='weight_only' for 4-bit weights")
+        if self.mode == "weight_only" and self.weight.bits not in (4, 8):
+            raise ValueError(f"weight_only supports bits=4 or bits=8, got bits={self.weight.bits}")
+        if self.mode == "static" and self.activation.bits != 8:
+            raise ValueError("static mode quantizes activations to 8 bits")
+        if isinstance(self.exclude, str):
+            raise TypeError("exclude must be a list of name patterns, e.g. exclude=['head', 'encoder.*.output']")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
+        return cls(
+            mode=data["mode"],
+            weight=QuantSpec.from_dict(data["weight"]),
+            activation=QuantSpec.from_dict(data["activation"]),
+            observer=ObserverSpec(**data["observer"]),
+            exclude=tuple(data["exclude"]),
+            fold_batchnorm=data["fold_batchnorm"],
+        )

@@ -1,0 +1,52 @@
+"""Weight quantization: per-tensor/per-channel int8 (static, dynamic, weight-only 8-bit) and block-wise
+n-bit packed for ONNX Runtime's ``MatMulNBits``. Weights are symmetric (zero point 0), so integer kernels skip
+the zero-point term."""
+
+from __future__ import annotations
+
+import torch
+
+from mixq.quant.observers.minmax import MinMaxObserver
+from mixq.quant.primitives import quantize
+from mixq.quant.spec import QuantSpec
+
+
+def quantize_weight(weight: torch.Tensor, spec: QuantSpec, axis: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 weights and their float32 scale (1-D along ``axis`` per channel, 0-d per tensor)."""
+    per_channel = spec.granularity == "per_channel"
+    observer = MinMaxObserver(spec, axis=axis if per_channel else None)
+    w = weight.detach().to(torch.float32)
+    observer(w)
+    scale, zp = observer.calculate_qparams()
+    q = quantize(w, scale, zp, axis=axis if per_channel else None, qmin=spec.qmin, qmax=spec.qmax)
+    return q, scale
+
+
+def quantize_bias(bias: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """int32 bias at scale ``x_scale * w_scale`` (the accumulator's scale), as QLinearConv expects."""
+    bias_scale = (x_scale * w_scale).to(torch.float64)
+    q = torch.round(bias.detach().to(torch.float64) / bias_scale)
+    return q.clamp(-(2**31), 2**31 - 1).to(torch.int32)
+
+
+def quantize_nbits(weight: torch.Tensor, bits: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-wise symmetric ``bits``-bit weights packed in ONNX Runtime's MatMulNBits layout.
+
+    Returns ``packed`` (uint8 ``[N, blocks, block_size * bits // 8]``, values offset by the implicit zero point
+    ``2**(bits-1)``, two 4-bit values per byte low nibble first) and ``scales`` (float32 ``[N * blocks]``).
+    ``K`` is zero-padded to a whole number of blocks.
+    """
+    n, k = weight.shape
+    blocks = -(-k // block_size)
+    w = torch.zeros(n, blocks * block_size, dtype=torch.float32)
+    w[:, :k] = weight.detach().to(torch.float32)
+    w = w.reshape(n, blocks, block_size)
+    qmax = 2 ** (bits - 1) - 1
+    absmax = w.abs().amax(dim=-1, keepdim=True)
+    scale = torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax))
+    offset = 2 ** (bits - 1)
+    q = quantize(w, scale, torch.tensor(0, dtype=torch.int8), qmin=-qmax, qmax=qmax).to(torch.int16) + offset
+    q = q.to(torch.uint8)
+    if bits == 4:
+        q = q[..., 0::2] | (q[..., 1::2] << 4)
+    return q.contiguous(), scale.reshape(-1).contiguous()
