@@ -131,23 +131,25 @@ class NumericsRecorder:
         return hook
 
     @torch.no_grad()
-    def record_grads(self, step: int, scale: float) -> NumericsSample:
-        """Measure the current (scaled by ``scale``) gradients and close the step's sample."""
+    def record_grads(self, step: int, grad_scale: float, probe_scale: float) -> NumericsSample:
+        """Measure gradients (currently multiplied by ``grad_scale``) and close the step's sample.
+
+        ``probe_scale`` is the loss scale the "underflow at scale" column is evaluated at: the live scale under
+        fp16, PyTorch's default 2**16 for policies that do not scale.
+        """
         layers, first_bad = [], None
         for name, module in self.model.named_modules():
             grads = [p.grad for p in module.parameters(recurse=False) if p.grad is not None]
             if not grads:
                 continue
-            true = torch.cat([g.detach().float().flatten() for g in grads]) / scale
+            true = torch.cat([g.detach().float().flatten() for g in grads]) / grad_scale
             finite = bool(torch.isfinite(true).all())
             if not finite and first_bad is None:
                 first_bad = name or "<root>"
             unscaled = _underflow(true, 1.0) if finite else math.nan
-            scaled = _underflow(true, scale) if finite else math.nan
-            layers.append(
-                LayerNumerics(name or "<root>", true.numel(), unscaled, scaled, finite, self._act.get(name))
-            )
-        sample = NumericsSample(step, scale, tuple(layers), self._first_bad_act, first_bad)
+            scaled = _underflow(true, probe_scale) if finite else math.nan
+            layers.append(LayerNumerics(name or "<root>", true.numel(), unscaled, scaled, finite, self._act.get(name)))
+        sample = NumericsSample(step, probe_scale, tuple(layers), self._first_bad_act, first_bad)
         self.samples.append(sample)
         self._act, self._first_bad_act = {}, None
         return sample
@@ -172,9 +174,7 @@ class NumericsReport:
             for layer in sample.layers:
                 old = worst.get(layer.name)
                 key = -1.0 if math.isnan(layer.underflow_unscaled) else layer.underflow_unscaled
-                if old is None or key > (
-                    -1.0 if math.isnan(old.underflow_unscaled) else old.underflow_unscaled
-                ):
+                if old is None or key > (-1.0 if math.isnan(old.underflow_unscaled) else old.underflow_unscaled):
                     worst[layer.name] = layer
         return worst
 
@@ -204,26 +204,24 @@ class NumericsReport:
         over = {n: v for n, v in self.peak_activation().items() if v >= cfg.near_overflow * FP16_MAX}
         for name, peak in sorted(over.items(), key=lambda kv: -kv[1])[:3]:
             verdict = "exceed" if peak >= FP16_MAX else "come close to"
-            out.append(
-                f"Activations of '{name}' reach {peak:.3g} and {verdict} fp16's max {FP16_MAX:g}: "
-                f"switch to bf16 or keep '{name}' in fp32."
-            )
+            advice = f"switch to bf16 or keep '{name}' in fp32" if fp16 else f"keep '{name}' in fp32 under fp16"
+            out.append(f"Activations of '{name}' reach {peak:.3g} and {verdict} fp16's max {FP16_MAX:g}: {advice}.")
         worst = self.worst_layers().values()
         lost_scaled = [w for w in worst if w.underflow_scaled >= cfg.underflow_warn]
         lost_unscaled = [w for w in worst if w.underflow_unscaled >= cfg.underflow_warn]
+        scale = f"{self.samples[-1].scale:g}"
         for w in sorted(lost_scaled, key=lambda w: -w.underflow_scaled)[:3]:
+            advice = "use bf16 or a larger loss scale" if fp16 else "stay off fp16 for this model (bf16 is fine)"
             out.append(
-                f"'{w.name}' loses {w.underflow_scaled:.1%} of its gradient values to fp16 underflow "
-                "even with the current scale: use bf16 or a larger loss scale."
+                f"'{w.name}' would lose {w.underflow_scaled:.1%} of its gradient values to fp16 underflow "
+                f"even at loss scale {scale}: {advice}."
             )
         if lost_unscaled and not lost_scaled:
             names = ", ".join(f"'{w.name}' ({w.underflow_unscaled:.1%})" for w in lost_unscaled[:3])
-            advice = "loss scaling prevents this" if fp16 else "fp16 would need loss scaling"
+            advice = "the loss scaling in use prevents this" if fp16 else "fp16 would need loss scaling"
             out.append(f"Without loss scaling fp16 would flush gradients of {names} to zero: {advice}.")
         if not out:
-            out.append(
-                f"No fp16 range problems in {len(self.samples)} sampled step(s): the current policy is safe."
-            )
+            out.append(f"No fp16 range problems in {len(self.samples)} sampled step(s): the current policy is safe.")
         return out
 
     def to_markdown(self) -> str:
@@ -232,7 +230,7 @@ class NumericsReport:
         lines = [
             f"## Numerics report (policy {self.policy}, {len(self.samples)} sampled step(s))",
             "",
-            "| layer | grad values | underflow w/o scaling | underflow at scale | max abs activation "
+            "| layer | grad values | fp16 underflow w/o scaling | fp16 underflow at scale | max abs activation "
             "| / fp16 max |",
             "|---|---:|---:|---:|---:|---:|",
         ]
@@ -240,9 +238,7 @@ class NumericsReport:
             peak = peaks.get(name)
             act = "-" if peak is None else f"{peak:.3g} | {peak / FP16_MAX:.2e}"
             act = act if peak is not None else "- | -"
-            lines.append(
-                f"| {name} | {w.grad_numel} | {w.underflow_unscaled:.2%} | {w.underflow_scaled:.2%} | {act} |"
-            )
+            lines.append(f"| {name} | {w.grad_numel} | {w.underflow_unscaled:.2%} | {w.underflow_scaled:.2%} | {act} |")
         bad = [(s.step, s.first_nonfinite_activation, s.first_nonfinite_grad) for s in self.samples]
         bad = [b for b in bad if b[1] or b[2]]
         if bad:

@@ -70,9 +70,7 @@ class LossScale:
             return cls(mode="static", init_scale=float(value))
         if isinstance(value, str) and value in ("dynamic", "none"):
             return cls(mode=value)
-        raise ValueError(
-            f"loss_scale={value!r} is not understood; use 'dynamic', 'none' or a positive number"
-        )
+        raise ValueError(f"loss_scale={value!r} is not understood; use 'dynamic', 'none' or a positive number")
 
     def to_dict(self) -> dict[str, Any]:
         """Serialise to a JSON-friendly dict."""
@@ -108,9 +106,7 @@ def found_inf(scaler: torch.amp.GradScaler, optimizers: list[torch.optim.Optimiz
     return torch.stack(flags).sum()
 
 
-def set_found_inf(
-    scaler: torch.amp.GradScaler, optimizers: list[torch.optim.Optimizer], value: float
-) -> None:
+def set_found_inf(scaler: torch.amp.GradScaler, optimizers: list[torch.optim.Optimizer], value: float) -> None:
     """Overwrite every recorded flag in place, so ``step``/``update`` act on one global verdict."""
     for opt in optimizers:
         for flag in _found_inf_tensors(scaler, opt):

@@ -94,9 +94,7 @@ class MixedPrecision:
             raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm}")
         first = next(model.parameters(), None)
         self.device_type = (
-            torch.device(device).type
-            if device is not None
-            else (first.device.type if first is not None else "cpu")
+            torch.device(device).type if device is not None else (first.device.type if first is not None else "cpu")
         )  # noqa: E501
         self.choice: PolicyChoice = resolve_policy(precision, self.device_type)
         policy = self.choice.policy
@@ -124,9 +122,7 @@ class MixedPrecision:
             self._output_cast = OutputCast(model, policy.output_dtype, self.device_type)
         self.master: MasterWeights | None = None
         if policy.master_weights:
-            self.master = MasterWeights(
-                self._inner, self.optimizers, policy.param_dtype, self._overrides.modules()
-            )
+            self.master = MasterWeights(self._inner, self.optimizers, policy.param_dtype, self._overrides.modules())
         self._params = [p for opt in self.optimizers for g in opt.param_groups for p in g["params"]]
         self._sync_inf = dist_utils.is_fsdp(model) and dist_utils.world_size() > 1
         config = NumericsConfig() if diagnostics is True else diagnostics or None
@@ -146,11 +142,7 @@ class MixedPrecision:
     def autocast(self) -> Iterator[None]:
         """Context for the forward pass (and the loss): autocast in the policy's compute dtype."""
         boundary = (self._micro + 1) % self.accumulation_steps == 0
-        if (
-            self.accumulation_steps > 1
-            and self._sync_inf
-            and hasattr(self.model, "set_requires_gradient_sync")
-        ):
+        if self.accumulation_steps > 1 and self._sync_inf and hasattr(self.model, "set_requires_gradient_sync"):
             self.model.set_requires_gradient_sync(boundary)
         sampled = self._numerics is not None and self._numerics.wants(self.stats.steps)
         if sampled:
@@ -158,9 +150,7 @@ class MixedPrecision:
         try:
             with (
                 dist_utils.maybe_no_sync(self.model, not boundary),
-                torch.autocast(
-                    self.device_type, dtype=self.policy.compute_dtype, enabled=self.policy.is_mixed
-                ),
+                torch.autocast(self.device_type, dtype=self.policy.compute_dtype, enabled=self.policy.is_mixed),
             ):
                 yield
         finally:
@@ -172,9 +162,7 @@ class MixedPrecision:
         if not isinstance(loss, torch.Tensor):
             raise TypeError(f"loss must be a torch.Tensor, got {type(loss).__name__}")
         if loss.numel() != 1:
-            raise ValueError(
-                f"loss must be a scalar, got shape {tuple(loss.shape)}; reduce it with .mean() or .sum()"
-            )
+            raise ValueError(f"loss must be a scalar, got shape {tuple(loss.shape)}; reduce it with .mean() or .sum()")
         if not loss.requires_grad:
             raise ValueError(
                 "loss does not require grad: was it computed under torch.no_grad() or from detached tensors?"
@@ -193,15 +181,14 @@ class MixedPrecision:
         Returns True when the weights were updated; False for a skipped step or while accumulating.
         """
         if self._micro == 0:
-            raise StepOrderError(
-                "step() was called without backward() since the last step; call mp.backward(loss)"
-            )
+            raise StepOrderError("step() was called without backward() since the last step; call mp.backward(loss)")
         if self._micro < self.accumulation_steps:
             return False
         self._micro = 0
         scaling = self.scaler.is_enabled()
         if self._numerics is not None and self._numerics.wants(self.stats.steps):
-            self._numerics.record_grads(self.stats.steps, self.stats.scale if scaling else 1.0)
+            live = self.stats.scale if scaling else 1.0
+            self._numerics.record_grads(self.stats.steps, live, live if scaling else LossScale().init_scale)
         if self.master is not None:
             self.master.grads_to_master()
         skipped = False
@@ -229,9 +216,7 @@ class MixedPrecision:
         scale = self.scaler.get_scale() if scaling else 1.0
         self.stats.record(scale, skipped, norm)
         if skipped:
-            logger.info(
-                "mixq.amp: step %d skipped (inf/NaN gradients); scale now %g", self.stats.steps - 1, scale
-            )
+            logger.info("mixq.amp: step %d skipped (inf/NaN gradients); scale now %g", self.stats.steps - 1, scale)
             self._check_floor(scale)
         return not skipped
 
@@ -255,11 +240,7 @@ class MixedPrecision:
             if any(not bool(torch.isfinite(g).all()) for g in grads):
                 bad = name or "<root>"
                 break
-        where = (
-            f"the first layer with non-finite gradients is '{bad}'"
-            if bad
-            else "no layer has non-finite grads now"
-        )
+        where = f"the first layer with non-finite gradients is '{bad}'" if bad else "no layer has non-finite grads now"
         raise LossScaleCollapseError(
             f"loss scale fell to {scale:g}, below min_scale={floor:g}, after "
             f"{self.stats.skipped_steps} skipped steps; {where}. Keep it in fp32 (keep_fp32=[...]), use bf16 "
@@ -293,9 +274,7 @@ class MixedPrecision:
             raise ValueError(f"unsupported MixedPrecision state version {state.get('version')!r}")
         saved = Policy.from_dict(state["policy"])
         if saved != self.policy:
-            raise ValueError(
-                f"checkpoint was saved with policy {saved}, but this MixedPrecision uses {self.policy}"
-            )
+            raise ValueError(f"checkpoint was saved with policy {saved}, but this MixedPrecision uses {self.policy}")
         if state["scaler"] and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.loss_scale = LossScale.from_dict(state["loss_scale"])

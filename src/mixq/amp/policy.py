@@ -43,9 +43,7 @@ def _dtype(value: str | torch.dtype, field: str) -> torch.dtype:
     else:
         raise ValueError(f"{field}={value!r} is not a supported dtype; use one of f32, f16, bf16")
     if dtype not in _SHORT:
-        raise ValueError(
-            f"{field}={dtype} is not supported; use torch.float32, torch.float16 or torch.bfloat16"
-        )
+        raise ValueError(f"{field}={dtype} is not supported; use torch.float32, torch.float16 or torch.bfloat16")
     return dtype
 
 

@@ -93,11 +93,7 @@ class AmpStats:
             "|---:|---:|---:|---:|---:|",
             f"| {self.steps} | {self.applied_steps} | {self.skipped_steps} | {rate:.2%} | {self.scale:g} |",
         ]
-        changes = [
-            r
-            for i, r in enumerate(self.history)
-            if r.skipped or i == 0 or r.scale != self.history[i - 1].scale
-        ]
+        changes = [r for i, r in enumerate(self.history) if r.skipped or i == 0 or r.scale != self.history[i - 1].scale]
         if changes:
             lines += ["", "| step | scale after | skipped |", "|---:|---:|:---:|"]
             lines += [f"| {r.step} | {r.scale:g} | {'yes' if r.skipped else ''} |" for r in changes[-20:]]
