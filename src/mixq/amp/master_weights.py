@@ -49,6 +49,7 @@ class MasterWeights:
             for p, master in self.pairs:
                 if p in opt.state:
                     opt.state[master] = opt.state.pop(p)
+        self._master_of = {id(p): m for p, m in self.pairs}
         with torch.no_grad():
             for p, _ in self.pairs:
                 p.data = p.data.to(dtype)
@@ -56,7 +57,7 @@ class MasterWeights:
                     p.grad = None
 
     def grads_to_master(self) -> None:
-        """Copy the 16-bit model gradients into the fp32 masters' ``.grad`` (None stays None)."""
+        """Move the 16-bit model gradients into the fp32 masters' ``.grad``, freeing each 16-bit one at once."""
         for p, master in self.pairs:
             if p.grad is None:
                 master.grad = None
@@ -64,6 +65,12 @@ class MasterWeights:
                 master.grad = p.grad.detach().float()
             else:
                 master.grad.copy_(p.grad)
+            p.grad = None
+
+    def grad_of(self, param: nn.Parameter) -> torch.Tensor | None:
+        """The gradient standing for ``param``: its master's after :meth:`grads_to_master`, else its own."""
+        master = self._master_of.get(id(param))
+        return param.grad if master is None or master.grad is None else master.grad
 
     @torch.no_grad()
     def master_to_model(self) -> None:

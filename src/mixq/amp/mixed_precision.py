@@ -236,7 +236,8 @@ class MixedPrecision:
             return
         bad = None
         for name, module in self._inner.named_modules():
-            grads = [p.grad for p in module.parameters(recurse=False) if p.grad is not None]
+            grad_of = self.master.grad_of if self.master is not None else (lambda p: p.grad)
+            grads = [g for g in map(grad_of, module.parameters(recurse=False)) if g is not None]
             if any(not bool(torch.isfinite(g).all()) for g in grads):
                 bad = name or "<root>"
                 break
