@@ -163,8 +163,6 @@ def test_fake_quantize_equals_dequantize_of_quantize_and_has_ste_gradient(axis):
     assert torch.equal(x.grad[outside], torch.zeros_like(x.grad[outside]))
 
 
-@pytest.mark.xfail(strict=True, reason="primitives bug: fake_quantize computes in the input's half dtype "
-                   "(a 0-d float32 scale does not promote it), quantize casts to float32 first")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_fake_quantize_matches_quantize_for_half_inputs(dtype):
     x = (torch.randn(1000, generator=torch.Generator().manual_seed(4)) * 3).to(dtype)

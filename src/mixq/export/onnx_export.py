@@ -45,6 +45,18 @@ def _dynamic_batch(args: tuple, kwargs: dict) -> tuple | dict:
     return tuple(spec(a) for a in args)
 
 
+def _strip_debug_metadata(path: str) -> None:
+    """Drop the exporter's per-node debug records (source stack, FX node, class path): often most of the file."""
+    import onnx
+
+    model = onnx.load(path)
+    for graph in [model.graph, *(f for f in model.functions)]:
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+    onnx.save(model, path)
+
+
 def export_onnx(
     model: nn.Module,
     example_inputs: Any,
@@ -85,9 +97,11 @@ def export_onnx(
             program = torch.onnx.export(
                 model, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
                 dynamic_shapes=dynamic_shapes, custom_translation_table=translation_table(),
-                input_names=input_names, output_names=output_names, optimize=True, verbose=False,
+                input_names=input_names, output_names=output_names, verbose=False,
+                optimize=False,  # its constant folding would turn small float16 weights back into float32
             )
             program.save(tmp, external_data=False)
+        _strip_debug_metadata(tmp)
         os.replace(tmp, target)
     except Exception as err:
         with contextlib.suppress(FileNotFoundError):

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mixq.quant.calibration import Batch, CalibrationError, call_model, check_batch, run_batches
+from mixq.quant.calibration import Batch, CalibrationError, call_checked, check_batch, run_batches
 from mixq.quant.fusion import apply_fusions, find_fusions, set_submodule, trace_calls
 from mixq.quant.modules import (
     DynamicQuantizedConv,
@@ -188,7 +188,7 @@ def quantize(
     summary = QuantizationSummary(cfg.mode)
     relu_layers: set[str] = set()
     if cfg.fold_batchnorm and probe is not None:
-        fusions = [f for f in find_fusions(trace_calls(qmodel, lambda m: call_model(m, probe)))
+        fusions = [f for f in find_fusions(trace_calls(qmodel, lambda m: call_checked(m, probe)))
                    if not _excluded(f.layer, cfg.exclude)]
         if cfg.mode != "static":
             for f in fusions:
@@ -208,6 +208,8 @@ def quantize(
     elif targets:
         _convert_weights(qmodel, targets, cfg, summary)
 
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    summary.layers.sort(key=lambda r: order.get(r.name, len(order)))
     if not summary.quantized:
         warnings.warn(f"nothing in {type(model).__name__} could be quantized (no Linear/Conv1d/Conv2d layers "
                       "left after exclusions); returning it in float", stacklevel=2)

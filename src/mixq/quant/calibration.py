@@ -77,21 +77,26 @@ def run_batches(model: nn.Module, batches: Iterable[Batch], *, desc: str = "cali
     count = 0
     with torch.no_grad():
         for i, batch in enumerate(tqdm(batches, desc=desc, total=total, disable=not progress, leave=False)):
-            check_batch(batch, i)
-            try:
-                call_model(model, batch)
-            except CalibrationError:
-                raise
-            except ValueError as err:
-                if "non-finite" in str(err):
-                    raise CalibrationError(f"{err} (batch {i})") from err
-                raise _shape_error(batch, i, err) from err
-            except (TypeError, RuntimeError, IndexError) as err:
-                raise _shape_error(batch, i, err) from err
+            call_checked(model, batch, i)
             count += 1
     if count == 0:
         raise CalibrationError("calib_data yielded no batches; pass at least one representative batch")
     return count
+
+
+def call_checked(model: nn.Module, batch: Batch, index: int = 0) -> Any:
+    """``call_model`` after ``check_batch``, turning the model's complaints into a ``CalibrationError``."""
+    check_batch(batch, index)
+    try:
+        return call_model(model, batch)
+    except CalibrationError:
+        raise
+    except ValueError as err:
+        if "non-finite" in str(err):
+            raise CalibrationError(f"{err} (batch {index})") from err
+        raise _shape_error(batch, index, err) from err
+    except (TypeError, RuntimeError, IndexError) as err:
+        raise _shape_error(batch, index, err) from err
 
 
 def _shape_error(batch: Any, index: int, err: Exception) -> CalibrationError:

@@ -120,6 +120,8 @@ class _FakeQuantizeSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, axis, qmin, qmax):  # type: ignore[override]
+        ctx.input_dtype = x.dtype
+        x = x.to(torch.float32)  # same arithmetic as quantize(), whatever autocast handed us
         s = _along(scale, x, axis)
         z = _along(zero_point, x, axis).to(torch.float32)
         q = torch.round(x / s) + z
@@ -129,15 +131,15 @@ class _FakeQuantizeSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         (inside,) = ctx.saved_tensors
-        return grad * inside, None, None, None, None, None
+        return (grad * inside).to(ctx.input_dtype), None, None, None, None, None
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int | None = None,
                   qmin: int | None = None, qmax: int | None = None) -> torch.Tensor:
     """``dequantize(quantize(x))`` in one step, differentiable with a straight-through estimator.
 
-    Bit-identical to ``dequantize(quantize(x, ...), ...)``; gradients pass through rounding and are zero where
-    ``x`` fell outside the representable range.
+    Bit-identical to ``dequantize(quantize(x, ...), ...)`` (float32 output for any input dtype); gradients pass
+    through rounding and are zero where ``x`` fell outside the representable range.
     """
     lo, hi = _INTEGER_DTYPES[zero_point.dtype]
     return _FakeQuantizeSTE.apply(x, scale, zero_point, axis, lo if qmin is None else qmin,

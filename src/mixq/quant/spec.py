@@ -85,7 +85,8 @@ DEFAULT_ACTIVATION = QuantSpec("uint8", symmetric=False, granularity="per_tensor
 class ObserverSpec:
     """Which calibration observer estimates activation ranges, with its knobs.
 
-    ``percentile`` clips at that percentile of |x| (default 99.99); ``bins`` is the histogram resolution shared by
+    ``percentile`` clips each side of the distribution at that percentile (default 99.99: the 0.01 % most extreme
+    values below and above are clipped); ``bins`` is the histogram resolution shared by
     the percentile, MSE and entropy observers; ``averaging_constant`` is the moving-average weight.
     """
 

@@ -1,0 +1,58 @@
+"""A Hugging Face BERT encoder (small random config): dynamic int8 Linear layers, exported, integer MatMuls in ORT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import mixq
+from mixq.export import INTEGER_KERNELS
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def bert():
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=500, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=256, max_position_embeddings=64)
+    return transformers.BertModel(config).eval()
+
+
+def _inputs(batch: int, seq: int = 24, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 500, (batch, seq), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, seq // 2:] = 0  # one padded sequence
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_dynamic_bert_exports_with_integer_matmuls(bert, tmp_path, ort_run):
+    qmodel = mixq.quantize(bert, "dynamic")
+    quantized = qmodel.mixq_summary.quantized
+    assert len(quantized) == 2 * 6 + 1  # q, k, v, attention out, intermediate, output per layer + pooler
+    assert all(r.kind == "Linear" for r in quantized)
+
+    path = mixq.export_onnx(qmodel, _inputs(2), tmp_path / "bert_int8.onnx")
+    ops = mixq.optimized_op_types(path)
+    assert sum(ops[k] for k in INTEGER_KERNELS) == len(quantized), ops
+    # the only float MatMuls left are attention's activation x activation products (2 per layer)
+    assert ops["MatMul"] + ops["FusedMatMul"] == 2 * 2 and ops["Gemm"] == 0, ops
+
+    inputs = _inputs(5, seed=1)  # another batch size: dynamic batch
+    ort_hidden, ort_pooled = ort_run(path, **inputs)
+    with torch.no_grad():
+        sim = qmodel(**inputs)
+        ref = bert(**inputs)
+    assert np.abs(ort_pooled - sim.pooler_output.numpy()).max() <= 1e-4
+    assert np.abs(ort_hidden - sim.last_hidden_state.numpy()).max() <= 1e-3
+    cosine = torch.nn.functional.cosine_similarity(torch.from_numpy(ort_pooled), ref.pooler_output, dim=-1)
+    assert cosine.min().item() >= 0.99
+
+
+def test_dynamic_bert_is_smaller(bert, tmp_path):
+    fp32 = mixq.export_onnx(bert, _inputs(2), tmp_path / "fp32.onnx")
+    int8 = mixq.export_onnx(mixq.quantize(bert, "dynamic"), _inputs(2), tmp_path / "int8.onnx")
+    # embeddings (500 x 64 words + positions) stay float in this tiny config, so the ratio is modest here
+    assert int8.stat().st_size < 0.6 * fp32.stat().st_size

@@ -1,0 +1,202 @@
+"""``mixq.quantize``: the contract (copy, summary, exclusions, batch structures) and its errors on bad input."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import mixq
+from mixq.quant.modules import DynamicQuantizedLinear, Float16Linear, QuantizedLinear, WeightOnlyLinear
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+
+
+def _batches(n: int = 3) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(10, 8, generator=g) for _ in range(n)]
+
+
+def test_quantize_returns_a_copy_and_leaves_the_model_untouched():
+    model = _mlp()
+    before = copy.deepcopy(model.state_dict())
+    qmodel = mixq.quantize(model, "static", calib_data=_batches(), progress=False)
+    assert qmodel is not model
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert isinstance(model[0], nn.Linear) and isinstance(model[1], nn.ReLU)
+    assert isinstance(qmodel[0], QuantizedLinear) and qmodel[0].relu
+    assert isinstance(qmodel[1], nn.Identity)  # the ReLU was fused into the first layer
+
+
+@pytest.mark.parametrize("mode, cls", [("dynamic", DynamicQuantizedLinear), ("weight_only", WeightOnlyLinear),
+                                       ("fp16", Float16Linear)])
+def test_modes_swap_linear_layers(mode, cls):
+    qmodel = mixq.quantize(_mlp(), mode)
+    assert isinstance(qmodel[0], cls) and isinstance(qmodel[2], cls)
+    assert isinstance(qmodel[1], nn.ReLU)  # only static mode fuses ReLUs
+    x = _batches(1)[0]
+    assert torch.allclose(qmodel(x), _mlp()(x), atol=0.05)
+
+
+def test_weights_are_plain_integer_tensors():
+    qmodel = mixq.quantize(_mlp(), "static", calib_data=_batches(), progress=False)
+    layer = qmodel[0]
+    assert layer.weight_t.dtype == torch.int8 and layer.w_scale.dtype == torch.float32
+    assert layer.x_zp.dtype == torch.uint8 and layer.w_scale.shape == (16,)
+    assert not any(t.is_quantized for t in qmodel.state_dict().values())
+    assert int(layer.weight_t.abs().max()) == 127  # symmetric narrow range, per channel
+
+
+def test_per_tensor_weights_on_request():
+    qmodel = mixq.quantize(_mlp(), "dynamic", per_channel=False)
+    assert qmodel[0].w_scale.dim() == 0
+
+
+def test_exclude_keeps_layers_float_and_summary_says_why():
+    qmodel = mixq.quantize(_mlp(), "static", calib_data=_batches(), exclude=["2"], progress=False)
+    assert isinstance(qmodel[2], nn.Linear)
+    rows = {r.name: r for r in qmodel.mixq_summary.layers}
+    assert rows["2"].status == "float" and "excluded" in rows["2"].detail
+    assert rows["0"].status == "quantized"
+    text = str(qmodel.mixq_summary)
+    assert "1 layers quantized, 1 left float" in text and "excluded by pattern" in text
+
+
+def test_summary_serialises():
+    summary = mixq.quantize(_mlp(), "dynamic").mixq_summary
+    data = summary.to_dict()
+    assert data["mode"] == "dynamic" and len(data["layers"]) == 2
+    assert all(r["bytes_after"] < r["bytes_before"] for r in data["layers"])
+
+
+def test_unsupported_layers_are_reported_not_crashed_on():
+    model = nn.Sequential(nn.Embedding(10, 8), nn.LayerNorm(8), nn.Linear(8, 4))
+    qmodel = mixq.quantize(model, "static", calib_data=[torch.randint(0, 10, (4, 3))], progress=False)
+    rows = {r.name: r for r in qmodel.mixq_summary.layers}
+    assert rows["0"].status == "float" and "Embedding" in rows["0"].detail
+    assert rows["1"].status == "float" and rows["2"].status == "quantized"
+
+
+def test_layers_never_called_in_calibration_stay_float():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.used(x)
+
+    qmodel = mixq.quantize(Branchy(), "static", calib_data=_batches(), progress=False)
+    rows = {r.name: r for r in qmodel.mixq_summary.layers}
+    assert rows["unused"].status == "float" and "never executed" in rows["unused"].detail
+
+
+class _KwargModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 4), nn.Linear(8, 4)
+
+    def forward(self, x, y):
+        return self.a(x) + self.b(y)
+
+
+@pytest.mark.parametrize("make_batch", [lambda x, y: (x, y), lambda x, y: [x, y], lambda x, y: {"x": x, "y": y}],
+                         ids=["tuple", "list", "dict"])
+def test_batch_structures(make_batch):
+    batches = [make_batch(t, t * 2) for t in _batches()]
+    qmodel = mixq.quantize(_KwargModel(), "static", calib_data=batches, progress=False)
+    assert len(qmodel.mixq_summary.quantized) == 2
+
+
+def test_one_shot_generator_is_fully_consumed():
+    seen = []
+
+    def gen():
+        for b in _batches(4):
+            seen.append(b)
+            yield b
+
+    qmodel = mixq.quantize(_mlp(), "static", calib_data=gen(), progress=False)
+    assert len(seen) == 4
+    assert int(qmodel.mixq_summary.quantized[0].bytes_after) > 0
+
+
+# --- bad input -------------------------------------------------------------------------------------------------
+
+def test_unknown_mode():
+    with pytest.raises(ValueError, match="unknown mode 'int3'.*static"):
+        mixq.quantize(_mlp(), "int3")
+
+
+def test_unknown_observer():
+    with pytest.raises(ValueError, match="unknown observer 'magic'.*percentile"):
+        mixq.quantize(_mlp(), "static", calib_data=_batches(), observer="magic")
+
+
+def test_static_without_calibration_data():
+    with pytest.raises(ValueError, match="needs calib_data"):
+        mixq.quantize(_mlp(), "static")
+
+
+def test_empty_calibration_data():
+    with pytest.raises(mixq.CalibrationError, match="empty"):
+        mixq.quantize(_mlp(), "static", calib_data=[])
+
+
+def test_single_tensor_instead_of_iterable():
+    with pytest.raises(TypeError, match=r"calib_data=\[x\]"):
+        mixq.quantize(_mlp(), "static", calib_data=torch.randn(4, 8))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_calibration_data(bad):
+    batches = _batches()
+    batches[1][0, 0] = bad
+    with pytest.raises(mixq.CalibrationError, match="batch 1 .*NaN or inf"):
+        mixq.quantize(_mlp(), "static", calib_data=batches, progress=False)
+
+
+def test_batch_the_model_cannot_take():
+    with pytest.raises(mixq.CalibrationError, match=r"batch 0 \(Tensor\(10, 5\):float32\) could not be passed"):
+        mixq.quantize(_mlp(), "static", calib_data=[torch.randn(10, 5)], progress=False)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 16])
+def test_bits_other_than_4_or_8(bits):
+    with pytest.raises(ValueError, match="bits must be 4 or 8"):
+        mixq.quantize(_mlp(), "weight_only", bits=bits)
+
+
+def test_four_bit_static_is_refused_with_a_pointer_to_weight_only():
+    with pytest.raises(ValueError, match="weight_only"):
+        mixq.quantize(_mlp(), "static", calib_data=_batches(), bits=4)
+
+
+def test_model_with_nothing_quantizable_warns_and_returns_float():
+    model = nn.Sequential(nn.ReLU(), nn.LayerNorm(4))
+    with pytest.warns(UserWarning, match="nothing in Sequential could be quantized"):
+        qmodel = mixq.quantize(model, "dynamic")
+    x = torch.randn(2, 4)
+    assert torch.equal(qmodel(x), model(x))
+
+
+def test_exclude_as_a_bare_string_is_refused():
+    with pytest.raises(TypeError, match="list of name patterns"):
+        mixq.quantize(_mlp(), "dynamic", exclude="head")
+
+
+def test_not_a_module():
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        mixq.quantize(lambda x: x, "dynamic")  # type: ignore[arg-type]
+
+
+def test_no_warnings_on_the_happy_path():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mixq.quantize(_mlp(), "static", calib_data=_batches(), progress=False)

@@ -1,0 +1,23 @@
+"""The package surface: public names, and importing mixq stays cheap (no ONNX, no CUDA)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import mixq
+
+
+def test_public_api():
+    for name in ("quantize", "export_onnx", "optimized_op_types", "QuantConfig", "QuantSpec", "MixedPrecision"):
+        assert name in mixq.__all__ and getattr(mixq, name).__doc__
+
+
+def test_import_does_not_load_onnx_or_cuda():
+    code = (
+        "import sys, torch; import mixq; "
+        "heavy = [m for m in ('onnx', 'onnxruntime', 'onnxscript') if m in sys.modules]; "
+        "print(heavy, torch.cuda.is_initialized())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[] False"
