@@ -10,6 +10,8 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
+from mixq.demo import train
+
 
 class DigitsMLP(nn.Module):
     def __init__(self) -> None:
@@ -61,28 +63,17 @@ def digits() -> dict[str, torch.Tensor]:
     return {"x_train": x[:1400], "y_train": y[:1400], "x_test": x[1400:], "y_test": y[1400:]}
 
 
-def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int) -> nn.Module:
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(epochs):
-        for i in range(0, len(x), 64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
-            opt.step()
-    return model.eval()
-
-
 @pytest.fixture(scope="session")
 def trained_mlp(digits) -> nn.Module:
     torch.manual_seed(0)
-    return _train(DigitsMLP(), digits["x_train"], digits["y_train"], epochs=15)
+    return train(DigitsMLP(), digits["x_train"], digits["y_train"], epochs=15)
 
 
 @pytest.fixture(scope="session")
 def trained_cnn(digits) -> nn.Module:
     torch.manual_seed(0)
     x = digits["x_train"].reshape(-1, 1, 8, 8)
-    return _train(DigitsCNN(), x, digits["y_train"], epochs=12)
+    return train(DigitsCNN(), x, digits["y_train"], epochs=12)
 
 
 @pytest.fixture
