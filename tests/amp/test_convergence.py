@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import train
+from amp_helpers import train
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import io
 
 import pytest
 import torch
-from conftest import make_mlp
+from amp_helpers import make_mlp
 from torch import nn
 
 import mixq.amp as amp
