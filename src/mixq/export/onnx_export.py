@@ -45,6 +45,18 @@ def _dynamic_batch(args: tuple, kwargs: dict) -> tuple | dict:
     return tuple(spec(a) for a in args)
 
 
+# Fold only nodes whose inputs are this small: shape arithmetic and zero biases get folded (so ONNX Runtime can fuse
+# BatchNorm and its own quantizer sees constant biases), while stored float16 weights are never upcast into float32.
+_FOLD_INPUT_LIMIT = 64
+
+
+def _optimize(program: Any) -> None:
+    """The exporter's graph clean-up (constant folding, dead code) with a small folding limit."""
+    import onnxscript.optimizer
+
+    program.model = onnxscript.optimizer.optimize(program.model, input_size_limit=_FOLD_INPUT_LIMIT)
+
+
 def _strip_debug_metadata(path: str) -> None:
     """Drop the exporter's per-node debug records (source stack, FX node, class path): often most of the file."""
     import onnx
@@ -97,9 +109,9 @@ def export_onnx(
             program = torch.onnx.export(
                 model, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
                 dynamic_shapes=dynamic_shapes, custom_translation_table=translation_table(),
-                input_names=input_names, output_names=output_names, verbose=False,
-                optimize=False,  # its constant folding would turn small float16 weights back into float32
+                input_names=input_names, output_names=output_names, verbose=False, optimize=False,
             )
+            _optimize(program)
             program.save(tmp, external_data=False)
         _strip_debug_metadata(tmp)
         os.replace(tmp, target)
