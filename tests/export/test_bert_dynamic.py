@@ -30,9 +30,10 @@ def _inputs(batch: int, seq: int = 24, seed: int = 0) -> dict[str, torch.Tensor]
 
 def test_dynamic_bert_exports_with_integer_matmuls(bert, tmp_path, ort_run):
     qmodel = mixq.quantize(bert, "dynamic")
-    quantized = qmodel.mixq_summary.quantized
+    quantized = [r for r in qmodel.mixq_summary.quantized if r.kind == "Linear"]
     assert len(quantized) == 2 * 6 + 1  # q, k, v, attention out, intermediate, output per layer + pooler
-    assert all(r.kind == "Linear" for r in quantized)
+    tables = [r.name for r in qmodel.mixq_summary.quantized if r.kind == "Embedding"]
+    assert len(tables) == 3  # word, position and token-type tables are int8 too
 
     path = mixq.export_onnx(qmodel, _inputs(2), tmp_path / "bert_int8.onnx")
     ops = mixq.optimized_op_types(path)
@@ -54,5 +55,4 @@ def test_dynamic_bert_exports_with_integer_matmuls(bert, tmp_path, ort_run):
 def test_dynamic_bert_is_smaller(bert, tmp_path):
     fp32 = mixq.export_onnx(bert, _inputs(2), tmp_path / "fp32.onnx")
     int8 = mixq.export_onnx(mixq.quantize(bert, "dynamic"), _inputs(2), tmp_path / "int8.onnx")
-    # embeddings (500 x 64 words + positions) stay float in this tiny config, so the ratio is modest here
-    assert int8.stat().st_size < 0.6 * fp32.stat().st_size
+    assert int8.stat().st_size < 0.35 * fp32.stat().st_size  # tiny config: LayerNorm/bias/scales weigh more

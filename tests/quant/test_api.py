@@ -79,8 +79,24 @@ def test_unsupported_layers_are_reported_not_crashed_on():
     model = nn.Sequential(nn.Embedding(10, 8), nn.LayerNorm(8), nn.Linear(8, 4))
     qmodel = mixq.quantize(model, "static", calib_data=[torch.randint(0, 10, (4, 3))], progress=False)
     rows = {r.name: r for r in qmodel.mixq_summary.layers}
-    assert rows["0"].status == "float" and "Embedding" in rows["0"].detail
-    assert rows["1"].status == "float" and rows["2"].status == "quantized"
+    assert rows["0"].status == "quantized" and "per-row" in rows["0"].detail  # int8 embedding table
+    assert rows["1"].status == "float" and "no quantized kernel for LayerNorm" in rows["1"].detail
+    assert rows["2"].status == "quantized"
+
+
+def test_embedding_table_is_int8_per_row_within_half_a_step():
+    torch.manual_seed(0)
+    embedding = nn.Embedding(50, 16)
+    with torch.no_grad():
+        embedding.weight[3] *= 100  # one outlier row must not cost the other rows precision
+    qmodel = mixq.quantize(nn.Sequential(embedding), "dynamic")
+    layer = qmodel[0]
+    assert layer.weight.dtype == torch.int8 and layer.w_scale.shape == (50,)
+    ids = torch.arange(50).reshape(5, 10)
+    err = (qmodel(ids) - embedding(ids)).abs().detach()
+    assert torch.all(err <= layer.w_scale[ids].unsqueeze(-1) / 2 + 1e-7)
+    fp16 = mixq.quantize(nn.Sequential(embedding, nn.Linear(16, 2)), "fp16").mixq_summary
+    assert {r.name: r.status for r in fp16.layers} == {"0": "float", "1": "quantized"}
 
 
 def test_layers_never_called_in_calibration_stay_float():

@@ -7,6 +7,7 @@
 * ``dynamic_linear``: DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul [-> Add] => DynamicQuantizeMatMul
 * ``dynamic_conv``: DynamicQuantizeLinear -> ConvInteger -> Cast -> Mul [-> Add]
 * ``matmul_nbits``: com.microsoft MatMulNBits [-> Add]
+* ``embedding_lookup``: Gather of the int8 table and of the per-row scales -> Cast -> Mul
 * ``dequantize_weight`` / ``upcast``: DequantizeLinear / Cast of stored int8 / float16 weights
 """
 
@@ -74,6 +75,11 @@ def matmul_nbits(x, packed, scales, bias, in_features, bits, block_size):
     return y if bias is None else op.Add(y, bias)
 
 
+def embedding_lookup(indices, q, scale):
+    rows = op.Cast(op.Gather(q, indices, axis=0), to=FLOAT.dtype)
+    return op.Mul(rows, op.Unsqueeze(op.Gather(scale, indices, axis=0), op.Constant(value_ints=[-1])))
+
+
 def dequantize_weight(q, scale, axis):
     return op.DequantizeLinear(q, scale, axis=axis)
 
@@ -92,5 +98,6 @@ def translation_table() -> dict[Callable, Callable]:
         ops.dynamic_conv.default: dynamic_conv,
         ops.matmul_nbits.default: matmul_nbits,
         ops.dequantize_weight.default: dequantize_weight,
+        ops.embedding_lookup.default: embedding_lookup,
         ops.upcast.default: upcast,
     }

@@ -21,16 +21,19 @@ from mixq.quant.modules import (
     Float16Linear,
     ObservedLayer,
     QuantizedConv,
+    QuantizedEmbedding,
     QuantizedLinear,
     WeightOnlyConv,
     WeightOnlyLinear,
 )
 from mixq.quant.modules.conv_args import unsupported_conv_reason
+from mixq.quant.modules.embedding import unsupported_embedding_reason
 from mixq.quant.observers import make_observer
 from mixq.quant.spec import DEFAULT_ACTIVATION, ObserverSpec, QuantConfig, QuantSpec
 from mixq.quant.summary import QuantizationSummary, module_bytes
 
-QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+EMBEDDING_MODES = ("static", "dynamic", "weight_only")  # int8 tables; fp16 leaves embeddings float
 
 
 def make_config(mode: str, *, observer: str = "minmax", bits: int = 8, group_size: int | None = None,
@@ -91,6 +94,10 @@ def _plan(model: nn.Module, cfg: QuantConfig, summary: QuantizationSummary) -> l
                 reason = "excluded by pattern"
             elif isinstance(parent, nn.MultiheadAttention):
                 reason = "read directly by nn.MultiheadAttention (not called as a module)"
+            elif isinstance(module, nn.Embedding):
+                reason = unsupported_embedding_reason(module)
+                if reason is None and cfg.mode not in EMBEDDING_MODES:
+                    reason = "fp16 mode keeps embedding tables float32"
             elif not isinstance(module, nn.Linear):
                 reason = unsupported_conv_reason(module)
                 if reason is None and cfg.mode == "weight_only" and cfg.weight.bits == 4:
@@ -197,6 +204,11 @@ def quantize(
         summary.notes += [f"folded {f.batchnorm} into {f.layer}" for f in fusions if f.batchnorm]
     targets = _plan(qmodel, cfg, summary)
 
+    embeddings = [n for n in targets if isinstance(qmodel.get_submodule(n), nn.Embedding)]
+    targets = [n for n in targets if n not in embeddings]
+    for name in embeddings:
+        _swap(qmodel, name, QuantizedEmbedding(qmodel.get_submodule(name), cfg.weight), summary,
+              "int8 table, per-row scales")
     if cfg.mode == "static" and targets:
         for name in targets:
             layer = qmodel.get_submodule(name)

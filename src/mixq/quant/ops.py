@@ -161,3 +161,14 @@ def upcast(w: torch.Tensor) -> torch.Tensor:
 @upcast.register_fake
 def _(w):
     return torch.empty_like(w, dtype=torch.float32)
+
+
+@torch.library.custom_op("mixq::embedding_lookup", mutates_args=())
+def embedding_lookup(indices: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Rows of an int8 table with per-row scales, dequantized after the lookup (ONNX: Gather, Cast, Mul)."""
+    return q[indices].to(torch.float32) * scale[indices].unsqueeze(-1)
+
+
+@embedding_lookup.register_fake
+def _(indices, q, scale):
+    return q.new_empty((*indices.shape, q.shape[1]), dtype=torch.float32)

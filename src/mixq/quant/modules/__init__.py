@@ -1,6 +1,7 @@
 """Quantized replacements for float layers, one file per mode, plus the observed wrapper used in calibration."""
 
 from mixq.quant.modules.dynamic import DynamicQuantizedConv, DynamicQuantizedLinear
+from mixq.quant.modules.embedding import QuantizedEmbedding
 from mixq.quant.modules.fp16 import Float16Conv, Float16Linear
 from mixq.quant.modules.observed import ObservedLayer
 from mixq.quant.modules.static import QuantizedConv, QuantizedLinear
@@ -13,6 +14,7 @@ __all__ = [
     "Float16Linear",
     "ObservedLayer",
     "QuantizedConv",
+    "QuantizedEmbedding",
     "QuantizedLinear",
     "WeightOnlyConv",
     "WeightOnlyLinear",
