@@ -35,7 +35,7 @@ def test_static_cnn_keeps_accuracy_and_matches_ort(trained_cnn, digits, accuracy
     assert fp32 - int8 <= 0.01, f"fp32 {fp32:.4f} vs int8 {int8:.4f}"
 
     summary = qmodel.mixq_summary
-    assert {r.name for r in summary.quantized} == {"stem.0", "block.conv1", "block.conv2", "fc"}
+    assert {r.name for r in summary.quantized} == {"stem.0", "block.conv1", "block.conv2", "fc", "mixq_add_0"}
     assert any("stem.1" in n for n in summary.notes) and any("block.bn2" in n for n in summary.notes)
 
     path = mixq.export_onnx(qmodel, x_test[:2], tmp_path / "cnn.onnx")
@@ -43,6 +43,10 @@ def test_static_cnn_keeps_accuracy_and_matches_ort(trained_cnn, digits, accuracy
     assert ops["QLinearConv"] == 3 and ops["MatMulIntegerToFloat"] == 1
     assert not set(ops) & FLOAT_COMPUTE, ops
     assert sum(ops[k] for k in INTEGER_KERNELS) == 4
+    # graph mode: the residual add (+ReLU) is integer, max pooling runs on uint8, one Q/DQ pair per tensor
+    assert ops["QLinearAdd"] == 1 and ops["Add"] == 0 and ops["Relu"] == 0, ops
+    # Q: network input, pooled features, logits; DQ: before average pooling, logits
+    assert ops["QuantizeLinear"] == 3 and ops["DequantizeLinear"] == 2, ops
 
     (ort_out,) = ort_run(path, x_test)  # dynamic batch: exported with 2, run with all of them
     with torch.no_grad():

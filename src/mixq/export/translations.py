@@ -4,6 +4,7 @@
 * ``qlinear``: Q -> DQ -> MatMul(DQ weight) -> Q -> DQ => QLinearMatMul. With a bias, ONNX Runtime would fuse
   MatMul + Add into a float Gemm (and does not fuse QDQ Gemm on CPU), so the integer kernel is emitted directly:
   Q -> com.microsoft MatMulIntegerToFloat(bias) [-> Relu] -> Q -> DQ
+* ``qadd``: Q -> DQ (both inputs) -> Add [-> Relu] -> Q -> DQ => QLinearAdd
 * ``dynamic_linear``: DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul [-> Add] => DynamicQuantizeMatMul
 * ``dynamic_conv``: DynamicQuantizeLinear -> ConvInteger -> Cast -> Mul [-> Add]
 * ``matmul_nbits``: com.microsoft MatMulNBits [-> Add]
@@ -55,6 +56,13 @@ def qlinear(x, x_scale, x_zp, w_t, w_scale, bias, y_scale, y_zp, relu):
     return _qdq(y, y_scale, y_zp)
 
 
+def qadd(a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp, relu):
+    y = op.Add(_qdq(a, a_scale, a_zp), _qdq(b, b_scale, b_zp))
+    if relu:
+        y = op.Relu(y)
+    return _qdq(y, y_scale, y_zp)
+
+
 def dynamic_linear(x, w_t, w_scale, bias):
     xq, x_scale, x_zp = op.DynamicQuantizeLinear(x)
     acc = op.Cast(op.MatMulInteger(xq, w_t, x_zp), to=FLOAT.dtype)
@@ -94,6 +102,7 @@ def translation_table() -> dict[Callable, Callable]:
     return {
         ops.qconv.default: qconv,
         ops.qlinear.default: qlinear,
+        ops.qadd.default: qadd,
         ops.dynamic_linear.default: dynamic_linear,
         ops.dynamic_conv.default: dynamic_conv,
         ops.matmul_nbits.default: matmul_nbits,

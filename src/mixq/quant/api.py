@@ -14,12 +14,16 @@ from torch import nn
 
 from mixq.quant.calibration import Batch, CalibrationError, call_checked, check_batch, run_batches
 from mixq.quant.fusion import apply_fusions, find_fusions, set_submodule, trace_calls
+from mixq.quant.graph import quantize_adds, share_observers, trace
 from mixq.quant.modules import (
     DynamicQuantizedConv,
     DynamicQuantizedLinear,
     Float16Conv,
     Float16Linear,
+    FloatAdd,
+    ObservedAdd,
     ObservedLayer,
+    QuantizedAdd,
     QuantizedConv,
     QuantizedEmbedding,
     QuantizedLinear,
@@ -134,6 +138,34 @@ def _convert_static(model: nn.Module, names: list[str], cfg: QuantConfig, summar
         _swap(model, name, new, summary, detail + (", relu fused" if observed.relu else ""))
 
 
+def _convert_adds(model: nn.Module, names: list[str], cfg: QuantConfig, summary: QuantizationSummary) -> None:
+    for name in names:
+        observed: ObservedAdd = model.get_submodule(name)
+        observers = (observed.a_observer, observed.b_observer, observed.output_observer)
+        if not all(o.has_data for o in observers):
+            set_submodule(model, name, FloatAdd(observed.relu))
+            summary.add(name, "add", "float", "never executed during calibration")
+            continue
+        a_q, b_q, y_q = (o.calculate_qparams() for o in observers)
+        set_submodule(model, name, QuantizedAdd(a_q, b_q, y_q, relu=observed.relu))
+        detail = f"static a:{cfg.activation} ({cfg.observer.name})" + (", relu fused" if observed.relu else "")
+        summary.add(name, "add", "quantized", detail)
+
+
+def _graph_mode(model: nn.Module, cfg: QuantConfig, summary: QuantizationSummary) -> tuple[nn.Module, list[str]]:
+    """Trace the observed model; quantize its adds and share observers along the dataflow where it traces."""
+    graph, why = trace(model)
+    if graph is None:
+        summary.notes.append(f"torch.fx could not trace the model ({why}); quantized layer by layer, so "
+                             "elementwise ops between layers stay float")
+        return model, []
+    adds = quantize_adds(graph, lambda name: make_observer(cfg.observer, cfg.activation, name=name))
+    shared = share_observers(graph)
+    summary.notes.append(f"graph mode (torch.fx): {len(adds)} adds quantized, {shared} inputs share their "
+                         "producer's scale")
+    return (graph, adds) if adds else (model, [])
+
+
 def _convert_weights(model: nn.Module, names: list[str], cfg: QuantConfig, summary: QuantizationSummary) -> None:
     for name in names:
         layer = model.get_submodule(name)
@@ -215,12 +247,14 @@ def quantize(
             obs_in = make_observer(cfg.observer, cfg.activation, name=f"{name} (input)")
             obs_out = make_observer(cfg.observer, cfg.activation, name=f"{name} (output)")
             set_submodule(qmodel, name, ObservedLayer(layer, obs_in, obs_out, relu=name in relu_layers))
+        qmodel, adds = _graph_mode(qmodel, cfg, summary)
         run_batches(qmodel, batches, progress=progress, max_batches=max_calib_batches)  # type: ignore[arg-type]
         _convert_static(qmodel, targets, cfg, summary)
+        _convert_adds(qmodel, adds, cfg, summary)
     elif targets:
         _convert_weights(qmodel, targets, cfg, summary)
 
-    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    order = {name: i for i, (name, _) in enumerate(qmodel.named_modules())}
     summary.layers.sort(key=lambda r: order.get(r.name, len(order)))
     if not summary.quantized:
         warnings.warn(f"nothing in {type(model).__name__} could be quantized (no Linear/Conv1d/Conv2d layers "

@@ -172,3 +172,17 @@ def embedding_lookup(indices: torch.Tensor, q: torch.Tensor, scale: torch.Tensor
 @embedding_lookup.register_fake
 def _(indices, q, scale):
     return q.new_empty((*indices.shape, q.shape[1]), dtype=torch.float32)
+
+
+@torch.library.custom_op("mixq::qadd", mutates_args=())
+def qadd(a: torch.Tensor, a_scale: torch.Tensor, a_zp: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
+         b_zp: torch.Tensor, y_scale: torch.Tensor, y_zp: torch.Tensor, relu: bool) -> torch.Tensor:
+    """Quantized elementwise add (ONNX Runtime: QLinearAdd): both inputs and the output on int8/uint8 grids."""
+    y = dequantize(quantize(a, a_scale, a_zp), a_scale, a_zp) + dequantize(quantize(b, b_scale, b_zp), b_scale, b_zp)
+    lo = int(y_zp.item()) if relu else None
+    return dequantize(quantize(y, y_scale, y_zp, qmin=lo), y_scale, y_zp)
+
+
+@qadd.register_fake
+def _(a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp, relu):
+    return torch.empty(torch.broadcast_shapes(a.shape, b.shape), dtype=a.dtype, device=a.device)

@@ -3,16 +3,19 @@
 from mixq.quant.modules.dynamic import DynamicQuantizedConv, DynamicQuantizedLinear
 from mixq.quant.modules.embedding import QuantizedEmbedding
 from mixq.quant.modules.fp16 import Float16Conv, Float16Linear
-from mixq.quant.modules.observed import ObservedLayer
-from mixq.quant.modules.static import QuantizedConv, QuantizedLinear
+from mixq.quant.modules.observed import FloatAdd, ObservedAdd, ObservedLayer
+from mixq.quant.modules.static import QuantizedAdd, QuantizedConv, QuantizedLinear
 from mixq.quant.modules.weight_only import WeightOnlyConv, WeightOnlyLinear
 
 __all__ = [
     "DynamicQuantizedConv",
     "DynamicQuantizedLinear",
+    "FloatAdd",
     "Float16Conv",
     "Float16Linear",
+    "ObservedAdd",
     "ObservedLayer",
+    "QuantizedAdd",
     "QuantizedConv",
     "QuantizedEmbedding",
     "QuantizedLinear",

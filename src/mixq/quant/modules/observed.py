@@ -1,4 +1,9 @@
-"""The calibration-time wrapper: runs the float layer unchanged while observers record its input and output."""
+"""Calibration-time wrappers: run the float computation unchanged while observers record its inputs and output.
+
+An input observer can be *shared* with the producer of that input (graph mode): the two then get identical
+quantization parameters, so the exported graph has one QuantizeLinear/DequantizeLinear pair per tensor and ONNX
+Runtime keeps the integer chain unbroken.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +23,56 @@ class ObservedLayer(nn.Module):
         self.input_observer = input_observer
         self.output_observer = output_observer
         self.relu = relu
+        self.shared_input = False
+
+    def share_input(self, index: int, observer: Observer) -> None:
+        """Use the producer's output observer for this input (index 0: the only input)."""
+        self.input_observer = observer
+        self.shared_input = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.input_observer(x)
+        if not self.shared_input:
+            self.input_observer(x)
         y = self.layer(x)
         if self.relu:
             y = torch.relu(y)
         return self.output_observer(y)
+
+
+class ObservedAdd(nn.Module):
+    """``a + b`` (+ fused ReLU) with observers on both inputs and the output; becomes ``QuantizedAdd``."""
+
+    def __init__(self, a_observer: Observer, b_observer: Observer, output_observer: Observer,
+                 relu: bool = False) -> None:
+        super().__init__()
+        self.a_observer = a_observer
+        self.b_observer = b_observer
+        self.output_observer = output_observer
+        self.relu = relu
+        self.shared = [False, False]
+
+    def share_input(self, index: int, observer: Observer) -> None:
+        setattr(self, ("a_observer", "b_observer")[index], observer)
+        self.shared[index] = True
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if not self.shared[0]:
+            self.a_observer(a)
+        if not self.shared[1]:
+            self.b_observer(b)
+        y = a + b
+        if self.relu:
+            y = torch.relu(y)
+        return self.output_observer(y)
+
+
+class FloatAdd(nn.Module):
+    """``a + b`` (+ ReLU) left in float: what an add that calibration never reached becomes."""
+
+    def __init__(self, relu: bool = False) -> None:
+        super().__init__()
+        self.relu = relu
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        y = a + b
+        return torch.relu(y) if self.relu else y

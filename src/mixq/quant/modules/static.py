@@ -72,3 +72,24 @@ class QuantizedLinear(_StaticBase):
     def extra_repr(self) -> str:
         k, n = self.weight_t.shape
         return f"in_features={k}, out_features={n}, relu={self.relu}"
+
+
+class QuantizedAdd(_StaticBase):
+    """Elementwise ``a + b`` (+ ReLU) on quantized tensors, running as ONNX Runtime's QLinearAdd.
+
+    ``x_scale``/``x_zp`` quantize ``a``, ``b_scale``/``b_zp`` quantize ``b``. Inserted by graph-mode quantization
+    for residual connections, so a ResNet block stays on the integer path end to end.
+    """
+
+    def __init__(self, a_qparams: QParams, b_qparams: QParams, y_qparams: QParams, relu: bool = False) -> None:
+        super().__init__()
+        self._set_activation_qparams(a_qparams, y_qparams)
+        self.register_buffer("b_scale", b_qparams[0].clone())
+        self.register_buffer("b_zp", b_qparams[1].clone())
+        self.relu = relu
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return ops.qadd(a, self.x_scale, self.x_zp, b, self.b_scale, self.b_zp, self.y_scale, self.y_zp, self.relu)
+
+    def extra_repr(self) -> str:
+        return f"relu={self.relu}"

@@ -1,0 +1,111 @@
+"""Graph mode for static quantization: what a ``torch.fx`` trace of the model adds to layer-by-layer quantization.
+
+With the dataflow graph mixq (1) quantizes residual ``a + b`` (+ ReLU) as QLinearAdd instead of leaving it float,
+and (2) gives each consumer the *producer's* output observer for its input, looking through ops that do not change
+values (max pooling, flatten/reshape, identity, dropout). Every tensor then has one scale, the exported graph has
+one Q/DQ pair per tensor, and ONNX Runtime runs a ResNet block as QLinearConv -> QLinearConv -> QLinearAdd without
+float detours or layout transposes. Models that ``torch.fx`` cannot trace (most Hugging Face models) keep the
+layer-by-layer path; the summary says which path was taken.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from mixq.quant.modules.observed import ObservedAdd, ObservedLayer
+from mixq.quant.observers import Observer
+
+_ADDS = {operator.add, operator.iadd, torch.add}
+_RELU_FUNCTIONS = {torch.relu, F.relu}
+_PASS_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.Identity, nn.Flatten, nn.Dropout)
+_PASS_FUNCTIONS = {torch.flatten, F.max_pool1d, F.max_pool2d, F.dropout, torch.reshape}
+_PASS_METHODS = {"view", "reshape", "flatten", "contiguous"}
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (ObservedLayer, ObservedAdd)) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> tuple[fx.GraphModule | None, str]:
+    """``(graph module, "")`` or ``(None, why not)``; the graph module shares submodules with ``model``."""
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as err:  # noqa: BLE001  (any tracing failure means: fall back to eager mode)
+        return None, f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+    return fx.GraphModule(model, graph, type(model).__name__), ""
+
+
+def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    return gm.get_submodule(node.target) if node.op == "call_module" else None  # type: ignore[arg-type]
+
+
+def _is_relu(gm: fx.GraphModule, node: fx.Node, calls: dict[str, int]) -> bool:
+    if node.op == "call_module":
+        return isinstance(_module(gm, node), nn.ReLU) and calls[node.target] == 1  # type: ignore[index]
+    return (node.op == "call_function" and node.target in _RELU_FUNCTIONS) or (
+        node.op == "call_method" and node.target == "relu")
+
+
+def quantize_adds(gm: fx.GraphModule, make_observer: Callable[[str], Observer]) -> list[str]:
+    """Replace tensor ``a + b`` nodes (and a ReLU that only they feed) with ``ObservedAdd`` modules."""
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    names = []
+    for node in list(gm.graph.nodes):
+        is_add = (node.op == "call_function" and node.target in _ADDS) or (
+            node.op == "call_method" and node.target in ("add", "add_"))
+        if not is_add or len(node.args) != 2 or node.kwargs or not all(isinstance(a, fx.Node) for a in node.args):
+            continue
+        users = list(node.users)
+        relu = users[0] if len(users) == 1 and _is_relu(gm, users[0], calls) else None
+        name = f"mixq_add_{len(names)}"
+        observed = ObservedAdd(make_observer(f"{name} (a)"), make_observer(f"{name} (b)"),
+                               make_observer(f"{name} (output)"), relu=relu is not None)
+        gm.add_submodule(name, observed)
+        with gm.graph.inserting_after(relu or node):
+            replacement = gm.graph.call_module(name, tuple(node.args))
+        (relu or node).replace_all_uses_with(replacement)
+        if relu is not None:
+            gm.graph.erase_node(relu)
+        gm.graph.erase_node(node)
+        names.append(name)
+    gm.recompile()
+    return names
+
+
+def _source(gm: fx.GraphModule, node: object) -> nn.Module | None:
+    """The observed producer whose output reaches ``node`` unchanged, if any."""
+    while isinstance(node, fx.Node):
+        module = _module(gm, node)
+        if isinstance(module, (ObservedLayer, ObservedAdd)):
+            return module
+        passes = (isinstance(module, _PASS_MODULES)
+                  or (node.op == "call_function" and node.target in _PASS_FUNCTIONS)
+                  or (node.op == "call_method" and node.target in _PASS_METHODS))
+        if not passes or not node.args:
+            return None
+        node = node.args[0]
+    return None
+
+
+def share_observers(gm: fx.GraphModule) -> int:
+    """Point each observed input at its producer's output observer; returns how many inputs now share."""
+    shared = 0
+    for node in gm.graph.nodes:
+        consumer = _module(gm, node)
+        if not isinstance(consumer, (ObservedLayer, ObservedAdd)):
+            continue
+        for index, arg in enumerate(node.args[:2 if isinstance(consumer, ObservedAdd) else 1]):
+            producer = _source(gm, arg)
+            if producer is not None:
+                consumer.share_input(index, producer.output_observer)
+                shared += 1
+    return shared

@@ -1,0 +1,79 @@
+"""Graph mode (torch.fx): residual adds quantized, scales shared along the dataflow, eager fallback otherwise."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+import mixq
+from mixq.quant.modules import QuantizedAdd, QuantizedConv
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        y = self.pool(self.conv1(x))
+        return self.relu(self.conv2(y) + y)
+
+
+def _calib(n: int = 3) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(4, 3, 8, 8, generator=g) for _ in range(n)]
+
+
+def test_residual_add_and_relu_become_one_quantized_add():
+    torch.manual_seed(0)
+    qmodel = mixq.quantize(_Residual().eval(), "static", calib_data=_calib(), progress=False)
+    assert isinstance(qmodel, fx.GraphModule)
+    adds = [m for m in qmodel.modules() if isinstance(m, QuantizedAdd)]
+    assert len(adds) == 1 and adds[0].relu
+    assert not any(isinstance(m, nn.ReLU) for m in qmodel.modules() if m is not qmodel.relu)
+    assert "graph mode (torch.fx): 1 adds quantized" in str(qmodel.mixq_summary)
+
+
+def test_scales_are_shared_through_pass_through_ops():
+    torch.manual_seed(0)
+    qmodel = mixq.quantize(_Residual().eval(), "static", calib_data=_calib(), progress=False)
+    conv1, conv2 = qmodel.conv1, qmodel.conv2
+    assert isinstance(conv1, QuantizedConv) and isinstance(conv2, QuantizedConv)
+    # conv2 reads conv1's output through MaxPool: same grid, so no requantization in between
+    assert torch.equal(conv2.x_scale, conv1.y_scale) and torch.equal(conv2.x_zp, conv1.y_zp)
+    add = next(m for m in qmodel.modules() if isinstance(m, QuantizedAdd))
+    assert torch.equal(add.x_scale, conv2.y_scale)  # a: conv2's output
+    assert torch.equal(add.b_scale, conv1.y_scale)  # b: the pooled conv1 output
+
+
+def test_quantized_add_tracks_the_float_model():
+    torch.manual_seed(0)
+    model = _Residual().eval()
+    qmodel = mixq.quantize(model, "static", calib_data=_calib(), progress=False)
+    x = _calib(1)[0]
+    with torch.no_grad():
+        err = (qmodel(x) - model(x)).abs()
+    step = float(next(m for m in qmodel.modules() if isinstance(m, QuantizedAdd)).y_scale)
+    assert err.median() <= 2 * step
+
+
+def test_untraceable_model_falls_back_to_layer_by_layer():
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            if x.sum() > 0:  # control flow on values: torch.fx cannot trace it
+                return self.a(x) + self.b(x)
+            return self.a(x)
+
+    g = torch.Generator().manual_seed(0)
+    qmodel = mixq.quantize(DataDependent(), "static", calib_data=[torch.randn(8, 4, generator=g).abs()],
+                           progress=False)
+    assert isinstance(qmodel, DataDependent)
+    assert "torch.fx could not trace the model" in str(qmodel.mixq_summary)
+    assert sorted(r.kind for r in qmodel.mixq_summary.quantized) == ["Linear", "Linear"]
