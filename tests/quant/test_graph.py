@@ -77,3 +77,20 @@ def test_untraceable_model_falls_back_to_layer_by_layer():
     assert isinstance(qmodel, DataDependent)
     assert "torch.fx could not trace the model" in str(qmodel.mixq_summary)
     assert sorted(r.kind for r in qmodel.mixq_summary.quantized) == ["Linear", "Linear"]
+
+
+def test_adds_of_shapes_stay_plain_python():
+    class ShapeMath(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            n = x.size(0) + x.size(1)  # traced as an add of two graph values that are ints
+            return self.fc(x) + self.fc(x) * 0 + n
+
+    g = torch.Generator().manual_seed(0)
+    qmodel = mixq.quantize(ShapeMath(), "static", calib_data=[torch.randn(8, 4, generator=g)], progress=False)
+    x = torch.randn(3, 4, generator=g)
+    assert qmodel(x).shape == (3, 4)
+    assert all(r.kind in ("Linear", "add") for r in qmodel.mixq_summary.layers)

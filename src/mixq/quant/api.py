@@ -142,9 +142,8 @@ def _convert_adds(model: nn.Module, names: list[str], cfg: QuantConfig, summary:
     for name in names:
         observed: ObservedAdd = model.get_submodule(name)
         observers = (observed.a_observer, observed.b_observer, observed.output_observer)
-        if not all(o.has_data for o in observers):
+        if not all(o.has_data for o in observers):  # unreached, or an add of shapes/ints rather than tensors
             set_submodule(model, name, FloatAdd(observed.relu))
-            summary.add(name, "add", "float", "never executed during calibration")
             continue
         a_q, b_q, y_q = (o.calculate_qparams() for o in observers)
         set_submodule(model, name, QuantizedAdd(a_q, b_q, y_q, relu=observed.relu))

@@ -39,6 +39,10 @@ class ObservedLayer(nn.Module):
         return self.output_observer(y)
 
 
+def _is_float_tensor(value: object) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
 class ObservedAdd(nn.Module):
     """``a + b`` (+ fused ReLU) with observers on both inputs and the output; becomes ``QuantizedAdd``."""
 
@@ -56,6 +60,8 @@ class ObservedAdd(nn.Module):
         self.shared[index] = True
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if not (_is_float_tensor(a) and _is_float_tensor(b)):  # shape arithmetic and the like: not ours
+            return a + b
         if not self.shared[0]:
             self.a_observer(a)
         if not self.shared[1]:
