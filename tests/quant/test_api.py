@@ -53,6 +53,14 @@ def test_weights_are_plain_integer_tensors():
     assert int(layer.weight_t.abs().max()) == 127  # symmetric narrow range, per channel
 
 
+def test_dynamic_convolutions_come_with_a_speed_warning_in_the_summary():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(1, 3, 5, 5))
+    text = str(mixq.quantize(model, "dynamic").mixq_summary)
+    assert "ConvInteger" in text and "mode='static' for CNNs" in text
+    assert "ConvInteger" not in str(mixq.quantize(_mlp(), "dynamic").mixq_summary)
+
+
 def test_per_tensor_weights_on_request():
     qmodel = mixq.quantize(_mlp(), "dynamic", per_channel=False)
     assert qmodel[0].w_scale.dim() == 0

@@ -177,6 +177,10 @@ def _convert_weights(model: nn.Module, names: list[str], cfg: QuantConfig, summa
             new = Float16Linear(layer) if linear else Float16Conv(layer)
         detail = "float16 weights" if cfg.mode == "fp16" else f"{cfg.mode} w:{cfg.weight}"
         _swap(model, name, new, summary, detail)
+    if cfg.mode == "dynamic" and any(isinstance(model.get_submodule(n), DynamicQuantizedConv) for n in names):
+        summary.notes.append("dynamic convolutions run as ConvInteger, which ONNX Runtime executes several times "
+                             "slower than float Conv on x86 CPUs (6x on ResNet-18 in benchmarks/bench_ptq.py); "
+                             "use mode='static' for CNNs, or exclude the convolutions")
 
 
 def quantize(
