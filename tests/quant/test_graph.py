@@ -94,3 +94,33 @@ def test_adds_of_shapes_stay_plain_python():
     x = torch.randn(3, 4, generator=g)
     assert qmodel(x).shape == (3, 4)
     assert all(r.kind in ("Linear", "add") for r in qmodel.mixq_summary.layers)
+
+
+class _TorchvisionStyleBlock(nn.Module):
+    """One ReLU module called twice and an in-place residual add, as torchvision's BasicBlock does."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += x
+        return self.relu(out)
+
+
+def test_shared_relu_module_is_fused_per_call_site(tmp_path):
+    torch.manual_seed(0)
+    model = _TorchvisionStyleBlock().eval()
+    g = torch.Generator().manual_seed(0)
+    calib = [torch.randn(4, 4, 6, 6, generator=g) for _ in range(3)]
+    qmodel = mixq.quantize(model, "static", calib_data=calib, progress=False)
+    assert qmodel.conv1.relu and not qmodel.conv2.relu
+    assert next(m for m in qmodel.modules() if isinstance(m, QuantizedAdd)).relu
+    ops = mixq.optimized_op_types(mixq.export_onnx(qmodel, calib[0][:2], tmp_path / "block.onnx"))
+    assert ops["QLinearConv"] == 2 and ops["QLinearAdd"] == 1 and ops["Relu"] == 0 and ops["Add"] == 0, ops
+    with torch.no_grad():
+        assert (qmodel(calib[0]) - model(calib[0])).abs().median() <= 2 * float(qmodel.conv2.y_scale)

@@ -14,7 +14,7 @@ from torch import nn
 
 from mixq.quant.calibration import Batch, CalibrationError, call_checked, check_batch, run_batches
 from mixq.quant.fusion import apply_fusions, find_fusions, set_submodule, trace_calls
-from mixq.quant.graph import quantize_adds, share_observers, trace
+from mixq.quant.graph import fuse_relus, quantize_adds, share_observers, trace
 from mixq.quant.modules import (
     DynamicQuantizedConv,
     DynamicQuantizedLinear,
@@ -158,11 +158,12 @@ def _graph_mode(model: nn.Module, cfg: QuantConfig, summary: QuantizationSummary
         summary.notes.append(f"torch.fx could not trace the model ({why}); quantized layer by layer, so "
                              "elementwise ops between layers stay float")
         return model, []
+    relus = fuse_relus(graph)
     adds = quantize_adds(graph, lambda name: make_observer(cfg.observer, cfg.activation, name=name))
     shared = share_observers(graph)
-    summary.notes.append(f"graph mode (torch.fx): {len(adds)} adds quantized, {shared} inputs share their "
-                         "producer's scale")
-    return (graph, adds) if adds else (model, [])
+    summary.notes.append(f"graph mode (torch.fx): {len(adds)} adds quantized, {relus} more ReLUs fused, {shared} "
+                         "inputs share their producer's scale")
+    return (graph, adds) if adds or relus else (model, [])
 
 
 def _convert_weights(model: nn.Module, names: list[str], cfg: QuantConfig, summary: QuantizationSummary) -> None:

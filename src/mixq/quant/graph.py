@@ -45,27 +45,52 @@ def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return gm.get_submodule(node.target) if node.op == "call_module" else None  # type: ignore[arg-type]
 
 
-def _is_relu(gm: fx.GraphModule, node: fx.Node, calls: dict[str, int]) -> bool:
+def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """A ReLU call site. Fusing removes only this node, so a ReLU module shared by several calls is fine."""
     if node.op == "call_module":
-        return isinstance(_module(gm, node), nn.ReLU) and calls[node.target] == 1  # type: ignore[index]
+        return isinstance(_module(gm, node), nn.ReLU)
     return (node.op == "call_function" and node.target in _RELU_FUNCTIONS) or (
         node.op == "call_method" and node.target == "relu")
 
 
-def quantize_adds(gm: fx.GraphModule, make_observer: Callable[[str], Observer]) -> list[str]:
-    """Replace tensor ``a + b`` nodes (and a ReLU that only they feed) with ``ObservedAdd`` modules."""
+def _sole_relu_user(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 and _is_relu(gm, users[0]) else None
+
+
+def fuse_relus(gm: fx.GraphModule) -> int:
+    """Fold a ReLU call that is the only reader of an observed layer's output into that layer."""
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
+    fused = 0
+    for node in list(gm.graph.nodes):
+        layer = _module(gm, node)
+        if not isinstance(layer, ObservedLayer) or layer.relu or calls[node.target] != 1:
+            continue
+        tail = node  # look past folded BatchNorms (now Identity) and eval-mode Dropout
+        while len(tail.users) == 1 and isinstance(_module(gm, next(iter(tail.users))), (nn.Identity, nn.Dropout)):
+            tail = next(iter(tail.users))
+        relu = _sole_relu_user(gm, tail)
+        if relu is not None:
+            layer.relu = True
+            relu.replace_all_uses_with(node)
+            gm.graph.erase_node(relu)
+            fused += 1
+    gm.recompile()
+    return fused
+
+
+def quantize_adds(gm: fx.GraphModule, make_observer: Callable[[str], Observer]) -> list[str]:
+    """Replace tensor ``a + b`` nodes (and a ReLU that only they feed) with ``ObservedAdd`` modules."""
     names = []
     for node in list(gm.graph.nodes):
         is_add = (node.op == "call_function" and node.target in _ADDS) or (
             node.op == "call_method" and node.target in ("add", "add_"))
         if not is_add or len(node.args) != 2 or node.kwargs or not all(isinstance(a, fx.Node) for a in node.args):
             continue
-        users = list(node.users)
-        relu = users[0] if len(users) == 1 and _is_relu(gm, users[0], calls) else None
+        relu = _sole_relu_user(gm, node)
         name = f"mixq_add_{len(names)}"
         observed = ObservedAdd(make_observer(f"{name} (a)"), make_observer(f"{name} (b)"),
                                make_observer(f"{name} (output)"), relu=relu is not None)
