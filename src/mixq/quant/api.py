@@ -245,6 +245,9 @@ def quantize(
     for name in embeddings:
         _swap(qmodel, name, QuantizedEmbedding(qmodel.get_submodule(name), cfg.weight), summary,
               "int8 table, per-row scales")
+    if cfg.mode == "static" and cfg.activation.torch_dtype == torch.int8:
+        summary.notes.append("int8 activations: ONNX Runtime's x86 kernels are fastest with uint8 activations; "
+                             "with int8 some layers may fall back to float Conv and adds stay float")
     if cfg.mode == "static" and targets:
         for name in targets:
             layer = qmodel.get_submodule(name)
