@@ -61,6 +61,21 @@ def test_dynamic_convolutions_come_with_a_speed_warning_in_the_summary():
     assert "ConvInteger" not in str(mixq.quantize(_mlp(), "dynamic").mixq_summary)
 
 
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_reduce_range_keeps_weights_within_seven_bits(mode):
+    model = _mlp()
+    qmodel = mixq.quantize(model, mode, calib_data=_batches(), reduce_range=True, progress=False)
+    assert int(qmodel[0].weight_t.abs().max()) == 63
+    x = _batches(1)[0]
+    with torch.no_grad():
+        assert torch.allclose(qmodel(x), model(x), atol=0.1)
+
+
+def test_reduce_range_is_refused_where_it_means_nothing():
+    with pytest.raises(ValueError, match="reduce_range applies to 8-bit static and dynamic"):
+        mixq.quantize(_mlp(), "weight_only", bits=4, reduce_range=True)
+
+
 def test_per_tensor_weights_on_request():
     qmodel = mixq.quantize(_mlp(), "dynamic", per_channel=False)
     assert qmodel[0].w_scale.dim() == 0

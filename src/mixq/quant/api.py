@@ -41,11 +41,15 @@ EMBEDDING_MODES = ("static", "dynamic", "weight_only")  # int8 tables; fp16 leav
 
 
 def make_config(mode: str, *, observer: str = "minmax", bits: int = 8, group_size: int | None = None,
-                per_channel: bool = True, activation_dtype: str = "uint8",
+                per_channel: bool = True, activation_dtype: str = "uint8", reduce_range: bool = False,
                 exclude: Iterable[str] = ()) -> QuantConfig:
     """Build a validated ``QuantConfig`` from ``quantize``'s keyword arguments."""
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    if reduce_range:
+        if mode not in ("static", "dynamic") or bits != 8:
+            raise ValueError("reduce_range applies to 8-bit static and dynamic modes (it keeps weights to 7 bits)")
+        bits = 7
     if group_size is not None:
         granularity = "per_group"
     else:
@@ -194,6 +198,7 @@ def quantize(
     group_size: int | None = None,
     per_channel: bool = True,
     activation_dtype: str = "uint8",
+    reduce_range: bool = False,
     exclude: Iterable[str] = (),
     example_inputs: Batch | None = None,
     max_calib_batches: int | None = None,
@@ -205,8 +210,13 @@ def quantize(
     Modes: ``"static"`` (int8 weights and activations; needs ``calib_data``, an iterable of batches: tensors,
     tuples of positional tensors or dicts of keyword tensors), ``"dynamic"`` (int8 weights, activations quantized
     per call), ``"weight_only"`` (``bits=8`` per-channel or ``bits=4`` with ``group_size``, default 128) and
-    ``"fp16"``. Conv+BatchNorm(+ReLU) are folded first, from a probe of the real dataflow (the first calibration
-    batch, or ``example_inputs`` in the other modes).
+    ``"fp16"``. ``reduce_range=True`` keeps int8 weights within 7 bits ([-63, 63]) so x86 CPUs without VNNI, whose
+    uint8 x int8 kernels add pairs of products in saturating 16-bit registers, cannot overflow (ONNX Runtime's own
+    advice for such machines); it costs one bit of weight precision.
+
+    Conv+BatchNorm(+ReLU) are folded first, from a probe of the real dataflow (the first calibration batch, or
+    ``example_inputs`` in the other modes). Static mode then traces the model with ``torch.fx`` where it can, to
+    quantize residual adds and share scales along the dataflow (see ``mixq.quant.graph``).
 
     Example::
 
@@ -216,7 +226,8 @@ def quantize(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     cfg = config or make_config(mode, observer=observer, bits=bits, group_size=group_size,
-                                per_channel=per_channel, activation_dtype=activation_dtype, exclude=exclude)
+                                per_channel=per_channel, activation_dtype=activation_dtype,
+                                reduce_range=reduce_range, exclude=exclude)
     probe = example_inputs
     batches: Iterable[Batch] | None = None
     if cfg.mode == "static":
