@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,20 @@ def _dynamic_batch(args: tuple, kwargs: dict) -> tuple | dict:
 # Fold only nodes whose inputs are this small: shape arithmetic and zero biases get folded (so ONNX Runtime can fuse
 # BatchNorm and its own quantizer sees constant biases), while stored float16 weights are never upcast into float32.
 _FOLD_INPUT_LIMIT = 64
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """Silence the exporter's chatter (e.g. 'torchvision is not installed') for the duration of an export."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _optimize(program: Any) -> None:
@@ -104,7 +119,8 @@ def export_onnx(
     fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=target.parent)
     os.close(fd)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
+        with warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript"), \
+                contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 model, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
