@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -16,15 +13,9 @@ import mixq.amp as amp
 WORLD = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, port: int, mode: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+def _worker(rank: int, mode: str, out: str) -> None:
+    # a file rendezvous: no TCP port to race for with other processes on a busy machine
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=WORLD)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, 10))
     accumulation = 1
@@ -56,6 +47,7 @@ def _worker(rank: int, port: int, mode: str, out: str) -> None:
         mp.zero_grad()
     params = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
     torch.save({"params": [p.detach().clone() for p in params], "stats": mp.stats.to_dict()}, f"{out}/rank{rank}.pt")
+    dist.barrier()  # both ranks done with every collective before gloo is torn down (avoids an abort under load)
     dist.destroy_process_group()
 
 
@@ -64,7 +56,7 @@ def _worker(rank: int, port: int, mode: str, out: str) -> None:
 def test_ranks_skip_the_same_steps_and_agree(tmp_path, mode):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    tmp.spawn(_worker, args=(_free_port(), mode, str(tmp_path)), nprocs=WORLD, join=True)
+    tmp.spawn(_worker, args=(mode, str(tmp_path)), nprocs=WORLD, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD))
     assert r0["stats"]["skipped_at"] == r1["stats"]["skipped_at"] == [2]
     scales = [rec[1] for rec in r0["stats"]["history"]]

@@ -5,6 +5,7 @@ the zero-point term."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from mixq.quant.observers.minmax import MinMaxObserver
 from mixq.quant.primitives import quantize
@@ -20,6 +21,11 @@ def quantize_weight(weight: torch.Tensor, spec: QuantSpec, axis: int = 0) -> tup
     scale, zp = observer.calculate_qparams()
     q = quantize(w, scale, zp, axis=axis if per_channel else None, qmin=spec.qmin, qmax=spec.qmax)
     return q, scale
+
+
+def float_bias(layer: nn.Module) -> torch.Tensor | None:
+    """A detached float32 copy of ``layer.bias`` (None when the layer has none): biases stay float."""
+    return None if layer.bias is None else layer.bias.detach().to(torch.float32).clone()
 
 
 def quantize_bias(bias: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:

@@ -8,11 +8,7 @@ from torch import nn
 from mixq.quant import ops
 from mixq.quant.modules.conv_args import ConvGeometry
 from mixq.quant.spec import QuantSpec
-from mixq.quant.weights import quantize_weight
-
-
-def _float_bias(layer: nn.Module) -> torch.Tensor | None:
-    return None if layer.bias is None else layer.bias.detach().to(torch.float32).clone()
+from mixq.quant.weights import float_bias, quantize_weight
 
 
 class DynamicQuantizedLinear(nn.Module):
@@ -26,7 +22,7 @@ class DynamicQuantizedLinear(nn.Module):
         q, w_scale = quantize_weight(linear.weight, weight_spec, axis=0)
         self.register_buffer("weight_t", q.t().contiguous())
         self.register_buffer("w_scale", w_scale)
-        self.register_buffer("bias", _float_bias(linear))
+        self.register_buffer("bias", float_bias(linear))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.dynamic_linear(x, self.weight_t, self.w_scale, self.bias)
@@ -44,7 +40,7 @@ class DynamicQuantizedConv(nn.Module):
         q, w_scale = quantize_weight(conv.weight, weight_spec, axis=0)
         self.register_buffer("weight", q)
         self.register_buffer("w_scale", w_scale)
-        self.register_buffer("bias", _float_bias(conv))
+        self.register_buffer("bias", float_bias(conv))
         self.geometry = ConvGeometry.of(conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

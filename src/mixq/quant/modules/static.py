@@ -8,7 +8,7 @@ from torch import nn
 from mixq.quant import ops
 from mixq.quant.modules.conv_args import ConvGeometry
 from mixq.quant.spec import QuantSpec
-from mixq.quant.weights import quantize_bias, quantize_weight
+from mixq.quant.weights import float_bias, quantize_bias, quantize_weight
 
 QParams = tuple[torch.Tensor, torch.Tensor]
 
@@ -61,8 +61,7 @@ class QuantizedLinear(_StaticBase):
         q, w_scale = quantize_weight(linear.weight, weight_spec, axis=0)
         self.register_buffer("weight_t", q.t().contiguous())
         self.register_buffer("w_scale", w_scale)
-        bias = None if linear.bias is None else linear.bias.detach().to(torch.float32).clone()
-        self.register_buffer("bias", bias)
+        self.register_buffer("bias", float_bias(linear))
         self.relu = relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from torch import nn
 from mixq.quant import ops
 from mixq.quant.modules.conv_args import ConvGeometry
 from mixq.quant.spec import QuantSpec
-from mixq.quant.weights import quantize_nbits, quantize_weight
+from mixq.quant.weights import float_bias, quantize_nbits, quantize_weight
 
 
 def _block_size(spec: QuantSpec, in_features: int) -> int:
@@ -33,8 +33,7 @@ class WeightOnlyLinear(nn.Module):
         packed, scales = quantize_nbits(linear.weight, spec.bits, self.block_size)
         self.register_buffer("packed", packed)
         self.register_buffer("scales", scales)
-        bias = None if linear.bias is None else linear.bias.detach().to(torch.float32).clone()
-        self.register_buffer("bias", bias)
+        self.register_buffer("bias", float_bias(linear))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.matmul_nbits(x, self.packed, self.scales, self.bias, self.in_features, self.bits,
@@ -53,8 +52,7 @@ class WeightOnlyConv(nn.Module):
         q, scale = quantize_weight(conv.weight, spec, axis=0)
         self.register_buffer("weight", q)
         self.register_buffer("w_scale", scale)
-        bias = None if conv.bias is None else conv.bias.detach().to(torch.float32).clone()
-        self.register_buffer("bias", bias)
+        self.register_buffer("bias", float_bias(conv))
         self.geometry = ConvGeometry.of(conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
