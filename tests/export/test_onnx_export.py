@@ -96,6 +96,20 @@ def test_fp16_keeps_float16_weights_and_float32_io(tmp_path, ort_run):
         assert np.abs(out - model(x).numpy()).max() <= 1e-2
 
 
+def test_fp16_with_float16_inputs_and_outputs_on_request(tmp_path, ort_run):
+    qmodel = mixq.quantize(_net(), "fp16")
+    path = mixq.export_onnx(qmodel, _x(2), tmp_path / "fp16_io.onnx", io_dtype=torch.float16)
+    graph = onnx.load(str(path)).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    x = _x(5)
+    (out,) = ort_run(path, x.half())
+    assert out.dtype == np.float16
+    with torch.no_grad():
+        ref = qmodel(x.half().float()).numpy()
+    assert np.abs(out.astype(np.float32) - ref).max() <= 2e-3 * max(1.0, np.abs(ref).max())
+
+
 def test_static_export_is_much_smaller_than_fp32(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256)).eval()
@@ -118,6 +132,11 @@ def test_fixed_batch_export(tmp_path, ort_run):
 def test_low_opset_is_refused(tmp_path):
     with pytest.raises(ValueError, match="opset 11 cannot express per-channel"):
         mixq.export_onnx(mixq.quantize(_net(), "dynamic"), _x(2), tmp_path / "m.onnx", opset=11)
+
+
+def test_unsupported_io_dtype(tmp_path):
+    with pytest.raises(ValueError, match="io_dtype must be"):
+        mixq.export_onnx(_net(), _x(2), tmp_path / "m.onnx", io_dtype=torch.bfloat16)
 
 
 def test_missing_directory(tmp_path):

@@ -72,8 +72,9 @@ def _optimize(program: Any) -> None:
     program.model = onnxscript.optimizer.optimize(program.model, input_size_limit=_FOLD_INPUT_LIMIT)
 
 
-def _strip_debug_metadata(path: str) -> None:
-    """Drop the exporter's per-node debug records (source stack, FX node, class path): often most of the file."""
+def _finalize_file(path: str, half_io: bool = False) -> None:
+    """Drop the exporter's per-node debug records (source stack, FX node, class path: often most of the file),
+    and with ``half_io`` turn float32 graph inputs/outputs into float16 ones behind Cast nodes."""
     import onnx
 
     model = onnx.load(path)
@@ -81,7 +82,34 @@ def _strip_debug_metadata(path: str) -> None:
         for node in graph.node:
             del node.metadata_props[:]
             node.doc_string = ""
+    if half_io:
+        _half_io(model.graph)
     onnx.save(model, path)
+
+
+def _half_io(graph: Any) -> None:
+    """Float16 at the boundary, float32 inside: Cast each float32 input up and each float32 output down."""
+    from onnx import TensorProto, helper
+
+    head, tail = [], []
+    for value in graph.input:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            inner = value.name + "_float32"
+            for node in graph.node:
+                node.input[:] = [inner if name == value.name else name for name in node.input]
+            head.append(helper.make_node("Cast", [value.name], [inner], to=TensorProto.FLOAT))
+            value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    for value in graph.output:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            inner = value.name + "_float32"
+            for node in graph.node:
+                node.output[:] = [inner if name == value.name else name for name in node.output]
+                node.input[:] = [inner if name == value.name else name for name in node.input]
+            tail.append(helper.make_node("Cast", [inner], [value.name], to=TensorProto.FLOAT16))
+            value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    nodes = head + list(graph.node) + tail
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def export_onnx(
@@ -93,12 +121,14 @@ def export_onnx(
     opset: int | None = None,
     input_names: list[str] | None = None,
     output_names: list[str] | None = None,
+    io_dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Export ``model`` (quantized by mixq or plain float) to ``path`` and return the path.
 
     Quantized layers become the QDQ / integer patterns ONNX Runtime fuses into integer kernels (QLinearConv,
     QLinearMatMul, MatMulIntegerToFloat, DynamicQuantizeMatMul, MatMulNBits); float16 layers keep float16 weights
-    with float32 inputs and outputs. With ``dynamic_batch`` the first dimension of every input is symbolic. The file
+    with float32 inputs and outputs unless ``io_dtype=torch.float16`` asks for float16 ones (Casts at the graph
+    boundary). With ``dynamic_batch`` the first dimension of every input is symbolic. The file
     is written to a temporary name and renamed, so a failed export never leaves a partial file at ``path``.
 
     Example: ``mixq.export_onnx(qmodel, torch.randn(1, 3, 32, 32), "model.onnx")``.
@@ -110,6 +140,8 @@ def export_onnx(
         raise FileNotFoundError(f"output directory {str(target.parent)!r} does not exist; create it first")
     if target.suffix != ".onnx":
         raise ValueError(f"the output path should end in .onnx, got {str(target)!r}")
+    if io_dtype not in (torch.float32, torch.float16):
+        raise ValueError(f"io_dtype must be torch.float32 or torch.float16, got {io_dtype}")
     if opset is not None and opset < MIN_OPSET:
         raise ValueError(f"opset {opset} cannot express per-channel QuantizeLinear/DequantizeLinear; "
                          f"use opset >= {MIN_OPSET} (or leave it unset)")
@@ -129,7 +161,7 @@ def export_onnx(
             )
             _optimize(program)
             program.save(tmp, external_data=False)
-        _strip_debug_metadata(tmp)
+        _finalize_file(tmp, half_io=io_dtype == torch.float16)
         os.replace(tmp, target)
     except Exception as err:
         with contextlib.suppress(FileNotFoundError):
