@@ -72,19 +72,15 @@ def _optimize(program: Any) -> None:
     program.model = onnxscript.optimizer.optimize(program.model, input_size_limit=_FOLD_INPUT_LIMIT)
 
 
-def _finalize_file(path: str, half_io: bool = False) -> None:
+def _finalize(model: Any, half_io: bool = False) -> None:
     """Drop the exporter's per-node debug records (source stack, FX node, class path: often most of the file),
     and with ``half_io`` turn float32 graph inputs/outputs into float16 ones behind Cast nodes."""
-    import onnx
-
-    model = onnx.load(path)
     for graph in [model.graph, *(f for f in model.functions)]:
         for node in graph.node:
             del node.metadata_props[:]
             node.doc_string = ""
     if half_io:
         _half_io(model.graph)
-    onnx.save(model, path)
 
 
 def _half_io(graph: Any) -> None:
@@ -133,7 +129,9 @@ def export_onnx(
 
     Example: ``mixq.export_onnx(qmodel, torch.randn(1, 3, 32, 32), "model.onnx")``.
     """
-    from mixq.export.translations import translation_table  # onnxscript is only imported when exporting
+    import onnx
+
+    from mixq.export.translations import translation_table  # onnx/onnxscript are only imported when exporting
 
     target = Path(path)
     if not target.parent.exists():
@@ -160,8 +158,9 @@ def export_onnx(
                 input_names=input_names, output_names=output_names, verbose=False, optimize=False,
             )
             _optimize(program)
-            program.save(tmp, external_data=False)
-        _finalize_file(tmp, half_io=io_dtype == torch.float16)
+            proto = program.model_proto
+        _finalize(proto, half_io=io_dtype == torch.float16)
+        onnx.save(proto, tmp)  # one serialisation, straight from the in-memory model
         os.replace(tmp, target)
     except Exception as err:
         with contextlib.suppress(FileNotFoundError):

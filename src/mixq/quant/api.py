@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mixq.quant.calibration import Batch, CalibrationError, call_checked, check_batch, run_batches
+from mixq.quant.calibration import Batch, CalibrationError, call_checked, check_iterable, run_batches
 from mixq.quant.fusion import apply_fusions, find_fusions, set_submodule, trace_calls
 from mixq.quant.graph import fuse_relus, quantize_adds, share_observers, trace
 from mixq.quant.modules import (
@@ -73,11 +73,7 @@ def _excluded(name: str, patterns: tuple[str, ...]) -> bool:
 
 def _split_first(calib_data: Any) -> tuple[Batch, Iterable[Batch]]:
     """First batch (for the dataflow probe) and an iterable that still yields every batch, generators included."""
-    if isinstance(calib_data, (torch.Tensor, dict)) or not isinstance(calib_data, Iterable):
-        raise TypeError(
-            f"calib_data must be an iterable of batches (e.g. a list of tensors or a DataLoader), got "
-            f"{type(calib_data).__name__}; wrap a single batch in a list: calib_data=[x]"
-        )
+    check_iterable(calib_data)
     iterator = iter(calib_data)
     first = next(iterator, None)
     if first is None:
@@ -235,8 +231,6 @@ def quantize(
             raise ValueError("static quantization needs calib_data: a few hundred representative inputs as an "
                              "iterable of batches (or use mode='dynamic', which needs none)")
         probe, batches = _split_first(calib_data)
-    if probe is not None:
-        check_batch(probe, 0)
 
     qmodel = copy.deepcopy(model).eval()
     summary = QuantizationSummary(cfg.mode)

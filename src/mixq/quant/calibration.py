@@ -53,6 +53,15 @@ def check_batch(batch: Any, index: int) -> None:
             )
 
 
+def check_iterable(batches: Any) -> None:
+    """Reject calibration data that is not an iterable of batches (a lone tensor or dict is one batch)."""
+    if isinstance(batches, (torch.Tensor, dict)) or not isinstance(batches, Iterable):
+        raise TypeError(
+            f"calib_data must be an iterable of batches (e.g. a list of tensors or a DataLoader), got "
+            f"{type(batches).__name__}; wrap a single batch in a list: calib_data=[x]"
+        )
+
+
 def call_model(model: nn.Module, batch: Batch) -> Any:
     """Call ``model`` with a batch: ``model(t)``, ``model(*batch)`` or ``model(**batch)``."""
     if isinstance(batch, torch.Tensor):
@@ -65,11 +74,7 @@ def call_model(model: nn.Module, batch: Batch) -> Any:
 def run_batches(model: nn.Module, batches: Iterable[Batch], *, desc: str = "calibrating",
                 progress: bool = True, max_batches: int | None = None) -> int:
     """Run every batch through ``model`` without gradients, with a progress bar; returns the number of batches."""
-    if isinstance(batches, (torch.Tensor, dict)) or not isinstance(batches, Iterable):
-        raise TypeError(
-            f"calib_data must be an iterable of batches (e.g. a list of tensors or a DataLoader), got "
-            f"{type(batches).__name__}; wrap a single batch in a list: calib_data=[x]"
-        )
+    check_iterable(batches)
     total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
     if max_batches is not None:
         batches = itertools.islice(batches, max_batches)

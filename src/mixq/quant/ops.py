@@ -35,9 +35,15 @@ def _requantize(acc: torch.Tensor, multiplier: torch.Tensor, y_zp: torch.Tensor,
     return q.clamp_(lo, hi).to(y_zp.dtype)
 
 
-def _conv(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation, groups) -> torch.Tensor:
+def conv_nd(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride: list[int], padding: list[int],
+            dilation: list[int], groups: int) -> torch.Tensor:
+    """``F.conv1d`` or ``F.conv2d``, chosen by the weight's rank."""
     conv = F.conv1d if w.dim() == 3 else F.conv2d
-    return conv(x, w, None, stride, padding, dilation, groups)
+    return conv(x, w, bias, stride, padding, dilation, groups)
+
+
+def _conv(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation, groups) -> torch.Tensor:
+    return conv_nd(x, w, None, stride, padding, dilation, groups)
 
 
 @torch.library.custom_op("mixq::qconv", mutates_args=())

@@ -1,10 +1,16 @@
-"""Shared geometry of Conv1d/Conv2d layers and the checks that decide whether a convolution is quantizable."""
+"""What all quantized convolutions share: geometry, the 1-D/2-D dispatch, the int8 weight storage, and the checks
+that decide whether a convolution is quantizable."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
+
+from mixq.quant.ops import conv_nd
+from mixq.quant.spec import QuantSpec
+from mixq.quant.weights import float_bias, quantize_weight
 
 
 @dataclass(frozen=True)
@@ -19,6 +25,24 @@ class ConvGeometry:
     @classmethod
     def of(cls, conv: nn.Conv1d | nn.Conv2d) -> ConvGeometry:
         return cls(list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)  # type: ignore[arg-type]
+
+    def apply(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return conv_nd(x, w, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class Int8WeightConv(nn.Module):
+    """Base of the dynamic and weight-only convolutions: per-channel int8 weight, float32 scale and bias."""
+
+    def __init__(self, conv: nn.Conv1d | nn.Conv2d, spec: QuantSpec) -> None:
+        super().__init__()
+        q, scale = quantize_weight(conv.weight, spec, axis=0)
+        self.register_buffer("weight", q)
+        self.register_buffer("w_scale", scale)
+        self.register_buffer("bias", float_bias(conv))
+        self.geometry = ConvGeometry.of(conv)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, {self.geometry}"
 
 
 def unsupported_conv_reason(conv: nn.Module) -> str | None:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from mixq.quant import ops
-from mixq.quant.modules.conv_args import ConvGeometry
+from mixq.quant.modules.conv_args import Int8WeightConv
 from mixq.quant.spec import QuantSpec
 from mixq.quant.weights import float_bias, quantize_weight
 
@@ -32,20 +32,9 @@ class DynamicQuantizedLinear(nn.Module):
         return f"in_features={k}, out_features={n}"
 
 
-class DynamicQuantizedConv(nn.Module):
+class DynamicQuantizedConv(Int8WeightConv):
     """Conv1d/Conv2d running as DynamicQuantizeLinear + ConvInteger in ONNX Runtime."""
-
-    def __init__(self, conv: nn.Conv1d | nn.Conv2d, weight_spec: QuantSpec) -> None:
-        super().__init__()
-        q, w_scale = quantize_weight(conv.weight, weight_spec, axis=0)
-        self.register_buffer("weight", q)
-        self.register_buffer("w_scale", w_scale)
-        self.register_buffer("bias", float_bias(conv))
-        self.geometry = ConvGeometry.of(conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.geometry
         return ops.dynamic_conv(x, self.weight, self.w_scale, self.bias, g.stride, g.padding, g.dilation, g.groups)
-
-    def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, {self.geometry}"

@@ -37,7 +37,5 @@ class Float16Conv(nn.Module):
         self.geometry = ConvGeometry.of(conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.geometry
-        conv = F.conv1d if self.weight.dim() == 3 else F.conv2d
         bias = None if self.bias is None else ops.upcast(self.bias)
-        return conv(x, ops.upcast(self.weight), bias, g.stride, g.padding, g.dilation, g.groups)
+        return self.geometry.apply(x, ops.upcast(self.weight), bias)

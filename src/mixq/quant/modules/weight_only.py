@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mixq.quant import ops
-from mixq.quant.modules.conv_args import ConvGeometry
+from mixq.quant.modules.conv_args import Int8WeightConv
 from mixq.quant.spec import QuantSpec
-from mixq.quant.weights import float_bias, quantize_nbits, quantize_weight
+from mixq.quant.weights import float_bias, quantize_nbits
 
 
 def _block_size(spec: QuantSpec, in_features: int) -> int:
@@ -44,19 +43,8 @@ class WeightOnlyLinear(nn.Module):
                 f"block_size={self.block_size}")
 
 
-class WeightOnlyConv(nn.Module):
+class WeightOnlyConv(Int8WeightConv):
     """Conv1d/Conv2d with per-channel int8 weights dequantized at run time (ONNX: DequantizeLinear -> Conv)."""
 
-    def __init__(self, conv: nn.Conv1d | nn.Conv2d, spec: QuantSpec) -> None:
-        super().__init__()
-        q, scale = quantize_weight(conv.weight, spec, axis=0)
-        self.register_buffer("weight", q)
-        self.register_buffer("w_scale", scale)
-        self.register_buffer("bias", float_bias(conv))
-        self.geometry = ConvGeometry.of(conv)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.geometry
-        w = ops.dequantize_weight(self.weight, self.w_scale, 0)
-        conv = F.conv1d if w.dim() == 3 else F.conv2d
-        return conv(x, w, self.bias, g.stride, g.padding, g.dilation, g.groups)
+        return self.geometry.apply(x, ops.dequantize_weight(self.weight, self.w_scale, 0), self.bias)
