@@ -211,14 +211,23 @@ def test_batch_the_model_cannot_take():
 
 
 @pytest.mark.parametrize("bits", [2, 3, 16])
-def test_bits_other_than_4_or_8(bits):
-    with pytest.raises(ValueError, match="bits must be 4 or 8"):
+def test_weight_only_bits_other_than_4_or_8(bits):
+    with pytest.raises(ValueError, match="weight_only needs bits 4 or 8"):
         mixq.quantize(_mlp(), "weight_only", bits=bits)
 
 
-def test_four_bit_static_is_refused_with_a_pointer_to_weight_only():
-    with pytest.raises(ValueError, match="weight_only"):
-        mixq.quantize(_mlp(), "static", calib_data=_batches(), bits=4)
+@pytest.mark.parametrize("bits", [1, 9, 16])
+def test_bits_outside_2_to_8(bits):
+    with pytest.raises(ValueError, match="bits must be between 2 and 8"):
+        mixq.quantize(_mlp(), "static", calib_data=_batches(), bits=bits)
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_narrow_static_weights_are_stored_as_int8_within_their_range(bits):
+    qmodel = mixq.quantize(_mlp(), "static", calib_data=_batches(), bits=bits, progress=False)
+    limit = 2 ** (bits - 1) - 1
+    weights = [b for n, b in qmodel.named_buffers() if n.endswith("weight_t")]
+    assert weights and all(w.dtype == torch.int8 and int(w.abs().max()) == limit for w in weights)
 
 
 def test_model_with_nothing_quantizable_warns_and_returns_float():

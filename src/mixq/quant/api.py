@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import copy
-import fnmatch
-import itertools
 import warnings
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 from torch import nn
 
-from mixq.quant.calibration import Batch, CalibrationError, call_checked, check_iterable, run_batches
+from mixq.quant.calibration import Batch, call_checked, run_batches
 from mixq.quant.fusion import apply_fusions, find_fusions, set_submodule, trace_calls
-from mixq.quant.graph import fuse_relus, quantize_adds, share_observers, trace
+from mixq.quant.graph import apply_graph_mode
 from mixq.quant.modules import (
     DynamicQuantizedConv,
     DynamicQuantizedLinear,
@@ -30,22 +27,20 @@ from mixq.quant.modules import (
     WeightOnlyConv,
     WeightOnlyLinear,
 )
-from mixq.quant.modules.conv_args import unsupported_conv_reason
-from mixq.quant.modules.embedding import unsupported_embedding_reason
 from mixq.quant.observers import make_observer
+from mixq.quant.planning import excluded, plan, split_first
 from mixq.quant.spec import DEFAULT_ACTIVATION, ObserverSpec, QuantConfig, QuantSpec
 from mixq.quant.summary import QuantizationSummary, module_bytes
-
-QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
-EMBEDDING_MODES = ("static", "dynamic", "weight_only")  # int8 tables; fp16 leaves embeddings float
 
 
 def make_config(mode: str, *, observer: str = "minmax", bits: int = 8, group_size: int | None = None,
                 per_channel: bool = True, activation_dtype: str = "uint8", reduce_range: bool = False,
                 exclude: Iterable[str] = ()) -> QuantConfig:
     """Build a validated ``QuantConfig`` from ``quantize``'s keyword arguments."""
-    if bits not in (4, 8):
-        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    if mode == "weight_only" and bits not in (4, 8):
+        raise ValueError(f"weight_only needs bits 4 or 8 (MatMulNBits / int8), got {bits!r}")
+    if not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be between 2 and 8 (weights below 8 bits are stored as int8), got {bits!r}")
     if reduce_range:
         if mode not in ("static", "dynamic") or bits != 8:
             raise ValueError("reduce_range applies to 8-bit static and dynamic modes (it keeps weights to 7 bits)")
@@ -65,54 +60,6 @@ def make_config(mode: str, *, observer: str = "minmax", bits: int = 8, group_siz
         raise TypeError(f"exclude must be a list of name patterns, e.g. exclude=[{exclude!r}]")
     return QuantConfig(mode, weight=weight, activation=activation, observer=ObserverSpec(observer),
                        exclude=tuple(exclude))
-
-
-def _excluded(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*") for p in patterns)
-
-
-def _split_first(calib_data: Any) -> tuple[Batch, Iterable[Batch]]:
-    """First batch (for the dataflow probe) and an iterable that still yields every batch, generators included."""
-    check_iterable(calib_data)
-    iterator = iter(calib_data)
-    first = next(iterator, None)
-    if first is None:
-        raise CalibrationError("calib_data is empty; pass at least one representative batch")
-    if iterator is calib_data:  # a one-shot iterator: put the first batch back
-        return first, itertools.chain([first], iterator)
-    return first, calib_data
-
-
-def _plan(model: nn.Module, cfg: QuantConfig, summary: QuantizationSummary) -> list[str]:
-    """Names of the layers to quantize; everything else with weights is reported as staying float, with why."""
-    targets = []
-    parents = dict(model.named_modules())
-    for name, module in model.named_modules():
-        if not name:
-            continue
-        kind = type(module).__name__
-        parent = parents.get(name.rpartition(".")[0], model)
-        if isinstance(module, QUANTIZABLE):
-            reason = None
-            if _excluded(name, cfg.exclude):
-                reason = "excluded by pattern"
-            elif isinstance(parent, nn.MultiheadAttention):
-                reason = "read directly by nn.MultiheadAttention (not called as a module)"
-            elif isinstance(module, nn.Embedding):
-                reason = unsupported_embedding_reason(module)
-                if reason is None and cfg.mode not in EMBEDDING_MODES:
-                    reason = "fp16 mode keeps embedding tables float32"
-            elif not isinstance(module, nn.Linear):
-                reason = unsupported_conv_reason(module)
-                if reason is None and cfg.mode == "weight_only" and cfg.weight.bits == 4:
-                    reason = "4-bit weight-only covers Linear layers (MatMulNBits); use bits=8 for convolutions"
-            if reason is None:
-                targets.append(name)
-            else:
-                summary.add(name, kind, "float", reason)
-        elif not list(module.children()) and any(True for _ in module.parameters(recurse=False)):
-            summary.add(name, kind, "float", f"no quantized kernel for {kind}")
-    return targets
 
 
 def _swap(model: nn.Module, name: str, new: nn.Module, summary: QuantizationSummary, detail: str) -> None:
@@ -149,21 +96,6 @@ def _convert_adds(model: nn.Module, names: list[str], cfg: QuantConfig, summary:
         set_submodule(model, name, QuantizedAdd(a_q, b_q, y_q, relu=observed.relu))
         detail = f"static a:{cfg.activation} ({cfg.observer.name})" + (", relu fused" if observed.relu else "")
         summary.add(name, "add", "quantized", detail)
-
-
-def _graph_mode(model: nn.Module, cfg: QuantConfig, summary: QuantizationSummary) -> tuple[nn.Module, list[str]]:
-    """Trace the observed model; quantize its adds and share observers along the dataflow where it traces."""
-    graph, why = trace(model)
-    if graph is None:
-        summary.notes.append(f"torch.fx could not trace the model ({why}); quantized layer by layer, so "
-                             "elementwise ops between layers stay float")
-        return model, []
-    relus = fuse_relus(graph)
-    adds = quantize_adds(graph, lambda name: make_observer(cfg.observer, cfg.activation, name=name))
-    shared = share_observers(graph)
-    summary.notes.append(f"graph mode (torch.fx): {len(adds)} adds quantized, {relus} more ReLUs fused, {shared} "
-                         "inputs share their producer's scale")
-    return (graph, adds) if adds or relus else (model, [])
 
 
 def _convert_weights(model: nn.Module, names: list[str], cfg: QuantConfig, summary: QuantizationSummary) -> None:
@@ -230,20 +162,20 @@ def quantize(
         if calib_data is None:
             raise ValueError("static quantization needs calib_data: a few hundred representative inputs as an "
                              "iterable of batches (or use mode='dynamic', which needs none)")
-        probe, batches = _split_first(calib_data)
+        probe, batches = split_first(calib_data)
 
     qmodel = copy.deepcopy(model).eval()
     summary = QuantizationSummary(cfg.mode)
     relu_layers: set[str] = set()
     if cfg.fold_batchnorm and probe is not None:
         fusions = [f for f in find_fusions(trace_calls(qmodel, lambda m: call_checked(m, probe)))
-                   if not _excluded(f.layer, cfg.exclude)]
+                   if not excluded(f.layer, cfg.exclude)]
         if cfg.mode != "static":
             for f in fusions:
                 f.relu = None
         relu_layers = apply_fusions(qmodel, fusions)
         summary.notes += [f"folded {f.batchnorm} into {f.layer}" for f in fusions if f.batchnorm]
-    targets = _plan(qmodel, cfg, summary)
+    targets = plan(qmodel, cfg, summary)
 
     embeddings = [n for n in targets if isinstance(qmodel.get_submodule(n), nn.Embedding)]
     targets = [n for n in targets if n not in embeddings]
@@ -259,7 +191,8 @@ def quantize(
             obs_in = make_observer(cfg.observer, cfg.activation, name=f"{name} (input)")
             obs_out = make_observer(cfg.observer, cfg.activation, name=f"{name} (output)")
             set_submodule(qmodel, name, ObservedLayer(layer, obs_in, obs_out, relu=name in relu_layers))
-        qmodel, adds = _graph_mode(qmodel, cfg, summary)
+        qmodel, adds = apply_graph_mode(
+            qmodel, lambda name: make_observer(cfg.observer, cfg.activation, name=name), summary.notes)
         run_batches(qmodel, batches, progress=progress, max_batches=max_calib_batches)  # type: ignore[arg-type]
         _convert_static(qmodel, targets, cfg, summary)
         _convert_adds(qmodel, adds, cfg, summary)

@@ -82,8 +82,9 @@ def fuse_relus(gm: fx.GraphModule) -> int:
     return fused
 
 
-def quantize_adds(gm: fx.GraphModule, make_observer: Callable[[str], Observer]) -> list[str]:
-    """Replace tensor ``a + b`` nodes (and a ReLU that only they feed) with ``ObservedAdd`` modules."""
+def quantize_adds(gm: fx.GraphModule, make_observer: Callable[[str], Observer],
+                  add_cls: type[ObservedAdd] = ObservedAdd) -> list[str]:
+    """Replace tensor ``a + b`` nodes (and a ReLU that only they feed) with ``add_cls`` (``ObservedAdd``) modules."""
     names = []
     for node in list(gm.graph.nodes):
         is_add = (node.op == "call_function" and node.target in _ADDS) or (
@@ -92,7 +93,7 @@ def quantize_adds(gm: fx.GraphModule, make_observer: Callable[[str], Observer]) 
             continue
         relu = _sole_relu_user(gm, node)
         name = f"mixq_add_{len(names)}"
-        observed = ObservedAdd(make_observer(f"{name} (a)"), make_observer(f"{name} (b)"),
+        observed = add_cls(make_observer(f"{name} (a)"), make_observer(f"{name} (b)"),
                                make_observer(f"{name} (output)"), relu=relu is not None)
         gm.add_submodule(name, observed)
         with gm.graph.inserting_after(relu or node):
@@ -134,3 +135,21 @@ def share_observers(gm: fx.GraphModule) -> int:
                 consumer.share_input(index, producer.output_observer)
                 shared += 1
     return shared
+
+
+def apply_graph_mode(model: nn.Module, make_observer: Callable[[str], Observer], notes: list[str],
+                     add_cls: type[ObservedAdd] = ObservedAdd) -> tuple[nn.Module, list[str]]:
+    """Trace a model whose layers are already wrapped (``ObservedLayer``), then fuse ReLU call sites, turn adds into
+    ``add_cls`` and share observers along the dataflow. Returns ``(model or its graph module, add names)`` and
+    appends to ``notes`` what was done, or why tracing failed (the model is then returned unchanged)."""
+    graph, why = trace(model)
+    if graph is None:
+        notes.append(f"torch.fx could not trace the model ({why}); quantized layer by layer, so "
+                     "elementwise ops between layers stay float")
+        return model, []
+    relus = fuse_relus(graph)
+    adds = quantize_adds(graph, make_observer, add_cls)
+    shared = share_observers(graph)
+    notes.append(f"graph mode (torch.fx): {len(adds)} adds quantized, {relus} more ReLUs fused, {shared} "
+                 "inputs share their producer's scale")
+    return (graph, adds) if adds or relus else (model, [])

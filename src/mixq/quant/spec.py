@@ -127,9 +127,6 @@ class QuantConfig:
             raise ValueError("weights are quantized symmetrically (zero point 0); set symmetric=True")
         if self.weight.torch_dtype != torch.int8:
             raise ValueError("weights are stored as int8; set the weight dtype to 'int8'")
-        if self.mode in ("static", "dynamic") and self.weight.bits not in (7, 8):
-            raise ValueError(f"{self.mode} mode runs int8 kernels and needs 8-bit weights (7 with reduce_range); "
-                             "use mode='weight_only' for 4-bit weights")
         if self.mode == "weight_only" and self.weight.bits not in (4, 8):
             raise ValueError(f"weight_only supports bits=4 or bits=8, got bits={self.weight.bits}")
         if self.mode == "static" and self.activation.bits != 8:

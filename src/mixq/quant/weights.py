@@ -12,14 +12,24 @@ from mixq.quant.primitives import quantize
 from mixq.quant.spec import QuantSpec
 
 
-def quantize_weight(weight: torch.Tensor, spec: QuantSpec, axis: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 weights and their float32 scale (1-D along ``axis`` per channel, 0-d per tensor)."""
-    per_channel = spec.granularity == "per_channel"
-    observer = MinMaxObserver(spec, axis=axis if per_channel else None)
-    w = weight.detach().to(torch.float32)
-    observer(w)
-    scale, zp = observer.calculate_qparams()
-    q = quantize(w, scale, zp, axis=axis if per_channel else None, qmin=spec.qmin, qmax=spec.qmax)
+def weight_scale(weight: torch.Tensor, spec: QuantSpec, axis: int = 0) -> torch.Tensor:
+    """The symmetric float32 scale covering ``weight`` (1-D along ``axis`` per channel, 0-d per tensor)."""
+    observer = MinMaxObserver(spec, axis=axis if spec.granularity == "per_channel" else None)
+    observer(weight.detach().to(torch.float32))
+    return observer.calculate_qparams()[0]
+
+
+def quantize_weight(weight: torch.Tensor, spec: QuantSpec, axis: int = 0,
+                    scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 weights and their float32 scale (1-D along ``axis`` per channel, 0-d per tensor).
+
+    ``scale`` defaults to the min-max ``weight_scale``; QAT passes its learned scale. Weights narrower than 8 bits
+    are saturated to ``[spec.qmin, spec.qmax]`` and still stored as int8, so the int8 kernels run them.
+    """
+    scale = weight_scale(weight, spec, axis) if scale is None else scale.detach().to(torch.float32)
+    zp = torch.zeros(scale.shape, dtype=torch.int8)
+    q = quantize(weight.detach().to(torch.float32), scale, zp, axis=axis if scale.dim() == 1 else None,
+                 qmin=spec.qmin, qmax=spec.qmax)
     return q, scale
 
 

@@ -24,14 +24,15 @@ class _StaticBase(nn.Module):
 class QuantizedConv(_StaticBase):
     """Conv1d/Conv2d (BatchNorm and ReLU already folded in) running as ONNX Runtime's QLinearConv.
 
-    Example: ``QuantizedConv(conv, DEFAULT_WEIGHT, (x_scale, x_zp), (y_scale, y_zp), relu=True)``.
+    Example: ``QuantizedConv(conv, DEFAULT_WEIGHT, (x_scale, x_zp), (y_scale, y_zp), relu=True)``. ``w_scale``
+    overrides the min-max weight scale (QAT's learned scales).
     """
 
     def __init__(self, conv: nn.Conv1d | nn.Conv2d, weight_spec: QuantSpec, x_qparams: QParams,
-                 y_qparams: QParams, relu: bool = False) -> None:
+                 y_qparams: QParams, relu: bool = False, w_scale: torch.Tensor | None = None) -> None:
         super().__init__()
         self._set_activation_qparams(x_qparams, y_qparams)
-        q, w_scale = quantize_weight(conv.weight, weight_spec, axis=0)
+        q, w_scale = quantize_weight(conv.weight, weight_spec, axis=0, scale=w_scale)
         self.register_buffer("weight", q)
         self.register_buffer("w_scale", w_scale)
         bias = None if conv.bias is None else quantize_bias(conv.bias, self.x_scale, w_scale)
@@ -55,10 +56,10 @@ class QuantizedLinear(_StaticBase):
     """
 
     def __init__(self, linear: nn.Linear, weight_spec: QuantSpec, x_qparams: QParams, y_qparams: QParams,
-                 relu: bool = False) -> None:
+                 relu: bool = False, w_scale: torch.Tensor | None = None) -> None:
         super().__init__()
         self._set_activation_qparams(x_qparams, y_qparams)
-        q, w_scale = quantize_weight(linear.weight, weight_spec, axis=0)
+        q, w_scale = quantize_weight(linear.weight, weight_spec, axis=0, scale=w_scale)
         self.register_buffer("weight_t", q.t().contiguous())
         self.register_buffer("w_scale", w_scale)
         self.register_buffer("bias", float_bias(linear))
