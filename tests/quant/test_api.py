@@ -11,6 +11,7 @@ from torch import nn
 
 import mixq
 from mixq.quant.modules import DynamicQuantizedLinear, Float16Linear, QuantizedLinear, WeightOnlyLinear
+from mixq.quant.spec import LayerOverride
 
 
 def _mlp() -> nn.Module:
@@ -252,3 +253,61 @@ def test_no_warnings_on_the_happy_path():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mixq.quantize(_mlp(), "static", calib_data=_batches(), progress=False)
+
+
+# --- per-layer overrides and the reusable stages ---------------------------------------------------------------
+
+def test_overrides_give_layers_their_own_mode_in_one_pass():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    overrides = [LayerOverride("0", "fp16"), LayerOverride("2", "fp32"),
+                 LayerOverride("4", "static", mixq.ObserverSpec("percentile"))]
+    qmodel = mixq.quantize(model, "dynamic", calib_data=_batches(), overrides=overrides, progress=False)
+    assert isinstance(qmodel[0], Float16Linear) and isinstance(qmodel[1], nn.ReLU)
+    assert type(qmodel[2]) is nn.Linear and isinstance(qmodel[3], nn.ReLU)
+    assert isinstance(qmodel[4], QuantizedLinear)
+    rows = {r.name: r for r in qmodel.mixq_summary.layers}
+    assert rows["2"].status == "float" and "override" in rows["2"].detail
+    assert "(percentile)" in rows["4"].detail
+    x = _batches(1)[0]
+    with torch.no_grad():
+        assert torch.allclose(qmodel(x), model(x), atol=0.05)
+
+
+def test_last_matching_override_wins():
+    cfg = mixq.QuantConfig("static", overrides=(LayerOverride("*", "fp32"), LayerOverride("2", "dynamic")))
+    assert cfg.choice("2").mode == "dynamic" and cfg.choice("0").mode == "fp32"
+    assert cfg.choice("block.0").mode == "fp32"
+
+
+def test_config_with_overrides_round_trips_through_json():
+    import json
+
+    cfg = mixq.make_config("static", observer="mse", overrides=[
+        LayerOverride("head", "fp16"), LayerOverride("body.*", "static", mixq.ObserverSpec("percentile"))])
+    assert mixq.QuantConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(pattern="a", mode="int4"), "unknown layer mode 'int4'"),
+    (dict(pattern="a", mode="dynamic", observer=mixq.ObserverSpec("mse")), "observer only applies to static"),
+    (dict(pattern="", mode="fp32"), "non-empty"),
+])
+def test_bad_overrides_are_refused(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        LayerOverride(**kwargs)
+
+
+@pytest.mark.parametrize("observer", ["minmax", "percentile", "mse"])
+def test_one_calibration_converts_to_any_observer_exactly(observer, trained_cnn, digits):
+    from mixq.quant.conversion import convert
+    from mixq.quant.stages import calibrate, prepare
+
+    x = digits["x_train"].reshape(-1, 1, 8, 8)
+    batches = [x[i:i + 100] for i in range(0, 300, 100)]
+    cfg = mixq.make_config("static", observer=observer)
+    prepared = prepare(trained_cnn, cfg, batches[0], collect=mixq.ObserverSpec("mse"))
+    calibrate(prepared, batches, progress=False)
+    derived = convert(prepared, cfg)
+    direct = mixq.quantize(trained_cnn, calib_data=batches, config=cfg, progress=False)
+    with torch.no_grad():
+        assert torch.equal(derived(x[:50]), direct(x[:50]))

@@ -2,40 +2,21 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Iterable
 
-import torch
 from torch import nn
 
-from mixq.quant.calibration import Batch, call_checked, run_batches
-from mixq.quant.fusion import apply_fusions, find_fusions, set_submodule, trace_calls
-from mixq.quant.graph import apply_graph_mode
-from mixq.quant.modules import (
-    DynamicQuantizedConv,
-    DynamicQuantizedLinear,
-    Float16Conv,
-    Float16Linear,
-    FloatAdd,
-    ObservedAdd,
-    ObservedLayer,
-    QuantizedAdd,
-    QuantizedConv,
-    QuantizedEmbedding,
-    QuantizedLinear,
-    WeightOnlyConv,
-    WeightOnlyLinear,
-)
-from mixq.quant.observers import make_observer
-from mixq.quant.planning import excluded, plan, split_first
-from mixq.quant.spec import DEFAULT_ACTIVATION, ObserverSpec, QuantConfig, QuantSpec
-from mixq.quant.summary import QuantizationSummary, module_bytes
+from mixq.quant.calibration import Batch
+from mixq.quant.conversion import convert
+from mixq.quant.planning import split_first
+from mixq.quant.spec import DEFAULT_ACTIVATION, LayerOverride, ObserverSpec, QuantConfig, QuantSpec
+from mixq.quant.stages import calibrate, prepare
 
 
 def make_config(mode: str, *, observer: str = "minmax", bits: int = 8, group_size: int | None = None,
                 per_channel: bool = True, activation_dtype: str = "uint8", reduce_range: bool = False,
-                exclude: Iterable[str] = ()) -> QuantConfig:
+                exclude: Iterable[str] = (), overrides: Iterable[LayerOverride] = ()) -> QuantConfig:
     """Build a validated ``QuantConfig`` from ``quantize``'s keyword arguments."""
     if mode == "weight_only" and bits not in (4, 8):
         raise ValueError(f"weight_only needs bits 4 or 8 (MatMulNBits / int8), got {bits!r}")
@@ -59,61 +40,7 @@ def make_config(mode: str, *, observer: str = "minmax", bits: int = 8, group_siz
     if isinstance(exclude, str):
         raise TypeError(f"exclude must be a list of name patterns, e.g. exclude=[{exclude!r}]")
     return QuantConfig(mode, weight=weight, activation=activation, observer=ObserverSpec(observer),
-                       exclude=tuple(exclude))
-
-
-def _swap(model: nn.Module, name: str, new: nn.Module, summary: QuantizationSummary, detail: str) -> None:
-    old = model.get_submodule(name)
-    layer = old.layer if isinstance(old, ObservedLayer) else old
-    summary.add(name, type(layer).__name__, "quantized", detail, module_bytes(layer), module_bytes(new))
-    set_submodule(model, name, new)
-
-
-def _convert_static(model: nn.Module, names: list[str], cfg: QuantConfig, summary: QuantizationSummary) -> None:
-    for name in names:
-        observed: ObservedLayer = model.get_submodule(name)
-        layer = observed.layer
-        if not (observed.input_observer.has_data and observed.output_observer.has_data):
-            set_submodule(model, name, layer)
-            summary.add(name, type(layer).__name__, "float", "never executed during calibration")
-            continue
-        x_q = observed.input_observer.calculate_qparams()
-        y_q = observed.output_observer.calculate_qparams()
-        cls = QuantizedLinear if isinstance(layer, nn.Linear) else QuantizedConv
-        new = cls(layer, cfg.weight, x_q, y_q, relu=observed.relu)
-        detail = f"static w:{cfg.weight} a:{cfg.activation} ({cfg.observer.name})"
-        _swap(model, name, new, summary, detail + (", relu fused" if observed.relu else ""))
-
-
-def _convert_adds(model: nn.Module, names: list[str], cfg: QuantConfig, summary: QuantizationSummary) -> None:
-    for name in names:
-        observed: ObservedAdd = model.get_submodule(name)
-        observers = (observed.a_observer, observed.b_observer, observed.output_observer)
-        if not all(o.has_data for o in observers):  # unreached, or an add of shapes/ints rather than tensors
-            set_submodule(model, name, FloatAdd(observed.relu))
-            continue
-        a_q, b_q, y_q = (o.calculate_qparams() for o in observers)
-        set_submodule(model, name, QuantizedAdd(a_q, b_q, y_q, relu=observed.relu))
-        detail = f"static a:{cfg.activation} ({cfg.observer.name})" + (", relu fused" if observed.relu else "")
-        summary.add(name, "add", "quantized", detail)
-
-
-def _convert_weights(model: nn.Module, names: list[str], cfg: QuantConfig, summary: QuantizationSummary) -> None:
-    for name in names:
-        layer = model.get_submodule(name)
-        linear = isinstance(layer, nn.Linear)
-        if cfg.mode == "dynamic":
-            new = DynamicQuantizedLinear(layer, cfg.weight) if linear else DynamicQuantizedConv(layer, cfg.weight)
-        elif cfg.mode == "weight_only":
-            new = WeightOnlyLinear(layer, cfg.weight) if linear else WeightOnlyConv(layer, cfg.weight)
-        else:
-            new = Float16Linear(layer) if linear else Float16Conv(layer)
-        detail = "float16 weights" if cfg.mode == "fp16" else f"{cfg.mode} w:{cfg.weight}"
-        _swap(model, name, new, summary, detail)
-    if cfg.mode == "dynamic" and any(isinstance(model.get_submodule(n), DynamicQuantizedConv) for n in names):
-        summary.notes.append("dynamic convolutions run as ConvInteger, which ONNX Runtime executes several times "
-                             "slower than float Conv on x86 CPUs (6x on ResNet-18 in benchmarks/bench_ptq.py); "
-                             "use mode='static' for CNNs, or exclude the convolutions")
+                       exclude=tuple(exclude), overrides=tuple(overrides))
 
 
 def quantize(
@@ -132,6 +59,7 @@ def quantize(
     max_calib_batches: int | None = None,
     progress: bool = True,
     config: QuantConfig | None = None,
+    overrides: Iterable[LayerOverride] = (),
 ) -> nn.Module:
     """Return a quantized copy of ``model`` (the original is never modified), with ``.mixq_summary`` attached.
 
@@ -146,6 +74,9 @@ def quantize(
     ``example_inputs`` in the other modes). Static mode then traces the model with ``torch.fx`` where it can, to
     quantize residual adds and share scales along the dataflow (see ``mixq.quant.graph``).
 
+    ``overrides`` (``LayerOverride``) give single layers another mode, observer or ``"fp32"``, in the same pass:
+    ``overrides=[LayerOverride("head", "fp16"), LayerOverride("block.*", "static", ObserverSpec("mse"))]``.
+
     Example::
 
         qmodel = mixq.quantize(model, "static", calib_data=batches, observer="percentile")
@@ -155,55 +86,20 @@ def quantize(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     cfg = config or make_config(mode, observer=observer, bits=bits, group_size=group_size,
                                 per_channel=per_channel, activation_dtype=activation_dtype,
-                                reduce_range=reduce_range, exclude=exclude)
+                                reduce_range=reduce_range, exclude=exclude, overrides=overrides)
     probe = example_inputs
     batches: Iterable[Batch] | None = None
-    if cfg.mode == "static":
+    if cfg.needs_calibration:
         if calib_data is None:
             raise ValueError("static quantization needs calib_data: a few hundred representative inputs as an "
                              "iterable of batches (or use mode='dynamic', which needs none)")
         probe, batches = split_first(calib_data)
 
-    qmodel = copy.deepcopy(model).eval()
-    summary = QuantizationSummary(cfg.mode)
-    relu_layers: set[str] = set()
-    if cfg.fold_batchnorm and probe is not None:
-        fusions = [f for f in find_fusions(trace_calls(qmodel, lambda m: call_checked(m, probe)))
-                   if not excluded(f.layer, cfg.exclude)]
-        if cfg.mode != "static":
-            for f in fusions:
-                f.relu = None
-        relu_layers = apply_fusions(qmodel, fusions)
-        summary.notes += [f"folded {f.batchnorm} into {f.layer}" for f in fusions if f.batchnorm]
-    targets = plan(qmodel, cfg, summary)
-
-    embeddings = [n for n in targets if isinstance(qmodel.get_submodule(n), nn.Embedding)]
-    targets = [n for n in targets if n not in embeddings]
-    for name in embeddings:
-        _swap(qmodel, name, QuantizedEmbedding(qmodel.get_submodule(name), cfg.weight), summary,
-              "int8 table, per-row scales")
-    if cfg.mode == "static" and cfg.activation.torch_dtype == torch.int8:
-        summary.notes.append("int8 activations: ONNX Runtime's x86 kernels are fastest with uint8 activations; "
-                             "with int8 some layers may fall back to float Conv and adds stay float")
-    if cfg.mode == "static" and targets:
-        for name in targets:
-            layer = qmodel.get_submodule(name)
-            obs_in = make_observer(cfg.observer, cfg.activation, name=f"{name} (input)")
-            obs_out = make_observer(cfg.observer, cfg.activation, name=f"{name} (output)")
-            set_submodule(qmodel, name, ObservedLayer(layer, obs_in, obs_out, relu=name in relu_layers))
-        qmodel, adds = apply_graph_mode(
-            qmodel, lambda name: make_observer(cfg.observer, cfg.activation, name=name), summary.notes)
-        run_batches(qmodel, batches, progress=progress, max_batches=max_calib_batches)  # type: ignore[arg-type]
-        _convert_static(qmodel, targets, cfg, summary)
-        _convert_adds(qmodel, adds, cfg, summary)
-    elif targets:
-        _convert_weights(qmodel, targets, cfg, summary)
-
-    order = {name: i for i, (name, _) in enumerate(qmodel.named_modules())}
-    summary.layers.sort(key=lambda r: order.get(r.name, len(order)))
-    if not summary.quantized:
+    prepared = prepare(model, cfg, probe)
+    if prepared.observed:
+        calibrate(prepared, batches, progress=progress, max_batches=max_calib_batches)  # type: ignore[arg-type]
+    qmodel = convert(prepared)
+    if not qmodel.mixq_summary.quantized:
         warnings.warn(f"nothing in {type(model).__name__} could be quantized (no Linear/Conv1d/Conv2d layers "
                       "left after exclusions); returning it in float", stacklevel=2)
-    qmodel.mixq_summary = summary
-    qmodel.mixq_config = cfg
     return qmodel

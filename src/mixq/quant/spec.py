@@ -7,6 +7,7 @@ mechanisms (observers, quantized modules, exporter) are built from them.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from mixq.quant.primitives import qrange
 
 MODES = ("static", "dynamic", "weight_only", "fp16")
+LAYER_MODES = (*MODES, "fp32")  # what a per-layer override may ask for; "fp32" keeps the layer float
 OBSERVERS = ("minmax", "moving_average", "percentile", "mse", "entropy")
 GRANULARITIES = ("per_tensor", "per_channel", "per_group")
 _DTYPES = {"int8": torch.int8, "uint8": torch.uint8}
@@ -107,10 +109,63 @@ class ObserverSpec:
 
 
 @dataclass(frozen=True)
+class LayerOverride:
+    """A per-layer precision: the layers whose names match ``pattern`` use ``mode`` (and ``observer``).
+
+    ``pattern`` is an fnmatch pattern over module names (``"head"``, ``"encoder.*.output"``); a pattern that names a
+    parent covers its children. ``mode`` is a quantization mode or ``"fp32"`` (the layer stays float; BatchNorm is
+    still folded into it). ``observer`` (static mode only) replaces the config's observer for the activations the
+    layer produces, and for its input unless graph mode shares that input's scale with a quantized producer.
+    Graph-mode residual adds are named ``mixq_add_0``, ``mixq_add_1``, ... and accept ``"static"`` or ``"fp32"``.
+
+    Example: ``LayerOverride("fc2", "fp16")``, ``LayerOverride("block.conv1", "static", ObserverSpec("mse"))``.
+    """
+
+    pattern: str
+    mode: str
+    observer: ObserverSpec | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pattern, str) or not self.pattern:
+            raise TypeError(f"an override's pattern must be a non-empty module name pattern, got {self.pattern!r}")
+        if self.mode not in LAYER_MODES:
+            raise ValueError(f"unknown layer mode {self.mode!r} for {self.pattern!r}; choose one of "
+                             f"{', '.join(LAYER_MODES)}")
+        if self.observer is not None and self.mode != "static":
+            raise ValueError(f"an observer only applies to static layers; {self.pattern!r} asks for "
+                             f"{self.mode!r} with observer {self.observer.name!r}")
+
+    def matches(self, name: str) -> bool:
+        """True when ``name`` (or a parent of it) matches ``pattern``."""
+        return fnmatch.fnmatchcase(name, self.pattern) or fnmatch.fnmatchcase(name, self.pattern + ".*")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerOverride:
+        observer = data.get("observer")
+        return cls(data["pattern"], data["mode"], None if observer is None else ObserverSpec(**observer))
+
+    def __str__(self) -> str:
+        return f"{self.pattern}={self.mode}" + (f"({self.observer.name})" if self.observer else "")
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """What one layer resolves to under a config: its mode and, for static layers, its observer."""
+
+    mode: str
+    observer: ObserverSpec
+
+
+@dataclass(frozen=True)
 class QuantConfig:
     """Everything ``mixq.quantize`` needs to know, validated up front.
 
-    Example: ``QuantConfig("static", observer=ObserverSpec("percentile"), exclude=("head",))``.
+    ``overrides`` give layers their own precision; when several match a layer, the last one wins.
+    Example: ``QuantConfig("static", observer=ObserverSpec("percentile"), exclude=("head",),
+    overrides=(LayerOverride("fc2", "fp16"),))``.
     """
 
     mode: str
@@ -119,6 +174,7 @@ class QuantConfig:
     observer: ObserverSpec = field(default_factory=ObserverSpec)
     exclude: tuple[str, ...] = ()
     fold_batchnorm: bool = True
+    overrides: tuple[LayerOverride, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -127,12 +183,30 @@ class QuantConfig:
             raise ValueError("weights are quantized symmetrically (zero point 0); set symmetric=True")
         if self.weight.torch_dtype != torch.int8:
             raise ValueError("weights are stored as int8; set the weight dtype to 'int8'")
-        if self.mode == "weight_only" and self.weight.bits not in (4, 8):
+        modes = {self.mode} | {o.mode for o in self.overrides if isinstance(o, LayerOverride)}
+        if "weight_only" in modes and self.weight.bits not in (4, 8):
             raise ValueError(f"weight_only supports bits=4 or bits=8, got bits={self.weight.bits}")
-        if self.mode == "static" and self.activation.bits != 8:
+        if "static" in modes and self.activation.bits != 8:
             raise ValueError("static mode quantizes activations to 8 bits")
         if isinstance(self.exclude, str):
             raise TypeError("exclude must be a list of name patterns, e.g. exclude=['head', 'encoder.*.output']")
+        if isinstance(self.overrides, list):
+            object.__setattr__(self, "overrides", tuple(self.overrides))
+        bad = [o for o in self.overrides if not isinstance(o, LayerOverride)]
+        if not isinstance(self.overrides, tuple) or bad:
+            raise TypeError("overrides must be a tuple of LayerOverride, e.g. (LayerOverride('head', 'fp32'),)")
+
+    def choice(self, name: str) -> LayerChoice:
+        """The mode and observer layer ``name`` gets: the last matching override's, else the config's."""
+        for override in reversed(self.overrides):
+            if override.matches(name):
+                return LayerChoice(override.mode, override.observer or self.observer)
+        return LayerChoice(self.mode, self.observer)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """True when any layer may be static (and so needs calibration data)."""
+        return self.mode == "static" or any(o.mode == "static" for o in self.overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -146,4 +220,5 @@ class QuantConfig:
             observer=ObserverSpec(**data["observer"]),
             exclude=tuple(data["exclude"]),
             fold_batchnorm=data["fold_batchnorm"],
+            overrides=tuple(LayerOverride.from_dict(o) for o in data.get("overrides", ())),
         )

@@ -1,0 +1,182 @@
+"""The conversion stage: turn a calibrated ``Prepared`` model into quantized modules, layer by layer, per config.
+
+Each layer gets the mode its ``QuantConfig`` resolves for it (overrides included): static layers take their
+activation ranges from the observers, other modes swap in their modules, ``"fp32"`` layers stay float (a ReLU that
+was fused into them comes back as ``nn.ReLU``). Observer ranges come from the statistics calibration gathered; when
+the config asks for another observer than the one that gathered them (min-max from a histogram, percentile instead
+of MSE, ...), the range is derived from the same statistics, so one calibration serves every config.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from mixq.quant.fusion import set_submodule
+from mixq.quant.modules import (
+    DynamicQuantizedConv,
+    DynamicQuantizedLinear,
+    Float16Conv,
+    Float16Linear,
+    FloatAdd,
+    ObservedAdd,
+    ObservedLayer,
+    QuantizedAdd,
+    QuantizedConv,
+    QuantizedEmbedding,
+    QuantizedLinear,
+    WeightOnlyConv,
+    WeightOnlyLinear,
+)
+from mixq.quant.observers import MinMaxObserver, Observer, make_observer
+from mixq.quant.observers.histogram import HistogramObserver
+from mixq.quant.planning import EMBEDDING_MODES
+from mixq.quant.spec import ObserverSpec, QuantConfig
+from mixq.quant.stages import Prepared
+from mixq.quant.summary import QuantizationSummary, module_bytes
+
+QParams = tuple[torch.Tensor, torch.Tensor]
+
+
+def derive_observer(source: Observer, spec: ObserverSpec) -> Observer:
+    """An observer of kind ``spec`` holding ``source``'s statistics (a histogram yields every per-tensor kind)."""
+    target = make_observer(spec, source.spec, name=source.name)
+    same_kind = type(target) is type(source) and getattr(target, "bins", None) == getattr(source, "bins", None)
+    if same_kind or (isinstance(source, HistogramObserver) and isinstance(target, HistogramObserver)
+                     and target.bins == source.bins):
+        target.load_state_dict(source.state_dict())
+    elif isinstance(target, MinMaxObserver) and isinstance(source, (HistogramObserver, MinMaxObserver)):
+        target.min_val, target.max_val = source.min_val.clone(), source.max_val.clone()
+        target.num_batches.copy_(source.num_batches)
+    else:
+        raise ValueError(f"the {spec.name!r} observer (bins={spec.bins}) cannot be derived from the statistics a "
+                         f"{type(source).__name__} gathered; calibrate with it instead")
+    return target
+
+
+class _Ranges:
+    """Quantization parameters per observer, derived once per observer so shared tensors keep one scale."""
+
+    def __init__(self, prepared: Prepared, config: QuantConfig, static: set[str], model: nn.Module) -> None:
+        self.built = prepared.observer_specs
+        self.config, self.static = config, static
+        self.owner: dict[int, str] = {}
+        for name in prepared.observed + prepared.adds:
+            self.owner[id(model.get_submodule(name).output_observer)] = name
+        self.cache: dict[int, QParams] = {}
+
+    def of(self, observer: Observer, reader: str) -> QParams:
+        """Parameters for ``observer`` as read by layer ``reader``. A tensor's observer belongs to its producer when
+        graph mode shared it; the producer's choice of observer decides, unless the producer is not static."""
+        key = id(observer)
+        if key not in self.cache:
+            builder = self.owner.get(key, reader)
+            chooser = builder if builder in self.static else reader
+            wanted = self.config.choice(chooser).observer
+            source = observer if wanted == self.built[builder] else derive_observer(observer, wanted)
+            self.cache[key] = source.calculate_qparams()
+        return self.cache[key]
+
+
+def unsupported_reason(layer: nn.Module, mode: str, config: QuantConfig) -> str | None:
+    """Why ``layer`` cannot run in ``mode`` (mode-specific limits the plan does not know about), or None."""
+    if isinstance(layer, nn.Embedding) and mode not in EMBEDDING_MODES:
+        return "fp16 mode keeps embedding tables float32"
+    if mode == "weight_only" and config.weight.bits == 4 and not isinstance(layer, (nn.Linear, nn.Embedding)):
+        return "4-bit weight-only covers Linear layers (MatMulNBits); use bits=8 for convolutions"
+    return None
+
+
+def _weight_module(layer: nn.Module, mode: str, config: QuantConfig) -> tuple[nn.Module, str]:
+    linear = isinstance(layer, nn.Linear)
+    if isinstance(layer, nn.Embedding):
+        return QuantizedEmbedding(layer, config.weight), "int8 table, per-row scales"
+    if mode == "dynamic":
+        new = DynamicQuantizedLinear(layer, config.weight) if linear else DynamicQuantizedConv(layer, config.weight)
+    elif mode == "weight_only":
+        new = WeightOnlyLinear(layer, config.weight) if linear else WeightOnlyConv(layer, config.weight)
+    else:
+        return (Float16Linear(layer) if linear else Float16Conv(layer)), "float16 weights"
+    return new, f"{mode} w:{config.weight}"
+
+
+def _with_relu(module: nn.Module, relu: bool) -> nn.Module:
+    return nn.Sequential(module, nn.ReLU()) if relu else module
+
+
+def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,
+                   summary: QuantizationSummary) -> None:
+    module = model.get_submodule(name)
+    observed = module if isinstance(module, ObservedLayer) else None
+    layer, relu = (observed.layer, observed.relu) if observed else (module, False)
+    kind, before = type(layer).__name__, module_bytes(layer)
+    choice = config.choice(name)
+    reason = "kept fp32 by a per-layer override" if choice.mode == "fp32" else unsupported_reason(
+        layer, choice.mode, config)
+    if choice.mode == "static" and observed is not None and reason is None:
+        if not (observed.input_observer.has_data and observed.output_observer.has_data):
+            reason = "never executed during calibration"
+        else:
+            cls = QuantizedLinear if isinstance(layer, nn.Linear) else QuantizedConv
+            new = cls(layer, config.weight, ranges.of(observed.input_observer, name),
+                      ranges.of(observed.output_observer, name), relu=relu)
+            detail = f"static w:{config.weight} a:{config.activation} ({choice.observer.name})"
+            summary.add(name, kind, "quantized", detail + (", relu fused" if relu else ""), before,
+                        module_bytes(new))
+            set_submodule(model, name, new)
+            return
+    if reason is None and choice.mode == "static" and not isinstance(layer, nn.Embedding):
+        raise ValueError(f"layer {name!r} is static in this config but was not observed during calibration; "
+                         "prepare it as static (or with observe_all=True)")
+    if reason is not None:
+        summary.add(name, kind, "float", reason)
+        set_submodule(model, name, _with_relu(layer, relu))
+        return
+    new, detail = _weight_module(layer, choice.mode, config)
+    summary.add(name, kind, "quantized", detail, before, module_bytes(new))
+    set_submodule(model, name, _with_relu(new, relu))
+
+
+def _convert_add(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,
+                 summary: QuantizationSummary) -> None:
+    observed: ObservedAdd = model.get_submodule(name)
+    observers = (observed.a_observer, observed.b_observer, observed.output_observer)
+    choice = config.choice(name)
+    if choice.mode != "static" or not all(o.has_data for o in observers):  # float, unreached, or shape arithmetic
+        set_submodule(model, name, FloatAdd(observed.relu))
+        if choice.mode == "fp32":
+            summary.add(name, "add", "float", "kept fp32 by a per-layer override")
+        return
+    a_q, b_q, y_q = (ranges.of(o, name) for o in observers)
+    set_submodule(model, name, QuantizedAdd(a_q, b_q, y_q, relu=observed.relu))
+    detail = f"static a:{config.activation} ({choice.observer.name})" + (", relu fused" if observed.relu else "")
+    summary.add(name, "add", "quantized", detail)
+
+
+def convert(prepared: Prepared, config: QuantConfig | None = None) -> nn.Module:
+    """A quantized model from a calibrated ``prepared`` model, per ``config`` (default: the one it was prepared
+    with). ``prepared`` is left as it was, so it can be converted again under other configs."""
+    config = config or prepared.config
+    model = copy.deepcopy(prepared.model)
+    summary = copy.deepcopy(prepared.summary)
+    summary.mode = config.mode
+    static = {n for n in prepared.observed + prepared.adds if config.choice(n).mode == "static"}
+    ranges = _Ranges(prepared, config, static, model)
+    for name in prepared.targets:
+        _convert_layer(model, name, config, ranges, summary)
+    for name in prepared.adds:
+        _convert_add(model, name, config, ranges, summary)
+    if static and config.activation.torch_dtype == torch.int8:
+        summary.notes.append("int8 activations: ONNX Runtime's x86 kernels are fastest with uint8 activations; "
+                             "with int8 some layers may fall back to float Conv and adds stay float")
+    if any(isinstance(m, DynamicQuantizedConv) for m in model.modules()):
+        summary.notes.append("dynamic convolutions run as ConvInteger, which ONNX Runtime executes several times "
+                             "slower than float Conv on x86 CPUs (6x on ResNet-18 in benchmarks/bench_ptq.py); "
+                             "use mode='static' for CNNs, or exclude the convolutions")
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    summary.layers.sort(key=lambda r: order.get(r.name, len(order)))
+    model.mixq_summary = summary
+    model.mixq_config = config
+    return model

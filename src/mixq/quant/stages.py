@@ -1,0 +1,116 @@
+"""The stages of post-training quantization, reusable one by one: ``prepare`` (copy, fold, plan, wrap static layers
+in observers, graph mode), ``calibrate`` (run batches through the observers) and ``convert`` (in
+``mixq.quant.conversion``: swap in quantized modules per layer).
+
+``mixq.quantize`` runs the three in one pass. Tools that try many per-layer precisions (``mixq.autoquantize``)
+prepare once with every layer observed, calibrate once, and convert the same ``Prepared`` model under as many
+configs as they like: ``convert`` never modifies it.
+
+Example::
+
+    prepared = prepare(model, config, probe=batches[0])
+    calibrate(prepared, batches)
+    qmodel = convert(prepared)                        # or convert(prepared, other_config)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from mixq.quant.calibration import Batch, call_checked, run_batches
+from mixq.quant.fusion import apply_fusions, find_fusions, set_submodule, trace_calls
+from mixq.quant.graph import apply_graph_mode
+from mixq.quant.modules import ObservedLayer
+from mixq.quant.observers import make_observer
+from mixq.quant.planning import excluded, plan
+from mixq.quant.spec import ObserverSpec, QuantConfig
+from mixq.quant.summary import QuantizationSummary
+
+
+@dataclass
+class Prepared:
+    """A model ready for calibration and conversion.
+
+    ``model`` is a fused copy whose ``observed`` layers are wrapped in ``ObservedLayer`` (and, in graph mode, is a
+    ``torch.fx.GraphModule`` with ``adds`` as ``ObservedAdd``); ``plain`` layers (planned for another mode, and
+    embeddings) are untouched until conversion. ``observer_specs`` records which observer each observed module's
+    own observers were built with (``collect`` when one spec gathered statistics for all of them), so conversion
+    can derive another observer's ranges from the same statistics instead of calibrating again.
+    """
+
+    model: nn.Module
+    config: QuantConfig
+    observed: list[str]
+    adds: list[str]
+    plain: list[str]
+    summary: QuantizationSummary
+    observer_specs: dict[str, ObserverSpec] = field(default_factory=dict)
+    calibrated_batches: int = 0
+
+    @property
+    def targets(self) -> list[str]:
+        """Every layer conversion may quantize: observed, then plain (module order within each)."""
+        return self.observed + self.plain
+
+
+def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, observe_all: bool = False,
+            collect: ObserverSpec | None = None) -> Prepared:
+    """Copy ``model`` (never modified), fold Conv+BN(+ReLU) from one ``probe`` forward pass, plan which layers to
+    quantize and wrap the static ones in observers.
+
+    ``observe_all`` observes every Linear/Conv layer whatever its planned mode, so any of them can be converted to
+    static later; ``collect`` builds every observer from that one (histogram-based) spec, from whose statistics
+    conversion can derive min-max, percentile, MSE and entropy ranges.
+    """
+    qmodel = copy.deepcopy(model).eval()
+    summary = QuantizationSummary(config.mode)
+
+    def static(name: str) -> bool:
+        return observe_all or config.choice(name).mode == "static"
+
+    relu_layers: set[str] = set()
+    if config.fold_batchnorm and probe is not None:
+        fusions = [f for f in find_fusions(trace_calls(qmodel, lambda m: call_checked(m, probe)))
+                   if not excluded(f.layer, config.exclude)]
+        for f in fusions:
+            if not static(f.layer):
+                f.relu = None  # only static layers fuse ReLU (it sets their output range)
+        relu_layers = apply_fusions(qmodel, fusions)
+        summary.notes += [f"folded {f.batchnorm} into {f.layer}" for f in fusions if f.batchnorm]
+    # plan as static (accepts every supported layer); mode-specific limits are checked per layer at conversion
+    targets = plan(qmodel, dataclasses.replace(config, mode="static", overrides=()), summary)
+    observed = [n for n in targets if static(n) and not isinstance(qmodel.get_submodule(n), nn.Embedding)]
+    plain = [n for n in targets if n not in observed]
+
+    def spec_of(name: str) -> ObserverSpec:
+        return collect or config.choice(name).observer
+
+    specs = {}
+    for name in observed:
+        spec = specs[name] = spec_of(name)
+        obs_in = make_observer(spec, config.activation, name=f"{name} (input)")
+        obs_out = make_observer(spec, config.activation, name=f"{name} (output)")
+        set_submodule(qmodel, name, ObservedLayer(qmodel.get_submodule(name), obs_in, obs_out,
+                                                  relu=name in relu_layers))
+    adds: list[str] = []
+    if observed:
+        def add_observer(label: str) -> nn.Module:
+            owner = label.split(" ")[0]  # "mixq_add_0 (a)" -> "mixq_add_0"
+            specs[owner] = spec_of(owner)
+            return make_observer(specs[owner], config.activation, name=label)
+
+        qmodel, adds = apply_graph_mode(qmodel, add_observer, summary.notes)
+    return Prepared(qmodel, config, observed, adds, plain, summary, {n: specs[n] for n in observed + adds})
+
+
+def calibrate(prepared: Prepared, batches: Iterable[Batch], *, progress: bool = True,
+              max_batches: int | None = None) -> int:
+    """Run calibration batches through the prepared model's observers; returns how many batches ran."""
+    count = run_batches(prepared.model, batches, progress=progress, max_batches=max_batches)
+    prepared.calibrated_batches += count
+    return count
