@@ -10,6 +10,7 @@ Example::
 
 from mixq.amp import LossScale, MixedPrecision, NumericsConfig, Policy
 from mixq.export import ExportError, export_onnx, optimized_op_types
+from mixq.qat import QATConfig, convert, freeze_batchnorm, freeze_observers, prepare_qat
 from mixq.quant import (
     CalibrationError,
     ObserverSpec,
@@ -30,11 +31,16 @@ __all__ = [
     "NumericsConfig",
     "ObserverSpec",
     "Policy",
+    "QATConfig",
     "QuantConfig",
     "QuantSpec",
     "QuantizationSummary",
+    "convert",
     "export_onnx",
+    "freeze_batchnorm",
+    "freeze_observers",
     "make_config",
     "optimized_op_types",
+    "prepare_qat",
     "quantize",
 ]

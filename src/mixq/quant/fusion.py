@@ -124,17 +124,50 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
+def detach_fusions(model: nn.Module, fusions: list[Fusion]) -> tuple[set[str], dict[str, nn.Module]]:
+    """Take fused BatchNorms and ReLUs out of the dataflow (they become ``nn.Identity``) without folding.
+
+    Returns the names of the layers a ReLU was fused into and ``{layer name: its BatchNorm module}``; QAT keeps
+    those BatchNorms inside its layers to train them, post-training quantization folds them right away.
+    """
+    relu_layers, batchnorms = set(), {}
+    for f in fusions:
+        if f.batchnorm:
+            batchnorms[f.layer] = model.get_submodule(f.batchnorm)
+            set_submodule(model, f.batchnorm, nn.Identity())
+        if f.relu:
+            set_submodule(model, f.relu, nn.Identity())
+            relu_layers.add(f.layer)
+    return relu_layers, batchnorms
+
+
 def apply_fusions(model: nn.Module, fusions: list[Fusion]) -> set[str]:
     """Fold/fuse in place; folded BatchNorms and fused ReLUs become ``nn.Identity``.
 
     Returns the names of the layers a ReLU was fused into.
     """
-    relu_layers = set()
-    for f in fusions:
-        if f.batchnorm:
-            fold_batchnorm(model.get_submodule(f.layer), model.get_submodule(f.batchnorm))
-            set_submodule(model, f.batchnorm, nn.Identity())
-        if f.relu:
-            set_submodule(model, f.relu, nn.Identity())
-            relu_layers.add(f.layer)
+    relu_layers, batchnorms = detach_fusions(model, fusions)
+    for layer, bn in batchnorms.items():
+        fold_batchnorm(model.get_submodule(layer), bn)
     return relu_layers
+
+
+def calls_from_graph(model: nn.Module) -> list[_Call] | None:
+    """The same call records as ``trace_calls``, read from a ``torch.fx`` trace instead of a probe forward pass
+    (no example input needed); None when the model does not trace. Function and method calls are recorded too,
+    so a layer whose output also feeds e.g. an ``add`` is never fused away."""
+    from torch import fx
+
+    try:
+        graph = fx.Tracer().trace(model)
+    except Exception:  # noqa: BLE001  (untraceable: the caller falls back)
+        return None
+    calls = []
+    for node in graph.nodes:
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        module = model.get_submodule(node.target) if node.op == "call_module" else None
+        inputs = [(id(a), 0) for a in node.all_input_nodes]
+        name = node.target if module is not None else f"<{node.name}>"
+        calls.append(_Call(name, module, inputs, (id(node), 0)))  # type: ignore[arg-type]
+    return calls

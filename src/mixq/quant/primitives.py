@@ -115,18 +115,25 @@ def dynamic_qparams(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, zp
 
 
+def _fake_quantize_forward(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qmin: int,
+                           qmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dequantize(quantize(x)), x / s, round(x / s) + z)``: the one definition every fake quantizer uses."""
+    v = x.to(torch.float32) / s
+    q = torch.round(v) + z
+    return (q.clamp(qmin, qmax) - z) * s, v, q
+
+
 class _FakeQuantizeSTE(torch.autograd.Function):
     """Quantize-dequantize with a straight-through gradient, zeroed where the value saturated."""
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, axis, qmin, qmax):  # type: ignore[override]
         ctx.input_dtype = x.dtype
-        x = x.to(torch.float32)  # same arithmetic as quantize(), whatever autocast handed us
         s = _along(scale, x, axis)
         z = _along(zero_point, x, axis).to(torch.float32)
-        q = torch.round(x / s) + z
+        out, _, q = _fake_quantize_forward(x, s, z, qmin, qmax)
         ctx.save_for_backward((q >= qmin) & (q <= qmax))
-        return (q.clamp(qmin, qmax) - z) * s
+        return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -144,3 +151,52 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
     lo, hi = _INTEGER_DTYPES[zero_point.dtype]
     return _FakeQuantizeSTE.apply(x, scale, zero_point, axis, lo if qmin is None else qmin,
                                   hi if qmax is None else qmax)
+
+
+MIN_SCALE = 1e-8  # learned scales are clamped here in the forward pass, so they stay positive
+
+
+class _FakeQuantizeLSQ(torch.autograd.Function):
+    """Fake quantization whose scale is learned with the LSQ gradient (Esser et al., 2019)."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, axis, qmin, qmax, grad_factor):  # type: ignore[override]
+        ctx.input_dtype, ctx.axis = x.dtype, axis
+        s = _along(scale.detach().to(torch.float32).clamp(min=MIN_SCALE), x, axis)
+        z = _along(zero_point, x, axis).to(torch.float32)
+        out, v, q = _fake_quantize_forward(x, s, z, qmin, qmax)
+        inside = (q >= qmin) & (q <= qmax)
+        # d out / d s: round(v) - v inside the range (rounding passes straight through), the clamped level outside
+        ds = torch.where(inside, q - z - v, q.clamp(qmin, qmax) - z)
+        ctx.save_for_backward(inside, ds)
+        ctx.grad_factor, ctx.scale_shape, ctx.scale_dtype = grad_factor, scale.shape, scale.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        inside, ds = ctx.saved_tensors
+        g = grad.to(torch.float32) * ds * ctx.grad_factor
+        if ctx.axis is None or len(ctx.scale_shape) == 0:
+            grad_scale = g.sum()
+        else:
+            axis = ctx.axis % g.dim()
+            grad_scale = g.sum(dim=[d for d in range(g.dim()) if d != axis])
+        grad_scale = grad_scale.reshape(ctx.scale_shape).to(ctx.scale_dtype)
+        return (grad * inside).to(ctx.input_dtype), grad_scale, None, None, None, None, None
+
+
+def fake_quantize_lsq(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int | None = None,
+                      qmin: int | None = None, qmax: int | None = None) -> torch.Tensor:
+    """``fake_quantize`` with a trainable ``scale`` (LSQ): same forward values, plus a gradient for the scale.
+
+    The scale's gradient is LSQ's, ``sum((round(x/s) - x/s) * g_out)`` inside the range and the saturated level
+    outside, multiplied by LSQ's gradient scale ``1 / sqrt(N * Q_p)`` (``N`` elements per scale, ``Q_p`` the
+    number of positive levels) so scale updates stay commensurate with weight updates. The zero point is fixed.
+    The scale is clamped to ``MIN_SCALE`` in the forward pass, so it is always positive.
+    """
+    lo, hi = _INTEGER_DTYPES[zero_point.dtype]
+    lo, hi = lo if qmin is None else qmin, hi if qmax is None else qmax
+    per_scale = max(x.numel() // max(scale.numel(), 1), 1)
+    positive_levels = max(hi - int(zero_point.reshape(-1)[0]) if zero_point.numel() else hi, 1)
+    grad_factor = 1.0 / (per_scale * positive_levels) ** 0.5
+    return _FakeQuantizeLSQ.apply(x, scale, zero_point, axis, lo, hi, grad_factor)

@@ -1,0 +1,180 @@
+"""QAT layers: the float layer trained against fake-quantized weights and activations, and its exact eval twin.
+
+``QATLayer`` extends calibration's ``ObservedLayer`` (so graph mode fuses ReLUs, quantizes adds and shares scales
+for QAT exactly as for post-training quantization) with weight fake quantization and BatchNorm folding:
+
+* **Training**: the weight is folded with the BatchNorm's *running* statistics, ``w * gamma / sqrt(var + eps)``,
+  and fake-quantized; while BatchNorm still trains, the convolution's output is divided back by that factor and
+  the BatchNorm runs on batch statistics (the recipe of Jacob et al. 2018 / Krishnamoorthi 2018). The network
+  sees exactly the quantized folded weight it will deploy, yet BatchNorm keeps normalising with batch statistics,
+  which keeps training stable. Once BatchNorm is frozen (``freeze_bn_after`` or ``mixq.freeze_batchnorm``) the
+  layer runs as the deployed one: ``conv(x, fq(w_folded)) + b_folded``.
+* **Eval**: the layer builds the very ``QuantizedConv``/``QuantizedLinear`` that ``mixq.convert`` produces and
+  calls it, so ``qat_model.eval()(x)`` equals ``mixq.convert(qat_model)(x)`` bit for bit and evaluation during
+  training measures the deployed integer arithmetic, not an approximation of it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from mixq.qat.fake_quantizer import FakeQuantizer
+from mixq.quant.modules.observed import ObservedAdd, ObservedLayer, _is_float_tensor
+from mixq.quant.modules.static import QuantizedAdd, QuantizedConv, QuantizedLinear
+from mixq.quant.ops import conv_nd
+from mixq.quant.primitives import fake_quantize, fake_quantize_lsq
+from mixq.quant.spec import QuantSpec
+from mixq.quant.weights import weight_scale
+
+_BN = nn.BatchNorm1d | nn.BatchNorm2d
+
+
+def _per_channel(t: torch.Tensor, ndim: int, dim: int = 0) -> torch.Tensor:
+    """Reshape a per-channel vector to broadcast along ``dim`` of an ``ndim``-D tensor."""
+    shape = [1] * ndim
+    shape[dim] = -1
+    return t.reshape(shape)
+
+
+class QATLayer(ObservedLayer):
+    """Linear/Conv1d/Conv2d (+ its BatchNorm, + fused ReLU) with fake-quantized weight, input and output."""
+
+    def __init__(self, layer: nn.Module, weight_spec: QuantSpec, input_fq: FakeQuantizer, output_fq: FakeQuantizer,
+                 relu: bool = False, bn: nn.Module | None = None, learnable: bool = False,
+                 freeze_bn_after: int | None = None, name: str = "") -> None:
+        super().__init__(layer, input_fq, output_fq, relu)
+        self.bn = bn
+        self.weight_spec = weight_spec
+        self.learnable = learnable
+        self.freeze_bn_after = freeze_bn_after
+        self.name = name
+        self.axis = 0 if weight_spec.granularity == "per_channel" else None
+        self.register_buffer("bn_frozen", torch.tensor(False))
+        self.register_buffer("steps", torch.tensor(0, dtype=torch.int64))
+        if learnable:
+            with torch.no_grad():
+                w, _ = self.folded()
+                absmax = w.abs().amax(dim=list(range(1, w.dim()))) if self.axis == 0 else w.abs().max()
+            if bool((absmax == 0).any()):
+                dead = torch.nonzero(absmax == 0).flatten().tolist()[:8]
+                where = f" (output channels {dead})" if self.axis == 0 else ""
+                raise ValueError(f"learnable_scales: the weight of {name!r} is all zeros{where} (after folding its "
+                                 "BatchNorm), so its LSQ scale would start at 0; train the float model first, or use "
+                                 "learnable_scales=False")
+            self.weight_scale = nn.Parameter(weight_scale(w, weight_spec, axis=0))
+
+    # --- weights -------------------------------------------------------------------------------------------------
+    def _bn_factor(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``gamma / sqrt(running_var + eps)`` and ``beta`` of the BatchNorm."""
+        bn = self.bn
+        inv_std = torch.rsqrt(bn.running_var.to(torch.float32) + bn.eps)
+        gamma = bn.weight if bn.affine else torch.ones_like(inv_std)
+        beta = bn.bias if bn.affine else torch.zeros_like(inv_std)
+        return gamma * inv_std, beta
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight and bias with the BatchNorm's running statistics folded in (differentiable)."""
+        w, b = self.layer.weight, self.layer.bias
+        if self.bn is None:
+            return w, b
+        factor, beta = self._bn_factor()
+        bias = b if b is not None else torch.zeros_like(self.bn.running_mean)
+        return w * _per_channel(factor, w.dim()), (bias - self.bn.running_mean) * factor + beta
+
+    def _fake_quantize_weight(self, w: torch.Tensor) -> torch.Tensor:
+        spec = self.weight_spec
+        zp = torch.zeros((), dtype=torch.int8)
+        if self.learnable:
+            zp = torch.zeros(self.weight_scale.shape, dtype=torch.int8)
+            return fake_quantize_lsq(w, self.weight_scale, zp, self.axis, spec.qmin, spec.qmax)
+        scale = weight_scale(w, spec, axis=0)
+        zp = torch.zeros(scale.shape, dtype=torch.int8)
+        return fake_quantize(w, scale, zp, self.axis, spec.qmin, spec.qmax)
+
+    def _compute(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        if isinstance(self.layer, nn.Linear):
+            return nn.functional.linear(x, w, b)
+        layer = self.layer
+        return conv_nd(x, w, b, list(layer.stride), list(layer.padding), list(layer.dilation), layer.groups)
+
+    # --- forward -------------------------------------------------------------------------------------------------
+    @property
+    def bn_training(self) -> bool:
+        return self.bn is not None and self.training and not bool(self.bn_frozen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self.to_quantized()(x)
+        self.steps += 1
+        if self.freeze_bn_after is not None and int(self.steps) > self.freeze_bn_after:
+            self.bn_frozen.fill_(True)
+        if not self.shared_input:
+            x = self.input_observer(x)
+        w, b = self.folded()
+        w_q = self._fake_quantize_weight(w)
+        if self.bn_training:
+            factor, _ = self._bn_factor()
+            safe = torch.where(factor == 0, torch.ones_like(factor), factor)
+            y = self._compute(x, w_q, None)
+            y = y / _per_channel(safe, y.dim(), 1)
+            if self.layer.bias is not None:
+                y = y + _per_channel(self.layer.bias, y.dim(), 1)
+            y = self.bn(y)
+        else:
+            y = self._compute(x, w_q, b)
+        if self.relu:
+            y = torch.relu(y)
+        return self.output_observer(y)
+
+    # --- conversion ----------------------------------------------------------------------------------------------
+    def to_quantized(self) -> QuantizedConv | QuantizedLinear:
+        """The deployed layer: int8 folded weight (learned or min-max scale), calibrated activation scales."""
+        with torch.no_grad():
+            w, b = self.folded()
+            proxy = copy.copy(self.layer)
+            proxy._parameters = {"weight": w.detach(), "bias": None if b is None else b.detach()}
+            x_q = self.input_observer.calculate_qparams()
+            y_q = self.output_observer.calculate_qparams()
+            w_scale = self.weight_scale.detach().clamp(min=1e-8) if self.learnable else None
+            cls = QuantizedLinear if isinstance(self.layer, nn.Linear) else QuantizedConv
+            return cls(proxy, self.weight_spec, x_q, y_q, relu=self.relu, w_scale=w_scale)
+
+    def to_float(self) -> nn.Module:
+        """The float layer with its BatchNorm folded (for layers that never ran during training)."""
+        with torch.no_grad():
+            w, b = self.folded()
+            layer = copy.deepcopy(self.layer)
+            layer.weight = nn.Parameter(w.detach().clone())
+            layer.bias = None if b is None else nn.Parameter(b.detach().clone())
+        return nn.Sequential(layer, nn.ReLU()) if self.relu else layer
+
+    def extra_repr(self) -> str:
+        bn = ", bn folded" if self.bn is not None else ""
+        return f"w:{self.weight_spec}, relu={self.relu}{bn}, learnable={self.learnable}"
+
+
+class QATAdd(ObservedAdd):
+    """``a + b`` (+ ReLU) on fake-quantized inputs; in eval mode exactly the ``QuantizedAdd`` it converts to."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if not (_is_float_tensor(a) and _is_float_tensor(b)):
+            return a + b
+        if not self.training:
+            return self.to_quantized()(a, b)
+        a = a if self.shared[0] else self.a_observer(a)
+        b = b if self.shared[1] else self.b_observer(b)
+        y = a + b
+        if self.relu:
+            y = torch.relu(y)
+        return self.output_observer(y)
+
+    @property
+    def has_data(self) -> bool:
+        return all(o.has_data for o in (self.a_observer, self.b_observer, self.output_observer))
+
+    def to_quantized(self) -> QuantizedAdd:
+        qparams = (o.calculate_qparams() for o in (self.a_observer, self.b_observer, self.output_observer))
+        return QuantizedAdd(*qparams, relu=self.relu)

@@ -1,0 +1,192 @@
+"""``mixq.prepare_qat``: turn a float model (or a calibrated static int8 model) into a trainable QAT model.
+
+The pipeline is post-training quantization's, with training-time parts swapped in: the same dataflow-based
+Conv+BatchNorm(+ReLU) discovery (BatchNorms are moved *into* the QAT layers instead of being folded, so they keep
+training), the same per-layer plan, and the same ``torch.fx`` graph mode (residual adds become ``QATAdd``, each
+consumer shares its producer's quantizer), so ``mixq.convert`` yields the same kind of model as ``mixq.quantize``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from torch import fx, nn
+
+from mixq.qat.config import QATConfig
+from mixq.qat.fake_quantizer import FakeQuantizer
+from mixq.qat.layers import QATAdd, QATLayer
+from mixq.quant.calibration import Batch, call_checked
+from mixq.quant.fusion import calls_from_graph, detach_fusions, find_fusions, set_submodule, trace_calls
+from mixq.quant.graph import apply_graph_mode, share_observers
+from mixq.quant.modules import QuantizedAdd, QuantizedConv, QuantizedLinear
+from mixq.quant.observers import make_observer
+from mixq.quant.planning import excluded, plan
+from mixq.quant.primitives import dequantize
+from mixq.quant.spec import ObserverSpec, QuantSpec
+from mixq.quant.summary import QuantizationSummary
+
+QAT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
+_STATIC = (QuantizedConv, QuantizedLinear, QuantizedAdd)
+
+
+def is_prepared(model: nn.Module) -> bool:
+    """True for a model returned by ``prepare_qat`` (and not yet converted)."""
+    return hasattr(model, "mixq_qat") or any(isinstance(m, (QATLayer, QATAdd, FakeQuantizer)) for m in model.modules())
+
+
+def _make_config(weight_bits: int, activation_bits: int, per_channel: bool, learnable_scales: bool, observer: str,
+                 freeze_observers_after: int | None, freeze_bn_after: int | None,
+                 exclude: Iterable[str]) -> QATConfig:
+    if isinstance(weight_bits, bool) or not isinstance(weight_bits, int) or not 2 <= weight_bits <= 8:
+        raise ValueError(f"weight_bits must be an integer from 2 to 8 (narrower weights are stored as int8 so "
+                         f"ONNX Runtime's int8 kernels run them), got {weight_bits!r}")
+    if activation_bits != 8:
+        raise ValueError(f"activation_bits must be 8 (ONNX Runtime's integer kernels take uint8 activations), "
+                         f"got {activation_bits!r}")
+    if isinstance(exclude, str):
+        raise TypeError(f"exclude must be a list of name patterns, e.g. exclude=[{exclude!r}]")
+    granularity = "per_channel" if per_channel else "per_tensor"
+    return QATConfig(QuantSpec("int8", bits=weight_bits, granularity=granularity), observer=ObserverSpec(observer),
+                     learnable_scales=learnable_scales, freeze_observers_after=freeze_observers_after,
+                     freeze_bn_after=freeze_bn_after, exclude=tuple(exclude))
+
+
+def _quantizer(cfg: QATConfig, name: str) -> FakeQuantizer:
+    return FakeQuantizer(make_observer(cfg.observer, cfg.activation, name=name), learnable=cfg.learnable_scales,
+                         freeze_after=cfg.freeze_observers_after)
+
+
+def _find_fusions(model: nn.Module, example_inputs: Batch | None, cfg: QATConfig, notes: list[str]) -> list:
+    if example_inputs is not None:
+        training = model.training
+        model.eval()  # the probe must not update BatchNorm statistics
+        calls = trace_calls(model, lambda m: call_checked(m, example_inputs))
+        model.train(training)
+    else:
+        calls = calls_from_graph(model)
+        if calls is None:
+            notes.append("torch.fx could not trace the model and no example_inputs were given, so Conv+BatchNorm "
+                         "were not fused; pass example_inputs=... to prepare_qat to fold them")
+            return []
+    return [f for f in find_fusions(calls) if not excluded(f.layer, cfg.exclude)]
+
+
+def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | None,
+                   summary: QuantizationSummary) -> nn.Module:
+    fusions = _find_fusions(model, example_inputs, cfg, summary.notes)
+    relu_layers, batchnorms = detach_fusions(model, fusions)
+    summary.notes += [f"{f.batchnorm} trains inside {f.layer} (folded at conversion)" for f in fusions if f.batchnorm]
+    for name in plan(model, cfg.static_config(), summary, types=QAT_TYPES):
+        layer = model.get_submodule(name)
+        set_submodule(model, name, QATLayer(
+            layer, cfg.weight, _quantizer(cfg, f"{name} (input)"), _quantizer(cfg, f"{name} (output)"),
+            relu=name in relu_layers, bn=batchnorms.get(name), learnable=cfg.learnable_scales,
+            freeze_bn_after=cfg.freeze_bn_after, name=name))
+    model, _ = apply_graph_mode(model, lambda name: _quantizer(cfg, name), summary.notes, add_cls=QATAdd)
+    return model
+
+
+def _float_layer(q: QuantizedConv | QuantizedLinear) -> nn.Module:
+    """A float layer holding the dequantized weights (and the bias) of a static int8 layer."""
+    if isinstance(q, QuantizedLinear):
+        w = dequantize(q.weight_t.t(), q.w_scale, axis=0)
+        layer = nn.Linear(w.shape[1], w.shape[0], bias=q.bias is not None)
+        bias = q.bias
+    else:
+        w, g = dequantize(q.weight, q.w_scale, axis=0), q.geometry
+        cls = nn.Conv1d if w.dim() == 3 else nn.Conv2d
+        layer = cls(w.shape[1] * g.groups, w.shape[0], tuple(w.shape[2:]), stride=tuple(g.stride),
+                    padding=tuple(g.padding), dilation=tuple(g.dilation), groups=g.groups, bias=q.bias is not None)
+        bias = None if q.bias is None else (q.bias.double() * (q.x_scale * q.w_scale).double()).float()
+    with torch.no_grad():
+        layer.weight.copy_(w)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer
+
+
+def _seeded(cfg: QATConfig, name: str, scale: torch.Tensor, zero_point: torch.Tensor) -> FakeQuantizer:
+    if zero_point.dtype != cfg.activation.torch_dtype:
+        raise ValueError(f"{name!r} was calibrated with {zero_point.dtype} activations; QAT continues from uint8 "
+                         "activations only (quantize with activation_dtype='uint8')")
+    fq = _quantizer(cfg, name)
+    fq.seed(scale, zero_point)
+    return fq
+
+
+def _prepare_static(model: nn.Module, cfg: QATConfig, summary: QuantizationSummary) -> nn.Module:
+    """Rebuild QAT layers from a calibrated static model: dequantized weights, its activation scales as start."""
+    layers = adds = 0
+    for name, q in [(n, m) for n, m in model.named_modules() if isinstance(m, _STATIC)]:
+        if isinstance(q, QuantizedAdd):
+            new = QATAdd(_seeded(cfg, f"{name} (a)", q.x_scale, q.x_zp), _seeded(cfg, f"{name} (b)", q.b_scale, q.b_zp),
+                         _seeded(cfg, f"{name} (output)", q.y_scale, q.y_zp), relu=q.relu)
+            adds += 1
+        else:
+            new = QATLayer(_float_layer(q), cfg.weight, _seeded(cfg, f"{name} (input)", q.x_scale, q.x_zp),
+                           _seeded(cfg, f"{name} (output)", q.y_scale, q.y_zp), relu=q.relu,
+                           learnable=cfg.learnable_scales, name=name)
+            layers += 1
+        set_submodule(model, name, new)
+    shared = share_observers(model) if isinstance(model, fx.GraphModule) else 0
+    summary.notes.append(f"started from a calibrated static model: {layers} layers and {adds} adds keep its "
+                         f"activation scales ({shared} inputs share their producer's)")
+    return model
+
+
+def prepare_qat(
+    model: nn.Module,
+    *,
+    example_inputs: Batch | None = None,
+    weight_bits: int = 8,
+    activation_bits: int = 8,
+    per_channel: bool = True,
+    learnable_scales: bool = False,
+    observer: str = "moving_average",
+    freeze_observers_after: int | None = None,
+    freeze_bn_after: int | None = None,
+    exclude: Iterable[str] = (),
+    config: QATConfig | None = None,
+) -> nn.Module:
+    """Return a trainable copy of ``model`` that simulates int8 deployment in its forward pass (the original is
+    never modified). Train it with any loop and optimizer (mixed precision included), then ``mixq.convert`` it.
+
+    ``model`` is a float model, or one ``mixq.quantize(..., "static")`` already calibrated (QAT then starts from
+    its dequantized weights and its activation scales: PTQ first, QAT to recover). Weights are symmetric int8 of
+    ``weight_bits`` (2-8) bits, per channel unless ``per_channel=False``; activations are uint8. Conv+BatchNorm is
+    found from ``example_inputs`` (or a ``torch.fx`` trace when omitted) and trained folded (see
+    ``mixq.qat.layers``). Activation ranges start from the first training batches (``observer``) and freeze after
+    ``freeze_observers_after`` batches; BatchNorm switches to running statistics after ``freeze_bn_after`` steps
+    (or call ``mixq.freeze_observers`` / ``mixq.freeze_batchnorm``). ``learnable_scales=True`` trains every scale
+    with LSQ. In eval mode the model computes exactly what the converted int8 model computes.
+
+    Example::
+
+        qat = mixq.prepare_qat(model, example_inputs=x[:8], weight_bits=4, per_channel=False)
+        train(qat)  # the user's loop
+        qmodel = mixq.convert(qat)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if is_prepared(model):
+        raise ValueError(f"{type(model).__name__} is already prepared for QAT; train it and call mixq.convert(...) "
+                         "(prepare_qat takes the float model, once)")
+    cfg = config or _make_config(weight_bits, activation_bits, per_channel, learnable_scales, observer,
+                                 freeze_observers_after, freeze_bn_after, exclude)
+    qat = copy.deepcopy(model)
+    summary = QuantizationSummary("qat")
+    if any(isinstance(m, _STATIC) for m in qat.modules()):
+        qat = _prepare_static(qat, cfg, summary)
+    elif hasattr(qat, "mixq_config"):
+        raise ValueError(f"QAT can start from a float model or a static int8 one, not from a "
+                         f"{qat.mixq_config.mode!r}-quantized model; pass the float model")
+    else:
+        qat = _prepare_float(qat, cfg, example_inputs, summary)
+    for attr in ("mixq_summary", "mixq_config"):
+        if hasattr(qat, attr):
+            delattr(qat, attr)
+    qat.mixq_qat = cfg
+    qat.mixq_qat_plan = summary
+    return qat.train()
