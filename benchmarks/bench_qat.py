@@ -1,0 +1,119 @@
+"""Quantization-aware training vs post-training quantization on the digits CNN (scikit-learn's bundled data).
+
+For each weight precision: fp32 accuracy, static PTQ accuracy (min-max and percentile calibration), QAT accuracy
+with min-max scales and with LSQ learned scales after the same short fine-tuning, the training-step cost of QAT
+relative to float training, and, for the converted QAT models, ONNX Runtime's accuracy, its agreement with the
+PyTorch model in output steps and the integer kernels it runs.
+
+Run: ``.venv/bin/python benchmarks/bench_qat.py`` (about a minute on 2 cores). Writes results/qat.{md,json}.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+import mixq
+from mixq.demo import DigitsCNN, load_digits_split, train
+from mixq.export import INTEGER_KERNELS
+
+PRECISIONS = [(8, True), (4, True), (4, False), (3, True), (3, False), (2, True)]
+EPOCHS = 3
+RESULTS = Path(__file__).parent / "results"
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model.eval()(x).argmax(1) == y).float().mean())
+
+
+def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = EPOCHS) -> float:
+    """Adam at 1e-3; for QAT models the last epoch runs with frozen ranges and BatchNorm at a tenth of the learning
+    rate (the usual schedule). Returns seconds per epoch."""
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        if epoch == epochs - 1 and epochs > 1 and mixq.qat.is_prepared(model):
+            mixq.freeze_observers(model)
+            mixq.freeze_batchnorm(model)
+            for group in opt.param_groups:
+                group["lr"] = 1e-4
+        for i in range(0, len(x), 64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
+            opt.step()
+    return (time.perf_counter() - start) / epochs
+
+
+def ort_check(qmodel: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mixq.export_onnx(qmodel, x[:2], Path(tmp) / "qat.onnx")
+        ops = mixq.optimized_op_types(path)
+        (out,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        ref = qmodel(x).numpy()
+    steps = np.abs(out - ref) / float(qmodel.fc.y_scale)
+    return {"ort_accuracy": float((out.argmax(1) == y.numpy()).mean()), "max_diff_steps": float(steps.max()),
+            "integer_kernels": {k: ops[k] for k in sorted(INTEGER_KERNELS) if ops[k]}}
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    data = load_digits_split()
+    x, y, x_test, y_test = data["x_train"], data["y_train"], data["x_test"], data["y_test"]
+    torch.manual_seed(0)
+    model = train(DigitsCNN(), x, y, epochs=12)
+    fp32 = accuracy(model, x_test, y_test)
+    float_epoch = finetune(train(DigitsCNN(), x, y, epochs=1).train(), x, y, epochs=1)
+    calib = [x[i:i + 100] for i in range(0, 500, 100)]
+    rows = []
+    for bits, per_channel in PRECISIONS:
+        row: dict[str, object] = {"bits": bits, "granularity": "per_channel" if per_channel else "per_tensor"}
+        for observer in ("minmax", "percentile"):
+            ptq = mixq.quantize(model, "static", calib_data=calib, bits=bits, per_channel=per_channel,
+                                observer=observer, progress=False)
+            row[f"ptq_{observer}"] = accuracy(ptq, x_test, y_test)
+        for learnable in (False, True):
+            qat = mixq.prepare_qat(model, example_inputs=x[:8], weight_bits=bits, per_channel=per_channel,
+                                   learnable_scales=learnable)
+            seconds = finetune(qat, x, y)
+            qmodel = mixq.convert(qat)
+            key = "qat_lsq" if learnable else "qat"
+            row[key] = accuracy(qmodel, x_test, y_test)
+            row[f"{key}_epoch_s"] = seconds
+            with torch.no_grad():
+                row[f"{key}_eval_equals_converted"] = bool(torch.equal(qat.eval()(x_test), qmodel(x_test)))
+            if not learnable:
+                row.update(ort_check(qmodel, x_test, y_test))
+        rows.append(row)
+        print(row)  # noqa: T201
+
+    lines = [f"# QAT vs PTQ on the digits CNN ({EPOCHS} QAT epochs; fp32 accuracy {fp32:.4f}; float training "
+             f"{float_epoch * 1e3:.0f} ms/epoch)", "",
+             "| weights | PTQ min-max | PTQ percentile | QAT | QAT + LSQ | QAT ms/epoch | LSQ ms/epoch | "
+             "ORT acc (QAT) | max ORT−PyTorch (steps) | eval == converted |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['bits']}-bit {r['granularity']} | {r['ptq_minmax']:.4f} | {r['ptq_percentile']:.4f} | "
+            f"{r['qat']:.4f} | {r['qat_lsq']:.4f} | {r['qat_epoch_s'] * 1e3:.0f} | {r['qat_lsq_epoch_s'] * 1e3:.0f} | "
+            f"{r['ort_accuracy']:.4f} | {r['max_diff_steps']:.2f} | "
+            f"{r['qat_eval_equals_converted'] and r['qat_lsq_eval_equals_converted']} |")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "qat.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "qat.json").write_text(json.dumps({"fp32": fp32, "float_epoch_s": float_epoch, "epochs": EPOCHS,
+                                                  "rows": rows}, indent=2))
+    print("\n".join(lines))  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
