@@ -209,3 +209,33 @@ def test_frozen_config_round_trips():
     cfg = qat.mixq_qat
     assert mixq.QATConfig.from_dict(cfg.to_dict()) == cfg
     assert not isinstance(qat.head, QATLayer)
+
+
+class Untraceable(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it, so QAT wraps layer by layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 12)
+        self.b = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if float(h.sum()) > 0:
+            h = h * 2
+        return self.b(torch.relu(h))
+
+
+def test_models_torch_fx_cannot_trace_are_prepared_layer_by_layer():
+    torch.manual_seed(0)
+    qat = prepare_qat(Untraceable())
+    assert any("could not trace" in note for note in qat.mixq_qat_plan.notes)
+    assert [r.name for r in qat.mixq_qat_plan.quantized] == ["a", "b"]
+    opt = torch.optim.Adam(qat.parameters(), lr=1e-3)
+    for _ in range(3):
+        opt.zero_grad()
+        qat.train()(torch.randn(8, 6)).pow(2).mean().backward()
+        opt.step()
+    x = torch.randn(8, 6)
+    with torch.no_grad():
+        assert torch.equal(qat.eval()(x), convert(qat)(x))

@@ -84,7 +84,11 @@ def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | Non
             layer, cfg.weight, _quantizer(cfg, f"{name} (input)"), _quantizer(cfg, f"{name} (output)"),
             relu=name in relu_layers, bn=batchnorms.get(name), learnable=cfg.learnable_scales,
             freeze_bn_after=cfg.freeze_bn_after, name=name))
-    model, _ = apply_graph_mode(model, lambda name: _quantizer(cfg, name), summary.notes, add_cls=QATAdd)
+        bn = f" + {type(batchnorms[name]).__name__}" if name in batchnorms else ""
+        summary.add(name, type(layer).__name__, "quantized", f"fake-quantized for training, w:{cfg.weight}{bn}")
+    model, adds = apply_graph_mode(model, lambda name: _quantizer(cfg, name), summary.notes, add_cls=QATAdd)
+    for name in adds:
+        summary.add(name, "add", "quantized", "fake-quantized for training")
     return model
 
 
@@ -130,6 +134,7 @@ def _prepare_static(model: nn.Module, cfg: QATConfig, summary: QuantizationSumma
                            learnable=cfg.learnable_scales, name=name)
             layers += 1
         set_submodule(model, name, new)
+        summary.add(name, type(q).__name__, "quantized", "fake-quantized for training, from the calibrated model")
     shared = share_observers(model) if isinstance(model, fx.GraphModule) else 0
     summary.notes.append(f"started from a calibrated static model: {layers} layers and {adds} adds keep its "
                          f"activation scales ({shared} inputs share their producer's)")
@@ -187,6 +192,8 @@ def prepare_qat(
     for attr in ("mixq_summary", "mixq_config"):
         if hasattr(qat, attr):
             delattr(qat, attr)
+    order = {name: i for i, (name, _) in enumerate(qat.named_modules())}
+    summary.layers.sort(key=lambda r: order.get(r.name, len(order)))
     qat.mixq_qat = cfg
     qat.mixq_qat_plan = summary
     return qat.train()
