@@ -3,7 +3,9 @@ kernels with the same numbers as the PyTorch model."""
 
 from __future__ import annotations
 
+import onnx
 import torch
+from onnx import TensorProto, numpy_helper
 from torch import nn
 
 import mixq
@@ -53,6 +55,8 @@ def test_qat_recovers_what_ptq_loses_and_matches_onnx_runtime(trained_cnn, digit
     assert ops["QLinearConv"] == 3 and ops["QLinearAdd"] == 1 and ops["MatMulIntegerToFloat"] == 1
     assert not set(ops) & FLOAT_COMPUTE, ops
     assert sum(ops[k] for k in INTEGER_KERNELS) == 4 and ops["Add"] == 0, ops
+    weights = [numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer if t.data_type == TensorProto.INT8]
+    assert len(weights) == 4 and all(int(abs(w.astype(int)).max()) <= 2 ** (BITS - 1) - 1 for w in weights)
     (ort_out,) = ort_run(path, x_test)
     with torch.no_grad():
         ref = qmodel(x_test).numpy()
@@ -67,7 +71,7 @@ def test_learned_scales_recover_too(trained_cnn, digits, accuracy):
     start = qat.block.conv1.weight_scale.detach().clone()
     opt = torch.optim.Adam(qat.parameters(), lr=1e-3)
     qat.train()
-    for epoch in range(3):
+    for _ in range(3):
         for i in range(0, len(x_train), 64):
             opt.zero_grad()
             nn.functional.cross_entropy(qat(x_train[i:i + 64]), y_train[i:i + 64]).backward()
