@@ -5,12 +5,16 @@ with min-max scales and with LSQ learned scales after the same short fine-tuning
 relative to float training, and, for the converted QAT models, ONNX Runtime's accuracy, its agreement with the
 PyTorch model in output steps and the integer kernels it runs.
 
+The peer is torch.ao's FX-mode QAT with the same precision and schedule (``qat_torch_ao.py``), its converted
+model run on PyTorch's x86 quantized engine.
+
 Run: ``.venv/bin/python benchmarks/bench_qat.py`` (about a minute on 2 cores). Writes results/qat.{md,json}.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +27,9 @@ from torch import nn
 import mixq
 from mixq.demo import DigitsCNN, load_digits_split, train
 from mixq.export import INTEGER_KERNELS
+
+sys.path.insert(0, str(Path(__file__).parent))
+from qat_torch_ao import torch_ao_qat  # noqa: E402
 
 PRECISIONS = [(8, True), (4, True), (4, False), (3, True), (3, False), (2, True)]
 EPOCHS = 3
@@ -94,18 +101,20 @@ def main() -> None:
                 row[f"{key}_eval_equals_converted"] = bool(torch.equal(qat.eval()(x_test), qmodel(x_test)))
             if not learnable:
                 row.update(ort_check(qmodel, x_test, y_test))
+        row.update(torch_ao_qat(model, x, y, x_test, y_test, bits, per_channel, EPOCHS))
         rows.append(row)
         print(row)  # noqa: T201
 
     lines = [f"# QAT vs PTQ on the digits CNN ({EPOCHS} QAT epochs; fp32 accuracy {fp32:.4f}; float training "
              f"{float_epoch * 1e3:.0f} ms/epoch)", "",
-             "| weights | PTQ min-max | PTQ percentile | QAT | QAT + LSQ | QAT ms/epoch | LSQ ms/epoch | "
-             "ORT acc (QAT) | max ORT−PyTorch (steps) | eval == converted |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| weights | PTQ min-max | PTQ percentile | QAT | QAT + LSQ | torch.ao QAT | QAT ms/epoch | "
+             "LSQ ms/epoch | torch.ao ms/epoch | ORT acc (QAT) | max ORT−PyTorch (steps) | eval == converted |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(
             f"| {r['bits']}-bit {r['granularity']} | {r['ptq_minmax']:.4f} | {r['ptq_percentile']:.4f} | "
-            f"{r['qat']:.4f} | {r['qat_lsq']:.4f} | {r['qat_epoch_s'] * 1e3:.0f} | {r['qat_lsq_epoch_s'] * 1e3:.0f} | "
+            f"{r['qat']:.4f} | {r['qat_lsq']:.4f} | {r['torch_ao_qat']:.4f} | {r['qat_epoch_s'] * 1e3:.0f} | "
+            f"{r['qat_lsq_epoch_s'] * 1e3:.0f} | {r['torch_ao_epoch_s'] * 1e3:.0f} | "
             f"{r['ort_accuracy']:.4f} | {r['max_diff_steps']:.2f} | "
             f"{r['qat_eval_equals_converted'] and r['qat_lsq_eval_equals_converted']} |")
     RESULTS.mkdir(exist_ok=True)
