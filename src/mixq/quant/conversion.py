@@ -57,7 +57,11 @@ def derive_observer(source: Observer, spec: ObserverSpec) -> Observer:
 
 
 class _Ranges:
-    """Quantization parameters per observer, derived once per observer so shared tensors keep one scale."""
+    """Quantization parameters per observer, derived once per observer so shared tensors keep one scale.
+
+    Results are also kept on the ``Prepared`` model, keyed by the observer's module path and the observer spec, so
+    converting the same calibration under many configs computes each range once (MSE and entropy searches are slow).
+    """
 
     def __init__(self, prepared: Prepared, config: QuantConfig, static: set[str], model: nn.Module) -> None:
         self.built = prepared.observer_specs
@@ -65,16 +69,17 @@ class _Ranges:
         self.owner: dict[int, str] = {}
         for name in prepared.observed + prepared.adds:
             self.owner[id(model.get_submodule(name).output_observer)] = name
-        self.cache: dict[int, QParams] = {}
+        self.paths = {id(m): n for n, m in model.named_modules() if isinstance(m, Observer)}
+        self.cache = prepared.qparams_cache
 
     def of(self, observer: Observer, reader: str) -> QParams:
         """Parameters for ``observer`` as read by layer ``reader``. A tensor's observer belongs to its producer when
         graph mode shared it; the producer's choice of observer decides, unless the producer is not static."""
-        key = id(observer)
+        builder = self.owner.get(id(observer), reader)
+        chooser = builder if builder in self.static else reader
+        wanted = self.config.choice(chooser).observer
+        key = (self.paths[id(observer)], wanted)
         if key not in self.cache:
-            builder = self.owner.get(key, reader)
-            chooser = builder if builder in self.static else reader
-            wanted = self.config.choice(chooser).observer
             source = observer if wanted == self.built[builder] else derive_observer(observer, wanted)
             self.cache[key] = source.calculate_qparams()
         return self.cache[key]

@@ -20,6 +20,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from mixq.quant.calibration import Batch, call_checked, run_batches
@@ -51,6 +52,7 @@ class Prepared:
     summary: QuantizationSummary
     observer_specs: dict[str, ObserverSpec] = field(default_factory=dict)
     calibrated_batches: int = 0
+    qparams_cache: dict[tuple[str, ObserverSpec], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def targets(self) -> list[str]:
@@ -111,6 +113,7 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
 def calibrate(prepared: Prepared, batches: Iterable[Batch], *, progress: bool = True,
               max_batches: int | None = None) -> int:
     """Run calibration batches through the prepared model's observers; returns how many batches ran."""
+    prepared.qparams_cache.clear()  # ranges derived from earlier statistics are stale now
     count = run_batches(prepared.model, batches, progress=progress, max_batches=max_batches)
     prepared.calibrated_batches += count
     return count

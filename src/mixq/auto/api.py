@@ -1,0 +1,271 @@
+"""``mixq.autoquantize``: per-layer precisions chosen against the user's metric, with the evidence.
+
+Cost, for ``L`` candidate layers (Linear/Conv and graph-mode adds), ``R`` rungs per ladder (at most 6) and ``S``
+sensitivity batches: one calibration pass (whatever ``L``); ``L x R`` single-layer conversions, each run on ``S``
+batches (no ``eval_fn`` calls); ``eval_fn`` calls: the fp32 baseline, the all-int8 check, up to
+``sensitivity_evals`` single-layer checks and one per search step, never more than ``max_evals`` in all; with
+``objective="latency"`` ``L + 3`` ONNX exports and ONNX Runtime timings, otherwise 3 (fp32, all-int8, chosen, for
+the report; ``measure=False`` skips them). Each search step moves one layer up one useful rung, so a search that
+must move ``k`` layers costs at most ``k x R`` evaluations and usually about ``k``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from mixq.auto import qat_fallback
+from mixq.auto.evaluation import BudgetExhausted, Evaluator
+from mixq.auto.ladder import Rung, build_config, ladder, only
+from mixq.auto.measure import OrtMeter
+from mixq.auto.report import AutoQuantReport, Step, Variant
+from mixq.auto.search import GreedySearch, Outcome
+from mixq.auto.sensitivity import analyse
+from mixq.quant.api import make_config
+from mixq.quant.calibration import Batch
+from mixq.quant.conversion import convert
+from mixq.quant.planning import split_first
+from mixq.quant.spec import ObserverSpec, QuantConfig
+from mixq.quant.stages import calibrate, prepare
+
+OBJECTIVES = ("latency", "size", "accuracy")
+
+
+@dataclass
+class AutoQuantResult:
+    """``model``: the chosen model (export it with ``mixq.export_onnx``); ``config``: the ``QuantConfig`` (with
+    per-layer overrides) that ``mixq.quantize`` turns into the same model, None when the model stays float or came
+    from QAT; ``report``: the evidence (``AutoQuantReport``)."""
+
+    model: nn.Module
+    config: QuantConfig | None
+    report: AutoQuantReport
+
+
+def _check(model: nn.Module, max_drop: float, objective: str, max_evals: int, config: QuantConfig) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(max_drop, bool) or not isinstance(max_drop, numbers.Real) or not math.isfinite(max_drop):
+        raise TypeError(f"max_drop must be a finite number, got {max_drop!r}")
+    if max_drop < 0:
+        raise ValueError(f"max_drop must be >= 0 (the largest acceptable fall of eval_fn below fp32), got {max_drop}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if max_evals < 2:
+        raise ValueError(f"max_evals must be >= 2 (the fp32 baseline and the all-int8 check), got {max_evals}")
+    if config.mode != "static" or config.overrides:
+        raise ValueError("config must be a static config without overrides (autoquantize chooses the per-layer "
+                         "precisions); keep layers float with exclude=[...]")
+    if config.observer.name == "moving_average":
+        raise ValueError("autoquantize gathers histogram statistics once; use the minmax, percentile, mse or "
+                         "entropy observer")
+
+
+def _keep(batches: Iterable[Batch], kept: list[Batch], n: int) -> Iterator[Batch]:
+    for batch in batches:
+        if len(kept) < n:
+            kept.append(batch)
+        yield batch
+
+
+def autoquantize(
+    model: nn.Module,
+    calib_data: Iterable[Batch],
+    eval_fn: Callable[[nn.Module], float],
+    *,
+    max_drop: float = 0.01,
+    relative: bool = False,
+    example_inputs: Batch | None = None,
+    objective: str = "latency",
+    max_evals: int = 16,
+    sensitivity_evals: int = 3,
+    sensitivity_batches: int = 2,
+    min_gain_db: float = 1.0,
+    config: QuantConfig | None = None,
+    train_fn: Callable[[nn.Module], Any] | None = None,
+    measure: bool = True,
+    progress: bool = False,
+) -> AutoQuantResult:
+    """Quantize ``model`` as far as ``eval_fn`` allows, choosing a precision per layer; ``model`` is not modified.
+
+    ``eval_fn(model) -> float`` is your metric, higher is better; it runs on the fp32 model once (the baseline).
+    The target is ``eval_fn >= baseline - max_drop`` (absolute, in the metric's units), or with ``relative=True``
+    ``baseline - max_drop * |baseline|`` (``max_drop=0.01``: within 1 %). Calibration statistics are gathered once
+    from ``calib_data``; every layer's sensitivity is measured from them; the search starts from static int8
+    everywhere and moves the most sensitive layers up (percentile/MSE observers, dynamic, fp16, fp32) until the
+    target is met, calling ``eval_fn`` at most ``max_evals`` times in all (see the module docstring for costs).
+    ``objective``: ``"latency"`` times candidates on ONNX Runtime here and keeps float what int8 does not speed up;
+    ``"size"`` climbs the ladder in order of file size; ``"accuracy"`` moves each layer straight to its most
+    accurate rung. ``example_inputs`` (default: the first calibration batch) is what is exported and timed.
+    If nothing meets the target within budget, the best model found is returned with a warning saying by how much
+    it misses. With ``train_fn`` and ``mixq.prepare_qat`` available, QAT fine-tuning is the last resort.
+
+    Example::
+
+        result = mixq.autoquantize(model, batches, lambda m: accuracy(m, x_val, y_val), max_drop=0.01)
+        print(result.report); mixq.export_onnx(result.model, x[:1], "model.onnx")
+    """
+    start_time = time.perf_counter()
+    base = config or make_config("static")
+    _check(model, max_drop, objective, max_evals, base)
+    evaluate = Evaluator(eval_fn, max_evals)
+    probe, batches = split_first(calib_data)
+    example = probe if example_inputs is None else example_inputs
+    seconds: dict[str, float] = {}
+
+    baseline = evaluate(model, "fp32")
+    required = baseline - (max_drop * abs(baseline) if relative else max_drop)
+
+    def meets(metric: float) -> bool:
+        return metric >= required
+
+    tick = time.perf_counter()
+    kept: list[Batch] = []
+    prepared = prepare(model, base, probe, observe_all=True, collect=ObserverSpec("mse", bins=base.observer.bins))
+    calibrate(prepared, _keep(batches, kept, sensitivity_batches), progress=progress)
+    seconds["calibration"] = time.perf_counter() - tick
+    kinds = {name: type(prepared.model.get_submodule(name).layer).__name__ for name in prepared.observed}
+    ladders = {n: ladder(kinds.get(n, "add"), objective, base.observer) for n in prepared.observed + prepared.adds}
+
+    tick = time.perf_counter()
+    sensitivity = analyse(prepared, base, ladders, kept)
+    seconds["sensitivity"] = time.perf_counter() - tick
+    steps: list[Step] = []
+    notes: list[str] = []
+    fp32_assignment = {n: len(r) - 1 for n, r in ladders.items()}
+
+    def run(assignment: dict[str, int], action: str) -> float:
+        if assignment == fp32_assignment:  # float everywhere: that is the baseline, no need to evaluate it again
+            metric = baseline
+        else:
+            metric = evaluate(convert(prepared, build_config(base, ladders, assignment)), action)
+        steps.append(Step(len(steps), action, metric, meets(metric), evaluate.calls))
+        return metric
+
+    all_int8 = {n: 0 for n in ladders}
+    int8_metric = run(all_int8, "all layers static int8")
+    report = AutoQuantReport(objective, float(max_drop), relative, baseline, required, False, 0.0, 0, max_evals,
+                             sensitivity, steps, notes=notes, seconds=seconds)
+    if not ladders:
+        notes.append("no Linear/Conv layers to quantize: the model stays float")
+    meter = OrtMeter(example) if (measure or objective != "accuracy") else None
+    tick = time.perf_counter()
+    start = dict(all_int8)
+    if meter is not None and objective == "latency" and ladders:
+        start = _latency_start(meter, model, prepared, base, ladders, all_int8, report)
+    seconds["latency_probe"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    reserve = 1 if train_fn is not None else 0  # keep one evaluation for QAT, the last resort
+    evaluate.max_evals -= reserve
+    if not meets(int8_metric) and start != fp32_assignment and evaluate.left > 1:
+        _eval_sensitivity(prepared, base, ladders, report, evaluate, baseline, sensitivity_evals)
+    allowed = baseline - required
+    harmless = frozenset(r.name for r in sensitivity if r.eval_drop is not None and r.eval_drop <= allowed / 4)
+    search = GreedySearch(ladders, report.sensitivity, objective, min_gain_db, harmless)
+    try:
+        label = "fp32 everywhere" if start == fp32_assignment else "int8 where it is faster, fp32 elsewhere"
+        start_metric = int8_metric if start == all_int8 else run(start, label)
+        outcome = search.run(start, start_metric, meets, run)
+    except BudgetExhausted:  # not even the latency-driven start could be evaluated: all-int8 is what we know
+        outcome = Outcome(all_int8, int8_metric, meets(int8_metric), True)
+    evaluate.max_evals += reserve
+    seconds["search"] = time.perf_counter() - tick
+    chosen: nn.Module = copy.deepcopy(model).eval()
+    chosen_config: QuantConfig | None = None
+    if outcome.assignment != fp32_assignment:
+        chosen = convert(prepared, build_config(base, ladders, outcome.assignment))
+        chosen_config = chosen.mixq_config
+    metric, met = outcome.metric, outcome.met
+    if not met and train_fn is not None:
+        qat = qat_fallback.try_qat(model, train_fn, example, evaluate, notes)
+        if qat is not None:
+            steps.append(Step(len(steps), "QAT fine-tuning with train_fn (all int8)", qat[1], meets(qat[1]),
+                              evaluate.calls))
+            if qat[1] > metric:
+                chosen, chosen_config, metric, met = qat[0], None, qat[1], meets(qat[1])
+    report.precisions = {n: ladders[n][i].label for n, i in outcome.assignment.items()}
+    if chosen_config is None and outcome.assignment != fp32_assignment:
+        report.precisions = {n: "int8 (QAT)" for n in ladders}
+    tick = time.perf_counter()
+    if meter is not None:
+        with meter:
+            chosen, chosen_config, metric = _measure_variants(meter, model, prepared, base, ladders, chosen,
+                                                              chosen_config, metric, int8_metric, report)
+        met = meets(metric)
+    seconds["measure"] = time.perf_counter() - tick
+    report.met, report.evaluations = met, evaluate.calls
+    report.miss = 0.0 if met else required - metric
+    if not met:
+        warnings.warn(f"autoquantize: no configuration met the target within {evaluate.calls} evaluations "
+                      f"(max_evals={max_evals}); the best found scores {metric:.4g}, {report.miss:.4g} below the "
+                      f"required {required:.4g} (fp32 {baseline:.4g}). Returning it; raise max_evals or max_drop",
+                      stacklevel=2)
+    seconds["total"] = time.perf_counter() - start_time
+    return AutoQuantResult(chosen, chosen_config, report)
+
+
+def _eval_sensitivity(prepared: Any, base: QuantConfig, ladders: dict[str, list[Rung]], report: AutoQuantReport,
+                      evaluate: Evaluator, baseline: float, budget: int) -> None:
+    """``eval_fn`` drop with each of the worst layers alone in int8; re-ranks those layers by it."""
+    count = min(budget, evaluate.left - 1, len(report.sensitivity))
+    for row in report.sensitivity[:count]:
+        model = convert(prepared, only(base, row.name, ladders[row.name][0]))
+        row.eval_drop = baseline - evaluate(model, f"{row.name} alone int8")
+    head = sorted(report.sensitivity[:count], key=lambda r: -(r.eval_drop or 0.0))
+    report.sensitivity = head + report.sensitivity[count:]
+
+
+def _latency_start(meter: OrtMeter, model: nn.Module, prepared: Any, base: QuantConfig, ladders: dict[str, list[Rung]],
+                   all_int8: dict[str, int], report: AutoQuantReport) -> dict[str, int]:
+    """Time fp32, all-int8 and all-int8 with each layer fp32: when int8 is not faster than fp32 the whole model
+    starts fp32; otherwise the layers that int8 does not speed up start fp32."""
+    models = {"fp32": model, "all-int8": convert(prepared, build_config(base, ladders, all_int8))}
+    first = meter.measure(models)
+    if first["all-int8"].latency_ms >= first["fp32"].latency_ms:
+        report.notes.append(f"int8 is not faster than fp32 for this model on ONNX Runtime here "
+                            f"({first['all-int8'].latency_ms:.3f} vs {first['fp32'].latency_ms:.3f} ms): the whole "
+                            "model stays float")
+        return {n: len(r) - 1 for n, r in ladders.items()}
+    models = {"all-int8": models["all-int8"]}
+    for name, rungs in ladders.items():
+        models[name] = convert(prepared, build_config(base, ladders, {**all_int8, name: len(rungs) - 1}))
+    times = meter.measure(models)
+    int8_ms = times["all-int8"].latency_ms
+    start = dict(all_int8)
+    for name in ladders:
+        report.layer_latency_ms[name] = times[name].latency_ms
+        if times[name].latency_ms <= int8_ms:
+            start[name] = len(ladders[name]) - 1
+            report.notes.append(f"{name}: int8 is not faster here ({times[name].latency_ms:.3f} ms with it fp32 vs "
+                                f"{int8_ms:.3f} ms all-int8 on ONNX Runtime); it starts fp32")
+    return start
+
+
+def _measure_variants(meter: OrtMeter, model: nn.Module, prepared: Any, base: QuantConfig,
+                      ladders: dict[str, list[Rung]], chosen: nn.Module, chosen_config: QuantConfig | None,
+                      metric: float, int8_metric: float,
+                      report: AutoQuantReport) -> tuple[nn.Module, QuantConfig | None, float]:
+    """fp32 vs all-int8 vs chosen on ONNX Runtime; with the latency objective, a chosen model slower than fp32
+    gives way to the fp32 model."""
+    all_int8 = convert(prepared, build_config(base, ladders, {n: 0 for n in ladders}))
+    times = meter.measure({"fp32": model, "all-int8": all_int8, "chosen": chosen})
+    slower = times["chosen"].latency_ms >= times["fp32"].latency_ms
+    if report.objective == "latency" and slower and chosen_config is not None:
+        report.notes.append(f"the chosen model is not faster than fp32 on ONNX Runtime here "
+                            f"({times['chosen'].latency_ms:.3f} vs {times['fp32'].latency_ms:.3f} ms): the whole "
+                            "model stays float")
+        chosen, chosen_config, metric = copy.deepcopy(model).eval(), None, report.baseline
+        report.precisions = {n: "fp32" for n in ladders}
+        times["chosen"] = times["fp32"]
+    report.variants = [Variant(name, m, times[name].latency_ms, times[name].size_bytes) for name, m in
+                       (("fp32", report.baseline), ("all-int8", int8_metric), ("chosen", metric))]
+    return chosen, chosen_config, metric

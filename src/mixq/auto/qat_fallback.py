@@ -1,0 +1,50 @@
+"""QAT as the last resort: when post-training choices cannot meet the target and the caller gave a ``train_fn``.
+
+QAT lives in ``mixq.qat`` (``mixq.prepare_qat`` / ``mixq.convert``). This module only calls it when the package
+exposes it, so autoquantize works the same with or without QAT in the build; the report says which happened.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from mixq.auto.evaluation import BudgetExhausted, Evaluator
+
+
+class TrainFnError(RuntimeError):
+    """``train_fn`` raised while fine-tuning the QAT model."""
+
+
+def try_qat(model: nn.Module, train_fn: Callable[[nn.Module], Any], example_inputs: Any, evaluate: Evaluator,
+            notes: list[str]) -> tuple[nn.Module, float] | None:
+    """Prepare a QAT copy of ``model`` (int8 weights and activations), fine-tune it with ``train_fn(qat_model)``,
+    convert and evaluate it. Returns ``(model, metric)``, or None (with a note) when QAT is unavailable or no
+    evaluation is left."""
+    import mixq
+
+    prepare_qat = getattr(mixq, "prepare_qat", None)
+    convert_qat = getattr(mixq, "convert", None)
+    if prepare_qat is None or convert_qat is None:
+        notes.append("train_fn was given but this build of mixq has no QAT (mixq.prepare_qat); QAT was skipped")
+        return None
+    if evaluate.left < 1:
+        notes.append("train_fn was given but the evaluation budget was spent; QAT was skipped")
+        return None
+    qat_model = prepare_qat(copy.deepcopy(model), example_inputs=example_inputs, weight_bits=8)
+    try:
+        train_fn(qat_model)
+    except Exception as err:
+        name = getattr(train_fn, "__name__", type(train_fn).__name__)
+        raise TrainFnError(f"train_fn {name!r} raised {type(err).__name__} while fine-tuning the QAT model: "
+                           f"{err}") from err
+    qmodel = convert_qat(qat_model)
+    try:
+        metric = evaluate(qmodel, "QAT int8")
+    except BudgetExhausted:
+        return None
+    notes.append(f"QAT fine-tuning with train_fn scored {metric:.4g}")
+    return qmodel, metric

@@ -1,0 +1,176 @@
+"""Per-layer sensitivity: the error each layer alone causes when quantized, measured on calibration data.
+
+For every candidate layer and every rung of its ladder, the model is converted with only that layer quantized
+(from the one calibration, see ``mixq.quant.stages``) and run on a few calibration batches; the signal-to-
+quantization-noise ratio (SQNR, dB, higher is better) of the model output and of the layer's own output against the
+fp32 model rank the layers, worst first. The reason column reads the calibration statistics: activation ranges
+stretched by outliers, weight ranges that per-channel int8 represents poorly, or, failing those, accumulated noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from mixq.auto.ladder import Rung, everything_float, only
+from mixq.quant.calibration import Batch, call_model
+from mixq.quant.conversion import convert
+from mixq.quant.modules import ObservedAdd, ObservedLayer
+from mixq.quant.observers import Observer
+from mixq.quant.observers.histogram import HistogramObserver
+from mixq.quant.spec import QuantConfig
+from mixq.quant.stages import Prepared
+from mixq.quant.weights import quantize_weight
+
+OUTLIER_RATIO = 10.0  # full range / central 90 % range above which a tensor's range is "stretched by outliers"
+WEAK_WEIGHT_SQNR_DB = 30.0
+CORE = 0.90  # a Gaussian's full range is ~2.5-3x its central 90 %; an outlier-stretched one is 10x-1000x
+
+
+@dataclass
+class LayerSensitivity:
+    """One layer's sensitivity: SQNR (dB) of the model output and of the layer output with only it in int8, the
+    model-output SQNR at each rung of its ladder, the likely cause, and (within budget) its ``eval_fn`` drop."""
+
+    name: str
+    kind: str
+    output_sqnr_db: float
+    layer_sqnr_db: float
+    rung_sqnr_db: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+    eval_drop: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        def finite(v: float) -> float | None:
+            return round(v, 2) if math.isfinite(v) else None
+
+        return {"name": self.name, "kind": self.kind, "output_sqnr_db": finite(self.output_sqnr_db),
+                "layer_sqnr_db": finite(self.layer_sqnr_db),
+                "rung_sqnr_db": {k: finite(v) for k, v in self.rung_sqnr_db.items()}, "reason": self.reason,
+                "eval_drop": self.eval_drop}
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point():
+            yield value.detach().to(torch.float32)
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _tensors(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
+
+
+class _Noise:
+    """Accumulates signal and noise power over batches; ``db`` is the SQNR."""
+
+    def __init__(self) -> None:
+        self.signal, self.noise = 0.0, 0.0
+
+    def add(self, ref: Any, out: Any) -> None:
+        for r, o in zip(_tensors(ref), _tensors(out), strict=False):
+            self.signal += float(r.double().pow(2).sum())
+            self.noise += float((r.double() - o.double()).pow(2).sum())
+
+    @property
+    def db(self) -> float:
+        if self.noise == 0.0:
+            return math.inf
+        return 10 * math.log10(max(self.signal, 1e-30) / self.noise)
+
+
+def _run(model: nn.Module, batches: Sequence[Batch], layer: str | None) -> list[tuple[Any, Any]]:
+    """(model output, output of module ``layer``) per batch."""
+    captured: list[Any] = []
+    handle = model.get_submodule(layer).register_forward_hook(
+        lambda m, a, o: captured.append(o)) if layer else None
+    results = []
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                captured.clear()
+                out = call_model(model, batch)
+                results.append((out, captured[-1] if captured else None))
+    finally:
+        if handle is not None:
+            handle.remove()
+    return results
+
+
+def _spread(observer: Observer) -> float:
+    """Full range over the central 90 % range of a histogram observer's data (1.0 when unknown)."""
+    if not isinstance(observer, HistogramObserver) or not observer.has_data:
+        return 1.0
+    cdf = torch.cumsum(observer.histogram, 0) / observer.histogram.sum().clamp(min=1)
+    edges = observer.bin_edges()
+    def edge(q: float, offset: int) -> float:
+        index = int(torch.searchsorted(cdf, torch.tensor(q, dtype=cdf.dtype))) + offset
+        return float(edges[min(index, len(edges) - 1)])
+
+    lo, hi = edge((1 - CORE) / 2, 0), edge((1 + CORE) / 2, 1)
+    full = float(observer.max_val - observer.min_val)
+    return full / max(hi - lo, full * 1e-6, 1e-12) if full > 0 else 1.0
+
+
+def _weight_sqnr(layer: nn.Module, config: QuantConfig) -> float:
+    w = layer.weight.detach().to(torch.float32)
+    q, scale = quantize_weight(w, config.weight, axis=0)
+    deq = q.to(torch.float32) * (scale.reshape(-1, *[1] * (w.dim() - 1)) if scale.dim() else scale)
+    noise = float((w - deq).pow(2).sum())
+    return math.inf if noise == 0 else 10 * math.log10(float(w.pow(2).sum()) / noise)
+
+
+def reason(module: nn.Module, config: QuantConfig, layer_sqnr_db: float) -> str:
+    """The likely cause of a layer's quantization error, read from its calibration statistics and weights."""
+    causes = []
+    observers: list[tuple[str, Observer]] = []
+    if isinstance(module, ObservedLayer):
+        observers = [("input", module.input_observer), ("output", module.output_observer)]
+    elif isinstance(module, ObservedAdd):
+        observers = [("first input", module.a_observer), ("second input", module.b_observer),
+                     ("output", module.output_observer)]
+    for where, obs in observers:
+        ratio = _spread(obs)
+        if ratio >= OUTLIER_RATIO:
+            causes.append(f"{where} activation outliers (range {ratio:.0f}x its central 90 %, which gets "
+                          f"{255 / ratio:.1f} of 255 int8 steps)")
+    if isinstance(module, ObservedLayer) and hasattr(module.layer, "weight"):
+        w_db = _weight_sqnr(module.layer, config)
+        if w_db < WEAK_WEIGHT_SQNR_DB:
+            causes.append(f"weight range (per-channel int8 weight SQNR {w_db:.0f} dB)")
+    if causes:
+        return "; ".join(causes)
+    return "well conditioned" if layer_sqnr_db >= 35 else "no single outlier: int8 noise accumulates in the layer"
+
+
+def analyse(prepared: Prepared, config: QuantConfig, ladders: dict[str, list[Rung]],
+            batches: Sequence[Batch]) -> list[LayerSensitivity]:
+    """Sensitivity of every layer in ``ladders`` (every rung but fp32), worst model-output SQNR first."""
+    fp32_ref = convert(prepared, everything_float(config))
+    kinds = {r.name: r.kind for r in fp32_ref.mixq_summary.layers}
+    rows = []
+    for name, rungs in ladders.items():
+        reference = _run(fp32_ref, batches, name)
+        row = LayerSensitivity(name, kinds.get(name, "add"), math.inf, math.inf)
+        for i, rung in enumerate(rungs):
+            if rung.mode == "fp32":
+                row.rung_sqnr_db[rung.label] = math.inf
+                continue
+            model_noise, layer_noise = _Noise(), _Noise()
+            for (ref_out, ref_layer), (out, layer_out) in zip(
+                    reference, _run(convert(prepared, only(config, name, rung)), batches, name), strict=True):
+                model_noise.add(ref_out, out)
+                layer_noise.add(ref_layer, layer_out)
+            row.rung_sqnr_db[rung.label] = model_noise.db
+            if i == 0:
+                row.output_sqnr_db, row.layer_sqnr_db = model_noise.db, layer_noise.db
+        row.reason = reason(prepared.model.get_submodule(name), config, row.layer_sqnr_db)
+        rows.append(row)
+    order = {n: i for i, n in enumerate(ladders)}
+    return sorted(rows, key=lambda r: (r.output_sqnr_db, order[r.name]))

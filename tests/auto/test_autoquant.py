@@ -1,0 +1,174 @@
+"""``mixq.autoquantize``: sensitivity finds the layer int8 ruins, the search keeps it in higher precision and
+quantizes the rest, well-behaved models cost no extra evaluations, and bad input gets clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import mixq
+from mixq.auto import EvalFnError, autoquantize
+from mixq.quant.modules import QuantizedLinear
+
+FAST = mixq.QuantConfig("static", observer=mixq.ObserverSpec("minmax", bins=256))  # coarser histograms: faster MSE
+
+
+def _auto(case, **kwargs):
+    model, batches, eval_fn = case
+    options = dict(max_drop=0.05, objective="accuracy", measure=False, config=FAST)
+    return autoquantize(model, batches, eval_fn, **{**options, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def outlier_result(outlier_case):
+    return _auto(outlier_case)
+
+
+def test_the_outlier_layer_ranks_first_and_alone_keeps_higher_precision(outlier_case, outlier_result):
+    model, batches, eval_fn = outlier_case
+    result = outlier_result
+    report = result.report
+    worst = report.sensitivity[0]
+    assert worst.name == "fc2" and "input activation outliers" in worst.reason
+    assert worst.output_sqnr_db < 15 < min(r.output_sqnr_db for r in report.sensitivity[1:])
+    assert not report.steps[0].meets  # all-int8 misses the target...
+    assert report.met and eval_fn(result.model) >= report.required  # ...the chosen model meets it
+    assert report.precisions["fc2"] in ("fp16", "fp32")
+    assert report.precisions["fc1"].startswith("int8") and report.precisions["fc3"].startswith("int8")
+    assert isinstance(result.model.fc1, QuantizedLinear) and isinstance(result.model.fc3, QuantizedLinear)
+    assert not isinstance(result.model.fc2, QuantizedLinear)
+
+
+def test_the_chosen_config_reproduces_the_model_through_quantize(outlier_case, outlier_result):
+    model, batches, _ = outlier_case
+    result = outlier_result
+    again = mixq.quantize(model, calib_data=batches, config=result.config, progress=False)
+    x = batches[0]
+    with torch.no_grad():
+        assert torch.equal(again(x), result.model(x))
+    assert mixq.QuantConfig.from_dict(json.loads(json.dumps(result.config.to_dict()))) == result.config
+
+
+def test_same_inputs_same_choice(outlier_case, outlier_result):
+    first, second = outlier_result, _auto(outlier_case)
+    assert first.config == second.config
+    assert [(s.action, s.metric) for s in first.report.steps] == [(s.action, s.metric) for s in second.report.steps]
+    assert first.report.precisions == second.report.precisions
+
+
+@pytest.mark.parametrize("objective", ["size", "latency"])
+def test_a_model_that_quantizes_well_costs_at_most_one_extra_evaluation(objective, trained_mlp, digits, tmp_path,
+                                                                         ort_run):
+    x, y = digits["x_test"], digits["y_test"]
+    batches = [digits["x_train"][i:i + 100] for i in range(0, 300, 100)]
+
+    def accuracy(model: nn.Module) -> float:
+        return (model(x).argmax(1) == y).float().mean().item()
+
+    result = autoquantize(trained_mlp, batches, accuracy, max_drop=0.02, objective=objective,
+                          example_inputs=x[:8], config=FAST)
+    report = result.report
+    assert report.met and report.evaluations <= 3
+    names = [v.name for v in report.variants]
+    assert names == ["fp32", "all-int8", "chosen"] and all(v.size_bytes > 0 for v in report.variants)
+    if objective == "size":
+        assert report.evaluations == 2 and set(report.precisions.values()) == {"int8 minmax"}
+        assert report.variants[2].size_bytes < report.variants[0].size_bytes
+    path = mixq.export_onnx(result.model, x[:2], tmp_path / "chosen.onnx")
+    (out,) = ort_run(path, x[:16])
+    assert out.shape == (16, 10)
+
+
+def test_relative_max_drop(outlier_case):
+    report = _auto(outlier_case, max_drop=0.6, relative=True).report
+    assert report.relative and math.isclose(report.required, report.baseline * 0.4)
+    assert report.met and report.evaluations == 2  # all-int8 (0.46) is within 60 %
+
+
+def test_an_unmeetable_budget_returns_the_best_found_with_a_warning(outlier_case):
+    with pytest.warns(UserWarning, match=r"no configuration met the target.*below the required"):
+        result = _auto(outlier_case, max_evals=2)
+    report = result.report
+    assert not report.met and report.miss > 0.4 and report.evaluations == 2
+    assert isinstance(result.model.fc2, QuantizedLinear)  # all-int8 was the only candidate evaluated
+
+
+def test_report_serialises_renders_and_plots(outlier_result, tmp_path):
+    report = outlier_result.report
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["sensitivity"][0]["name"] == "fc2" and data["steps"][0]["action"] == "all layers static int8"
+    text = report.to_markdown()
+    assert "## Per-layer sensitivity (worst first)" in text and "| fc2 |" in text and "## Search" in text
+    png = report.save_plot(tmp_path / "sensitivity.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_qat_is_the_last_resort_when_available(outlier_case, monkeypatch):
+    trained = []
+    monkeypatch.setattr(mixq, "prepare_qat", lambda m, example_inputs, weight_bits: m, raising=False)
+    monkeypatch.setattr(mixq, "convert", lambda m: m, raising=False)
+    result = _auto(outlier_case, max_drop=0.0, max_evals=4, sensitivity_evals=0, train_fn=trained.append)
+    assert len(trained) == 1 and result.config is None and result.report.met
+    assert result.report.steps[-1].action.startswith("QAT") and result.report.evaluations == 4
+
+
+def test_without_qat_train_fn_is_skipped_with_a_note(outlier_case, monkeypatch):
+    monkeypatch.delattr(mixq, "prepare_qat", raising=False)
+    with pytest.warns(UserWarning, match="no configuration met"):
+        report = _auto(outlier_case, max_drop=0.0, max_evals=3, train_fn=lambda m: None).report
+    assert any("QAT was skipped" in n for n in report.notes)
+
+
+# --- bad input -------------------------------------------------------------------------------------------------
+
+def test_eval_fn_that_raises_is_named(outlier_case):
+    model, batches, _ = outlier_case
+
+    def broken_metric(m):
+        raise ZeroDivisionError("no samples")
+
+    with pytest.raises(EvalFnError, match="eval_fn 'broken_metric' raised ZeroDivisionError .*fp32 model"):
+        autoquantize(model, batches, broken_metric)
+
+
+@pytest.mark.parametrize("value, match", [(float("nan"), "returned nan"), (float("inf"), "returned inf"),
+                                          ("0.9", "returned a str")])
+def test_eval_fn_returning_a_non_finite_or_non_number(outlier_case, value, match):
+    model, batches, _ = outlier_case
+    with pytest.raises(EvalFnError, match=match):
+        autoquantize(model, batches, lambda m: value)
+
+
+def test_eval_fn_failing_only_on_quantized_models_names_the_config(outlier_case):
+    model, batches, _ = outlier_case
+
+    def fragile(m):
+        return 1.0 if isinstance(m.fc1, nn.Linear) else float("nan")
+
+    with pytest.raises(EvalFnError, match="all layers static int8"):
+        autoquantize(model, batches, fragile, objective="accuracy", measure=False)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(max_drop=-0.01), ValueError, "max_drop must be >= 0"),
+    (dict(max_drop=float("nan")), TypeError, "finite number"),
+    (dict(objective="speed"), ValueError, "objective must be one of latency, size, accuracy"),
+    (dict(max_evals=1), ValueError, "max_evals must be >= 2"),
+    (dict(config=mixq.make_config("dynamic")), ValueError, "static config"),
+])
+def test_bad_arguments(outlier_case, kwargs, error, match):
+    model, batches, eval_fn = outlier_case
+    with pytest.raises(error, match=match):
+        autoquantize(model, batches, eval_fn, **kwargs)
+
+
+def test_no_warnings_on_the_happy_path(trained_mlp, digits):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        autoquantize(trained_mlp, [digits["x_train"][:100]], lambda m: 1.0, objective="accuracy", measure=False,
+                     config=FAST)
