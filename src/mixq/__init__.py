@@ -9,6 +9,7 @@ Example::
 """
 
 from mixq.amp import LossScale, MixedPrecision, NumericsConfig, Policy
+from mixq.auto import AutoQuantReport, AutoQuantResult, EvalFnError, LayerOverride, autoquantize
 from mixq.export import ExportError, export_onnx, optimized_op_types
 from mixq.qat import QATConfig, convert, freeze_batchnorm, freeze_observers, prepare_qat
 from mixq.quant import (
@@ -24,8 +25,12 @@ from mixq.quant import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoQuantReport",
+    "AutoQuantResult",
     "CalibrationError",
+    "EvalFnError",
     "ExportError",
+    "LayerOverride",
     "LossScale",
     "MixedPrecision",
     "NumericsConfig",
@@ -35,6 +40,7 @@ __all__ = [
     "QuantConfig",
     "QuantSpec",
     "QuantizationSummary",
+    "autoquantize",
     "convert",
     "export_onnx",
     "freeze_batchnorm",

@@ -172,3 +172,24 @@ def test_no_warnings_on_the_happy_path(trained_mlp, digits):
         warnings.simplefilter("error")
         autoquantize(trained_mlp, [digits["x_train"][:100]], lambda m: 1.0, objective="accuracy", measure=False,
                      config=FAST)
+
+
+def test_real_qat_runs_train_fn_on_the_prepared_model(outlier_case):
+    model, batches, _ = outlier_case
+    seen = []
+
+    def train_fn(qat_model: nn.Module) -> None:
+        seen.append(qat_model)
+        optimizer = torch.optim.SGD(qat_model.parameters(), lr=1e-4)
+        qat_model.train()
+        for x in batches[:2]:
+            optimizer.zero_grad()
+            with torch.no_grad():
+                target = model(x)
+            nn.functional.mse_loss(qat_model(x), target).backward()
+            optimizer.step()
+
+    with pytest.warns(UserWarning, match="no configuration met"):
+        report = _auto(outlier_case, max_drop=0.0, max_evals=4, sensitivity_evals=0, train_fn=train_fn).report
+    assert len(seen) == 1 and seen[0] is not model
+    assert report.steps[-1].action.startswith("QAT") and report.evaluations == 4
