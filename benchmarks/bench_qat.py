@@ -17,6 +17,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,17 +42,22 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((model.eval()(x).argmax(1) == y).float().mean())
 
 
-def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = EPOCHS) -> float:
-    """Adam at 1e-3; for QAT models the last epoch runs with frozen ranges and BatchNorm at a tenth of the learning
-    rate (the usual schedule). Returns seconds per epoch."""
+def freeze_mixq(model: nn.Module) -> None:
+    mixq.freeze_observers(model)
+    mixq.freeze_batchnorm(model)
+
+
+def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = EPOCHS,
+             freeze: Callable[[nn.Module], None] | None = freeze_mixq) -> float:
+    """Adam at 1e-3; the last epoch runs after ``freeze(model)`` (ranges and BatchNorm) at a tenth of the learning
+    rate, the usual QAT schedule. Returns seconds per epoch."""
     torch.manual_seed(0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     start = time.perf_counter()
     for epoch in range(epochs):
         model.train()
-        if epoch == epochs - 1 and epochs > 1 and mixq.qat.is_prepared(model):
-            mixq.freeze_observers(model)
-            mixq.freeze_batchnorm(model)
+        if epoch == epochs - 1 and epochs > 1 and freeze is not None:
+            freeze(model)
             for group in opt.param_groups:
                 group["lr"] = 1e-4
         for i in range(0, len(x), 64):
@@ -80,7 +86,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = train(DigitsCNN(), x, y, epochs=12)
     fp32 = accuracy(model, x_test, y_test)
-    float_epoch = finetune(train(DigitsCNN(), x, y, epochs=1).train(), x, y, epochs=1)
+    float_epoch = finetune(train(DigitsCNN(), x, y, epochs=1), x, y, epochs=1, freeze=None)
     calib = [x[i:i + 100] for i in range(0, 500, 100)]
     rows = []
     for bits, per_channel in PRECISIONS:
@@ -101,7 +107,7 @@ def main() -> None:
                 row[f"{key}_eval_equals_converted"] = bool(torch.equal(qat.eval()(x_test), qmodel(x_test)))
             if not learnable:
                 row.update(ort_check(qmodel, x_test, y_test))
-        row.update(torch_ao_qat(model, x, y, x_test, y_test, bits, per_channel, EPOCHS))
+        row.update(torch_ao_qat(model, x, y, x_test, y_test, bits, per_channel, finetune))
         rows.append(row)
         print(row)  # noqa: T201
 

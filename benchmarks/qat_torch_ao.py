@@ -6,8 +6,8 @@ Used only as a comparison; mixq itself never builds on torch.ao.quantization.
 from __future__ import annotations
 
 import copy
-import time
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -31,32 +31,25 @@ def _qconfig_mapping(bits: int, per_channel: bool):  # noqa: ANN202  (torch.ao t
     return QConfigMapping().set_global(QConfig(activation=activation, weight=weight))
 
 
-def torch_ao_qat(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-                 bits: int, per_channel: bool, epochs: int) -> dict[str, float]:
-    """Accuracy of torch.ao's converted QAT model (x86 engine) and its seconds per training epoch."""
+def _freeze(model: nn.Module) -> None:
     from torch.ao.nn.intrinsic.qat import freeze_bn_stats
     from torch.ao.quantization import disable_observer
+
+    model.apply(disable_observer)
+    model.apply(freeze_bn_stats)
+
+
+def torch_ao_qat(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+                 bits: int, per_channel: bool, finetune: Callable[..., float]) -> dict[str, float]:
+    """Accuracy of torch.ao's converted QAT model (x86 engine) and its seconds per training epoch, trained by
+    ``finetune(model, x, y, freeze=...)`` exactly as mixq's QAT is."""
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
     torch.backends.quantized.engine = "x86"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qat = prepare_qat_fx(copy.deepcopy(model).train(), _qconfig_mapping(bits, per_channel), (x[:8],))
-        torch.manual_seed(0)
-        opt = torch.optim.Adam(qat.parameters(), lr=1e-3)
-        start = time.perf_counter()
-        for epoch in range(epochs):
-            qat.train()
-            if epoch == epochs - 1 and epochs > 1:
-                qat.apply(disable_observer)
-                qat.apply(freeze_bn_stats)
-                for group in opt.param_groups:
-                    group["lr"] = 1e-4
-            for i in range(0, len(x), 64):
-                opt.zero_grad()
-                nn.functional.cross_entropy(qat(x[i:i + 64]), y[i:i + 64]).backward()
-                opt.step()
-        seconds = (time.perf_counter() - start) / epochs
+        seconds = finetune(qat, x, y, freeze=_freeze)
         converted = convert_fx(qat.eval())
         with torch.no_grad():
             acc = float((converted(x_test).argmax(1) == y_test).float().mean())
