@@ -1,4 +1,5 @@
-"""``python -m mixq demo --quick`` end to end in a subprocess: it runs, writes the report, and the numbers hold."""
+"""``python -m mixq demo --quick`` end to end in a subprocess: it runs, writes every report file, and the numbers
+in report.md, report.html and on the terminal are the ones in report.json."""
 
 from __future__ import annotations
 
@@ -6,22 +7,62 @@ import json
 import subprocess
 import sys
 
+import pytest
 
-def test_demo_quick(tmp_path):
-    out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "mixq", "demo", "--quick", "--out", str(out)],
+from mixq.demo import VARIANTS
+
+PLOTS = ["training.png", "accuracy_vs_size.png", "latency.png", "layer_error.png"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "report"
+    proc = subprocess.run([sys.executable, "-m", "mixq", "demo", "--quick", "--out", str(out), "--no-progress"],
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"report: {out / 'report.md'}" in proc.stdout
-    rows = {r["variant"]: r for r in json.loads((out / "report.json").read_text())["rows"]}
-    assert set(rows) == {"fp32", "static int8", "dynamic int8", "weight-only int8", "fp16"}
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc, json.loads((out / "report.json").read_text())
+
+
+def test_files_and_final_line(demo_run):
+    out, proc, _ = demo_run
+    assert proc.stdout.rstrip().splitlines()[-1] == f"report: {out / 'report.md'}"
+    for name in ["report.md", "report.html", "report.json", *PLOTS]:
+        assert (out / name).stat().st_size > 0, name
+    for png in PLOTS:
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+
+
+def test_variants_measured_on_onnx_runtime(demo_run):
+    out, proc, report = demo_run
+    rows = {r["variant"]: r for r in report["variants"]}
+    assert list(rows) == [v.name for v in VARIANTS]
+    assert {"fp32", "static int8", "dynamic int8", "fp16"} <= set(rows)
+    for name, r in rows.items():
+        assert (out / r["onnx_file"]).stat().st_size == pytest.approx(r["size_kb"] * 1024)
+        assert r["accuracy"] > 0.8 and r["agreement"] >= 0.99, name
+        assert 0 < r["latency_b1_ms"] <= r["latency_b1_p90_ms"] and r["latency_b32_ms"] > 0
     assert rows["static int8"]["max_abs_diff_vs_pytorch"] < 0.05
     assert rows["static int8"]["size_kb"] < rows["fp32"]["size_kb"]
-    assert "| static int8 |" in (out / "report.md").read_text()
+    assert "QLinearConv" in rows["static int8"]["integer_kernels"]
+    md, html = (out / "report.md").read_text(), (out / "report.html").read_text()
+    for r in rows.values():  # the same numbers in the Markdown, the HTML and on the terminal
+        row = f"| {r['variant']} | {r['size_kb']:.1f} | {r['accuracy']:.4f} | {r['accuracy_delta_pp']:+.2f} |"
+        assert row in md and row in proc.stdout
+        assert f"<td class=\"r\">{r['latency_b32_ms']:.3f}</td>" in html
 
 
-def test_version_and_help():
-    version = subprocess.run([sys.executable, "-m", "mixq", "--version"], capture_output=True, text=True, check=True)
-    assert version.stdout.startswith("mixq ")
-    bad = subprocess.run([sys.executable, "-m", "mixq", "frobnicate"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+def test_training_and_layer_error(demo_run):
+    out, _, report = demo_run
+    fp32, mixed = report["training"]
+    assert fp32["precision"] == "fp32" and mixed["precision"] in ("bf16", "fp16")
+    for run in (fp32, mixed):
+        assert run["steps"] == len(run["losses"]) == len(run["scales"]) > 0 and run["seconds"] > 0
+        assert run["losses"][-1] < run["losses"][0] and run["accuracy"] > 0.8
+    layers = {r["layer"]: r for r in report["layer_error"]}
+    assert {"stem.0", "fc", "all layers"} <= set(layers)
+    assert all(r["sqnr_db"] > 10 for r in layers.values())
+    assert report["settings"]["quick"] is True and report["environment"]["torch"]
+    md = (out / "report.md").read_text()
+    assert "![training loss and loss scale per optimizer step](training.png)" in md
+    assert f"| stem.0 | Conv2d | {layers['stem.0']['sqnr_db']:.1f} |" in md

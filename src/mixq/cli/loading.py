@@ -1,0 +1,181 @@
+"""Loading what users point the command line at: a model FACTORY, its weights, and input data."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import itertools
+import os
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mixq.cli.errors import CliError, existing_file, first_line
+
+_FACTORY_FIX = "write it as package.module:function or path/to/file.py:function, e.g. --model mymodels:build_net"
+
+
+def _import(module_name: str) -> Any:
+    if module_name.endswith(".py"):
+        path = existing_file(module_name, "--model file")
+        spec = importlib.util.spec_from_file_location(f"mixq_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[spec.name] = module  # type: ignore[union-attr]  (tracing and pickling look classes up there)
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        return module
+    added = os.getcwd() not in sys.path
+    if added:  # as `python -m` does: modules in the current directory resolve
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+
+
+def load_factory(spec: str) -> nn.Module:
+    """Import ``MODULE:FACTORY`` (or ``file.py:FACTORY``), call it with no arguments, return the model in eval mode."""
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr.isidentifier():
+        raise CliError(f"--model {spec!r} is not of the form MODULE:FACTORY", _FACTORY_FIX)
+    try:
+        module = _import(module_name)
+    except CliError:
+        raise
+    except ImportError as err:
+        raise CliError(f"cannot import {module_name!r} for --model ({first_line(err)})",
+                       "check the spelling, install its package, or run from the directory that holds it "
+                       "(or pass path/to/file.py:FACTORY)") from err
+    except Exception as err:
+        raise CliError(f"importing {module_name!r} raised {type(err).__name__}: {first_line(err)}",
+                       "fix that module (--debug shows the traceback)") from err
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise CliError(f"{module_name!r} has no attribute {attr!r}", "name a function defined in that module")
+    try:
+        model = factory if isinstance(factory, nn.Module) else factory()
+    except Exception as err:
+        raise CliError(f"calling {spec}() raised {type(err).__name__}: {first_line(err)}",
+                       "FACTORY must build the model when called with no arguments") from err
+    if not isinstance(model, nn.Module):
+        raise CliError(f"{spec} returned a {type(model).__name__}, not a torch.nn.Module",
+                       "make FACTORY return the model")
+    return model.eval()
+
+
+def _state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), (dict, nn.Module)):
+                obj = obj[key]
+                obj = obj.state_dict() if isinstance(obj, nn.Module) else obj
+                break
+    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
+        raise CliError(f"{path} holds a {type(obj).__name__}, not a state_dict of tensors",
+                       "save the weights with torch.save(model.state_dict(), path)")
+    if all(k.startswith("module.") for k in obj):  # saved from a DDP-wrapped model
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    return obj
+
+
+def load_weights(model: nn.Module, path: str, spec: str, trust_pickle: bool = False) -> None:
+    """Load ``path`` into ``model`` with ``torch.load(weights_only=True)`` (full unpickling only with
+    ``trust_pickle``); raise a CliError naming the mismatching keys and shapes."""
+    p = existing_file(path, "--weights")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as err:
+        raise CliError(f"{p} holds Python objects besides tensors, which mixq does not unpickle by default",
+                       "save model.state_dict() instead, or pass --trust-pickle if you trust the file's origin "
+                       "(unpickling can run arbitrary code)") from err
+    except Exception as err:
+        raise CliError(f"cannot read {p} as a PyTorch checkpoint ({first_line(err)})",
+                       "pass a file written by torch.save(model.state_dict(), path)") from err
+    state, own = _state_dict(obj, p), model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or reshaped:
+        parts = [f"{len(v)} {what} (e.g. {', '.join(v[:2])})" for what, v in
+                 (("missing", missing), ("unexpected", unexpected), ("with other shapes", reshaped)) if v]
+        raise CliError(f"the weights in {p} do not match the model from {spec}: " + "; ".join(parts),
+                       "pass the weights saved from this model's state_dict(), or the FACTORY that built them")
+    model.load_state_dict(state)
+
+
+def _tensor(array: np.ndarray, path: Path) -> torch.Tensor:
+    if np.issubdtype(array.dtype, np.floating):
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+        return torch.from_numpy(np.ascontiguousarray(array.astype(np.int64)))
+    raise CliError(f"{path} holds an array of dtype {array.dtype}", "store inputs as float or integer arrays")
+
+
+def _load_arrays(path: Path) -> list[np.ndarray]:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise CliError(f"cannot read {path} as NumPy data ({first_line(err)})",
+                       "save inputs with numpy.save (.npy, one input) or numpy.savez (.npz, one array per input)") \
+            from err
+    if isinstance(loaded, np.ndarray):
+        return [loaded]
+    with loaded:
+        return [loaded[k] for k in loaded.files]
+
+
+def load_batches(spec: str, batch_size: int, max_batches: int | None = None) -> list[Any]:
+    """Input batches from a ``.npy``/``.npz`` file (split along the first axis; several arrays in an ``.npz`` are
+    positional inputs) or from ``MODULE:CALLABLE`` returning an iterable of batches."""
+    if spec.endswith((".npy", ".npz")):
+        path = existing_file(spec, "--calib")
+        arrays = _load_arrays(path)
+        if not arrays or any(a.ndim == 0 for a in arrays):
+            raise CliError(f"{path} holds no input arrays with a batch axis", "save arrays shaped (N, ...)")
+        if len({len(a) for a in arrays}) > 1:
+            raise CliError(f"the arrays in {path} have different lengths {[len(a) for a in arrays]}",
+                           "give every input array the same number of samples (first axis)")
+        tensors = [_tensor(a, path) for a in arrays]
+        batches = [tensors[0][i:i + batch_size] if len(tensors) == 1 else tuple(t[i:i + batch_size] for t in tensors)
+                   for i in range(0, len(tensors[0]), batch_size)]
+        return batches[:max_batches]
+    if ":" in spec:
+        module_name, _, attr = spec.rpartition(":")
+        source = load_callable(module_name, attr, spec)
+        try:
+            return list(itertools.islice(iter(source()), max_batches or 1000))
+        except Exception as err:
+            raise CliError(f"--calib {spec}() did not give an iterable of batches ({first_line(err)})",
+                           "return a list (or generator) of input tensors, tuples or dicts") from err
+    raise CliError(f"--calib {spec!r} is neither a .npy/.npz file nor MODULE:CALLABLE",
+                   "pass inputs saved with numpy.save / numpy.savez, or a function returning batches")
+
+
+def load_callable(module_name: str, attr: str, spec: str) -> Any:
+    """``module_name.attr`` from an importable module or a ``.py`` file, with CLI errors."""
+    try:
+        func = getattr(_import(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise CliError(f"cannot load {spec} ({first_line(err)})", "check the module and function names") from err
+    if not callable(func):
+        raise CliError(f"{spec} is a {type(func).__name__}, not a function", "name a function")
+    return func
+
+
+def parse_ints(text: str, what: str, example: str) -> list[int]:
+    """``"1,3,224,224"`` -> ``[1, 3, 224, 224]``; positive integers only."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise CliError(f"{what} {text!r} is not a list of positive integers", f"write it like {example}")
+    return values

@@ -1,0 +1,55 @@
+"""``mixq``: the command line. Each subcommand lives in its own module and maps onto one library entry point."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from mixq import __version__
+from mixq.cli import bench, demo, inspect, quantize
+from mixq.cli.errors import FAILURE, USAGE_ERROR, CliError, first_line
+
+SUBCOMMANDS = (demo, quantize, bench, inspect)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mixq`` argument parser with every subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback on errors")
+    parser = argparse.ArgumentParser(
+        prog="mixq", description="Mixed precision training and int8 quantization for PyTorch, deployed on ONNX "
+                                 "Runtime.",
+        epilog="Run `mixq COMMAND --help` for a command's options. Start with `mixq demo`.")
+    parser.add_argument("--version", action="version", version=f"mixq {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in SUBCOMMANDS:
+        command.register(sub, [common])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 success, 2 bad input, 1 failure, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="mixq: %(levelname)s: %(message)s")
+    if getattr(args, "trust_pickle", False):
+        print("mixq: warning: --trust-pickle unpickles the weights file, which can run arbitrary code; use it only "
+              "for files you trust", file=sys.stderr)
+    try:
+        return args.run(args)
+    except CliError as err:
+        if args.debug:
+            raise
+        print(f"mixq {args.command}: error: {err}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print(f"mixq {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"mixq {args.command}: error: {type(err).__name__}: {first_line(err)} (run with --debug for the "
+              "traceback)", file=sys.stderr)
+        return FAILURE

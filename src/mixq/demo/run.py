@@ -1,0 +1,77 @@
+"""``run_demo``: train (fp32 and mixed precision), build every variant, measure it on ONNX Runtime, write the report."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mixq.demo.context import DemoContext, DemoSettings
+from mixq.demo.evaluate import evaluate_variant
+from mixq.demo.model import DigitsCNN, load_digits_split
+from mixq.demo.sections import SECTIONS, training_table, variants_table
+from mixq.demo.training import mixed_precision_choice, train_run
+from mixq.demo.variants import VARIANTS
+from mixq.report import write_report
+
+TITLE = "mixq demo: a residual CNN on the bundled digits"
+
+
+@dataclass(frozen=True)
+class DemoOutcome:
+    """Where the report went, and the tables to show on the terminal."""
+
+    report: Path
+    terminal: str
+
+
+def train_models(ctx: DemoContext) -> None:
+    """Train the fp32 baseline (kept as ``ctx.model``) and a mixed-precision copy from the same initial weights."""
+    torch.manual_seed(ctx.settings.seed)
+    init = DigitsCNN().state_dict()
+    for label, precision in (("fp32", "fp32"), (f"{mixed_precision_choice()} mixed", mixed_precision_choice())):
+        model = DigitsCNN()
+        model.load_state_dict(init)
+        model, run = train_run(model, ctx.data, precision, ctx.settings.epochs, label=label, seed=ctx.settings.seed,
+                               progress=ctx.settings.progress)
+        ctx.training.append(run)
+        if precision == "fp32":
+            ctx.model = model
+
+
+def run_demo(out_dir: str | os.PathLike = "mixq-report", *, quick: bool = False, seed: int = 0, threads: int = 1,
+             progress: bool = True) -> DemoOutcome:
+    """Run the whole demo and write ``report.md``, ``report.html``, ``report.json`` and PNG plots to ``out_dir``.
+
+    ``out_dir`` is created if missing (its parent must exist). ``quick`` trains and times less (a smoke test).
+    """
+    # Denormal floats (from Adam's tiny second moments) slow x86 CPUs 10-100x, erratically; flush them to zero
+    # before torch starts its worker threads, which inherit the setting.
+    torch.set_flush_denormal(True)
+    out = Path(out_dir)
+    if not out.parent.exists():
+        raise FileNotFoundError(f"the parent of the output directory, {str(out.parent)!r}, does not exist")
+    out.mkdir(exist_ok=True)
+    settings = DemoSettings(quick=quick, seed=seed, threads=threads, progress=progress)
+    ctx = DemoContext(out=out, settings=settings, data=load_digits_split(seed))
+    train_models(ctx)
+    for variant in tqdm(VARIANTS, desc="quantize, export, measure", unit="variant", leave=False, disable=not progress):
+        ctx.results.append(evaluate_variant(ctx, variant))
+    sections = [build(ctx) for build in SECTIONS]
+    meta = {"settings": settings.to_dict(), "environment": _environment()}
+    report = write_report(out, TITLE, sections, meta)
+    terminal = training_table(ctx).markdown() + "\n\n" + variants_table(ctx).markdown()
+    return DemoOutcome(report, terminal)
+
+
+def _environment() -> dict[str, str]:
+    import onnxruntime
+
+    from mixq import __version__
+
+    return {"mixq": __version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(), "machine": platform.machine(), "cpu_count": str(os.cpu_count())}

@@ -1,0 +1,105 @@
+"""The report's sections, each one function of the demo context, listed in SECTIONS (in report order).
+
+To add a section, write ``def my_section(ctx: DemoContext) -> Section`` (it may compute what it needs, and draw
+plots into ``ctx.out``) and append it to ``SECTIONS``; Markdown, HTML and JSON output follow automatically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mixq.demo.context import DemoContext
+from mixq.demo.layer_error import layer_sensitivity
+from mixq.report import Code, Image, Section, Table, Text, plots
+
+
+def _counts(ops: dict[str, int]) -> str:
+    return ", ".join(f"{k} x{v}" if v > 1 else k for k, v in ops.items()) or "none"
+
+
+def training_table(ctx: DemoContext) -> Table:
+    """One row per training run: precision, time, final loss, accuracy, loss scaling."""
+    rows = [[r.label, r.policy, r.device, str(len(r.losses)), f"{r.seconds:.2f}", f"{r.losses[-1]:.4f}",
+             f"{r.accuracy:.4f}", str(r.skipped_steps), f"{r.scales[-1]:g}"] for r in ctx.training]
+    return Table(["run", "policy (param, compute, output)", "device", "steps", "time (s)", "final loss",
+                  "test accuracy", "skipped steps", "final loss scale"], rows, "lllrrrrrr")
+
+
+def training_section(ctx: DemoContext) -> Section:
+    """fp32 vs mixed precision training: time, loss curves, loss-scale history, accuracy."""
+    image = plots.training_curves({r.label: r.losses for r in ctx.training},
+                                  {r.label: r.scales for r in ctx.training}, ctx.out / "training.png")
+    mixed = ctx.training[-1]
+    note = ("fp16 needs loss scaling: the scale starts high, halves on each overflow (a skipped step) and grows "
+            "again after a run of good steps." if mixed.precision == "fp16" else
+            "bf16 has float32's exponent range, so it needs no loss scaling (the scale stays 1); on a CUDA machine "
+            "the demo trains in fp16 with dynamic loss scaling instead. On CPUs without native bf16 arithmetic "
+            "bf16 autocast can be slower than fp32; its gains are memory and GPU/AMX throughput.")
+    return Section("Training: fp32 vs mixed precision", "training", [
+        Text(f"Both runs start from the same initial weights and train {ctx.settings.epochs} epochs with Adam "
+             "through mixq.MixedPrecision. " + note),
+        training_table(ctx), Image(image.name, "training loss and loss scale per optimizer step")],
+        data=[r.to_dict() for r in ctx.training])
+
+
+def variants_table(ctx: DemoContext) -> Table:
+    """The main table: one row per exported variant."""
+    headers = ["variant", "size (KB)", "accuracy", "Δ vs fp32 (pp)"]
+    headers += [f"ORT b{b} median (ms)" for b in ctx.settings.batches]
+    headers += ["agreement with PyTorch", "max abs diff vs PyTorch"]
+    rows = []
+    for r in ctx.results:
+        rows.append([r.variant, f"{r.size_kb:.1f}", f"{r.accuracy:.4f}", f"{r.accuracy_delta_pp:+.2f}"]
+                    + [f"{r.latency[b].median_ms:.3f}" for b in ctx.settings.batches]
+                    + [f"{r.agreement:.2%}", f"{r.max_abs_diff_vs_pytorch:.2e}"])
+    return Table(headers, rows, "l" + "r" * (len(headers) - 1))
+
+
+def variants_section(ctx: DemoContext) -> Section:
+    """Size, accuracy, latency and agreement of every variant on ONNX Runtime."""
+    names = [r.variant for r in ctx.results]
+    size = plots.accuracy_vs_size(names, [r.size_kb for r in ctx.results], [r.accuracy for r in ctx.results],
+                                  ctx.out / "accuracy_vs_size.png")
+    latency = plots.latency_bars(names, {b: [r.latency[b].median_ms for r in ctx.results]
+                                         for b in ctx.settings.batches}, ctx.out / "latency.png")
+    return Section("Variants on ONNX Runtime", "variants", [
+        Text(f"Each variant is exported with mixq.export_onnx and run in ONNX Runtime (CPU, "
+             f"{ctx.settings.threads} thread(s), {ctx.settings.latency_runs} timed runs after warm-up). Accuracy is "
+             f"on the {len(ctx.data['y_test'])} held-out test images; agreement is the share of them where ONNX "
+             "Runtime and mixq's PyTorch simulation of the same model predict the same class."),
+        variants_table(ctx),
+        Image(size.name, "test accuracy against ONNX file size"),
+        Image(latency.name, "median ONNX Runtime latency per variant"),
+    ], data=[r.to_dict() for r in ctx.results])
+
+
+def layer_error_section(ctx: DemoContext) -> Section:
+    """Per-layer quantization error of static int8 (one layer quantized at a time)."""
+    rows = layer_sensitivity(ctx)
+    image = plots.layer_error([r["layer"] for r in rows], [min(r["sqnr_db"], 99.0) for r in rows],
+                              ctx.out / "layer_error.png", "static int8, one layer quantized at a time")
+    table = Table(["layer", "type", "SQNR vs fp32 (dB)", "accuracy"],
+                  [[r["layer"], r["type"], f"{r['sqnr_db']:.1f}", f"{r['accuracy']:.4f}"] for r in rows], "llrr")
+    return Section("Per-layer quantization error", "layer_error", [
+        Text("Each layer is quantized alone (static int8; residual adds follow their neighbours), the rest stays "
+             "float, and the model's logits are compared with fp32 on the test images. The lowest SQNR marks the "
+             "layer to keep in float (exclude=[...]) or to fine-tune with QAT."),
+        table, Image(image.name, "SQNR of the logits per quantized layer")], data=rows)
+
+
+def kernels_section(ctx: DemoContext) -> Section:
+    """What ONNX Runtime runs for each variant, and mixq's per-layer summaries."""
+    table = Table(["variant", "integer kernels after ORT optimisation", "float compute kernels"],
+                  [[r.variant, _counts(r.integer_kernels), _counts(r.float_compute)] for r in ctx.results])
+    blocks = [table] + [Code(f"{r.variant}:\n{r.summary}") for r in ctx.results if r.summary is not None]
+    data = {r.variant: {"integer_kernels": r.integer_kernels, "float_compute": r.float_compute}
+            for r in ctx.results}
+    return Section("What ONNX Runtime runs, and what mixq quantized", "kernels", blocks, data=data)
+
+
+SECTIONS: list[Callable[[DemoContext], Section]] = [
+    training_section,
+    variants_section,
+    layer_error_section,
+    kernels_section,
+]

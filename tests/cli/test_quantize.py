@@ -1,0 +1,33 @@
+"""``mixq quantize`` end to end: per-layer summary on stdout, ONNX file plus JSON sidecar on disk."""
+
+from __future__ import annotations
+
+import json
+
+import onnxruntime as ort
+
+
+def test_static_writes_onnx_and_sidecar(quantized, user_dir):
+    sidecar = json.loads((user_dir / "cnn_int8.mixq.json").read_text())
+    assert sidecar["onnx_file"] == "cnn_int8.onnx" and sidecar["onnx_bytes"] == quantized.stat().st_size
+    assert sidecar["config"]["mode"] == "static" and sidecar["config"]["observer"]["name"] == "percentile"
+    layers = {r["name"]: r["status"] for r in sidecar["summary"]["layers"]}
+    assert layers == {"conv": "quantized", "fc": "quantized"}
+    session = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[0] == "batch"  # dynamic batch, usable by mixq bench at any batch size
+    assert not list(user_dir.glob("*.tmp"))
+
+
+def test_dynamic_from_example_shape_prints_summary(mixq_main, user_dir):
+    code, out, err = mixq_main("quantize", "--model", "nets.py:build", "--mode", "dynamic", "--example-shape",
+                               "1,1,8,8", "--exclude", "conv", "--output", "cnn_dyn.onnx", cwd=user_dir)
+    assert code == 0, err
+    assert "mixq dynamic quantization: 1 layers quantized, 2 left float" in out
+    assert "wrote cnn_dyn.onnx" in out and (user_dir / "cnn_dyn.mixq.json").exists()
+
+
+def test_calibration_from_a_callable(mixq_main, user_dir):
+    code, out, err = mixq_main("quantize", "--model", "nets:build", "--mode", "static", "--calib", "nets:calib",
+                               "--output", "cnn_callable.onnx", cwd=user_dir)
+    assert code == 0, err
+    assert "2 layers quantized" in out
