@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,3 +68,15 @@ class DemoContext:
         if self.model is None:
             raise RuntimeError("the fp32 model is trained by the demo's training step; run it first")
         return self.model
+
+
+def environment() -> dict[str, str]:
+    """Versions and machine the numbers were measured with."""
+    import platform
+
+    import onnxruntime
+
+    from mixq import __version__
+
+    return {"mixq": __version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(), "machine": platform.machine(), "cpu_count": str(os.cpu_count())}

@@ -28,8 +28,10 @@ def accuracy_vs_size(names: Sequence[str], size_kb: Sequence[float], accuracy: S
     """Scatter of ONNX file size against ONNX Runtime accuracy, one labelled point per variant."""
     fig, (ax,) = _figure(6.5, 4.2)
     ax.scatter(size_kb, [a * 100 for a in accuracy], s=40, color="tab:blue")
-    for name, x, y in zip(names, size_kb, accuracy, strict=True):
-        ax.annotate(name, (x, y * 100), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    order = sorted(range(len(names)), key=lambda i: size_kb[i])
+    for rank, i in enumerate(order):  # alternate labels above and below, so neighbours do not overlap
+        ax.annotate(names[i], (size_kb[i], accuracy[i] * 100), textcoords="offset points", fontsize=8,
+                    xytext=(0, 8 if rank % 2 == 0 else -14), ha="center")
     ax.set_xlabel("ONNX file size (KB)")
     ax.set_ylabel("test accuracy on ONNX Runtime (%)")
     ax.set_title("accuracy vs size")
@@ -56,8 +58,7 @@ def training_curves(losses: Mapping[str, Sequence[float]], scales: Mapping[str, 
     for name, values in losses.items():
         left.plot(range(len(values)), values, label=name, linewidth=1)
     left.set_xlabel("optimizer step")
-    left.set_ylabel("training loss")
-    left.set_yscale("log")
+    left.set_ylabel("training loss (cross-entropy)")
     left.set_title("training loss")
     left.legend()
     left.grid(alpha=0.3)
