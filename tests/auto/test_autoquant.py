@@ -193,3 +193,11 @@ def test_real_qat_runs_train_fn_on_the_prepared_model(outlier_case):
         report = _auto(outlier_case, max_drop=0.0, max_evals=4, sensitivity_evals=0, train_fn=train_fn).report
     assert len(seen) == 1 and seen[0] is not model
     assert report.steps[-1].action.startswith("QAT") and report.evaluations == 4
+
+
+def test_a_one_shot_generator_is_enough(outlier_case):
+    model, batches, eval_fn = outlier_case
+    result = autoquantize(model, (b for b in batches), eval_fn, max_drop=0.05, objective="accuracy", measure=False,
+                          config=FAST, sensitivity_batches=1)
+    assert result.report.met and result.report.sensitivity[0].name == "fc2"
+    assert [v.name for v in result.report.variants] == ["fp32", "all-int8", "chosen"]  # metrics even unmeasured

@@ -311,3 +311,28 @@ def test_one_calibration_converts_to_any_observer_exactly(observer, trained_cnn,
     direct = mixq.quantize(trained_cnn, calib_data=batches, config=cfg, progress=False)
     with torch.no_grad():
         assert torch.equal(derived(x[:50]), direct(x[:50]))
+
+
+def test_mixed_overrides_from_one_calibration_match_one_pass_quantize(trained_cnn, digits):
+    from mixq.quant.conversion import convert
+    from mixq.quant.modules import DynamicQuantizedConv, Float16Conv, FloatAdd, QuantizedConv
+    from mixq.quant.stages import calibrate, prepare
+
+    x = digits["x_train"].reshape(-1, 1, 8, 8)
+    batches = [x[i:i + 100] for i in range(0, 300, 100)]
+    overrides = (LayerOverride("stem.0", "dynamic"), LayerOverride("block.conv1", "fp16"),
+                 LayerOverride("mixq_add_0", "fp32"), LayerOverride("fc", "static", mixq.ObserverSpec("percentile")))
+    cfg = mixq.QuantConfig("static", overrides=overrides)
+    prepared = prepare(trained_cnn, mixq.make_config("static"), batches[0], observe_all=True,
+                       collect=mixq.ObserverSpec("mse"))
+    calibrate(prepared, batches, progress=False)
+    derived = convert(prepared, cfg)
+    direct = mixq.quantize(trained_cnn, calib_data=batches, config=cfg, progress=False)
+    kinds = {name: type(m) for name, m in derived.named_modules()}
+    assert kinds["stem.0"] is nn.Sequential and kinds["stem.0.0"] is DynamicQuantizedConv  # fused ReLU kept
+    assert kinds["block.conv1"] is nn.Sequential and kinds["block.conv1.0"] is Float16Conv
+    assert kinds["block.conv2"] is QuantizedConv and kinds["mixq_add_0"] is FloatAdd
+    with torch.no_grad():
+        assert torch.equal(derived(x[:64]), direct(x[:64]))
+    assert [(r.name, r.status) for r in derived.mixq_summary.layers] == [
+        (r.name, r.status) for r in direct.mixq_summary.layers]

@@ -50,7 +50,8 @@ class AutoQuantResult:
     report: AutoQuantReport
 
 
-def _check(model: nn.Module, max_drop: float, objective: str, max_evals: int, config: QuantConfig) -> None:
+def _check(model: nn.Module, max_drop: float, objective: str, max_evals: int, sensitivity_batches: int,
+           config: QuantConfig) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(max_drop, bool) or not isinstance(max_drop, numbers.Real) or not math.isfinite(max_drop):
@@ -61,6 +62,8 @@ def _check(model: nn.Module, max_drop: float, objective: str, max_evals: int, co
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if max_evals < 2:
         raise ValueError(f"max_evals must be >= 2 (the fp32 baseline and the all-int8 check), got {max_evals}")
+    if sensitivity_batches < 1:
+        raise ValueError(f"sensitivity_batches must be >= 1, got {sensitivity_batches}")
     if config.mode != "static" or config.overrides:
         raise ValueError("config must be a static config without overrides (autoquantize chooses the per-layer "
                          "precisions); keep layers float with exclude=[...]")
@@ -115,7 +118,7 @@ def autoquantize(
     """
     start_time = time.perf_counter()
     base = config or make_config("static")
-    _check(model, max_drop, objective, max_evals, base)
+    _check(model, max_drop, objective, max_evals, sensitivity_batches, base)
     evaluate = Evaluator(eval_fn, max_evals)
     probe, batches = split_first(calib_data)
     example = probe if example_inputs is None else example_inputs
@@ -201,6 +204,8 @@ def autoquantize(
             chosen, chosen_config, metric = _measure_variants(meter, model, prepared, base, ladders, chosen,
                                                               chosen_config, metric, int8_metric, report)
         met = meets(metric)
+    else:
+        report.variants = [Variant("fp32", baseline), Variant("all-int8", int8_metric), Variant("chosen", metric)]
     seconds["measure"] = time.perf_counter() - tick
     report.met, report.evaluations = met, evaluate.calls
     report.miss = 0.0 if met else required - metric

@@ -123,6 +123,7 @@ class AutoQuantReport:
         colors = ["tab:blue" if self.precisions.get(r.name, "").startswith("int8") else "tab:orange" for r in rows]
         ax.barh([r.name for r in rows], values, color=colors)
         ax.invert_yaxis()
+        ax.set_xlim(0, max(values + [1.0]) * 1.3)  # room for the precision labels
         for y, r in enumerate(rows):
             ax.text(values[y], y, f" {self.precisions.get(r.name, '')}", va="center", fontsize=8)
         ax.set_xlabel("model-output SQNR with only this layer int8 (dB, higher is better)")
