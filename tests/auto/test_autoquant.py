@@ -104,8 +104,9 @@ def test_report_serialises_renders_and_plots(outlier_result, tmp_path):
     assert data["sensitivity"][0]["name"] == "fc2" and data["steps"][0]["action"] == "all layers static int8"
     text = report.to_markdown()
     assert "## Per-layer sensitivity (worst first)" in text and "| fc2 |" in text and "## Search" in text
-    png = report.save_plot(tmp_path / "sensitivity.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    paths = report.write(tmp_path / "out")
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(paths["json"].read_text()) == data and paths["markdown"].read_text() == text
 
 
 def test_qat_is_the_last_resort_when_available(outlier_case, monkeypatch):

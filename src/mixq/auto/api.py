@@ -187,29 +187,26 @@ def autoquantize(
     if outcome.assignment != fp32_assignment:
         chosen = convert(prepared, build_config(base, ladders, outcome.assignment))
         chosen_config = chosen.mixq_config
-    metric, met = outcome.metric, outcome.met
-    if not met and train_fn is not None:
+    report.precisions = {n: ladders[n][i].label for n, i in outcome.assignment.items()}
+    metric = outcome.metric
+    if not meets(metric) and train_fn is not None:
         qat = qat_fallback.try_qat(model, train_fn, example, evaluate, notes)
         if qat is not None:
             steps.append(Step(len(steps), "QAT fine-tuning with train_fn (all int8)", qat[1], meets(qat[1]),
                               evaluate.calls))
             if qat[1] > metric:
-                chosen, chosen_config, metric, met = qat[0], None, qat[1], meets(qat[1])
-    report.precisions = {n: ladders[n][i].label for n, i in outcome.assignment.items()}
-    if chosen_config is None and outcome.assignment != fp32_assignment:
-        report.precisions = {n: "int8 (QAT)" for n in ladders}
+                chosen, chosen_config, metric = qat[0], None, qat[1]
+                report.precisions = {n: "int8 (QAT)" for n in ladders}
     tick = time.perf_counter()
+    report.variants = [Variant("fp32", baseline), Variant("all-int8", int8_metric), Variant("chosen", metric)]
     if meter is not None:
         with meter:
             chosen, chosen_config, metric = _measure_variants(meter, model, prepared, base, ladders, chosen,
-                                                              chosen_config, metric, int8_metric, report)
-        met = meets(metric)
-    else:
-        report.variants = [Variant("fp32", baseline), Variant("all-int8", int8_metric), Variant("chosen", metric)]
+                                                              chosen_config, report)
     seconds["measure"] = time.perf_counter() - tick
-    report.met, report.evaluations = met, evaluate.calls
-    report.miss = 0.0 if met else required - metric
-    if not met:
+    report.met, report.evaluations = meets(metric), evaluate.calls
+    report.miss = 0.0 if report.met else required - metric
+    if not report.met:
         warnings.warn(f"autoquantize: no configuration met the target within {evaluate.calls} evaluations "
                       f"(max_evals={max_evals}); the best found scores {metric:.4g}, {report.miss:.4g} below the "
                       f"required {required:.4g} (fp32 {baseline:.4g}). Returning it; raise max_evals or max_drop",
@@ -253,20 +250,21 @@ def _latency_start(meter: OrtMeter, model: nn.Module, prepared: Any, base: Quant
 
 def _measure_variants(meter: OrtMeter, model: nn.Module, prepared: Any, base: QuantConfig,
                       ladders: dict[str, list[Rung]], chosen: nn.Module, chosen_config: QuantConfig | None,
-                      metric: float, int8_metric: float,
                       report: AutoQuantReport) -> tuple[nn.Module, QuantConfig | None, float]:
-    """fp32 vs all-int8 vs chosen on ONNX Runtime; with the latency objective, a chosen model slower than fp32
-    gives way to the fp32 model."""
+    """fp32 vs all-int8 vs chosen on ONNX Runtime (fills ``report.variants``); with the latency objective, a
+    chosen model that is not faster than fp32 gives way to the fp32 model. Returns the final model, config and
+    metric."""
     all_int8 = convert(prepared, build_config(base, ladders, {n: 0 for n in ladders}))
     times = meter.measure({"fp32": model, "all-int8": all_int8, "chosen": chosen})
-    slower = times["chosen"].latency_ms >= times["fp32"].latency_ms
-    if report.objective == "latency" and slower and chosen_config is not None:
+    metrics = {v.name: v.metric for v in report.variants}
+    if (report.objective == "latency" and chosen_config is not None
+            and times["chosen"].latency_ms >= times["fp32"].latency_ms):
         report.notes.append(f"int8 does not make this model faster on ONNX Runtime here (chosen "
                             f"{times['chosen'].latency_ms:.3f} ms vs fp32 {times['fp32'].latency_ms:.3f} ms): the "
                             "whole model stays float")
-        chosen, chosen_config, metric = copy.deepcopy(model).eval(), None, report.baseline
+        chosen, chosen_config, metrics["chosen"] = copy.deepcopy(model).eval(), None, report.baseline
         report.precisions = {n: "fp32" for n in ladders}
         times["chosen"] = times["fp32"]
-    report.variants = [Variant(name, m, times[name].latency_ms, times[name].size_bytes) for name, m in
-                       (("fp32", report.baseline), ("all-int8", int8_metric), ("chosen", metric))]
-    return chosen, chosen_config, metric
+    report.variants = [Variant(name, metrics[name], times[name].latency_ms, times[name].size_bytes)
+                       for name in ("fp32", "all-int8", "chosen")]
+    return chosen, chosen_config, metrics["chosen"]  # type: ignore[return-value]

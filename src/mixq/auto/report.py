@@ -3,6 +3,7 @@ fp32 vs all-int8 vs chosen; as a dict (JSON), Markdown and a PNG of per-layer se
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -131,3 +132,13 @@ class AutoQuantReport:
         target = Path(path)
         fig.savefig(target, format="png")
         return target
+
+    def write(self, directory: str | os.PathLike, stem: str = "autoquant") -> dict[str, Path]:
+        """Write ``{stem}.md``, ``{stem}.json`` and ``{stem}.png`` into ``directory`` (created if missing)."""
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {"markdown": folder / f"{stem}.md", "json": folder / f"{stem}.json", "plot": folder / f"{stem}.png"}
+        paths["markdown"].write_text(self.to_markdown())
+        paths["json"].write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        self.save_plot(paths["plot"])
+        return paths
