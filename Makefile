@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mixq-installed
+# Extra arguments for `mixq demo`, e.g. make demo DEMO_ARGS="--quick --out /tmp/report"
+DEMO_ARGS ?=
 
 .PHONY: venv demo test lint bench clean
 
@@ -19,7 +21,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m mixq demo
+	$(BIN)/python -m mixq demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

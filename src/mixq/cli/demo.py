@@ -16,7 +16,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                                    "each variant to ONNX, run it in ONNX Runtime and write a report (Markdown, HTML, "
                                    "JSON, PNG plots). No network needed; a few minutes on 2 CPU cores.")
     p.add_argument("--out", default="mixq-report", metavar="DIR", help="report directory (default: mixq-report)")
-    p.add_argument("--quick", action="store_true", help="fewer epochs and timing runs (a smoke test)")
+    p.add_argument("--quick", action="store_true", help="a narrower model, fewer epochs and timing runs (a smoke test)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="ONNX Runtime threads for the latency measurements (default 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

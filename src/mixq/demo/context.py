@@ -17,12 +17,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sizes of the run: ``quick`` is a smoke-test size (fewer epochs and timing runs)."""
+    """Sizes of the run: ``quick`` is a smoke-test size (a narrower model, fewer epochs and timing runs)."""
 
     quick: bool = False
     seed: int = 0
     threads: int = 1
     progress: bool = True
+
+    @property
+    def channels(self) -> int:
+        """Width of the CNN: 64 makes int8 weights dominate file size and kernel time; 16 is the smoke-test size."""
+        return 16 if self.quick else 64
 
     @property
     def epochs(self) -> int:
@@ -38,7 +43,8 @@ class DemoSettings:
         return (1, 32)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"quick": self.quick, "seed": self.seed, "threads": self.threads, "epochs": self.epochs,
+        return {"quick": self.quick, "seed": self.seed, "threads": self.threads, "channels": self.channels,
+                "epochs": self.epochs,
                 "latency_runs": self.latency_runs, "batches": list(self.batches)}
 
 

@@ -17,7 +17,6 @@ from mixq.demo.training import mixed_precision_choice, train_run
 from mixq.demo.variants import VARIANTS
 from mixq.report import write_report
 
-CHANNELS = 64  # wide enough that int8 weights dominate the file size and the kernels
 TITLE = "mixq demo: a residual CNN on the bundled digits"
 
 
@@ -49,9 +48,9 @@ def train_models(ctx: DemoContext) -> None:
 
 def _train_both(ctx: DemoContext) -> None:
     torch.manual_seed(ctx.settings.seed)
-    init = DigitsCNN(CHANNELS).state_dict()
+    init = DigitsCNN(ctx.settings.channels).state_dict()
     for label, precision in (("fp32", "fp32"), (f"{mixed_precision_choice()} mixed", mixed_precision_choice())):
-        model = DigitsCNN(CHANNELS)
+        model = DigitsCNN(ctx.settings.channels)
         model.load_state_dict(init)
         model, run = train_run(model, ctx.data, precision, ctx.settings.epochs, label=label, seed=ctx.settings.seed,
                                progress=ctx.settings.progress)
