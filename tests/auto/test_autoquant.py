@@ -202,3 +202,45 @@ def test_a_one_shot_generator_is_enough(outlier_case):
                           config=FAST, sensitivity_batches=1)
     assert result.report.met and result.report.sensitivity[0].name == "fc2"
     assert [v.name for v in result.report.variants] == ["fp32", "all-int8", "chosen"]  # metrics even unmeasured
+
+
+class _FakeMeter:
+    """Stands in for ONNX Runtime timing: fixed latencies per label (``chosen`` and unknown labels last)."""
+
+    def __init__(self, latencies):
+        self.latencies = latencies
+
+    def __call__(self, example_inputs):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def measure(self, models):
+        from mixq.auto.measure import Measurement
+
+        return {label: Measurement(self.latencies.get(label, 0.6), 1000) for label in models}
+
+
+@pytest.mark.parametrize("chosen_ms, whole_float", [(0.45, False), (2.0, True)], ids=["mixed", "whole-float"])
+def test_latency_keeps_float_what_int8_does_not_speed_up(outlier_case, monkeypatch, chosen_ms, whole_float):
+    import mixq.auto.api as api
+
+    meter = _FakeMeter({"fp32": 1.0, "all-int8": 0.5, "fc1": 0.4, "chosen": chosen_ms})
+    monkeypatch.setattr(api, "OrtMeter", meter)
+    result = _auto(outlier_case, objective="latency")
+    report = result.report
+    assert any(n.startswith("fc1: int8 is not faster here") for n in report.notes)
+    assert report.layer_latency_ms == {"fc1": 0.4, "fc2": 0.6, "fc3": 0.6}
+    assert report.steps[1].action == "int8 where it is faster, fp32 elsewhere"
+    if whole_float:
+        assert result.config is None and set(report.precisions.values()) == {"fp32"}
+        assert any("whole model stays float" in n for n in report.notes)
+        assert type(result.model.fc1) is nn.Linear and report.met
+    else:
+        assert report.precisions["fc1"] == "fp32" and report.precisions["fc3"].startswith("int8")
+        assert report.precisions["fc2"] != "fp16"  # the latency ladder skips float16 (no faster than fp32 on CPU)
+        assert isinstance(result.model.fc3, QuantizedLinear) and report.met
