@@ -163,7 +163,8 @@ class LayerChoice:
 class QuantConfig:
     """Everything ``mixq.quantize`` needs to know, validated up front.
 
-    ``overrides`` give layers their own precision; when several match a layer, the last one wins.
+    ``overrides`` give layers their own precision; when several match a layer, the last one wins. ``exclude``
+    wins over ``overrides``: excluded layers are not planned at all.
     Example: ``QuantConfig("static", observer=ObserverSpec("percentile"), exclude=("head",),
     overrides=(LayerOverride("fc2", "fp16"),))``.
     """
