@@ -66,3 +66,16 @@ def test_training_and_layer_error(demo_run):
     md = (out / "report.md").read_text()
     assert "![training loss and loss scale per optimizer step](training.png)" in md
     assert f"| stem.0 | Conv2d | {layers['stem.0']['sqnr_db']:.1f} |" in md
+
+
+def test_fp16_training_records_the_loss_scale():
+    """The fp16 path (the default on CUDA) runs on CPU too: dynamic loss scaling, one scale per optimizer step."""
+    from mixq.demo import DigitsCNN, load_digits_split
+    from mixq.demo.training import train_run
+
+    data = load_digits_split()
+    data = {**data, "x_train": data["x_train"][:256], "y_train": data["y_train"][:256]}
+    model, run = train_run(DigitsCNN(8), data, "fp16", epochs=1, label="fp16 mixed", progress=False)
+    assert run.policy == "p=f32,c=f16,o=f32" and run.device == "cpu" and not model.training
+    assert len(run.scales) == len(run.losses) == 4 and all(s > 1 for s in run.scales)
+    assert run.to_dict()["steps"] == 4 and run.skipped_steps == run.to_dict()["skipped_steps"]

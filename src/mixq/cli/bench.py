@@ -10,6 +10,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mixq.cli.errors import CliError, existing_file, first_line, output_file
+from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import parse_ints
 
 
@@ -18,7 +19,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                        description="Time each ONNX model on ONNX Runtime (CPU) at each batch size with random inputs "
                                    "(warm-up first), and show median and 90th-percentile latency next to file size.",
                        epilog="example:\n  mixq bench fp32.onnx int8.onnx --batch 1,32 --threads 4",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("models", nargs="+", metavar="MODEL.onnx", help="ONNX files (dynamic batch dimension)")
     p.add_argument("--batch", default="1,32", metavar="B1,B2", help="comma-separated batch sizes (default 1,32)")
     p.add_argument("--threads", type=int, default=None, metavar="N",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mixq.cli.errors import CliError, existing_file, first_line, output_file
+from mixq.cli.formatting import HelpFormatter
 
 _COMPUTE = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Gather", "Attention", "LSTM", "GRU"}
 _DTYPE_NAMES = {"float": "float32", "double": "float64"}
@@ -21,7 +22,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                        description="Show which compute nodes of an ONNX model are quantized, which integer kernels "
                                    "ONNX Runtime (CPU) uses after its graph optimisation, and the size by dtype.",
                        epilog="example:\n  mixq inspect model_int8.onnx --json model_int8.inspect.json",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("model", metavar="MODEL.onnx")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.set_defaults(run=run)

@@ -9,6 +9,7 @@ import sys
 from mixq import __version__
 from mixq.cli import bench, demo, inspect, quantize
 from mixq.cli.errors import FAILURE, USAGE_ERROR, CliError, first_line
+from mixq.cli.formatting import HelpFormatter
 
 SUBCOMMANDS = (demo, quantize, bench, inspect)
 
@@ -19,8 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full traceback on errors")
     parser = argparse.ArgumentParser(
-        prog="mixq", description="Mixed precision training and int8 quantization for PyTorch, deployed on ONNX "
-                                 "Runtime.",
+        prog="mixq", formatter_class=HelpFormatter,
+        description="Mixed precision training and int8 quantization for PyTorch, deployed on ONNX Runtime.",
         epilog="Run `mixq COMMAND --help` for a command's options. Start with `mixq demo`.")
     parser.add_argument("--version", action="version", version=f"mixq {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from mixq.cli.errors import CliError, first_line, output_file
+from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import load_batches, load_factory, load_weights, parse_ints
 
 OBSERVERS = ("minmax", "percentile", "mse", "entropy", "moving_average")
@@ -20,7 +21,7 @@ EPILOG = """examples:
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("quantize", parents=parents, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = sub.add_parser("quantize", parents=parents, epilog=EPILOG, formatter_class=HelpFormatter,
                        help="quantize your model and export it to ONNX (plus a JSON sidecar)",
                        description="Build your model, load its weights, quantize it with mixq.quantize, print the "
                                    "per-layer summary, and write the ONNX file plus a JSON sidecar describing it.")

@@ -22,6 +22,7 @@ class DemoSettings:
     quick: bool = False
     seed: int = 0
     threads: int = 1
+    mixed_precision: str = "auto"
     progress: bool = True
 
     @property
@@ -44,7 +45,7 @@ class DemoSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {"quick": self.quick, "seed": self.seed, "threads": self.threads, "channels": self.channels,
-                "epochs": self.epochs,
+                "mixed_precision": self.mixed_precision, "epochs": self.epochs,
                 "latency_runs": self.latency_runs, "batches": list(self.batches)}
 
 

@@ -49,7 +49,8 @@ def train_models(ctx: DemoContext) -> None:
 def _train_both(ctx: DemoContext) -> None:
     torch.manual_seed(ctx.settings.seed)
     init = DigitsCNN(ctx.settings.channels).state_dict()
-    for label, precision in (("fp32", "fp32"), (f"{mixed_precision_choice()} mixed", mixed_precision_choice())):
+    mixed = mixed_precision_choice() if ctx.settings.mixed_precision == "auto" else ctx.settings.mixed_precision
+    for label, precision in (("fp32", "fp32"), (f"{mixed} mixed", mixed)):
         model = DigitsCNN(ctx.settings.channels)
         model.load_state_dict(init)
         model, run = train_run(model, ctx.data, precision, ctx.settings.epochs, label=label, seed=ctx.settings.seed,
@@ -60,16 +61,20 @@ def _train_both(ctx: DemoContext) -> None:
 
 
 def run_demo(out_dir: str | os.PathLike = "mixq-report", *, quick: bool = False, seed: int = 0, threads: int = 1,
-             progress: bool = True) -> DemoOutcome:
+             mixed_precision: str = "auto", progress: bool = True) -> DemoOutcome:
     """Run the whole demo and write ``report.md``, ``report.html``, ``report.json`` and PNG plots to ``out_dir``.
 
     ``out_dir`` is created if missing (its parent must exist). ``quick`` trains and times less (a smoke test).
+    ``mixed_precision``: ``"auto"`` (fp16 with loss scaling on CUDA, else bf16), ``"bf16"`` or ``"fp16"``.
     """
+    if mixed_precision not in ("auto", "bf16", "fp16"):
+        raise ValueError(f"mixed_precision must be 'auto', 'bf16' or 'fp16', got {mixed_precision!r}")
     out = Path(out_dir)
     if not out.parent.exists():
         raise FileNotFoundError(f"the parent of the output directory, {str(out.parent)!r}, does not exist")
     out.mkdir(exist_ok=True)
-    settings = DemoSettings(quick=quick, seed=seed, threads=threads, progress=progress)
+    settings = DemoSettings(quick=quick, seed=seed, threads=threads, mixed_precision=mixed_precision,
+                            progress=progress)
     ctx = DemoContext(out=out, settings=settings, data=load_digits_split(seed))
     train_models(ctx)
     for variant in tqdm(VARIANTS, desc="quantize, export, measure", unit="variant", leave=False, disable=not progress):
