@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import itertools
@@ -179,3 +180,75 @@ def parse_ints(text: str, what: str, example: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise CliError(f"{what} {text!r} is not a list of positive integers", f"write it like {example}")
     return values
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The options that name a user's model and its data (shared by the commands that load one)."""
+    p.add_argument("--model", required=True, metavar="MODULE:FACTORY",
+                   help="importable function returning the nn.Module (package.module:fn or path/to/file.py:fn)")
+    p.add_argument("--weights", metavar="W.pt", help="state_dict saved with torch.save (loaded with weights_only)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow --weights to hold arbitrary pickled objects (only for files you trust)")
+    p.add_argument("--calib", metavar="DATA",
+                   help="inputs: .npy/.npz file (first axis = samples) or MODULE:CALLABLE returning batches")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size for .npy/.npz data (default 32)")
+    p.add_argument("--max-calib-batches", type=int, default=None, metavar="N", help="use at most N batches")
+    p.add_argument("--example-shape", metavar="1,3,224,224",
+                   help="input shape for export (default: one sample of --calib)")
+
+
+def input_files(args: argparse.Namespace) -> list[Path]:
+    """The files :func:`add_model_options` names, which outputs must never overwrite."""
+    files = [args.model.partition(":")[0], args.weights, args.calib]
+    return [Path(f) for f in files if f and f.endswith((".py", ".pt", ".pth", ".bin", ".npy", ".npz"))]
+
+
+def load_inputs(args: argparse.Namespace) -> tuple[nn.Module, list[Any] | None, Any]:
+    """Model (with weights), data batches (or None) and example inputs from :func:`add_model_options`' options,
+    checked against each other: the model must accept both the example and the data."""
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be >= 1, got {args.batch_size}", "pass e.g. --batch-size 32")
+    model = load_factory(args.model)
+    if args.weights:
+        load_weights(model, args.weights, args.model, trust_pickle=args.trust_pickle)
+    batches = None
+    if args.calib:
+        batches = load_batches(args.calib, args.batch_size, args.max_calib_batches)
+        if not batches:
+            raise CliError(f"--calib {args.calib} gave no batches", "pass at least one input sample")
+    example = example_inputs(args.example_shape, batches)
+    check_model_accepts(model, example, "--example-shape" if args.example_shape else "--calib")
+    if batches and args.example_shape:
+        check_model_accepts(model, batches[0], "--calib")
+    return model, batches, example
+
+
+def example_inputs(shape_text: str | None, batches: list[Any] | None) -> Any:
+    """Random inputs of ``--example-shape``, else one sample of the first data batch."""
+    if shape_text:
+        shape = parse_ints(shape_text, "--example-shape", "1,3,224,224")
+        if batches and isinstance(batches[0], torch.Tensor) and list(batches[0].shape[1:]) != shape[1:]:
+            raise CliError(f"--example-shape {shape} disagrees with the --calib data, shaped "
+                           f"{[len(batches[0]), *batches[0].shape[1:]]}", "make them agree, or drop --example-shape")
+        return torch.randn(shape)
+    if batches:
+        first = batches[0]
+        if isinstance(first, torch.Tensor):
+            return first[:1]
+        if isinstance(first, (tuple, list)):
+            return tuple(t[:1] for t in first)
+        return first
+    raise CliError("the input shape is unknown", "pass --example-shape (e.g. 1,3,224,224) or --calib DATA")
+
+
+def check_model_accepts(model: nn.Module, example: Any, source: str) -> None:
+    """Run ``model`` once on ``example``; a failure is bad input data (wrong shape or dtype)."""
+    from mixq.quant.calibration import call_model, describe
+
+    try:
+        with torch.no_grad():
+            call_model(model, example)
+    except Exception as err:
+        raise CliError(f"the model rejects inputs shaped {describe(example)} from {source} ({type(err).__name__}: "
+                       f"{first_line(err)})",
+                       "pass data shaped like the model's input, batch first (e.g. N,3,224,224 for images)") from err

@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 success, 2 bad input, 1 failure, 130 interrupted)."""
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     logging.basicConfig(level=logging.WARNING, format="mixq: %(levelname)s: %(message)s")
     if getattr(args, "trust_pickle", False):
         print("mixq: warning: --trust-pickle unpickles the weights file, which can run arbitrary code; use it only "

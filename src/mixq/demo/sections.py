@@ -53,9 +53,9 @@ def training_section(ctx: DemoContext) -> Section:
     """fp32 vs mixed precision training: time, loss curves, loss-scale history, accuracy."""
     image = plots.training_curves({r.label: r.losses for r in ctx.training},
                                   {r.label: r.scales for r in ctx.training}, ctx.out / "training.png")
-    mixed = ctx.training[-1]
+    fp16 = any(r.precision == "fp16" for r in ctx.training)
     note = ("fp16 needs loss scaling: the scale starts high, halves on each overflow (a skipped step) and grows "
-            "again after a run of good steps." if mixed.precision == "fp16" else
+            "again after a run of good steps." if fp16 else
             "bf16 has float32's exponent range, so it needs no loss scaling (the scale stays 1); on a CUDA machine "
             "the demo trains in fp16 with dynamic loss scaling instead. On CPUs without native bf16 arithmetic "
             "bf16 autocast can be slower than fp32; its gains are memory and GPU/AMX throughput.")

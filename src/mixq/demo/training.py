@@ -71,10 +71,11 @@ def _epoch(model: nn.Module, mp: Any, schedule: Any, x: torch.Tensor, y: torch.T
 
 
 def train_run(model: nn.Module, data: dict[str, torch.Tensor], precision: str, epochs: int, *, label: str,
-              seed: int = 0, progress: bool = True) -> tuple[nn.Module, TrainRun]:
+              lr: float = LEARNING_RATE, seed: int = 0, progress: bool = True) -> tuple[nn.Module, TrainRun]:
     """Train ``model`` with Adam (one-cycle learning rate) under ``mixq.MixedPrecision(precision=...)``.
 
     Returns the model (on CPU, eval mode) and the run's record. ``precision="fp32"`` is the float32 baseline.
+    Also fine-tunes: pass a prepared QAT model with a smaller ``lr``.
     """
     from mixq.amp import MixedPrecision
 
@@ -83,10 +84,10 @@ def train_run(model: nn.Module, data: dict[str, torch.Tensor], precision: str, e
     x_train, y_train = data["x_train"].to(device), data["y_train"].to(device)
     _warm_up(model, precision, x_train[:BATCH_SIZE], y_train[:BATCH_SIZE])
     torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     mp = MixedPrecision(model, opt, precision=precision)
     steps = epochs * -(-len(x_train) // BATCH_SIZE)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LEARNING_RATE, total_steps=steps)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     run = TrainRun(label, precision, str(mp.policy), device.type, epochs)
     bar = tqdm(range(epochs), desc=f"training {label}", unit="epoch", leave=False, disable=not progress)
     for _ in bar:
