@@ -59,6 +59,7 @@ class DemoContext:
     model: nn.Module | None = None  # the fp32-trained model every variant starts from
     training: list[TrainRun] = field(default_factory=list)
     results: list[VariantResult] = field(default_factory=list)
+    artifacts: dict[str, Any] = field(default_factory=dict)  # what a variant leaves for a section (e.g. a report)
 
     @property
     def calib(self) -> list[torch.Tensor]:

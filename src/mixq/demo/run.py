@@ -29,24 +29,7 @@ class DemoOutcome:
 
 
 def train_models(ctx: DemoContext) -> None:
-    """Train the fp32 baseline (kept as ``ctx.model``) and a mixed-precision copy from the same initial weights.
-
-    Training runs on one thread with denormals flushed to zero: for a model this small, extra threads only add
-    synchronisation, and denormal floats in early training slowed epochs 10-100x, erratically, in threads that do
-    not inherit the flush setting.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    flushed = torch.set_flush_denormal(True)
-    try:
-        _train_both(ctx)
-    finally:
-        torch.set_num_threads(threads)
-        if flushed:
-            torch.set_flush_denormal(False)
-
-
-def _train_both(ctx: DemoContext) -> None:
+    """Train the fp32 baseline (kept as ``ctx.model``) and a mixed-precision copy from the same initial weights."""
     torch.manual_seed(ctx.settings.seed)
     init = DigitsCNN(ctx.settings.channels).state_dict()
     mixed = mixed_precision_choice() if ctx.settings.mixed_precision == "auto" else ctx.settings.mixed_precision
