@@ -81,7 +81,7 @@ def render_markdown(title: str, sections: list[Section]) -> str:
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px}th{background:#f3f3f3}
-td.r{text-align:right;font-variant-numeric:tabular-nums}pre{background:#f6f6f6;padding:1em;overflow-x:auto}
+.r{text-align:right;font-variant-numeric:tabular-nums}.l{text-align:left}pre{background:#f6f6f6;padding:1em;overflow-x:auto}
 figure{margin:1em 0}img{max-width:100%}figcaption{color:#555;font-size:90%}"""
 
 
@@ -90,7 +90,7 @@ def _html_block(block: Block) -> str:
         return f"<p>{html.escape(block.text)}</p>"
     if isinstance(block, Table):
         align = block.align or "l" * len(block.headers)
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in block.headers)
+        head = "".join(f'<th class="{a}">{html.escape(h)}</th>' for a, h in zip(align, block.headers, strict=True))
         body = "".join("<tr>" + "".join(f'<td class="{a}">{html.escape(c)}</td>' for a, c in zip(align, row,
                                                                                                  strict=True))
                        + "</tr>" for row in block.rows)

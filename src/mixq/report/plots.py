@@ -27,11 +27,13 @@ def accuracy_vs_size(names: Sequence[str], size_kb: Sequence[float], accuracy: S
                      path: str | os.PathLike) -> Path:
     """Scatter of ONNX file size against ONNX Runtime accuracy, one labelled point per variant."""
     fig, (ax,) = _figure(6.5, 4.2)
-    ax.scatter(size_kb, [a * 100 for a in accuracy], s=40, color="tab:blue")
-    order = sorted(range(len(names)), key=lambda i: size_kb[i])
-    for rank, i in enumerate(order):  # alternate labels above and below, so neighbours do not overlap
-        ax.annotate(names[i], (size_kb[i], accuracy[i] * 100), textcoords="offset points", fontsize=8,
-                    xytext=(0, 8 if rank % 2 == 0 else -14), ha="center")
+    markers = "osD^vP*Xh<>"
+    for i, (name, x, y) in enumerate(zip(names, size_kb, accuracy, strict=True)):  # a legend, not labels: the
+        ax.scatter([x], [y * 100], s=50, marker=markers[i % len(markers)], label=name, zorder=3)  # points cluster
+    low, high = min(accuracy) * 100, max(accuracy) * 100
+    pad = max(0.5, (high - low) * 0.2)
+    ax.set_ylim(low - pad, min(100.0, high + pad) + 0.1)
+    ax.legend(fontsize=8, loc="lower right")
     ax.set_xlabel("ONNX file size (KB)")
     ax.set_ylabel("test accuracy on ONNX Runtime (%)")
     ax.set_title("accuracy vs size")
