@@ -15,9 +15,11 @@ from mixq.cli.loading import parse_ints
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Add ``bench`` and its options to the ``mixq`` subparsers."""
     p = sub.add_parser("bench", parents=parents, help="latency (median, p90) and size of ONNX models on ONNX Runtime",
                        description="Time each ONNX model on ONNX Runtime (CPU) at each batch size with random inputs "
-                                   "(warm-up first), and show median and 90th-percentile latency next to file size.",
+                                   "(warm-up first), and show median and 90th-percentile latency next to file size. "
+                                   "The first input dimension is the batch; other symbolic dimensions are set to 1.",
                        epilog="example:\n  mixq bench fp32.onnx int8.onnx --batch 1,32 --threads 4",
                        formatter_class=HelpFormatter)
     p.add_argument("models", nargs="+", metavar="MODEL.onnx", help="ONNX files (dynamic batch dimension)")
@@ -78,6 +80,7 @@ def table(results: list[dict[str, Any]], batches: list[int]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``mixq bench``; bad input raises :class:`~mixq.cli.errors.CliError`. Returns the exit code."""
     from mixq.report import atomic_write_text
 
     paths = [existing_file(m, "model") for m in args.models]

@@ -11,6 +11,7 @@ from mixq.cli.formatting import HelpFormatter
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Add ``demo`` and its options to the ``mixq`` subparsers."""
     p = sub.add_parser("demo", parents=parents, help="train, quantize, export and measure a CNN on bundled data",
                        description="Train a small residual CNN on scikit-learn's bundled digits in fp32 and with "
                                    "mixed precision, quantize it (static, dynamic, weight-only int8, fp16), export "
@@ -30,6 +31,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``mixq demo``; bad input raises :class:`~mixq.cli.errors.CliError`. Returns the exit code."""
     from mixq.demo import run_demo
 
     out = Path(args.out)

@@ -18,6 +18,7 @@ _PASS_THROUGH = {"DequantizeLinear", "Cast", "Reshape", "Transpose", "Unsqueeze"
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Add ``inspect`` and its options to the ``mixq`` subparsers."""
     p = sub.add_parser("inspect", parents=parents, help="quantized nodes, ONNX Runtime kernels and size by dtype",
                        description="Show which compute nodes of an ONNX model are quantized, which integer kernels "
                                    "ONNX Runtime (CPU) uses after its graph optimisation, and the size by dtype.",
@@ -152,6 +153,7 @@ def render(info: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``mixq inspect``; bad input raises :class:`~mixq.cli.errors.CliError`. Returns the exit code."""
     from mixq.report import atomic_write_text
 
     path = existing_file(args.model, "model")

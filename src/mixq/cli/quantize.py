@@ -20,6 +20,7 @@ EPILOG = """examples:
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Add ``quantize`` and its options to the ``mixq`` subparsers."""
     p = sub.add_parser("quantize", parents=parents, epilog=EPILOG, formatter_class=HelpFormatter,
                        help="quantize your model and export it to ONNX (plus a JSON sidecar)",
                        description="Build your model, load its weights, quantize it with mixq.quantize, print the "
@@ -35,6 +36,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``mixq quantize``; bad input raises :class:`~mixq.cli.errors.CliError`. Returns the exit code."""
     import mixq
 
     # Cheap checks first, so a typo fails in a second rather than after loading the model.
