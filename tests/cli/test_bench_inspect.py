@@ -27,3 +27,26 @@ def test_inspect_reports_integer_kernels_and_sizes(mixq_cli, quantized, user_dir
     assert info["ort_integer_kernels"].get("QLinearConv") == 1 and not info["ort_float_compute"]
     assert info["size_by_dtype"]["int8"]["bytes"] > info["size_by_dtype"]["float32"]["bytes"]
     assert "integer kernels: QLinearConv" in proc.stdout and "int8" in proc.stdout
+
+
+def test_bench_fixed_batch_model_says_why(mixq_main, tmp_path):
+    import torch
+
+    import mixq
+
+    path = mixq.export_onnx(torch.nn.Linear(4, 2), torch.randn(1, 4), tmp_path / "fixed.onnx", dynamic_batch=False)
+    code, out, err = mixq_main("bench", path.name, "--batch", "1,8", "--runs", "2", cwd=tmp_path)
+    assert code == 0, err
+    assert "| fixed.onnx |" in out and "| n/a | n/a |" in out
+    assert "note: fixed.onnx b8: input" in out and "fixed batch size of 1" in out
+
+
+def test_inspect_float_model_has_no_integer_kernels(mixq_main, tmp_path):
+    import torch
+
+    import mixq
+
+    path = mixq.export_onnx(torch.nn.Linear(4, 2), torch.randn(1, 4), tmp_path / "float.onnx")
+    code, out, err = mixq_main("inspect", path.name, cwd=tmp_path)
+    assert code == 0, err
+    assert "0 of 1 with quantized or float16 weights" in out and "integer kernels: none" in out
