@@ -31,6 +31,8 @@ IN_PROCESS_CASES = {
     "not MODULE:FACTORY": (["quantize", "--model", "nets", "--mode", "dynamic", "--output", "a.onnx"],
                            "is not of the form MODULE:FACTORY"),
     "pickled weights": (Q + ["--weights", "pickled.pt", "--output", "a.onnx"], "--trust-pickle"),
+    "weights not a checkpoint": (Q + ["--weights", "calib.npy", "--output", "a.onnx"],
+                                 "calib.npy is not a PyTorch checkpoint"),
     "data disagrees with example shape": (["quantize", "--model", "nets:build", "--mode", "static", "--calib",
                                            "calib.npy", "--example-shape", "1,1,6,6", "--output", "a.onnx"],
                                           "disagrees with the --calib data"),

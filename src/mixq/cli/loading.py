@@ -93,6 +93,9 @@ def load_weights(model: nn.Module, path: str, spec: str, trust_pickle: bool = Fa
     try:
         obj = torch.load(p, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as err:
+        if "Unsupported operand" in str(err) or "invalid load key" in str(err):  # not a checkpoint at all
+            raise CliError(f"{p} is not a PyTorch checkpoint",
+                           "pass a file written by torch.save(model.state_dict(), path)") from err
         raise CliError(f"{p} holds Python objects besides tensors, which mixq does not unpickle by default",
                        "save model.state_dict() instead, or pass --trust-pickle if you trust the file's origin "
                        "(unpickling can run arbitrary code)") from err
