@@ -11,7 +11,7 @@ import pytest
 
 from mixq.demo import VARIANTS
 
-PLOTS = ["training.png", "accuracy_vs_size.png", "latency.png", "layer_error.png"]
+PLOTS = ["training.png", "accuracy_vs_size.png", "latency.png", "layer_error.png", "autoquant_sensitivity.png"]
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,22 @@ def test_training_and_layer_error(demo_run):
     md = (out / "report.md").read_text()
     assert "![training loss and loss scale per optimizer step](training.png)" in md
     assert f"| stem.0 | Conv2d | {layers['stem.0']['sqnr_db']:.1f} |" in md
+
+
+def test_qat_and_autoquant(demo_run):
+    out, _, report = demo_run
+    rows = {r["variant"]: r for r in report["variants"]}
+    for name in ("QAT int8", "QAT w4"):  # QAT converts to the same integer model as static PTQ
+        assert "QLinearConv" in rows[name]["integer_kernels"] and rows[name]["max_abs_diff_vs_pytorch"] < 0.05
+    assert rows["QAT w4"]["accuracy"] > rows["static w4"]["accuracy"]  # 4-bit per-tensor: QAT wins back accuracy
+    pairs = {p["weights"]: p for p in report["qat"]["pairs"]}
+    assert pairs["w4"]["qat_accuracy"] == rows["QAT w4"]["accuracy"]
+    assert [r["label"] for r in report["qat"]["runs"]] == ["QAT int8", "QAT w4"]
+    auto = report["autoquant"]
+    assert auto["evaluations"] <= auto["max_evals"] and {"stem.0", "fc"} <= set(auto["precisions"])
+    md = (out / "report.md").read_text()
+    assert "## Quantization-aware training" in md and "## Automatic per-layer precision (autoquantize)" in md
+    assert f"| w4 | {pairs['w4']['ptq_accuracy']:.4f} | {pairs['w4']['qat_accuracy']:.4f} |" in md
 
 
 def test_fp16_training_records_the_loss_scale():

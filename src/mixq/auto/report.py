@@ -129,9 +129,11 @@ class AutoQuantReport:
             ax.text(values[y], y, f" {self.precisions.get(r.name, '')}", va="center", fontsize=8)
         ax.set_xlabel("model-output SQNR with only this layer int8 (dB, higher is better)")
         ax.set_title("mixq autoquantize: per-layer sensitivity (blue: int8 kept, orange: moved)")
-        target = Path(path)
-        fig.savefig(target, format="png")
-        return target
+        from mixq.report.files import atomic_path
+
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+        return Path(path)
 
     def write(self, directory: str | os.PathLike, stem: str = "autoquant") -> dict[str, Path]:
         """Write ``{stem}.md``, ``{stem}.json`` and ``{stem}.png`` into ``directory`` (created if missing)."""

@@ -111,6 +111,48 @@ def layer_error_section(ctx: DemoContext) -> Section:
         table, Image(image.name, "SQNR of the logits per quantized layer")], data=rows)
 
 
+def qat_section(ctx: DemoContext) -> Section:
+    """PTQ vs QAT at 8 and 4 bits: what quantization-aware fine-tuning wins back."""
+    rows = {r.variant: r for r in ctx.results}
+    pairs = [("static int8", "QAT int8"), ("static w4", "QAT w4")]
+    pairs = [{"weights": qat.removeprefix("QAT "), "ptq_accuracy": rows[ptq].accuracy,
+              "qat_accuracy": rows[qat].accuracy, "qat_delta_vs_fp32_pp": rows[qat].accuracy_delta_pp}
+             for ptq, qat in pairs if ptq in rows and qat in rows]
+    table = Table(["weights", "PTQ accuracy", "QAT accuracy", "QAT − PTQ (pp)", "QAT vs fp32 (pp)"],
+                  [[p["weights"], f"{p['ptq_accuracy']:.4f}", f"{p['qat_accuracy']:.4f}",
+                    f"{(p['qat_accuracy'] - p['ptq_accuracy']) * 100:+.2f}", f"{p['qat_delta_vs_fp32_pp']:+.2f}"]
+                   for p in pairs], "lrrrr")
+    runs = ctx.artifacts.get("qat_runs", [])
+    return Section("Quantization-aware training", "qat", [
+        Text("mixq.prepare_qat copies the fp32 model with fake quantization on weights and activations (BatchNorm "
+             "trains folded into its convolution), the same training loop fine-tunes it, and mixq.convert turns it "
+             "into the static int8 model it simulated, bit for bit. With 4-bit weights and one scale per tensor, "
+             "post-training quantization loses accuracy; fine-tuning wins it back. Fine-tuning: "
+             + ", ".join(f"{r.label} {len(r.losses)} steps in {r.seconds:.1f} s" for r in runs) + "."),
+        table], data={"pairs": pairs, "runs": [r.to_dict() for r in runs]})
+
+
+def autoquant_section(ctx: DemoContext) -> Section:
+    """What mixq.autoquantize measured and chose, layer by layer."""
+    result = ctx.artifacts["autoquant"]
+    report = result.report
+    image = report.save_plot(ctx.out / "autoquant_sensitivity.png")
+    sensitivity = Table(["layer", "type", "output SQNR alone (dB)", "chosen", "reason"],
+                        [[r.name, r.kind, f"{min(r.output_sqnr_db, 999.0):.1f}", report.precisions.get(r.name, "-"),
+                          r.reason] for r in report.sensitivity], "llrll")
+    search = Table(["step", "change", "metric", "meets target", "evaluations"],
+                   [[str(s.index), s.action, f"{s.metric:.4f}", "yes" if s.meets else "no", str(s.evaluations)]
+                    for s in report.steps], "rlrlr")
+    status = "met" if report.met else f"missed by {report.miss:.4f}"
+    return Section("Automatic per-layer precision (autoquantize)", "autoquant", [
+        Text(f"mixq.autoquantize calibrates once, ranks layers by the error each causes alone, and searches "
+             f"per-layer precisions for the {report.objective} objective, timing candidates on ONNX Runtime, "
+             f"within {report.max_drop:g} of fp32's validation accuracy ({report.baseline:.4f}): target {status} "
+             f"with {report.evaluations} evaluations."),
+        sensitivity, search, Image(image.name, "per-layer sensitivity and the precision chosen"),
+        *[Text(note) for note in report.notes]], data=report.to_dict())
+
+
 def kernels_section(ctx: DemoContext) -> Section:
     """What ONNX Runtime runs for each variant, and mixq's per-layer summaries."""
     table = Table(["variant", "integer kernels after ORT optimisation", "float compute kernels"],
@@ -126,5 +168,7 @@ SECTIONS: list[Callable[[DemoContext], Section]] = [
     training_section,
     variants_section,
     layer_error_section,
+    qat_section,
+    autoquant_section,
     kernels_section,
 ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from mixq.quant.calibration import describe
+from mixq.report.files import atomic_path
 
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
 log = logging.getLogger(__name__)
@@ -146,10 +146,8 @@ def export_onnx(
     args, kwargs = _as_args(example_inputs)
     model = model.eval()
     dynamic_shapes = _dynamic_batch(args, kwargs) if dynamic_batch else None
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=target.parent)
-    os.close(fd)
     try:
-        with warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript"), \
+        with atomic_path(target) as tmp, warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript"), \
                 contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
@@ -159,12 +157,9 @@ def export_onnx(
             )
             _optimize(program)
             proto = program.model_proto
-        _finalize(proto, half_io=io_dtype == torch.float16)
-        onnx.save(proto, tmp)  # one serialisation, straight from the in-memory model
-        os.replace(tmp, target)
+            _finalize(proto, half_io=io_dtype == torch.float16)
+            onnx.save(proto, tmp)  # one serialisation, straight from the in-memory model; renamed on success
     except Exception as err:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
         raise ExportError(f"could not export {type(model).__name__} with example inputs "
                           f"{describe(example_inputs)}: {err}") from err
     log.info("exported %s to %s (%.2f MB)", type(model).__name__, target, target.stat().st_size / 1e6)
