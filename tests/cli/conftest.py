@@ -44,6 +44,17 @@ NETS = textwrap.dedent('''
     def calib():
         g = torch.Generator().manual_seed(0)
         return [torch.rand(8, 1, 8, 8, generator=g) for _ in range(3)]
+
+
+    def score(model):
+        """Agreement of the model's top class with the float model's on fixed inputs (higher is better)."""
+        x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            return (model(x).argmax(1) == build().eval()(x).argmax(1)).float().mean().item()
+
+
+    def broken_score(model):
+        raise KeyError("labels")
 ''')
 
 

@@ -7,11 +7,11 @@ import logging
 import sys
 
 from mixq import __version__
-from mixq.cli import bench, demo, inspect, quantize
+from mixq.cli import autoquant, bench, demo, inspect, quantize
 from mixq.cli.errors import FAILURE, USAGE_ERROR, CliError, first_line
 from mixq.cli.formatting import HelpFormatter
 
-SUBCOMMANDS = (demo, quantize, bench, inspect)
+SUBCOMMANDS = (demo, quantize, autoquant, bench, inspect)
 
 
 def build_parser() -> argparse.ArgumentParser:
