@@ -65,7 +65,11 @@ class FakeQuantizer(nn.Module):
                              "updated). Check the inputs and the learning rate")
 
     def _observe(self, x: torch.Tensor) -> None:
-        self.observer(x)
+        try:
+            self.observer(x)  # checks the batch is finite before recording anything
+        except ValueError:
+            self._check_finite(x)  # raises QAT's explanation when it was a non-finite batch
+            raise
         lo, hi = self.observer.calculate_range()
         if self.learnable and not self.initialized and bool((hi - lo) == 0):
             raise ValueError(f"learnable_scales: {self.name!r} saw only zeros in its first batch, so its scale would "
@@ -84,9 +88,10 @@ class FakeQuantizer(nn.Module):
         if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
             return x
         if self.training:
-            self._check_finite(x)
             if bool(self.observing):
                 self._observe(x)
+            else:
+                self._check_finite(x)
         if not self.has_data:
             self.calculate_qparams()  # raises with the explanation
         lo, hi = self.spec.qmin, self.spec.qmax
