@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
-from pathlib import Path
 from typing import Any
 
 from mixq.cli.errors import CliError, first_line, output_file
 from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import add_model_options, input_files, load_callable, load_inputs
+from mixq.cli.sidecar import write_sidecar
 
 EPILOG = """examples:
   mixq autoquant --model nets.py:build --weights net.pt --calib calib.npz --eval nets.py:val_accuracy \\
@@ -51,8 +50,6 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``mixq autoquant``; bad input raises :class:`~mixq.cli.errors.CliError`. Returns the exit code."""
     import mixq
-    from mixq.report import atomic_write_text
-
     output = output_file(args.output, "--output", ".onnx", input_files(args))
     sidecar = output_file(output.with_suffix(".mixq.json"), "sidecar", ".json", input_files(args))
     module_name, _, attr = args.eval.rpartition(":")
@@ -78,26 +75,9 @@ def run(args: argparse.Namespace) -> int:
     print(result.report)
     mixq.export_onnx(result.model, example, output)
     paths = result.report.write(output.parent, stem=f"{output.stem}.autoquant")
-    _write_sidecar(sidecar, args, result, output, atomic_write_text)
+    config = None if result.config is None else result.config.to_dict()  # replay: QuantConfig.from_dict
+    write_sidecar(sidecar, args, output, eval=args.eval, met=result.report.met,
+                  precisions=result.report.precisions, config=config)
     print(f"wrote {output} ({output.stat().st_size / 1024:.1f} KB), {sidecar} and the report "
           f"{paths['markdown']} (+ .json, .png)")
     return 1 if args.strict and not result.report.met else 0
-
-
-def _write_sidecar(path: Path, args: argparse.Namespace, result: Any, output: Path, write: Any) -> None:
-    from mixq import __version__
-
-    data = {
-        "mixq_version": __version__,
-        "onnx_file": output.name,
-        "onnx_bytes": output.stat().st_size,
-        "command": ["mixq", *args.argv],
-        "model": args.model,
-        "weights": args.weights,
-        "calib": args.calib,
-        "eval": args.eval,
-        "met": result.report.met,
-        "precisions": result.report.precisions,
-        "config": None if result.config is None else result.config.to_dict(),  # replay: QuantConfig.from_dict
-    }
-    write(path, json.dumps(data, indent=2, default=list) + "\n")

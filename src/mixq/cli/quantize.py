@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
-
-import torch
 
 from mixq.cli.errors import CliError, first_line, output_file
 from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import add_model_options, input_files, load_inputs
+from mixq.cli.sidecar import write_sidecar
 
 OBSERVERS = ("minmax", "percentile", "mse", "entropy", "moving_average")
 EPILOG = """examples:
@@ -56,25 +53,7 @@ def run(args: argparse.Namespace) -> int:
                        "adjust the options named above") from err
     print(qmodel.mixq_summary)
     mixq.export_onnx(qmodel, example, output)
-    _write_sidecar(sidecar, args, qmodel, output)
+    write_sidecar(sidecar, args, output, example_shape=args.example_shape, config=qmodel.mixq_config.to_dict(),
+                  summary=qmodel.mixq_summary.to_dict())
     print(f"wrote {output} ({output.stat().st_size / 1024:.1f} KB) and {sidecar}")
     return 0
-
-
-def _write_sidecar(path: Path, args: argparse.Namespace, qmodel: torch.nn.Module, output: Path) -> None:
-    from mixq import __version__
-    from mixq.report import atomic_write_text
-
-    data = {
-        "mixq_version": __version__,
-        "onnx_file": output.name,
-        "onnx_bytes": output.stat().st_size,
-        "command": ["mixq", *args.argv],
-        "model": args.model,
-        "weights": args.weights,
-        "calib": args.calib,
-        "example_shape": args.example_shape,
-        "config": qmodel.mixq_config.to_dict(),
-        "summary": qmodel.mixq_summary.to_dict(),
-    }
-    atomic_write_text(path, json.dumps(data, indent=2, default=list) + "\n")
