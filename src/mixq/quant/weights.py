@@ -7,16 +7,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixq.quant.observers.minmax import MinMaxObserver
 from mixq.quant.primitives import quantize
 from mixq.quant.spec import QuantSpec
 
 
 def weight_scale(weight: torch.Tensor, spec: QuantSpec, axis: int = 0) -> torch.Tensor:
-    """The symmetric float32 scale covering ``weight`` (1-D along ``axis`` per channel, 0-d per tensor)."""
-    observer = MinMaxObserver(spec, axis=axis if spec.granularity == "per_channel" else None)
-    observer(weight.detach().to(torch.float32))
-    return observer.calculate_qparams()[0]
+    """The symmetric float32 scale covering ``weight`` (1-D along ``axis`` per channel, 0-d per tensor).
+
+    The same value ``choose_qparams`` gives for the weight's min-max range (``max(-min, max)`` is ``max |w|``), in
+    fewer operations: QAT calls this on every training step.
+    """
+    w = weight.detach().to(torch.float32)
+    if spec.granularity == "per_channel":
+        absmax = w.abs().amax(dim=[d for d in range(w.dim()) if d != axis % w.dim()])
+    else:
+        absmax = w.abs().amax()
+    scale = absmax / ((spec.qmax - spec.qmin) / 2.0)
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def quantize_weight(weight: torch.Tensor, spec: QuantSpec, axis: int = 0,
