@@ -1,0 +1,37 @@
+"""QAT on a Hugging Face BERT encoder (small random config): torch.fx cannot trace it, so QAT wraps each Linear;
+the converted model equals the QAT model in eval mode and exports with integer MatMuls."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mixq
+from mixq.export import INTEGER_KERNELS
+
+transformers = pytest.importorskip("transformers")
+
+
+def test_bert_qat_converts_exactly_and_exports_integer_matmuls(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=128, max_position_embeddings=32)
+    bert = transformers.BertModel(config).eval()
+    ids = torch.randint(0, 200, (4, 16), generator=torch.Generator().manual_seed(0))
+    qat = mixq.prepare_qat(bert, example_inputs={"input_ids": ids})
+    assert len(qat.mixq_qat_plan.quantized) == 2 * 6 + 1
+    opt = torch.optim.Adam(qat.parameters(), lr=1e-4)
+    qat.train()
+    for _ in range(2):
+        opt.zero_grad()
+        qat(input_ids=ids).pooler_output.pow(2).mean().backward()
+        opt.step()
+    qmodel = mixq.convert(qat.eval())
+    with torch.no_grad():
+        out, ref = qmodel(input_ids=ids).pooler_output, qat(input_ids=ids).pooler_output
+        assert torch.equal(out, ref)
+        float_out = bert(input_ids=ids).pooler_output
+    assert torch.nn.functional.cosine_similarity(out.flatten(), float_out.flatten(), dim=0) > 0.98
+    path = mixq.export_onnx(qmodel, {"input_ids": ids}, tmp_path / "bert_qat.onnx")
+    ops = mixq.optimized_op_types(path)
+    assert sum(ops[k] for k in INTEGER_KERNELS) == 13, ops
