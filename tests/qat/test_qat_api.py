@@ -239,3 +239,13 @@ def test_models_torch_fx_cannot_trace_are_prepared_layer_by_layer():
     x = torch.randn(8, 6)
     with torch.no_grad():
         assert torch.equal(qat.eval()(x), convert(qat)(x))
+
+
+def test_quantizing_or_exporting_an_unconverted_qat_model_says_convert_first(tmp_path):
+    qat = prepare_qat(ConvNet1d())
+    _train(qat, _batches(1))
+    with pytest.raises(ValueError, match=r"cannot export ConvNet1d: it is a quantization-aware training model"):
+        mixq.export_onnx(qat, torch.randn(1, 3, 16), tmp_path / "qat.onnx")
+    with pytest.raises(ValueError, match=r"convert it first with qmodel = mixq.convert\(model\)"):
+        mixq.quantize(qat, "dynamic")
+    assert not (tmp_path / "qat.onnx").exists()

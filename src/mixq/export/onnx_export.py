@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from mixq.quant.calibration import describe
+from mixq.quant.modules.observed import refuse_observed
 from mixq.report.files import atomic_path
 
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
@@ -133,6 +134,7 @@ def export_onnx(
 
     from mixq.export.translations import translation_table  # onnx/onnxscript are only imported when exporting
 
+    refuse_observed(model, "export")
     target = Path(path)
     if not target.parent.exists():
         raise FileNotFoundError(f"output directory {str(target.parent)!r} does not exist; create it first")

@@ -9,6 +9,7 @@ from torch import nn
 
 from mixq.quant.calibration import Batch
 from mixq.quant.conversion import convert
+from mixq.quant.modules.observed import refuse_observed
 from mixq.quant.planning import split_first
 from mixq.quant.spec import DEFAULT_ACTIVATION, LayerOverride, ObserverSpec, QuantConfig, QuantSpec
 from mixq.quant.stages import calibrate, prepare
@@ -84,6 +85,7 @@ def quantize(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    refuse_observed(model, "quantize")
     cfg = config or make_config(mode, observer=observer, bits=bits, group_size=group_size,
                                 per_channel=per_channel, activation_dtype=activation_dtype,
                                 reduce_range=reduce_range, exclude=exclude, overrides=overrides)

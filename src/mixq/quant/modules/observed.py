@@ -82,3 +82,10 @@ class FloatAdd(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         y = a + b
         return torch.relu(y) if self.relu else y
+
+
+def refuse_observed(model: nn.Module, action: str) -> None:
+    """Raise a ``ValueError`` explaining what to do when ``model`` still holds calibration or QAT wrappers."""
+    if any(isinstance(m, (ObservedLayer, ObservedAdd)) for m in model.modules()):
+        raise ValueError(f"cannot {action} {type(model).__name__}: it is a quantization-aware training model (or "
+                         "is mid-calibration); convert it first with qmodel = mixq.convert(model)")
