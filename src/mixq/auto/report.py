@@ -128,7 +128,8 @@ class AutoQuantReport:
         for y, r in enumerate(rows):
             ax.text(values[y], y, f" {self.precisions.get(r.name, '')}", va="center", fontsize=8)
         ax.set_xlabel("model-output SQNR with only this layer int8 (dB, higher is better)")
-        ax.set_title("mixq autoquantize: per-layer sensitivity (blue: int8 kept, orange: moved)")
+        ax.set_title("mixq autoquantize: per-layer sensitivity\n(blue: int8 kept, orange: moved to a safer precision)",
+                     fontsize=10)
         from mixq.report.files import atomic_path
 
         with atomic_path(path) as tmp:
