@@ -70,6 +70,8 @@ class FakeQuantizer(nn.Module):
         except ValueError:
             self._check_finite(x)  # raises QAT's explanation when it was a non-finite batch
             raise
+        if self.learnable and not self.initialized:
+            self._agree_across_ranks()
         lo, hi = self.observer.calculate_range()
         if self.learnable and not self.initialized and bool((hi - lo) == 0):
             raise ValueError(f"learnable_scales: {self.name!r} saw only zeros in its first batch, so its scale would "
@@ -83,6 +85,15 @@ class FakeQuantizer(nn.Module):
         seen = int(self.observer.num_batches)
         if self.learnable or (self.freeze_after is not None and seen >= self.freeze_after):
             self.observing.fill_(False)
+
+    def _agree_across_ranks(self) -> None:
+        """Under ``torch.distributed`` (DDP), widen the first batch's range to cover every rank's, so a learnable
+        scale (a parameter, which DDP never re-broadcasts) starts equal on all ranks and stays equal."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.observer.min_val, op=dist.ReduceOp.MIN)
+            dist.all_reduce(self.observer.max_val, op=dist.ReduceOp.MAX)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
