@@ -249,3 +249,22 @@ def test_quantizing_or_exporting_an_unconverted_qat_model_says_convert_first(tmp
     with pytest.raises(ValueError, match=r"convert it first with qmodel = mixq.convert\(model\)"):
         mixq.quantize(qat, "dynamic")
     assert not (tmp_path / "qat.onnx").exists()
+
+
+def test_depthwise_separable_block_converts_exactly():
+    """Depthwise CNNs are where PTQ hurts most; QAT covers grouped convolutions the same way."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6(),
+                          nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 8, 1), nn.Flatten(), nn.Linear(8 * 8 * 8, 4))
+    x = torch.randn(8, 3, 8, 8)
+    qat = prepare_qat(model, example_inputs=x, weight_bits=4, learnable_scales=True)
+    assert qat[3].bn is not None and qat[3].layer.groups == 16 and qat[3].relu
+    opt = torch.optim.Adam(qat.parameters(), lr=1e-3)
+    for seed in range(3):
+        opt.zero_grad()
+        qat.train()(torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(seed))).pow(2).mean().backward()
+        opt.step()
+    with torch.no_grad():
+        assert torch.equal(qat.eval()(x), convert(qat)(x))
+    assert "quantized weights" not in str(qat.mixq_qat_plan).splitlines()[0]  # no sizes before conversion

@@ -51,10 +51,10 @@ class QuantizationSummary:
     def __str__(self) -> str:
         before = sum(r.bytes_before for r in self.quantized)
         after = sum(r.bytes_after for r in self.quantized)
-        ratio = f"{before / after:.1f}x smaller" if after else "n/a"
+        sizes = (f"; quantized weights {before / 1e6:.2f} MB -> {after / 1e6:.2f} MB ({before / after:.1f}x smaller)"
+                 if after else "")  # no sizes before conversion (a QAT plan)
         lines = [f"mixq {self.mode} quantization: {len(self.quantized)} layers quantized, "
-                 f"{len(self.skipped)} left float; quantized weights {before / 1e6:.2f} MB -> {after / 1e6:.2f} MB "
-                 f"({ratio})"]
+                 f"{len(self.skipped)} left float{sizes}"]
         width = max([len(r.name) for r in self.layers] + [5])
         kind_w = max([len(r.kind) for r in self.layers] + [4])
         lines.append(f"  {'layer':<{width}}  {'type':<{kind_w}}  {'status':<9}  detail")
