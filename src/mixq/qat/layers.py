@@ -25,7 +25,7 @@ from mixq.qat.fake_quantizer import FakeQuantizer
 from mixq.quant.modules.observed import ObservedAdd, ObservedLayer, _is_float_tensor
 from mixq.quant.modules.static import QuantizedAdd, QuantizedConv, QuantizedLinear
 from mixq.quant.ops import conv_nd
-from mixq.quant.primitives import fake_quantize, fake_quantize_lsq
+from mixq.quant.primitives import MIN_SCALE, fake_quantize, fake_quantize_lsq
 from mixq.quant.spec import QuantSpec
 from mixq.quant.weights import weight_scale
 
@@ -86,7 +86,6 @@ class QATLayer(ObservedLayer):
 
     def _fake_quantize_weight(self, w: torch.Tensor) -> torch.Tensor:
         spec = self.weight_spec
-        zp = torch.zeros((), dtype=torch.int8)
         if self.learnable:
             zp = torch.zeros(self.weight_scale.shape, dtype=torch.int8)
             return fake_quantize_lsq(w, self.weight_scale, zp, self.axis, spec.qmin, spec.qmax)
@@ -134,11 +133,11 @@ class QATLayer(ObservedLayer):
         """The deployed layer: int8 folded weight (learned or min-max scale), calibrated activation scales."""
         with torch.no_grad():
             w, b = self.folded()
-            proxy = copy.copy(self.layer)
+            proxy = copy.copy(self.layer)  # same geometry; its own parameter dict holds the folded tensors
             proxy._parameters = {"weight": w.detach(), "bias": None if b is None else b.detach()}
             x_q = self.input_observer.calculate_qparams()
             y_q = self.output_observer.calculate_qparams()
-            w_scale = self.weight_scale.detach().clamp(min=1e-8) if self.learnable else None
+            w_scale = self.weight_scale.detach().clamp(min=MIN_SCALE) if self.learnable else None
             cls = QuantizedLinear if isinstance(self.layer, nn.Linear) else QuantizedConv
             return cls(proxy, self.weight_spec, x_q, y_q, relu=self.relu, w_scale=w_scale)
 
