@@ -55,8 +55,7 @@ def convert(model: nn.Module) -> nn.Module:
     summary.layers += [r for r in plan.layers if r.status != "quantized"]
     found = [(n, m) for n, m in qmodel.named_modules() if isinstance(m, (QATLayer, QATAdd))]
     for name, module in found:
-        ran = module.input_observer.has_data and module.output_observer.has_data \
-            if isinstance(module, QATLayer) else module.has_data
+        ran = module.has_data
         if isinstance(module, QATAdd):
             set_submodule(qmodel, name, module.to_quantized() if ran else FloatAdd(module.relu))
             if ran:
@@ -73,8 +72,7 @@ def convert(model: nn.Module) -> nn.Module:
         before = module_bytes(module.layer) + (module_bytes(module.bn) if module.bn is not None else 0)
         summary.add(name, kind, "quantized", detail, before, module_bytes(new))
         set_submodule(qmodel, name, new)
-    order = {name: i for i, (name, _) in enumerate(qmodel.named_modules())}
-    summary.layers.sort(key=lambda r: order.get(r.name, len(order)))
+    summary.sort_by(qmodel)
     for attr in ("mixq_qat", "mixq_qat_plan"):
         if hasattr(qmodel, attr):
             delattr(qmodel, attr)

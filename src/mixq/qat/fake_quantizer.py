@@ -70,13 +70,13 @@ class FakeQuantizer(nn.Module):
         except ValueError:
             self._check_finite(x)  # raises QAT's explanation when it was a non-finite batch
             raise
-        if self.learnable and not self.initialized:
+        if self.learnable and not self.initialized:  # the first batch sets where LSQ starts
             self._agree_across_ranks()
-        lo, hi = self.observer.calculate_range()
-        if self.learnable and not self.initialized and bool((hi - lo) == 0):
-            raise ValueError(f"learnable_scales: {self.name!r} saw only zeros in its first batch, so its scale would "
-                             "start at 0 and LSQ cannot learn from there; feed a representative first batch, or use "
-                             "learnable_scales=False")
+            lo, hi = self.observer.calculate_range()
+            if bool((hi - lo) == 0):
+                raise ValueError(f"learnable_scales: {self.name!r} saw only zeros in its first batch, so its scale "
+                                 "would start at 0 and LSQ cannot learn from there; feed a representative first "
+                                 "batch, or use learnable_scales=False")
         scale, zero_point = self.observer.calculate_qparams()
         with torch.no_grad():
             self.scale.copy_(scale)

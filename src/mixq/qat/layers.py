@@ -101,6 +101,11 @@ class QATLayer(ObservedLayer):
 
     # --- forward -------------------------------------------------------------------------------------------------
     @property
+    def has_data(self) -> bool:
+        """Whether training has set both activation ranges (a layer never reached stays float at conversion)."""
+        return self.input_observer.has_data and self.output_observer.has_data
+
+    @property
     def bn_training(self) -> bool:
         return self.bn is not None and self.training and not bool(self.bn_frozen)
 

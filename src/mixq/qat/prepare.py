@@ -192,8 +192,7 @@ def prepare_qat(
     for attr in ("mixq_summary", "mixq_config"):
         if hasattr(qat, attr):
             delattr(qat, attr)
-    order = {name: i for i, (name, _) in enumerate(qat.named_modules())}
-    summary.layers.sort(key=lambda r: order.get(r.name, len(order)))
+    summary.sort_by(qat)
     qat.mixq_qat = cfg
     qat.mixq_qat_plan = summary
     return qat.train()

@@ -180,8 +180,7 @@ def convert(prepared: Prepared, config: QuantConfig | None = None) -> nn.Module:
         summary.notes.append("dynamic convolutions run as ConvInteger, which ONNX Runtime executes several times "
                              "slower than float Conv on x86 CPUs (6x on ResNet-18 in benchmarks/bench_ptq.py); "
                              "use mode='static' for CNNs, or exclude the convolutions")
-    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    summary.layers.sort(key=lambda r: order.get(r.name, len(order)))
+    summary.sort_by(model)
     model.mixq_summary = summary
     model.mixq_config = config
     return model

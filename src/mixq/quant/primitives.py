@@ -43,6 +43,12 @@ def _along(t: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
     return t.reshape(shape)
 
 
+def _bounds(zero_point: torch.Tensor, qmin: int | None, qmax: int | None) -> tuple[int, int]:
+    """``(qmin, qmax)``, defaulting to the full range of the zero point's integer dtype."""
+    lo, hi = _INTEGER_DTYPES[zero_point.dtype]
+    return lo if qmin is None else qmin, hi if qmax is None else qmax
+
+
 def quantize(
     x: torch.Tensor,
     scale: torch.Tensor,
@@ -57,9 +63,7 @@ def quantize(
     the zero point's dtype. Example: with ``zp = torch.tensor(0, dtype=torch.int8)``,
     ``quantize(torch.tensor([0.25]), torch.tensor(0.5), zp)`` gives ``tensor([0])`` (0.5 rounds half to even).
     """
-    lo, hi = _INTEGER_DTYPES[zero_point.dtype]
-    lo = lo if qmin is None else qmin
-    hi = hi if qmax is None else qmax
+    lo, hi = _bounds(zero_point, qmin, qmax)
     s = _along(scale, x, axis)
     z = _along(zero_point, x, axis).to(torch.float32)
     q = torch.round(x.to(torch.float32) / s) + z
@@ -116,11 +120,13 @@ def dynamic_qparams(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _fake_quantize_forward(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qmin: int,
-                           qmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dequantize(quantize(x)), x / s, round(x / s) + z)``: the one definition every fake quantizer uses."""
+                           qmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dequantize(quantize(x)), x / s, round(x / s) + z, that saturated)``: the one definition every fake
+    quantizer uses; where the last two differ, ``x`` fell outside the representable range."""
     v = x.to(torch.float32) / s
     q = torch.round(v) + z
-    return (q.clamp(qmin, qmax) - z) * s, v, q
+    clamped = q.clamp(qmin, qmax)
+    return (clamped - z) * s, v, q, clamped
 
 
 class _FakeQuantizeSTE(torch.autograd.Function):
@@ -131,10 +137,9 @@ class _FakeQuantizeSTE(torch.autograd.Function):
         ctx.input_dtype = x.dtype
         s = _along(scale, x, axis)
         z = _along(zero_point, x, axis).to(torch.float32)
-        q = torch.round(x.to(torch.float32) / s) + z
-        clamped = q.clamp(qmin, qmax)
-        ctx.save_for_backward(clamped == q)  # the same values as _fake_quantize_forward, in fewer operations
-        return (clamped - z) * s
+        out, _, q, clamped = _fake_quantize_forward(x, s, z, qmin, qmax)
+        ctx.save_for_backward(clamped == q)
+        return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -149,9 +154,7 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
     Bit-identical to ``dequantize(quantize(x, ...), ...)`` (float32 output for any input dtype); gradients pass
     through rounding and are zero where ``x`` fell outside the representable range.
     """
-    lo, hi = _INTEGER_DTYPES[zero_point.dtype]
-    return _FakeQuantizeSTE.apply(x, scale, zero_point, axis, lo if qmin is None else qmin,
-                                  hi if qmax is None else qmax)
+    return _FakeQuantizeSTE.apply(x, scale, zero_point, axis, *_bounds(zero_point, qmin, qmax))
 
 
 MIN_SCALE = 1e-8  # learned scales are clamped here in the forward pass, so they stay positive
@@ -165,10 +168,10 @@ class _FakeQuantizeLSQ(torch.autograd.Function):
         ctx.input_dtype, ctx.axis = x.dtype, axis
         s = _along(scale.detach().to(torch.float32).clamp(min=MIN_SCALE), x, axis)
         z = _along(zero_point, x, axis).to(torch.float32)
-        out, v, q = _fake_quantize_forward(x, s, z, qmin, qmax)
-        inside = (q >= qmin) & (q <= qmax)
+        out, v, q, clamped = _fake_quantize_forward(x, s, z, qmin, qmax)
+        inside = clamped == q
         # d out / d s: round(v) - v inside the range (rounding passes straight through), the clamped level outside
-        ds = torch.where(inside, q - z - v, q.clamp(qmin, qmax) - z)
+        ds = torch.where(inside, q - z - v, clamped - z)
         ctx.save_for_backward(inside, ds)
         ctx.grad_factor, ctx.scale_shape, ctx.scale_dtype = grad_factor, scale.shape, scale.dtype
         return out
@@ -195,8 +198,7 @@ def fake_quantize_lsq(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
     number of positive levels) so scale updates stay commensurate with weight updates. The zero point is fixed.
     The scale is clamped to ``MIN_SCALE`` in the forward pass, so it is always positive.
     """
-    lo, hi = _INTEGER_DTYPES[zero_point.dtype]
-    lo, hi = lo if qmin is None else qmin, hi if qmax is None else qmax
+    lo, hi = _bounds(zero_point, qmin, qmax)
     per_scale = max(x.numel() // max(scale.numel(), 1), 1)
     positive_levels = max(hi - int(zero_point.reshape(-1)[0]) if zero_point.numel() else hi, 1)
     grad_factor = 1.0 / (per_scale * positive_levels) ** 0.5

@@ -45,6 +45,11 @@ class QuantizationSummary:
     def skipped(self) -> list[LayerReport]:
         return [r for r in self.layers if r.status != "quantized"]
 
+    def sort_by(self, model: nn.Module) -> None:
+        """Order the layer rows as the modules appear in ``model`` (rows it does not hold, e.g. adds, go last)."""
+        order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+        self.layers.sort(key=lambda r: order.get(r.name, len(order)))
+
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "layers": [asdict(r) for r in self.layers], "notes": list(self.notes)}
 
