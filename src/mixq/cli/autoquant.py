@@ -52,12 +52,9 @@ def run(args: argparse.Namespace) -> int:
     import mixq
     output = output_file(args.output, "--output", ".onnx", input_files(args))
     sidecar = output_file(output.with_suffix(".mixq.json"), "sidecar", ".json", input_files(args))
-    module_name, _, attr = args.eval.rpartition(":")
-    if not module_name or not attr:
-        raise CliError(f"--eval {args.eval!r} is not MODULE:FUNCTION", "write it like nets.py:val_accuracy")
     if not args.calib:
         raise CliError("autoquant needs calibration data", "pass --calib DATA (a few hundred representative inputs)")
-    eval_fn = load_callable(module_name, attr, args.eval)
+    eval_fn = load_callable(args.eval, "--eval")
     model, batches, example = load_inputs(args)
     try:
         with warnings.catch_warnings(record=True) as caught:

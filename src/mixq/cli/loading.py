@@ -152,8 +152,7 @@ def load_batches(spec: str, batch_size: int, max_batches: int | None = None) -> 
                    for i in range(0, len(tensors[0]), batch_size)]
         return batches[:max_batches]
     if ":" in spec:
-        module_name, _, attr = spec.rpartition(":")
-        source = load_callable(module_name, attr, spec)
+        source = load_callable(spec, "--calib")
         try:
             return list(itertools.islice(iter(source()), max_batches or 1000))
         except Exception as err:
@@ -163,8 +162,12 @@ def load_batches(spec: str, batch_size: int, max_batches: int | None = None) -> 
                    "pass inputs saved with numpy.save / numpy.savez, or a function returning batches")
 
 
-def load_callable(module_name: str, attr: str, spec: str) -> Any:
-    """``module_name.attr`` from an importable module or a ``.py`` file, with CLI errors."""
+def load_callable(spec: str, option: str) -> Any:
+    """The function ``MODULE:FUNCTION`` names (an importable module or a ``.py`` file), with CLI errors naming
+    ``option``."""
+    module_name, _, attr = spec.rpartition(":")
+    if not module_name or not attr:
+        raise CliError(f"{option} {spec!r} is not MODULE:FUNCTION", "write it like nets.py:val_accuracy")
     try:
         func = getattr(_import(module_name), attr)
     except (ImportError, AttributeError) as err:
