@@ -85,8 +85,11 @@ def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs:
                 if why is not None:
                     entry["latency"][setting.key] = {"error": why}
                 else:
-                    entry["latency"][setting.key] = measure_latency(session, cast_feeds(feeds, own), runs,
-                                                                    warmup).to_dict()
+                    try:
+                        entry["latency"][setting.key] = measure_latency(session, cast_feeds(feeds, own), runs,
+                                                                        warmup).to_dict()
+                    except Exception as err:  # e.g. a shape the graph's ops cannot take
+                        entry["latency"][setting.key] = {"error": f"ONNX Runtime failed: {first_line(err)}"}
                 steps.update()
     return results
 

@@ -4,12 +4,15 @@ the model cannot be traced at) reported as one line."""
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from mixq.cli.errors import CliError, first_line
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def export_model(model: nn.Module, example: Any, output: Path, args: argparse.Namespace) -> None:
@@ -26,8 +29,12 @@ def export_model(model: nn.Module, example: Any, output: Path, args: argparse.Na
     try:
         mixq.export_onnx(model, example, output, output_names=names)
     except mixq.ExportError as err:
-        cause = err.__cause__ or err
+        cause = err
+        while cause.__cause__ is not None:  # the innermost error names the problem (the exporter's wrap it)
+            cause = cause.__cause__
+        reason = _ANSI.sub("", first_line(cause))
         raise CliError(f"the model could not be exported to ONNX with inputs shaped {describe(example)} "
-                       f"({type(cause).__name__}: {first_line(cause)})",
-                       "try another --example-shape (or --calib sample); --debug shows the exporter's traceback") \
+                       f"({type(cause).__name__}: {reason})",
+                       "torch.export must trace the model at these shapes: try another --example-shape (or --calib "
+                       "sample), or see the exporter's traceback with --debug") \
             from err

@@ -24,6 +24,8 @@ TASKS = {  # --hf-task -> the transformers Auto class that loads it
     "token-classification": "AutoModelForTokenClassification",
     "question-answering": "AutoModelForQuestionAnswering",
 }
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer_config.json")
 DEFAULT_MAX_LENGTH = 128
 # Tokenised when neither calibration data nor --example-shape is given: two rows of different length, so the example
 # carries padding and a real attention mask.
@@ -106,13 +108,19 @@ def load_model(directory: Path, task: str) -> nn.Module:
 def load_tokenizer(directory: Path, why: str) -> Any:
     """The tokenizer saved in ``directory``, with a padding token (the end-of-text one when it has none)."""
     transformers = _transformers()
+    fix = ("save it next to the model with tokenizer.save_pretrained(DIR), or pass --calib DATA and --example-shape "
+           "BATCH,SEQUENCE instead")
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise CliError(f"{why} needs the tokenizer, but {str(directory)!r} holds none (no tokenizer.json, "
+                       "vocab.txt, tokenizer.model...)", fix)
     try:
         with _quiet_transformers():
             tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
     except Exception as err:
         raise CliError(f"{why} needs the tokenizer, but none loads from {str(directory)!r} ({first_line(err)})",
-                       "save it next to the model with tokenizer.save_pretrained(DIR), or pass --calib DATA and "
-                       "--example-shape BATCH,SEQUENCE instead") from err
+                       fix) from err
+    if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):  # transformers builds an empty one from config
+        raise CliError(f"the tokenizer in {str(directory)!r} has no vocabulary besides its special tokens", fix)
     if getattr(tokenizer, "pad_token", None) is None:
         fallback = getattr(tokenizer, "eos_token", None) or getattr(tokenizer, "unk_token", None)
         if fallback is None:

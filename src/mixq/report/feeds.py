@@ -62,9 +62,10 @@ def plan_shapes(files: Mapping[str, Sequence[GraphInput]], given: Mapping[str, S
                 batch: int | None = None) -> dict[str, tuple[int, ...]]:
     """One shape per input name, fed to every file in ``files`` (file name -> its inputs).
 
-    ``given`` shapes are used as they are; then axis 0 is ``batch``; other axes take a file's fixed size, or the
-    size bound to the same symbolic name on another axis (e.g. ``sequence``). Raises ``ValueError`` when the files
-    take different input names or ranks, a given shape does not fit, or a symbolic axis is left unknown.
+    ``given`` shapes are used as they are; then axis 0 is ``batch``; an axis sharing a symbolic name (e.g.
+    ``sequence``) with a sized one in the same file takes its size; the rest take a file's fixed size. Raises
+    ``ValueError`` when the files take different input names or ranks, a given shape does not fit, or a symbolic
+    axis is left unknown.
     """
     _check_same_inputs(files)
     reference = {i.name: i for i in next(iter(files.values()))}
@@ -80,6 +81,7 @@ def plan_shapes(files: Mapping[str, Sequence[GraphInput]], given: Mapping[str, S
         for name, dims in shapes.items():
             if dims and name not in (given or {}):
                 dims[0] = batch
+    _bind_symbolic(files, shapes)  # what the caller set first, then the sizes the files fix
     for inputs in files.values():
         for i in inputs:
             for axis, dim in enumerate(i.dims):
