@@ -64,7 +64,7 @@ def _transformers() -> Any:
         import transformers
     except ImportError as err:
         raise CliError("--hf needs the transformers package, which is not installed",
-                       "pip install transformers") from err
+                       "pip install transformers (or mixq[hf])") from err
     return transformers
 
 

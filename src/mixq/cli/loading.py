@@ -206,7 +206,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                       help="inputs: .npy/.npz file (first axis = samples) or MODULE:CALLABLE returning batches")
     data.add_argument("--calib-text", metavar="FILE",
                       help="with --hf: calibration texts, one per line, tokenised with the model's tokenizer")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size for .npy/.npz data (default 32)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="batch size for .npy/.npz data and --calib-text (default 32)")
     p.add_argument("--max-calib-batches", type=int, default=None, metavar="N", help="use at most N batches")
     p.add_argument("--example-shape", metavar="1,3,224,224",
                    help="input shape for export (default: one sample of --calib); with --hf BATCH,SEQUENCE of "
