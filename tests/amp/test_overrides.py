@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import copy
+import dataclasses
+from typing import Any
 
 import pytest
 import torch
@@ -80,3 +83,33 @@ def test_bad_keep_fp32_entries():
         amp.MixedPrecision(model, opt, "fp16", keep_fp32=["haed"])
     with pytest.raises(TypeError, match="name patterns"):
         amp.MixedPrecision(model, opt, "fp16", keep_fp32=[3])
+
+
+@dataclasses.dataclass
+class _Extra:
+    hidden: torch.Tensor
+    note: str
+
+
+_Out = collections.namedtuple("_Out", "logits extra")
+
+
+class _Both(nn.Module):
+    """Returns a namedtuple holding a dataclass, as structured model outputs do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        y = self.fc(x)
+        return _Out(logits=y, extra=_Extra(hidden=y * 2, note="n"))
+
+
+def test_output_cast_keeps_namedtuples_and_dataclasses():
+    model = _Both()
+    mp = amp.MixedPrecision(model, torch.optim.SGD(model.parameters(), lr=0.1), "bf16")
+    with mp.autocast():
+        out = model(torch.randn(2, 4))
+    assert type(out) is _Out and type(out.extra) is _Extra and out.extra.note == "n"
+    assert out.logits.dtype == out.extra.hidden.dtype == torch.float32

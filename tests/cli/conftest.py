@@ -55,6 +55,33 @@ NETS = textwrap.dedent('''
 
     def broken_score(model):
         raise KeyError("labels")
+
+
+    def embedder():
+        return nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 2))
+
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            y = self.fc(x)
+            return y * 2 if y.sum() > 0 else y - 1  # data-dependent control flow: runs, but cannot be exported
+
+
+    def branchy():
+        return Branchy()
+
+
+    def bert_score(model):
+        """Cosine similarity of the sentence embedding with the float model's (higher is better)."""
+        import transformers
+        ids = torch.randint(0, 100, (4, 12), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            ref = transformers.AutoModel.from_pretrained("bert", local_files_only=True).eval()(ids).pooler_output
+            return torch.nn.functional.cosine_similarity(model(ids).pooler_output, ref).mean().item()
 ''')
 
 
@@ -77,6 +104,26 @@ def user_dir(tmp_path_factory) -> Path:
             "np.save('bad.npy', rng.random((16, 1, 6, 6), dtype=np.float32))")
     subprocess.run([sys.executable, "-c", make], cwd=root, check=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def hf_dirs(user_dir) -> Path:
+    """In ``user_dir``: bert/ and llama/ (see hf_dirs.py), texts.txt (calibration lines), empty.txt (none),
+    notok/ (config.json and weights, no tokenizer) and noconfig/ (empty)."""
+    import shutil
+
+    pytest.importorskip("transformers")
+    from tests.cli.hf_dirs import TEXTS, save_bert, save_llama
+
+    save_bert(user_dir / "bert")
+    save_llama(user_dir / "llama")
+    (user_dir / "texts.txt").write_text("\n".join(TEXTS) + "\n")
+    (user_dir / "empty.txt").write_text("\n  \n")
+    (user_dir / "notok").mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(user_dir / "bert" / name, user_dir / "notok" / name)
+    (user_dir / "noconfig").mkdir()
+    return user_dir
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixq.amp.tree import cast_floating
+
 __all__ = ["DEFAULT_KEEP_FP32", "Fp32Overrides", "OutputCast", "match_keep_fp32"]
 
 DEFAULT_KEEP_FP32: tuple[type[nn.Module], ...] = (
@@ -26,19 +28,6 @@ DEFAULT_KEEP_FP32: tuple[type[nn.Module], ...] = (
     nn.RMSNorm,
     nn.modules.loss._Loss,
 )
-_LOW = (torch.float16, torch.bfloat16)
-
-
-def _cast_tree(value: Any, dtype: torch.dtype) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(dtype) if value.dtype in _LOW and value.dtype != dtype else value
-    if isinstance(value, tuple) and not hasattr(value, "_fields"):
-        return tuple(_cast_tree(v, dtype) for v in value)
-    if isinstance(value, list):
-        return [_cast_tree(v, dtype) for v in value]
-    if isinstance(value, dict):
-        return {k: _cast_tree(v, dtype) for k, v in value.items()}
-    return value
 
 
 def match_keep_fp32(
@@ -93,7 +82,7 @@ class _Fp32Forward:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not torch.is_autocast_enabled(self.device_type):
             return self.original(*args, **kwargs)
-        args, kwargs = _cast_tree((args, kwargs), torch.float32)
+        args, kwargs = cast_floating((args, kwargs), torch.float32)
         with torch.autocast(self.device_type, enabled=False):
             return self.original(*args, **kwargs)
 
@@ -132,7 +121,11 @@ class Fp32Overrides:
 
 
 class OutputCast:
-    """Forward hook casting a model's 16-bit floating outputs to ``dtype`` while autocast is on."""
+    """Forward hook casting a model's 16-bit floating outputs to ``dtype`` while autocast is on.
+
+    Containers keep their types (a Hugging Face ``ModelOutput`` stays one, ``.loss`` and all): see
+    :func:`mixq.amp.tree.cast_floating`.
+    """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype, device_type: str) -> None:
         self.dtype, self.device_type = dtype, device_type
@@ -140,7 +133,7 @@ class OutputCast:
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
         if torch.is_autocast_enabled(self.device_type):
-            return _cast_tree(output, self.dtype)
+            return cast_floating(output, self.dtype)
         return output
 
     def remove(self) -> None:

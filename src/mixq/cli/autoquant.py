@@ -8,6 +8,7 @@ import warnings
 from typing import Any
 
 from mixq.cli.errors import CliError, first_line, output_file
+from mixq.cli.exporting import export_model
 from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import add_model_options, input_files, load_callable, load_inputs
 from mixq.cli.sidecar import write_sidecar
@@ -52,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     import mixq
     output = output_file(args.output, "--output", ".onnx", input_files(args))
     sidecar = output_file(output.with_suffix(".mixq.json"), "sidecar", ".json", input_files(args))
-    if not args.calib:
-        raise CliError("autoquant needs calibration data", "pass --calib DATA (a few hundred representative inputs)")
+    if not (args.calib or args.calib_text):
+        raise CliError("autoquant needs calibration data", "pass --calib DATA (or with --hf, --calib-text FILE: a "
+                       "few hundred representative inputs)")
     eval_fn = load_callable(args.eval, "--eval")
     model, batches, example = load_inputs(args)
     try:
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     for w in caught:
         print(f"mixq autoquant: warning: {w.message}", file=sys.stderr)
     print(result.report)
-    mixq.export_onnx(result.model, example, output)
+    export_model(result.model, example, output, args)
     paths = result.report.write(output.parent, stem=f"{output.stem}.autoquant")
     config = None if result.config is None else result.config.to_dict()  # replay: QuantConfig.from_dict
     write_sidecar(sidecar, args, output, eval=args.eval, met=result.report.met,

@@ -123,7 +123,8 @@ def _tensor(array: np.ndarray, path: Path) -> torch.Tensor:
     raise CliError(f"{path} holds an array of dtype {array.dtype}", "store inputs as float or integer arrays")
 
 
-def _load_arrays(path: Path) -> list[np.ndarray]:
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays in a ``.npz`` file by name (a ``.npy`` file's one array is named ``''``)."""
     try:
         loaded = np.load(path, allow_pickle=False)
     except Exception as err:
@@ -131,9 +132,9 @@ def _load_arrays(path: Path) -> list[np.ndarray]:
                        "save inputs with numpy.save (.npy, one input) or numpy.savez (.npz, one array per input)") \
             from err
     if isinstance(loaded, np.ndarray):
-        return [loaded]
+        return {"": loaded}
     with loaded:
-        return [loaded[k] for k in loaded.files]
+        return {k: loaded[k] for k in loaded.files}
 
 
 def load_batches(spec: str, batch_size: int, max_batches: int | None = None) -> list[Any]:
@@ -141,7 +142,7 @@ def load_batches(spec: str, batch_size: int, max_batches: int | None = None) -> 
     positional inputs) or from ``MODULE:CALLABLE`` returning an iterable of batches."""
     if spec.endswith((".npy", ".npz")):
         path = existing_file(spec, "--calib")
-        arrays = _load_arrays(path)
+        arrays = list(load_arrays(path).values())
         if not arrays or any(a.ndim == 0 for a in arrays):
             raise CliError(f"{path} holds no input arrays with a batch axis", "save arrays shaped (N, ...)")
         if len({len(a) for a in arrays}) > 1:
@@ -190,22 +191,33 @@ def parse_ints(text: str, what: str, example: str) -> list[int]:
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """The options that name a user's model and its data (shared by the commands that load one)."""
-    p.add_argument("--model", required=True, metavar="MODULE:FACTORY",
-                   help="importable function returning the nn.Module (package.module:fn or path/to/file.py:fn)")
+    from mixq.cli.hf import add_hf_options
+
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="MODULE:FACTORY",
+                        help="importable function returning the nn.Module (package.module:fn or path/to/file.py:fn)")
+    source.add_argument("--hf", metavar="DIR",
+                        help="a local Hugging Face model directory (save_pretrained output; never downloaded)")
     p.add_argument("--weights", metavar="W.pt", help="state_dict saved with torch.save (loaded with weights_only)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow --weights to hold arbitrary pickled objects (only for files you trust)")
-    p.add_argument("--calib", metavar="DATA",
-                   help="inputs: .npy/.npz file (first axis = samples) or MODULE:CALLABLE returning batches")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size for .npy/.npz data (default 32)")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--calib", metavar="DATA",
+                      help="inputs: .npy/.npz file (first axis = samples) or MODULE:CALLABLE returning batches")
+    data.add_argument("--calib-text", metavar="FILE",
+                      help="with --hf: calibration texts, one per line, tokenised with the model's tokenizer")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="batch size for .npy/.npz data and --calib-text (default 32)")
     p.add_argument("--max-calib-batches", type=int, default=None, metavar="N", help="use at most N batches")
     p.add_argument("--example-shape", metavar="1,3,224,224",
-                   help="input shape for export (default: one sample of --calib)")
+                   help="input shape for export (default: one sample of --calib); with --hf BATCH,SEQUENCE of "
+                        "token ids (default: made by the tokenizer)")
+    add_hf_options(p)
 
 
 def input_files(args: argparse.Namespace) -> list[Path]:
     """The files :func:`add_model_options` names, which outputs must never overwrite."""
-    files = [args.model.partition(":")[0], args.weights, args.calib]
+    files = [(args.model or "").partition(":")[0], args.weights, args.calib]
     return [Path(f) for f in files if f and f.endswith((".py", ".pt", ".pth", ".bin", ".npy", ".npz"))]
 
 
@@ -214,6 +226,11 @@ def load_inputs(args: argparse.Namespace) -> tuple[nn.Module, list[Any] | None, 
     checked against each other: the model must accept both the example and the data."""
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be >= 1, got {args.batch_size}", "pass e.g. --batch-size 32")
+    from mixq.cli.hf import check_hf_options, load_hf_inputs
+
+    check_hf_options(args)
+    if args.hf:
+        return load_hf_inputs(args)
     model = load_factory(args.model)
     if args.weights:
         load_weights(model, args.weights, args.model, trust_pickle=args.trust_pickle)
@@ -255,6 +272,18 @@ def check_model_accepts(model: nn.Module, example: Any, source: str) -> None:
         with torch.no_grad():
             call_model(model, example)
     except Exception as err:
+        fix = "pass data shaped like the model's input, batch first (e.g. N,3,224,224 for images)"
+        if _float_into_embedding(model, example):
+            fix = ("the model has an nn.Embedding, which takes integer token ids, and these inputs are float: pass "
+                   "integer ids with --calib (an .npz of int64 arrays), or --hf DIR for a Hugging Face model")
+        elif hasattr(model, "config") and isinstance(example, dict):
+            fix = ("pass --example-shape BATCH,SEQUENCE (or --calib-text, --max-length) within what the model "
+                   "accepts")
         raise CliError(f"the model rejects inputs shaped {describe(example)} from {source} ({type(err).__name__}: "
-                       f"{first_line(err)})",
-                       "pass data shaped like the model's input, batch first (e.g. N,3,224,224 for images)") from err
+                       f"{first_line(err)})", fix) from err
+
+
+def _float_into_embedding(model: nn.Module, example: Any) -> bool:
+    tensors = example if isinstance(example, (tuple, list)) else [example]
+    floats = any(isinstance(t, torch.Tensor) and t.is_floating_point() for t in tensors)
+    return floats and any(isinstance(m, nn.Embedding) for m in model.modules())

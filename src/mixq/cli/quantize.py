@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from mixq.cli.errors import CliError, first_line, output_file
+from mixq.cli.exporting import export_model
 from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import add_model_options, input_files, load_inputs
 from mixq.cli.sidecar import write_sidecar
@@ -13,7 +14,10 @@ from mixq.quant.observers import observer_names
 
 EPILOG = """examples:
   mixq quantize --model torchvision.models:resnet18 --mode dynamic --example-shape 1,3,224,224 --output r18.onnx
-  mixq quantize --model mynets.py:build --weights net.pt --mode static --calib calib.npz --output net_int8.onnx"""
+  mixq quantize --model mynets.py:build --weights net.pt --mode static --calib calib.npz --output net_int8.onnx
+  mixq quantize --hf ./my-bert --mode dynamic --output bert_int8.onnx
+  mixq quantize --hf ./my-bert --hf-task sequence-classification --mode static --calib-text texts.txt \\
+      --max-length 128 --output bert_static.onnx"""
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -39,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
     # Cheap checks first, so a typo fails in a second rather than after loading the model.
     output = output_file(args.output, "--output", ".onnx", input_files(args))
     sidecar = output_file(output.with_suffix(".mixq.json"), "sidecar", ".json", input_files(args))
-    if args.mode == "static" and not args.calib:
-        raise CliError("--mode static needs calibration data", "pass --calib DATA (a few hundred representative "
-                       "inputs), or use --mode dynamic, which needs none")
+    if args.mode == "static" and not (args.calib or args.calib_text):
+        raise CliError("--mode static needs calibration data", "pass --calib DATA (or with --hf, --calib-text FILE: "
+                       "a few hundred representative inputs), or use --mode dynamic, which needs none")
     model, batches, example = load_inputs(args)
     exclude = [e.strip() for e in args.exclude.split(",") if e.strip()]
     try:
@@ -52,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"mixq.quantize rejected the request: {first_line(err)}",
                        "adjust the options named above") from err
     print(qmodel.mixq_summary)
-    mixq.export_onnx(qmodel, example, output)
+    export_model(qmodel, example, output, args)
     write_sidecar(sidecar, args, output, example_shape=args.example_shape, config=qmodel.mixq_config.to_dict(),
                   summary=qmodel.mixq_summary.to_dict())
     print(f"wrote {output} ({output.stat().st_size / 1024:.1f} KB) and {sidecar}")

@@ -22,6 +22,8 @@ def write_sidecar(path: Path, args: argparse.Namespace, output: Path, **fields: 
         "model": args.model,
         "weights": args.weights,
         "calib": args.calib,
+        **({"hf": args.hf, "hf_task": args.hf_task or "base", "calib_text": args.calib_text}
+           if getattr(args, "hf", None) else {}),
         **fields,
     }
     atomic_write_text(path, json.dumps(data, indent=2, default=list) + "\n")
