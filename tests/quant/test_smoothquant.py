@@ -118,3 +118,22 @@ def test_smoothquant_needs_int8_activations_and_data(planted):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mixq.quantize(planted, "dynamic", calib_data=CALIB, smoothquant=0.5, progress=False)
+
+
+def test_post_ln_bert_smooths_only_value_to_output(tmp_path):
+    """BERT's LayerNorm outputs also feed the residual adds and its FFN has a GELU: only V -> output folds."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=32)
+    bert = transformers.BertModel(config).eval()
+    calib = [{"input_ids": torch.randint(0, 200, (4, 16)), "attention_mask": torch.ones(4, 16, dtype=torch.long)}
+             for _ in range(2)]
+    qmodel = mixq.quantize(bert, "dynamic", calib_data=calib, smoothquant=0.5, progress=False)
+    note = qmodel.mixq_summary.notes[0]
+    assert note.startswith("smoothquant: 2 of ") and "could not be folded exactly" in note, note
+    assert "layer.0.attention.self.value -> dense" in note and "layer.1.attention.self.value -> dense" in note
+    with torch.no_grad():
+        ref = bert(**calib[0]).last_hidden_state
+        out = qmodel(**calib[0]).last_hidden_state
+    assert torch.nn.functional.cosine_similarity(ref.flatten(), out.flatten(), dim=0) > 0.99
