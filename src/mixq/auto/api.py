@@ -32,7 +32,7 @@ from mixq.auto.search import GreedySearch, Outcome
 from mixq.auto.sensitivity import analyse, quantized_layer
 from mixq.quant.api import make_config
 from mixq.quant.calibration import Batch
-from mixq.quant.conversion import convert
+from mixq.quant.conversion import convert_prepared
 from mixq.quant.planning import split_first
 from mixq.quant.spec import ObserverSpec, QuantConfig
 from mixq.quant.stages import calibrate, prepare
@@ -150,7 +150,7 @@ def autoquantize(
         if assignment == fp32_assignment:  # float everywhere: that is the baseline, no need to evaluate it again
             metric = baseline
         else:
-            metric = evaluate(convert(prepared, build_config(base, ladders, assignment)), action)
+            metric = evaluate(convert_prepared(prepared, build_config(base, ladders, assignment)), action)
         steps.append(Step(len(steps), action, metric, meets(metric), evaluate.calls))
         return metric
 
@@ -186,7 +186,7 @@ def autoquantize(
     chosen: nn.Module = copy.deepcopy(model).eval()
     chosen_config: QuantConfig | None = None
     if outcome.assignment != fp32_assignment:
-        chosen = convert(prepared, build_config(base, ladders, outcome.assignment))
+        chosen = convert_prepared(prepared, build_config(base, ladders, outcome.assignment))
         chosen_config = chosen.mixq_config
     report.precisions = {n: ladders[n][i].label for n, i in outcome.assignment.items()}
     metric = outcome.metric
@@ -227,7 +227,7 @@ def _eval_sensitivity(prepared: Any, base: QuantConfig, ladders: dict[str, list[
     """``eval_fn`` drop with each of the worst layers alone in int8; re-ranks those layers by it."""
     count = min(budget, evaluate.left - 1, len(report.sensitivity))
     for row in report.sensitivity[:count]:
-        model = convert(prepared, only(base, row.name, ladders[row.name][0]))
+        model = convert_prepared(prepared, only(base, row.name, ladders[row.name][0]))
         row.eval_drop = baseline - evaluate(model, f"{row.name} alone int8")
     head = sorted(report.sensitivity[:count], key=lambda r: -(r.eval_drop or 0.0))
     report.sensitivity = head + report.sensitivity[count:]
@@ -238,7 +238,7 @@ def _latency_start(meter: OrtMeter, prepared: Any, base: QuantConfig, ladders: d
     """Layers whose int8 kernel is significantly slower than float, timed alone at the shapes ``example`` gives
     them (one paired comparison per distinct shape, see ``mixq.auto.latency``), start fp32; ties stay int8.
     Whether the whole model stays float is decided on the chosen model (``_measure_variants``)."""
-    fp32_ref = convert(prepared, everything_float(base))
+    fp32_ref = convert_prepared(prepared, everything_float(base))
     layers = [n for n in ladders if n in prepared.observed or n in prepared.plain]
     inputs = layer_inputs(fp32_ref, layers, example)
     verdicts: dict[tuple, Comparison] = {}
@@ -278,7 +278,7 @@ def _final_check(meter: OrtMeter, prepared: Any, base: QuantConfig, ladders: dic
     if not verdict.a_faster or not latency_fp32 or evaluate.left < 1:
         return None
     trial = {**assignment, **{n: 0 for n in latency_fp32}}
-    candidate = convert(prepared, build_config(base, ladders, trial))
+    candidate = convert_prepared(prepared, build_config(base, ladders, trial))
     metric = evaluate(candidate, "layers kept fp32 for latency back to int8")
     report.steps.append(Step(len(report.steps), "layers kept fp32 for latency back to int8", metric, meets(metric),
                              evaluate.calls))
@@ -300,7 +300,7 @@ def _measure_variants(meter: OrtMeter, model: nn.Module, prepared: Any, base: Qu
     """fp32 vs all-int8 vs chosen on ONNX Runtime (fills ``report.variants``); with the latency objective, a
     chosen model that is not faster than fp32 gives way to the fp32 model. Returns the final model, config and
     metric."""
-    all_int8 = convert(prepared, build_config(base, ladders, {n: 0 for n in ladders}))
+    all_int8 = convert_prepared(prepared, build_config(base, ladders, {n: 0 for n in ladders}))
     times = meter.measure({"fp32": model, "all-int8": all_int8, "chosen": chosen})
     metrics = {v.name: v.metric for v in report.variants}
     if (report.objective == "latency" and chosen_config is not None

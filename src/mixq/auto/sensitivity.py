@@ -20,7 +20,7 @@ from torch import nn
 
 from mixq.auto.ladder import Rung, everything_float, only
 from mixq.quant.calibration import Batch, call_model
-from mixq.quant.conversion import _convert_layer, _Ranges, convert  # one layer alone, as convert does it
+from mixq.quant.conversion import _convert_layer, _Ranges, convert_prepared  # one layer, as convert_prepared
 from mixq.quant.fusion import set_submodule
 from mixq.quant.modules import ObservedAdd, ObservedLayer
 from mixq.quant.observers import Observer
@@ -210,7 +210,7 @@ def analyse(prepared: Prepared, config: QuantConfig, ladders: dict[str, list[Run
     model-output SQNR. Other rungs' model-output SQNR is that value moved by their layer-SQNR difference (noise
     this small propagates linearly). Graph-mode adds (two inputs) are converted and run whole, per rung.
     """
-    fp32_ref = convert(prepared, everything_float(config))
+    fp32_ref = convert_prepared(prepared, everything_float(config))
     kinds = {r.name: r.kind for r in fp32_ref.mixq_summary.layers}
     layers = [n for n in ladders if n in prepared.observed or n in prepared.plain]
     cache = _Cache(fp32_ref, layers, batches)
@@ -260,7 +260,7 @@ def _whole_model_rows(prepared: Prepared, config: QuantConfig, fp32_ref: nn.Modu
             continue
         model_noise, layer_noise = _Noise(), _Noise()
         for (ref_out, ref_layer), (out, layer_out) in zip(
-                reference, _run(convert(prepared, only(config, name, rung)), batches, name), strict=True):
+                reference, _run(convert_prepared(prepared, only(config, name, rung)), batches, name), strict=True):
             model_noise.add(ref_out, out)
             layer_noise.add(ref_layer, layer_out)
         row.rung_sqnr_db[rung.label] = model_noise.db
