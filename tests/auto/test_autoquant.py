@@ -209,6 +209,7 @@ class _FakeMeter:
 
     def __init__(self, latencies):
         self.latencies = latencies
+        self.folder, self.threads = None, 1
 
     def __call__(self, example_inputs):
         return self
@@ -224,17 +225,37 @@ class _FakeMeter:
 
         return {label: Measurement(self.latencies.get(label, 0.6), 1000) for label in models}
 
+    def compare(self, a, b):
+        from mixq.auto.latency import Comparison
+
+        a_ms, b_ms = self.latencies.get(a, 0.6), self.latencies.get(b, 0.6)
+        return Comparison(a_ms, b_ms, 15 if b_ms < a_ms else 0, 15)
+
+
+def _fake_layer_timing(slow_layers):
+    """``compare_layer`` stand-in: int8 is slower for layers of ``slow_layers``' shapes, faster for the rest."""
+    from mixq.auto.latency import Comparison
+
+    def compare_layer(float_layer, int8_layer, x, folder, tag, threads=1):
+        layer = float_layer[0] if isinstance(float_layer, nn.Sequential) else float_layer  # ReLU fused: Sequential
+        slow = (layer.in_features, layer.out_features) in slow_layers
+        return Comparison(0.3, 0.4, 0, 15) if slow else Comparison(0.4, 0.3, 15, 15)
+    return compare_layer
+
 
 @pytest.mark.parametrize("chosen_ms, whole_float", [(0.45, False), (2.0, True)], ids=["mixed", "whole-float"])
 def test_latency_keeps_float_what_int8_does_not_speed_up(outlier_case, monkeypatch, chosen_ms, whole_float):
     import mixq.auto.api as api
 
-    meter = _FakeMeter({"fp32": 1.0, "all-int8": 0.5, "fc1": 0.4, "chosen": chosen_ms})
+    model = outlier_case[0]
+    meter = _FakeMeter({"fp32": 1.0, "all-int8": 0.5, "chosen": chosen_ms})
     monkeypatch.setattr(api, "OrtMeter", meter)
+    monkeypatch.setattr(api, "compare_layer", _fake_layer_timing({(model.fc1.in_features, model.fc1.out_features)}))
     result = _auto(outlier_case, objective="latency")
     report = result.report
     assert any(n.startswith("fc1: int8 is not faster here") for n in report.notes)
-    assert report.layer_latency_ms == {"fc1": 0.4, "fc2": 0.6, "fc3": 0.6}
+    assert any(n.startswith("latency probe: 3 distinct layer shapes") for n in report.notes)
+    assert report.layer_latency_ms == {"fc1": 0.4, "fc2": 0.3, "fc3": 0.3}
     assert report.steps[1].action == "int8 where it is faster, fp32 elsewhere"
     if whole_float:
         assert result.config is None and set(report.precisions.values()) == {"fp32"}
@@ -244,3 +265,27 @@ def test_latency_keeps_float_what_int8_does_not_speed_up(outlier_case, monkeypat
         assert report.precisions["fc1"] == "fp32" and report.precisions["fc3"].startswith("int8")
         assert report.precisions["fc2"] != "fp16"  # the latency ladder skips float16 (no faster than fp32 on CPU)
         assert isinstance(result.model.fc3, QuantizedLinear) and report.met
+
+
+def test_final_check_puts_latency_fp32_layers_back_when_all_int8_is_faster(outlier_case, monkeypatch):
+    import mixq.auto.api as api
+
+    model = outlier_case[0]
+    monkeypatch.setattr(api, "OrtMeter", _FakeMeter({"fp32": 1.0, "all-int8": 0.5, "chosen": 0.7}))
+    monkeypatch.setattr(api, "compare_layer", _fake_layer_timing({(model.fc3.in_features, model.fc3.out_features)}))
+    result = _auto(outlier_case, objective="latency")
+    report = result.report
+    assert any(n.startswith("final check: chosen 0.700 ms vs all-int8 0.500 ms") for n in report.notes)
+    assert report.steps[-1].action == "layers kept fp32 for latency back to int8"
+    assert report.precisions["fc3"].startswith("int8") and isinstance(result.model.fc3, QuantizedLinear)
+
+
+def test_paired_timing_calls_ties_on_noise():
+    from mixq.auto.latency import Comparison, paired, sign_test_wins
+
+    assert sign_test_wins(15) == 12
+    assert not Comparison(10.0, 9.9, 15, 15).b_faster  # within the margin
+    assert not Comparison(10.0, 8.0, 9, 15).b_faster  # not consistent enough
+    assert Comparison(10.0, 8.0, 13, 15).b_faster and Comparison(8.0, 10.0, 2, 15).a_faster
+    verdict = paired(lambda: sum(range(2000)), lambda: sum(range(2000)), pairs=7, calls=2)
+    assert not verdict.a_faster or not verdict.b_faster

@@ -31,3 +31,15 @@ def test_calibration_from_a_callable(mixq_main, user_dir):
                                "--output", "cnn_callable.onnx", cwd=user_dir)
     assert code == 0, err
     assert "2 layers quantized" in out
+
+
+def test_smoothquant_flag(mixq_main, user_dir):
+    code, out, err = mixq_main("quantize", "--model", "nets.py:build", "--mode", "static", "--calib", "nets:calib",
+                               "--smoothquant", "1.5", "--output", "cnn_sq.onnx", cwd=user_dir)
+    assert code == 2 and "alpha must be in [0, 1]" in err, err
+    code, out, err = mixq_main("quantize", "--model", "nets.py:build", "--mode", "dynamic", "--example-shape",
+                               "1,1,8,8", "--smoothquant", "auto", "--output", "cnn_sq.onnx", cwd=user_dir)
+    assert code == 2 and "--smoothquant needs calibration data" in err, err
+    code, out, err = mixq_main("quantize", "--model", "nets.py:build", "--mode", "static", "--calib", "nets:calib",
+                               "--smoothquant", "auto", "--output", "cnn_sq.onnx", cwd=user_dir)
+    assert code == 0 and (user_dir / "cnn_sq.onnx").exists(), err  # no foldable pair: warned, quantized as usual

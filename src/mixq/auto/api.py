@@ -24,11 +24,12 @@ from torch import nn
 
 from mixq.auto import qat_fallback
 from mixq.auto.evaluation import BudgetExhausted, Evaluator
-from mixq.auto.ladder import Rung, build_config, ladder, only
+from mixq.auto.ladder import Rung, build_config, everything_float, ladder, only
+from mixq.auto.latency import PAIRS, Comparison, compare_layer, layer_inputs, signature
 from mixq.auto.measure import OrtMeter
 from mixq.auto.report import AutoQuantReport, Step, Variant
 from mixq.auto.search import GreedySearch, Outcome
-from mixq.auto.sensitivity import analyse
+from mixq.auto.sensitivity import analyse, quantized_layer
 from mixq.quant.api import make_config
 from mixq.quant.calibration import Batch
 from mixq.quant.conversion import convert_prepared
@@ -163,7 +164,7 @@ def autoquantize(
     tick = time.perf_counter()
     start = dict(all_int8)
     if meter is not None and objective == "latency" and ladders:
-        start = _latency_start(meter, model, prepared, base, ladders, all_int8, report)
+        start = _latency_start(meter, prepared, base, ladders, all_int8, report, example)
     seconds["latency_probe"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -203,6 +204,12 @@ def autoquantize(
         with meter:
             chosen, chosen_config, metric = _measure_variants(meter, model, prepared, base, ladders, chosen,
                                                               chosen_config, report)
+            if objective == "latency" and chosen_config is not None:
+                latency_fp32 = [n for n, i in outcome.assignment.items() if start[n] != 0 and i == start[n]]
+                better = _final_check(meter, prepared, base, ladders, outcome.assignment, latency_fp32, report,
+                                      evaluate, meets)
+                if better is not None:
+                    chosen, chosen_config, metric = better
     seconds["measure"] = time.perf_counter() - tick
     report.met, report.evaluations = meets(metric), evaluate.calls
     report.miss = 0.0 if report.met else required - metric
@@ -226,26 +233,65 @@ def _eval_sensitivity(prepared: Any, base: QuantConfig, ladders: dict[str, list[
     report.sensitivity = head + report.sensitivity[count:]
 
 
-def _latency_start(meter: OrtMeter, model: nn.Module, prepared: Any, base: QuantConfig,
-                   ladders: dict[str, list[Rung]], all_int8: dict[str, int], report: AutoQuantReport) -> dict[str, int]:
-    """Time fp32, all-int8, and all-int8 with each layer fp32 (interleaved): the layers int8 does not speed up
-    start fp32. Whether the whole model stays float is decided on the chosen model (``_measure_variants``)."""
-    models = {"fp32": model, "all-int8": convert_prepared(prepared, build_config(base, ladders, all_int8))}
-    for name, rungs in ladders.items():
-        models[name] = convert_prepared(prepared, build_config(base, ladders, {**all_int8, name: len(rungs) - 1}))
-    times = meter.measure(models)
-    int8_ms, fp32_ms = times["all-int8"].latency_ms, times["fp32"].latency_ms
-    if int8_ms >= fp32_ms:
-        report.notes.append(f"all-int8 is not faster than fp32 on ONNX Runtime here ({int8_ms:.3f} vs "
-                            f"{fp32_ms:.3f} ms)")
+def _latency_start(meter: OrtMeter, prepared: Any, base: QuantConfig, ladders: dict[str, list[Rung]],
+                   all_int8: dict[str, int], report: AutoQuantReport, example: Any) -> dict[str, int]:
+    """Layers whose int8 kernel is significantly slower than float, timed alone at the shapes ``example`` gives
+    them (one paired comparison per distinct shape, see ``mixq.auto.latency``), start fp32; ties stay int8.
+    Whether the whole model stays float is decided on the chosen model (``_measure_variants``)."""
+    fp32_ref = convert_prepared(prepared, everything_float(base))
+    layers = [n for n in ladders if n in prepared.observed or n in prepared.plain]
+    inputs = layer_inputs(fp32_ref, layers, example)
+    verdicts: dict[tuple, Comparison] = {}
     start = dict(all_int8)
-    for name in ladders:
-        report.layer_latency_ms[name] = times[name].latency_ms
-        if times[name].latency_ms <= int8_ms:
+    for name in layers:
+        if name not in inputs:
+            continue
+        float_layer = fp32_ref.get_submodule(name)
+        key = signature(float_layer, inputs[name])
+        if key not in verdicts:
+            int8_layer = quantized_layer(prepared, only(base, name, ladders[name][0]), name)
+            verdicts[key] = compare_layer(float_layer, int8_layer, inputs[name], meter.folder, str(len(verdicts)),
+                                          meter.threads)
+        verdict = verdicts[key]
+        report.layer_latency_ms[name] = verdict.b_ms
+        if verdict.a_faster:
             start[name] = len(ladders[name]) - 1
-            report.notes.append(f"{name}: int8 is not faster here ({times[name].latency_ms:.3f} ms with it fp32 vs "
-                                f"{int8_ms:.3f} ms all-int8 on ONNX Runtime); it starts fp32")
+            report.notes.append(f"{name}: int8 is not faster here ({verdict.b_ms:.3f} ms int8 vs {verdict.a_ms:.3f} "
+                                f"ms fp32 for the layer alone, won {verdict.pairs - verdict.b_wins} of "
+                                f"{verdict.pairs} paired rounds); it starts fp32")
+    faster = sum(v.b_faster for v in verdicts.values())
+    slower = sum(v.a_faster for v in verdicts.values())
+    report.notes.append(f"latency probe: {len(verdicts)} distinct layer shapes timed alone on ONNX Runtime in "
+                        f"{PAIRS} paired rounds: int8 significantly faster for {faster}, slower for {slower}, a "
+                        f"tie (kept int8) for {len(verdicts) - faster - slower}")
     return start
+
+
+def _final_check(meter: OrtMeter, prepared: Any, base: QuantConfig, ladders: dict[str, list[Rung]],
+                 assignment: dict[str, int], latency_fp32: list[str], report: AutoQuantReport, evaluate: Evaluator,
+                 meets: Callable[[float], bool]) -> tuple[nn.Module, QuantConfig, float] | None:
+    """The chosen model must be at least as fast as all-int8 (paired timing); if all-int8 is significantly
+    faster, the layers kept fp32 for latency go back to int8 when the metric still meets the target."""
+    verdict = meter.compare("all-int8", "chosen")
+    report.notes.append(f"final check: chosen {verdict.b_ms:.3f} ms vs all-int8 {verdict.a_ms:.3f} ms on ONNX "
+                        f"Runtime ({verdict.pairs} paired rounds, chosen faster in {verdict.b_wins})")
+    if not verdict.a_faster or not latency_fp32 or evaluate.left < 1:
+        return None
+    trial = {**assignment, **{n: 0 for n in latency_fp32}}
+    candidate = convert_prepared(prepared, build_config(base, ladders, trial))
+    metric = evaluate(candidate, "layers kept fp32 for latency back to int8")
+    report.steps.append(Step(len(report.steps), "layers kept fp32 for latency back to int8", metric, meets(metric),
+                             evaluate.calls))
+    if not meets(metric):
+        return None
+    report.precisions.update({n: ladders[n][0].label for n in latency_fp32})
+    times = meter.measure({"chosen, int8 kept": candidate})
+    report.variants = [v if v.name != "chosen" else Variant("chosen", metric, times["chosen, int8 kept"].latency_ms,
+                                                            times["chosen, int8 kept"].size_bytes)
+                       for v in report.variants]
+    report.notes.append(f"all-int8 was faster than the chosen model: {len(latency_fp32)} layers kept fp32 for "
+                        "latency are int8 again (the metric still meets the target)")
+    return candidate, candidate.mixq_config, metric
 
 
 def _measure_variants(meter: OrtMeter, model: nn.Module, prepared: Any, base: QuantConfig,

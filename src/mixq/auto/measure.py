@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixq.auto.latency import Comparison, paired
 from mixq.export import export_onnx
 
 
@@ -54,6 +55,28 @@ class OrtMeter:
         self.export_s = 0.0
         self._paths: dict[str, Path] = {}
 
+    @property
+    def folder(self) -> Path:
+        """The private temporary folder exports go to."""
+        return Path(self._tmp.name)
+
+    def compare(self, a: str, b: str) -> Comparison:
+        """Paired, interleaved timing of two models already exported under labels ``a`` and ``b``."""
+        runs = []
+        for label in (a, b):
+            session = self._session(self._paths[label])
+            feeds = _feeds(session, self.example_inputs)
+            runs.append(lambda s=session, f=feeds: s.run(None, f))
+        return paired(runs[0], runs[1], calls=3)
+
+    def _session(self, path: Path) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = self.threads, 1
+        options.log_severity_level = 3
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
     def __enter__(self) -> OrtMeter:
         return self
 
@@ -72,16 +95,11 @@ class OrtMeter:
 
     def measure(self, models: dict[str, nn.Module]) -> dict[str, Measurement]:
         """Export each model, then time them all in interleaved rounds."""
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = self.threads, 1
-        options.log_severity_level = 3
         sessions, sizes = {}, {}
         for label, model in models.items():
             path = self.export(model, label)
             sizes[label] = path.stat().st_size
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = self._session(path)
             feeds = _feeds(session, self.example_inputs)
             for _ in range(3):
                 session.run(None, feeds)

@@ -97,7 +97,7 @@ class AutoQuantReport:
         for r in self.sensitivity:
             lines.append(f"- {r.name}: " + ", ".join(f"{k} {_db(v)}" for k, v in r.rung_sqnr_db.items()))
         if self.layer_latency_ms:
-            lines += ["", "ORT latency (ms) of all-int8 with one layer left fp32:", ""]
+            lines += ["", "ORT latency (ms) of each layer alone in int8 (paired against fp32, see the notes):", ""]
             lines += [f"- {k}: {v:.3f}" for k, v in self.layer_latency_ms.items()]
         lines += ["", "## Search", "", "| step | change | metric | meets target | evaluations |",
                   "|---:|---|---:|---|---:|"]

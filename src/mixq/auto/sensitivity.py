@@ -1,10 +1,11 @@
 """Per-layer sensitivity: the error each layer alone causes when quantized, measured on calibration data.
 
-For every candidate layer and every rung of its ladder, the model is converted with only that layer quantized
-(from the one calibration, see ``mixq.quant.stages``) and run on a few calibration batches; the signal-to-
-quantization-noise ratio (SQNR, dB, higher is better) of the model output and of the layer's own output against the
-fp32 model rank the layers, worst first. The reason column reads the calibration statistics: activation ranges
-stretched by outliers, weight ranges that per-channel int8 represents poorly, or, failing those, accumulated noise.
+For every candidate layer and every rung of its ladder, the layer is quantized alone (from the one calibration, see
+``mixq.quant.stages``) and run on the fp32 model's cached activations of a few calibration batches; one model pass
+per layer measures how its error reaches the output. The signal-to-quantization-noise ratio (SQNR, dB, higher is
+better) of the model output and of the layer's own output against the fp32 model rank the layers, worst first.
+The reason column reads the calibration statistics: activation ranges stretched by outliers, weight ranges that
+per-channel int8 represents poorly, or, failing those, accumulated noise.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from torch import nn
 
 from mixq.auto.ladder import Rung, everything_float, only
 from mixq.quant.calibration import Batch, call_model
-from mixq.quant.conversion import convert_prepared
+from mixq.quant.conversion import _convert_layer, _Ranges, convert_prepared  # one layer, as convert_prepared
+from mixq.quant.fusion import set_submodule
 from mixq.quant.modules import ObservedAdd, ObservedLayer
 from mixq.quant.observers import Observer
 from mixq.quant.observers.histogram import HistogramObserver
 from mixq.quant.spec import QuantConfig
 from mixq.quant.stages import Prepared
+from mixq.quant.summary import QuantizationSummary
 from mixq.quant.weights import quantize_weight
 
 OUTLIER_RATIO = 10.0  # full range / central 90 % range above which a tensor's range is "stretched by outliers"
@@ -149,28 +152,117 @@ def reason(module: nn.Module, config: QuantConfig, layer_sqnr_db: float) -> str:
     return "well conditioned" if layer_sqnr_db >= 35 else "no single outlier: int8 noise accumulates in the layer"
 
 
+def quantized_layer(prepared: Prepared, config: QuantConfig, name: str) -> nn.Module:
+    """Layer ``name`` converted alone under ``config`` (observers read from ``prepared``, which is not modified):
+    what ``convert`` would put there, without copying the whole model."""
+    holder, parts = nn.Module(), name.split(".")
+    parent = holder
+    for part in parts[:-1]:
+        parent.add_module(part, nn.Module())
+        parent = parent.get_submodule(part)
+    parent.add_module(parts[-1], prepared.model.get_submodule(name))
+    static = {n for n in prepared.observed + prepared.adds if config.choice(n).mode == "static"}
+    _convert_layer(holder, name, config, _Ranges(prepared, config, static, prepared.model),
+                  QuantizationSummary(config.mode))
+    return holder.get_submodule(name)
+
+
+class _Cache:
+    """Inputs and outputs of every layer, and the model outputs, of the fp32 reference on the sensitivity
+    batches: one pass, so a layer's own error at each rung needs no further model pass."""
+
+    def __init__(self, model: nn.Module, layers: list[str], batches: Sequence[Batch]) -> None:
+        self.inputs: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+        self.outputs: dict[str, list[Any]] = {n: [] for n in layers}
+        handles = [model.get_submodule(n).register_forward_hook(self._hook(n)) for n in layers]
+        try:
+            with torch.no_grad():
+                self.model_outputs = [call_model(model, b) for b in batches]
+        finally:
+            for h in handles:
+                h.remove()
+
+
+    def _hook(self, name: str) -> Any:
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            self.inputs[name].append(args[0])
+            self.outputs[name].append(output)
+        return hook
+
+
+def _swapped(model: nn.Module, name: str, module: nn.Module, batches: Sequence[Batch]) -> list[Any]:
+    """Model outputs with ``module`` in place of layer ``name`` (put back afterwards)."""
+    original = model.get_submodule(name)
+    set_submodule(model, name, module)
+    try:
+        with torch.no_grad():
+            return [call_model(model, b) for b in batches]
+    finally:
+        set_submodule(model, name, original)
+
+
 def analyse(prepared: Prepared, config: QuantConfig, ladders: dict[str, list[Rung]],
             batches: Sequence[Batch]) -> list[LayerSensitivity]:
-    """Sensitivity of every layer in ``ladders`` (every rung but fp32), worst model-output SQNR first."""
+    """Sensitivity of every layer in ``ladders`` (every rung but fp32), worst model-output SQNR first.
+
+    Layers (Linear/Conv): one fp32 pass caches every layer's input and output; each rung's quantized layer runs on
+    its cached input (its own SQNR), and one model pass per layer, with it alone at its first rung, gives the
+    model-output SQNR. Other rungs' model-output SQNR is that value moved by their layer-SQNR difference (noise
+    this small propagates linearly). Graph-mode adds (two inputs) are converted and run whole, per rung.
+    """
     fp32_ref = convert_prepared(prepared, everything_float(config))
     kinds = {r.name: r.kind for r in fp32_ref.mixq_summary.layers}
+    layers = [n for n in ladders if n in prepared.observed or n in prepared.plain]
+    cache = _Cache(fp32_ref, layers, batches)
     rows = []
     for name, rungs in ladders.items():
-        reference = _run(fp32_ref, batches, name)
         row = LayerSensitivity(name, kinds.get(name, "add"), math.inf, math.inf)
-        for i, rung in enumerate(rungs):
-            if rung.mode == "fp32":
-                row.rung_sqnr_db[rung.label] = math.inf
-                continue
-            model_noise, layer_noise = _Noise(), _Noise()
-            for (ref_out, ref_layer), (out, layer_out) in zip(
-                    reference, _run(convert_prepared(prepared, only(config, name, rung)), batches, name), strict=True):
-                model_noise.add(ref_out, out)
-                layer_noise.add(ref_layer, layer_out)
-            row.rung_sqnr_db[rung.label] = model_noise.db
-            if i == 0:
-                row.output_sqnr_db, row.layer_sqnr_db = model_noise.db, layer_noise.db
+        if name in cache.inputs:
+            _layer_rows(prepared, config, fp32_ref, cache, name, rungs, row, batches)
+        else:
+            _whole_model_rows(prepared, config, fp32_ref, name, rungs, row, batches)
         row.reason = reason(prepared.model.get_submodule(name), config, row.layer_sqnr_db)
         rows.append(row)
     order = {n: i for i, n in enumerate(ladders)}
     return sorted(rows, key=lambda r: (r.output_sqnr_db, order[r.name]))
+
+
+def _layer_rows(prepared: Prepared, config: QuantConfig, fp32_ref: nn.Module, cache: _Cache, name: str,
+                rungs: list[Rung], row: LayerSensitivity, batches: Sequence[Batch]) -> None:
+    first_layer_db = None
+    for rung in rungs:
+        if rung.mode == "fp32":
+            row.rung_sqnr_db[rung.label] = math.inf
+            continue
+        module = quantized_layer(prepared, only(config, name, rung), name)
+        layer_noise = _Noise()
+        with torch.no_grad():
+            for x, ref in zip(cache.inputs[name], cache.outputs[name], strict=True):
+                layer_noise.add(ref, module(x))
+        if first_layer_db is None:
+            model_noise = _Noise()
+            for ref, out in zip(cache.model_outputs, _swapped(fp32_ref, name, module, batches), strict=True):
+                model_noise.add(ref, out)
+            first_layer_db, row.layer_sqnr_db = layer_noise.db, layer_noise.db
+            row.output_sqnr_db = row.rung_sqnr_db[rung.label] = model_noise.db
+        elif math.isfinite(layer_noise.db) and math.isfinite(first_layer_db):
+            row.rung_sqnr_db[rung.label] = row.output_sqnr_db + layer_noise.db - first_layer_db
+        else:
+            row.rung_sqnr_db[rung.label] = math.inf if not math.isfinite(layer_noise.db) else row.output_sqnr_db
+
+
+def _whole_model_rows(prepared: Prepared, config: QuantConfig, fp32_ref: nn.Module, name: str, rungs: list[Rung],
+                      row: LayerSensitivity, batches: Sequence[Batch]) -> None:
+    reference = _run(fp32_ref, batches, name)
+    for i, rung in enumerate(rungs):
+        if rung.mode == "fp32":
+            row.rung_sqnr_db[rung.label] = math.inf
+            continue
+        model_noise, layer_noise = _Noise(), _Noise()
+        for (ref_out, ref_layer), (out, layer_out) in zip(
+                reference, _run(convert_prepared(prepared, only(config, name, rung)), batches, name), strict=True):
+            model_noise.add(ref_out, out)
+            layer_noise.add(ref_layer, layer_out)
+        row.rung_sqnr_db[rung.label] = model_noise.db
+        if i == 0:
+            row.output_sqnr_db, row.layer_sqnr_db = model_noise.db, layer_noise.db

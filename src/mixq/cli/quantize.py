@@ -32,8 +32,21 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--bits", type=int, default=8, help="weight bits (weight_only: 4 or 8; default 8)")
     p.add_argument("--group-size", type=int, default=None, help="per-group weight scales (weight_only 4-bit)")
     p.add_argument("--exclude", default="", metavar="NAMES", help="comma-separated layer name patterns to keep float")
+    p.add_argument("--smoothquant", type=_alpha, default=None, metavar="ALPHA|auto",
+                   help="static/dynamic: SmoothQuant before quantizing (alpha in [0, 1], or 'auto' per layer); "
+                        "needs --calib")
     p.add_argument("--output", required=True, metavar="MODEL.onnx", help="ONNX file to write")
     p.set_defaults(run=run)
+
+
+def _alpha(text: str) -> float | str:
+    """``--smoothquant`` value: ``auto`` or a number (range checked by ``mixq.quantize``)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'auto', got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,12 +59,17 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == "static" and not (args.calib or args.calib_text):
         raise CliError("--mode static needs calibration data", "pass --calib DATA (or with --hf, --calib-text FILE: "
                        "a few hundred representative inputs), or use --mode dynamic, which needs none")
+    if args.smoothquant is not None and not (args.calib or args.calib_text):
+        raise CliError("--smoothquant needs calibration data (activation statistics)",
+                       "pass --calib DATA (or --calib-text FILE with --hf), or drop --smoothquant")
     model, batches, example = load_inputs(args)
     exclude = [e.strip() for e in args.exclude.split(",") if e.strip()]
+    needs_data = args.mode == "static" or args.smoothquant is not None
     try:
-        qmodel = mixq.quantize(model, args.mode, calib_data=batches if args.mode == "static" else None,
+        qmodel = mixq.quantize(model, args.mode, calib_data=batches if needs_data else None,
                                observer=args.observer, bits=args.bits, group_size=args.group_size, exclude=exclude,
-                               example_inputs=example, max_calib_batches=args.max_calib_batches)
+                               example_inputs=example, max_calib_batches=args.max_calib_batches,
+                               smoothquant=args.smoothquant)
     except (ValueError, TypeError) as err:
         raise CliError(f"mixq.quantize rejected the request: {first_line(err)}",
                        "adjust the options named above") from err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Iterable
 
@@ -11,6 +12,7 @@ from mixq.quant.calibration import Batch
 from mixq.quant.conversion import convert_prepared
 from mixq.quant.modules.observed import refuse_observed
 from mixq.quant.planning import split_first
+from mixq.quant.smoothquant import check_alpha, smooth
 from mixq.quant.spec import DEFAULT_ACTIVATION, LayerOverride, ObserverSpec, QuantConfig, QuantSpec
 from mixq.quant.stages import calibrate, prepare
 
@@ -61,6 +63,7 @@ def quantize(
     progress: bool = True,
     config: QuantConfig | None = None,
     overrides: Iterable[LayerOverride] = (),
+    smoothquant: float | str | None = None,
 ) -> nn.Module:
     """Return a quantized copy of ``model`` (the original is never modified), with ``.mixq_summary`` attached.
 
@@ -74,6 +77,14 @@ def quantize(
     Conv+BatchNorm(+ReLU) are folded first, from a probe of the real dataflow (the first calibration batch, or
     ``example_inputs`` in the other modes). Static mode then traces the model with ``torch.fx`` where it can, to
     quantize residual adds and share scales along the dataflow (see ``mixq.quant.graph``).
+
+    ``smoothquant`` (static and dynamic modes; needs ``calib_data``) applies SmoothQuant first: activation
+    outliers move into the weights by per-channel scales folded into the preceding LayerNorm or Linear, so the
+    float function and the exported graph's operators are unchanged (``mixq.quant.smoothquant``). A number in
+    [0, 1] is the migration strength alpha (0.5 is the paper's choice for most models); ``"auto"`` picks alpha per
+    smoothed layer group by int8 output error on the calibration data, the recommended setting. The default, None,
+    leaves weights as they are: smoothing pays only on models with activation outliers (transformers), and a
+    fixed alpha can hurt a model without them, which ``"auto"`` guards against by also trying no smoothing.
 
     ``overrides`` (``LayerOverride``) give single layers another mode, observer or ``"fp32"``, in the same pass:
     ``overrides=[LayerOverride("head", "fp16"), LayerOverride("block.*", "static", ObserverSpec("mse"))]``.
@@ -89,18 +100,33 @@ def quantize(
     cfg = config or make_config(mode, observer=observer, bits=bits, group_size=group_size,
                                 per_channel=per_channel, activation_dtype=activation_dtype,
                                 reduce_range=reduce_range, exclude=exclude, overrides=overrides)
+    alpha = check_alpha(smoothquant)
+    if alpha is not None and cfg.mode not in ("static", "dynamic"):
+        raise ValueError(f"smoothquant applies to the static and dynamic modes (int8 activations), not "
+                         f"{cfg.mode!r}; drop smoothquant or change the mode")
     probe = example_inputs
     batches: Iterable[Batch] | None = None
-    if cfg.needs_calibration:
+    if cfg.needs_calibration or alpha is not None:
         if calib_data is None:
-            raise ValueError("static quantization needs calib_data: a few hundred representative inputs as an "
-                             "iterable of batches (or use mode='dynamic', which needs none)")
-        probe, batches = split_first(calib_data)
+            what = "smoothquant" if alpha is not None else "static quantization"
+            raise ValueError(f"{what} needs calib_data: a few hundred representative inputs as an iterable of "
+                             "batches (or use mode='dynamic' without smoothquant, which needs none)")
+        first, batches = split_first(calib_data)
+        probe = first if probe is None or cfg.needs_calibration else probe
+    notes: list[str] = []
+    if alpha is not None:
+        if iter(batches) is batches or max_calib_batches is not None:  # read twice: statistics, calibration
+            batches = list(itertools.islice(batches, max_calib_batches))  # type: ignore[arg-type]
+        model, notes = smooth(model, alpha, cfg, first, batches, progress=progress)  # type: ignore[arg-type]
+        if not notes:
+            warnings.warn(f"smoothquant: {type(model).__name__} has no LayerNorm->Linear or Linear->Linear pair "
+                          "whose smoothing can be folded exactly; quantizing without it", stacklevel=2)
 
     prepared = prepare(model, cfg, probe)
     if prepared.observed:
         calibrate(prepared, batches, progress=progress, max_batches=max_calib_batches)  # type: ignore[arg-type]
     qmodel = convert_prepared(prepared)
+    qmodel.mixq_summary.notes[:0] = notes
     if not qmodel.mixq_summary.quantized:
         warnings.warn(f"nothing in {type(model).__name__} could be quantized (no Linear/Conv1d/Conv2d layers "
                       "left after exclusions); returning it in float", stacklevel=2)

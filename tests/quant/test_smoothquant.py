@@ -1,0 +1,139 @@
+"""SmoothQuant: exact folds, fidelity restored on planted outliers, no extra ONNX ops, and refused input."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import mixq
+from mixq.quant.smoothquant import candidate_groups, smooth, verify
+from tests.quant.tiny_transformer import data, plant_outliers, trained
+
+
+@pytest.fixture(scope="module")
+def tiny() -> nn.Module:
+    return trained()
+
+
+@pytest.fixture(scope="module")
+def planted(tiny) -> nn.Module:
+    model = copy.deepcopy(tiny)
+    plant_outliers(model)
+    return model
+
+
+CALIB = [data(64, 2 + i)[0] for i in range(4)]
+IDS = data(512, 1)[0]
+
+
+def sqnr_db(model: nn.Module, reference: nn.Module) -> float:
+    with torch.no_grad():
+        ref, out = reference(IDS), model(IDS)
+    return (10 * torch.log10(ref.pow(2).sum() / (out - ref).pow(2).sum())).item()
+
+
+def test_planting_keeps_the_float_function(tiny, planted):
+    assert sqnr_db(planted, tiny) > 100
+
+
+@pytest.mark.parametrize("alpha", [0.5, "auto"], ids=["alpha0.5", "auto"])
+def test_fold_is_exact(planted, alpha):
+    smoothed, notes = smooth(planted, alpha, mixq.make_config("static"), CALIB[0], CALIB, progress=False)
+    assert sqnr_db(smoothed, planted) > 100  # the float function is unchanged (float32 rounding only)
+    assert smoothed.blocks[0].ln1.weight[3].abs() < planted.blocks[0].ln1.weight[3].abs() / 4  # outlier moved
+    # pre-LN blocks: ln1 -> q/k/v, v -> o, ln2 -> fc1 and fc1 -> (ReLU) -> fc2 fold exactly
+    assert notes and "ln1 -> q/k/v" in notes[0] and "v -> o" in notes[0] and "fc1 -> fc2" in notes[0]
+    assert planted.blocks[0].ln1.weight[3].abs() > 10  # the input model is untouched
+
+
+def test_verification_rejects_inexact_folds(planted):
+    groups = {(g.producer, g.consumers) for g in candidate_groups(planted, CALIB[0])}
+    assert ("blocks.0.ln1", ("blocks.0.q", "blocks.0.k", "blocks.0.v")) in groups
+    kept = {(g.producer, g.consumers) for g in verify(planted, candidate_groups(planted, CALIB[0]), CALIB[0])}
+    assert ("blocks.0.ln1", ("blocks.0.q", "blocks.0.k", "blocks.0.v")) in kept
+    assert ("blocks.0.fc1", ("blocks.0.fc2",)) in kept  # through ReLU: positively homogeneous
+
+    gelu = trained(steps=1, activation="gelu")  # fc1 -> GELU -> fc2 cannot be folded
+    kept = {(g.producer, g.consumers) for g in verify(gelu, candidate_groups(gelu, CALIB[0]), CALIB[0])}
+    assert ("blocks.0.fc1", ("blocks.0.fc2",)) not in kept
+    assert ("blocks.0.ln1", ("blocks.0.q", "blocks.0.k", "blocks.0.v")) in kept
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_smoothquant_restores_int8_fidelity_on_outliers(tiny, planted, mode):
+    clean = sqnr_db(mixq.quantize(tiny, mode, calib_data=CALIB, progress=False), tiny)
+    plain = sqnr_db(mixq.quantize(planted, mode, calib_data=CALIB, progress=False), planted)
+    assert plain < clean - 15  # the planted outliers ruin plain int8 ...
+    for alpha in (0.5, "auto"):
+        smoothed = sqnr_db(mixq.quantize(planted, mode, calib_data=CALIB, smoothquant=alpha, progress=False), planted)
+        assert smoothed > plain + 15 and smoothed > clean - 3, (alpha, plain, smoothed, clean)  # ... SmoothQuant not
+    auto = sqnr_db(mixq.quantize(tiny, mode, calib_data=CALIB, smoothquant="auto", progress=False), tiny)
+    assert auto > clean - 2  # and "auto" does no harm on a model without outliers
+
+
+def test_exported_graph_has_no_extra_ops(planted, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ops = []
+    for alpha in (None, 0.5):
+        qmodel = mixq.quantize(planted, "static", calib_data=CALIB, smoothquant=alpha, progress=False)
+        path = mixq.export_onnx(qmodel, CALIB[0][:2], tmp_path / f"{alpha}.onnx")
+        ops.append(sorted(n.op_type for n in onnx.load(str(path)).graph.node))
+    assert ops[0] == ops[1]
+
+
+def test_generator_calibration_is_read_twice(planted):
+    qmodel = mixq.quantize(planted, "static", calib_data=(b for b in CALIB), smoothquant=0.5, progress=False)
+    assert "smoothquant:" in qmodel.mixq_summary.notes[0]
+    assert sqnr_db(qmodel, planted) > 30
+
+
+def test_no_foldable_pair_warns_and_does_nothing():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    calib = [torch.randn(8, 3, 8, 8) for _ in range(2)]
+    with pytest.warns(UserWarning, match="no LayerNorm->Linear or Linear->Linear pair"):
+        qmodel = mixq.quantize(model, "static", calib_data=calib, smoothquant=0.5, progress=False)
+    reference = mixq.quantize(model, "static", calib_data=calib, progress=False)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(qmodel(x), reference(x))
+    assert not any("smoothquant" in n for n in qmodel.mixq_summary.notes)
+
+
+@pytest.mark.parametrize("alpha, error", [(-0.1, ValueError), (1.5, ValueError), ("fast", TypeError),
+                                          (True, TypeError)], ids=["negative", "above1", "string", "bool"])
+def test_bad_alpha_is_refused(planted, alpha, error):
+    with pytest.raises(error, match="smoothquant"):
+        mixq.quantize(planted, "static", calib_data=CALIB, smoothquant=alpha, progress=False)
+
+
+def test_smoothquant_needs_int8_activations_and_data(planted):
+    with pytest.raises(ValueError, match="static and dynamic"):
+        mixq.quantize(planted, "fp16", calib_data=CALIB, smoothquant=0.5)
+    with pytest.raises(ValueError, match="needs calib_data"):
+        mixq.quantize(planted, "dynamic", smoothquant="auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mixq.quantize(planted, "dynamic", calib_data=CALIB, smoothquant=0.5, progress=False)
+
+
+def test_post_ln_bert_smooths_only_value_to_output(tmp_path):
+    """BERT's LayerNorm outputs also feed the residual adds and its FFN has a GELU: only V -> output folds."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=32)
+    bert = transformers.BertModel(config).eval()
+    calib = [{"input_ids": torch.randint(0, 200, (4, 16)), "attention_mask": torch.ones(4, 16, dtype=torch.long)}
+             for _ in range(2)]
+    qmodel = mixq.quantize(bert, "dynamic", calib_data=calib, smoothquant=0.5, progress=False)
+    note = qmodel.mixq_summary.notes[0]
+    assert note.startswith("smoothquant: 2 of ") and "could not be folded exactly" in note, note
+    assert "layer.0.attention.self.value -> dense" in note and "layer.1.attention.self.value -> dense" in note
+    with torch.no_grad():
+        ref = bert(**calib[0]).last_hidden_state
+        out = qmodel(**calib[0]).last_hidden_state
+    assert torch.nn.functional.cosine_similarity(ref.flatten(), out.flatten(), dim=0) > 0.99
