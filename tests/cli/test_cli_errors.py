@@ -41,7 +41,7 @@ IN_PROCESS_CASES = {
     "output is not .onnx": (Q + ["--output", "calib.npy"], "does not end in .onnx"),
     "static without calibration": (Q[:4] + ["static", "--output", "a.onnx"], "pass --calib DATA"),
     "unknown shape": (Q[:5] + ["--output", "a.onnx"], "pass --example-shape"),
-    "bad option value": (Q + ["--mode", "weight_only", "--bits", "3", "--output", "a.onnx"], "bits 4 or 8"),
+    "bad option value": (Q + ["--mode", "weight_only", "--bits", "5", "--output", "a.onnx"], "2-, 4- or 8-bit"),
     "bench missing file": (["bench", "nope.onnx"], "model 'nope.onnx' does not exist"),
     "bench not onnx": (["bench", "nets.py"], "ONNX Runtime cannot load nets.py"),
     "bench bad batch list": (["bench", "nets.py", "--batch", "1,x"], "--batch '1,x' is not a list"),

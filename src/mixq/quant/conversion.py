@@ -30,12 +30,14 @@ from mixq.quant.modules import (
     WeightOnlyConv,
     WeightOnlyLinear,
 )
+from mixq.quant.modules.weight_only import GroupParams
 from mixq.quant.observers import MinMaxObserver, Observer, make_observer
 from mixq.quant.observers.histogram import HistogramObserver
 from mixq.quant.planning import EMBEDDING_MODES
 from mixq.quant.spec import ObserverSpec, QuantConfig
 from mixq.quant.stages import Prepared
 from mixq.quant.summary import QuantizationSummary, module_bytes
+from mixq.quant.weight_only.layers import is_linear_like
 
 QParams = tuple[torch.Tensor, torch.Tensor]
 
@@ -89,19 +91,28 @@ def unsupported_reason(layer: nn.Module, mode: str, config: QuantConfig) -> str 
     """Why ``layer`` cannot run in ``mode`` (mode-specific limits the plan does not know about), or None."""
     if isinstance(layer, nn.Embedding) and mode not in EMBEDDING_MODES:
         return "fp16 mode keeps embedding tables float32"
-    if mode == "weight_only" and config.weight.bits == 4 and not isinstance(layer, (nn.Linear, nn.Embedding)):
-        return "4-bit weight-only covers Linear layers (MatMulNBits); use bits=8 for convolutions"
+    if mode == "weight_only" and not isinstance(layer, (nn.Linear, nn.Embedding)) and not narrow_weight_ok(config):
+        return (f"{config.weight.bits}-bit {'' if config.weight.symmetric else 'asymmetric '}weight-only covers "
+                "Linear layers (MatMulNBits); use symmetric bits=8 for convolutions")
     return None
 
 
-def _weight_module(layer: nn.Module, mode: str, config: QuantConfig) -> tuple[nn.Module, str]:
-    linear = isinstance(layer, nn.Linear)
+def narrow_weight_ok(config: QuantConfig) -> bool:
+    """Whether convolutions can follow the config's weight-only spec (they run per-channel symmetric int8)."""
+    return config.weight.bits == 8 and config.weight.symmetric
+
+
+def _weight_module(layer: nn.Module, mode: str, config: QuantConfig,
+                   params: GroupParams | None = None) -> tuple[nn.Module, str]:
+    linear = is_linear_like(layer)
     if isinstance(layer, nn.Embedding):
         return QuantizedEmbedding(layer, config.weight), "int8 table, per-row scales"
     if mode == "dynamic":
         new = DynamicQuantizedLinear(layer, config.weight) if linear else DynamicQuantizedConv(layer, config.weight)
     elif mode == "weight_only":
-        new = WeightOnlyLinear(layer, config.weight) if linear else WeightOnlyConv(layer, config.weight)
+        if linear:
+            return WeightOnlyLinear(layer, config.weight, params), f"{mode} w:{config.weight} {config.method}"
+        new = WeightOnlyConv(layer, config.weight)
     else:
         return (Float16Linear(layer) if linear else Float16Conv(layer)), "float16 weights"
     return new, f"{mode} w:{config.weight}"
@@ -112,7 +123,7 @@ def _with_relu(module: nn.Module, relu: bool) -> nn.Module:
 
 
 def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,
-                   summary: QuantizationSummary) -> None:
+                   summary: QuantizationSummary, weight_params: dict[str, GroupParams]) -> None:
     module = model.get_submodule(name)
     observed = module if isinstance(module, ObservedLayer) else None
     layer, relu = (observed.layer, observed.relu) if observed else (module, False)
@@ -139,7 +150,7 @@ def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ra
         summary.add(name, kind, "float", reason)
         set_submodule(model, name, _with_relu(layer, relu))
         return
-    new, detail = _weight_module(layer, choice.mode, config)
+    new, detail = _weight_module(layer, choice.mode, config, weight_params.get(name))
     summary.add(name, kind, "quantized", detail, before, module_bytes(new))
     set_submodule(model, name, _with_relu(new, relu))
 
@@ -170,7 +181,7 @@ def convert(prepared: Prepared, config: QuantConfig | None = None) -> nn.Module:
     static = {n for n in prepared.observed + prepared.adds if config.choice(n).mode == "static"}
     ranges = _Ranges(prepared, config, static, model)
     for name in prepared.targets:
-        _convert_layer(model, name, config, ranges, summary)
+        _convert_layer(model, name, config, ranges, summary, prepared.weight_params)
     for name in prepared.adds:
         _convert_add(model, name, config, ranges, summary)
     if static and config.activation.torch_dtype == torch.int8:

@@ -62,8 +62,9 @@ def plan(model: nn.Module, cfg: QuantConfig, summary: QuantizationSummary,
                     reason = "fp16 mode keeps embedding tables float32"
             elif not isinstance(module, nn.Linear):
                 reason = unsupported_conv_reason(module)
-                if reason is None and cfg.mode == "weight_only" and cfg.weight.bits == 4:
-                    reason = "4-bit weight-only covers Linear layers (MatMulNBits); use bits=8 for convolutions"
+                if reason is None and cfg.mode == "weight_only" and (cfg.weight.bits != 8 or not cfg.weight.symmetric):
+                    reason = (f"{cfg.weight.bits}-bit weight-only covers Linear layers (MatMulNBits); use "
+                              "symmetric bits=8 for convolutions")
             if reason is None:
                 targets.append(name)
             else:
