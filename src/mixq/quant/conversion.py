@@ -111,7 +111,10 @@ def _weight_module(layer: nn.Module, mode: str, config: QuantConfig,
         new = DynamicQuantizedLinear(layer, config.weight) if linear else DynamicQuantizedConv(layer, config.weight)
     elif mode == "weight_only":
         if linear:
-            return WeightOnlyLinear(layer, config.weight, params), f"{mode} w:{config.weight} {config.method}"
+            new = WeightOnlyLinear(layer, config.weight, params)
+            k, block = new.in_features, new.block_size
+            padded = f" (K={k} zero-padded to {-(-k // block) * block})" if k % block else ""
+            return new, f"{mode} w:{config.weight} {config.method}{padded}"
         new = WeightOnlyConv(layer, config.weight)
     else:
         return (Float16Linear(layer) if linear else Float16Conv(layer)), "float16 weights"
