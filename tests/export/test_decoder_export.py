@@ -35,3 +35,21 @@ def test_llama_int4_decoder_generates_the_same_tokens_in_onnx_runtime(tmp_path):
         hf = qlm.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, min_new_tokens=12,
                           do_sample=False, pad_token_id=95)
     assert torch.equal(hf, expected)
+
+
+def test_gpt2_decoder_generates_the_same_tokens_in_onnx_runtime(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=128)
+    lm = transformers.GPT2LMHeadModel(config).eval()
+    qlm = mixq.quantize(lm, "weight_only", bits=4, group_size=32, progress=False)
+    assert qlm.mixq_summary.quantized
+    path = mixq.export_decoder_onnx(qlm, tmp_path / "gpt2.onnx")
+    assert any(n.op_type == "MatMulNBits" for n in onnx.load(str(path)).graph.node)
+    prompt = torch.randint(0, 96, (1, 5))
+    expected = mixq.generate_torch(qlm, prompt, max_new_tokens=10)
+    assert torch.equal(mixq.generate_onnx(path, prompt, max_new_tokens=10), expected)
+
+
+def test_a_model_without_a_decoder_config_is_refused(tmp_path):
+    with pytest.raises(TypeError, match="pass a Hugging Face causal LM"):
+        mixq.export_decoder_onnx(torch.nn.Linear(4, 4), tmp_path / "x.onnx")

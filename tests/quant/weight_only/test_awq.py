@@ -58,3 +58,38 @@ def test_searched_scales_and_clipping_reduce_output_error():
     scale, zero = search_clip(xs, w * s, grid)
     clipped = grid.dequantize_matrix(w * s, scale, zero) / s
     assert _error(x, w, clipped) <= _error(x, w, scaled) * 1.0001
+
+
+def test_scales_fold_exactly_into_gpt2_layernorm_and_conv1d():
+    transformers = __import__("pytest").importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    from mixq.quant.weight_only.layers import in_out_features, weight_matrix
+
+    torch.manual_seed(3)
+    norm, attn = nn.LayerNorm(32), Conv1D(96, 32)  # GPT-2's c_attn: weight stored [in, out]
+    assert in_out_features(attn) == (32, 96) and weight_matrix(attn).shape == (96, 32)
+    x = torch.randn(6, 32)
+    with torch.no_grad():
+        before = attn(norm(x))
+        fold_scales(norm, [attn], torch.rand(32) * 4 + 0.25)
+        after = attn(norm(x))
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_scales_fold_exactly_through_a_swiglu_mlp():
+    transformers = __import__("pytest").importorskip("transformers")
+    from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
+
+    torch.manual_seed(4)
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64)
+    norm, mlp = LlamaRMSNorm(32), LlamaMLP(config)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(6, 32)
+    with torch.no_grad():
+        before = mlp(norm(x))
+        fold_scales(norm, [mlp.gate_proj, mlp.up_proj], torch.rand(32) * 4 + 0.25)
+        fold_scales(mlp.up_proj, [mlp.down_proj], torch.rand(64) * 4 + 0.25)  # act(gate) * up is linear in up
+        after = mlp(norm(x))
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
