@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -61,7 +62,7 @@ def test_searched_scales_and_clipping_reduce_output_error():
 
 
 def test_scales_fold_exactly_into_gpt2_layernorm_and_conv1d():
-    transformers = __import__("pytest").importorskip("transformers")
+    pytest.importorskip("transformers")
     from transformers.pytorch_utils import Conv1D
 
     from mixq.quant.weight_only.layers import in_out_features, weight_matrix
@@ -78,7 +79,7 @@ def test_scales_fold_exactly_into_gpt2_layernorm_and_conv1d():
 
 
 def test_scales_fold_exactly_through_a_swiglu_mlp():
-    transformers = __import__("pytest").importorskip("transformers")
+    transformers = pytest.importorskip("transformers")
     from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 
     torch.manual_seed(4)

@@ -82,15 +82,16 @@ def _untie(model: nn.Module, names: list[str]) -> None:
 
 
 def _calibrate(model: nn.Module, scope: nn.Module, prefix: str, names: list[str], worker: MethodWorker,
-               probe: Callable[[], object], run: Callable[[], object]) -> None:
+               probe: Callable[[], object], run: Callable[[], object], sequential: bool = True) -> None:
     """Discover the groups of ``names`` inside ``scope`` from one ``probe`` pass and let the worker quantize them
-    from the statistics of full ``run`` passes."""
+    from the statistics of full ``run`` passes (one pass per group when the worker and ``sequential`` allow, so
+    each group sees the quantized outputs of the groups before it; else one pass for all)."""
     local = [n[len(prefix):] for n in names]
     groups = discover_groups(scope, local, probe, _producer_candidate)
     groups = [Group([prefix + n for n in g.names], None if g.producer is None else prefix + g.producer)
               for g in groups]
     _link_producers(model, groups)
-    if worker.sequential:
+    if worker.sequential and sequential:
         for group in groups:
             with _observing(model, group.names, worker):
                 run()
@@ -125,7 +126,7 @@ def calibrate_weights(prepared: Prepared, batches: list[Batch], *, progress: boo
             if method.blockwise:
                 prepared.summary.notes.append(f"{method.name}: no stack of decoder blocks found; calibrated the "
                                               "whole model in one pass")
-            _calibrate(model, model, "", names, worker, run_model(first), run_model(batches))
+            _calibrate(model, model, "", names, worker, run_model(first), run_model(batches), sequential=False)
             return
         calls = capture_inputs(model, model.get_submodule(blocks[0]), batches)
         bar = tqdm(blocks, desc=f"{method.name} blocks", disable=not progress, leave=False)
@@ -139,6 +140,6 @@ def calibrate_weights(prepared: Prepared, batches: list[Batch], *, progress: boo
             calls = run_block(block, calls)
         rest = [n for n in names if not any(n.startswith(b + ".") for b in blocks)]
         if rest:
-            _calibrate(model, model, "", rest, worker, run_model(first), run_model(batches))
+            _calibrate(model, model, "", rest, worker, run_model(first), run_model(batches), sequential=False)
     prepared.summary.notes.append(f"{method}: calibrated {len(blocks)} blocks one at a time on {len(batches)} "
                                   "batches")
