@@ -6,8 +6,9 @@ RTN / GPTQ / HQQ on the fp32 export, which has no 3-bit kernel); ONNX Runtime la
 (1 x 128 tokens) and per-token decode on a 256-token cache, int4 vs fp32, on a weight-dominated random-weight
 model; and the time and peak memory of block-by-block vs whole-model GPTQ calibration.
 
-    python benchmarks/bench_llm.py            # ~30 min on 2 busy cores; writes benchmarks/results/llm.{json,md}
-    python benchmarks/bench_llm.py --quick    # a smoke run (tiny training, fewer windows)
+    python benchmarks/bench_llm.py            # everything; writes benchmarks/results/llm.{json,md}
+    python benchmarks/bench_llm.py --part quality & python benchmarks/bench_llm.py --part speed &
+    python benchmarks/bench_llm.py --part memory; wait; python benchmarks/bench_llm.py --part report
 """
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ HERE = Path(__file__).resolve().parent
 CONFIGS = [(4, 128), (4, 32), (3, 64)]
 METHODS = ("rtn", "gptq", "awq")
 ORT_METHODS = ("rtn", "gptq", "hqq")
+PARTS = ("quality", "speed", "memory")
 
 
 def _session(path: Path):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
+    opts.intra_op_num_threads = 1
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -186,7 +188,8 @@ def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     flags = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in m["cpu_flags"].items())
     q = result["quality"]
-    lines = ["# bench_llm", "", f"`{result['command']}` on {m['cpu']} ({m['logical_cpus']} CPUs; {flags}); "
+    commands = ", ".join(f"`{c}`" for c in result["commands"])
+    lines = ["# bench_llm", "", f"{commands} on {m['cpu']} ({m['logical_cpus']} CPUs; {flags}); "
              f"torch {m['torch']}, onnxruntime {m['onnxruntime']}, transformers {m['transformers']}, "
              f"commit {m['git_commit']}.", "",
              f"Byte-level Llama (4 layers, 128 wide) trained here: {q['train']}. Held-out perplexity on "
@@ -221,33 +224,46 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny training, few windows")
-    parser.add_argument("--steps", type=int, default=300, help="training steps (batch 8 x 128 bytes)")
+    parser.add_argument("--steps", type=int, default=250, help="training steps (batch 8 x 128 bytes)")
     parser.add_argument("--eval-windows", type=int, default=64, help="held-out windows of 128 bytes")
     parser.add_argument("--calib-batches", type=int, default=8, help="calibration batches of 8 x 128 bytes")
+    parser.add_argument("--part", choices=PARTS + ("all", "report"), default="all",
+                        help="run one part (each writes results/llm_<part>.json; parts can run in parallel), "
+                             "'report' to combine them into llm.json and llm.md, or 'all'")
     parser.add_argument("--probe-memory", choices=("blockwise", "whole"), help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "llm.json")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # PyTorch work single-threaded: on a shared 2-core machine 2 threads spin-wait
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
     logging.getLogger().setLevel(logging.WARNING)
     if args.probe_memory:
         print(json.dumps(probe_memory(args.probe_memory)))
         return 0
-    info = machine_info(HERE.parent)
-    print("CPU:", info["cpu"], "flags:", info["cpu_flags"], flush=True)
-    result: dict[str, Any] = {"command": "python benchmarks/bench_llm.py " + " ".join(sys.argv[1:]), "machine": info}
-    with tempfile.TemporaryDirectory() as tmp:
-        result["quality"] = quality(args, Path(tmp))
-        result["speed"] = speed(Path(tmp))
-        print(result["speed"], flush=True)
-    result["memory"] = memory_comparison()
-    print(result["memory"], flush=True)
-    result["targets"] = targets(result)
-    out = args.out if not args.quick else args.out.with_name("llm_quick.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    parts = PARTS if args.part == "all" else (() if args.part == "report" else (args.part,))
+    for part in parts:
+        info = machine_info(HERE.parent)
+        print("CPU:", info["cpu"], "flags:", info["cpu_flags"], flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            if part == "quality":
+                data = quality(args, Path(tmp))
+            elif part == "speed":
+                data = speed(Path(tmp))
+            else:
+                data = memory_comparison()
+        data = {"command": "python benchmarks/bench_llm.py " + " ".join(sys.argv[1:]), "machine": info,
+                "result": data}
+        (results / f"llm_{part}{suffix}.json").write_text(json.dumps(data, indent=2) + "\n")
+        print(part, json.dumps(data["result"])[:2000], flush=True)
+    if args.part in ("all", "report"):
+        loaded = {p: json.loads((results / f"llm_{p}{suffix}.json").read_text()) for p in PARTS}
+        result = {"commands": sorted({v["command"] for v in loaded.values()}), "machine": loaded["quality"]["machine"],
+                  **{p: v["result"] for p, v in loaded.items()}}
+        result["targets"] = targets(result)
+        (results / f"llm{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (results / f"llm{suffix}.md").write_text(markdown(result))
+        print(markdown(result))
     return 0
 
 

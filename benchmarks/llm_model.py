@@ -49,12 +49,12 @@ def train(train_data: torch.Tensor, steps: int, cache: Path | None, batch: int =
     if cache is not None and cache.exists():
         model.load_state_dict(torch.load(cache, weights_only=True))
         return model.eval(), {"loaded_from": str(cache)}
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(1)
     start, loss = time.perf_counter(), float("nan")
     model.train()
-    for _ in range(steps):
+    for step in range(steps):
         idx = torch.randint(0, len(train_data) - SEQ - 1, (batch,), generator=gen)
         x = torch.stack([train_data[i:i + SEQ] for i in idx])
         out = model(input_ids=x, labels=x)
@@ -63,7 +63,9 @@ def train(train_data: torch.Tensor, steps: int, cache: Path | None, batch: int =
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        loss = float(out.loss)
+        loss = float(out.loss.detach())
+        if step % 50 == 0:
+            print(f"step {step}/{steps}: loss {loss:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
     model.eval()
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
