@@ -92,3 +92,15 @@ def test_nan_activations_during_calibration_are_one_clear_error():
     with pytest.raises(CalibrationError, match="received NaN or inf activations during gptq calibration"):
         mixq.quantize(lm, "weight_only", bits=4, group_size=32, method="gptq", calib_data=_batches(),
                       progress=False)
+
+
+def test_gpt2_tied_lm_head_is_untied_before_its_weights_move():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=64, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+    lm = transformers.GPT2LMHeadModel(config).eval()
+    assert lm.lm_head.weight is lm.transformer.wte.weight
+    rtn = mixq.quantize(lm, "weight_only", bits=4, group_size=32, progress=False)
+    q = mixq.quantize(lm, "weight_only", bits=4, group_size=32, method="gptq", calib_data=_batches(),
+                      progress=False)
+    assert torch.equal(q.transformer.wte.weight, rtn.transformer.wte.weight)  # the table kept its own weights
+    assert not torch.equal(q.lm_head.packed, rtn.lm_head.packed)
