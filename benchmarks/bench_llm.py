@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -80,7 +81,7 @@ def ort_peer(fp32_path: Path, out: Path, method: str, bits: int, group: int, cal
     model = onnxscript.optimizer.optimize(onnx.load(str(fp32_path)))  # fold weight transposes into initializers
     inits = {t.name: t for t in model.graph.initializer}
     small = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits
-             and inits[n.input[1]].dims[0] < 16]  # e.g. the rotary frequencies
+             and (len(inits[n.input[1]].dims) != 2 or inits[n.input[1]].dims[0] < group)]  # e.g. rotary frequencies
     past = [(int(i.type.tensor_type.shape.dim[1].dim_value), int(i.type.tensor_type.shape.dim[3].dim_value))
             for i in model.graph.input[1:]]
     if method == "rtn":
@@ -117,7 +118,7 @@ def quality(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     rows = [_row("fp32", None, None, perplexity_torch(model, eval_x), perplexity_ort(_session(fp32_path), eval_x),
                  None, fp32_path.stat().st_size)]
     print(rows[-1], flush=True)
-    for bits, group in CONFIGS:
+    for bits, group in args.configs or CONFIGS:
         for method in METHODS:
             start = time.perf_counter()
             q = mixq.quantize(model, "weight_only", bits=bits, group_size=group, symmetric=False, method=method,
@@ -149,9 +150,11 @@ def speed(tmp: Path) -> dict[str, Any]:
     q = mixq.quantize(model, "weight_only", bits=4, group_size=32, progress=False)
     int4 = mixq.export_decoder_onnx(q, tmp / "big_int4.onnx")
     del model, q
-    times = latency({"fp32": fp32, "int4": int4})
+    times = latency({"fp32": fp32, "int4": int4}, threads=2)
+    one_thread = latency({"fp32": fp32, "int4": int4}, threads=1)
     sizes = {"fp32": fp32.stat().st_size / 1e6, "int4": int4.stat().st_size / 1e6}
-    return {"model": BIG, "int4": "mixq RTN w4 g32 symmetric", "latency_ms": times, "file_mb": sizes}
+    return {"model": BIG, "int4": "mixq RTN w4 g32 symmetric", "latency_ms": times, "latency_ms_1_thread": one_thread,
+            "file_mb": sizes, "load_average_1min": os.getloadavg()[0]}
 
 
 def targets(result: dict[str, Any]) -> list[str]:
@@ -212,6 +215,12 @@ def markdown(result: dict[str, Any]) -> str:
     for k in ("fp32", "int4"):
         lines.append(f"| {k} | {s['latency_ms'][k]['prefill']:.1f} | {s['latency_ms'][k]['decode']:.2f} | "
                      f"{s['file_mb'][k]:.1f} |")
+    if "latency_ms_1_thread" in s:
+        lines += ["", "The same with 1 thread:", "", "| | prefill 1x128 ms | decode ms/token |", "|---|---|---|"]
+        lines += [f"| {k} | {s['latency_ms_1_thread'][k]['prefill']:.1f} | "
+                  f"{s['latency_ms_1_thread'][k]['decode']:.2f} |" for k in ("fp32", "int4")]
+    lines.append(f"\nMachine load average while timing: {s.get('load_average_1min', float('nan')):.1f} "
+                 "(shared with other jobs; latencies are inflated and noisy).")
     mem = result["memory"]
     lines += ["", "GPTQ w4 g128 calibration of that model (8 x 128 tokens), each in a fresh process:", "",
               "| calibration | seconds | peak RSS MiB | growth over loaded model MiB |", "|---|---|---|---|"]
@@ -230,6 +239,8 @@ def main() -> int:
     parser.add_argument("--part", choices=PARTS + ("all", "report"), default="all",
                         help="run one part (each writes results/llm_<part>.json; parts can run in parallel), "
                              "'report' to combine them into llm.json and llm.md, or 'all'")
+    parser.add_argument("--config", dest="configs", action="append", type=lambda t: tuple(map(int, t.split(","))),
+                        help="quality part: only this BITS,GROUP (repeatable; each writes llm_quality_wBgG.json)")
     parser.add_argument("--probe-memory", choices=("blockwise", "whole"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)  # PyTorch work single-threaded: on a shared 2-core machine 2 threads spin-wait
@@ -254,10 +265,15 @@ def main() -> int:
                 data = memory_comparison()
         data = {"command": "python benchmarks/bench_llm.py " + " ".join(sys.argv[1:]), "machine": info,
                 "result": data}
-        (results / f"llm_{part}{suffix}.json").write_text(json.dumps(data, indent=2) + "\n")
+        tag = "".join(f"_w{b}g{g}" for b, g in args.configs) if part == "quality" and args.configs else ""
+        (results / f"llm_{part}{tag}{suffix}.json").write_text(json.dumps(data, indent=2) + "\n")
         print(part, json.dumps(data["result"])[:2000], flush=True)
     if args.part in ("all", "report"):
-        loaded = {p: json.loads((results / f"llm_{p}{suffix}.json").read_text()) for p in PARTS}
+        loaded = {p: json.loads((results / f"llm_{p}{suffix}.json").read_text()) for p in PARTS if p != "quality"}
+        pieces = [json.loads(f.read_text()) for f in sorted(results.glob(f"llm_quality*{suffix}.json"))]
+        rows = {(r["variant"], r["bits"], r["group"]): r for piece in pieces for r in piece["result"]["rows"]}
+        loaded["quality"] = {**pieces[0], "result": {**pieces[0]["result"], "rows": list(rows.values())},
+                             "command": "; ".join(sorted({p["command"] for p in pieces}))}
         result = {"commands": sorted({v["command"] for v in loaded.values()}), "machine": loaded["quality"]["machine"],
                   **{p: v["result"] for p, v in loaded.items()}}
         result["targets"] = targets(result)

@@ -31,6 +31,7 @@ def _session(path: Path, threads: int = 2):
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no spin-waits on a shared machine
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -42,11 +43,11 @@ def _feeds(session, ids: np.ndarray, past: list[np.ndarray] | None) -> dict:
 
 
 def latency(paths: dict[str, Path], rounds: int = 7, decode_steps: int = 16, cache: int = 256,
-            prompt: int = 128) -> dict[str, dict[str, float]]:
+            prompt: int = 128, threads: int = 2) -> dict[str, dict[str, float]]:
     """Median prefill (1 x ``prompt`` tokens) and per-token decode (1 token on a ``cache``-token cache) times in ms,
     variants interleaved round by round so machine load hits them alike."""
     rng = np.random.default_rng(0)
-    sessions = {k: _session(p) for k, p in paths.items()}
+    sessions = {k: _session(p, threads) for k, p in paths.items()}
     prefill_ids = rng.integers(0, 256, (1, prompt), dtype=np.int64)
     cache_ids = rng.integers(0, 256, (1, cache), dtype=np.int64)
     step_ids = rng.integers(0, 256, (1, 1), dtype=np.int64)
