@@ -10,7 +10,7 @@ Example::
 
 from mixq.amp import LossScale, MixedPrecision, NumericsConfig, Policy
 from mixq.auto import AutoQuantReport, AutoQuantResult, EvalFnError, LayerOverride, autoquantize
-from mixq.export import ExportError, export_onnx, optimized_op_types
+from mixq.export import ExportError, export_decoder_onnx, export_onnx, generate_onnx, generate_torch, optimized_op_types
 from mixq.qat import QATConfig, convert, freeze_batchnorm, freeze_observers, prepare_qat
 from mixq.quant import (
     CalibrationError,
@@ -18,6 +18,7 @@ from mixq.quant import (
     QuantConfig,
     QuantizationSummary,
     QuantSpec,
+    WeightMethod,
     make_config,
     quantize,
 )
@@ -40,11 +41,15 @@ __all__ = [
     "QuantConfig",
     "QuantSpec",
     "QuantizationSummary",
+    "WeightMethod",
     "autoquantize",
     "convert",
+    "export_decoder_onnx",
     "export_onnx",
     "freeze_batchnorm",
     "freeze_observers",
+    "generate_onnx",
+    "generate_torch",
     "make_config",
     "optimized_op_types",
     "prepare_qat",

@@ -11,6 +11,7 @@ from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import add_model_options, input_files, load_inputs
 from mixq.cli.sidecar import write_sidecar
 from mixq.quant.observers import observer_names
+from mixq.quant.spec import WEIGHT_METHODS
 
 EPILOG = """examples:
   mixq quantize --model torchvision.models:resnet18 --mode dynamic --example-shape 1,3,224,224 --output r18.onnx
@@ -29,8 +30,14 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     add_model_options(p)
     p.add_argument("--mode", required=True, choices=("static", "dynamic", "weight_only", "fp16"))
     p.add_argument("--observer", choices=observer_names(), default="minmax", help="static-mode range observer")
-    p.add_argument("--bits", type=int, default=8, help="weight bits (weight_only: 4 or 8; default 8)")
-    p.add_argument("--group-size", type=int, default=None, help="per-group weight scales (weight_only 4-bit)")
+    p.add_argument("--bits", type=int, default=8, help="weight bits (weight_only: 2, 3, 4 or 8; default 8)")
+    p.add_argument("--group-size", type=int, default=None,
+                   help="per-group weight scales (weight_only below 8 bits; default 128)")
+    p.add_argument("--method", choices=WEIGHT_METHODS, default="rtn",
+                   help="weight_only: how integer weights are chosen; gptq and awq need calibration data "
+                        "(default rtn, round to nearest)")
+    p.add_argument("--weight-scheme", choices=("sym", "asym"), default="sym",
+                   help="weight_only: symmetric weights, or asymmetric with zero points (default sym)")
     p.add_argument("--exclude", default="", metavar="NAMES", help="comma-separated layer name patterns to keep float")
     p.add_argument("--smoothquant", type=_alpha, default=None, metavar="ALPHA|auto",
                    help="static/dynamic: SmoothQuant before quantizing (alpha in [0, 1], or 'auto' per layer); "
@@ -62,14 +69,21 @@ def run(args: argparse.Namespace) -> int:
     if args.smoothquant is not None and not (args.calib or args.calib_text):
         raise CliError("--smoothquant needs calibration data (activation statistics)",
                        "pass --calib DATA (or --calib-text FILE with --hf), or drop --smoothquant")
+    if args.mode != "weight_only" and (args.method != "rtn" or args.weight_scheme != "sym"):
+        raise CliError(f"--method and --weight-scheme choose weight_only weights, not --mode {args.mode} ones",
+                       "use --mode weight_only, or drop them")
     model, batches, example = load_inputs(args)
+    if args.method != "rtn" and batches is None:
+        raise CliError(f"--method {args.method} needs calibration data",
+                       "pass --calib DATA (a few dozen representative batches), or use --method rtn")
     exclude = [e.strip() for e in args.exclude.split(",") if e.strip()]
-    needs_data = args.mode == "static" or args.smoothquant is not None
+    needs_data = args.mode == "static" or args.smoothquant is not None or args.method != "rtn"
     try:
         qmodel = mixq.quantize(model, args.mode, calib_data=batches if needs_data else None,
                                observer=args.observer, bits=args.bits, group_size=args.group_size, exclude=exclude,
                                example_inputs=example, max_calib_batches=args.max_calib_batches,
-                               smoothquant=args.smoothquant)
+                               smoothquant=args.smoothquant, method=args.method,
+                               symmetric=args.weight_scheme == "sym")
     except (ValueError, TypeError) as err:
         raise CliError(f"mixq.quantize rejected the request: {first_line(err)}",
                        "adjust the options named above") from err

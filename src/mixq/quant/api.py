@@ -13,16 +13,30 @@ from mixq.quant.conversion import convert_prepared
 from mixq.quant.modules.observed import refuse_observed
 from mixq.quant.planning import split_first
 from mixq.quant.smoothquant import check_alpha, smooth
-from mixq.quant.spec import DEFAULT_ACTIVATION, LayerOverride, ObserverSpec, QuantConfig, QuantSpec
+from mixq.quant.spec import (
+    DEFAULT_ACTIVATION,
+    WEIGHT_ONLY_BITS,
+    LayerOverride,
+    ObserverSpec,
+    QuantConfig,
+    QuantSpec,
+    WeightMethod,
+)
 from mixq.quant.stages import calibrate, prepare
+from mixq.quant.weight_only.calibrate import calibrate_weights
 
 
 def make_config(mode: str, *, observer: str = "minmax", bits: int = 8, group_size: int | None = None,
                 per_channel: bool = True, activation_dtype: str = "uint8", reduce_range: bool = False,
-                exclude: Iterable[str] = (), overrides: Iterable[LayerOverride] = ()) -> QuantConfig:
+                exclude: Iterable[str] = (), overrides: Iterable[LayerOverride] = (), symmetric: bool = True,
+                method: str | WeightMethod = "rtn") -> QuantConfig:
     """Build a validated ``QuantConfig`` from ``quantize``'s keyword arguments."""
-    if mode == "weight_only" and bits not in (4, 8):
-        raise ValueError(f"weight_only needs bits 4 or 8 (MatMulNBits / int8), got {bits!r}")
+    if mode == "weight_only" and bits not in WEIGHT_ONLY_BITS:
+        raise ValueError(f"weight_only runs as ONNX Runtime's MatMulNBits, which takes 2-, 4- or 8-bit weights "
+                         f"(3-bit in its 4-bit layout); got bits={bits!r}")
+    if not isinstance(method, (str, WeightMethod)):
+        raise TypeError(f"method must be 'rtn', 'gptq', 'awq' or a WeightMethod, got {type(method).__name__}")
+    method = WeightMethod(method) if isinstance(method, str) else method
     if not isinstance(bits, int) or not 2 <= bits <= 8:
         raise ValueError(f"bits must be between 2 and 8 (weights below 8 bits are stored as int8), got {bits!r}")
     if reduce_range:
@@ -33,9 +47,9 @@ def make_config(mode: str, *, observer: str = "minmax", bits: int = 8, group_siz
         granularity = "per_group"
     else:
         granularity = "per_channel" if per_channel else "per_tensor"
-    if mode == "weight_only" and bits == 4 and group_size is None and per_channel:
+    if mode == "weight_only" and bits < 8 and group_size is None and per_channel:
         granularity, group_size = "per_group", 128
-    weight = QuantSpec("int8", bits=bits, granularity=granularity, group_size=group_size)
+    weight = QuantSpec("int8", bits=bits, symmetric=symmetric, granularity=granularity, group_size=group_size)
     if activation_dtype not in ("uint8", "int8"):
         raise ValueError(f"activation_dtype must be 'uint8' or 'int8', got {activation_dtype!r}")
     activation = DEFAULT_ACTIVATION if activation_dtype == "uint8" else QuantSpec(
@@ -43,7 +57,7 @@ def make_config(mode: str, *, observer: str = "minmax", bits: int = 8, group_siz
     if isinstance(exclude, str):
         raise TypeError(f"exclude must be a list of name patterns, e.g. exclude=[{exclude!r}]")
     return QuantConfig(mode, weight=weight, activation=activation, observer=ObserverSpec(observer),
-                       exclude=tuple(exclude), overrides=tuple(overrides))
+                       exclude=tuple(exclude), overrides=tuple(overrides), method=method)
 
 
 def quantize(
@@ -64,15 +78,19 @@ def quantize(
     config: QuantConfig | None = None,
     overrides: Iterable[LayerOverride] = (),
     smoothquant: float | str | None = None,
+    method: str | WeightMethod = "rtn",
+    symmetric: bool = True,
 ) -> nn.Module:
     """Return a quantized copy of ``model`` (the original is never modified), with ``.mixq_summary`` attached.
 
     Modes: ``"static"`` (int8 weights and activations; needs ``calib_data``, an iterable of batches: tensors,
     tuples of positional tensors or dicts of keyword tensors), ``"dynamic"`` (int8 weights, activations quantized
-    per call), ``"weight_only"`` (``bits=8`` per-channel or ``bits=4`` with ``group_size``, default 128) and
-    ``"fp16"``. ``reduce_range=True`` keeps int8 weights within 7 bits ([-63, 63]) so x86 CPUs without VNNI, whose
-    uint8 x int8 kernels add pairs of products in saturating 16-bit registers, cannot overflow (ONNX Runtime's own
-    advice for such machines); it costs one bit of weight precision.
+    per call), ``"weight_only"`` (``bits=8`` per-channel, or ``bits`` 4, 3 or 2 with ``group_size``, default 128;
+    ``symmetric=False`` adds zero points) and ``"fp16"``. Weight-only ``method`` is ``"rtn"`` (round to nearest,
+    data-free), ``"gptq"`` or ``"awq"`` (both need ``calib_data`` and calibrate one decoder block at a time), or a
+    ``WeightMethod`` with their options. ``reduce_range=True`` keeps int8 weights within 7 bits ([-63, 63]) so x86
+    CPUs without VNNI, whose uint8 x int8 kernels add pairs of products in saturating 16-bit registers, cannot
+    overflow (ONNX Runtime's own advice for such machines); it costs one bit of weight precision.
 
     Conv+BatchNorm(+ReLU) are folded first, from a probe of the real dataflow (the first calibration batch, or
     ``example_inputs`` in the other modes). Static mode then traces the model with ``torch.fx`` where it can, to
@@ -99,20 +117,26 @@ def quantize(
     refuse_observed(model, "quantize")
     cfg = config or make_config(mode, observer=observer, bits=bits, group_size=group_size,
                                 per_channel=per_channel, activation_dtype=activation_dtype,
-                                reduce_range=reduce_range, exclude=exclude, overrides=overrides)
+                                reduce_range=reduce_range, exclude=exclude, overrides=overrides, method=method,
+                                symmetric=symmetric)
     alpha = check_alpha(smoothquant)
     if alpha is not None and cfg.mode not in ("static", "dynamic"):
         raise ValueError(f"smoothquant applies to the static and dynamic modes (int8 activations), not "
                          f"{cfg.mode!r}; drop smoothquant or change the mode")
     probe = example_inputs
     batches: Iterable[Batch] | None = None
-    if cfg.needs_calibration or alpha is not None:
+    if cfg.needs_calibration or alpha is not None or cfg.method.needs_data:
         if calib_data is None:
+            if cfg.method.needs_data:
+                raise ValueError(f"method={cfg.method.name!r} needs calib_data: a few dozen representative token "
+                                 "batches (or use method='rtn', which needs none)")
             what = "smoothquant" if alpha is not None else "static quantization"
             raise ValueError(f"{what} needs calib_data: a few hundred representative inputs as an iterable of "
                              "batches (or use mode='dynamic' without smoothquant, which needs none)")
         first, batches = split_first(calib_data)
-        probe = first if probe is None or cfg.needs_calibration else probe
+        probe = first if probe is None or cfg.needs_calibration or cfg.method.needs_data else probe
+        if cfg.method.needs_data:
+            batches = list(itertools.islice(batches, max_calib_batches))  # read twice: observers and weights
     notes: list[str] = []
     if alpha is not None:
         if iter(batches) is batches or max_calib_batches is not None:  # read twice: statistics, calibration
@@ -125,6 +149,8 @@ def quantize(
     prepared = prepare(model, cfg, probe)
     if prepared.observed:
         calibrate(prepared, batches, progress=progress, max_batches=max_calib_batches)  # type: ignore[arg-type]
+    if cfg.method.needs_data:
+        calibrate_weights(prepared, batches, progress=progress)  # type: ignore[arg-type]
     qmodel = convert_prepared(prepared)
     qmodel.mixq_summary.notes[:0] = notes
     if not qmodel.mixq_summary.quantized:

@@ -19,6 +19,7 @@ from torch import nn
 from mixq.quant.fusion import set_submodule
 from mixq.quant.modules import DynamicQuantizedConv, FloatAdd, ObservedAdd, ObservedLayer, QuantizedAdd
 from mixq.quant.modules.registry import kind_name, qmodule_class, refusal
+from mixq.quant.modules.weight_only import GroupParams
 from mixq.quant.observers import MinMaxObserver, Observer, make_observer
 from mixq.quant.observers.histogram import HistogramObserver
 from mixq.quant.spec import ObserverSpec, QuantConfig
@@ -84,7 +85,7 @@ def _with_relu(module: nn.Module, relu: bool) -> nn.Module:
 
 
 def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,
-                   summary: QuantizationSummary) -> None:
+                   summary: QuantizationSummary, weight_params: dict[str, GroupParams]) -> None:
     module = model.get_submodule(name)
     observed = module if isinstance(module, ObservedLayer) else None
     layer, relu = (observed.layer, observed.relu) if observed else (module, False)
@@ -109,7 +110,8 @@ def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ra
         summary.add(name, kind, "float", reason)
         set_submodule(model, name, _with_relu(layer, relu))
         return
-    new = qmodule_class(layer, choice.mode).from_float(layer, config)
+    extra = {"params": weight_params[name]} if name in weight_params else {}
+    new = qmodule_class(layer, choice.mode).from_float(layer, config, **extra)
     summary.add(name, kind, "quantized", _detail(new, choice.mode, config), before, module_bytes(new))
     set_submodule(model, name, _with_relu(new, relu))
 
@@ -140,7 +142,7 @@ def convert_prepared(prepared: Prepared, config: QuantConfig | None = None) -> n
     static = {n for n in prepared.observed + prepared.adds if config.choice(n).mode == "static"}
     ranges = _Ranges(prepared, config, static, model)
     for name in prepared.targets:
-        _convert_layer(model, name, config, ranges, summary)
+        _convert_layer(model, name, config, ranges, summary, prepared.weight_params)
     for name in prepared.adds:
         _convert_add(model, name, config, ranges, summary)
     if static and config.activation.torch_dtype == torch.int8:

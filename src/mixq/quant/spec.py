@@ -18,6 +18,8 @@ from mixq.quant.primitives import qrange
 MODES = ("static", "dynamic", "weight_only", "fp16")
 LAYER_MODES = (*MODES, "fp32")  # what a per-layer override may ask for; "fp32" keeps the layer float
 GRANULARITIES = ("per_tensor", "per_channel", "per_group")
+WEIGHT_METHODS = ("rtn", "gptq", "awq")
+WEIGHT_ONLY_BITS = (2, 3, 4, 8)  # MatMulNBits runs 2, 4 and 8; 3-bit codes ride in its 4-bit layout
 _DTYPES = {"int8": torch.int8, "uint8": torch.uint8}
 
 
@@ -109,6 +111,52 @@ class ObserverSpec:
 
 
 @dataclass(frozen=True)
+class WeightMethod:
+    """How weight-only layers choose their integer weights.
+
+    ``"rtn"`` rounds to nearest (data-free, the default); ``"gptq"`` (Frantar et al.) corrects rounding errors with
+    the inverse Hessian of each layer's calibration inputs (``damp``: diagonal damping as a fraction of the mean
+    diagonal; ``act_order``: quantize columns in order of decreasing activation energy, with group parameters fixed
+    up front so groups stay the exported blocks); ``"awq"`` (Lin et al.) searches per-input-channel scales on
+    calibration activations and folds them into the preceding norm or linear layer (``clip``: also search a
+    clipping range per group). ``blockwise`` calibrates one decoder block at a time, feeding block k+1 the
+    quantized outputs of block k; ``False`` gathers every layer's statistics in one float forward pass.
+
+    Example: ``WeightMethod("gptq", act_order=True)``, ``WeightMethod("awq", clip=False)``.
+    """
+
+    name: str = "rtn"
+    damp: float = 0.01
+    act_order: bool = False
+    clip: bool = True
+    blockwise: bool = True
+
+    def __post_init__(self) -> None:
+        if self.name not in WEIGHT_METHODS:
+            raise ValueError(f"unknown weight method {self.name!r}; choose one of {', '.join(WEIGHT_METHODS)}")
+        if not 0.0 < self.damp < 1.0:
+            raise ValueError(f"damp must be in (0, 1), got {self.damp}")
+        if self.act_order and self.name != "gptq":
+            raise ValueError(f"act_order is a GPTQ option; method {self.name!r} does not use it")
+        if self.damp != 0.01 and self.name != "gptq":
+            raise ValueError(f"damp is a GPTQ option; method {self.name!r} does not use it")
+
+    @property
+    def needs_data(self) -> bool:
+        return self.name != "rtn"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        extras = {"gptq": [f"damp={self.damp}"] + (["act_order"] if self.act_order else []),
+                  "awq": [] if self.clip else ["no clip"]}.get(self.name, [])
+        if self.needs_data and not self.blockwise:
+            extras.append("whole-model calibration")
+        return self.name + (f"({', '.join(extras)})" if extras else "")
+
+
+@dataclass(frozen=True)
 class LayerOverride:
     """A per-layer precision: the layers whose names match ``pattern`` use ``mode`` (and ``observer``).
 
@@ -176,17 +224,24 @@ class QuantConfig:
     exclude: tuple[str, ...] = ()
     fold_batchnorm: bool = True
     overrides: tuple[LayerOverride, ...] = ()
+    method: WeightMethod = WeightMethod()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if not self.weight.symmetric:
-            raise ValueError("weights are quantized symmetrically (zero point 0); set symmetric=True")
+        modes = {self.mode} | {o.mode for o in self.overrides if isinstance(o, LayerOverride)}
+        if not self.weight.symmetric and modes - {"weight_only", "fp16", "fp32"}:
+            raise ValueError("asymmetric weights (zero points) are a weight_only option; static and dynamic "
+                             "weights are symmetric: set symmetric=True")
         if self.weight.torch_dtype != torch.int8:
             raise ValueError("weights are stored as int8; set the weight dtype to 'int8'")
-        modes = {self.mode} | {o.mode for o in self.overrides if isinstance(o, LayerOverride)}
-        if "weight_only" in modes and self.weight.bits not in (4, 8):
-            raise ValueError(f"weight_only supports bits=4 or bits=8, got bits={self.weight.bits}")
+        if "weight_only" in modes and self.weight.bits not in WEIGHT_ONLY_BITS:
+            raise ValueError(f"weight_only runs as ONNX Runtime's MatMulNBits, which takes 2-, 4- or 8-bit weights "
+                             f"(3-bit in its 4-bit layout); got bits={self.weight.bits}")
+        if not isinstance(self.method, WeightMethod):
+            raise TypeError(f"method must be a WeightMethod, got {type(self.method).__name__}")
+        if self.method.needs_data and "weight_only" not in modes:
+            raise ValueError(f"method {self.method.name!r} chooses weight-only weights; use mode='weight_only'")
         if "static" in modes and self.activation.bits != 8:
             raise ValueError("static mode quantizes activations to 8 bits")
         if isinstance(self.exclude, str):
@@ -222,4 +277,5 @@ class QuantConfig:
             exclude=tuple(data["exclude"]),
             fold_batchnorm=data["fold_batchnorm"],
             overrides=tuple(LayerOverride.from_dict(o) for o in data.get("overrides", ())),
+            method=WeightMethod(**data.get("method", {})),
         )

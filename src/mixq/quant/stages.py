@@ -30,7 +30,7 @@ from mixq.quant.modules import ObservedLayer
 from mixq.quant.modules.registry import adapt_in_place, qmodule_class
 from mixq.quant.observers import make_observer
 from mixq.quant.planning import excluded, plan
-from mixq.quant.spec import ObserverSpec, QuantConfig
+from mixq.quant.spec import ObserverSpec, QuantConfig, WeightMethod
 from mixq.quant.summary import QuantizationSummary
 
 
@@ -42,7 +42,9 @@ class Prepared:
     ``torch.fx.GraphModule`` with ``adds`` as ``ObservedAdd``); ``plain`` layers (planned for another mode, and
     embeddings) are untouched until conversion. ``observer_specs`` records which observer each observed module's
     own observers were built with (``collect`` when one spec gathered statistics for all of them), so conversion
-    can derive another observer's ranges from the same statistics instead of calibrating again.
+    can derive another observer's ranges from the same statistics instead of calibrating again. ``weight_params``
+    holds the (scale, zero point) per group that a weight-only method (GPTQ, AWQ) chose for a layer, whose float
+    weight it has already moved onto that grid.
     """
 
     model: nn.Module
@@ -54,6 +56,7 @@ class Prepared:
     observer_specs: dict[str, ObserverSpec] = field(default_factory=dict)
     calibrated_batches: int = 0
     qparams_cache: dict[tuple[str, ObserverSpec], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    weight_params: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def targets(self) -> list[str]:
@@ -91,7 +94,9 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
         relu_layers = apply_fusions(qmodel, fusions)
         summary.notes += [f"folded {f.batchnorm} into {f.layer}" for f in fusions if f.batchnorm]
     # plan as static (accepts every supported layer); mode-specific limits are checked per layer at conversion
-    targets = plan(qmodel, dataclasses.replace(config, mode="static", overrides=()), summary)
+    as_static = dataclasses.replace(config, mode="static", overrides=(), method=WeightMethod(),
+                                    weight=dataclasses.replace(config.weight, symmetric=True))
+    targets = plan(qmodel, as_static, summary)
     adapt_in_place(qmodel, targets)
     observed = [n for n in targets if static(n) and _observable(qmodel.get_submodule(n))]
     plain = [n for n in targets if n not in observed]

@@ -1,6 +1,6 @@
-"""Weight quantization: per-tensor/per-channel int8 (static, dynamic, weight-only 8-bit) and block-wise
-n-bit packed for ONNX Runtime's ``MatMulNBits``. Weights are symmetric (zero point 0), so integer kernels skip
-the zero-point term."""
+"""Weight quantization: per-tensor/per-channel int8 (static, dynamic, int8 weight-only convolutions).
+Weights are symmetric (zero point 0), so integer kernels skip the zero-point term. Block-wise n-bit weights for
+``MatMulNBits`` live in ``mixq.quant.weight_only.grid``."""
 
 from __future__ import annotations
 
@@ -50,26 +50,3 @@ def quantize_bias(bias: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tens
     bias_scale = (x_scale * w_scale).to(torch.float64)
     q = torch.round(bias.detach().to(torch.float64) / bias_scale)
     return q.clamp(-(2**31), 2**31 - 1).to(torch.int32)
-
-
-def quantize_nbits(weight: torch.Tensor, bits: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Block-wise symmetric ``bits``-bit weights packed in ONNX Runtime's MatMulNBits layout.
-
-    Returns ``packed`` (uint8 ``[N, blocks, block_size * bits // 8]``, values offset by the implicit zero point
-    ``2**(bits-1)``, two 4-bit values per byte low nibble first) and ``scales`` (float32 ``[N * blocks]``).
-    ``K`` is zero-padded to a whole number of blocks.
-    """
-    n, k = weight.shape
-    blocks = -(-k // block_size)
-    w = torch.zeros(n, blocks * block_size, dtype=torch.float32)
-    w[:, :k] = weight.detach().to(torch.float32)
-    w = w.reshape(n, blocks, block_size)
-    qmax = 2 ** (bits - 1) - 1
-    absmax = w.abs().amax(dim=-1, keepdim=True)
-    scale = torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax))
-    offset = 2 ** (bits - 1)
-    q = quantize(w, scale, torch.tensor(0, dtype=torch.int8), qmin=-qmax, qmax=qmax).to(torch.int16) + offset
-    q = q.to(torch.uint8)
-    if bits == 4:
-        q = q[..., 0::2] | (q[..., 1::2] << 4)
-    return q.contiguous(), scale.reshape(-1).contiguous()

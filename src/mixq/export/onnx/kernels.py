@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from mixq.quant.modules.conv_args import conv_nd
 from mixq.quant.primitives import along, dequantize, dynamic_qparams, qrange, quantize
+from mixq.quant.weight_only.grid import unpack_matmul_nbits
 
 _EXACT_FP32 = 2**24  # integers below this magnitude are exact in float32 sums
 
@@ -111,28 +112,16 @@ def _(x, w_q, w_scale, bias, stride, padding, dilation, groups):
     return _conv(x, torch.empty_like(w_q, dtype=x.dtype), stride, padding, dilation, groups)
 
 
-def unpack_nbits(packed: torch.Tensor, scales: torch.Tensor, bits: int, k: int) -> torch.Tensor:
-    """Dequantize a MatMulNBits weight blob ``[N, blocks, bytes]`` (zero point 2**(bits-1)) to float ``[N, K]``."""
-    n, blocks, _ = packed.shape
-    if bits == 8:
-        q = packed.to(torch.int16)
-    else:
-        q = torch.stack([packed & 0x0F, packed >> 4], dim=-1).to(torch.int16)
-    q = q.reshape(n, blocks, -1) - 2 ** (bits - 1)
-    w = q.to(torch.float32) * scales.reshape(n, blocks, 1)
-    return w.reshape(n, -1)[:, :k]
-
-
 @torch.library.custom_op("mixq::matmul_nbits", mutates_args=())
-def matmul_nbits(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
-                 in_features: int, bits: int, block_size: int) -> torch.Tensor:
-    """Weight-only (4/8-bit, block-wise) linear layer (ONNX Runtime: MatMulNBits); activations stay float."""
-    w = unpack_nbits(packed, scales, bits, in_features)
+def matmul_nbits(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None,
+                 bias: torch.Tensor | None, in_features: int, bits: int, block_size: int) -> torch.Tensor:
+    """Weight-only (2/4/8-bit, block-wise) linear layer (ONNX Runtime: MatMulNBits); activations stay float."""
+    w = unpack_matmul_nbits(packed, scales, zero_points, bits, in_features)
     return F.linear(x, w, bias)
 
 
 @matmul_nbits.register_fake
-def _(x, packed, scales, bias, in_features, bits, block_size):
+def _(x, packed, scales, zero_points, bias, in_features, bits, block_size):
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
 

@@ -78,8 +78,9 @@ def dynamic_conv(x, w_q, w_scale, bias, stride, padding, dilation, groups):
     return y if bias is None else op.Add(y, _per_channel(bias, ndim))
 
 
-def matmul_nbits(x, packed, scales, bias, in_features, bits, block_size):
-    y = MatMulNBits(x, packed, scales, K=in_features, N=int(packed.shape[0]), bits=bits, block_size=block_size)
+def matmul_nbits(x, packed, scales, zero_points, bias, in_features, bits, block_size):
+    y = MatMulNBits(x, packed, scales, zero_points, K=in_features, N=int(packed.shape[0]), bits=bits,
+                    block_size=block_size)
     return y if bias is None else op.Add(y, bias)
 
 

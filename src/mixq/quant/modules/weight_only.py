@@ -9,44 +9,70 @@ from mixq.export.onnx import kernels as ops
 from mixq.quant.modules.conv_args import Int8WeightConv
 from mixq.quant.modules.registry import register_qmodule
 from mixq.quant.spec import QuantConfig, QuantSpec
-from mixq.quant.weights import float_bias, quantize_nbits
+from mixq.quant.weight_only.grid import Grid, pack_matmul_nbits
+from mixq.quant.weight_only.layers import in_out_features, weight_matrix
+from mixq.quant.weights import float_bias
+
+GroupParams = tuple[torch.Tensor, torch.Tensor]  # scale, zero point: float32 [out_features, groups]
 
 
-def _block_size(spec: QuantSpec, in_features: int) -> int:
+def block_size(spec: QuantSpec, in_features: int) -> int:
     """MatMulNBits wants a power-of-two block >= 16; per-channel uses one block covering all of K."""
     if spec.granularity == "per_group":
         return int(spec.group_size)  # type: ignore[arg-type]
     return max(16, 1 << (in_features - 1).bit_length())
 
 
+def grid_of(spec: QuantSpec, in_features: int) -> Grid:
+    """The group grid a weight-only layer with ``in_features`` inputs quantizes onto under ``spec``."""
+    return Grid(spec.bits, block_size(spec, in_features), spec.symmetric)
+
+
 @register_qmodule(nn.Linear, "weight_only")
 class WeightOnlyLinear(nn.Module):
-    """Linear layer with 4- or 8-bit block-wise weights, running as ONNX Runtime's MatMulNBits.
+    """Linear layer (``nn.Linear`` or GPT-2's ``Conv1D``) with 2/3/4/8-bit group-wise weights, running as ONNX
+    Runtime's MatMulNBits (zero points for asymmetric grids; 3-bit codes in the 4-bit layout).
+
+    ``params`` are the (scale, zero point) per group a calibration method chose (GPTQ, AWQ's clipping); the
+    default is the min-max range of each group (round to nearest).
 
     Example: ``WeightOnlyLinear(nn.Linear(512, 512), QuantSpec(bits=4, granularity="per_group", group_size=32))``.
     """
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, config: QuantConfig) -> WeightOnlyLinear:
-        return cls(linear, config.weight)
+    def from_float(cls, linear: nn.Module, config: QuantConfig, params: GroupParams | None = None
+                   ) -> WeightOnlyLinear:
+        """``params``: the group scales and zero points a calibration method chose (GPTQ, AWQ)."""
+        layer = cls(linear, config.weight, params)
+        layer.method = str(config.method)
+        return layer
 
-    def __init__(self, linear: nn.Linear, spec: QuantSpec) -> None:
+    def describe(self, config: QuantConfig) -> str:
+        k, block = self.in_features, self.block_size
+        padded = f" (K={k} zero-padded to {-(-k // block) * block})" if k % block else ""
+        return f"weight_only w:{config.weight} {config.method}{padded}"
+
+    def __init__(self, linear: nn.Module, spec: QuantSpec, params: GroupParams | None = None) -> None:
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.bits = spec.bits
-        self.block_size = _block_size(spec, linear.in_features)
-        packed, scales = quantize_nbits(linear.weight, spec.bits, self.block_size)
+        self.in_features, self.out_features = in_out_features(linear)
+        grid = grid_of(spec, self.in_features)
+        self.block_size, self.code_bits, self.symmetric = grid.group_size, grid.bits, grid.symmetric
+        weight = weight_matrix(linear).detach()
+        scale, zero = params if params is not None else grid.params(weight)
+        packed, zero_points, self.bits = pack_matmul_nbits(grid, grid.quantize_matrix(weight, scale, zero), zero)
         self.register_buffer("packed", packed)
-        self.register_buffer("scales", scales)
+        self.register_buffer("scales", scale.reshape(-1).to(torch.float32).contiguous())
+        self.register_buffer("zero_points", zero_points)
         self.register_buffer("bias", float_bias(linear))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.matmul_nbits(x, self.packed, self.scales, self.bias, self.in_features, self.bits,
-                                self.block_size)
+        return ops.matmul_nbits(x, self.packed, self.scales, self.zero_points, self.bias, self.in_features,
+                                self.bits, self.block_size)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-                f"block_size={self.block_size}")
+        layout = "" if self.bits == self.code_bits else f" (in {self.bits}-bit layout)"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.code_bits}{layout}, "
+                f"block_size={self.block_size}, {'symmetric' if self.symmetric else 'zero points'}")
 
 
 @register_qmodule((nn.Conv1d, nn.Conv2d), "weight_only")
@@ -55,8 +81,10 @@ class WeightOnlyConv(Int8WeightConv):
 
     @classmethod
     def refusal(cls, conv: nn.Module, config: QuantConfig) -> str | None:
-        if config.weight.bits == 4:
-            return "4-bit weight-only covers Linear layers (MatMulNBits); use bits=8 for convolutions"
+        w = config.weight
+        if w.bits != 8 or not w.symmetric:
+            return (f"{w.bits}-bit {'' if w.symmetric else 'asymmetric '}weight-only covers Linear layers "
+                    "(MatMulNBits); use symmetric bits=8 for convolutions")
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

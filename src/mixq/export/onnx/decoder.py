@@ -1,0 +1,153 @@
+"""A causal LM that ONNX Runtime serves token by token: ``export_decoder_onnx`` writes a graph with the key/value
+cache as inputs (``past.{i}.key``/``past.{i}.value``) and outputs (``present.{i}.key``/``...value``), symbolic
+batch, sequence and past length, and whatever mixq put inside (int4 ``MatMulNBits`` for weight-only models).
+``generate_onnx`` runs greedy generation through it; ``generate_torch`` runs the same loop in PyTorch.
+
+Prefill passes the prompt with empty (length 0) past tensors; each decode step passes one token per sequence and
+the previous step's presents. Sequences in a batch share one length (no padding mask).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mixq.export.onnx.export import ExportError, _finalize, _optimize, _quiet_loggers
+from mixq.quant.modules.observed import refuse_observed
+from mixq.report.files import atomic_path
+
+_MAX = 1 << 16
+
+
+def _cache_shape(config: Any) -> tuple[int, int, int]:
+    """(layers, key/value heads, head size) of a Hugging Face decoder config."""
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    head_dim = getattr(config, "head_dim", None) or (hidden // heads if hidden and heads else None)
+    if not (layers and kv_heads and head_dim):
+        raise TypeError(f"{type(config).__name__} does not describe a decoder (layers, heads, hidden size); pass a "
+                        "Hugging Face causal LM such as LlamaForCausalLM or GPT2LMHeadModel")
+    return int(layers), int(kv_heads), int(head_dim)
+
+
+class CachedDecoder(nn.Module):
+    """``(input_ids, *past) -> (logits, *present)`` around a Hugging Face causal LM, with flat key/value tensors
+    ``[batch, kv_heads, length, head_dim]`` (key then value, per layer). Positions continue after the past."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        if not hasattr(lm, "config"):
+            raise TypeError(f"{type(lm).__name__} has no .config; pass a Hugging Face causal LM")
+        self.lm = lm
+        self.layers, self.kv_heads, self.head_dim = _cache_shape(lm.config)
+
+    def empty_past(self, batch: int) -> list[torch.Tensor]:
+        return [torch.zeros(batch, self.kv_heads, 0, self.head_dim) for _ in range(2 * self.layers)]
+
+    def forward(self, input_ids: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.lm.config)
+        for i in range(self.layers):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        batch, length = input_ids.shape
+        positions = torch.arange(length, device=input_ids.device).unsqueeze(0) + past[0].shape[2]
+        out = self.lm(input_ids=input_ids, past_key_values=cache, position_ids=positions.expand(batch, -1),
+                      use_cache=True)
+        present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        return (out.logits, *present)
+
+    def io_names(self) -> tuple[list[str], list[str]]:
+        kv = [f"{i}.{kind}" for i in range(self.layers) for kind in ("key", "value")]
+        return ["input_ids"] + [f"past.{n}" for n in kv], ["logits"] + [f"present.{n}" for n in kv]
+
+
+def export_decoder_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int | None = None) -> Path:
+    """Export a (quantized) Hugging Face causal LM as a key/value-cache decoder ONNX Runtime runs step by step.
+
+    The file is written to a temporary name, loaded by ONNX Runtime as a check, and only then renamed to ``path``.
+    Example: ``mixq.export_decoder_onnx(mixq.quantize(lm, "weight_only", bits=4), "lm_int4.onnx")``.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from mixq.export.onnx.translations import translation_table
+
+    refuse_observed(model, "export")
+    target = Path(path)
+    if not target.parent.exists():
+        raise FileNotFoundError(f"output directory {str(target.parent)!r} does not exist; create it first")
+    if target.suffix != ".onnx":
+        raise ValueError(f"the output path should end in .onnx, got {str(target)!r}")
+    wrapper = CachedDecoder(model.eval())
+    ids = torch.zeros(2, 3, dtype=torch.long)
+    past = [torch.zeros(2, wrapper.kv_heads, 4, wrapper.head_dim) for _ in range(2 * wrapper.layers)]
+    batch, seq = torch.export.Dim("batch", min=1, max=_MAX), torch.export.Dim("sequence", min=1, max=_MAX)
+    past_len = torch.export.Dim("past_sequence", min=0, max=_MAX)
+    shapes = ({0: batch, 1: seq}, tuple({0: batch, 2: past_len} for _ in past))
+    inputs, outputs = wrapper.io_names()
+    try:
+        with atomic_path(target) as tmp, warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript"), \
+                contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(wrapper, (ids, *past), dynamo=True, opset_version=opset,
+                                        dynamic_shapes=shapes, custom_translation_table=translation_table(),
+                                        input_names=inputs, output_names=outputs, verbose=False, optimize=False)
+            _optimize(program)
+            proto = program.model_proto
+            _finalize(proto)
+            onnx.save(proto, tmp)
+            ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])  # loads, or nothing is replaced
+    except Exception as err:
+        raise ExportError(f"could not export {type(model).__name__} as a key/value-cache decoder: {err}") from err
+    return target
+
+
+def _check_prompt(input_ids: torch.Tensor, max_new_tokens: int) -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
+        raise TypeError("input_ids must be a [batch, length] int64 tensor of token ids")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+
+
+def generate_onnx(path_or_session: Any, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """Greedy generation through an ``export_decoder_onnx`` file (or its ``InferenceSession``): one prefill, then
+    one step per new token with the cache. Returns prompt + new tokens, ``[batch, length + max_new_tokens]``."""
+    import onnxruntime as ort
+
+    _check_prompt(input_ids, max_new_tokens)
+    session = path_or_session if isinstance(path_or_session, ort.InferenceSession) else ort.InferenceSession(
+        str(path_or_session), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    past_inputs = [i for i in session.get_inputs() if i.name.startswith("past.")]
+    batch = input_ids.shape[0]
+    past = [np.zeros((batch, int(i.shape[1]), 0, int(i.shape[3])), np.float32) for i in past_inputs]
+    tokens = input_ids.numpy()
+    step = tokens
+    for _ in range(max_new_tokens):
+        logits, *past = session.run(None, dict(zip(names, [step, *past], strict=True)))
+        step = logits[:, -1].argmax(-1).astype(np.int64)[:, None]
+        tokens = np.concatenate([tokens, step], axis=1)
+    return torch.from_numpy(tokens)
+
+
+@torch.no_grad()
+def generate_torch(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """The same greedy loop as ``generate_onnx``, in PyTorch (the reference the ONNX file must reproduce)."""
+    _check_prompt(input_ids, max_new_tokens)
+    wrapper = CachedDecoder(model.eval())
+    past, tokens, step = wrapper.empty_past(input_ids.shape[0]), input_ids, input_ids
+    for _ in range(max_new_tokens):
+        logits, *past = wrapper(step, *past)
+        step = logits[:, -1].argmax(-1, keepdim=True)
+        tokens = torch.cat([tokens, step], dim=1)
+    return tokens
