@@ -84,6 +84,13 @@ def _masters(saved: Any, shapes: Sequence[torch.Size] | None) -> list[torch.Tens
     return list(saved)
 
 
+def _entry(state: dict[str, Any], key: str, parse: Any) -> Any:
+    try:
+        return parse(state[key])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"invalid MixedPrecision state: {key!r} is malformed ({type(err).__name__}: {err})") from err
+
+
 def parse_state(state: Any, policy: Policy, accumulation_steps: int,
                 master_shapes: Sequence[torch.Size] | None) -> LoadedState:
     """Check ``state`` against this run (its policy, accumulation and master weights); raise a ``ValueError``
@@ -96,11 +103,7 @@ def parse_state(state: Any, policy: Policy, accumulation_steps: int,
     if missing:
         raise ValueError(f"invalid MixedPrecision state: missing {', '.join(map(repr, missing))}; pass what "
                          "MixedPrecision.state_dict() returned")
-    try:
-        saved = Policy.from_dict(state["policy"])
-        loss_scale = LossScale.from_dict(state["loss_scale"])
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise ValueError(f"invalid MixedPrecision state: {type(err).__name__}: {err}") from err
+    saved, loss_scale = _entry(state, "policy", Policy.from_dict), _entry(state, "loss_scale", LossScale.from_dict)
     if saved != policy:
         raise ValueError(f"checkpoint was saved with policy {saved}, but this MixedPrecision uses {policy}")
     micro = state["micro_batches"]
