@@ -9,6 +9,7 @@ from mixq.cli.errors import CliError, first_line, output_file
 from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import add_model_options, input_files, load_inputs
 from mixq.cli.sidecar import write_sidecar
+from mixq.report.files import StagedOutputs
 
 OBSERVERS = ("minmax", "percentile", "mse", "entropy", "moving_average")
 EPILOG = """examples:
@@ -24,7 +25,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                                    "per-layer summary, and write the ONNX file plus a JSON sidecar describing it.")
     add_model_options(p)
     p.add_argument("--mode", required=True, choices=("static", "dynamic", "weight_only", "fp16"))
-    p.add_argument("--observer", choices=OBSERVERS, default="minmax", help="static-mode range observer")
+    p.add_argument("--observer", choices=OBSERVERS, default=None,
+                   help="static-mode range observer (default minmax; refused in other modes)")
     p.add_argument("--bits", type=int, default=8, help="weight bits (weight_only: 4 or 8; default 8)")
     p.add_argument("--group-size", type=int, default=None, help="per-group weight scales (weight_only 4-bit)")
     p.add_argument("--exclude", default="", metavar="NAMES", help="comma-separated layer name patterns to keep float")
@@ -52,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"mixq.quantize rejected the request: {first_line(err)}",
                        "adjust the options named above") from err
     print(qmodel.mixq_summary)
-    mixq.export_onnx(qmodel, example, output)
-    write_sidecar(sidecar, args, output, example_shape=args.example_shape, config=qmodel.mixq_config.to_dict(),
-                  summary=qmodel.mixq_summary.to_dict())
+    with StagedOutputs(output.parent) as stage:  # the ONNX file and its sidecar: both written, or neither
+        staged = mixq.export_onnx(qmodel, example, stage.path(output.name))
+        write_sidecar(stage.path(sidecar.name), args, staged, example_shape=args.example_shape,
+                      config=qmodel.mixq_config.to_dict(), summary=qmodel.mixq_summary.to_dict())
     print(f"wrote {output} ({output.stat().st_size / 1024:.1f} KB) and {sidecar}")
     return 0

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixq.export.validation import check_model_runs, check_runtime_runs
 from mixq.quant.calibration import describe
 from mixq.quant.modules.observed import refuse_observed
 from mixq.report.files import atomic_path
@@ -126,7 +127,8 @@ def export_onnx(
     QLinearMatMul, MatMulIntegerToFloat, DynamicQuantizeMatMul, MatMulNBits); float16 layers keep float16 weights
     with float32 inputs and outputs unless ``io_dtype=torch.float16`` asks for float16 ones (Casts at the graph
     boundary). With ``dynamic_batch`` the first dimension of every input is symbolic. The file
-    is written to a temporary name and renamed, so a failed export never leaves a partial file at ``path``.
+    is written to a temporary name and renamed only after checks (the model runs on the example in PyTorch; ONNX
+    Runtime loads the file and runs it on the example), so a failed export never leaves a file at ``path``.
 
     Example: ``mixq.export_onnx(qmodel, torch.randn(1, 3, 32, 32), "model.onnx")``.
     """
@@ -149,6 +151,7 @@ def export_onnx(
     model = model.eval()
     dynamic_shapes = _dynamic_batch(args, kwargs) if dynamic_batch else None
     try:
+        check_model_runs(model, args, kwargs)
         with atomic_path(target) as tmp, warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript"), \
                 contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
             warnings.simplefilter("ignore")
@@ -161,6 +164,7 @@ def export_onnx(
             proto = program.model_proto
             _finalize(proto, half_io=io_dtype == torch.float16)
             onnx.save(proto, tmp)  # one serialisation, straight from the in-memory model; renamed on success
+            check_runtime_runs(tmp, args, kwargs)  # the file replaces the target only if ONNX Runtime runs it
     except Exception as err:
         raise ExportError(f"could not export {type(model).__name__} with example inputs "
                           f"{describe(example_inputs)}: {err}") from err

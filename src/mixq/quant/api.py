@@ -14,11 +14,42 @@ from mixq.quant.planning import split_first
 from mixq.quant.spec import DEFAULT_ACTIVATION, LayerOverride, ObserverSpec, QuantConfig, QuantSpec
 from mixq.quant.stages import calibrate, prepare
 
+_WEIGHT_MODES = ("static", "dynamic", "weight_only")  # the modes that quantize weights to integers
 
-def make_config(mode: str, *, observer: str = "minmax", bits: int = 8, group_size: int | None = None,
+
+def _refuse_unused(mode: str, observer: str | None, bits: int, group_size: int | None, per_channel: bool,
+                   activation_dtype: str, overrides: tuple[LayerOverride, ...]) -> None:
+    """Every option takes effect or is refused: name the first one no layer of this request would use."""
+    modes = {mode} | {o.mode for o in overrides if isinstance(o, LayerOverride)}
+    integer = modes & set(_WEIGHT_MODES)
+    unused = []
+    if observer is not None and "static" not in modes:
+        unused.append((f"observer={observer!r}", "observers calibrate static layers; dynamic mode measures each "
+                       "input at run time"))
+    if bits != 8 and not integer:
+        unused.append((f"bits={bits}", f"{mode} mode keeps float weights; bits applies to "
+                       f"{'/'.join(_WEIGHT_MODES)}"))
+    if group_size is not None and "weight_only" not in modes:
+        unused.append((f"group_size={group_size}", "per-group scales exist for weight_only layers (MatMulNBits); "
+                       "static and dynamic layers use per-channel scales"))
+    if not per_channel and not integer - {"weight_only"}:
+        unused.append(("per_channel=False", "it applies to static and dynamic layers (weight_only Linear "
+                       "layers use per-row or group scales)"))
+    if activation_dtype != "uint8" and "static" not in modes:
+        unused.append((f"activation_dtype={activation_dtype!r}", "only static layers store activations "
+                       "(dynamic ones quantize them to uint8, as DynamicQuantizeLinear does)"))
+    if unused:
+        option, why = unused[0]
+        raise ValueError(f"{option} has no effect in {mode} mode: {why}; drop it or choose another mode")
+
+
+def make_config(mode: str, *, observer: str | None = None, bits: int = 8, group_size: int | None = None,
                 per_channel: bool = True, activation_dtype: str = "uint8", reduce_range: bool = False,
                 exclude: Iterable[str] = (), overrides: Iterable[LayerOverride] = ()) -> QuantConfig:
-    """Build a validated ``QuantConfig`` from ``quantize``'s keyword arguments."""
+    """Build a validated ``QuantConfig`` from ``quantize``'s keyword arguments; an option that no layer would use
+    (``observer`` without static layers, ``bits``/``group_size`` in fp16 mode, ...) is refused, never ignored."""
+    overrides = tuple(overrides)
+    _refuse_unused(mode, observer, bits, group_size, per_channel, activation_dtype, overrides)
     if mode == "weight_only" and bits not in (4, 8):
         raise ValueError(f"weight_only needs bits 4 or 8 (MatMulNBits / int8), got {bits!r}")
     if not isinstance(bits, int) or not 2 <= bits <= 8:
@@ -40,8 +71,8 @@ def make_config(mode: str, *, observer: str = "minmax", bits: int = 8, group_siz
         "int8", symmetric=False, granularity="per_tensor", narrow_range=False)
     if isinstance(exclude, str):
         raise TypeError(f"exclude must be a list of name patterns, e.g. exclude=[{exclude!r}]")
-    return QuantConfig(mode, weight=weight, activation=activation, observer=ObserverSpec(observer),
-                       exclude=tuple(exclude), overrides=tuple(overrides))
+    return QuantConfig(mode, weight=weight, activation=activation, observer=ObserverSpec(observer or "minmax"),
+                       exclude=tuple(exclude), overrides=overrides)
 
 
 def quantize(
@@ -49,7 +80,7 @@ def quantize(
     mode: str = "static",
     *,
     calib_data: Iterable[Batch] | None = None,
-    observer: str = "minmax",
+    observer: str | None = None,
     bits: int = 8,
     group_size: int | None = None,
     per_channel: bool = True,
@@ -67,7 +98,9 @@ def quantize(
     Modes: ``"static"`` (int8 weights and activations; needs ``calib_data``, an iterable of batches: tensors,
     tuples of positional tensors or dicts of keyword tensors), ``"dynamic"`` (int8 weights, activations quantized
     per call), ``"weight_only"`` (``bits=8`` per-channel or ``bits=4`` with ``group_size``, default 128) and
-    ``"fp16"``. ``reduce_range=True`` keeps int8 weights within 7 bits ([-63, 63]) so x86 CPUs without VNNI, whose
+    ``"fp16"`` (in modes without calibration the first ``calib_data`` batch, if given, is only the probe for
+    BatchNorm folding). An option that no layer would use is refused with a ``ValueError``, never ignored.
+    ``reduce_range=True`` keeps int8 weights within 7 bits ([-63, 63]) so x86 CPUs without VNNI, whose
     uint8 x int8 kernels add pairs of products in saturating 16-bit registers, cannot overflow (ONNX Runtime's own
     advice for such machines); it costs one bit of weight precision.
 
@@ -86,6 +119,17 @@ def quantize(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     refuse_observed(model, "quantize")
+    if config is not None:
+        given = [name for name, value, default in (
+            ("observer", observer, None), ("bits", bits, 8), ("group_size", group_size, None),
+            ("per_channel", per_channel, True), ("activation_dtype", activation_dtype, "uint8"),
+            ("reduce_range", reduce_range, False), ("exclude", tuple(exclude), ()),
+            ("overrides", tuple(overrides), ())) if value != default]
+        if mode not in ("static", config.mode):
+            given.insert(0, "mode")
+        if given:
+            raise ValueError(f"pass either config or the options it replaces, not both (got config and "
+                             f"{', '.join(given)}); put them in the QuantConfig")
     cfg = config or make_config(mode, observer=observer, bits=bits, group_size=group_size,
                                 per_channel=per_channel, activation_dtype=activation_dtype,
                                 reduce_range=reduce_range, exclude=exclude, overrides=overrides)
@@ -96,6 +140,10 @@ def quantize(
             raise ValueError("static quantization needs calib_data: a few hundred representative inputs as an "
                              "iterable of batches (or use mode='dynamic', which needs none)")
         probe, batches = split_first(calib_data)
+    elif calib_data is not None and probe is None:  # no calibration: the first batch probes for BatchNorm folding
+        probe, _ = split_first(calib_data)
+    elif max_calib_batches is not None:
+        raise ValueError(f"max_calib_batches has no effect in {cfg.mode} mode (only static layers are calibrated)")
 
     prepared = prepare(model, cfg, probe)
     if prepared.observed:

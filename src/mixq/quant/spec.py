@@ -187,6 +187,12 @@ class QuantConfig:
         modes = {self.mode} | {o.mode for o in self.overrides if isinstance(o, LayerOverride)}
         if "weight_only" in modes and self.weight.bits not in (4, 8):
             raise ValueError(f"weight_only supports bits=4 or bits=8, got bits={self.weight.bits}")
+        if self.weight.granularity == "per_group" and modes & {"static", "dynamic"}:
+            raise ValueError(f"per-group weight scales (group_size={self.weight.group_size}) apply to weight_only "
+                             "layers only; static and dynamic layers use per-channel or per-tensor scales")
+        if self.weight.granularity == "per_tensor" and "weight_only" in modes:
+            raise ValueError("weight_only layers use per-channel (per-row) or per-group scales; per-tensor weights "
+                             "do not apply to them")
         if "static" in modes and self.activation.bits != 8:
             raise ValueError("static mode quantizes activations to 8 bits")
         if isinstance(self.exclude, str):
