@@ -8,7 +8,6 @@ file before renaming it over the target, so a file ONNX Runtime rejects never re
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 import torch
