@@ -150,6 +150,6 @@ def quantize(
         calibrate(prepared, batches, progress=progress, max_batches=max_calib_batches)  # type: ignore[arg-type]
     qmodel = convert(prepared)
     if not qmodel.mixq_summary.quantized:
-        warnings.warn(f"nothing in {type(model).__name__} could be quantized (no Linear/Conv1d/Conv2d layers "
-                      "left after exclusions); returning it in float", stacklevel=2)
+        warnings.warn(f"nothing in {type(model).__name__} could be quantized; returning it in float (its "
+                      ".mixq_summary says why for each layer)", stacklevel=2)
     return qmodel

@@ -87,6 +87,8 @@ class _Ranges:
 
 def unsupported_reason(layer: nn.Module, mode: str, config: QuantConfig) -> str | None:
     """Why ``layer`` cannot run in ``mode`` (mode-specific limits the plan does not know about), or None."""
+    if getattr(layer, "weight", None) is not None and layer.weight.numel() == 0:
+        return "its weight has no elements (a zero-sized layer): nothing to quantize"
     if isinstance(layer, nn.Embedding) and mode not in EMBEDDING_MODES:
         return "fp16 mode keeps embedding tables float32"
     if mode == "weight_only" and config.weight.bits == 4 and not isinstance(layer, (nn.Linear, nn.Embedding)):
