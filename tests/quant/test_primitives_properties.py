@@ -24,7 +24,7 @@ _NP = {torch.uint8: np.uint8, torch.int8: np.int8}
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _session(op: str, dtype: torch.dtype | None, per_axis: bool) -> ort.InferenceSession:
     """One ORT session per (op, dtype, granularity); scale and zero point are graph inputs, so any value works."""
     rank = [None, None, None]
@@ -58,7 +58,8 @@ def _bits(t: torch.Tensor) -> np.ndarray:
 SPECIAL = [float("nan"), float("inf"), float("-inf"), -0.0, 0.0, 1e-45, -1e-45, 1.17e-38, 3.4e38, -3.4e38]
 values = st.one_of(st.sampled_from(SPECIAL), st.floats(width=32, allow_subnormal=True),
                    st.floats(-300, 300, width=32))
-scales = st.one_of(st.floats(float(np.float32(1e-3)), float(np.float32(1e3)), width=32), st.sampled_from([2.0**-10, 0.5, 1.0, 2.0, 1e-38, 1e-44, 3e38]))
+scales = st.one_of(st.floats(float(np.float32(1e-3)), float(np.float32(1e3)), width=32),
+                   st.sampled_from([2.0**-10, 0.5, 1.0, 2.0, 1e-38, 1e-44, 3e38]))
 dtypes = st.sampled_from([torch.int8, torch.uint8])
 
 

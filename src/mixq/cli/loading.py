@@ -220,6 +220,8 @@ def _source_file(spec: str | None) -> Path | None:
     module, sep, _ = spec.rpartition(":")
     if not sep or module.endswith(".py"):
         return Path(module or spec)
+    if not module.replace(".", "").isidentifier():
+        return None
     base = Path(*module.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
