@@ -29,7 +29,7 @@ from mixq.quant.graph import apply_graph_mode
 from mixq.quant.modules import ObservedLayer
 from mixq.quant.observers import make_observer
 from mixq.quant.planning import excluded, plan
-from mixq.quant.spec import ObserverSpec, QuantConfig
+from mixq.quant.spec import DEFAULT_WEIGHT, ObserverSpec, QuantConfig
 from mixq.quant.summary import QuantizationSummary
 
 
@@ -85,7 +85,7 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
         relu_layers = apply_fusions(qmodel, fusions)
         summary.notes += [f"folded {f.batchnorm} into {f.layer}" for f in fusions if f.batchnorm]
     # plan as static (accepts every supported layer); mode-specific limits are checked per layer at conversion
-    targets = plan(qmodel, dataclasses.replace(config, mode="static", overrides=()), summary)
+    targets = plan(qmodel, dataclasses.replace(config, mode="static", overrides=(), weight=DEFAULT_WEIGHT), summary)
     observed = [n for n in targets if static(n) and not isinstance(qmodel.get_submodule(n), nn.Embedding)]
     plain = [n for n in targets if n not in observed]
 
