@@ -46,6 +46,8 @@ CASES: dict[str, tuple[list[str], int, str]] = {
                                   "group_size=32 has no effect in static mode"),
     "max calib batches in dynamic mode": (Q + ["--calib", "calib.npy", "--max-calib-batches", "2", "--output",
                                                "a.onnx"], 2, "max_calib_batches has no effect in dynamic mode"),
+    "exclude naming no layer": (Q + ["--exclude", "conv,head", "--output", "a.onnx"], 2,
+                                "exclude pattern 'head' matches no layer"),
     "weight-only 3 bits": (Q[:4] + ["weight_only"] + Q[5:] + ["--bits", "3", "--output", "a.onnx"], 2,
                            "bits 4 or 8"),
     "group size not a power of two": (Q[:4] + ["weight_only"] + Q[5:] + ["--bits", "4", "--group-size", "24",
@@ -86,6 +88,7 @@ CASES: dict[str, tuple[list[str], int, str]] = {
     "calibration callable missing": (S[:-1] + ["hostile:nope", "--output", "a.onnx"], 2, "cannot load"),
     "example shape not numbers": (Q[:-1] + ["1,x", "--output", "a.onnx"], 2, "not a list of positive integers"),
     "example shape with a zero": (Q[:-1] + ["0,1,8,8", "--output", "a.onnx"], 2, "not a list of positive"),
+    "example shape absurdly large": (Q[:-1] + ["1,1,100000,100000000", "--output", "a.onnx"], 2, "GiB"),
     "example shape the model rejects": (Q[:-1] + ["1,1,9,9", "--output", "a.onnx"], 2, "the model rejects inputs"),
     # the model and its weights
     "factory exits": (["quantize", "--model", "hostile:exiting_factory", "--mode", "dynamic", "--output",

@@ -42,3 +42,13 @@ def test_a_file_the_runtime_rejects_never_replaces_the_target(tmp_path, monkeypa
     with pytest.raises(mixq.ExportError, match="ONNX Runtime rejects the exported file"):
         mixq.export_onnx(_model(), torch.randn(1, 8), target)
     assert target.read_bytes() == b"previous" and os.listdir(tmp_path) == ["m.onnx"]
+
+
+def test_an_unwritable_directory_fails_before_the_export(tmp_path):
+    if os.geteuid() == 0:
+        directory = "/proc"  # refuses new files even to root
+    else:
+        directory = tmp_path / "ro"
+        directory.mkdir(mode=0o555)
+    with pytest.raises(OSError, match="cannot create files in"):
+        mixq.export_onnx(_model(), torch.randn(1, 8), f"{directory}/m.onnx")

@@ -29,6 +29,9 @@ REFUSED = {
     "int8 activations in dynamic mode": (dict(mode="dynamic", activation_dtype="int8"), "activation_dtype='int8'"),
     "max calib batches in dynamic mode": (dict(mode="dynamic", max_calib_batches=2), "max_calib_batches"),
     "max calib batches of zero": (dict(mode="static", calib_data=X, max_calib_batches=0), "max_calib_batches"),
+    "exclude naming no layer": (dict(mode="dynamic", exclude=["head"]), "exclude pattern 'head' matches no layer"),
+    "override naming no layer": (dict(mode="dynamic", overrides=[LayerOverride("fc*", "fp16")]),
+                                 "override pattern 'fc\\*' matches no layer"),
     "config plus options": (dict(config=QuantConfig("dynamic"), bits=4), "pass either config or the options"),
     "config plus another mode": (dict(mode="weight_only", config=QuantConfig("dynamic")), "got config and mode"),
 }

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import importlib.util
 import itertools
+import math
 import os
 import pickle
 import sys
@@ -263,6 +264,11 @@ def example_inputs(shape_text: str | None, batches: list[Any] | None) -> Any:
     """Random inputs of ``--example-shape``, else one sample of the first data batch."""
     if shape_text:
         shape = parse_ints(shape_text, "--example-shape", "1,3,224,224")
+        from mixq.cli import arrays
+
+        if math.prod(shape) * 4 > arrays.MAX_BYTES:
+            raise CliError(f"--example-shape {shape_text} would take {math.prod(shape) * 4 / 2**30:.1f} GiB",
+                           "pass the shape of one real input, batch first (e.g. 1,3,224,224)")
         if batches and isinstance(batches[0], torch.Tensor) and list(batches[0].shape[1:]) != shape[1:]:
             raise CliError(f"--example-shape {shape} disagrees with the --calib data, shaped "
                            f"{[len(batches[0]), *batches[0].shape[1:]]}", "make them agree, or drop --example-shape")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mixq.export.validation import check_model_runs, check_runtime_runs
+from mixq.export.validation import check_model_runs, check_runtime_runs, check_writable
 from mixq.quant.calibration import describe
 from mixq.quant.modules.observed import refuse_observed
 from mixq.report.files import atomic_path
@@ -147,6 +147,7 @@ def export_onnx(
     if opset is not None and opset < MIN_OPSET:
         raise ValueError(f"opset {opset} cannot express per-channel QuantizeLinear/DequantizeLinear; "
                          f"use opset >= {MIN_OPSET} (or leave it unset)")
+    check_writable(target.parent)
     args, kwargs = _as_args(example_inputs)
     model = model.eval()
     dynamic_shapes = _dynamic_batch(args, kwargs) if dynamic_batch else None

@@ -15,7 +15,7 @@ from torch import nn
 
 from mixq.quant.calibration import describe
 
-__all__ = ["ExportCheckError", "check_model_runs", "check_runtime_runs"]
+__all__ = ["ExportCheckError", "check_model_runs", "check_runtime_runs", "check_writable"]
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
           "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
@@ -28,6 +28,19 @@ class ExportCheckError(ValueError):
 def _first_line(err: BaseException) -> str:
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     return lines[0] if lines else type(err).__name__
+
+
+def check_writable(directory: str | os.PathLike) -> None:
+    """Fail before the export, not after it, when no file can be created in ``directory``."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mixq-probe-", dir=directory)
+    except OSError as err:
+        raise type(err)(err.errno, f"cannot create files in {str(directory)!r} ({err.strerror}); export to a "
+                        "directory you can write to") from err
+    os.close(fd)
+    os.remove(probe)
 
 
 def check_model_runs(model: nn.Module, args: tuple, kwargs: dict) -> None:

@@ -10,7 +10,7 @@ from torch import nn
 from mixq.quant.calibration import Batch
 from mixq.quant.conversion import convert
 from mixq.quant.modules.observed import refuse_observed
-from mixq.quant.planning import split_first
+from mixq.quant.planning import excluded, split_first
 from mixq.quant.spec import DEFAULT_ACTIVATION, LayerOverride, ObserverSpec, QuantConfig, QuantSpec
 from mixq.quant.stages import calibrate, prepare
 
@@ -41,6 +41,24 @@ def _refuse_unused(mode: str, observer: str | None, bits: int, group_size: int |
     if unused:
         option, why = unused[0]
         raise ValueError(f"{option} has no effect in {mode} mode: {why}; drop it or choose another mode")
+
+
+def _refuse_unmatched(model: nn.Module, cfg: QuantConfig) -> None:
+    """An ``exclude`` or override pattern that names no module of ``model`` would do nothing: refuse it (graph-mode
+    adds, ``mixq_add_*``, only exist after tracing and are not checked)."""
+    names = [n for n, _ in model.named_modules() if n]
+    patterns = [("exclude", p) for p in cfg.exclude] + [("override", o.pattern) for o in cfg.overrides]
+    for kind, pattern in patterns:
+        if pattern.startswith("mixq_add") or _matches_any(pattern, names):
+            continue
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        raise ValueError(f"{kind} pattern {pattern!r} matches no layer of {type(model).__name__} (its layers: "
+                         f"{shown or 'none'}); fix the name or drop the pattern")
+
+
+def _matches_any(pattern: str, names: list[str]) -> bool:
+    """True when ``pattern`` matches at least one of ``names`` (as ``exclude`` would)."""
+    return any(excluded(name, [pattern]) for name in names)
 
 
 def make_config(mode: str, *, observer: str | None = None, bits: int = 8, group_size: int | None = None,
@@ -133,6 +151,7 @@ def quantize(
     cfg = config or make_config(mode, observer=observer, bits=bits, group_size=group_size,
                                 per_channel=per_channel, activation_dtype=activation_dtype,
                                 reduce_range=reduce_range, exclude=exclude, overrides=overrides)
+    _refuse_unmatched(model, cfg)
     probe = example_inputs
     batches: Iterable[Batch] | None = None
     if cfg.needs_calibration:
