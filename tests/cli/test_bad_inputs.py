@@ -153,16 +153,13 @@ def test_the_table_has_enough_cases():
 
 
 @pytest.mark.parametrize("args,code,message", list(CASES.values()), ids=list(CASES))
-def test_bad_input(mixq_main, hostile_dir, args, code, message):
+def test_bad_input(mixq_main, hostile_dir, capsys, args, code, message):
     before = _snapshot(hostile_dir)
     try:
         got, _, err = mixq_main(*args, cwd=hostile_dir)
-    except SystemExit as exc:  # argparse's own usage errors
-        got, err = exc.code, None
+    except SystemExit as exc:  # argparse's own usage errors (an unknown choice)
+        got, err = exc.code, capsys.readouterr().err
     after = _snapshot(hostile_dir)
-    if err is None:
-        import sys
-        err = sys.stderr.getvalue() if hasattr(sys.stderr, "getvalue") else ""
     lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("mixq: warning", "usage:", "  "))]
     assert got == code, err
     assert "Traceback" not in err
