@@ -123,7 +123,11 @@ class MixedPrecision:
         logger.info("mixq.amp: policy %s on %s (%s)", policy, self.device_type, self.choice.reason)
         self.loss_scale = LossScale.parse(loss_scale)
         if not policy.needs_loss_scaling and loss_scale != "dynamic":
-            warnings.warn(f"loss_scale={loss_scale!r} is ignored: {policy} does not use fp16", stacklevel=2)
+            message = (f"loss_scale={loss_scale!r} has no effect: {policy} does not compute in fp16, so its "
+                       "gradients are not scaled")
+            if precision != "auto":  # asked for explicitly: refuse; "auto" may pick fp16 on another machine
+                raise ValueError(f"{message}; drop loss_scale or use precision='fp16'")
+            warnings.warn(f"{message} (precision='auto' chose {policy} here)", stacklevel=2)
         self.scaler = make_grad_scaler(self.loss_scale, self.device_type, policy.needs_loss_scaling)
         self.max_grad_norm, self.accumulation_steps = max_grad_norm, accumulation_steps
         self._inner = dist_utils.unwrap(model)
