@@ -40,6 +40,10 @@ class _PipeSafe(io.TextIOBase):
             except BrokenPipeError:
                 self._silence()
 
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._stream, "encoding", None) or "utf-8"
+
     def isatty(self) -> bool:
         return self._stream.isatty()
 
