@@ -130,6 +130,8 @@ def _bad_states(good):
         "stats missing steps": (edit(["stats", "steps"], KeyError), "'stats' is malformed"),
         "loss scale unknown key": (edit(["loss_scale", "bogus"], 1), "invalid MixedPrecision state"),
         "loss scale nan init": (edit(["loss_scale", "init_scale"], float("nan")), "init_scale"),
+        "loss scale nan growth": (edit(["loss_scale", "growth_factor"], float("nan")), "growth_factor"),
+        "loss scale inf floor": (edit(["loss_scale", "min_scale"], float("inf")), "min_scale"),
         "micro batches out of range": (edit(["micro_batches"], 5), "micro_batches"),
         "masters missing": (edit(["master_weights"], None), "disagree on master_weights"),
         "master wrong shape": (edit(["master_weights", 0], torch.zeros(3)), "master weight 0 has shape"),
