@@ -70,7 +70,11 @@ def check_runtime_runs(path: str | os.PathLike, args: tuple, kwargs: dict) -> No
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:
         raise ExportCheckError(f"ONNX Runtime rejects the exported file ({_first_line(err)})") from err
-    inputs, tensors = session.get_inputs(), _flat(args, kwargs)
+    inputs = session.get_inputs()
+    if kwargs and all(isinstance(kwargs.get(i.name), torch.Tensor) for i in inputs):
+        tensors = [kwargs[i.name] for i in inputs]  # keyword inputs keep their names in the graph
+    else:
+        tensors = _flat(args, kwargs)
     if len(inputs) != len(tensors) or any(i.type not in _NUMPY for i in inputs):
         return  # inputs folded away or of exotic types: loading is what can be checked
     feeds = {i.name: t.detach().cpu().numpy().astype(_NUMPY[i.type]) for i, t in zip(inputs, tensors, strict=True)}
