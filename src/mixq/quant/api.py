@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from torch import nn
 
 from mixq.quant.calibration import Batch
-from mixq.quant.conversion import convert
+from mixq.quant.conversion import convert_prepared
 from mixq.quant.modules.observed import refuse_observed
 from mixq.quant.planning import excluded, split_first
 from mixq.quant.spec import DEFAULT_ACTIVATION, LayerOverride, ObserverSpec, QuantConfig, QuantSpec
@@ -167,7 +167,7 @@ def quantize(
     prepared = prepare(model, cfg, probe)
     if prepared.observed:
         calibrate(prepared, batches, progress=progress, max_batches=max_calib_batches)  # type: ignore[arg-type]
-    qmodel = convert(prepared)
+    qmodel = convert_prepared(prepared)
     if not qmodel.mixq_summary.quantized:
         warnings.warn(f"nothing in {type(model).__name__} could be quantized; returning it in float (its "
                       ".mixq_summary says why for each layer)", stacklevel=2)
