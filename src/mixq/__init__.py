@@ -8,7 +8,7 @@ Example::
     mixq.export_onnx(qmodel, example_inputs, "model_int8.onnx")
 """
 
-from mixq.amp import LossScale, MixedPrecision, NumericsConfig, Policy
+from mixq.amp import LossScale, MixedPrecision, NonFiniteGradientsError, NumericsConfig, Policy
 from mixq.auto import AutoQuantReport, AutoQuantResult, EvalFnError, LayerOverride, autoquantize
 from mixq.export import ExportError, export_decoder_onnx, export_onnx, generate_onnx, generate_torch, optimized_op_types
 from mixq.qat import QATConfig, convert, freeze_batchnorm, freeze_observers, prepare_qat
@@ -34,6 +34,7 @@ __all__ = [
     "LayerOverride",
     "LossScale",
     "MixedPrecision",
+    "NonFiniteGradientsError",
     "NumericsConfig",
     "ObserverSpec",
     "Policy",

@@ -69,5 +69,5 @@ def test_other_bad_options(setup):
         amp.MixedPrecision(*setup, precision="fp16", max_grad_norm=-1.0)
     with pytest.raises(TypeError, match="nn.Module"):
         amp.MixedPrecision(object(), setup[1])
-    with pytest.warns(UserWarning, match="is ignored"):
+    with pytest.raises(ValueError, match="loss_scale=128.0 has no effect"):  # every option applies or is refused
         amp.MixedPrecision(*setup, precision="bf16", loss_scale=128.0)

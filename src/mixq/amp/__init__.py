@@ -9,7 +9,13 @@ Example:
 """
 
 from mixq.amp.diagnostics import NumericsConfig, NumericsReport
-from mixq.amp.errors import AmpError, LossScaleCollapseError, PrecisionUnsupportedError, StepOrderError
+from mixq.amp.errors import (
+    AmpError,
+    LossScaleCollapseError,
+    NonFiniteGradientsError,
+    PrecisionUnsupportedError,
+    StepOrderError,
+)
 from mixq.amp.loss_scale import LossScale
 from mixq.amp.mixed_precision import MixedPrecision
 from mixq.amp.overrides import DEFAULT_KEEP_FP32
@@ -23,6 +29,7 @@ __all__ = [
     "LossScale",
     "LossScaleCollapseError",
     "MixedPrecision",
+    "NonFiniteGradientsError",
     "NumericsConfig",
     "NumericsReport",
     "Policy",

@@ -6,7 +6,13 @@ failure, while each also derives from the built-in type a caller would expect (`
 
 from __future__ import annotations
 
-__all__ = ["AmpError", "LossScaleCollapseError", "PrecisionUnsupportedError", "StepOrderError"]
+__all__ = [
+    "AmpError",
+    "LossScaleCollapseError",
+    "NonFiniteGradientsError",
+    "PrecisionUnsupportedError",
+    "StepOrderError",
+]
 
 
 class AmpError(Exception):
@@ -33,4 +39,19 @@ class LossScaleCollapseError(AmpError, FloatingPointError):
     def __init__(self, message: str, *, scale: float, first_bad_layer: str | None) -> None:
         super().__init__(message)
         self.scale = scale
+        self.first_bad_layer = first_bad_layer
+
+
+class NonFiniteGradientsError(AmpError, FloatingPointError):
+    """Too many optimizer steps in a row were skipped because their gradients were not finite.
+
+    Attributes:
+        skipped: how many consecutive steps were skipped.
+        first_bad_layer: name of the first module (in ``named_modules`` order) with a non-finite gradient in the
+            last step, or ``None`` when the gradients were finite but their norm overflowed.
+    """
+
+    def __init__(self, message: str, *, skipped: int, first_bad_layer: str | None) -> None:
+        super().__init__(message)
+        self.skipped = skipped
         self.first_bad_layer = first_bad_layer

@@ -48,13 +48,13 @@ class LossScale:
             raise ValueError(f"loss scale mode {self.mode!r} is unknown; use one of {', '.join(_MODES)}")
         if not (math.isfinite(self.init_scale) and self.init_scale > 0):
             raise ValueError(f"init_scale must be a positive finite number, got {self.init_scale}")
-        if self.growth_factor <= 1.0:
+        if not (math.isfinite(self.growth_factor) and self.growth_factor > 1.0):
             raise ValueError(f"growth_factor must be > 1, got {self.growth_factor}")
         if not 0.0 < self.backoff_factor < 1.0:
             raise ValueError(f"backoff_factor must be in (0, 1), got {self.backoff_factor}")
         if not (isinstance(self.growth_interval, int) and self.growth_interval >= 1):
             raise ValueError(f"growth_interval must be a positive int, got {self.growth_interval!r}")
-        if self.min_scale is not None and not self.min_scale > 0:
+        if self.min_scale is not None and not (math.isfinite(self.min_scale) and self.min_scale > 0):
             raise ValueError(f"min_scale must be positive or None, got {self.min_scale}")
 
     @classmethod

@@ -13,10 +13,12 @@ import torch
 from torch import nn
 
 from mixq.amp import distributed as dist_utils
+from mixq.amp.checkpoint import STATE_VERSION, parse_state
 from mixq.amp.diagnostics import NumericsConfig, NumericsRecorder, NumericsReport
-from mixq.amp.errors import LossScaleCollapseError, StepOrderError
+from mixq.amp.errors import LossScaleCollapseError, NonFiniteGradientsError, StepOrderError
 from mixq.amp.loss_scale import LossScale, found_inf, make_grad_scaler, set_found_inf
 from mixq.amp.master_weights import MasterWeights
+from mixq.amp.nonfinite import first_nonfinite_layer, nonfinite_flag
 from mixq.amp.overrides import Fp32Overrides, OutputCast, match_keep_fp32
 from mixq.amp.policy import Policy, PolicyChoice, resolve_policy
 from mixq.amp.stats import AmpStats
@@ -24,7 +26,6 @@ from mixq.amp.stats import AmpStats
 __all__ = ["MixedPrecision"]
 
 logger = logging.getLogger(__name__)
-_STATE_VERSION = 1
 
 
 def _check_optimizers(model: nn.Module, optimizer: Any) -> list[torch.optim.Optimizer]:
@@ -58,6 +59,11 @@ class MixedPrecision:
         max_grad_norm: clip the global norm of the unscaled gradients to this value.
         accumulation_steps: micro-batches per optimizer step; the loss is divided by it.
         diagnostics: ``True`` or a :class:`NumericsConfig` to sample numerics (see :meth:`numerics_report`).
+        max_consecutive_skips: a step whose gradients hold an inf/NaN is never applied, in any precision (weights
+            and optimizer state stay bit-identical; ``stats`` counts it); after this many skipped steps in a row
+            ``step()`` raises :class:`~mixq.amp.errors.NonFiniteGradientsError` naming the first layer with
+            non-finite gradients. Default 25: dynamic fp16 scaling recovers from 2**16 within 17 skips; ``None``
+            never raises.
         device: device type for autocast; defaults to that of the model's first parameter.
 
     Example:
@@ -84,14 +90,20 @@ class MixedPrecision:
         diagnostics: bool | NumericsConfig = False,
         device: str | torch.device | None = None,
         history_size: int = 10_000,
+        max_consecutive_skips: int | None = 25,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.model, self.optimizers = model, _check_optimizers(model, optimizer)
         if not (isinstance(accumulation_steps, int) and accumulation_steps >= 1):
             raise ValueError(f"accumulation_steps must be an int >= 1, got {accumulation_steps!r}")
-        if max_grad_norm is not None and not max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm}")
+        if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and math.isfinite(max_grad_norm)
+                                              and max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be a positive finite number or None, got {max_grad_norm!r}")
+        if max_consecutive_skips is not None and not (isinstance(max_consecutive_skips, int)
+                                                      and max_consecutive_skips >= 1):
+            raise ValueError(f"max_consecutive_skips must be an int >= 1 or None, got {max_consecutive_skips!r}")
+        self.max_consecutive_skips = max_consecutive_skips
         first = next(model.parameters(), None)
         self.device_type = (
             torch.device(device).type if device is not None else (first.device.type if first is not None else "cpu")
@@ -111,7 +123,11 @@ class MixedPrecision:
         logger.info("mixq.amp: policy %s on %s (%s)", policy, self.device_type, self.choice.reason)
         self.loss_scale = LossScale.parse(loss_scale)
         if not policy.needs_loss_scaling and loss_scale != "dynamic":
-            warnings.warn(f"loss_scale={loss_scale!r} is ignored: {policy} does not use fp16", stacklevel=2)
+            message = (f"loss_scale={loss_scale!r} has no effect: {policy} does not compute in fp16, so its "
+                       "gradients are not scaled")
+            if precision != "auto":  # asked for explicitly: refuse; "auto" may pick fp16 on another machine
+                raise ValueError(f"{message}; drop loss_scale or use precision='fp16'")
+            warnings.warn(f"{message} (precision='auto' chose {policy} here)", stacklevel=2)
         self.scaler = make_grad_scaler(self.loss_scale, self.device_type, policy.needs_loss_scaling)
         self.max_grad_norm, self.accumulation_steps = max_grad_norm, accumulation_steps
         self._inner = dist_utils.unwrap(model)
@@ -191,21 +207,22 @@ class MixedPrecision:
             self._numerics.record_grads(self.stats.steps, live, live if scaling else LossScale().init_scale)
         if self.master is not None:
             self.master.grads_to_master()
-        skipped = False
         if scaling:
             for opt in self.optimizers:
                 self.scaler.unscale_(opt)
             inf = found_inf(self.scaler, self.optimizers)
-            if self._sync_inf:
-                dist_utils.all_reduce_max_(inf)
-            skipped = bool(inf.item() > 0)
-            if skipped:
-                set_found_inf(self.scaler, self.optimizers, 1.0)
+        else:  # bf16, fp32 and unscaled fp16: the same verdict GradScaler gives, from the gradients themselves
+            inf = nonfinite_flag(p.grad for p in self._params)
+        if self._sync_inf:
+            dist_utils.all_reduce_max_(inf)
+        skipped = bool(inf.item() > 0)
         norm = None
         if self.max_grad_norm is not None and not skipped:
             total = torch.nn.utils.clip_grad_norm_(self._params, self.max_grad_norm)
             norm = float(total.full_tensor() if hasattr(total, "full_tensor") else total)
-            skipped = not math.isfinite(norm)
+            skipped = not math.isfinite(norm)  # finite gradients whose norm overflowed
+        if skipped and scaling:
+            set_found_inf(self.scaler, self.optimizers, 1.0)  # step()/update() act on the global verdict
         if not skipped:
             for opt in self.optimizers:
                 self.scaler.step(opt)
@@ -216,8 +233,11 @@ class MixedPrecision:
         scale = self.scaler.get_scale() if scaling else 1.0
         self.stats.record(scale, skipped, norm)
         if skipped:
-            logger.info("mixq.amp: step %d skipped (inf/NaN gradients); scale now %g", self.stats.steps - 1, scale)
+            dynamic = scaling and self.loss_scale.mode == "dynamic"
+            logger.log(logging.INFO if dynamic else logging.WARNING,
+                       "mixq.amp: step %d skipped (inf/NaN gradients); scale now %g", self.stats.steps - 1, scale)
             self._check_floor(scale)
+            self._check_consecutive_skips()
         return not skipped
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -234,19 +254,32 @@ class MixedPrecision:
         floor = self.loss_scale.min_scale
         if self.loss_scale.mode != "dynamic" or floor is None or scale >= floor:
             return
-        bad = None
-        for name, module in self._inner.named_modules():
-            grad_of = self.master.grad_of if self.master is not None else (lambda p: p.grad)
-            grads = [g for g in map(grad_of, module.parameters(recurse=False)) if g is not None]
-            if any(not bool(torch.isfinite(g).all()) for g in grads):
-                bad = name or "<root>"
-                break
+        bad = self._first_bad_layer()
         where = f"the first layer with non-finite gradients is '{bad}'" if bad else "no layer has non-finite grads now"
         raise LossScaleCollapseError(
             f"loss scale fell to {scale:g}, below min_scale={floor:g}, after "
             f"{self.stats.skipped_steps} skipped steps; {where}. Keep it in fp32 (keep_fp32=[...]), use bf16 "
             "or a lower learning rate.",
             scale=scale,
+            first_bad_layer=bad,
+        )
+
+    def _first_bad_layer(self) -> str | None:
+        grad_of = self.master.grad_of if self.master is not None else (lambda p: p.grad)
+        return first_nonfinite_layer(self._inner, grad_of)
+
+    def _check_consecutive_skips(self) -> None:
+        limit, skipped = self.max_consecutive_skips, self.stats.consecutive_skips
+        if limit is None or skipped < limit:
+            return
+        bad = self._first_bad_layer()
+        where = (f"the first layer with non-finite gradients is '{bad}'" if bad else
+                 "the gradients were finite but their norm overflowed")
+        raise NonFiniteGradientsError(
+            f"{skipped} optimizer steps in a row were skipped because their gradients were not finite; {where}. "
+            "Check the data and the loss for inf/NaN, lower the learning rate, or keep that layer in fp32 "
+            "(keep_fp32=[...]); max_consecutive_skips sets the limit.",
+            skipped=skipped,
             first_bad_layer=bad,
         )
 
@@ -260,7 +293,7 @@ class MixedPrecision:
     def state_dict(self) -> dict[str, Any]:
         """Scaler state, policy, loss-scale options, statistics and (with master weights) the fp32 masters."""
         return {
-            "version": _STATE_VERSION,
+            "version": STATE_VERSION,
             "policy": self.policy.to_dict(),
             "loss_scale": self.loss_scale.to_dict(),
             "scaler": self.scaler.state_dict(),
@@ -270,21 +303,18 @@ class MixedPrecision:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output; the policy must match this instance's."""
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unsupported MixedPrecision state version {state.get('version')!r}")
-        saved = Policy.from_dict(state["policy"])
-        if saved != self.policy:
-            raise ValueError(f"checkpoint was saved with policy {saved}, but this MixedPrecision uses {self.policy}")
-        if state["scaler"] and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
-        self.loss_scale = LossScale.from_dict(state["loss_scale"])
-        self.stats = AmpStats.from_dict(state["stats"])
-        self._micro = int(state["micro_batches"])
-        if (state["master_weights"] is None) != (self.master is None):
-            raise ValueError("checkpoint and this MixedPrecision disagree on master_weights")
-        if self.master is not None:
-            self.master.load_state_dict(state["master_weights"])
+        """Restore :meth:`state_dict` output; the policy must match this instance's.
+
+        Every entry is checked first (:func:`~mixq.amp.checkpoint.parse_state`): a bad state raises and changes
+        nothing.
+        """
+        shapes = [m.shape for _, m in self.master.pairs] if self.master is not None else None
+        loaded = parse_state(state, self.policy, self.accumulation_steps, shapes)
+        if loaded.scaler and self.scaler.is_enabled():
+            self.scaler.load_state_dict(loaded.scaler)
+        self.loss_scale, self.stats, self._micro = loaded.loss_scale, loaded.stats, loaded.micro_batches
+        if self.master is not None and loaded.master_weights is not None:
+            self.master.load_state_dict(loaded.master_weights)
 
     def remove(self) -> None:
         """Undo the float32 overrides and the output cast (master weights stay as they are)."""

@@ -25,7 +25,8 @@ class AmpStats:
     Attributes:
         scale: current loss scale (1.0 when loss scaling is off).
         steps: optimizer steps attempted (micro-batches of an accumulation count once).
-        skipped_steps: steps skipped because a gradient was inf/NaN.
+        skipped_steps: steps skipped because a gradient (or the gradient norm) was inf/NaN.
+        consecutive_skips: skipped steps since the last applied one.
         skipped_at: indices of the skipped steps.
         history: the last ``history_size`` :class:`StepRecord` objects.
 
@@ -42,6 +43,7 @@ class AmpStats:
         self.scale = scale
         self.steps = 0
         self.skipped_steps = 0
+        self.consecutive_skips = 0
         self.skipped_at: list[int] = []
         self.history: deque[StepRecord] = deque(maxlen=history_size)
 
@@ -61,6 +63,7 @@ class AmpStats:
         if skipped:
             self.skipped_steps += 1
             self.skipped_at.append(self.steps)
+        self.consecutive_skips = self.consecutive_skips + 1 if skipped else 0
         self.scale = scale
         self.steps += 1
 
@@ -70,6 +73,7 @@ class AmpStats:
             "scale": self.scale,
             "steps": self.steps,
             "skipped_steps": self.skipped_steps,
+            "consecutive_skips": self.consecutive_skips,
             "skipped_at": list(self.skipped_at),
             "history": [dataclasses.astuple(r) for r in self.history],
             "history_size": self.history.maxlen,
@@ -81,6 +85,7 @@ class AmpStats:
         stats = cls(scale=float(data["scale"]), history_size=int(data["history_size"]))
         stats.steps = int(data["steps"])
         stats.skipped_steps = int(data["skipped_steps"])
+        stats.consecutive_skips = int(data.get("consecutive_skips", 0))
         stats.skipped_at = [int(i) for i in data["skipped_at"]]
         stats.history.extend(StepRecord(*r) for r in data["history"])
         return stats

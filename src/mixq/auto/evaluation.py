@@ -44,6 +44,9 @@ class Evaluator:
         try:
             with torch.no_grad():
                 value = self.eval_fn(model)
+        except SystemExit as err:  # an exit inside the metric is a failure of the metric, not the end of the run
+            raise EvalFnError(f"eval_fn {name!r} called sys.exit({err.code!r}) while evaluating the {label} model; "
+                              "it must return a float") from err
         except Exception as err:
             raise EvalFnError(f"eval_fn {name!r} raised {type(err).__name__} while evaluating the {label} model: "
                               f"{err}") from err

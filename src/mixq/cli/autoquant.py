@@ -12,6 +12,7 @@ from mixq.cli.exporting import export_model
 from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import add_model_options, input_files, load_callable, load_inputs
 from mixq.cli.sidecar import write_sidecar
+from mixq.report.files import StagedOutputs
 
 EPILOG = """examples:
   mixq autoquant --model nets.py:build --weights net.pt --calib calib.npz --eval nets.py:val_accuracy \\
@@ -53,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     import mixq
     output = output_file(args.output, "--output", ".onnx", input_files(args))
     sidecar = output_file(output.with_suffix(".mixq.json"), "sidecar", ".json", input_files(args))
+    stem = f"{output.stem}.autoquant"
+    for suffix in (".md", ".json", ".png"):
+        output_file(output.with_name(stem + suffix), "report", suffix, input_files(args))
     if not (args.calib or args.calib_text):
         raise CliError("autoquant needs calibration data", "pass --calib DATA (or with --hf, --calib-text FILE: a "
                        "few hundred representative inputs)")
@@ -72,11 +76,13 @@ def run(args: argparse.Namespace) -> int:
     for w in caught:
         print(f"mixq autoquant: warning: {w.message}", file=sys.stderr)
     print(result.report)
-    export_model(result.model, example, output, args)
-    paths = result.report.write(output.parent, stem=f"{output.stem}.autoquant")
-    config = None if result.config is None else result.config.to_dict()  # replay: QuantConfig.from_dict
-    write_sidecar(sidecar, args, output, eval=args.eval, met=result.report.met,
-                  precisions=result.report.precisions, config=config)
+    with StagedOutputs(output.parent) as stage:  # ONNX file, sidecar and report: all written, or none
+        staged = export_model(result.model, example, stage.path(output.name), args)
+        written = result.report.write(staged.parent, stem=stem)
+        config = None if result.config is None else result.config.to_dict()  # replay: QuantConfig.from_dict
+        write_sidecar(stage.path(sidecar.name), args, staged, eval=args.eval, met=result.report.met,
+                      precisions=result.report.precisions, config=config)
+    paths = {kind: output.parent / p.name for kind, p in written.items()}
     print(f"wrote {output} ({output.stat().st_size / 1024:.1f} KB), {sidecar} and the report "
           f"{paths['markdown']} (+ .json, .png)")
     return 1 if args.strict and not result.report.met else 0

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Any
 
-from mixq.cli.errors import CliError
+from mixq.cli.errors import CliError, check_writable
 from mixq.cli.formatting import HelpFormatter
+from mixq.report.files import StagedOutputs
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -42,8 +44,17 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--out {str(out)!r} is a file", "pass a directory for the report")
     if args.threads < 1:
         raise CliError(f"--threads must be >= 1, got {args.threads}", "pass e.g. --threads 2")
-    outcome = run_demo(out, quick=args.quick, seed=args.seed, threads=args.threads,
-                       mixed_precision=args.mixed_precision, progress=not args.no_progress)
+    check_writable(out if out.is_dir() else out.parent, "--out")
+    created = not out.exists()
+    out.mkdir(exist_ok=True)
+    try:
+        with StagedOutputs(out) as stage:  # the report, its plots and ONNX files: all of them, or none
+            outcome = run_demo(stage.path(""), quick=args.quick, seed=args.seed, threads=args.threads,
+                               mixed_precision=args.mixed_precision, progress=not args.no_progress)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     print(outcome.terminal)
-    print(f"\nreport: {outcome.report}")
+    print(f"\nreport: {out / outcome.report.name}")
     return 0

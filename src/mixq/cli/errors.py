@@ -35,8 +35,32 @@ def existing_file(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` name one file: the same path, a symlink to it, or a hard link of it."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def check_writable(directory: Path, what: str) -> None:
+    """Fail now, not after the work, when files cannot be created in ``directory`` (read-only, no permission)."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mixq-probe-", dir=directory)
+    except OSError as err:
+        raise CliError(f"cannot write {what} into {str(directory)!r} ({err.strerror or first_line(err)})",
+                       "choose a directory you can write to, or fix its permissions") from err
+    os.close(fd)
+    os.remove(probe)
+
+
 def output_file(path: str | os.PathLike, what: str, suffix: str, inputs: list[Path]) -> Path:
-    """Validate an output path: right suffix, existing directory, and not one of the ``inputs``."""
+    """Validate an output path: right suffix, an existing writable directory, and not one of the ``inputs`` (the
+    same path, a symlink or a hard link to one: mixq never overwrites its inputs, whatever their names)."""
     p = Path(path)
     if p.suffix != suffix:
         raise CliError(f"{what} {str(p)!r} does not end in {suffix}", f"name the output file like model{suffix}")
@@ -46,7 +70,8 @@ def output_file(path: str | os.PathLike, what: str, suffix: str, inputs: list[Pa
     if p.is_dir():
         raise CliError(f"{what} {str(p)!r} is a directory", f"pass a file name ending in {suffix}")
     for source in inputs:
-        if p.exists() and source.exists() and os.path.samefile(p, source):
-            raise CliError(f"{what} {str(p)!r} is also an input file, and mixq never overwrites its inputs",
-                           "choose another output path")
+        if _same_file(p, source):
+            raise CliError(f"{what} {str(p)!r} is also an input ({str(source)!r}), and mixq never overwrites its "
+                           "inputs", "choose another output path")
+    check_writable(p.parent, what)
     return p

@@ -15,7 +15,7 @@ from mixq.cli.errors import CliError, first_line
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def export_model(model: nn.Module, example: Any, output: Path, args: argparse.Namespace) -> None:
+def export_model(model: nn.Module, example: Any, output: Path, args: argparse.Namespace) -> Path:
     """Write ``model`` to ``output`` with ``mixq.export_onnx``; with ``--hf`` the outputs are named like the model's
     (``last_hidden_state``, ``logits``...)."""
     import mixq
@@ -27,7 +27,7 @@ def export_model(model: nn.Module, example: Any, output: Path, args: argparse.Na
 
         names = output_names(model, example)
     try:
-        mixq.export_onnx(model, example, output, output_names=names)
+        return mixq.export_onnx(model, example, output, output_names=names)
     except mixq.ExportError as err:
         cause = err
         while cause.__cause__ is not None:  # the innermost error names the problem (the exporter's wrap it)

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import importlib.util
 import itertools
+import math
 import os
 import pickle
 import sys
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mixq.cli.arrays import read_arrays
 from mixq.cli.errors import CliError, existing_file, first_line
 
 _FACTORY_FIX = "write it as package.module:function or path/to/file.py:function, e.g. --model mymodels:build_net"
@@ -60,6 +62,9 @@ def load_factory(spec: str) -> nn.Module:
         raise CliError(f"{module_name!r} has no attribute {attr!r}", "name a function defined in that module")
     try:
         model = factory if isinstance(factory, nn.Module) else factory()
+    except SystemExit as err:
+        raise CliError(f"calling {spec}() called sys.exit({err.code!r})",
+                       "FACTORY must return the model, not exit") from err
     except Exception as err:
         raise CliError(f"calling {spec}() raised {type(err).__name__}: {first_line(err)}",
                        "FACTORY must build the model when called with no arguments") from err
@@ -123,26 +128,12 @@ def _tensor(array: np.ndarray, path: Path) -> torch.Tensor:
     raise CliError(f"{path} holds an array of dtype {array.dtype}", "store inputs as float or integer arrays")
 
 
-def load_arrays(path: Path) -> dict[str, np.ndarray]:
-    """The arrays in a ``.npz`` file by name (a ``.npy`` file's one array is named ``''``)."""
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except Exception as err:
-        raise CliError(f"cannot read {path} as NumPy data ({first_line(err)})",
-                       "save inputs with numpy.save (.npy, one input) or numpy.savez (.npz, one array per input)") \
-            from err
-    if isinstance(loaded, np.ndarray):
-        return {"": loaded}
-    with loaded:
-        return {k: loaded[k] for k in loaded.files}
-
-
 def load_batches(spec: str, batch_size: int, max_batches: int | None = None) -> list[Any]:
     """Input batches from a ``.npy``/``.npz`` file (split along the first axis; several arrays in an ``.npz`` are
     positional inputs) or from ``MODULE:CALLABLE`` returning an iterable of batches."""
     if spec.endswith((".npy", ".npz")):
         path = existing_file(spec, "--calib")
-        arrays = list(load_arrays(path).values())
+        arrays = read_arrays(path, None if max_batches is None else max_batches * batch_size)
         if not arrays or any(a.ndim == 0 for a in arrays):
             raise CliError(f"{path} holds no input arrays with a batch axis", "save arrays shaped (N, ...)")
         if len({len(a) for a in arrays}) > 1:
@@ -155,12 +146,30 @@ def load_batches(spec: str, batch_size: int, max_batches: int | None = None) -> 
     if ":" in spec:
         source = load_callable(spec, "--calib")
         try:
-            return list(itertools.islice(iter(source()), max_batches or 1000))
+            batches = list(itertools.islice(iter(source()), max_batches or 1000))
+        except SystemExit as err:
+            raise CliError(f"--calib {spec} called sys.exit({err.code!r})",
+                           "return a list (or generator) of input batches instead of exiting") from err
         except Exception as err:
-            raise CliError(f"--calib {spec}() did not give an iterable of batches ({first_line(err)})",
-                           "return a list (or generator) of input tensors, tuples or dicts") from err
+            raise CliError(f"--calib {spec}() did not give an iterable of batches ({type(err).__name__}: "
+                           f"{first_line(err)})", "return a list (or generator) of input tensors, tuples or dicts") \
+                from err
+        _check_batches(batches, f"--calib {spec}")
+        return batches
     raise CliError(f"--calib {spec!r} is neither a .npy/.npz file nor MODULE:CALLABLE",
                    "pass inputs saved with numpy.save / numpy.savez, or a function returning batches")
+
+
+def _check_batches(batches: list[Any], source: str) -> None:
+    """Each batch must be a tensor, a tuple/list of tensors or a dict of tensors, with at least one sample."""
+    from mixq.quant.calibration import CalibrationError, check_batch
+
+    for i, batch in enumerate(batches):
+        try:
+            check_batch(batch, i)
+        except CalibrationError as err:
+            raise CliError(f"{source}: {first_line(err)}", "yield input tensors (or tuples / dicts of tensors) "
+                           "shaped like the model's input, batch first") from err
 
 
 def load_callable(spec: str, option: str) -> Any:
@@ -215,10 +224,28 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     add_hf_options(p)
 
 
+def _source_file(spec: str | None) -> Path | None:
+    """The file behind a ``MODULE:NAME`` option (``file.py`` or a module found from the current directory), or
+    the data file itself."""
+    if not spec:
+        return None
+    module, sep, _ = spec.rpartition(":")
+    if not sep or module.endswith(".py"):
+        return Path(module or spec)
+    if not module.replace(".", "").isidentifier():
+        return None
+    base = Path(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def input_files(args: argparse.Namespace) -> list[Path]:
-    """The files :func:`add_model_options` names, which outputs must never overwrite."""
-    files = [(args.model or "").partition(":")[0], args.weights, args.calib]
-    return [Path(f) for f in files if f and f.endswith((".py", ".pt", ".pth", ".bin", ".npy", ".npz"))]
+    """Every file the options name (model source, weights, data, metric, --calib-text), whatever its suffix:
+    outputs must never resolve to any of them."""
+    specs = [args.model, args.weights, args.calib, getattr(args, "eval", None), getattr(args, "calib_text", None)]
+    return [p for p in map(_source_file, specs) if p is not None]
 
 
 def load_inputs(args: argparse.Namespace) -> tuple[nn.Module, list[Any] | None, Any]:
@@ -226,6 +253,9 @@ def load_inputs(args: argparse.Namespace) -> tuple[nn.Module, list[Any] | None, 
     checked against each other: the model must accept both the example and the data."""
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be >= 1, got {args.batch_size}", "pass e.g. --batch-size 32")
+    if args.max_calib_batches is not None and args.max_calib_batches < 1:
+        raise CliError(f"--max-calib-batches must be >= 1, got {args.max_calib_batches}",
+                       "pass e.g. --max-calib-batches 8, or leave it out to use every batch")
     from mixq.cli.hf import check_hf_options, load_hf_inputs
 
     check_hf_options(args)
@@ -250,6 +280,11 @@ def example_inputs(shape_text: str | None, batches: list[Any] | None) -> Any:
     """Random inputs of ``--example-shape``, else one sample of the first data batch."""
     if shape_text:
         shape = parse_ints(shape_text, "--example-shape", "1,3,224,224")
+        from mixq.cli import arrays
+
+        if math.prod(shape) * 4 > arrays.MAX_BYTES:
+            raise CliError(f"--example-shape {shape_text} would take {math.prod(shape) * 4 / 2**30:.1f} GiB",
+                           "pass the shape of one real input, batch first (e.g. 1,3,224,224)")
         if batches and isinstance(batches[0], torch.Tensor) and list(batches[0].shape[1:]) != shape[1:]:
             raise CliError(f"--example-shape {shape} disagrees with the --calib data, shaped "
                            f"{[len(batches[0]), *batches[0].shape[1:]]}", "make them agree, or drop --example-shape")

@@ -10,6 +10,7 @@ from mixq import __version__
 from mixq.cli import autoquant, bench, demo, inspect, quantize
 from mixq.cli.errors import FAILURE, USAGE_ERROR, CliError, first_line
 from mixq.cli.formatting import HelpFormatter
+from mixq.cli.streams import pipe_safe_stdout
 
 SUBCOMMANDS = (demo, quantize, autoquant, bench, inspect)
 
@@ -32,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 success, 2 bad input, 1 failure, 130 interrupted)."""
+    """Run the command line; returns the exit code (0 success, 2 bad input, 1 failure, 130 interrupted by Ctrl-C,
+    143 terminated by SIGTERM; either signal removes partial outputs and leaves existing files as they were)."""
+    from mixq.report.files import Terminated, sigterm_as_interrupt
+
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     logging.basicConfig(level=logging.WARNING, format="mixq: %(levelname)s: %(message)s")
@@ -40,14 +44,18 @@ def main(argv: list[str] | None = None) -> int:
         print("mixq: warning: --trust-pickle unpickles the weights file, which can run arbitrary code; use it only "
               "for files you trust", file=sys.stderr)
     try:
-        return args.run(args)
+        with sigterm_as_interrupt(), pipe_safe_stdout():
+            return args.run(args)
     except CliError as err:
         if args.debug:
             raise
         print(f"mixq {args.command}: error: {err}", file=sys.stderr)
         return USAGE_ERROR
+    except Terminated:
+        print(f"mixq {args.command}: terminated (SIGTERM); no output was written", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print(f"mixq {args.command}: interrupted", file=sys.stderr)
+        print(f"mixq {args.command}: interrupted; no output was written", file=sys.stderr)
         return 130
     except Exception as err:
         if args.debug:

@@ -12,6 +12,7 @@ from mixq.cli.loading import add_model_options, input_files, load_inputs
 from mixq.cli.sidecar import write_sidecar
 from mixq.quant.observers import observer_names
 from mixq.quant.spec import WEIGHT_METHODS
+from mixq.report.files import StagedOutputs
 
 EPILOG = """examples:
   mixq quantize --model torchvision.models:resnet18 --mode dynamic --example-shape 1,3,224,224 --output r18.onnx
@@ -29,7 +30,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                                    "per-layer summary, and write the ONNX file plus a JSON sidecar describing it.")
     add_model_options(p)
     p.add_argument("--mode", required=True, choices=("static", "dynamic", "weight_only", "fp16"))
-    p.add_argument("--observer", choices=observer_names(), default="minmax", help="static-mode range observer")
+    p.add_argument("--observer", choices=observer_names(), default=None,
+                   help="static-mode range observer (default minmax; refused in other modes)")
     p.add_argument("--bits", type=int, default=8, help="weight bits (weight_only: 2, 3, 4 or 8; default 8)")
     p.add_argument("--group-size", type=int, default=None,
                    help="per-group weight scales (weight_only below 8 bits; default 128)")
@@ -88,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"mixq.quantize rejected the request: {first_line(err)}",
                        "adjust the options named above") from err
     print(qmodel.mixq_summary)
-    export_model(qmodel, example, output, args)
-    write_sidecar(sidecar, args, output, example_shape=args.example_shape, config=qmodel.mixq_config.to_dict(),
-                  summary=qmodel.mixq_summary.to_dict())
+    with StagedOutputs(output.parent) as stage:  # the ONNX file and its sidecar: both written, or neither
+        staged = export_model(qmodel, example, stage.path(output.name), args)
+        write_sidecar(stage.path(sidecar.name), args, staged, example_shape=args.example_shape,
+                      config=qmodel.mixq_config.to_dict(), summary=qmodel.mixq_summary.to_dict())
     print(f"wrote {output} ({output.stat().st_size / 1024:.1f} KB) and {sidecar}")
     return 0

@@ -11,7 +11,7 @@ from torch import nn
 from mixq.quant.calibration import Batch
 from mixq.quant.conversion import convert_prepared
 from mixq.quant.modules.observed import refuse_observed
-from mixq.quant.planning import split_first
+from mixq.quant.planning import excluded, split_first
 from mixq.quant.smoothquant import check_alpha, smooth
 from mixq.quant.spec import (
     DEFAULT_ACTIVATION,
@@ -25,12 +25,61 @@ from mixq.quant.spec import (
 from mixq.quant.stages import calibrate, prepare
 from mixq.quant.weight_only.calibrate import calibrate_weights
 
+_WEIGHT_MODES = ("static", "dynamic", "weight_only")  # the modes that quantize weights to integers
 
-def make_config(mode: str, *, observer: str = "minmax", bits: int = 8, group_size: int | None = None,
+
+def _refuse_unused(mode: str, observer: str | None, bits: int, group_size: int | None, per_channel: bool,
+                   activation_dtype: str, overrides: tuple[LayerOverride, ...]) -> None:
+    """Every option takes effect or is refused: name the first one no layer of this request would use."""
+    modes = {mode} | {o.mode for o in overrides if isinstance(o, LayerOverride)}
+    integer = modes & set(_WEIGHT_MODES)
+    unused = []
+    if observer is not None and "static" not in modes:
+        unused.append((f"observer={observer!r}", "observers calibrate static layers; dynamic mode measures each "
+                       "input at run time"))
+    if bits != 8 and not integer:
+        unused.append((f"bits={bits}", f"{mode} mode keeps float weights; bits applies to "
+                       f"{'/'.join(_WEIGHT_MODES)}"))
+    if group_size is not None and "weight_only" not in modes:
+        unused.append((f"group_size={group_size}", "per-group scales exist for weight_only layers (MatMulNBits); "
+                       "static and dynamic layers use per-channel scales"))
+    if not per_channel and not integer - {"weight_only"}:
+        unused.append(("per_channel=False", "it applies to static and dynamic layers (weight_only Linear "
+                       "layers use per-row or group scales)"))
+    if activation_dtype != "uint8" and "static" not in modes:
+        unused.append((f"activation_dtype={activation_dtype!r}", "only static layers store activations "
+                       "(dynamic ones quantize them to uint8, as DynamicQuantizeLinear does)"))
+    if unused:
+        option, why = unused[0]
+        raise ValueError(f"{option} has no effect in {mode} mode: {why}; drop it or choose another mode")
+
+
+def _refuse_unmatched(model: nn.Module, cfg: QuantConfig) -> None:
+    """An ``exclude`` or override pattern that names no module of ``model`` would do nothing: refuse it (graph-mode
+    adds, ``mixq_add_*``, only exist after tracing and are not checked)."""
+    names = [n for n, _ in model.named_modules() if n]
+    patterns = [("exclude", p) for p in cfg.exclude] + [("override", o.pattern) for o in cfg.overrides]
+    for kind, pattern in patterns:
+        if pattern.startswith("mixq_add") or _matches_any(pattern, names):
+            continue
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        raise ValueError(f"{kind} pattern {pattern!r} matches no layer of {type(model).__name__} (its layers: "
+                         f"{shown or 'none'}); fix the name or drop the pattern")
+
+
+def _matches_any(pattern: str, names: list[str]) -> bool:
+    """True when ``pattern`` matches at least one of ``names`` (as ``exclude`` would)."""
+    return any(excluded(name, [pattern]) for name in names)
+
+
+def make_config(mode: str, *, observer: str | None = None, bits: int = 8, group_size: int | None = None,
                 per_channel: bool = True, activation_dtype: str = "uint8", reduce_range: bool = False,
                 exclude: Iterable[str] = (), overrides: Iterable[LayerOverride] = (), symmetric: bool = True,
                 method: str | WeightMethod = "rtn") -> QuantConfig:
-    """Build a validated ``QuantConfig`` from ``quantize``'s keyword arguments."""
+    """Build a validated ``QuantConfig`` from ``quantize``'s keyword arguments; an option that no layer would use
+    (``observer`` without static layers, ``bits``/``group_size`` in fp16 mode, ...) is refused, never ignored."""
+    overrides = tuple(overrides)
+    _refuse_unused(mode, observer, bits, group_size, per_channel, activation_dtype, overrides)
     if mode == "weight_only" and bits not in WEIGHT_ONLY_BITS:
         raise ValueError(f"weight_only runs as ONNX Runtime's MatMulNBits, which takes 2-, 4- or 8-bit weights "
                          f"(3-bit in its 4-bit layout); got bits={bits!r}")
@@ -56,8 +105,8 @@ def make_config(mode: str, *, observer: str = "minmax", bits: int = 8, group_siz
         "int8", symmetric=False, granularity="per_tensor", narrow_range=False)
     if isinstance(exclude, str):
         raise TypeError(f"exclude must be a list of name patterns, e.g. exclude=[{exclude!r}]")
-    return QuantConfig(mode, weight=weight, activation=activation, observer=ObserverSpec(observer),
-                       exclude=tuple(exclude), overrides=tuple(overrides), method=method)
+    return QuantConfig(mode, weight=weight, activation=activation, observer=ObserverSpec(observer or "minmax"),
+                       exclude=tuple(exclude), overrides=overrides, method=method)
 
 
 def quantize(
@@ -65,7 +114,7 @@ def quantize(
     mode: str = "static",
     *,
     calib_data: Iterable[Batch] | None = None,
-    observer: str = "minmax",
+    observer: str | None = None,
     bits: int = 8,
     group_size: int | None = None,
     per_channel: bool = True,
@@ -86,9 +135,11 @@ def quantize(
     Modes: ``"static"`` (int8 weights and activations; needs ``calib_data``, an iterable of batches: tensors,
     tuples of positional tensors or dicts of keyword tensors), ``"dynamic"`` (int8 weights, activations quantized
     per call), ``"weight_only"`` (``bits=8`` per-channel, or ``bits`` 4, 3 or 2 with ``group_size``, default 128;
-    ``symmetric=False`` adds zero points) and ``"fp16"``. Weight-only ``method`` is ``"rtn"`` (round to nearest,
-    data-free), ``"gptq"`` or ``"awq"`` (both need ``calib_data`` and calibrate one decoder block at a time), or a
-    ``WeightMethod`` with their options. ``reduce_range=True`` keeps int8 weights within 7 bits ([-63, 63]) so x86
+    ``symmetric=False`` adds zero points) and ``"fp16"`` (in modes without calibration the first ``calib_data``
+    batch, if given, is only the probe for BatchNorm folding). Weight-only ``method`` is ``"rtn"`` (round to
+    nearest, data-free), ``"gptq"`` or ``"awq"`` (both need ``calib_data`` and calibrate one decoder block at a
+    time), or a ``WeightMethod`` with their options. An option that no layer would use is refused with a
+    ``ValueError``, never ignored. ``reduce_range=True`` keeps int8 weights within 7 bits ([-63, 63]) so x86
     CPUs without VNNI, whose uint8 x int8 kernels add pairs of products in saturating 16-bit registers, cannot
     overflow (ONNX Runtime's own advice for such machines); it costs one bit of weight precision.
 
@@ -115,10 +166,22 @@ def quantize(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     refuse_observed(model, "quantize")
+    if config is not None:
+        given = [name for name, value, default in (
+            ("observer", observer, None), ("bits", bits, 8), ("group_size", group_size, None),
+            ("per_channel", per_channel, True), ("activation_dtype", activation_dtype, "uint8"),
+            ("reduce_range", reduce_range, False), ("exclude", tuple(exclude), ()),
+            ("overrides", tuple(overrides), ())) if value != default]
+        if mode not in ("static", config.mode):
+            given.insert(0, "mode")
+        if given:
+            raise ValueError(f"pass either config or the options it replaces, not both (got config and "
+                             f"{', '.join(given)}); put them in the QuantConfig")
     cfg = config or make_config(mode, observer=observer, bits=bits, group_size=group_size,
                                 per_channel=per_channel, activation_dtype=activation_dtype,
                                 reduce_range=reduce_range, exclude=exclude, overrides=overrides, method=method,
                                 symmetric=symmetric)
+    _refuse_unmatched(model, cfg)
     alpha = check_alpha(smoothquant)
     if alpha is not None and cfg.mode not in ("static", "dynamic"):
         raise ValueError(f"smoothquant applies to the static and dynamic modes (int8 activations), not "
@@ -137,6 +200,10 @@ def quantize(
         probe = first if probe is None or cfg.needs_calibration or cfg.method.needs_data else probe
         if cfg.method.needs_data:
             batches = list(itertools.islice(batches, max_calib_batches))  # read twice: observers and weights
+    elif calib_data is not None and probe is None:  # no calibration: the first batch probes for BatchNorm folding
+        probe, _ = split_first(calib_data)
+    elif max_calib_batches is not None:
+        raise ValueError(f"max_calib_batches has no effect in {cfg.mode} mode (only static layers are calibrated)")
     notes: list[str] = []
     if alpha is not None:
         if iter(batches) is batches or max_calib_batches is not None:  # read twice: statistics, calibration
@@ -154,6 +221,6 @@ def quantize(
     qmodel = convert_prepared(prepared)
     qmodel.mixq_summary.notes[:0] = notes
     if not qmodel.mixq_summary.quantized:
-        warnings.warn(f"nothing in {type(model).__name__} could be quantized (no Linear/Conv1d/Conv2d layers "
-                      "left after exclusions); returning it in float", stacklevel=2)
+        warnings.warn(f"nothing in {type(model).__name__} could be quantized; returning it in float (its "
+                      ".mixq_summary says why for each layer)", stacklevel=2)
     return qmodel

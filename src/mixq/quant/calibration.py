@@ -46,6 +46,16 @@ def check_batch(batch: Any, index: int) -> None:
             f"calibration batch {index} is a {type(batch).__name__}; a batch must be a tensor, a tuple/list of "
             "positional tensors, or a dict of keyword tensors"
         )
+    if isinstance(batch, (tuple, list, dict)):
+        values = batch.values() if isinstance(batch, dict) else batch
+        odd = [type(v).__name__ for v in values if not isinstance(v, (torch.Tensor, tuple, list, dict, type(None)))]
+        if odd:
+            raise CalibrationError(f"calibration batch {index} ({describe(batch)}) holds a {odd[0]}; every input "
+                                   "of a batch must be a tensor")
+    sized = [t for t in _tensors(batch) if t.dim() > 0]
+    if sized and all(t.shape[0] == 0 for t in sized):
+        raise CalibrationError(f"calibration batch {index} ({describe(batch)}) is empty (0 samples); drop empty "
+                               "batches")
     for t in _tensors(batch):
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise CalibrationError(
@@ -75,6 +85,9 @@ def run_batches(model: nn.Module, batches: Iterable[Batch], *, desc: str = "cali
                 progress: bool = True, max_batches: int | None = None) -> int:
     """Run every batch through ``model`` without gradients, with a progress bar; returns the number of batches."""
     check_iterable(batches)
+    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
+                                    or max_batches < 1):
+        raise ValueError(f"max_calib_batches must be a positive int or None, got {max_batches!r}")
     total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
     if max_batches is not None:
         batches = itertools.islice(batches, max_batches)

@@ -7,6 +7,14 @@ so what PyTorch simulates is what ONNX Runtime computes:
 * ``dequantize``: ``x = (q - zero_point) * scale``;
 * ``dynamic_qparams``: the scale/zero point ``DynamicQuantizeLinear`` derives from a tensor at run time.
 
+Non-finite values follow ONNX Runtime (the project's rule: simulate what the runtime computes). ``+inf`` and
+``-inf`` saturate to the top and bottom of the range; NaN quantizes to the bottom of the range (int8 -128, uint8 0,
+whatever the zero point), as ONNX Runtime's QuantizeLinear does, so ``fake_quantize(nan)`` is the dequantized bottom
+level, never NaN. ``dynamic_qparams`` leaves NaN out of the min and max (an all-NaN tensor gets scale 1.0), and a NaN
+zero point (from an infinite range) becomes 255, as DynamicQuantizeLinear does. That operator's own treatment of NaN
+depends on where the NaN sits (its vectorised min/max lets a NaN in some lanes poison the range of tensors of 8 or
+more elements); mixq's rule is what it computes for shorter tensors, and the only position-independent one.
+
 Scales are float32; zero points carry the integer dtype of the quantized data (``torch.int8`` or ``torch.uint8``).
 Per-axis parameters are 1-D and broadcast along ``axis``; group-wise parameters are passed already broadcastable.
 """
@@ -73,7 +81,7 @@ def quantize(
     s = _along(scale, x, axis)
     z = _along(zero_point, x, axis).to(torch.float32)
     q = torch.round(x.to(torch.float32) / s) + z
-    return q.clamp_(lo, hi).to(zero_point.dtype)
+    return q.nan_to_num_(nan=float(lo)).clamp_(lo, hi).to(zero_point.dtype)
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None,
@@ -117,11 +125,13 @@ def choose_qparams(
 
 def dynamic_qparams(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The uint8 scale and zero point ONNX ``DynamicQuantizeLinear`` computes for ``x`` at run time."""
-    lo = torch.clamp(x.min().to(torch.float32), max=0.0)
-    hi = torch.clamp(x.max().to(torch.float32), min=0.0)
+    x = x.to(torch.float32)
+    nan = torch.isnan(x)
+    lo = torch.clamp(torch.where(nan, torch.inf, x).min(), max=0.0)  # NaN is left out of the range, as in ORT
+    hi = torch.clamp(torch.where(nan, -torch.inf, x).max(), min=0.0)
     scale = (hi - lo) / 255.0
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    zp = torch.round(0.0 - lo / scale).clamp(0, 255).to(torch.uint8)
+    scale = torch.where(hi > lo, scale, torch.ones_like(scale))  # an empty range, not a scale that underflowed to 0
+    zp = torch.round(0.0 - lo / scale).nan_to_num(nan=255.0).clamp(0, 255).to(torch.uint8)
     return scale, zp
 
 
@@ -131,7 +141,7 @@ def _fake_quantize_forward(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qm
     quantizer uses; where the last two differ, ``x`` fell outside the representable range."""
     v = x.to(torch.float32) / s
     q = torch.round(v) + z
-    clamped = q.clamp(qmin, qmax)
+    clamped = q.nan_to_num(nan=float(qmin)).clamp(qmin, qmax)  # NaN -> the bottom level, as quantize() does
     return (clamped - z) * s, v, q, clamped
 
 

@@ -242,6 +242,12 @@ class QuantConfig:
             raise TypeError(f"method must be a WeightMethod, got {type(self.method).__name__}")
         if self.method.needs_data and "weight_only" not in modes:
             raise ValueError(f"method {self.method.name!r} chooses weight-only weights; use mode='weight_only'")
+        if self.weight.granularity == "per_group" and modes & {"static", "dynamic"}:
+            raise ValueError(f"per-group weight scales (group_size={self.weight.group_size}) apply to weight_only "
+                             "layers only; static and dynamic layers use per-channel or per-tensor scales")
+        if self.weight.granularity == "per_tensor" and "weight_only" in modes:
+            raise ValueError("weight_only layers use per-channel (per-row) or per-group scales; per-tensor weights "
+                             "do not apply to them")
         if "static" in modes and self.activation.bits != 8:
             raise ValueError("static mode quantizes activations to 8 bits")
         if isinstance(self.exclude, str):

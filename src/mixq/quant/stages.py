@@ -30,7 +30,7 @@ from mixq.quant.modules import ObservedLayer
 from mixq.quant.modules.registry import adapt_in_place, qmodule_class
 from mixq.quant.observers import make_observer
 from mixq.quant.planning import excluded, plan
-from mixq.quant.spec import ObserverSpec, QuantConfig, WeightMethod
+from mixq.quant.spec import DEFAULT_WEIGHT, ObserverSpec, QuantConfig, WeightMethod
 from mixq.quant.summary import QuantizationSummary
 
 
@@ -94,8 +94,7 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
         relu_layers = apply_fusions(qmodel, fusions)
         summary.notes += [f"folded {f.batchnorm} into {f.layer}" for f in fusions if f.batchnorm]
     # plan as static (accepts every supported layer); mode-specific limits are checked per layer at conversion
-    as_static = dataclasses.replace(config, mode="static", overrides=(), method=WeightMethod(),
-                                    weight=dataclasses.replace(config.weight, symmetric=True))
+    as_static = dataclasses.replace(config, mode="static", overrides=(), method=WeightMethod(), weight=DEFAULT_WEIGHT)
     targets = plan(qmodel, as_static, summary)
     adapt_in_place(qmodel, targets)
     observed = [n for n in targets if static(n) and _observable(qmodel.get_submodule(n))]

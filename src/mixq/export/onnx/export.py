@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from mixq.export.onnx import shapes
+from mixq.export.onnx.validation import check_model_runs, check_runtime_runs, check_writable
 from mixq.quant.calibration import describe
 from mixq.quant.modules.observed import refuse_observed
 from mixq.report.files import atomic_path
@@ -139,8 +140,9 @@ def export_onnx(
     Quantized layers become the QDQ / integer patterns ONNX Runtime fuses into integer kernels (QLinearConv,
     QLinearMatMul, MatMulIntegerToFloat, DynamicQuantizeMatMul, MatMulNBits); float16 layers keep float16 weights
     with float32 inputs and outputs unless ``io_dtype=torch.float16`` asks for float16 ones (Casts at the graph
-    boundary). The file is written to a temporary name and renamed, so a failed export never leaves a partial file
-    at ``path``.
+    boundary). The file is written to a temporary name and renamed only after checks (the model runs on the
+    example in PyTorch; ONNX Runtime loads the file and runs it on the example), so a failed export never leaves a
+    file at ``path``.
 
     Shapes: by default (``dynamic_shapes=None``) the batch axis of every input is symbolic (named ``batch``, also
     from a batch-1 example), and so is the sequence axis (``sequence``) of token inputs (integer ids, attention
@@ -166,11 +168,13 @@ def export_onnx(
     if opset is not None and opset < MIN_OPSET:
         raise ValueError(f"opset {opset} cannot express per-channel QuantizeLinear/DequantizeLinear; "
                          f"use opset >= {MIN_OPSET} (or leave it unset)")
+    check_writable(target.parent)
     args, kwargs = _as_args(example_inputs)
     kwargs = _without_cache(model, kwargs)
     model = model.eval()
     spec, export_args, export_kwargs, named = _shape_plan(model, dynamic_shapes, args, kwargs)
     try:
+        check_model_runs(model, args, kwargs)
         with atomic_path(target) as tmp, warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript"), \
                 contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
             warnings.simplefilter("ignore")
@@ -186,6 +190,7 @@ def export_onnx(
                 shapes.name_symbolic_dims(proto, *named)
             log.info("input shapes of %s: %s", target.name, shapes.symbolic_axes(proto))
             onnx.save(proto, tmp)  # one serialisation, straight from the in-memory model; renamed on success
+            check_runtime_runs(tmp, args, kwargs)  # the file replaces the target only if ONNX Runtime runs it
     except Exception as err:
         raise ExportError(f"could not export {type(model).__name__} with example inputs "
                           f"{describe(example_inputs)}: {err}") from err

@@ -160,6 +160,9 @@ def qmodule_class(layer: nn.Module, mode: str) -> type | None:
 
 def refusal(layer: nn.Module, mode: str, config: Any) -> str | None:
     """Why ``layer`` cannot run in ``mode`` under ``config``, or None when it can."""
+    weight = getattr(layer, "weight", None)
+    if weight is not None and hasattr(weight, "numel") and weight.numel() == 0:
+        return "its weight has no elements (a zero-sized layer): nothing to quantize"
     kind = kind_of(layer)
     if kind is None:
         return f"no quantized kernel for {type(layer).__name__}"

@@ -1,0 +1,85 @@
+"""Checking an export before it replaces anything: the model must run on the example in PyTorch, and the written
+file must load and run in ONNX Runtime on that same example.
+
+``export_onnx`` calls :func:`check_model_runs` before exporting and :func:`check_runtime_runs` on the temporary
+file before renaming it over the target, so a file ONNX Runtime rejects never reaches the target path.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from mixq.quant.calibration import describe
+
+__all__ = ["ExportCheckError", "check_model_runs", "check_runtime_runs", "check_writable"]
+
+_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+          "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+
+
+class ExportCheckError(ValueError):
+    """The model or the exported file failed its check; the message says which and why."""
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def check_writable(directory: str | os.PathLike) -> None:
+    """Fail before the export, not after it, when no file can be created in ``directory``."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mixq-probe-", dir=directory)
+    except OSError as err:
+        raise type(err)(err.errno, f"cannot create files in {str(directory)!r} ({err.strerror}); export to a "
+                        "directory you can write to") from err
+    os.close(fd)
+    os.remove(probe)
+
+
+def check_model_runs(model: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Run ``model`` once on the example; a failure means the example does not fit the model."""
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    except Exception as err:
+        raise ExportCheckError(
+            f"the model does not run on them in PyTorch ({type(err).__name__}: {_first_line(err)}); pass example "
+            "inputs shaped like the model's input"
+        ) from err
+
+
+def _flat(args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    values = list(args) + list(kwargs.values())
+    return [v for v in values if isinstance(v, torch.Tensor)]
+
+
+def check_runtime_runs(path: str | os.PathLike, args: tuple, kwargs: dict) -> None:
+    """Load ``path`` in ONNX Runtime and run it on the example (cast to the graph's input types)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:
+        raise ExportCheckError(f"ONNX Runtime rejects the exported file ({_first_line(err)})") from err
+    inputs = session.get_inputs()
+    if kwargs and all(isinstance(kwargs.get(i.name), torch.Tensor) for i in inputs):
+        tensors = [kwargs[i.name] for i in inputs]  # keyword inputs keep their names in the graph
+    else:
+        tensors = _flat(args, kwargs)
+    if len(inputs) != len(tensors) or any(i.type not in _NUMPY for i in inputs):
+        return  # inputs folded away or of exotic types: loading is what can be checked
+    feeds = {i.name: t.detach().cpu().numpy().astype(_NUMPY[i.type]) for i, t in zip(inputs, tensors, strict=True)}
+    try:
+        session.run(None, feeds)
+    except Exception as err:
+        raise ExportCheckError(f"ONNX Runtime loads the exported file but fails on the example inputs "
+                               f"{describe(kwargs or args)} ({_first_line(err)})") from err
