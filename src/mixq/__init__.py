@@ -6,11 +6,13 @@ Example::
     qmodel = mixq.quantize(model, "static", calib_data=batches)
     print(qmodel.mixq_summary)
     mixq.export_onnx(qmodel, example_inputs, "model_int8.onnx")
+    mixq.export_tflite(qmodel, example_inputs, "model_int8.tflite")  # LiteRT: pip install 'mixq[litert]'
 """
 
 from mixq.amp import LossScale, MixedPrecision, NumericsConfig, Policy
 from mixq.auto import AutoQuantReport, AutoQuantResult, EvalFnError, LayerOverride, autoquantize
 from mixq.export import ExportError, export_onnx, optimized_op_types
+from mixq.export.tflite import TFLiteRunner, export_tflite, inspect_tflite
 from mixq.qat import QATConfig, convert, freeze_batchnorm, freeze_observers, prepare_qat
 from mixq.quant import (
     CalibrationError,
@@ -40,11 +42,14 @@ __all__ = [
     "QuantConfig",
     "QuantSpec",
     "QuantizationSummary",
+    "TFLiteRunner",
     "autoquantize",
     "convert",
     "export_onnx",
+    "export_tflite",
     "freeze_batchnorm",
     "freeze_observers",
+    "inspect_tflite",
     "make_config",
     "optimized_op_types",
     "prepare_qat",
