@@ -1,4 +1,5 @@
-"""``mixq bench``: ONNX Runtime latency (median, p90) and file size of one or more ONNX models, side by side."""
+"""``mixq bench``: latency (median, p90) and file size of ONNX models on ONNX Runtime and ``.tflite`` files on
+LiteRT (XNNPACK), side by side."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                                    "The first input dimension is the batch; other symbolic dimensions are set to 1.",
                        epilog="example:\n  mixq bench fp32.onnx int8.onnx --batch 1,32 --threads 4",
                        formatter_class=HelpFormatter)
-    p.add_argument("models", nargs="+", metavar="MODEL.onnx", help="ONNX files (dynamic batch dimension)")
+    p.add_argument("models", nargs="+", metavar="MODEL.onnx",
+                   help="ONNX files (dynamic batch dimension) and/or .tflite files (run on LiteRT with XNNPACK)")
     p.add_argument("--batch", default="1,32", metavar="B1,B2", help="comma-separated batch sizes (default 1,32)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
@@ -35,11 +37,25 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 def _session(path: Path, threads: int | None) -> Any:
     from mixq.report import ort_session
 
+    if path.suffix == ".tflite":
+        return _litert_session(path, threads)
     try:
         return ort_session(path, threads)
     except Exception as err:
         raise CliError(f"ONNX Runtime cannot load {path} ({first_line(err)})",
                        "pass an ONNX model file, e.g. one written by mixq quantize or mixq.export_onnx") from err
+
+
+def _litert_session(path: Path, threads: int | None) -> Any:
+    from mixq.export.tflite import INSTALL_HINT, LiteRTSession, litert_available
+
+    if not litert_available():
+        raise CliError(f"benchmarking {path.name} needs the LiteRT extra, which is not installed", INSTALL_HINT)
+    try:
+        return LiteRTSession(path, threads)
+    except Exception as err:
+        raise CliError(f"LiteRT cannot load {path} ({first_line(err)})",
+                       "pass a .tflite file, e.g. one written by mixq quantize --format tflite") from err
 
 
 def bench(paths: list[Path], batches: list[int], threads: int | None, runs: int, warmup: int,
@@ -54,7 +70,8 @@ def bench(paths: list[Path], batches: list[int], threads: int | None, runs: int,
             entry: dict[str, Any] = {"model": str(path), "size_bytes": path.stat().st_size, "latency": {}}
             for batch in batches:
                 try:
-                    feeds = random_feeds(session, batch)
+                    own = getattr(session, "random_feeds", None)  # LiteRT sessions make their own inputs
+                    feeds = own(batch) if own is not None else random_feeds(session, batch)
                 except ValueError as err:
                     entry["latency"][str(batch)] = {"error": str(err)}
                 else:

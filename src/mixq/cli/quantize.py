@@ -1,4 +1,5 @@
-"""``mixq quantize``: quantize a user's model (FACTORY + weights + calibration data) and export it to ONNX."""
+"""``mixq quantize``: quantize a user's model (FACTORY + weights + calibration data) and export it to ONNX or to
+LiteRT (``--format tflite``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from mixq.cli.sidecar import write_sidecar
 OBSERVERS = ("minmax", "percentile", "mse", "entropy", "moving_average")
 EPILOG = """examples:
   mixq quantize --model torchvision.models:resnet18 --mode dynamic --example-shape 1,3,224,224 --output r18.onnx
-  mixq quantize --model mynets.py:build --weights net.pt --mode static --calib calib.npz --output net_int8.onnx"""
+  mixq quantize --model mynets.py:build --weights net.pt --mode static --calib calib.npz --output net_int8.onnx
+  mixq quantize --model mynets.py:build --weights net.pt --mode static --calib calib.npz --format tflite \
+      --io-dtype int8 --output net_int8.tflite"""
+FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -28,7 +32,13 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--bits", type=int, default=8, help="weight bits (weight_only: 4 or 8; default 8)")
     p.add_argument("--group-size", type=int, default=None, help="per-group weight scales (weight_only 4-bit)")
     p.add_argument("--exclude", default="", metavar="NAMES", help="comma-separated layer name patterns to keep float")
-    p.add_argument("--output", required=True, metavar="MODEL.onnx", help="ONNX file to write")
+    p.add_argument("--output", required=True, metavar="MODEL.onnx", help="ONNX or .tflite file to write")
+    p.add_argument("--format", choices=sorted(FORMATS), default=None,
+                   help="onnx (ONNX Runtime) or tflite (LiteRT: static -> full-integer, dynamic -> dynamic-range, "
+                        "fp16 -> float16); default: from the --output suffix")
+    p.add_argument("--io-dtype", choices=("float32", "int8", "uint8"), default="float32",
+                   help="tflite only: integer inputs/outputs for a full-integer file (default float32)")
+    p.add_argument("--nhwc", action="store_true", help="tflite only: channels-last inputs and outputs")
     p.set_defaults(run=run)
 
 
@@ -37,7 +47,15 @@ def run(args: argparse.Namespace) -> int:
     import mixq
 
     # Cheap checks first, so a typo fails in a second rather than after loading the model.
-    output = output_file(args.output, "--output", ".onnx", input_files(args))
+    fmt = args.format or ("tflite" if str(args.output).endswith(".tflite") else "onnx")
+    if fmt == "onnx" and (args.io_dtype != "float32" or args.nhwc):
+        raise CliError("--io-dtype and --nhwc apply to LiteRT files", "add --format tflite, or drop them for ONNX")
+    output = output_file(args.output, "--output", FORMATS[fmt], input_files(args))
+    if fmt == "tflite":
+        from mixq.export.tflite import INSTALL_HINT, litert_available
+
+        if not litert_available():
+            raise CliError("--format tflite needs the LiteRT extra, which is not installed", INSTALL_HINT)
     sidecar = output_file(output.with_suffix(".mixq.json"), "sidecar", ".json", input_files(args))
     if args.mode == "static" and not args.calib:
         raise CliError("--mode static needs calibration data", "pass --calib DATA (a few hundred representative "
@@ -52,7 +70,10 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"mixq.quantize rejected the request: {first_line(err)}",
                        "adjust the options named above") from err
     print(qmodel.mixq_summary)
-    mixq.export_onnx(qmodel, example, output)
+    if fmt == "tflite":
+        mixq.export_tflite(qmodel, example, output, io_dtype=args.io_dtype, nhwc=args.nhwc)
+    else:
+        mixq.export_onnx(qmodel, example, output)
     write_sidecar(sidecar, args, output, example_shape=args.example_shape, config=qmodel.mixq_config.to_dict(),
                   summary=qmodel.mixq_summary.to_dict())
     print(f"wrote {output} ({output.stat().st_size / 1024:.1f} KB) and {sidecar}")

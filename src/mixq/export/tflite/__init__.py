@@ -6,18 +6,27 @@ The folder owns the whole backend: ``lowering`` (mixq module class -> what liter
 ai-edge-quantizer are imported only when used: ``pip install 'mixq[litert]'``.
 """
 
-from mixq.export.tflite.converter import INSTALL_HINT, LiteRTMissingError
+from mixq.export.tflite.converter import INSTALL_HINT, LiteRTMissingError, litert_available
 from mixq.export.tflite.export import IO_DTYPES, export_tflite
-from mixq.export.tflite.interpreter import COMPUTE_OPS, TFLiteModelInfo, TFLiteOp, TFLiteRunner, inspect_tflite
+from mixq.export.tflite.interpreter import (
+    COMPUTE_OPS,
+    LiteRTSession,
+    TFLiteModelInfo,
+    TFLiteOp,
+    TFLiteRunner,
+    inspect_tflite,
+)
 
 __all__ = [
     "COMPUTE_OPS",
     "INSTALL_HINT",
     "IO_DTYPES",
     "LiteRTMissingError",
+    "LiteRTSession",
     "TFLiteModelInfo",
     "TFLiteOp",
     "TFLiteRunner",
     "export_tflite",
     "inspect_tflite",
+    "litert_available",
 ]

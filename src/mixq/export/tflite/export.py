@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers torch.ops.quantized_decomposed)
 from torch import fx, nn
 
 from mixq.export.onnx_export import ExportError
@@ -185,7 +184,7 @@ def export_tflite(
             content = convert(module, file_args, quantized=mode == "full_integer", float_io=io_dtype == "float32",
                               dynamic_batch=dynamic_batch)
             if mode in ("dynamic_range", "float16"):
-                content = apply_recipe(content, mode)
+                content = apply_recipe(content, mode, sum(m == mode for m in modes.values()))
             if io_dtype != "float32":
                 content = integer_io(content, in_q, out_q, io_dtype)
             _check(content, args, nhwc)
@@ -198,7 +197,8 @@ def export_tflite(
             raise ExportError(f"LiteRT cannot express {where}; keep that layer out of the exported model or "
                               "replace the operation") from err
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        tail = (log_text[0].strip().splitlines() or [""])[-1] if log_text else ""
+        errors = [ln.strip() for ln in "".join(log_text).splitlines() if "error" in ln.lower()]
+        tail = errors[-1] if errors else ""
         raise ExportError(f"could not convert {type(model).__name__} to LiteRT with example inputs "
                           f"{describe(example_inputs)}: {detail}" + (f" ({tail})" if tail else "")) from err
     log.info("exported %s to %s (%s, %.3f MB)", type(model).__name__, target, mode, target.stat().st_size / 1e6)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class TFLiteModelInfo:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     ops: tuple[TFLiteOp, ...]
+    size_by_dtype: dict[str, dict[str, int]]
 
     @property
     def op_types(self) -> Counter[str]:
@@ -48,6 +49,12 @@ class TFLiteModelInfo:
     def delegated_fraction(self) -> float:
         return sum(op.xnnpack for op in self.ops) / max(1, len(self.ops))
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": str(self.path), "size_bytes": self.size_bytes, "inputs": list(self.inputs),
+                "outputs": list(self.outputs), "op_types": dict(self.op_types.most_common()),
+                "xnnpack_ops": sum(op.xnnpack for op in self.ops), "ops": [asdict(op) for op in self.ops],
+                "size_by_dtype": self.size_by_dtype}
+
     def __str__(self) -> str:
         lines = [f"{self.path.name}: LiteRT flatbuffer, {self.size_bytes / 1e6:.3f} MB, {len(self.ops)} ops, "
                  f"{sum(op.xnnpack for op in self.ops)} on XNNPACK",
@@ -56,6 +63,11 @@ class TFLiteModelInfo:
                 (op.op_type, op.input_types, op.xnnpack) for op in self.ops).most_common():
             where = "XNNPACK" if xnn else "LiteRT builtin"
             lines.append(f"  {n:4d} x {op_type:<20} in: {', '.join(types):<28} {where}")
+        total = sum(v["bytes"] for v in self.size_by_dtype.values()) or 1
+        lines.append("  stored tensors by dtype:")
+        for dtype, v in self.size_by_dtype.items():
+            lines.append(f"    {dtype:<9} {v['bytes'] / 1024:9.1f} KB  {v['bytes'] / total:6.1%}  "
+                         f"({v['tensors']} tensors)")
         return "\n".join(lines)
 
 
@@ -115,7 +127,26 @@ def inspect_tflite(path: str | os.PathLike, threads: int = 2) -> TFLiteModelInfo
         for op in ops)
     return TFLiteModelInfo(Path(path), Path(path).stat().st_size,
                            tuple(_describe_tensor(d) for d in it.get_input_details()),
-                           tuple(_describe_tensor(d) for d in it.get_output_details()), result)
+                           tuple(_describe_tensor(d) for d in it.get_output_details()), result, _size_by_dtype(path))
+
+
+def _size_by_dtype(path: str | os.PathLike) -> dict[str, dict[str, int]]:
+    """Bytes and count of the constant tensors stored in the file, per element type, largest first."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    names = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    sizes: dict[str, dict[str, int]] = {}
+    for graph in model.subgraphs:
+        for tensor in graph.tensors:
+            buffer = model.buffers[tensor.buffer] if 0 < tensor.buffer < len(model.buffers) else None
+            if buffer is None or buffer.data is None or len(buffer.data) == 0:
+                continue
+            entry = sizes.setdefault(names.get(tensor.type, str(tensor.type)), {"tensors": 0, "bytes": 0})
+            entry["tensors"] += 1
+            entry["bytes"] += len(buffer.data)
+    return dict(sorted(sizes.items(), key=lambda kv: -kv[1]["bytes"]))
 
 
 class TFLiteRunner:
@@ -177,3 +208,38 @@ class TFLiteRunner:
             rows = [self.invoke(*(a[i:i + 1] for a in arrays)) for i in range(arrays[0].shape[0])]
         outs = [np.concatenate([self._to_float(r[k], d) for r in rows]) for k, d in enumerate(self.output_details)]
         return outs[0] if len(outs) == 1 else outs
+
+
+class LiteRTSession:
+    """A ``.tflite`` file behind the small interface ``mixq bench`` times: ``random_feeds(batch)`` and
+    ``run(None, feeds)`` (as an ONNX Runtime session's ``run``), on ``threads`` CPU threads with XNNPACK."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        self.runner = TFLiteRunner(path, threads=threads or 2)
+
+    def random_feeds(self, batch: int, seed: int = 0) -> dict[int, np.ndarray]:
+        """Normal floats (integer inputs: uniform over their range) at batch size ``batch``."""
+        rng = np.random.default_rng(seed)
+        feeds = {}
+        for d in self.runner.input_details:
+            shape = list(d["shape"])
+            if shape and shape[0] != batch:
+                if d["shape_signature"][0] != -1:
+                    raise ValueError(f"input {d['name']!r} has a fixed batch size of {shape[0]}, not {batch}; "
+                                     "export with mixq.export_tflite(..., dynamic_batch=True) to resize it")
+                shape[0] = batch
+            dtype = np.dtype(d["dtype"])
+            if dtype.kind in "iu":
+                info = np.iinfo(dtype)
+                feeds[d["index"]] = rng.integers(info.min, info.max + 1, size=shape).astype(dtype)
+            else:
+                feeds[d["index"]] = rng.standard_normal(shape).astype(dtype)
+        if self.runner._resize(list(feeds.values())) is False:
+            raise ValueError("the file's inputs cannot be resized to this batch")
+        return feeds
+
+    def run(self, _outputs: None, feeds: dict[int, np.ndarray]) -> None:
+        it = self.runner.interpreter
+        for index, value in feeds.items():
+            it.set_tensor(index, value)
+        it.invoke()

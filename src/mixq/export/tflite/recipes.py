@@ -10,31 +10,64 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from typing import Any
 
 _DYNAMIC_RANGE = {  # int8 per-channel weights, activations quantized by the kernels at run time (TFLite "hybrid")
-    "regex": "DynamicRangeWeights_", "operation": "*", "algorithm_key": "min_max_uniform_quantize",
+    "regex": ".*", "operation": "*", "algorithm_key": "min_max_uniform_quantize",
     "op_config": {"weight_tensor_config": {"num_bits": 8, "symmetric": True, "granularity": "CHANNELWISE",
                                            "dtype": "INT"},
                   "compute_precision": "INTEGER", "explicit_dequantize": False, "skip_checks": False,
                   "min_weight_elements": 0},
 }
 _FLOAT16 = {  # float16 weights dequantized to float32 once at load time; compute stays float32
-    "regex": "Float16Weights_", "operation": "*", "algorithm_key": "float_casting",
+    "regex": ".*", "operation": "*", "algorithm_key": "float_casting",
     "op_config": {"weight_tensor_config": {"num_bits": 16, "dtype": "FLOAT"}, "compute_precision": "FLOAT",
                   "explicit_dequantize": True, "skip_checks": False, "min_weight_elements": 0},
 }
-# Each recipe matches only the layers ``lowering`` marked (litert-torch names tensors after the module path, class
-# names included), so layers a mixq config kept float32 stay float32.
-RECIPES: dict[str, list[dict[str, Any]]] = {"dynamic_range": [_DYNAMIC_RANGE], "float16": [_FLOAT16]}
+RECIPES: dict[str, dict[str, Any]] = {"dynamic_range": _DYNAMIC_RANGE, "float16": _FLOAT16}
+MARKERS = {"dynamic_range": "DynamicRangeWeights_", "float16": "Float16Weights_"}
 
 
-def apply_recipe(float_model: bytes, mode: str) -> bytes:
-    """``float_model`` with its weights stored per ``mode`` (``"dynamic_range"`` or ``"float16"``)."""
+def _tensor_name(tensor: Any) -> str:
+    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+
+
+def marked_scopes(float_model: bytes, marker: str) -> list[str]:
+    """ai-edge-quantizer's scope (output tensor names) of every op whose weight ``lowering`` marked.
+
+    litert-torch names constant tensors after the module path, class names included, so the weights of mixq's
+    dynamic-range / float16 layers carry the marker while layers a mixq config kept float32 do not.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(float_model))
+    graph = model.subgraphs[0]
+
+    def marked_weight(index: int) -> bool:  # a stored float32 tensor of rank >= 2 (not a bias, not a shape)
+        tensor = graph.tensors[index]
+        data = model.buffers[tensor.buffer].data if 0 < tensor.buffer < len(model.buffers) else None
+        return (data is not None and len(data) > 0 and tensor.type == schema.TensorType.FLOAT32
+                and len(tensor.shape) >= 2 and marker in _tensor_name(tensor))
+
+    return [tfl_flatbuffer_utils.get_op_scope(op, graph.tensors) for op in graph.operators
+            if any(marked_weight(i) for i in op.inputs if i >= 0)]
+
+
+def apply_recipe(float_model: bytes, mode: str, layers: int) -> bytes:
+    """``float_model`` with the weights of its ``layers`` marked layers stored per ``mode`` (``"dynamic_range"``
+    or ``"float16"``)."""
     from ai_edge_quantizer import quantizer
 
+    scopes = marked_scopes(float_model, MARKERS[mode])
+    if len(scopes) != layers:
+        raise RuntimeError(f"found {len(scopes)} of the {layers} {mode} layers in the converted file (litert-torch "
+                           "named their weights differently); nothing was written")
+    recipe = [dict(RECIPES[mode], regex="^" + re.escape(scope) + "$") for scope in scopes]
     qt = quantizer.Quantizer(float_model)
-    qt.load_quantization_recipe(RECIPES[mode])
+    qt.load_quantization_recipe(recipe)
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # it prints a size summary
         result = qt.quantize()
     return bytes(result.quantized_model)
