@@ -25,7 +25,7 @@ def test_quantize_to_tflite_then_inspect_and_bench(mixq_main, user_dir):
     code, out, err = mixq_main("inspect", path.name, "--json", "cnn_int8.inspect.json", cwd=user_dir)
     assert code == 0, err
     info = json.loads((user_dir / "cnn_int8.inspect.json").read_text())
-    assert info["op_types"]["FULLY_CONNECTED"] == 1 and info["op_types"]["CONV_2D"] == 1
+    assert info["op_types"]["FULLY_CONNECTED"] == 1 and info["op_types"]["DEPTHWISE_CONV_2D"] == 1  # 1 channel in
     assert info["xnnpack_ops"] == len(info["ops"])
     assert "int8[1x1x8x8]" in out and "XNNPACK" in out
 

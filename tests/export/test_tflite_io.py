@@ -72,7 +72,7 @@ def test_qat_learned_scales_and_weights_are_stored_exactly(tmp_path):
     x = torch.randn(64, 3, 12, generator=torch.Generator().manual_seed(1))
     target = torch.randint(0, 6, (64,), generator=torch.Generator().manual_seed(2))
     qat = mixq.prepare_qat(net, example_inputs=x[:8], learnable_scales=True)
-    opt = torch.optim.Adam(qat.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(qat.parameters(), lr=1e-3)
     for i in range(0, 64, 16):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(qat(x[i:i + 16]), target[i:i + 16]).backward()
