@@ -12,7 +12,7 @@ Example::
 from mixq.amp import LossScale, MixedPrecision, NumericsConfig, Policy
 from mixq.auto import AutoQuantReport, AutoQuantResult, EvalFnError, LayerOverride, autoquantize
 from mixq.export import ExportError, export_onnx, optimized_op_types
-from mixq.export.tflite import TFLiteRunner, export_tflite, inspect_tflite
+from mixq.export.tflite import LiteRTSession, TFLiteRunner, export_tflite, inspect_tflite
 from mixq.qat import QATConfig, convert, freeze_batchnorm, freeze_observers, prepare_qat
 from mixq.quant import (
     CalibrationError,
@@ -33,6 +33,7 @@ __all__ = [
     "EvalFnError",
     "ExportError",
     "LayerOverride",
+    "LiteRTSession",
     "LossScale",
     "MixedPrecision",
     "NumericsConfig",
