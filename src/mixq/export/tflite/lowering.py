@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers torch.ops.quantized_decomposed)
 import torch.nn.functional as F
 from torch import nn
 
@@ -34,7 +33,6 @@ from mixq.quant.modules import (
 )
 from mixq.quant.modules.conv_args import ConvGeometry
 
-_qd = torch.ops.quantized_decomposed
 INT8_MIN, INT8_MAX = -128, 127
 WEIGHT_MIN, WEIGHT_MAX = -127, 127  # LiteRT's int8 weights are symmetric, zero point 0
 MODES = ("full_integer", "dynamic_range", "float16", "float32")
@@ -82,8 +80,8 @@ class ActivationQParams(nn.Module):
         self.zero_point = int(zero_point.reshape(()).item()) - shift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = _qd.quantize_per_tensor(x, self.scale, self.zero_point, INT8_MIN, INT8_MAX, torch.int8)
-        return _qd.dequantize_per_tensor(q, self.scale, self.zero_point, INT8_MIN, INT8_MAX, torch.int8)
+        qd, grid = torch.ops.quantized_decomposed, (self.scale, self.zero_point, INT8_MIN, INT8_MAX, torch.int8)
+        return qd.dequantize_per_tensor(qd.quantize_per_tensor(x, *grid), *grid)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:.6g}, zero_point={self.zero_point}"
@@ -103,7 +101,8 @@ class PerChannelWeight(nn.Module):
 
     def forward(self) -> torch.Tensor:
         args = (self.scale, self.zero_point, self.axis, WEIGHT_MIN, WEIGHT_MAX, torch.int8)
-        return _qd.dequantize_per_channel(_qd.quantize_per_channel(self.weight, *args), *args)
+        qd = torch.ops.quantized_decomposed
+        return qd.dequantize_per_channel(qd.quantize_per_channel(self.weight, *args), *args)
 
 
 def _dequantized(q: torch.Tensor, scale: torch.Tensor, axis: int) -> torch.Tensor:
@@ -215,6 +214,8 @@ def lower(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
 
     Returns the copy and ``{module name: LiteRT mode}`` of what was lowered (empty for a float model).
     """
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers torch.ops.quantized_decomposed)
+
     lowered = copy.deepcopy(model).eval()
     modes: dict[str, str] = {}
     for name, module in list(lowered.named_modules()):
