@@ -1,5 +1,10 @@
 """Dynamic-range and float16 files: ai-edge-quantizer stores the weights of a float ``.tflite`` as int8 / float16.
 
+Depthwise convolutions (including a convolution over one input channel, which LiteRT runs as depthwise) stay
+float32 in dynamic-range files, holding mixq's dequantized int8 weights: XNNPACK has no dynamic-range depthwise
+kernel and LiteRT's builtin hybrid one ran ~50x slower than float on the demo CNN, while such layers hold few
+weights.
+
 The float file holds mixq's weights already on their grid (int8 values times mixq's per-channel scale, or float16
 values upcast), and both recipes are lossless on such weights: the symmetric per-channel min-max scale of
 ``q * s`` with ``max |q| = 127`` is ``s`` again, and float16 -> float32 -> float16 is exact. So the file stores
@@ -33,8 +38,9 @@ def _tensor_name(tensor: Any) -> str:
     return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
 
 
-def marked_scopes(float_model: bytes, marker: str) -> list[str]:
-    """ai-edge-quantizer's scope (output tensor names) of every op whose weight ``lowering`` marked.
+def marked_scopes(float_model: bytes, marker: str) -> list[tuple[str, int]]:
+    """ai-edge-quantizer's scope (output tensor names) and the builtin op code of every op whose weight
+    ``lowering`` marked.
 
     litert-torch names constant tensors after the module path, class names included, so the weights of mixq's
     dynamic-range / float16 layers carry the marker while layers a mixq config kept float32 do not.
@@ -52,7 +58,8 @@ def marked_scopes(float_model: bytes, marker: str) -> list[str]:
         return (data is not None and len(data) > 0 and tensor.type == schema.TensorType.FLOAT32
                 and len(tensor.shape) >= 2 and marker in _tensor_name(tensor))
 
-    return [tfl_flatbuffer_utils.get_op_scope(op, graph.tensors) for op in graph.operators
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    return [(tfl_flatbuffer_utils.get_op_scope(op, graph.tensors), codes[op.opcodeIndex]) for op in graph.operators
             if any(marked_weight(i) for i in op.inputs if i >= 0)]
 
 
@@ -65,7 +72,11 @@ def apply_recipe(float_model: bytes, mode: str, layers: int) -> bytes:
     if len(scopes) != layers:
         raise RuntimeError(f"found {len(scopes)} of the {layers} {mode} layers in the converted file (litert-torch "
                            "named their weights differently); nothing was written")
-    recipe = [dict(RECIPES[mode], regex="^" + re.escape(scope) + "$") for scope in scopes]
+    if mode == "dynamic_range":  # XNNPACK has no dynamic-range depthwise kernel; LiteRT's own is ~50x slower
+        from ai_edge_litert import schema_py_generated as schema
+
+        scopes = [(scope, code) for scope, code in scopes if code != schema.BuiltinOperator.DEPTHWISE_CONV_2D]
+    recipe = [dict(RECIPES[mode], regex="^" + re.escape(scope) + "$") for scope, _ in scopes]
     qt = quantizer.Quantizer(float_model)
     qt.load_quantization_recipe(recipe)
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # it prints a size summary
