@@ -34,7 +34,7 @@ def test_bench_fixed_batch_model_says_why(mixq_main, tmp_path):
 
     import mixq
 
-    path = mixq.export_onnx(torch.nn.Linear(4, 2), torch.randn(1, 4), tmp_path / "fixed.onnx", dynamic_batch=False)
+    path = mixq.export_onnx(torch.nn.Linear(4, 2), torch.randn(1, 4), tmp_path / "fixed.onnx", dynamic_shapes=False)
     code, out, err = mixq_main("bench", path.name, "--batch", "1,8", "--runs", "2", cwd=tmp_path)
     assert code == 0, err
     assert "| fixed.onnx |" in out and "| n/a | n/a |" in out

@@ -27,8 +27,8 @@ def _initializer_types(path) -> set[int]:
     return {t.data_type for t in onnx.load(str(path)).graph.initializer}
 
 
-def test_dynamic_mode_runs_integer_kernels(tmp_path, ort_run):
-    qmodel = mixq.quantize(_net(), "dynamic")
+def test_dynamic_mode_runs_integer_kernels(tmp_path, ort_run, reduce_range):
+    qmodel = mixq.quantize(_net(), "dynamic", reduce_range=reduce_range)
     path = mixq.export_onnx(qmodel, _x(2), tmp_path / "dyn.onnx")
     ops = mixq.optimized_op_types(path)
     assert ops["ConvInteger"] == 1
@@ -42,9 +42,10 @@ def test_dynamic_mode_runs_integer_kernels(tmp_path, ort_run):
     assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max() + 1e-6
 
 
-def test_static_conv1d_and_linears(tmp_path, ort_run, within_steps):
+def test_static_conv1d_and_linears(tmp_path, ort_run, within_steps, reduce_range):
     model = _net()
-    qmodel = mixq.quantize(model, "static", calib_data=[_x(16) for _ in range(3)], progress=False)
+    qmodel = mixq.quantize(model, "static", calib_data=[_x(16) for _ in range(3)], progress=False,
+                           reduce_range=reduce_range)
     path = mixq.export_onnx(qmodel, _x(2), tmp_path / "static.onnx")
     ops = mixq.optimized_op_types(path)
     assert ops["QLinearConv"] == 1 and ops["MatMulIntegerToFloat"] == 2 and not set(ops) & FLOAT_COMPUTE, ops
@@ -121,7 +122,7 @@ def test_static_export_is_much_smaller_than_fp32(tmp_path):
 
 def test_fixed_batch_export(tmp_path, ort_run):
     qmodel = mixq.quantize(_net(), "dynamic")
-    path = mixq.export_onnx(qmodel, _x(3), tmp_path / "fixed.onnx", dynamic_batch=False)
+    path = mixq.export_onnx(qmodel, _x(3), tmp_path / "fixed.onnx", dynamic_shapes=False)
     dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_value == 3
     assert ort_run(path, _x(3))[0].shape == (3, 5)

@@ -299,7 +299,7 @@ def test_bad_overrides_are_refused(kwargs, match):
 
 @pytest.mark.parametrize("observer", ["minmax", "percentile", "mse"])
 def test_one_calibration_converts_to_any_observer_exactly(observer, trained_cnn, digits):
-    from mixq.quant.conversion import convert
+    from mixq.quant.conversion import convert_prepared
     from mixq.quant.stages import calibrate, prepare
 
     x = digits["x_train"].reshape(-1, 1, 8, 8)
@@ -307,14 +307,14 @@ def test_one_calibration_converts_to_any_observer_exactly(observer, trained_cnn,
     cfg = mixq.make_config("static", observer=observer)
     prepared = prepare(trained_cnn, cfg, batches[0], collect=mixq.ObserverSpec("mse"))
     calibrate(prepared, batches, progress=False)
-    derived = convert(prepared, cfg)
+    derived = convert_prepared(prepared, cfg)
     direct = mixq.quantize(trained_cnn, calib_data=batches, config=cfg, progress=False)
     with torch.no_grad():
         assert torch.equal(derived(x[:50]), direct(x[:50]))
 
 
 def test_mixed_overrides_from_one_calibration_match_one_pass_quantize(trained_cnn, digits):
-    from mixq.quant.conversion import convert
+    from mixq.quant.conversion import convert_prepared
     from mixq.quant.modules import DynamicQuantizedConv, Float16Conv, FloatAdd, QuantizedConv
     from mixq.quant.stages import calibrate, prepare
 
@@ -326,7 +326,7 @@ def test_mixed_overrides_from_one_calibration_match_one_pass_quantize(trained_cn
     prepared = prepare(trained_cnn, mixq.make_config("static"), batches[0], observe_all=True,
                        collect=mixq.ObserverSpec("mse"))
     calibrate(prepared, batches, progress=False)
-    derived = convert(prepared, cfg)
+    derived = convert_prepared(prepared, cfg)
     direct = mixq.quantize(trained_cnn, calib_data=batches, config=cfg, progress=False)
     kinds = {name: type(m) for name, m in derived.named_modules()}
     assert kinds["stem.0"] is nn.Sequential and kinds["stem.0.0"] is DynamicQuantizedConv  # fused ReLU kept

@@ -25,9 +25,11 @@ def test_static_mlp_keeps_accuracy(trained_mlp, digits, accuracy, observer):
     assert len(qmodel.mixq_summary.quantized) == 3
 
 
-def test_static_cnn_keeps_accuracy_and_matches_ort(trained_cnn, digits, accuracy, ort_run, within_steps, tmp_path):
+def test_static_cnn_keeps_accuracy_and_matches_ort(trained_cnn, digits, accuracy, ort_run, within_steps, tmp_path,
+                                                   reduce_range):
     x_test = digits["x_test"].reshape(-1, 1, 8, 8)
     qmodel = mixq.quantize(trained_cnn, "static", calib_data=_calibration(digits["x_train"], (1, 8, 8)),
+                           reduce_range=reduce_range,
                            observer="percentile", progress=False)
     fp32 = accuracy(trained_cnn, x_test, digits["y_test"])
     int8 = accuracy(qmodel, x_test, digits["y_test"])
@@ -56,8 +58,9 @@ def test_static_cnn_keeps_accuracy_and_matches_ort(trained_cnn, digits, accuracy
     assert (ort_out.argmax(1) == ref.argmax(1)).mean() >= 0.999
 
 
-def test_static_mlp_matches_ort_within_one_step(trained_mlp, digits, ort_run, within_steps, tmp_path):
-    qmodel = mixq.quantize(trained_mlp, "static", calib_data=_calibration(digits["x_train"], (64,)), progress=False)
+def test_static_mlp_matches_ort_within_one_step(trained_mlp, digits, ort_run, within_steps, tmp_path, reduce_range):
+    qmodel = mixq.quantize(trained_mlp, "static", calib_data=_calibration(digits["x_train"], (64,)), progress=False,
+                           reduce_range=reduce_range)
     path = mixq.export_onnx(qmodel, digits["x_test"][:4], tmp_path / "mlp.onnx")
     ops = mixq.optimized_op_types(path)
     assert ops["MatMulIntegerToFloat"] == 3 and not set(ops) & FLOAT_COMPUTE, ops

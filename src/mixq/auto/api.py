@@ -31,7 +31,7 @@ from mixq.auto.search import GreedySearch, Outcome
 from mixq.auto.sensitivity import analyse
 from mixq.quant.api import make_config
 from mixq.quant.calibration import Batch
-from mixq.quant.conversion import convert
+from mixq.quant.conversion import convert_prepared
 from mixq.quant.planning import split_first
 from mixq.quant.spec import ObserverSpec, QuantConfig
 from mixq.quant.stages import calibrate, prepare
@@ -149,7 +149,7 @@ def autoquantize(
         if assignment == fp32_assignment:  # float everywhere: that is the baseline, no need to evaluate it again
             metric = baseline
         else:
-            metric = evaluate(convert(prepared, build_config(base, ladders, assignment)), action)
+            metric = evaluate(convert_prepared(prepared, build_config(base, ladders, assignment)), action)
         steps.append(Step(len(steps), action, metric, meets(metric), evaluate.calls))
         return metric
 
@@ -185,7 +185,7 @@ def autoquantize(
     chosen: nn.Module = copy.deepcopy(model).eval()
     chosen_config: QuantConfig | None = None
     if outcome.assignment != fp32_assignment:
-        chosen = convert(prepared, build_config(base, ladders, outcome.assignment))
+        chosen = convert_prepared(prepared, build_config(base, ladders, outcome.assignment))
         chosen_config = chosen.mixq_config
     report.precisions = {n: ladders[n][i].label for n, i in outcome.assignment.items()}
     metric = outcome.metric
@@ -220,7 +220,7 @@ def _eval_sensitivity(prepared: Any, base: QuantConfig, ladders: dict[str, list[
     """``eval_fn`` drop with each of the worst layers alone in int8; re-ranks those layers by it."""
     count = min(budget, evaluate.left - 1, len(report.sensitivity))
     for row in report.sensitivity[:count]:
-        model = convert(prepared, only(base, row.name, ladders[row.name][0]))
+        model = convert_prepared(prepared, only(base, row.name, ladders[row.name][0]))
         row.eval_drop = baseline - evaluate(model, f"{row.name} alone int8")
     head = sorted(report.sensitivity[:count], key=lambda r: -(r.eval_drop or 0.0))
     report.sensitivity = head + report.sensitivity[count:]
@@ -230,9 +230,9 @@ def _latency_start(meter: OrtMeter, model: nn.Module, prepared: Any, base: Quant
                    ladders: dict[str, list[Rung]], all_int8: dict[str, int], report: AutoQuantReport) -> dict[str, int]:
     """Time fp32, all-int8, and all-int8 with each layer fp32 (interleaved): the layers int8 does not speed up
     start fp32. Whether the whole model stays float is decided on the chosen model (``_measure_variants``)."""
-    models = {"fp32": model, "all-int8": convert(prepared, build_config(base, ladders, all_int8))}
+    models = {"fp32": model, "all-int8": convert_prepared(prepared, build_config(base, ladders, all_int8))}
     for name, rungs in ladders.items():
-        models[name] = convert(prepared, build_config(base, ladders, {**all_int8, name: len(rungs) - 1}))
+        models[name] = convert_prepared(prepared, build_config(base, ladders, {**all_int8, name: len(rungs) - 1}))
     times = meter.measure(models)
     int8_ms, fp32_ms = times["all-int8"].latency_ms, times["fp32"].latency_ms
     if int8_ms >= fp32_ms:
@@ -254,7 +254,7 @@ def _measure_variants(meter: OrtMeter, model: nn.Module, prepared: Any, base: Qu
     """fp32 vs all-int8 vs chosen on ONNX Runtime (fills ``report.variants``); with the latency objective, a
     chosen model that is not faster than fp32 gives way to the fp32 model. Returns the final model, config and
     metric."""
-    all_int8 = convert(prepared, build_config(base, ladders, {n: 0 for n in ladders}))
+    all_int8 = convert_prepared(prepared, build_config(base, ladders, {n: 0 for n in ladders}))
     times = meter.measure({"fp32": model, "all-int8": all_int8, "chosen": chosen})
     metrics = {v.name: v.metric for v in report.variants}
     if (report.objective == "latency" and chosen_config is not None

@@ -19,7 +19,7 @@ from torch import nn
 
 from mixq.auto.ladder import Rung, everything_float, only
 from mixq.quant.calibration import Batch, call_model
-from mixq.quant.conversion import convert
+from mixq.quant.conversion import convert_prepared
 from mixq.quant.modules import ObservedAdd, ObservedLayer
 from mixq.quant.observers import Observer
 from mixq.quant.observers.histogram import HistogramObserver
@@ -152,7 +152,7 @@ def reason(module: nn.Module, config: QuantConfig, layer_sqnr_db: float) -> str:
 def analyse(prepared: Prepared, config: QuantConfig, ladders: dict[str, list[Rung]],
             batches: Sequence[Batch]) -> list[LayerSensitivity]:
     """Sensitivity of every layer in ``ladders`` (every rung but fp32), worst model-output SQNR first."""
-    fp32_ref = convert(prepared, everything_float(config))
+    fp32_ref = convert_prepared(prepared, everything_float(config))
     kinds = {r.name: r.kind for r in fp32_ref.mixq_summary.layers}
     rows = []
     for name, rungs in ladders.items():
@@ -164,7 +164,7 @@ def analyse(prepared: Prepared, config: QuantConfig, ladders: dict[str, list[Run
                 continue
             model_noise, layer_noise = _Noise(), _Noise()
             for (ref_out, ref_layer), (out, layer_out) in zip(
-                    reference, _run(convert(prepared, only(config, name, rung)), batches, name), strict=True):
+                    reference, _run(convert_prepared(prepared, only(config, name, rung)), batches, name), strict=True):
                 model_noise.add(ref_out, out)
                 layer_noise.add(ref_layer, layer_out)
             row.rung_sqnr_db[rung.label] = model_noise.db

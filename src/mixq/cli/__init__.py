@@ -1,4 +1,4 @@
-"""The ``mixq`` command line: ``demo``, ``quantize``, ``bench`` and ``inspect`` (see ``mixq --help``)."""
+"""The ``mixq`` command line: ``demo``, ``quantize``, ``autoquant``, ``bench`` and ``inspect`` (see ``mixq --help``)."""
 
 from mixq.cli.main import build_parser, main
 

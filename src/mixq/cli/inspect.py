@@ -31,7 +31,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def _is_integer_kernel(op: str) -> bool:
-    from mixq.export.ort_graph import INTEGER_KERNELS
+    from mixq.export.onnx.ort_graph import INTEGER_KERNELS
 
     return op in INTEGER_KERNELS or op.startswith("QLinear")
 
@@ -113,7 +113,7 @@ def inspect_model(path: Path) -> dict[str, Any]:
     except Exception as err:
         raise CliError(f"cannot load {path} as an ONNX model ({first_line(err)})",
                        "pass an ONNX file, e.g. one written by mixq quantize or mixq.export_onnx") from err
-    from mixq.export.ort_graph import FLOAT_COMPUTE
+    from mixq.export.onnx.ort_graph import FLOAT_COMPUTE
 
     nodes = quantized_nodes(model.graph)
     return {

@@ -10,8 +10,8 @@ from mixq.cli.errors import CliError, first_line, output_file
 from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import add_model_options, input_files, load_inputs
 from mixq.cli.sidecar import write_sidecar
+from mixq.quant.observers import observer_names
 
-OBSERVERS = ("minmax", "percentile", "mse", "entropy", "moving_average")
 EPILOG = """examples:
   mixq quantize --model torchvision.models:resnet18 --mode dynamic --example-shape 1,3,224,224 --output r18.onnx
   mixq quantize --model mynets.py:build --weights net.pt --mode static --calib calib.npz --output net_int8.onnx
@@ -28,7 +28,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                                    "per-layer summary, and write the ONNX file plus a JSON sidecar describing it.")
     add_model_options(p)
     p.add_argument("--mode", required=True, choices=("static", "dynamic", "weight_only", "fp16"))
-    p.add_argument("--observer", choices=OBSERVERS, default="minmax", help="static-mode range observer")
+    p.add_argument("--observer", choices=observer_names(), default="minmax", help="static-mode range observer")
     p.add_argument("--bits", type=int, default=8, help="weight bits (weight_only: 4 or 8; default 8)")
     p.add_argument("--group-size", type=int, default=None, help="per-group weight scales (weight_only 4-bit)")
     p.add_argument("--exclude", default="", metavar="NAMES", help="comma-separated layer name patterns to keep float")

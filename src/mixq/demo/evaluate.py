@@ -12,7 +12,7 @@ import torch
 import mixq
 from mixq.demo.context import DemoContext
 from mixq.demo.variants import Variant
-from mixq.export.ort_graph import FLOAT_COMPUTE, INTEGER_KERNELS
+from mixq.export.onnx.ort_graph import FLOAT_COMPUTE, INTEGER_KERNELS
 from mixq.report import Latency, measure_latency, ort_session
 
 

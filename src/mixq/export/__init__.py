@@ -1,6 +1,6 @@
-"""Deployment: ONNX export of mixq models and inspection of what ONNX Runtime runs."""
+"""Deployment backends, one folder each: ``onnx/`` (ONNX Runtime) owns its lowering table, its runtime arithmetic
+(the custom ops' eager bodies) and its inspection tools."""
 
-from mixq.export.onnx_export import ExportError, export_onnx
-from mixq.export.ort_graph import FLOAT_COMPUTE, INTEGER_KERNELS, optimized_op_types
+from mixq.export.onnx import FLOAT_COMPUTE, INTEGER_KERNELS, ExportError, export_onnx, optimized_op_types
 
-__all__ = ["ExportError", "FLOAT_COMPUTE", "INTEGER_KERNELS", "export_onnx", "optimized_op_types"]
+__all__ = ["FLOAT_COMPUTE", "INTEGER_KERNELS", "ExportError", "export_onnx", "optimized_op_types"]

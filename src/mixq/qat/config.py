@@ -6,9 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from mixq.quant.observers import observer_names
 from mixq.quant.spec import DEFAULT_ACTIVATION, ObserverSpec, QuantConfig, QuantSpec
-
-QAT_OBSERVERS = ("moving_average", "minmax")
 
 
 @dataclass(frozen=True)
@@ -38,8 +37,9 @@ class QATConfig:
         if self.activation.bits != 8 or self.activation.dtype != "uint8":
             raise ValueError("QAT activations are uint8 with 8 bits (what ONNX Runtime's integer kernels take); "
                              f"got {self.activation.dtype}/{self.activation.bits} bits")
-        if self.observer.name not in QAT_OBSERVERS:
-            raise ValueError(f"QAT observers are {' or '.join(QAT_OBSERVERS)} (ranges follow training batches); "
+        streaming = observer_names(streaming=True)
+        if self.observer.name not in streaming:
+            raise ValueError(f"QAT observers are {' or '.join(streaming)} (ranges follow training batches); "
                              f"got {self.observer.name!r}")
         for field in ("freeze_observers_after", "freeze_bn_after"):
             value = getattr(self, field)

@@ -8,11 +8,13 @@ import warnings
 from torch import nn
 
 from mixq.qat.config import QATConfig
+from mixq.qat.embedding import QATEmbedding
 from mixq.qat.fake_quantizer import FakeQuantizer
 from mixq.qat.layers import QATAdd, QATLayer
 from mixq.qat.prepare import is_prepared
 from mixq.quant.fusion import set_submodule
-from mixq.quant.modules import FloatAdd, QuantizedConv, QuantizedLinear
+from mixq.quant.modules import FloatAdd
+from mixq.quant.modules.registry import kind_name, quantized_classes
 from mixq.quant.summary import QuantizationSummary, module_bytes
 
 
@@ -41,7 +43,7 @@ def convert(model: nn.Module) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not is_prepared(model):
-        if any(isinstance(m, (QuantizedConv, QuantizedLinear)) for m in model.modules()):
+        if any(isinstance(m, quantized_classes()) for m in model.modules()):
             raise ValueError(f"{type(model).__name__} is already quantized; convert takes the model returned by "
                              "mixq.prepare_qat after training")
         raise ValueError(f"{type(model).__name__} was not prepared for QAT: call qat = mixq.prepare_qat(model), "
@@ -53,7 +55,7 @@ def convert(model: nn.Module) -> nn.Module:
     qmodel = copy.deepcopy(model).eval()
     summary = QuantizationSummary("static (QAT)", notes=list(plan.notes))
     summary.layers += [r for r in plan.layers if r.status != "quantized"]
-    found = [(n, m) for n, m in qmodel.named_modules() if isinstance(m, (QATLayer, QATAdd))]
+    found = [(n, m) for n, m in qmodel.named_modules() if isinstance(m, (QATLayer, QATAdd, QATEmbedding))]
     for name, module in found:
         ran = module.has_data
         if isinstance(module, QATAdd):
@@ -61,7 +63,7 @@ def convert(model: nn.Module) -> nn.Module:
             if ran:
                 summary.add(name, "add", "quantized", f"static a:{cfg.activation} (QAT)")
             continue
-        kind = type(module.layer).__name__
+        kind = kind_name(module.layer)
         if not ran:
             set_submodule(qmodel, name, module.to_float())
             summary.add(name, kind, "float", "never executed during training")
@@ -69,6 +71,8 @@ def convert(model: nn.Module) -> nn.Module:
         new = module.to_quantized()
         scales = "learned" if module.learnable else "min-max"
         detail = f"QAT w:{cfg.weight} ({scales} scales) a:{cfg.activation}" + (", relu fused" if module.relu else "")
+        if isinstance(module, QATEmbedding):
+            detail = module.describe()
         before = module_bytes(module.layer) + (module_bytes(module.bn) if module.bn is not None else 0)
         summary.add(name, kind, "quantized", detail, before, module_bytes(new))
         set_submodule(qmodel, name, new)

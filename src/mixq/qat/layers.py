@@ -17,30 +17,35 @@ for QAT exactly as for post-training quantization) with weight fake quantization
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from mixq.qat.fake_quantizer import FakeQuantizer
+from mixq.quant.fusion import batchnorm_affine, folded_weight_bias
 from mixq.quant.modules.observed import ObservedAdd, ObservedLayer, _is_float_tensor
-from mixq.quant.modules.static import QuantizedAdd, QuantizedConv, QuantizedLinear
-from mixq.quant.ops import conv_nd
-from mixq.quant.primitives import MIN_SCALE, fake_quantize, fake_quantize_lsq
-from mixq.quant.spec import QuantSpec
+from mixq.quant.modules.registry import qmodule_class, register_qat_module
+from mixq.quant.modules.static import QuantizedAdd
+from mixq.quant.primitives import MIN_SCALE, along, fake_quantize, fake_quantize_lsq
+from mixq.quant.spec import QuantConfig, QuantSpec
 from mixq.quant.weights import weight_scale
 
 _BN = nn.BatchNorm1d | nn.BatchNorm2d
 
 
-def _per_channel(t: torch.Tensor, ndim: int, dim: int = 0) -> torch.Tensor:
-    """Reshape a per-channel vector to broadcast along ``dim`` of an ``ndim``-D tensor."""
-    shape = [1] * ndim
-    shape[dim] = -1
-    return t.reshape(shape)
+def with_parameters(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """A shallow copy of ``layer`` (same geometry and forward) computing with ``weight`` and ``bias`` instead."""
+    proxy = copy.copy(layer)
+    proxy._parameters = {"weight": weight, "bias": bias}
+    return proxy
 
 
+@register_qat_module((nn.Linear, nn.Conv1d, nn.Conv2d))
 class QATLayer(ObservedLayer):
-    """Linear/Conv1d/Conv2d (+ its BatchNorm, + fused ReLU) with fake-quantized weight, input and output."""
+    """A layer with weights (+ its BatchNorm, + fused ReLU): fake-quantized weight, input and output. Its float
+    computation is the layer's own forward (run with the fake-quantized weight), and its deployed form is the
+    static module the layer-kind registry holds for it."""
 
     def __init__(self, layer: nn.Module, weight_spec: QuantSpec, input_fq: FakeQuantizer, output_fq: FakeQuantizer,
                  relu: bool = False, bn: nn.Module | None = None, learnable: bool = False,
@@ -66,23 +71,23 @@ class QATLayer(ObservedLayer):
                                  "learnable_scales=False")
             self.weight_scale = nn.Parameter(weight_scale(w, weight_spec, axis=0))
 
-    # --- weights -------------------------------------------------------------------------------------------------
-    def _bn_factor(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``gamma / sqrt(running_var + eps)`` and ``beta`` of the BatchNorm."""
-        bn = self.bn
-        inv_std = torch.rsqrt(bn.running_var.to(torch.float32) + bn.eps)
-        gamma = bn.weight if bn.affine else torch.ones_like(inv_std)
-        beta = bn.bias if bn.affine else torch.zeros_like(inv_std)
-        return gamma * inv_std, beta
+    @classmethod
+    def prepare(cls, layer: nn.Module, weight_spec: QuantSpec, *, quantizer: Callable[[str], FakeQuantizer],
+                relu: bool = False, bn: nn.Module | None = None, learnable: bool = False,
+                freeze_bn_after: int | None = None, name: str = "") -> QATLayer:
+        """The QAT layer for float ``layer``; ``quantizer(label)`` makes its input and output fake quantizers."""
+        return cls(layer, weight_spec, quantizer("input"), quantizer("output"), relu=relu, bn=bn,
+                   learnable=learnable, freeze_bn_after=freeze_bn_after, name=name)
 
+    def describe(self) -> str:
+        scales = "learned" if self.learnable else "min-max"
+        return f"QAT w:{self.weight_spec} ({scales} scales)"
+
+    # --- weights -------------------------------------------------------------------------------------------------
     def folded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight and bias with the BatchNorm's running statistics folded in (differentiable)."""
         w, b = self.layer.weight, self.layer.bias
-        if self.bn is None:
-            return w, b
-        factor, beta = self._bn_factor()
-        bias = b if b is not None else torch.zeros_like(self.bn.running_mean)
-        return w * _per_channel(factor, w.dim()), (bias - self.bn.running_mean) * factor + beta
+        return (w, b) if self.bn is None else folded_weight_bias(w, b, self.bn)
 
     def _fake_quantize_weight(self, w: torch.Tensor) -> torch.Tensor:
         spec = self.weight_spec
@@ -94,10 +99,7 @@ class QATLayer(ObservedLayer):
         return fake_quantize(w, scale, zp, self.axis, spec.qmin, spec.qmax)
 
     def _compute(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        if isinstance(self.layer, nn.Linear):
-            return nn.functional.linear(x, w, b)
-        layer = self.layer
-        return conv_nd(x, w, b, list(layer.stride), list(layer.padding), list(layer.dilation), layer.groups)
+        return with_parameters(self.layer, w, b)(x)
 
     # --- forward -------------------------------------------------------------------------------------------------
     @property
@@ -120,12 +122,12 @@ class QATLayer(ObservedLayer):
         w, b = self.folded()
         w_q = self._fake_quantize_weight(w)
         if self.bn_training:
-            factor, _ = self._bn_factor()
+            factor, _ = batchnorm_affine(self.bn)
             safe = torch.where(factor == 0, torch.ones_like(factor), factor)
             y = self._compute(x, w_q, None)
-            y = y / _per_channel(safe, y.dim(), 1)
+            y = y / along(safe, y.dim(), 1)
             if self.layer.bias is not None:
-                y = y + _per_channel(self.layer.bias, y.dim(), 1)
+                y = y + along(self.layer.bias, y.dim(), 1)
             y = self.bn(y)
         else:
             y = self._compute(x, w_q, b)
@@ -134,17 +136,17 @@ class QATLayer(ObservedLayer):
         return self.output_observer(y)
 
     # --- conversion ----------------------------------------------------------------------------------------------
-    def to_quantized(self) -> QuantizedConv | QuantizedLinear:
+    def to_quantized(self) -> nn.Module:
         """The deployed layer: int8 folded weight (learned or min-max scale), calibrated activation scales."""
         with torch.no_grad():
             w, b = self.folded()
-            proxy = copy.copy(self.layer)  # same geometry; its own parameter dict holds the folded tensors
-            proxy._parameters = {"weight": w.detach(), "bias": None if b is None else b.detach()}
+            proxy = with_parameters(self.layer, w.detach(), None if b is None else b.detach())
             x_q = self.input_observer.calculate_qparams()
             y_q = self.output_observer.calculate_qparams()
             w_scale = self.weight_scale.detach().clamp(min=MIN_SCALE) if self.learnable else None
-            cls = QuantizedLinear if isinstance(self.layer, nn.Linear) else QuantizedConv
-            return cls(proxy, self.weight_spec, x_q, y_q, relu=self.relu, w_scale=w_scale)
+            static = qmodule_class(self.layer, "static")
+            return static.from_float(proxy, QuantConfig("static", weight=self.weight_spec), x_q, y_q,
+                                     relu=self.relu, w_scale=w_scale)
 
     def to_float(self) -> nn.Module:
         """The float layer with its BatchNorm folded (for layers that never ran during training)."""

@@ -15,25 +15,29 @@ import torch
 from torch import fx, nn
 
 from mixq.qat.config import QATConfig
+from mixq.qat.embedding import QATEmbedding
 from mixq.qat.fake_quantizer import FakeQuantizer
 from mixq.qat.layers import QATAdd, QATLayer
 from mixq.quant.calibration import Batch, call_checked
 from mixq.quant.fusion import calls_from_graph, detach_fusions, find_fusions, set_submodule, trace_calls
 from mixq.quant.graph import apply_graph_mode, share_observers
-from mixq.quant.modules import QuantizedAdd, QuantizedConv, QuantizedLinear
+from mixq.quant.modules import QuantizedAdd
+from mixq.quant.modules.registry import adapt_in_place, kind_name, qat_class, quantized_classes
 from mixq.quant.observers import make_observer
 from mixq.quant.planning import excluded, plan
-from mixq.quant.primitives import dequantize
 from mixq.quant.spec import ObserverSpec, QuantSpec
 from mixq.quant.summary import QuantizationSummary
 
-QAT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
-_STATIC = (QuantizedConv, QuantizedLinear, QuantizedAdd)
+
+def _static_classes() -> tuple[type, ...]:
+    """The static int8 modules QAT can start from (every registered one that has a float form), plus the add."""
+    return (*[c for c in quantized_classes("static") if hasattr(c, "to_float")], QuantizedAdd)
 
 
 def is_prepared(model: nn.Module) -> bool:
     """True for a model returned by ``prepare_qat`` (and not yet converted)."""
-    return hasattr(model, "mixq_qat") or any(isinstance(m, (QATLayer, QATAdd, FakeQuantizer)) for m in model.modules())
+    qat_types = (QATLayer, QATAdd, QATEmbedding, FakeQuantizer)
+    return hasattr(model, "mixq_qat") or any(isinstance(m, qat_types) for m in model.modules())
 
 
 def _make_config(weight_bits: int, activation_bits: int, per_channel: bool, learnable_scales: bool, observer: str,
@@ -78,37 +82,21 @@ def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | Non
     fusions = _find_fusions(model, example_inputs, cfg, summary.notes)
     relu_layers, batchnorms = detach_fusions(model, fusions)
     summary.notes += [f"{f.batchnorm} trains inside {f.layer} (folded at conversion)" for f in fusions if f.batchnorm]
-    for name in plan(model, cfg.static_config(), summary, types=QAT_TYPES):
+    targets = plan(model, cfg.static_config(), summary, qat=True)
+    adapt_in_place(model, targets)
+    for name in targets:
         layer = model.get_submodule(name)
-        set_submodule(model, name, QATLayer(
-            layer, cfg.weight, _quantizer(cfg, f"{name} (input)"), _quantizer(cfg, f"{name} (output)"),
+        new = qat_class(layer).prepare(
+            layer, cfg.weight, quantizer=lambda label, n=name: _quantizer(cfg, f"{n} ({label})"),
             relu=name in relu_layers, bn=batchnorms.get(name), learnable=cfg.learnable_scales,
-            freeze_bn_after=cfg.freeze_bn_after, name=name))
+            freeze_bn_after=cfg.freeze_bn_after, name=name)
+        set_submodule(model, name, new)
         bn = f" + {type(batchnorms[name]).__name__}" if name in batchnorms else ""
-        summary.add(name, type(layer).__name__, "quantized", f"fake-quantized for training, w:{cfg.weight}{bn}")
+        summary.add(name, kind_name(layer), "quantized", f"fake-quantized for training, {new.describe()}{bn}")
     model, adds = apply_graph_mode(model, lambda name: _quantizer(cfg, name), summary.notes, add_cls=QATAdd)
     for name in adds:
         summary.add(name, "add", "quantized", "fake-quantized for training")
     return model
-
-
-def _float_layer(q: QuantizedConv | QuantizedLinear) -> nn.Module:
-    """A float layer holding the dequantized weights (and the bias) of a static int8 layer."""
-    if isinstance(q, QuantizedLinear):
-        w = dequantize(q.weight_t.t(), q.w_scale, axis=0)
-        layer = nn.Linear(w.shape[1], w.shape[0], bias=q.bias is not None)
-        bias = q.bias
-    else:
-        w, g = dequantize(q.weight, q.w_scale, axis=0), q.geometry
-        cls = nn.Conv1d if w.dim() == 3 else nn.Conv2d
-        layer = cls(w.shape[1] * g.groups, w.shape[0], tuple(w.shape[2:]), stride=tuple(g.stride),
-                    padding=tuple(g.padding), dilation=tuple(g.dilation), groups=g.groups, bias=q.bias is not None)
-        bias = None if q.bias is None else (q.bias.double() * (q.x_scale * q.w_scale).double()).float()
-    with torch.no_grad():
-        layer.weight.copy_(w)
-        if bias is not None:
-            layer.bias.copy_(bias)
-    return layer
 
 
 def _seeded(cfg: QATConfig, name: str, scale: torch.Tensor, zero_point: torch.Tensor) -> FakeQuantizer:
@@ -123,13 +111,14 @@ def _seeded(cfg: QATConfig, name: str, scale: torch.Tensor, zero_point: torch.Te
 def _prepare_static(model: nn.Module, cfg: QATConfig, summary: QuantizationSummary) -> nn.Module:
     """Rebuild QAT layers from a calibrated static model: dequantized weights, its activation scales as start."""
     layers = adds = 0
-    for name, q in [(n, m) for n, m in model.named_modules() if isinstance(m, _STATIC)]:
+    for name, q in [(n, m) for n, m in model.named_modules() if isinstance(m, _static_classes())]:
         if isinstance(q, QuantizedAdd):
             new = QATAdd(_seeded(cfg, f"{name} (a)", q.x_scale, q.x_zp), _seeded(cfg, f"{name} (b)", q.b_scale, q.b_zp),
                          _seeded(cfg, f"{name} (output)", q.y_scale, q.y_zp), relu=q.relu)
             adds += 1
         else:
-            new = QATLayer(_float_layer(q), cfg.weight, _seeded(cfg, f"{name} (input)", q.x_scale, q.x_zp),
+            layer = q.to_float()
+            new = qat_class(layer)(layer, cfg.weight, _seeded(cfg, f"{name} (input)", q.x_scale, q.x_zp),
                            _seeded(cfg, f"{name} (output)", q.y_scale, q.y_zp), relu=q.relu,
                            learnable=cfg.learnable_scales, name=name)
             layers += 1
@@ -182,7 +171,7 @@ def prepare_qat(
                                  freeze_observers_after, freeze_bn_after, exclude)
     qat = copy.deepcopy(model)
     summary = QuantizationSummary("qat")
-    if any(isinstance(m, _STATIC) for m in qat.modules()):
+    if any(isinstance(m, _static_classes()) for m in qat.modules()):
         qat = _prepare_static(qat, cfg, summary)
     elif hasattr(qat, "mixq_config"):
         raise ValueError(f"QAT can start from a float model or a static int8 one, not from a "

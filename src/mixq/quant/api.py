@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from torch import nn
 
 from mixq.quant.calibration import Batch
-from mixq.quant.conversion import convert
+from mixq.quant.conversion import convert_prepared
 from mixq.quant.modules.observed import refuse_observed
 from mixq.quant.planning import split_first
 from mixq.quant.spec import DEFAULT_ACTIVATION, LayerOverride, ObserverSpec, QuantConfig, QuantSpec
@@ -100,7 +100,7 @@ def quantize(
     prepared = prepare(model, cfg, probe)
     if prepared.observed:
         calibrate(prepared, batches, progress=progress, max_batches=max_calib_batches)  # type: ignore[arg-type]
-    qmodel = convert(prepared)
+    qmodel = convert_prepared(prepared)
     if not qmodel.mixq_summary.quantized:
         warnings.warn(f"nothing in {type(model).__name__} could be quantized (no Linear/Conv1d/Conv2d layers "
                       "left after exclusions); returning it in float", stacklevel=2)

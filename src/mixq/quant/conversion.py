@@ -1,7 +1,9 @@
-"""The conversion stage: turn a calibrated ``Prepared`` model into quantized modules, layer by layer, per config.
+"""The conversion stage (``convert_prepared``): turn a calibrated ``Prepared`` model into quantized modules, layer by
+layer, per config.
 
-Each layer gets the mode its ``QuantConfig`` resolves for it (overrides included): static layers take their
-activation ranges from the observers, other modes swap in their modules, ``"fp32"`` layers stay float (a ReLU that
+Each layer gets the mode its ``QuantConfig`` resolves for it (overrides included) and the module the layer-kind
+registry holds for that mode: static layers take their activation ranges from the observers, other modes swap in
+their modules, ``"fp32"`` layers stay float (a ReLU that
 was fused into them comes back as ``nn.ReLU``). Observer ranges come from the statistics calibration gathered; when
 the config asks for another observer than the one that gathered them (min-max from a histogram, percentile instead
 of MSE, ...), the range is derived from the same statistics, so one calibration serves every config.
@@ -15,24 +17,10 @@ import torch
 from torch import nn
 
 from mixq.quant.fusion import set_submodule
-from mixq.quant.modules import (
-    DynamicQuantizedConv,
-    DynamicQuantizedLinear,
-    Float16Conv,
-    Float16Linear,
-    FloatAdd,
-    ObservedAdd,
-    ObservedLayer,
-    QuantizedAdd,
-    QuantizedConv,
-    QuantizedEmbedding,
-    QuantizedLinear,
-    WeightOnlyConv,
-    WeightOnlyLinear,
-)
+from mixq.quant.modules import DynamicQuantizedConv, FloatAdd, ObservedAdd, ObservedLayer, QuantizedAdd
+from mixq.quant.modules.registry import kind_name, qmodule_class, refusal
 from mixq.quant.observers import MinMaxObserver, Observer, make_observer
 from mixq.quant.observers.histogram import HistogramObserver
-from mixq.quant.planning import EMBEDDING_MODES
 from mixq.quant.spec import ObserverSpec, QuantConfig
 from mixq.quant.stages import Prepared
 from mixq.quant.summary import QuantizationSummary, module_bytes
@@ -85,26 +73,10 @@ class _Ranges:
         return self.cache[key]
 
 
-def unsupported_reason(layer: nn.Module, mode: str, config: QuantConfig) -> str | None:
-    """Why ``layer`` cannot run in ``mode`` (mode-specific limits the plan does not know about), or None."""
-    if isinstance(layer, nn.Embedding) and mode not in EMBEDDING_MODES:
-        return "fp16 mode keeps embedding tables float32"
-    if mode == "weight_only" and config.weight.bits == 4 and not isinstance(layer, (nn.Linear, nn.Embedding)):
-        return "4-bit weight-only covers Linear layers (MatMulNBits); use bits=8 for convolutions"
-    return None
-
-
-def _weight_module(layer: nn.Module, mode: str, config: QuantConfig) -> tuple[nn.Module, str]:
-    linear = isinstance(layer, nn.Linear)
-    if isinstance(layer, nn.Embedding):
-        return QuantizedEmbedding(layer, config.weight), "int8 table, per-row scales"
-    if mode == "dynamic":
-        new = DynamicQuantizedLinear(layer, config.weight) if linear else DynamicQuantizedConv(layer, config.weight)
-    elif mode == "weight_only":
-        new = WeightOnlyLinear(layer, config.weight) if linear else WeightOnlyConv(layer, config.weight)
-    else:
-        return (Float16Linear(layer) if linear else Float16Conv(layer)), "float16 weights"
-    return new, f"{mode} w:{config.weight}"
+def _detail(new: nn.Module, mode: str, config: QuantConfig) -> str:
+    """The summary's description of a non-static quantized layer (the class's own ``describe``, if it has one)."""
+    describe = getattr(new, "describe", None)
+    return describe(config) if describe is not None else f"{mode} w:{config.weight}"
 
 
 def _with_relu(module: nn.Module, relu: bool) -> nn.Module:
@@ -116,31 +88,29 @@ def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ra
     module = model.get_submodule(name)
     observed = module if isinstance(module, ObservedLayer) else None
     layer, relu = (observed.layer, observed.relu) if observed else (module, False)
-    kind, before = type(layer).__name__, module_bytes(layer)
+    kind, before = kind_name(layer), module_bytes(layer)
     choice = config.choice(name)
-    reason = "kept fp32 by a per-layer override" if choice.mode == "fp32" else unsupported_reason(
-        layer, choice.mode, config)
+    reason = "kept fp32 by a per-layer override" if choice.mode == "fp32" else refusal(layer, choice.mode, config)
     if choice.mode == "static" and observed is not None and reason is None:
         if not (observed.input_observer.has_data and observed.output_observer.has_data):
             reason = "never executed during calibration"
         else:
-            cls = QuantizedLinear if isinstance(layer, nn.Linear) else QuantizedConv
-            new = cls(layer, config.weight, ranges.of(observed.input_observer, name),
-                      ranges.of(observed.output_observer, name), relu=relu)
+            new = qmodule_class(layer, "static").from_float(layer, config, ranges.of(observed.input_observer, name),
+                                                            ranges.of(observed.output_observer, name), relu=relu)
             detail = f"static w:{config.weight} a:{config.activation} ({choice.observer.name})"
             summary.add(name, kind, "quantized", detail + (", relu fused" if relu else ""), before,
                         module_bytes(new))
             set_submodule(model, name, new)
             return
-    if reason is None and choice.mode == "static" and not isinstance(layer, nn.Embedding):
+    if reason is None and choice.mode == "static" and getattr(qmodule_class(layer, "static"), "observed", True):
         raise ValueError(f"layer {name!r} is static in this config but was not observed during calibration; "
                          "prepare it as static (or with observe_all=True)")
     if reason is not None:
         summary.add(name, kind, "float", reason)
         set_submodule(model, name, _with_relu(layer, relu))
         return
-    new, detail = _weight_module(layer, choice.mode, config)
-    summary.add(name, kind, "quantized", detail, before, module_bytes(new))
+    new = qmodule_class(layer, choice.mode).from_float(layer, config)
+    summary.add(name, kind, "quantized", _detail(new, choice.mode, config), before, module_bytes(new))
     set_submodule(model, name, _with_relu(new, relu))
 
 
@@ -160,7 +130,7 @@ def _convert_add(model: nn.Module, name: str, config: QuantConfig, ranges: _Rang
     summary.add(name, "add", "quantized", detail)
 
 
-def convert(prepared: Prepared, config: QuantConfig | None = None) -> nn.Module:
+def convert_prepared(prepared: Prepared, config: QuantConfig | None = None) -> nn.Module:
     """A quantized model from a calibrated ``prepared`` model, per ``config`` (default: the one it was prepared
     with). ``prepared`` is left as it was, so it can be converted again under other configs."""
     config = config or prepared.config

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mixq.quant.primitives import along
+
 _CONVS = (nn.Conv1d, nn.Conv2d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -102,20 +104,32 @@ def find_fusions(calls: list[_Call]) -> list[Fusion]:
     return fusions
 
 
+def batchnorm_affine(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gamma / sqrt(running_var + eps)`` and ``beta``: the per-channel scale and shift of an eval-mode BatchNorm."""
+    inv_std = torch.rsqrt(bn.running_var.to(torch.float32) + bn.eps)
+    gamma = bn.weight if bn.affine else torch.ones_like(inv_std)
+    beta = bn.bias if bn.affine else torch.zeros_like(inv_std)
+    return gamma * inv_std, beta
+
+
+def folded_weight_bias(weight: torch.Tensor, bias: torch.Tensor | None,
+                       bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The convolution weight and bias with ``bn``'s running statistics folded in (differentiable: QAT trains
+    through it; post-training quantization folds with it once)."""
+    factor, beta = batchnorm_affine(bn)
+    bias = bias if bias is not None else torch.zeros_like(bn.running_mean)
+    return weight * along(factor, weight.dim(), 0), (bias - bn.running_mean) * factor + beta
+
+
 def fold_batchnorm(conv: nn.Conv1d | nn.Conv2d, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> None:
     """Fold eval-mode BatchNorm statistics into the convolution's weight and bias, in place."""
     with torch.no_grad():
-        inv_std = torch.rsqrt(bn.running_var.to(torch.float32) + bn.eps)
-        gamma = bn.weight if bn.affine else torch.ones_like(inv_std)
-        beta = bn.bias if bn.affine else torch.zeros_like(inv_std)
-        factor = gamma * inv_std
-        conv.weight.mul_(factor.reshape(-1, *([1] * (conv.weight.dim() - 1))))
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        new_bias = (bias - bn.running_mean) * factor + beta
+        weight, bias = folded_weight_bias(conv.weight, conv.bias, bn)
+        conv.weight.copy_(weight)
         if conv.bias is None:
-            conv.bias = nn.Parameter(new_bias)
+            conv.bias = nn.Parameter(bias)
         else:
-            conv.bias.copy_(new_bias)
+            conv.bias.copy_(bias)
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -29,7 +29,8 @@ _PASS_METHODS = {"view", "reshape", "flatten", "contiguous"}
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (ObservedLayer, ObservedAdd)) or super().is_leaf_module(m, qualname)
+        return (isinstance(m, (ObservedLayer, ObservedAdd)) or getattr(m, "mixq_leaf", False)
+                or super().is_leaf_module(m, qualname))
 
 
 def trace(model: nn.Module) -> tuple[fx.GraphModule | None, str]:

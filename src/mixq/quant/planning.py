@@ -14,13 +14,9 @@ from typing import Any
 from torch import nn
 
 from mixq.quant.calibration import Batch, CalibrationError, check_iterable
-from mixq.quant.modules.conv_args import unsupported_conv_reason
-from mixq.quant.modules.embedding import unsupported_embedding_reason
+from mixq.quant.modules.registry import is_quantizable, structural_refusal
 from mixq.quant.spec import QuantConfig
 from mixq.quant.summary import QuantizationSummary
-
-QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
-EMBEDDING_MODES = ("static", "dynamic", "weight_only")  # int8 tables; fp16 leaves embeddings float
 
 
 def excluded(name: str, patterns: Iterable[str]) -> bool:
@@ -40,9 +36,10 @@ def split_first(calib_data: Any) -> tuple[Batch, Iterable[Batch]]:
     return first, calib_data
 
 
-def plan(model: nn.Module, cfg: QuantConfig, summary: QuantizationSummary,
-         types: tuple[type[nn.Module], ...] = QUANTIZABLE) -> list[str]:
-    """Names of the layers to quantize; everything else with weights is reported as staying float, with why."""
+def plan(model: nn.Module, cfg: QuantConfig, summary: QuantizationSummary, qat: bool = False) -> list[str]:
+    """Names of the registered layer kinds to quantize (with ``qat``: those QAT trains); everything else with
+    weights is reported as staying float, with why. Limits of a particular mode (fp16 embeddings, 4-bit
+    convolutions) are checked per layer at conversion, where overrides have resolved each layer's mode."""
     targets = []
     parents = dict(model.named_modules())
     for name, module in model.named_modules():
@@ -50,20 +47,14 @@ def plan(model: nn.Module, cfg: QuantConfig, summary: QuantizationSummary,
             continue
         kind = type(module).__name__
         parent = parents.get(name.rpartition(".")[0], model)
-        if isinstance(module, types):
+        if is_quantizable(module, qat=qat):
             reason = None
             if excluded(name, cfg.exclude):
                 reason = "excluded by pattern"
             elif isinstance(parent, nn.MultiheadAttention):
                 reason = "read directly by nn.MultiheadAttention (not called as a module)"
-            elif isinstance(module, nn.Embedding):
-                reason = unsupported_embedding_reason(module)
-                if reason is None and cfg.mode not in EMBEDDING_MODES:
-                    reason = "fp16 mode keeps embedding tables float32"
-            elif not isinstance(module, nn.Linear):
-                reason = unsupported_conv_reason(module)
-                if reason is None and cfg.mode == "weight_only" and cfg.weight.bits == 4:
-                    reason = "4-bit weight-only covers Linear layers (MatMulNBits); use bits=8 for convolutions"
+            else:
+                reason = structural_refusal(module)
             if reason is None:
                 targets.append(name)
             else:

@@ -34,13 +34,19 @@ def qrange(dtype: torch.dtype, bits: int = 8, narrow: bool = False) -> tuple[int
     return (qmin + 1 if narrow else qmin), qmax
 
 
-def _along(t: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
-    """Reshape a 1-D per-axis parameter so it broadcasts against ``x`` along ``axis``."""
+def along(t: torch.Tensor, ndim: int, axis: int | None) -> torch.Tensor:
+    """Reshape a 1-D per-axis parameter (per channel, per row) so it broadcasts along ``axis`` of an ``ndim``-D
+    tensor; per-tensor parameters (``axis`` None, or not 1-D) are returned as they are. The one broadcast helper of
+    the simulation, the QAT layers and the runtime kernels."""
     if axis is None or t.dim() != 1:
         return t
-    shape = [1] * x.dim()
+    shape = [1] * ndim
     shape[axis] = -1
     return t.reshape(shape)
+
+
+def _along(t: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    return along(t, x.dim(), axis)
 
 
 def _bounds(zero_point: torch.Tensor, qmin: int | None, qmax: int | None) -> tuple[int, int]:

@@ -1,16 +1,16 @@
 """The stages of post-training quantization, reusable one by one: ``prepare`` (copy, fold, plan, wrap static layers
-in observers, graph mode), ``calibrate`` (run batches through the observers) and ``convert`` (in
+in observers, graph mode), ``calibrate`` (run batches through the observers) and ``convert_prepared`` (in
 ``mixq.quant.conversion``: swap in quantized modules per layer).
 
 ``mixq.quantize`` runs the three in one pass. Tools that try many per-layer precisions (``mixq.autoquantize``)
 prepare once with every layer observed, calibrate once, and convert the same ``Prepared`` model under as many
-configs as they like: ``convert`` never modifies it.
+configs as they like: ``convert_prepared`` never modifies it.
 
 Example::
 
     prepared = prepare(model, config, probe=batches[0])
     calibrate(prepared, batches)
-    qmodel = convert(prepared)                        # or convert(prepared, other_config)
+    qmodel = convert_prepared(prepared)               # or convert_prepared(prepared, other_config)
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from mixq.quant.calibration import Batch, call_checked, run_batches
 from mixq.quant.fusion import apply_fusions, find_fusions, set_submodule, trace_calls
 from mixq.quant.graph import apply_graph_mode
 from mixq.quant.modules import ObservedLayer
+from mixq.quant.modules.registry import adapt_in_place, qmodule_class
 from mixq.quant.observers import make_observer
 from mixq.quant.planning import excluded, plan
 from mixq.quant.spec import ObserverSpec, QuantConfig
@@ -60,6 +61,11 @@ class Prepared:
         return self.observed + self.plain
 
 
+def _observable(layer: nn.Module) -> bool:
+    """Whether the layer's static module needs activation ranges (an embedding lookup does not)."""
+    return getattr(qmodule_class(layer, "static"), "observed", True)
+
+
 def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, observe_all: bool = False,
             collect: ObserverSpec | None = None) -> Prepared:
     """Copy ``model`` (never modified), fold Conv+BN(+ReLU) from one ``probe`` forward pass, plan which layers to
@@ -86,7 +92,8 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
         summary.notes += [f"folded {f.batchnorm} into {f.layer}" for f in fusions if f.batchnorm]
     # plan as static (accepts every supported layer); mode-specific limits are checked per layer at conversion
     targets = plan(qmodel, dataclasses.replace(config, mode="static", overrides=()), summary)
-    observed = [n for n in targets if static(n) and not isinstance(qmodel.get_submodule(n), nn.Embedding)]
+    adapt_in_place(qmodel, targets)
+    observed = [n for n in targets if static(n) and _observable(qmodel.get_submodule(n))]
     plain = [n for n in targets if n not in observed]
 
     def spec_of(name: str) -> ObserverSpec:

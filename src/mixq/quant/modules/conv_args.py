@@ -6,11 +6,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from mixq.quant.ops import conv_nd
-from mixq.quant.spec import QuantSpec
+from mixq.quant.modules.registry import register_check
+from mixq.quant.spec import QuantConfig, QuantSpec
 from mixq.quant.weights import float_bias, quantize_weight
+
+
+def conv_nd(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride: list[int], padding: list[int],
+            dilation: list[int], groups: int) -> torch.Tensor:
+    """``F.conv1d`` or ``F.conv2d``, chosen by the weight's rank."""
+    conv = F.conv1d if w.dim() == 3 else F.conv2d
+    return conv(x, w, bias, stride, padding, dilation, groups)
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,10 @@ class ConvGeometry:
 class Int8WeightConv(nn.Module):
     """Base of the dynamic and weight-only convolutions: per-channel int8 weight, float32 scale and bias."""
 
+    @classmethod
+    def from_float(cls, conv: nn.Conv1d | nn.Conv2d, config: QuantConfig) -> Int8WeightConv:
+        return cls(conv, config.weight)
+
     def __init__(self, conv: nn.Conv1d | nn.Conv2d, spec: QuantSpec) -> None:
         super().__init__()
         q, scale = quantize_weight(conv.weight, spec, axis=0)
@@ -52,3 +64,6 @@ def unsupported_conv_reason(conv: nn.Module) -> str | None:
     if isinstance(conv.padding, str):
         return f"padding={conv.padding!r}; give explicit integer padding to quantize this layer"
     return None
+
+
+register_check((nn.Conv1d, nn.Conv2d), unsupported_conv_reason)

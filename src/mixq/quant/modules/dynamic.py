@@ -5,17 +5,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixq.quant import ops
+from mixq.export.onnx import kernels as ops
 from mixq.quant.modules.conv_args import Int8WeightConv
-from mixq.quant.spec import QuantSpec
+from mixq.quant.modules.registry import register_qmodule
+from mixq.quant.spec import QuantConfig, QuantSpec
 from mixq.quant.weights import float_bias, quantize_weight
 
 
+@register_qmodule(nn.Linear, "dynamic")
 class DynamicQuantizedLinear(nn.Module):
     """Linear layer running as ONNX Runtime's DynamicQuantizeMatMul. No calibration needed.
 
     Example: ``DynamicQuantizedLinear(nn.Linear(768, 768), DEFAULT_WEIGHT)``.
     """
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, config: QuantConfig) -> DynamicQuantizedLinear:
+        return cls(linear, config.weight)
 
     def __init__(self, linear: nn.Linear, weight_spec: QuantSpec) -> None:
         super().__init__()
@@ -32,6 +38,7 @@ class DynamicQuantizedLinear(nn.Module):
         return f"in_features={k}, out_features={n}"
 
 
+@register_qmodule((nn.Conv1d, nn.Conv2d), "dynamic")
 class DynamicQuantizedConv(Int8WeightConv):
     """Conv1d/Conv2d running as DynamicQuantizeLinear + ConvInteger in ONNX Runtime."""
 

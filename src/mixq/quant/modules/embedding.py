@@ -5,9 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixq.quant import ops
-from mixq.quant.spec import QuantSpec
+from mixq.export.onnx import kernels as ops
+from mixq.quant.modules.registry import register_check, register_qmodule, register_refusal
+from mixq.quant.spec import QuantConfig, QuantSpec
 from mixq.quant.weights import quantize_weight
+
+
+def per_row_spec(spec: QuantSpec) -> QuantSpec:
+    """Tables are symmetric int8 with one scale per row, whatever the weight bits (rows are looked up, not summed)."""
+    return QuantSpec("int8", bits=8, granularity="per_channel", narrow_range=spec.narrow_range)
 
 
 def unsupported_embedding_reason(embedding: nn.Embedding) -> str | None:
@@ -17,19 +23,33 @@ def unsupported_embedding_reason(embedding: nn.Embedding) -> str | None:
     return None
 
 
+register_check(nn.Embedding, unsupported_embedding_reason)
+register_refusal(nn.Embedding, "fp16", "fp16 mode keeps embedding tables float32")
+
+
+@register_qmodule(nn.Embedding, "static", "dynamic", "weight_only")
 class QuantizedEmbedding(nn.Module):
     """``nn.Embedding`` with a symmetric int8 table and one float32 scale per row (per token).
 
-    Only the looked-up rows are dequantized, so the file shrinks 4x and the lookup stays cheap.
+    Only the looked-up rows are dequantized, so the file shrinks 4x and the lookup stays cheap. Static mode needs
+    no activation ranges for it (a lookup has no input range), so it is never wrapped in observers.
     Example: ``QuantizedEmbedding(nn.Embedding(30522, 384), DEFAULT_WEIGHT)``.
     """
 
+    observed = False  # static mode does not wrap it in observers
+
+    @classmethod
+    def from_float(cls, embedding: nn.Embedding, config: QuantConfig) -> QuantizedEmbedding:
+        return cls(embedding, config.weight)
+
     def __init__(self, embedding: nn.Embedding, spec: QuantSpec) -> None:
         super().__init__()
-        per_row = QuantSpec("int8", bits=8, granularity="per_channel", narrow_range=spec.narrow_range)
-        q, scale = quantize_weight(embedding.weight, per_row, axis=0)
+        q, scale = quantize_weight(embedding.weight, per_row_spec(spec), axis=0)
         self.register_buffer("weight", q)
         self.register_buffer("w_scale", scale)
+
+    def describe(self, config: QuantConfig) -> str:
+        return "int8 table, per-row scales"
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         return ops.embedding_lookup(indices, self.weight, self.w_scale)

@@ -6,15 +6,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixq.quant import ops
+from mixq.export.onnx import kernels as ops
 from mixq.quant.modules.conv_args import ConvGeometry
+from mixq.quant.modules.registry import register_qmodule
+from mixq.quant.spec import QuantConfig
 
 
 def _half(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().to(torch.float16).clone()
 
 
-class Float16Linear(nn.Module):
+class _Float16Base(nn.Module):
+    @classmethod
+    def from_float(cls, layer: nn.Module, config: QuantConfig) -> nn.Module:
+        return cls(layer)
+
+    def describe(self, config: QuantConfig) -> str:
+        return "float16 weights"
+
+
+@register_qmodule(nn.Linear, "fp16")
+class Float16Linear(_Float16Base):
     """Linear layer whose weight and bias are stored as float16 and upcast at run time (half the file size)."""
 
     def __init__(self, linear: nn.Linear) -> None:
@@ -27,7 +39,8 @@ class Float16Linear(nn.Module):
         return F.linear(x, ops.upcast(self.weight), bias)
 
 
-class Float16Conv(nn.Module):
+@register_qmodule((nn.Conv1d, nn.Conv2d), "fp16")
+class Float16Conv(_Float16Base):
     """Conv1d/Conv2d whose weight and bias are stored as float16 and upcast at run time."""
 
     def __init__(self, conv: nn.Conv1d | nn.Conv2d) -> None:

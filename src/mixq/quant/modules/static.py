@@ -5,15 +5,31 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixq.quant import ops
+from mixq.export.onnx import kernels as ops
 from mixq.quant.modules.conv_args import ConvGeometry
-from mixq.quant.spec import QuantSpec
+from mixq.quant.modules.registry import register_qmodule
+from mixq.quant.primitives import dequantize
+from mixq.quant.spec import QuantConfig, QuantSpec
 from mixq.quant.weights import float_bias, quantize_bias, quantize_weight
 
 QParams = tuple[torch.Tensor, torch.Tensor]
 
 
+def _float_copy(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer
+
+
 class _StaticBase(nn.Module):
+    @classmethod
+    def from_float(cls, layer: nn.Module, config: QuantConfig, x_qparams: QParams, y_qparams: QParams,
+                   relu: bool = False, w_scale: torch.Tensor | None = None) -> _StaticBase:
+        """The static layer for float ``layer`` with calibrated (or QAT-learned) activation parameters."""
+        return cls(layer, config.weight, x_qparams, y_qparams, relu=relu, w_scale=w_scale)
+
     def _set_activation_qparams(self, x_qparams: QParams, y_qparams: QParams) -> None:
         self.register_buffer("x_scale", x_qparams[0].clone())
         self.register_buffer("x_zp", x_qparams[1].clone())
@@ -21,6 +37,7 @@ class _StaticBase(nn.Module):
         self.register_buffer("y_zp", y_qparams[1].clone())
 
 
+@register_qmodule((nn.Conv1d, nn.Conv2d), "static")
 class QuantizedConv(_StaticBase):
     """Conv1d/Conv2d (BatchNorm and ReLU already folded in) running as ONNX Runtime's QLinearConv.
 
@@ -45,10 +62,20 @@ class QuantizedConv(_StaticBase):
         return ops.qconv(x, self.x_scale, self.x_zp, self.weight, self.w_scale, self.bias, self.y_scale, self.y_zp,
                          g.stride, g.padding, g.dilation, g.groups, self.relu)
 
+    def to_float(self) -> nn.Conv1d | nn.Conv2d:
+        """A float convolution holding the dequantized weight and bias (QAT starting from a calibrated model)."""
+        w, g = dequantize(self.weight, self.w_scale, axis=0), self.geometry
+        cls = nn.Conv1d if w.dim() == 3 else nn.Conv2d
+        layer = cls(w.shape[1] * g.groups, w.shape[0], tuple(w.shape[2:]), stride=tuple(g.stride),
+                    padding=tuple(g.padding), dilation=tuple(g.dilation), groups=g.groups, bias=self.bias is not None)
+        bias = None if self.bias is None else (self.bias.double() * (self.x_scale * self.w_scale).double()).float()
+        return _float_copy(layer, w, bias)
+
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, {self.geometry}, relu={self.relu}"
 
 
+@register_qmodule(nn.Linear, "static")
 class QuantizedLinear(_StaticBase):
     """Linear layer running as QLinearMatMul (no bias) or MatMulIntegerToFloat + Add (with bias) in ONNX Runtime.
 
@@ -68,6 +95,11 @@ class QuantizedLinear(_StaticBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.qlinear(x, self.x_scale, self.x_zp, self.weight_t, self.w_scale, self.bias, self.y_scale,
                            self.y_zp, self.relu)
+
+    def to_float(self) -> nn.Linear:
+        """A float ``nn.Linear`` holding the dequantized weight and the bias."""
+        w = dequantize(self.weight_t.t(), self.w_scale, axis=0)
+        return _float_copy(nn.Linear(w.shape[1], w.shape[0], bias=self.bias is not None), w, self.bias)
 
     def extra_repr(self) -> str:
         k, n = self.weight_t.shape

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixq.quant import ops
+from mixq.export.onnx import kernels as ops
 from mixq.quant.modules.conv_args import Int8WeightConv
-from mixq.quant.spec import QuantSpec
+from mixq.quant.modules.registry import register_qmodule
+from mixq.quant.spec import QuantConfig, QuantSpec
 from mixq.quant.weights import float_bias, quantize_nbits
 
 
@@ -18,11 +19,16 @@ def _block_size(spec: QuantSpec, in_features: int) -> int:
     return max(16, 1 << (in_features - 1).bit_length())
 
 
+@register_qmodule(nn.Linear, "weight_only")
 class WeightOnlyLinear(nn.Module):
     """Linear layer with 4- or 8-bit block-wise weights, running as ONNX Runtime's MatMulNBits.
 
     Example: ``WeightOnlyLinear(nn.Linear(512, 512), QuantSpec(bits=4, granularity="per_group", group_size=32))``.
     """
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, config: QuantConfig) -> WeightOnlyLinear:
+        return cls(linear, config.weight)
 
     def __init__(self, linear: nn.Linear, spec: QuantSpec) -> None:
         super().__init__()
@@ -43,8 +49,15 @@ class WeightOnlyLinear(nn.Module):
                 f"block_size={self.block_size}")
 
 
+@register_qmodule((nn.Conv1d, nn.Conv2d), "weight_only")
 class WeightOnlyConv(Int8WeightConv):
     """Conv1d/Conv2d with per-channel int8 weights dequantized at run time (ONNX: DequantizeLinear -> Conv)."""
+
+    @classmethod
+    def refusal(cls, conv: nn.Module, config: QuantConfig) -> str | None:
+        if config.weight.bits == 4:
+            return "4-bit weight-only covers Linear layers (MatMulNBits); use bits=8 for convolutions"
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.geometry.apply(x, ops.dequantize_weight(self.weight, self.w_scale, 0), self.bias)

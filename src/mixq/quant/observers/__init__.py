@@ -1,12 +1,12 @@
 """Calibration observers: each records statistics of a tensor and turns them into ``(scale, zero_point)``.
 
 ``minmax`` and ``moving_average`` work per tensor or per channel; the histogram-based ``percentile``, ``mse``
-and ``entropy`` observers are per tensor only.
+and ``entropy`` observers are per tensor only. Each registers itself by name (``register_observer``).
 """
 
 from __future__ import annotations
 
-from mixq.quant.observers.base import NoDataError, Observer
+from mixq.quant.observers.base import NoDataError, Observer, observer_class, observer_names, register_observer
 from mixq.quant.observers.entropy import EntropyObserver
 from mixq.quant.observers.minmax import MinMaxObserver
 from mixq.quant.observers.moving_average import MovingAverageMinMaxObserver
@@ -23,10 +23,10 @@ __all__ = [
     "MSEObserver",
     "EntropyObserver",
     "make_observer",
+    "observer_class",
+    "observer_names",
+    "register_observer",
 ]
-
-_HISTOGRAM_BASED = ("percentile", "mse", "entropy")
-
 
 def make_observer(observer: ObserverSpec, spec: QuantSpec, axis: int | None = None,
                   name: str = "") -> Observer:
@@ -36,19 +36,10 @@ def make_observer(observer: ObserverSpec, spec: QuantSpec, axis: int | None = No
     Raises ``ValueError`` when a histogram-based observer is asked for per-channel (``axis`` not None)
     ranges.
     """
-    if observer.name in _HISTOGRAM_BASED and axis is not None:
+    cls = observer_class(observer.name)
+    if cls.per_tensor_only and axis is not None:
         where = f" for {name!r}" if name else ""
+        per_channel = " or ".join(repr(n) for n in observer_names() if not observer_class(n).per_tensor_only)
         raise ValueError(f"the {observer.name!r} observer is per-tensor only, but axis={axis} was requested"
-                         f"{where}; use 'minmax' or 'moving_average' for per-channel ranges (e.g. weights)")
-    if observer.name == "minmax":
-        return MinMaxObserver(spec, axis=axis, name=name)
-    if observer.name == "moving_average":
-        return MovingAverageMinMaxObserver(spec, axis=axis, name=name,
-                                           averaging_constant=observer.averaging_constant)
-    if observer.name == "percentile":
-        return PercentileObserver(spec, name=name, bins=observer.bins, percentile=observer.percentile)
-    if observer.name == "mse":
-        return MSEObserver(spec, name=name, bins=observer.bins)
-    if observer.name == "entropy":
-        return EntropyObserver(spec, name=name, bins=observer.bins)
-    raise ValueError(f"unknown observer {observer.name!r}")
+                         f"{where}; use {per_channel} for per-channel ranges (e.g. weights)")
+    return cls.from_spec(observer, spec, axis=axis, name=name)

@@ -1,13 +1,47 @@
 """The observer contract: ``forward(x)`` records statistics and returns ``x``; ``calculate_qparams()`` turns them
-into ``(scale, zero_point)`` with the shared primitives. Statistics live in buffers so ``state_dict`` round-trips."""
+into ``(scale, zero_point)`` with the shared primitives. Statistics live in buffers so ``state_dict`` round-trips.
+
+Observers register by name (``@register_observer("minmax")``); every list of observer names (``ObserverSpec``'s
+validation, the CLI's choices, QAT's) is derived from the registry, so a new observer is one file.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from mixq.quant.primitives import choose_qparams
-from mixq.quant.spec import QuantSpec
+from mixq.quant.spec import ObserverSpec, QuantSpec
+
+_REGISTRY: dict[str, type[Observer]] = {}
+ObserverT = TypeVar("ObserverT", bound="type[Observer]")
+
+
+def register_observer(name: str) -> Callable[[ObserverT], ObserverT]:
+    """Class decorator: make the observer available as ``ObserverSpec(name)``."""
+
+    def decorate(cls: ObserverT) -> ObserverT:
+        cls.registered_name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def observer_names(streaming: bool | None = None) -> tuple[str, ...]:
+    """Registered observer names (with ``streaming=True``: those whose ranges follow batches as they come, which
+    QAT needs), in registration order."""
+    return tuple(n for n, c in _REGISTRY.items() if streaming is None or c.streaming == streaming)
+
+
+def observer_class(name: str) -> type[Observer]:
+    """The observer class registered as ``name``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown observer {name!r}; choose one of {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
 
 
 class NoDataError(RuntimeError):
@@ -20,6 +54,15 @@ class Observer(nn.Module):
     Subclasses implement ``_observe(x)`` (``x`` is detached float32, finite) and ``calculate_range()``.
     ``axis`` selects per-channel statistics (weights); ``None`` means per-tensor (activations).
     """
+
+    registered_name = ""
+    streaming = True  # ranges follow the batches as they come (False: a histogram searched at the end)
+    per_tensor_only = False
+
+    @classmethod
+    def from_spec(cls, observer: ObserverSpec, spec: QuantSpec, axis: int | None = None, name: str = "") -> Observer:
+        """Build from an ``ObserverSpec``; subclasses with knobs read theirs from it."""
+        return cls(spec, axis=axis, name=name)
 
     def __init__(self, spec: QuantSpec, axis: int | None = None, name: str = "") -> None:
         super().__init__()

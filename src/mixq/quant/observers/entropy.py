@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mixq.quant.observers.base import register_observer
 from mixq.quant.observers.histogram import HistogramObserver
 from mixq.quant.spec import QuantSpec
 
@@ -34,6 +35,7 @@ def _kl_divergence(hist: np.ndarray, a: int, b: int, levels: float) -> float:
     return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
 
 
+@register_observer("entropy")
 class EntropyObserver(HistogramObserver):
     """Picks the clipping range whose quantized histogram is closest (in KL divergence) to the clipped one.
 

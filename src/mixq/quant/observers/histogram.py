@@ -16,7 +16,7 @@ import math
 import torch
 
 from mixq.quant.observers.base import Observer
-from mixq.quant.spec import QuantSpec
+from mixq.quant.spec import ObserverSpec, QuantSpec
 
 # a constant first batch gets a tiny placeholder bin width (relative to its value) until a wider batch arrives
 _PLACEHOLDER_RELATIVE_WIDTH = 2.0**-20
@@ -29,6 +29,14 @@ class HistogramObserver(Observer):
     ``min_val``/``max_val``. All statistics are buffers of fixed shape, so ``state_dict`` round-trips into an
     observer built with the same ``bins`` (default 2048, the ``ObserverSpec`` default).
     """
+
+    streaming = False
+    per_tensor_only = True
+
+    @classmethod
+    def from_spec(cls, observer: ObserverSpec, spec: QuantSpec, axis: int | None = None,
+                  name: str = "") -> HistogramObserver:
+        return cls(spec, axis=axis, name=name, bins=observer.bins)
 
     def __init__(self, spec: QuantSpec, axis: int | None = None, name: str = "", bins: int = 2048) -> None:
         if axis is not None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from mixq.quant.observers.base import Observer
+from mixq.quant.observers.base import Observer, register_observer
 from mixq.quant.spec import QuantSpec
 
 
+@register_observer("minmax")
 class MinMaxObserver(Observer):
     """Tracks the global (or per-channel) min and max of all observed batches.
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from mixq.quant.observers.base import register_observer
 from mixq.quant.observers.minmax import MinMaxObserver
-from mixq.quant.spec import QuantSpec
+from mixq.quant.spec import ObserverSpec, QuantSpec
 
 
+@register_observer("moving_average")
 class MovingAverageMinMaxObserver(MinMaxObserver):
     """Smooths per-batch ranges: ``min <- min + c * (batch_min - min)`` (same for max); the first batch
     initialises.
@@ -17,6 +19,11 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
     batch; ``c = 1`` keeps only the last batch. Works per tensor (``axis=None``) or per channel. Example:
     ``obs = MovingAverageMinMaxObserver(DEFAULT_ACTIVATION, averaging_constant=0.1)``.
     """
+
+    @classmethod
+    def from_spec(cls, observer: ObserverSpec, spec: QuantSpec, axis: int | None = None,
+                  name: str = "") -> MovingAverageMinMaxObserver:
+        return cls(spec, axis=axis, name=name, averaging_constant=observer.averaging_constant)
 
     def __init__(self, spec: QuantSpec, axis: int | None = None, name: str = "",
                  averaging_constant: float = 0.01) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from mixq.quant.observers.base import register_observer
 from mixq.quant.observers.histogram import HistogramObserver
 from mixq.quant.primitives import choose_qparams
 from mixq.quant.spec import QuantSpec
@@ -13,6 +14,7 @@ _AFFINE_STEPS = 40  # shrink factors 1/40, ..., 1.0, searched independently for 
 _CHUNK = 256  # candidates evaluated at once (bounds the candidates x bins temporaries)
 
 
+@register_observer("mse")
 class MSEObserver(HistogramObserver):
     """Picks the range whose integer grid (``spec.qmin..qmax``) gives the least expected squared error.
 

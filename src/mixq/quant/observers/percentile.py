@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from mixq.quant.observers.base import register_observer
 from mixq.quant.observers.histogram import HistogramObserver
-from mixq.quant.spec import QuantSpec
+from mixq.quant.spec import ObserverSpec, QuantSpec
 
 
+@register_observer("percentile")
 class PercentileObserver(HistogramObserver):
     """Range ``[P(100 - p), P(p)]`` of everything observed, with ``P`` the percentile read off the histogram.
 
@@ -18,6 +20,11 @@ class PercentileObserver(HistogramObserver):
     histogram bin; ``p = 100`` gives the exact min and max. Example: ``PercentileObserver(DEFAULT_ACTIVATION,
     percentile=99.9)``.
     """
+
+    @classmethod
+    def from_spec(cls, observer: ObserverSpec, spec: QuantSpec, axis: int | None = None,
+                  name: str = "") -> PercentileObserver:
+        return cls(spec, axis=axis, name=name, bins=observer.bins, percentile=observer.percentile)
 
     def __init__(self, spec: QuantSpec, axis: int | None = None, name: str = "", bins: int = 2048,
                  percentile: float = 99.99) -> None:

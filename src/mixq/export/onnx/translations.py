@@ -20,8 +20,8 @@ import torch
 from onnxscript import FLOAT
 from onnxscript import opset18 as op
 
-import mixq.quant.ops  # noqa: F401  (registers torch.ops.mixq)
-from mixq.export.contrib_ops import MatMulIntegerToFloat, MatMulNBits
+import mixq.export.onnx.kernels  # noqa: F401  (registers torch.ops.mixq)
+from mixq.export.onnx.contrib_ops import MatMulIntegerToFloat, MatMulNBits
 
 
 def _qdq(x, scale, zp):

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixq.export.onnx import shapes
 from mixq.quant.calibration import describe
 from mixq.quant.modules.observed import refuse_observed
 from mixq.report.files import atomic_path
@@ -36,15 +37,28 @@ def _as_args(example_inputs: Any) -> tuple[tuple, dict]:
                     f"{type(example_inputs).__name__}")
 
 
-def _dynamic_batch(args: tuple, kwargs: dict) -> tuple | dict:
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+def _without_cache(model: nn.Module, kwargs: dict) -> dict:
+    """Hugging Face models that return a KV cache by default (``config.use_cache``) export their outputs without
+    it, unless the caller passed ``use_cache`` (the cache object is not a tensor ONNX can return)."""
+    config = getattr(model, "config", None)
+    if kwargs and getattr(config, "use_cache", False) and "use_cache" not in kwargs:
+        return {**kwargs, "use_cache": False}
+    return kwargs
 
-    def spec(value: Any) -> Any:
-        return {0: batch} if isinstance(value, torch.Tensor) and value.dim() > 0 else None
 
-    if kwargs:
-        return {k: spec(v) for k, v in kwargs.items()}
-    return tuple(spec(a) for a in args)
+def _shape_plan(model: nn.Module, dynamic_shapes: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict, Any]:
+    """``(torch.export spec, export args, export kwargs, axes to name)`` for ``export_onnx``'s ``dynamic_shapes``."""
+    if dynamic_shapes is None:
+        positional, keyword = shapes.default_axes(args, kwargs)
+        grown_args, grown_kwargs = shapes.grow_unit_axes(args, kwargs, positional, keyword)
+        return shapes.torch_export_spec(model, positional, keyword), grown_args, grown_kwargs, (positional, keyword)
+    if dynamic_shapes is False:
+        return None, args, kwargs, None
+    if dynamic_shapes is True:
+        raise ValueError("dynamic_shapes=True is not a spec: leave it unset (None) for the default symbolic axes, "
+                         "pass False for a static file, or a dict/tuple in torch.export form")
+    shapes.check_user_spec(dynamic_shapes, args, kwargs)
+    return dynamic_shapes, args, kwargs, None
 
 
 # Fold only nodes whose inputs are this small: shape arithmetic and zero biases get folded (so ONNX Runtime can fuse
@@ -114,7 +128,7 @@ def export_onnx(
     example_inputs: Any,
     path: str | os.PathLike,
     *,
-    dynamic_batch: bool = True,
+    dynamic_shapes: Any = None,
     opset: int | None = None,
     input_names: list[str] | None = None,
     output_names: list[str] | None = None,
@@ -125,14 +139,21 @@ def export_onnx(
     Quantized layers become the QDQ / integer patterns ONNX Runtime fuses into integer kernels (QLinearConv,
     QLinearMatMul, MatMulIntegerToFloat, DynamicQuantizeMatMul, MatMulNBits); float16 layers keep float16 weights
     with float32 inputs and outputs unless ``io_dtype=torch.float16`` asks for float16 ones (Casts at the graph
-    boundary). With ``dynamic_batch`` the first dimension of every input is symbolic. The file
-    is written to a temporary name and renamed, so a failed export never leaves a partial file at ``path``.
+    boundary). The file is written to a temporary name and renamed, so a failed export never leaves a partial file
+    at ``path``.
+
+    Shapes: by default (``dynamic_shapes=None``) the batch axis of every input is symbolic (named ``batch``, also
+    from a batch-1 example), and so is the sequence axis (``sequence``) of token inputs (integer ids, attention
+    masks, token types, positions) and of any input sharing their length, so one transformer file serves any batch
+    and sequence length the model accepts. An axis the model itself fixes stays static. ``dynamic_shapes=False``
+    writes a fully static file; a dict/tuple in ``torch.export`` form (``{"input_ids": {0: Dim("b")}}``) is passed
+    through. ``mixq.export.onnx.shapes.symbolic_axes(onnx.load(path))`` lists what the file accepts.
 
     Example: ``mixq.export_onnx(qmodel, torch.randn(1, 3, 32, 32), "model.onnx")``.
     """
     import onnx
 
-    from mixq.export.translations import translation_table  # onnx/onnxscript are only imported when exporting
+    from mixq.export.onnx.translations import translation_table  # onnx/onnxscript are only imported when exporting
 
     refuse_observed(model, "export")
     target = Path(path)
@@ -146,20 +167,24 @@ def export_onnx(
         raise ValueError(f"opset {opset} cannot express per-channel QuantizeLinear/DequantizeLinear; "
                          f"use opset >= {MIN_OPSET} (or leave it unset)")
     args, kwargs = _as_args(example_inputs)
+    kwargs = _without_cache(model, kwargs)
     model = model.eval()
-    dynamic_shapes = _dynamic_batch(args, kwargs) if dynamic_batch else None
+    spec, export_args, export_kwargs, named = _shape_plan(model, dynamic_shapes, args, kwargs)
     try:
         with atomic_path(target) as tmp, warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript"), \
                 contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                model, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
-                dynamic_shapes=dynamic_shapes, custom_translation_table=translation_table(),
+                model, export_args, kwargs=export_kwargs or None, dynamo=True, opset_version=opset,
+                dynamic_shapes=spec, custom_translation_table=translation_table(),
                 input_names=input_names, output_names=output_names, verbose=False, optimize=False,
             )
             _optimize(program)
             proto = program.model_proto
             _finalize(proto, half_io=io_dtype == torch.float16)
+            if named is not None:
+                shapes.name_symbolic_dims(proto, *named)
+            log.info("input shapes of %s: %s", target.name, shapes.symbolic_axes(proto))
             onnx.save(proto, tmp)  # one serialisation, straight from the in-memory model; renamed on success
     except Exception as err:
         raise ExportError(f"could not export {type(model).__name__} with example inputs "

@@ -1,9 +1,10 @@
-"""mixq's quantized operators as PyTorch custom ops.
+"""ONNX Runtime's arithmetic: mixq's quantized operators as PyTorch custom ops.
 
 Each op's eager body is the exact PyTorch simulation of what ONNX Runtime's integer kernel computes (integer
-accumulation, float32 requantization, round half to even, saturation), written with the shared primitives; the
-exporter (``mixq.export.translations``) maps each op onto the QDQ / integer ONNX pattern that ONNX Runtime fuses.
-One op per layer kind keeps the emitted pattern under our control instead of the exporter's decompositions.
+accumulation, float32 requantization in MLAS order, round half to even, saturation), written with the shared
+primitives; ``translations`` (this folder's lowering table) maps each op onto the QDQ / integer ONNX pattern that
+ONNX Runtime fuses. One op per layer kind keeps the emitted pattern under our control instead of the exporter's
+decompositions. Importing this module registers ``torch.ops.mixq``; it needs neither onnx nor onnxruntime.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mixq.quant.primitives import dequantize, dynamic_qparams, qrange, quantize
+from mixq.quant.modules.conv_args import conv_nd
+from mixq.quant.primitives import along, dequantize, dynamic_qparams, qrange, quantize
 
 _EXACT_FP32 = 2**24  # integers below this magnitude are exact in float32 sums
 
@@ -21,25 +23,12 @@ def _acc_dtype(k: int, x_span: int = 255, w_span: int = 128) -> torch.dtype:
     return torch.float32 if k * x_span * w_span < _EXACT_FP32 else torch.float64
 
 
-def _channel(t: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
-    shape = [1] * ndim
-    shape[dim] = -1
-    return t.reshape(shape) if t.dim() == 1 else t
-
-
 def _requantize(acc: torch.Tensor, multiplier: torch.Tensor, y_zp: torch.Tensor, relu: bool) -> torch.Tensor:
     """int32 accumulator -> float32 -> scale -> round half to even -> + zero point -> saturate (MLAS order)."""
     lo, hi = qrange(y_zp.dtype)
     lo = int(y_zp.item()) if relu else lo
     q = torch.round(acc.to(torch.float32) * multiplier) + y_zp.to(torch.float32)
     return q.clamp_(lo, hi).to(y_zp.dtype)
-
-
-def conv_nd(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride: list[int], padding: list[int],
-            dilation: list[int], groups: int) -> torch.Tensor:
-    """``F.conv1d`` or ``F.conv2d``, chosen by the weight's rank."""
-    conv = F.conv1d if w.dim() == 3 else F.conv2d
-    return conv(x, w, bias, stride, padding, dilation, groups)
 
 
 def _conv(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation, groups) -> torch.Tensor:
@@ -55,8 +44,8 @@ def qconv(x: torch.Tensor, x_scale: torch.Tensor, x_zp: torch.Tensor, w_q: torch
     dt = _acc_dtype(w_q[0].numel())
     acc = _conv(xi.to(dt), w_q.to(dt), stride, padding, dilation, groups)
     if bias_q is not None:
-        acc = acc + _channel(bias_q.to(dt), 1, acc.dim())
-    multiplier = _channel((x_scale * w_scale) / y_scale, 1, acc.dim())
+        acc = acc + along(bias_q.to(dt), acc.dim(), 1)
+    multiplier = along((x_scale * w_scale) / y_scale, acc.dim(), 1)
     return dequantize(_requantize(acc, multiplier, y_zp, relu), y_scale, y_zp)
 
 
@@ -113,8 +102,8 @@ def dynamic_conv(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias
     xi = quantize(x, x_scale, x_zp).to(torch.float32) - x_zp.to(torch.float32)
     dt = _acc_dtype(w_q[0].numel())
     acc = _conv(xi.to(dt), w_q.to(dt), stride, padding, dilation, groups).to(torch.float32)
-    y = acc * _channel(x_scale * w_scale, 1, acc.dim())
-    return y if bias is None else y + _channel(bias, 1, y.dim())
+    y = acc * along(x_scale * w_scale, acc.dim(), 1)
+    return y if bias is None else y + along(bias, y.dim(), 1)
 
 
 @dynamic_conv.register_fake
