@@ -24,8 +24,8 @@ from mixq.export.tflite.integer_io import integer_io
 from mixq.export.tflite.lowering import ActivationQParams, lower, lowering_of
 from mixq.export.tflite.recipes import apply_recipe
 from mixq.quant.calibration import describe
-from mixq.quant.modules import FloatAdd
 from mixq.quant.modules.observed import refuse_observed
+from mixq.quant.modules.registry import quantized_classes
 from mixq.report.files import atomic_path
 
 IO_DTYPES = ("float32", "int8", "uint8")
@@ -44,8 +44,7 @@ def _as_args(example_inputs: Any) -> tuple:
 def _litert_mode(model: nn.Module, modes: dict[str, str]) -> str:
     """The one LiteRT mode of the model's quantized layers; a layer LiteRT cannot take is named in the error."""
     for name, module in model.named_modules():
-        if type(module).__module__.startswith("mixq.quant.modules") and lowering_of(module) is None \
-                and not isinstance(module, FloatAdd):
+        if isinstance(module, quantized_classes()) and lowering_of(module) is None:
             raise ExportError(f"layer {name!r} ({type(module).__name__}) has no LiteRT form; quantize it with mode "
                               "'static', 'dynamic' or 'fp16', or keep it fp32 (exclude=[...])")
     kinds = sorted(set(modes.values()))
