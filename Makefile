@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mixq-installed
+LITERT_STAMP := $(VENV)/.mixq-litert-installed
 # Extra arguments for `mixq demo`, e.g. make demo DEMO_ARGS="--quick --out /tmp/report"
 DEMO_ARGS ?=
 
@@ -18,12 +19,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	@touch $(STAMP)
 
+# The tests also run the LiteRT backend with the real interpreter: the optional extra (~0.8 GB), installed on top.
+$(LITERT_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,litert]"
+	@$(BIN)/python -c "import torch; v = torch.__version__.split('+')[0]; assert v == '2.13.0', v" \
+		|| { echo "mixq: installing mixq[litert] moved torch off 2.13.0"; exit 1; }
+	@touch $(LITERT_STAMP)
+
 venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m mixq demo $(DEMO_ARGS)
 
-test: $(STAMP)
+test: $(LITERT_STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

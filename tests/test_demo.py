@@ -95,3 +95,21 @@ def test_fp16_training_records_the_loss_scale():
     assert run.policy == "p=f32,c=f16,o=f32" and run.device == "cpu" and not model.training
     assert len(run.scales) == len(run.losses) == 4 and all(s > 1 for s in run.scales)
     assert run.to_dict()["steps"] == 4 and run.skipped_steps == run.to_dict()["skipped_steps"]
+
+
+def test_litert_rows(demo_run):
+    """With the LiteRT extra (make test installs it) the demo adds .tflite rows; without it, says how to get them."""
+    from mixq.export.tflite import litert_available
+
+    out, proc, report = demo_run
+    rows = {r["variant"]: r for r in report["litert"]}
+    if not litert_available():
+        assert rows == {} and "mixq[litert]" in (out / "report.md").read_text()
+        return
+    assert set(rows) == {"fp32", "static int8"}  # --quick converts two files
+    int8, fp32 = rows["static int8"], rows["fp32"]
+    assert int8["mode"] == "full-integer" and int8["weight_types"] == ["int8"]
+    assert int8["compute_ops_on_xnnpack"] == int8["compute_ops"] > 0
+    assert int8["agreement"] >= 0.99 and int8["accuracy"] >= fp32["accuracy"] - 0.02
+    assert int8["size_kb"] < fp32["size_kb"] and (out / int8["file"]).exists()
+    assert f"| {int8['file']} | full-integer | {int8['size_kb']:.1f} |" in proc.stdout

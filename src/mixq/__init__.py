@@ -6,11 +6,13 @@ Example::
     qmodel = mixq.quantize(model, "static", calib_data=batches)
     print(qmodel.mixq_summary)
     mixq.export_onnx(qmodel, example_inputs, "model_int8.onnx")
+    mixq.export_tflite(qmodel, example_inputs, "model_int8.tflite")  # LiteRT: pip install 'mixq[litert]'
 """
 
 from mixq.amp import LossScale, MixedPrecision, NonFiniteGradientsError, NumericsConfig, Policy
 from mixq.auto import AutoQuantReport, AutoQuantResult, EvalFnError, LayerOverride, autoquantize
 from mixq.export import ExportError, export_decoder_onnx, export_onnx, generate_onnx, generate_torch, optimized_op_types
+from mixq.export.tflite import LiteRTSession, TFLiteRunner, export_tflite, inspect_tflite
 from mixq.qat import QATConfig, convert, freeze_batchnorm, freeze_observers, prepare_qat
 from mixq.quant import (
     CalibrationError,
@@ -32,6 +34,7 @@ __all__ = [
     "EvalFnError",
     "ExportError",
     "LayerOverride",
+    "LiteRTSession",
     "LossScale",
     "MixedPrecision",
     "NonFiniteGradientsError",
@@ -42,15 +45,18 @@ __all__ = [
     "QuantConfig",
     "QuantSpec",
     "QuantizationSummary",
+    "TFLiteRunner",
     "WeightMethod",
     "autoquantize",
     "convert",
     "export_decoder_onnx",
     "export_onnx",
+    "export_tflite",
     "freeze_batchnorm",
     "freeze_observers",
     "generate_onnx",
     "generate_torch",
+    "inspect_tflite",
     "make_config",
     "optimized_op_types",
     "prepare_qat",

@@ -29,7 +29,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                               "--shape attention_mask=1x128\n"
                               "  mixq bench bert_fp32.onnx bert_int8.onnx --inputs tokens.npz",
                        formatter_class=HelpFormatter)
-    p.add_argument("models", nargs="+", metavar="MODEL.onnx", help="ONNX files taking the same inputs")
+    p.add_argument("models", nargs="+", metavar="MODEL.onnx",
+                   help="ONNX files taking the same inputs, or .tflite files (LiteRT with XNNPACK; --batch only)")
     p.add_argument("--batch", default=None, metavar="B1,B2", help="comma-separated batch sizes (default 1,32)")
     shapes = p.add_mutually_exclusive_group()
     shapes.add_argument("--shape", action="append", default=None, metavar="NAME=1x128",
@@ -61,6 +62,37 @@ def _session(path: Path, threads: int | None) -> Any:
     except Exception as err:
         raise CliError(f"ONNX Runtime cannot load {path} ({first_line(err)})",
                        "pass an ONNX model file, e.g. one written by mixq quantize or mixq.export_onnx") from err
+
+
+def _litert_session(path: Path, threads: int | None) -> Any:
+    from mixq.export.tflite import INSTALL_HINT, LiteRTSession, litert_available
+
+    if not litert_available():
+        raise CliError(f"benchmarking {path.name} needs the LiteRT extra, which is not installed", INSTALL_HINT)
+    try:
+        return LiteRTSession(path, threads)
+    except Exception as err:
+        raise CliError(f"LiteRT cannot load {path} ({first_line(err)})",
+                       "pass a .tflite file, e.g. one written by mixq quantize --format tflite") from err
+
+
+def bench_litert(paths: list[Path], batches: list[int], threads: int | None, runs: int,
+                 warmup: int) -> list[dict[str, Any]]:
+    """LiteRT latency per batch size for ``.tflite`` files (each session makes inputs of its own signature)."""
+    from mixq.report import measure_latency
+
+    sessions = [_litert_session(path, threads) for path in paths]
+    results = []
+    for path, session in zip(paths, sessions, strict=True):
+        entry: dict[str, Any] = {"model": str(path), "size_bytes": path.stat().st_size, "latency": {}}
+        for batch in batches:
+            try:
+                entry["latency"][str(batch)] = measure_latency(session, session.random_feeds(batch), runs,
+                                                               warmup).to_dict()
+            except Exception as err:  # e.g. a file exported with a fixed batch
+                entry["latency"][str(batch)] = {"error": f"LiteRT failed: {first_line(err)}"}
+        results.append(entry)
+    return results
 
 
 def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs: int, warmup: int,
@@ -187,6 +219,20 @@ def run(args: argparse.Namespace) -> int:
     if args.runs < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
         raise CliError("--runs and --threads must be >= 1 and --warmup >= 0", "pass e.g. --runs 50 --threads 2")
     out = output_file(args.json, "--json", ".json", paths) if args.json else None
+    tflite = [p.suffix == ".tflite" for p in paths]
+    if any(tflite):
+        if not all(tflite) or args.shape or args.inputs:
+            raise CliError("bench .tflite files on their own, with --batch only (their inputs follow each file's "
+                           "signature)", "run mixq bench once for the .onnx files and once for the .tflite files")
+        batches = parse_ints(args.batch or "1,32", "--batch", "1,32")
+        settings = [Setting(str(b), f"batch {b}", {}) for b in batches]
+        results = bench_litert(paths, batches, args.threads, args.runs, args.warmup)
+        print(table(results, settings))
+        if out is not None:
+            atomic_write_text(out, json.dumps({"threads": args.threads, "runs": args.runs, "warmup": args.warmup,
+                                               "batches": batches, "results": results}, indent=2) + "\n")
+            print(f"wrote {out}")
+        return 0
     if args.batch is not None:
         parse_ints(args.batch, "--batch", "1,32")
     sessions = [_session(path, args.threads) for path in paths]

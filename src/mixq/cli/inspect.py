@@ -1,5 +1,6 @@
 """``mixq inspect``: which nodes of an ONNX model are quantized, which integer kernels ONNX Runtime runs after its
-own optimisation, and the model's size by data type."""
+own optimisation, and the model's size by data type; for a ``.tflite`` file, its LiteRT operators with their types
+and which of them XNNPACK runs."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                                    "ONNX Runtime (CPU) uses after its graph optimisation, and the size by dtype.",
                        epilog="example:\n  mixq inspect model_int8.onnx --json model_int8.inspect.json",
                        formatter_class=HelpFormatter)
-    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("model", metavar="MODEL.onnx", help="an ONNX or .tflite file")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.set_defaults(run=run)
 
@@ -152,14 +153,31 @@ def render(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _inspect_tflite(path: Path) -> Any:
+    from mixq.export.tflite import INSTALL_HINT, inspect_tflite, litert_available
+
+    if not litert_available():
+        raise CliError(f"inspecting {path.name} needs the LiteRT extra, which is not installed", INSTALL_HINT)
+    try:
+        return inspect_tflite(path)
+    except Exception as err:
+        raise CliError(f"LiteRT cannot load {path} ({first_line(err)})",
+                       "pass a .tflite file, e.g. one written by mixq quantize --format tflite") from err
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``mixq inspect``; bad input raises :class:`~mixq.cli.errors.CliError`. Returns the exit code."""
     from mixq.report import atomic_write_text
 
     path = existing_file(args.model, "model")
     out = output_file(args.json, "--json", ".json", [path]) if args.json else None
-    info = inspect_model(path)
-    print(render(info))
+    if path.suffix == ".tflite":
+        info = _inspect_tflite(path)
+        print(info)
+        info = info.to_dict()
+    else:
+        info = inspect_model(path)
+        print(render(info))
     if out is not None:
         atomic_write_text(out, json.dumps(info, indent=2) + "\n")
         print(f"wrote {out}")

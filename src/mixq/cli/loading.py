@@ -241,6 +241,20 @@ def _source_file(spec: str | None) -> Path | None:
     return None
 
 
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays in a ``.npz`` file by name (a ``.npy`` file's one array is named ``''``); never unpickles."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise CliError(f"cannot read {path} as NumPy data ({first_line(err)})",
+                       "save inputs with numpy.save (.npy, one input) or numpy.savez (.npz, one array per input)") \
+            from err
+    if isinstance(loaded, np.ndarray):
+        return {"": loaded}
+    with loaded:
+        return {k: loaded[k] for k in loaded.files}
+
+
 def input_files(args: argparse.Namespace) -> list[Path]:
     """Every file the options name (model source, weights, data, metric, --calib-text), whatever its suffix:
     outputs must never resolve to any of them."""

@@ -1,4 +1,5 @@
-"""``mixq quantize``: quantize a user's model (FACTORY + weights + calibration data) and export it to ONNX."""
+"""``mixq quantize``: quantize a user's model (FACTORY + weights + calibration data) and export it to ONNX or to
+LiteRT (``--format tflite``)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ EPILOG = """examples:
   mixq quantize --model mynets.py:build --weights net.pt --mode static --calib calib.npz --output net_int8.onnx
   mixq quantize --hf ./my-bert --mode dynamic --output bert_int8.onnx
   mixq quantize --hf ./my-bert --hf-task sequence-classification --mode static --calib-text texts.txt \\
-      --max-length 128 --output bert_static.onnx"""
+      --max-length 128 --output bert_static.onnx
+  mixq quantize --model mynets.py:build --weights net.pt --mode static --calib calib.npz --format tflite \\
+      --io-dtype int8 --output net_int8.tflite"""
+FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -44,7 +48,13 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--smoothquant", type=_alpha, default=None, metavar="ALPHA|auto",
                    help="static/dynamic: SmoothQuant before quantizing (alpha in [0, 1], or 'auto' per layer); "
                         "needs --calib")
-    p.add_argument("--output", required=True, metavar="MODEL.onnx", help="ONNX file to write")
+    p.add_argument("--output", required=True, metavar="MODEL.onnx", help="ONNX or .tflite file to write")
+    p.add_argument("--format", choices=sorted(FORMATS), default=None,
+                   help="onnx (ONNX Runtime) or tflite (LiteRT: static -> full-integer, dynamic -> dynamic-range, "
+                        "fp16 -> float16); default: from the --output suffix")
+    p.add_argument("--io-dtype", choices=("float32", "int8", "uint8"), default="float32",
+                   help="tflite only: integer inputs/outputs for a full-integer file (default float32)")
+    p.add_argument("--nhwc", action="store_true", help="tflite only: channels-last inputs and outputs")
     p.set_defaults(run=run)
 
 
@@ -63,7 +73,15 @@ def run(args: argparse.Namespace) -> int:
     import mixq
 
     # Cheap checks first, so a typo fails in a second rather than after loading the model.
-    output = output_file(args.output, "--output", ".onnx", input_files(args))
+    fmt = args.format or ("tflite" if str(args.output).endswith(".tflite") else "onnx")
+    if fmt == "onnx" and (args.io_dtype != "float32" or args.nhwc):
+        raise CliError("--io-dtype and --nhwc apply to LiteRT files", "add --format tflite, or drop them for ONNX")
+    output = output_file(args.output, "--output", FORMATS[fmt], input_files(args))
+    if fmt == "tflite":
+        from mixq.export.tflite import INSTALL_HINT, litert_available
+
+        if not litert_available():
+            raise CliError("--format tflite needs the LiteRT extra, which is not installed", INSTALL_HINT)
     sidecar = output_file(output.with_suffix(".mixq.json"), "sidecar", ".json", input_files(args))
     if args.mode == "static" and not (args.calib or args.calib_text):
         raise CliError("--mode static needs calibration data", "pass --calib DATA (or with --hf, --calib-text FILE: "
@@ -90,8 +108,12 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"mixq.quantize rejected the request: {first_line(err)}",
                        "adjust the options named above") from err
     print(qmodel.mixq_summary)
-    with StagedOutputs(output.parent) as stage:  # the ONNX file and its sidecar: both written, or neither
-        staged = export_model(qmodel, example, stage.path(output.name), args)
+    with StagedOutputs(output.parent) as stage:  # the model file and its sidecar: both written, or neither
+        if fmt == "tflite":
+            staged = mixq.export_tflite(qmodel, example, stage.path(output.name), io_dtype=args.io_dtype,
+                                        nhwc=args.nhwc)
+        else:
+            staged = export_model(qmodel, example, stage.path(output.name), args)
         write_sidecar(stage.path(sidecar.name), args, staged, example_shape=args.example_shape,
                       config=qmodel.mixq_config.to_dict(), summary=qmodel.mixq_summary.to_dict())
     print(f"wrote {output} ({output.stat().st_size / 1024:.1f} KB) and {sidecar}")

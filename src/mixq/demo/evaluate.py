@@ -63,6 +63,7 @@ def evaluate_variant(ctx: DemoContext, variant: Variant) -> VariantResult:
     start = time.perf_counter()
     model = variant.build(ctx).eval()
     build_seconds = time.perf_counter() - start
+    ctx.artifacts.setdefault("models", {})[variant.name] = model  # the LiteRT section writes some of them again
     x_test, y_test = ctx.data["x_test"], ctx.data["y_test"].numpy()
     path = mixq.export_onnx(model, ctx.example, ctx.out / f"{variant.file_stem}.onnx")
     session = ort_session(path, ctx.settings.threads)

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from mixq.demo.context import DemoContext, DemoSettings, environment
 from mixq.demo.evaluate import evaluate_variant
+from mixq.demo.litert import litert_table
 from mixq.demo.model import DigitsCNN, load_digits_split
 from mixq.demo.sections import SECTIONS, training_table, variants_table
 from mixq.demo.training import mixed_precision_choice, train_run
@@ -66,5 +67,7 @@ def run_demo(out_dir: str | os.PathLike = "mixq-report", *, quick: bool = False,
     meta = {"settings": settings.to_dict(), "environment": environment()}
     report = write_report(out, TITLE, sections, meta)
     terminal = training_table(ctx).markdown() + "\n\n" + variants_table(ctx).markdown()
+    if ctx.artifacts.get("litert"):
+        terminal += "\n\n" + litert_table(ctx.artifacts["litert"]).markdown()
     return DemoOutcome(report, terminal)
 

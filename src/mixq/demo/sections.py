@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from mixq.demo.context import DemoContext, environment
 from mixq.demo.layer_error import layer_sensitivity
+from mixq.demo.litert import litert_section
 from mixq.report import Code, Image, Section, Table, Text, plots
 
 
@@ -171,4 +172,5 @@ SECTIONS: list[Callable[[DemoContext], Section]] = [
     qat_section,
     autoquant_section,
     kernels_section,
+    litert_section,
 ]

@@ -1,0 +1,32 @@
+"""LiteRT (TFLite) backend: ``.tflite`` files from mixq models, and what LiteRT runs of them.
+
+The folder owns the whole backend: ``lowering`` (mixq module class -> what litert-torch converts), ``converter``
+(the litert-torch call), ``recipes`` (ai-edge-quantizer's dynamic-range and float16 weight storage), ``export``
+(the public entry point) and ``interpreter`` (inspecting and running files). litert-torch, ai-edge-litert and
+ai-edge-quantizer are imported only when used: ``pip install 'mixq[litert]'``.
+"""
+
+from mixq.export.tflite.converter import INSTALL_HINT, LiteRTMissingError, litert_available
+from mixq.export.tflite.export import IO_DTYPES, export_tflite
+from mixq.export.tflite.interpreter import (
+    COMPUTE_OPS,
+    LiteRTSession,
+    TFLiteModelInfo,
+    TFLiteOp,
+    TFLiteRunner,
+    inspect_tflite,
+)
+
+__all__ = [
+    "COMPUTE_OPS",
+    "INSTALL_HINT",
+    "IO_DTYPES",
+    "LiteRTMissingError",
+    "LiteRTSession",
+    "TFLiteModelInfo",
+    "TFLiteOp",
+    "TFLiteRunner",
+    "export_tflite",
+    "inspect_tflite",
+    "litert_available",
+]

@@ -1,0 +1,110 @@
+"""The litert-torch side of the export: one call that turns a lowered PyTorch module into ``.tflite`` bytes.
+
+litert-torch decides how quantize/dequantize pairs become int8 kernels through two converter settings it does not
+expose (``qdq_conversion_mode``, ``strict_qdq_mode``; it sets only the first, from a PT2E quantizer), so they are set
+here around one conversion; the ``mixq[litert]`` extra pins the litert-torch release this is written against.
+``strict_qdq_mode`` keeps the graph's own float boundary (QUANTIZE first, DEQUANTIZE last: float32 I/O); without it
+the converter folds the boundary quantize/dequantize into int8 graph inputs and outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+INSTALL_HINT = "pip install 'mixq[litert]'"
+_PACKAGES = ("litert_torch", "ai_edge_litert", "ai_edge_quantizer")
+
+
+class LiteRTMissingError(ImportError):
+    """litert-torch / ai-edge-litert are not installed (the optional ``mixq[litert]`` extra)."""
+
+
+def litert_available() -> bool:
+    """Whether the ``mixq[litert]`` extra is installed (checked without importing it: the import is slow)."""
+    return all(importlib.util.find_spec(name) is not None for name in _PACKAGES)
+
+
+def require_litert() -> None:
+    """Raise ``LiteRTMissingError`` with the install command when the LiteRT extra is missing."""
+    for name in _PACKAGES:
+        if importlib.util.find_spec(name) is None:
+            raise LiteRTMissingError(f"writing or running .tflite files needs LiteRT ({name} is not installed): "
+                                     f"{INSTALL_HINT}")
+
+
+@contextlib.contextmanager
+def captured_output(sink: list[str]) -> Iterator[None]:
+    """Capture what the converter writes to the process's stdout/stderr (its C++ passes log there directly);
+    the text is appended to ``sink`` when the block exits, for error messages."""
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            log.seek(0)
+            sink.append(log.read().decode("utf-8", "replace"))
+
+
+@contextlib.contextmanager
+def _converter_settings(qdq_mode: str, strict: bool) -> Iterator[None]:
+    from litert_torch._convert import litert_converter
+
+    api = litert_converter.converter_api_ext
+    original = api.ConvertToTFLConfig
+
+    def configured() -> Any:
+        config = original()
+        config.qdq_conversion_mode = qdq_mode
+        config.strict_qdq_mode = strict
+        return config
+
+    api.ConvertToTFLConfig = configured
+    try:
+        yield
+    finally:
+        api.ConvertToTFLConfig = original
+
+
+def _dynamic_batch(args: tuple) -> tuple:
+    """Dynamic shapes for a ``forward(*args)``: the first dimension of every input is one symbolic batch."""
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    return (tuple({0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args),)
+
+
+def convert(module: torch.nn.Module, args: tuple, *, quantized: bool, float_io: bool,
+            dynamic_batch: bool) -> bytes:
+    """``.tflite`` bytes of ``module`` (whose ``forward`` takes ``*args``) traced with ``args``.
+
+    ``quantized`` turns quantize/dequantize pairs into int8 kernels; ``float_io`` keeps float32 graph inputs and
+    outputs around them. With ``dynamic_batch`` the first dimension of every input is resizable at run time.
+    """
+    import litert_torch
+    from litert_torch._config import config
+
+    config.show_progress = False
+    shapes = _dynamic_batch(args) if dynamic_batch else None
+    if dynamic_batch:  # torch.export specialises a size-1 dimension to the constant 1: trace with a batch of 2
+        args = tuple(torch.cat([a, a]) if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1 else a
+                     for a in args)
+    settings = _converter_settings("STATIC", strict=float_io) if quantized else contextlib.nullcontext()
+    with settings:
+        converted = litert_torch.convert(module.eval(), args, dynamic_shapes=shapes)
+    return converted.model_content()

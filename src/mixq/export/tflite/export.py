@@ -1,0 +1,206 @@
+"""``mixq.export_tflite``: write a mixq model as a ``.tflite`` file for LiteRT, in the mode its layers were quantized.
+
+* static / QAT-converted model -> full-integer: int8 kernels with mixq's own scales and zero points;
+* ``mode="dynamic"`` -> dynamic-range: int8 weights (mixq's), activations quantized by the kernels at run time;
+* ``mode="fp16"`` -> float16 weights, float32 compute;
+* a float model -> float32.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from mixq.export import ExportError
+from mixq.export.tflite.converter import captured_output, convert, require_litert
+from mixq.export.tflite.integer_io import integer_io
+from mixq.export.tflite.lowering import ActivationQParams, lower, lowering_of
+from mixq.export.tflite.recipes import apply_recipe
+from mixq.quant.calibration import describe
+from mixq.quant.modules.observed import refuse_observed
+from mixq.quant.modules.registry import quantized_classes
+from mixq.report.files import atomic_path
+
+IO_DTYPES = ("float32", "int8", "uint8")
+log = logging.getLogger(__name__)
+
+
+def _as_args(example_inputs: Any) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and all(isinstance(a, torch.Tensor) for a in example_inputs):
+        return tuple(example_inputs)
+    raise TypeError(f"example_inputs must be a tensor or a tuple of tensors for export_tflite, got "
+                    f"{describe(example_inputs)}")
+
+
+def _litert_mode(model: nn.Module, modes: dict[str, str]) -> str:
+    """The one LiteRT mode of the model's quantized layers; a layer LiteRT cannot take is named in the error."""
+    for name, module in model.named_modules():
+        if isinstance(module, quantized_classes()) and lowering_of(module) is None:
+            raise ExportError(f"layer {name!r} ({type(module).__name__}) has no LiteRT form; quantize it with mode "
+                              "'static', 'dynamic' or 'fp16', or keep it fp32 (exclude=[...])")
+    kinds = sorted(set(modes.values()))
+    if len(kinds) > 1:
+        example = {k: next(n for n, m in modes.items() if m == k) for k in kinds}
+        raise ExportError("a .tflite file holds one quantization mode, but this model mixes "
+                          + ", ".join(f"{k} ({example[k]!r}, ...)" for k in kinds)
+                          + "; give those layers one mode, or fp32")
+    return kinds[0] if kinds else "float32"
+
+
+class _Boundary(nn.Module):
+    """The file's I/O layout: NHWC inputs transposed to the model's NCHW and 4-D outputs back to NHWC."""
+
+    def __init__(self, inner: nn.Module, nhwc: bool) -> None:
+        super().__init__()
+        self.inner, self.nhwc = inner, nhwc
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        xs = [x.permute(0, x.dim() - 1, *range(1, x.dim() - 1)) if self.nhwc and x.dim() > 2 else x for x in args]
+        outs = self.inner(*xs)
+        if not self.nhwc:
+            return outs
+        single = isinstance(outs, torch.Tensor)
+        ys = [y.permute(0, *range(2, y.dim()), 1) if y.dim() > 2 else y for y in ([outs] if single else outs)]
+        return ys[0] if single else tuple(ys)
+
+
+def _boundary_qparams(lowered: nn.Module, args: tuple) -> tuple[list[ActivationQParams], list[ActivationQParams]]:
+    """The activation grids that quantize each graph input and produce each graph output (integer I/O needs them)."""
+    seen: list[tuple[ActivationQParams, torch.Tensor, torch.Tensor]] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: seen.append((mod, inp[0], out)))
+             for m in lowered.modules() if isinstance(m, ActivationQParams)]
+    try:
+        with torch.no_grad():
+            outs = lowered(*args)
+    finally:
+        for h in hooks:
+            h.remove()
+    outs = [outs] if isinstance(outs, torch.Tensor) else list(outs)
+    in_q, out_q = [], []
+    for k, x in enumerate(args):
+        grids = {(m.scale, m.zero_point): m for m, inp, _ in seen if inp is x}
+        if len(grids) != 1:
+            raise ExportError(f"integer I/O needs input {k} to feed quantized layers directly (on one scale); it "
+                              f"{'feeds float operations first' if not grids else 'feeds several scales'}: "
+                              "use io_dtype='float32'")
+        in_q.append(next(iter(grids.values())))
+    for k, y in enumerate(outs):
+        producer = [m for m, _, out in seen if out is y]
+        if not producer:
+            raise ExportError(f"integer I/O needs output {k} to come from a quantized layer; it comes from a float "
+                              "operation: use io_dtype='float32'")
+        out_q.append(producer[0])
+    return in_q, out_q
+
+
+def _failing_layer(err: BaseException, model: nn.Module) -> str | None:
+    """The layer whose graph node the converter was lowering when ``err`` was raised (None if it does not say)."""
+    tb, where = err.__traceback__, None
+    while tb is not None:
+        node = tb.tb_frame.f_locals.get("node")
+        if isinstance(node, fx.Node) and node.meta.get("nn_module_stack"):
+            path, cls = list(node.meta["nn_module_stack"].values())[-1]
+            name = path.removeprefix("L['self'].").removeprefix("inner").removeprefix(".")
+            kind = (cls if isinstance(cls, str) else cls.__qualname__).split(".")[-1]
+            layer = f"layer {name!r} ({kind})" if name else f"the forward of {type(model).__name__}"
+            where = f"{layer}: {getattr(node.target, '__name__', node.target)}"
+        tb = tb.tb_next
+    return where
+
+
+def _check(content: bytes, args: tuple, nhwc: bool) -> None:
+    """Load the file in LiteRT and run the example inputs: a file that does not run never replaces anything."""
+    from mixq.export.tflite.interpreter import TFLiteRunner
+
+    runner = TFLiteRunner(content=content, threads=1)
+    arrays = [a.detach().float().numpy() for a in args]
+    if nhwc:
+        arrays = [np.moveaxis(a, 1, -1) if a.ndim > 2 else a for a in arrays]
+    outs = runner(*arrays)
+    outs = [outs] if isinstance(outs, np.ndarray) else outs
+    if not all(np.isfinite(o).all() for o in outs):
+        raise ExportError("the converted file produced non-finite outputs on the example inputs")
+
+
+def export_tflite(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | os.PathLike,
+    *,
+    io_dtype: str = "float32",
+    nhwc: bool = False,
+    dynamic_batch: bool = False,
+) -> Path:
+    """Write ``model`` (quantized by mixq, or float) to ``path`` as a LiteRT ``.tflite`` file and return the path.
+
+    The mode follows the model: a static or QAT-converted model becomes a full-integer file (int8 kernels with
+    mixq's own calibrated / learned scales and zero points), ``mode="dynamic"`` a dynamic-range file (mixq's int8
+    weights), ``mode="fp16"`` a float16 file, a float model a float32 file. ``io_dtype="int8"`` or ``"uint8"``
+    (full-integer only) gives integer inputs and outputs on the first and last layer's grids, for pipelines and
+    microcontrollers that feed integers; ``nhwc=True`` takes and returns channels-last tensors so a camera
+    pipeline needs no transpose. The batch is fixed to the example's (edge inference runs batch 1);
+    ``dynamic_batch=True`` makes it resizable, which litert-torch supports for convolution stacks but not yet
+    for a reshape/flatten of the batch (the export then fails naming that layer). The file
+    is checked in LiteRT on ``example_inputs`` before it atomically replaces ``path``.
+
+    Needs the optional extra: ``pip install 'mixq[litert]'``.
+
+    Example: ``mixq.export_tflite(qmodel, torch.randn(1, 3, 32, 32), "model.tflite")``.
+    """
+    require_litert()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    refuse_observed(model, "export")
+    target = Path(path)
+    if target.suffix != ".tflite":
+        raise ValueError(f"the output path should end in .tflite, got {str(target)!r}")
+    if not target.parent.exists():
+        raise FileNotFoundError(f"output directory {str(target.parent)!r} does not exist; create it first")
+    if io_dtype not in IO_DTYPES:
+        raise ValueError(f"io_dtype must be one of {IO_DTYPES}, got {io_dtype!r}")
+    args = _as_args(example_inputs)
+    lowered, modes = lower(model)
+    mode = _litert_mode(model, modes)
+    if io_dtype != "float32" and mode != "full_integer":
+        raise ValueError(f"io_dtype={io_dtype!r} needs a full-integer model (mixq.quantize(..., 'static') or a "
+                         f"QAT-converted model); this one is {mode.replace('_', '-')}")
+    in_q, out_q = _boundary_qparams(lowered, args) if io_dtype != "float32" else ([], [])
+    module = _Boundary(lowered, nhwc).eval()
+    file_args = tuple(a.permute(0, *range(2, a.dim()), 1).contiguous() if nhwc and a.dim() > 2 else a for a in args)
+    log_text: list[str] = []
+    try:
+        with atomic_path(target) as tmp, warnings.catch_warnings(), captured_output(log_text):
+            warnings.simplefilter("ignore")
+            content = convert(module, file_args, quantized=mode == "full_integer", float_io=io_dtype == "float32",
+                              dynamic_batch=dynamic_batch)
+            if mode in ("dynamic_range", "float16"):
+                content = apply_recipe(content, mode, sum(m == mode for m in modes.values()))
+            if io_dtype != "float32":
+                content = integer_io(content, in_q, out_q, io_dtype)
+            _check(content, args, nhwc)
+            tmp.write_bytes(content)
+    except ExportError:
+        raise
+    except Exception as err:
+        where = _failing_layer(err, model)
+        if where is not None:
+            raise ExportError(f"LiteRT cannot express {where}; keep that layer out of the exported model or "
+                              "replace the operation") from err
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        errors = [ln.strip() for ln in "".join(log_text).splitlines() if "error" in ln.lower()]
+        tail = errors[-1] if errors else ""
+        raise ExportError(f"could not convert {type(model).__name__} to LiteRT with example inputs "
+                          f"{describe(example_inputs)}: {detail}" + (f" ({tail})" if tail else "")) from err
+    log.info("exported %s to %s (%s, %.3f MB)", type(model).__name__, target, mode, target.stat().st_size / 1e6)
+    return target
+
+
