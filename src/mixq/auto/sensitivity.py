@@ -163,7 +163,7 @@ def quantized_layer(prepared: Prepared, config: QuantConfig, name: str) -> nn.Mo
     parent.add_module(parts[-1], prepared.model.get_submodule(name))
     static = {n for n in prepared.observed + prepared.adds if config.choice(n).mode == "static"}
     _convert_layer(holder, name, config, _Ranges(prepared, config, static, prepared.model),
-                  QuantizationSummary(config.mode))
+                   QuantizationSummary(config.mode), prepared.weight_params)
     return holder.get_submodule(name)
 
 
