@@ -116,7 +116,6 @@ def ort_run() -> Callable[..., list[np.ndarray]]:
 def reduce_range() -> bool:
     """True on x86 CPUs without VNNI, whose ONNX Runtime uint8 x int8 kernels saturate 16-bit partial sums of full
     8-bit weights (so the file computes what the simulation does only with 7-bit weights)."""
-    from mixq.amp.policy import _cpu_flags
+    from mixq.quant.cpu import int8_needs_reduce_range
 
-    flags = _cpu_flags()
-    return bool(flags) and "avx2" in flags and not ({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
+    return int8_needs_reduce_range()

@@ -69,7 +69,7 @@ def test_learned_scales_recover_too(trained_cnn, digits, accuracy):
     qat = mixq.prepare_qat(trained_cnn, example_inputs=x_train[:8], weight_bits=BITS, per_channel=PER_CHANNEL,
                            learnable_scales=True)
     start = qat.block.conv1.weight_scale.detach().clone()
-    opt = torch.optim.Adam(qat.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(qat.parameters(), lr=3e-4)
     qat.train()
     for _ in range(3):
         for i in range(0, len(x_train), 64):

@@ -15,6 +15,7 @@ from torch import nn
 
 import mixq
 from mixq.demo.context import DemoContext
+from mixq.quant.cpu import int8_needs_reduce_range
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,11 @@ def fp32(ctx: DemoContext) -> nn.Module:
 
 def static_int8(ctx: DemoContext) -> nn.Module:
     return mixq.quantize(ctx.fp32, "static", calib_data=ctx.calib, observer="percentile",
-                         progress=ctx.settings.progress)
+                         progress=ctx.settings.progress, reduce_range=int8_needs_reduce_range())
 
 
 def dynamic_int8(ctx: DemoContext) -> nn.Module:
-    return mixq.quantize(ctx.fp32, "dynamic", example_inputs=ctx.example)
+    return mixq.quantize(ctx.fp32, "dynamic", example_inputs=ctx.example, reduce_range=int8_needs_reduce_range())
 
 
 def weight_only_int8(ctx: DemoContext) -> nn.Module:
@@ -63,7 +64,7 @@ def _qat(ctx: DemoContext, label: str, **options: object) -> nn.Module:
 
 
 def qat_int8(ctx: DemoContext) -> nn.Module:
-    return _qat(ctx, "QAT int8")
+    return _qat(ctx, "QAT int8", weight_bits=7 if int8_needs_reduce_range() else 8)  # 7: no VNNI (mixq.quant.cpu)
 
 
 # 4-bit weights with one scale per tensor lose accuracy after post-training quantization; QAT wins it back. The
