@@ -8,14 +8,13 @@ A :class:`Policy` is frozen data in the spirit of Keras'
 from __future__ import annotations
 
 import dataclasses
-import functools
-import sys
 import warnings
 from typing import Any
 
 import torch
 
 from mixq.amp.errors import PrecisionUnsupportedError
+from mixq.quant.cpu import cpu_flags
 
 __all__ = ["Policy", "PolicyChoice", "autocast_supports", "native_bf16", "resolve_policy"]
 
@@ -158,26 +157,12 @@ def autocast_supports(device_type: str, dtype: torch.dtype) -> bool:
     return bool(getattr(ctx, "_enabled", True)) and not caught
 
 
-@functools.cache
-def _cpu_flags() -> frozenset[str]:
-    if not sys.platform.startswith("linux"):
-        return frozenset()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
 def native_bf16(device_type: str) -> bool:
     """Whether the device computes bf16 in hardware (CUDA sm80+, CPUs with AVX512-BF16 or AMX)."""
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device_type == "cpu":
-        return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+        return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
     return autocast_supports(device_type, torch.bfloat16)
 
 

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import functools
 import platform
+import sys
 
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 @functools.cache
-def _flags() -> frozenset[str]:
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags Linux reports (empty elsewhere): they decide ONNX Runtime's int8 and PyTorch's bf16
+    kernels."""
+    if not sys.platform.startswith("linux"):
+        return frozenset()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -27,5 +32,5 @@ def int8_needs_reduce_range() -> bool:
     (pass ``reduce_range=True`` to ``mixq.quantize``, or ``weight_bits=7`` to ``mixq.prepare_qat``)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    flags = _flags()
+    flags = cpu_flags()
     return "avx2" in flags and not (VNNI_FLAGS & flags)
