@@ -9,9 +9,7 @@ the previous step's presents. Sequences in a batch share one length (no padding 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mixq.export.onnx.export import ExportError, _finalize, _optimize, _quiet_loggers
+from mixq.export.onnx.export import ExportError, check_target, finalize, trace_to_onnx
 from mixq.quant.modules.observed import refuse_observed
 from mixq.report.files import atomic_path
 
@@ -80,14 +78,8 @@ def export_decoder_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int
     import onnx
     import onnxruntime as ort
 
-    from mixq.export.onnx.translations import translation_table
-
     refuse_observed(model, "export")
-    target = Path(path)
-    if not target.parent.exists():
-        raise FileNotFoundError(f"output directory {str(target.parent)!r} does not exist; create it first")
-    if target.suffix != ".onnx":
-        raise ValueError(f"the output path should end in .onnx, got {str(target)!r}")
+    target = check_target(path)
     wrapper = CachedDecoder(model.eval())
     ids = torch.zeros(2, 3, dtype=torch.long)
     past = [torch.zeros(2, wrapper.kv_heads, 4, wrapper.head_dim) for _ in range(2 * wrapper.layers)]
@@ -96,15 +88,10 @@ def export_decoder_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int
     shapes = ({0: batch, 1: seq}, tuple({0: batch, 2: past_len} for _ in past))
     inputs, outputs = wrapper.io_names()
     try:
-        with atomic_path(target) as tmp, warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript"), \
-                contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(wrapper, (ids, *past), dynamo=True, opset_version=opset,
-                                        dynamic_shapes=shapes, custom_translation_table=translation_table(),
-                                        input_names=inputs, output_names=outputs, verbose=False, optimize=False)
-            _optimize(program)
-            proto = program.model_proto
-            _finalize(proto)
+        with atomic_path(target) as tmp:
+            proto = trace_to_onnx(wrapper, (ids, *past), opset=opset, dynamic_shapes=shapes, input_names=inputs,
+                                  output_names=outputs)
+            finalize(proto)
             onnx.save(proto, tmp)
             ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])  # loads, or nothing is replaced
     except Exception as err:

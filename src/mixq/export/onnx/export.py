@@ -81,6 +81,42 @@ def _quiet_loggers(*names: str) -> Iterator[None]:
             lg.setLevel(level)
 
 
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """No warnings, logger chatter or stdout from the exporter."""
+    with warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript"), open(os.devnull, "w") as devnull, \
+            contextlib.redirect_stdout(devnull):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def check_target(path: str | os.PathLike) -> Path:
+    """The ``.onnx`` target path, refused with one line when its directory is missing or its suffix is wrong."""
+    target = Path(path)
+    if not target.parent.exists():
+        raise FileNotFoundError(f"output directory {str(target.parent)!r} does not exist; create it first")
+    if target.suffix != ".onnx":
+        raise ValueError(f"the output path should end in .onnx, got {str(target)!r}")
+    return target
+
+
+def trace_to_onnx(model: nn.Module, args: tuple, *, kwargs: dict | None = None, opset: int | None = None,
+                  dynamic_shapes: Any = None, input_names: list[str] | None = None,
+                  output_names: list[str] | None = None) -> Any:
+    """torch.export -> ONNX with mixq's lowering table and the exporter's clean-up, quietly; the ``ModelProto``.
+    Shared by ``export_onnx`` and the key/value-cache decoder export."""
+    from mixq.export.onnx.translations import translation_table  # onnx/onnxscript are only imported when exporting
+
+    with _quiet_export():
+        program = torch.onnx.export(
+            model, args, kwargs=kwargs or None, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
+            custom_translation_table=translation_table(), input_names=input_names, output_names=output_names,
+            verbose=False, optimize=False,
+        )
+        _optimize(program)
+    return program.model_proto
+
+
 def _optimize(program: Any) -> None:
     """The exporter's graph clean-up (constant folding, dead code) with a small folding limit."""
     import onnxscript.optimizer
@@ -88,7 +124,7 @@ def _optimize(program: Any) -> None:
     program.model = onnxscript.optimizer.optimize(program.model, input_size_limit=_FOLD_INPUT_LIMIT)
 
 
-def _finalize(model: Any, half_io: bool = False) -> None:
+def finalize(model: Any, half_io: bool = False) -> None:
     """Drop the exporter's per-node debug records (source stack, FX node, class path: often most of the file),
     and with ``half_io`` turn float32 graph inputs/outputs into float16 ones behind Cast nodes."""
     for graph in [model.graph, *(f for f in model.functions)]:
@@ -155,14 +191,8 @@ def export_onnx(
     """
     import onnx
 
-    from mixq.export.onnx.translations import translation_table  # onnx/onnxscript are only imported when exporting
-
     refuse_observed(model, "export")
-    target = Path(path)
-    if not target.parent.exists():
-        raise FileNotFoundError(f"output directory {str(target.parent)!r} does not exist; create it first")
-    if target.suffix != ".onnx":
-        raise ValueError(f"the output path should end in .onnx, got {str(target)!r}")
+    target = check_target(path)
     if io_dtype not in (torch.float32, torch.float16):
         raise ValueError(f"io_dtype must be torch.float32 or torch.float16, got {io_dtype}")
     if opset is not None and opset < MIN_OPSET:
@@ -175,17 +205,10 @@ def export_onnx(
     spec, export_args, export_kwargs, named = _shape_plan(model, dynamic_shapes, args, kwargs)
     try:
         check_model_runs(model, args, kwargs)
-        with atomic_path(target) as tmp, warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript"), \
-                contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                model, export_args, kwargs=export_kwargs or None, dynamo=True, opset_version=opset,
-                dynamic_shapes=spec, custom_translation_table=translation_table(),
-                input_names=input_names, output_names=output_names, verbose=False, optimize=False,
-            )
-            _optimize(program)
-            proto = program.model_proto
-            _finalize(proto, half_io=io_dtype == torch.float16)
+        with atomic_path(target) as tmp:
+            proto = trace_to_onnx(model, export_args, kwargs=export_kwargs, opset=opset, dynamic_shapes=spec,
+                                  input_names=input_names, output_names=output_names)
+            finalize(proto, half_io=io_dtype == torch.float16)
             if named is not None:
                 shapes.name_symbolic_dims(proto, *named)
             log.info("input shapes of %s: %s", target.name, shapes.symbolic_axes(proto))
