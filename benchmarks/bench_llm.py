@@ -200,7 +200,7 @@ def markdown(result: dict[str, Any]) -> str:
     flags = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in m["cpu_flags"].items())
     q = result["quality"]
     commands = ", ".join(f"`{c}`" for c in result["commands"])
-    lines = ["# bench_llm", "", f"{commands} on {m['cpu']} ({m['logical_cpus']} CPUs; {flags}); "
+    lines = ["# bench_llm", "", f"{commands}; quality on {m['cpu']} ({m['logical_cpus']} CPUs; {flags}); "
              f"torch {m['torch']}, onnxruntime {m['onnxruntime']}, transformers {m['transformers']}, "
              f"commit {m['git_commit']}.", "",
              f"Byte-level Llama (4 layers, 128 wide) trained here: {q['train']}. Held-out perplexity on "
@@ -217,7 +217,11 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {r['variant']} | {r['bits'] or '-'} | {r['group'] or '-'} | {pt} | {r['ppl_ort']:.4f} | "
                      f"{(r['ppl_ort'] / fp32 - 1) * 100:+.2f}% | {qs} | {r['file_mb']:.2f} |")
     s = result["speed"]
-    lines += ["", f"Latency, ONNX Runtime 2 threads, median of interleaved rounds, random-weight Llama {s['model']} "
+    sm = result.get("machines", {}).get("speed", m)
+    sflags = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in sm["cpu_flags"].items())
+    lines += ["", f"Latency measured on {sm['cpu']} ({sm['logical_cpus']} CPUs; {sflags}), commit "
+              f"{sm['git_commit']}.", "",
+              f"Latency, ONNX Runtime 2 threads, median of interleaved rounds, random-weight Llama {s['model']} "
               f"({s['int4']}):", "", "| | prefill 1x128 ms | decode ms/token (256 cache) | file MB |",
               "|---|---|---|---|"]
     for k in ("fp32", "int4"):
@@ -227,8 +231,9 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", "The same with 1 thread:", "", "| | prefill 1x128 ms | decode ms/token |", "|---|---|---|"]
         lines += [f"| {k} | {s['latency_ms_1_thread'][k]['prefill']:.1f} | "
                   f"{s['latency_ms_1_thread'][k]['decode']:.2f} |" for k in ("fp32", "int4")]
-    lines.append(f"\nMachine load average while timing: {s.get('load_average_1min', float('nan')):.1f} "
-                 "(shared with other jobs; latencies are inflated and noisy).")
+    load = s.get("load_average_1min", float("nan"))
+    lines.append(f"\nMachine load average while timing: {load:.1f}"
+                 + (" (shared with other jobs; latencies are inflated and noisy)." if load > 1.5 else " (quiet)."))
     mem = result["memory"]
     lines += ["", "GPTQ w4 g128 calibration of that model (8 x 128 tokens), each in a fresh process:", "",
               "| calibration | seconds | peak RSS MiB | growth over loaded model MiB |", "|---|---|---|---|"]
@@ -283,6 +288,7 @@ def main() -> int:
         loaded["quality"] = {**pieces[0], "result": {**pieces[0]["result"], "rows": list(rows.values())},
                              "command": "; ".join(sorted({p["command"] for p in pieces}))}
         result = {"commands": sorted({v["command"] for v in loaded.values()}), "machine": loaded["quality"]["machine"],
+                  "machines": {p: v["machine"] for p, v in loaded.items()},
                   **{p: v["result"] for p, v in loaded.items()}}
         result["targets"] = targets(result)
         (results / f"llm{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
