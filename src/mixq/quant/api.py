@@ -60,7 +60,7 @@ def _refuse_unmatched(model: nn.Module, cfg: QuantConfig) -> None:
     names = [n for n, _ in model.named_modules() if n]
     patterns = [("exclude", p) for p in cfg.exclude] + [("override", o.pattern) for o in cfg.overrides]
     for kind, pattern in patterns:
-        if pattern.startswith("mixq_add") or _matches_any(pattern, names):
+        if "mixq_add" in pattern or "mixq_matmul" in pattern or _matches_any(pattern, names):
             continue
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         raise ValueError(f"{kind} pattern {pattern!r} matches no layer of {type(model).__name__} (its layers: "

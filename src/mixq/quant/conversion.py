@@ -17,11 +17,21 @@ import torch
 from torch import nn
 
 from mixq.quant.fusion import set_submodule
-from mixq.quant.modules import DynamicQuantizedConv, FloatAdd, ObservedAdd, ObservedLayer, QuantizedAdd
+from mixq.quant.modules import (
+    DynamicQuantizedConv,
+    FloatAdd,
+    FloatMatMul,
+    ObservedAdd,
+    ObservedLayer,
+    ObservedMatMul,
+    QuantizedAdd,
+    QuantizedMatMul,
+)
 from mixq.quant.modules.registry import kind_name, qmodule_class, refusal
 from mixq.quant.modules.weight_only import GroupParams
 from mixq.quant.observers import MinMaxObserver, Observer, make_observer
 from mixq.quant.observers.histogram import HistogramObserver
+from mixq.quant.planning import excluded
 from mixq.quant.spec import ObserverSpec, QuantConfig
 from mixq.quant.stages import Prepared
 from mixq.quant.summary import QuantizationSummary, module_bytes
@@ -57,7 +67,9 @@ class _Ranges:
         self.config, self.static = config, static
         self.owner: dict[int, str] = {}
         for name in prepared.observed + prepared.adds:
-            self.owner[id(model.get_submodule(name).output_observer)] = name
+            output = getattr(model.get_submodule(name), "output_observer", None)  # a MatMul's output stays float
+            if output is not None:
+                self.owner[id(output)] = name
         self.paths = {id(m): n for n, m in model.named_modules() if isinstance(m, Observer)}
         self.cache = prepared.qparams_cache
 
@@ -93,14 +105,16 @@ def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ra
     choice = config.choice(name)
     reason = "kept fp32 by a per-layer override" if choice.mode == "fp32" else refusal(layer, choice.mode, config)
     if choice.mode == "static" and observed is not None and reason is None:
-        if not (observed.input_observer.has_data and observed.output_observer.has_data):
+        float_out = observed.float_output
+        if not (observed.input_observer.has_data and (float_out or observed.output_observer.has_data)):
             reason = "never executed during calibration"
         else:
+            y_q = None if float_out else ranges.of(observed.output_observer, name)
             new = qmodule_class(layer, "static").from_float(layer, config, ranges.of(observed.input_observer, name),
-                                                            ranges.of(observed.output_observer, name), relu=relu)
+                                                            y_q, relu=relu)
             detail = f"static w:{config.weight} a:{config.activation} ({choice.observer.name})"
-            summary.add(name, kind, "quantized", detail + (", relu fused" if relu else ""), before,
-                        module_bytes(new))
+            detail += (", relu fused" if relu else "") + (", float output" if float_out else "")
+            summary.add(name, kind, "quantized", detail, before, module_bytes(new))
             set_submodule(model, name, new)
             return
     if reason is None and choice.mode == "static" and getattr(qmodule_class(layer, "static"), "observed", True):
@@ -116,8 +130,29 @@ def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ra
     set_submodule(model, name, _with_relu(new, relu))
 
 
+def _convert_matmul(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,
+                    summary: QuantizationSummary) -> None:
+    observed: ObservedMatMul = model.get_submodule(name)
+    choice = config.choice(name)
+    if excluded(name, config.exclude) or choice.mode == "fp32":
+        set_submodule(model, name, FloatMatMul())
+        summary.add(name, "matmul", "float", "excluded" if choice.mode != "fp32" else "kept fp32 by a per-layer "
+                    "override")
+        return
+    if choice.mode != "static" or not (observed.a_observer.has_data and observed.b_observer.has_data):
+        set_submodule(model, name, FloatMatMul())
+        return
+    a_q, b_q = ranges.of(observed.a_observer, name), ranges.of(observed.b_observer, name)
+    set_submodule(model, name, QuantizedMatMul(a_q, b_q))
+    summary.add(name, "matmul", "quantized", f"static a:{config.activation} x a:{config.activation} "
+                f"({choice.observer.name}), float output")
+
+
 def _convert_add(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,
                  summary: QuantizationSummary) -> None:
+    if isinstance(model.get_submodule(name), ObservedMatMul):
+        _convert_matmul(model, name, config, ranges, summary)
+        return
     observed: ObservedAdd = model.get_submodule(name)
     observers = (observed.a_observer, observed.b_observer, observed.output_observer)
     choice = config.choice(name)

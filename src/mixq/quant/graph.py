@@ -4,8 +4,12 @@ With the dataflow graph mixq (1) quantizes residual ``a + b`` (+ ReLU) as QLinea
 and (2) gives each consumer the *producer's* output observer for its input, looking through ops that do not change
 values (max pooling, flatten/reshape, identity, dropout). Every tensor then has one scale, the exported graph has
 one Q/DQ pair per tensor, and ONNX Runtime runs a ResNet block as QLinearConv -> QLinearConv -> QLinearAdd without
-float detours or layout transposes. Models that ``torch.fx`` cannot trace (most Hugging Face models) keep the
-layer-by-layer path; the summary says which path was taken.
+float detours or layout transposes. Models that ``torch.fx`` cannot trace (most Hugging Face models) are captured
+with ``torch.export`` instead (``mixq.quant.graph_export``); on that graph mixq also (3) quantizes MatMuls of two
+activations (attention's Q·Kᵀ and probabilities·V) as integer kernels, (4) quantizes an add only where an integer
+kernel reads its sum (a residual add feeding a LayerNorm gains nothing from int8 and loses precision), and (5)
+leaves a Linear's output float where no integer kernel reads it, so no Q/DQ pair is emitted for nothing. Models
+that neither can capture keep the layer-by-layer path; the summary says which path was taken and why.
 """
 
 from __future__ import annotations
@@ -17,14 +21,21 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from mixq.quant.modules.observed import ObservedAdd, ObservedLayer
+from mixq.quant.modules.observed import ObservedAdd, ObservedLayer, ObservedMatMul
 from mixq.quant.observers import Observer
 
-_ADDS = {operator.add, operator.iadd, torch.add}
-_RELU_FUNCTIONS = {torch.relu, F.relu}
+aten = torch.ops.aten
+_ADDS = {operator.add, operator.iadd, torch.add, aten.add.Tensor}
+_MATMULS = {torch.matmul, operator.matmul, aten.matmul.default}
+_RELU_FUNCTIONS = {torch.relu, F.relu, aten.relu.default}
 _PASS_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.Identity, nn.Flatten, nn.Dropout)
-_PASS_FUNCTIONS = {torch.flatten, F.max_pool1d, F.max_pool2d, F.dropout, torch.reshape}
+_PASS_FUNCTIONS = {torch.flatten, F.max_pool1d, F.max_pool2d, F.dropout, torch.reshape,
+                   # the same value-preserving ops as torch.export records them
+                   aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.transpose.int,
+                   aten.permute.default, aten.contiguous.default, aten.clone.default, aten.dropout.default,
+                   aten.expand.default, aten.unsqueeze.default, aten.flatten.using_ints}
 _PASS_METHODS = {"view", "reshape", "flatten", "contiguous"}
+_OBSERVED = (ObservedLayer, ObservedAdd, ObservedMatMul)
 
 
 class _Tracer(fx.Tracer):
@@ -83,14 +94,38 @@ def fuse_relus(gm: fx.GraphModule) -> int:
     return fused
 
 
+def _is_float(node: object) -> bool:
+    """Whether an exported node's recorded value is a float tensor (fx traces record none: assume so)."""
+    value = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return value is None or (isinstance(value, torch.Tensor) and value.is_floating_point())
+
+
+def _feeds_integer(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether an observed module reads ``node``'s value (directly or through value-preserving ops)."""
+    todo, seen = list(node.users), set()
+    while todo:
+        user = todo.pop()
+        if user in seen:
+            continue
+        seen.add(user)
+        if isinstance(_module(gm, user), _OBSERVED):
+            return True
+        if _passes(gm, user):
+            todo.extend(user.users)
+    return False
+
+
 def quantize_adds(gm: fx.GraphModule, make_observer: Callable[[str], Observer],
-                  add_cls: type[ObservedAdd] = ObservedAdd) -> list[str]:
-    """Replace tensor ``a + b`` nodes (and a ReLU that only they feed) with ``add_cls`` (``ObservedAdd``) modules."""
+                  add_cls: type[ObservedAdd] = ObservedAdd, only_feeding_integer: bool = False) -> list[str]:
+    """Replace tensor ``a + b`` nodes (and a ReLU that only they feed) with ``add_cls`` (``ObservedAdd``) modules;
+    with ``only_feeding_integer``, only adds whose sum an observed module reads."""
     names = []
     for node in list(gm.graph.nodes):
         is_add = (node.op == "call_function" and node.target in _ADDS) or (
             node.op == "call_method" and node.target in ("add", "add_"))
         if not is_add or len(node.args) != 2 or node.kwargs or not all(isinstance(a, fx.Node) for a in node.args):
+            continue
+        if only_feeding_integer and not (all(_is_float(a) for a in node.args) and _feeds_integer(gm, node)):
             continue
         relu = _sole_relu_user(gm, node)
         name = f"mixq_add_{len(names)}"
@@ -108,16 +143,45 @@ def quantize_adds(gm: fx.GraphModule, make_observer: Callable[[str], Observer],
     return names
 
 
+def quantize_matmuls(gm: fx.GraphModule, make_observer: Callable[[str], Observer]) -> list[str]:
+    """Replace MatMuls of two float activations (not of a parameter) with ``ObservedMatMul`` modules named
+    ``<owning module>.mixq_matmul_<k>``, so an exclude pattern for that module covers them too."""
+    names: list[str] = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in _MATMULS or len(node.args) != 2 or node.kwargs:
+            continue
+        a, b = node.args
+        if not all(isinstance(x, fx.Node) and x.op != "get_attr" and _is_float(x) for x in (a, b)):
+            continue
+        stack = list(node.meta.get("nn_module_stack", {}).values())
+        owner = stack[-1][0] if stack else ""
+        k = sum(n.startswith(f"{owner}.mixq_matmul_") for n in names) if owner else len(names)
+        name = f"{owner}.mixq_matmul_{k}" if owner else f"mixq_matmul_{k}"
+        gm.add_submodule(name, ObservedMatMul(make_observer(f"{name} (a)"), make_observer(f"{name} (b)")))
+        with gm.graph.inserting_after(node):
+            replacement = gm.graph.call_module(name, (a, b))
+        replacement.meta = dict(node.meta)
+        node.replace_all_uses_with(replacement)
+        gm.graph.erase_node(node)
+        names.append(name)
+    gm.recompile()
+    return names
+
+
+def _passes(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` passes its first argument's values through unchanged (reshapes, dropout in eval, ...)."""
+    return (isinstance(_module(gm, node), _PASS_MODULES)
+            or (node.op == "call_function" and node.target in _PASS_FUNCTIONS)
+            or (node.op == "call_method" and node.target in _PASS_METHODS))
+
+
 def _source(gm: fx.GraphModule, node: object) -> nn.Module | None:
     """The observed producer whose output reaches ``node`` unchanged, if any."""
     while isinstance(node, fx.Node):
         module = _module(gm, node)
         if isinstance(module, (ObservedLayer, ObservedAdd)):
             return module
-        passes = (isinstance(module, _PASS_MODULES)
-                  or (node.op == "call_function" and node.target in _PASS_FUNCTIONS)
-                  or (node.op == "call_method" and node.target in _PASS_METHODS))
-        if not passes or not node.args:
+        if not _passes(gm, node) or not node.args:
             return None
         node = node.args[0]
     return None
@@ -128,9 +192,9 @@ def share_observers(gm: fx.GraphModule) -> int:
     shared = 0
     for node in gm.graph.nodes:
         consumer = _module(gm, node)
-        if not isinstance(consumer, (ObservedLayer, ObservedAdd)):
+        if not isinstance(consumer, _OBSERVED):
             continue
-        for index, arg in enumerate(node.args[:2 if isinstance(consumer, ObservedAdd) else 1]):
+        for index, arg in enumerate(node.args[:1 if isinstance(consumer, ObservedLayer) else 2]):
             producer = _source(gm, arg)
             if producer is not None:
                 consumer.share_input(index, producer.output_observer)
@@ -138,19 +202,48 @@ def share_observers(gm: fx.GraphModule) -> int:
     return shared
 
 
+def keep_float_outputs(gm: fx.GraphModule) -> int:
+    """Mark observed Linear layers whose output no observed module reads (its observer is shared with no consumer)
+    as ``float_output``: they are converted without requantizing their output. Returns how many."""
+    read = {id(m.input_observer) for m in gm.modules() if isinstance(m, ObservedLayer) and m.shared_input}
+    for m in gm.modules():
+        if isinstance(m, (ObservedAdd, ObservedMatMul)):
+            read |= {id(o) for o, shared in zip((m.a_observer, m.b_observer), m.shared, strict=True) if shared}
+    marked = 0
+    for m in gm.modules():
+        if isinstance(m, ObservedLayer) and isinstance(m.layer, nn.Linear) and id(m.output_observer) not in read:
+            m.float_output, marked = True, marked + 1
+    return marked
+
+
 def apply_graph_mode(model: nn.Module, make_observer: Callable[[str], Observer], notes: list[str],
-                     add_cls: type[ObservedAdd] = ObservedAdd) -> tuple[nn.Module, list[str]]:
+                     add_cls: type[ObservedAdd] = ObservedAdd, exported: bool = False) -> tuple[nn.Module, list[str]]:
     """Trace a model whose layers are already wrapped (``ObservedLayer``), then fuse ReLU call sites, turn adds into
     ``add_cls`` and share observers along the dataflow. Returns ``(model or its graph module, add names)`` and
-    appends to ``notes`` what was done, or why tracing failed (the model is then returned unchanged)."""
-    graph, why = trace(model)
+    appends to ``notes`` what was done, or why tracing failed (the model is then returned unchanged).
+
+    ``exported``: ``model`` is already a graph module captured by ``torch.export`` (``graph_export``); MatMuls of
+    two activations are quantized too (their names are returned with the adds), adds only where an integer kernel
+    reads the sum, and Linear outputs no integer kernel reads stay float.
+    """
+    if exported:
+        graph: fx.GraphModule | None = model  # type: ignore[assignment]
+    else:
+        graph, why = trace(model)
     if graph is None:
         notes.append(f"torch.fx could not trace the model ({why}); quantized layer by layer, so "
                      "elementwise ops between layers stay float")
         return model, []
     relus = fuse_relus(graph)
-    adds = quantize_adds(graph, make_observer, add_cls)
+    matmuls = quantize_matmuls(graph, make_observer) if exported else []
+    adds = quantize_adds(graph, make_observer, add_cls, only_feeding_integer=exported)
     shared = share_observers(graph)
+    if exported:
+        floats = keep_float_outputs(graph)
+        notes.append(f"graph mode (torch.export): {len(matmuls)} activation MatMuls and {len(adds)} adds "
+                     f"quantized, {relus} more ReLUs fused, {shared} inputs share their producer's scale, {floats} "
+                     "Linear outputs stay float (no integer kernel reads them)")
+        return graph, matmuls + adds
     notes.append(f"graph mode (torch.fx): {len(adds)} adds quantized, {relus} more ReLUs fused, {shared} "
                  "inputs share their producer's scale")
     return (graph, adds) if adds or relus else (model, [])

@@ -25,7 +25,8 @@ from torch import nn
 
 from mixq.quant.calibration import Batch, call_checked, run_batches
 from mixq.quant.fusion import apply_fusions, find_fusions, set_submodule, trace_calls
-from mixq.quant.graph import apply_graph_mode
+from mixq.quant.graph import apply_graph_mode, trace
+from mixq.quant.graph_export import export_friendly, export_graph
 from mixq.quant.modules import ObservedLayer
 from mixq.quant.modules.registry import adapt_in_place, qmodule_class
 from mixq.quant.observers import make_observer
@@ -39,7 +40,8 @@ class Prepared:
     """A model ready for calibration and conversion.
 
     ``model`` is a fused copy whose ``observed`` layers are wrapped in ``ObservedLayer`` (and, in graph mode, is a
-    ``torch.fx.GraphModule`` with ``adds`` as ``ObservedAdd``); ``plain`` layers (planned for another mode, and
+    ``torch.fx.GraphModule`` with ``adds`` as ``ObservedAdd``, or ``ObservedMatMul`` for MatMuls of two
+    activations when the graph came from ``torch.export``); ``plain`` layers (planned for another mode, and
     embeddings) are untouched until conversion. ``observer_specs`` records which observer each observed module's
     own observers were built with (``collect`` when one spec gathered statistics for all of them), so conversion
     can derive another observer's ranges from the same statistics instead of calibrating again. ``weight_params``
@@ -103,6 +105,15 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
     def spec_of(name: str) -> ObserverSpec:
         return collect or config.choice(name).observer
 
+    exported, export_failed = False, ""
+    if observed and probe is not None and trace(qmodel)[0] is None:  # torch.fx cannot: try torch.export
+        switches, undo = export_friendly(qmodel)
+        gm, export_failed = export_graph(qmodel, probe, targets)
+        if gm is None:
+            undo()
+        else:
+            qmodel, exported = gm, True
+            summary.notes += switches
     specs = {}
     for name in observed:
         spec = specs[name] = spec_of(name)
@@ -117,7 +128,9 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
             specs[owner] = spec_of(owner)
             return make_observer(specs[owner], config.activation, name=label)
 
-        qmodel, adds = apply_graph_mode(qmodel, add_observer, summary.notes)
+        qmodel, adds = apply_graph_mode(qmodel, add_observer, summary.notes, exported=exported)
+        if export_failed:
+            summary.notes.append(f"torch.export could not capture it either ({export_failed})")
     return Prepared(qmodel, config, observed, adds, plain, summary, {n: specs[n] for n in observed + adds})
 
 

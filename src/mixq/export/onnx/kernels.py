@@ -57,26 +57,49 @@ def _(x, x_scale, x_zp, w_q, w_scale, bias_q, y_scale, y_zp, stride, padding, di
 
 @torch.library.custom_op("mixq::qlinear", mutates_args=())
 def qlinear(x: torch.Tensor, x_scale: torch.Tensor, x_zp: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor,
-            bias: torch.Tensor | None, y_scale: torch.Tensor, y_zp: torch.Tensor, relu: bool) -> torch.Tensor:
+            bias: torch.Tensor | None, y_scale: torch.Tensor | None, y_zp: torch.Tensor | None,
+            relu: bool) -> torch.Tensor:
     """Static int8 linear layer; ``w_t`` is the int8 weight transposed to ``[in, out]``.
 
     Without bias ONNX Runtime runs QLinearMatMul (requantize with ``x_scale * w_scale / y_scale``); with bias it
     runs MatMulIntegerToFloat (``acc * x_scale * w_scale + bias``), then QuantizeLinear. Both are mirrored here.
+    Without ``y_scale`` (graph mode, when no integer kernel reads the output) the output stays float:
+    MatMulIntegerToFloat's result, with no QuantizeLinear after it.
     """
     xi = quantize(x, x_scale, x_zp).to(torch.float32) - x_zp.to(torch.float32)
     dt = _acc_dtype(w_t.shape[0])
     acc = torch.matmul(xi.to(dt), w_t.to(dt))
-    if bias is None:
+    if bias is None and y_scale is not None and y_zp is not None:
         return dequantize(_requantize(acc, (x_scale * w_scale) / y_scale, y_zp, relu), y_scale, y_zp)
-    y = acc.to(torch.float32) * (x_scale * w_scale) + bias
+    y = acc.to(torch.float32) * (x_scale * w_scale)
+    if bias is not None:
+        y = y + bias
     if relu:
         y = torch.relu(y)
+    if y_scale is None or y_zp is None:
+        return y
     return dequantize(quantize(y, y_scale, y_zp), y_scale, y_zp)
 
 
 @qlinear.register_fake
 def _(x, x_scale, x_zp, w_t, w_scale, bias, y_scale, y_zp, relu):
     return x.new_empty((*x.shape[:-1], w_t.shape[1]))
+
+
+@torch.library.custom_op("mixq::qmatmul", mutates_args=())
+def qmatmul(a: torch.Tensor, a_scale: torch.Tensor, a_zp: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
+            b_zp: torch.Tensor) -> torch.Tensor:
+    """Matrix product of two activations on int8/uint8 grids, float out (ONNX Runtime: MatMulIntegerToFloat with
+    both operands computed at run time): attention's Q·Kᵀ and probabilities·V in graph mode."""
+    ai = quantize(a, a_scale, a_zp).to(torch.float32) - a_zp.to(torch.float32)
+    bi = quantize(b, b_scale, b_zp).to(torch.float32) - b_zp.to(torch.float32)
+    dt = _acc_dtype(a.shape[-1], 255, 255)
+    return torch.matmul(ai.to(dt), bi.to(dt)).to(torch.float32) * (a_scale * b_scale)
+
+
+@qmatmul.register_fake
+def _(a, a_scale, a_zp, b, b_scale, b_zp):
+    return torch.matmul(a, b)
 
 
 @torch.library.custom_op("mixq::dynamic_linear", mutates_args=())

@@ -4,6 +4,8 @@
 * ``qlinear``: Q -> DQ -> MatMul(DQ weight) -> Q -> DQ => QLinearMatMul. With a bias, ONNX Runtime would fuse
   MatMul + Add into a float Gemm (and does not fuse QDQ Gemm on CPU), so the integer kernel is emitted directly:
   Q -> com.microsoft MatMulIntegerToFloat(bias) [-> Relu] -> Q -> DQ
+  Graph mode leaves the output float where no integer kernel reads it: the same without the final Q -> DQ.
+* ``qmatmul`` (two activations, e.g. attention): Q (both) -> com.microsoft MatMulIntegerToFloat
 * ``qadd``: Q -> DQ (both inputs) -> Add [-> Relu] -> Q -> DQ => QLinearAdd
 * ``dynamic_linear``: DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul [-> Add] => DynamicQuantizeMatMul
 * ``dynamic_conv``: DynamicQuantizeLinear -> ConvInteger -> Cast -> Mul [-> Add]
@@ -47,13 +49,18 @@ def qconv(x, x_scale, x_zp, w_q, w_scale, bias_q, y_scale, y_zp, stride, padding
 
 
 def qlinear(x, x_scale, x_zp, w_t, w_scale, bias, y_scale, y_zp, relu):
-    if bias is None:
+    if bias is None and y_scale is not None:
         y = op.MatMul(_qdq(x, x_scale, x_zp), op.DequantizeLinear(w_t, w_scale, axis=1))
     else:
         y = MatMulIntegerToFloat(op.QuantizeLinear(x, x_scale, x_zp), w_t, x_scale, w_scale, x_zp, None, bias)
     if relu:
         y = op.Relu(y)
-    return _qdq(y, y_scale, y_zp)
+    return y if y_scale is None else _qdq(y, y_scale, y_zp)
+
+
+def qmatmul(a, a_scale, a_zp, b, b_scale, b_zp):
+    return MatMulIntegerToFloat(op.QuantizeLinear(a, a_scale, a_zp), op.QuantizeLinear(b, b_scale, b_zp), a_scale,
+                                b_scale, a_zp, b_zp)
 
 
 def qadd(a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp, relu):
@@ -104,6 +111,7 @@ def translation_table() -> dict[Callable, Callable]:
         ops.qconv.default: qconv,
         ops.qlinear.default: qlinear,
         ops.qadd.default: qadd,
+        ops.qmatmul.default: qmatmul,
         ops.dynamic_linear.default: dynamic_linear,
         ops.dynamic_conv.default: dynamic_conv,
         ops.matmul_nbits.default: matmul_nbits,

@@ -8,8 +8,8 @@ from mixq.quant.modules.dynamic import DynamicQuantizedConv, DynamicQuantizedLin
 from mixq.quant.modules.embedding import QuantizedEmbedding
 from mixq.quant.modules.fp16 import Float16Conv, Float16Linear
 from mixq.quant.modules.hf_layers import register_transformers_layers
-from mixq.quant.modules.observed import FloatAdd, ObservedAdd, ObservedLayer
-from mixq.quant.modules.static import QuantizedAdd, QuantizedConv, QuantizedLinear
+from mixq.quant.modules.observed import FloatAdd, FloatMatMul, ObservedAdd, ObservedLayer, ObservedMatMul
+from mixq.quant.modules.static import QuantizedAdd, QuantizedConv, QuantizedLinear, QuantizedMatMul
 from mixq.quant.modules.weight_only import WeightOnlyConv, WeightOnlyLinear
 
 register_transformers_layers()
@@ -20,12 +20,15 @@ __all__ = [
     "FloatAdd",
     "Float16Conv",
     "Float16Linear",
+    "FloatMatMul",
     "ObservedAdd",
     "ObservedLayer",
+    "ObservedMatMul",
     "QuantizedAdd",
     "QuantizedConv",
     "QuantizedEmbedding",
     "QuantizedLinear",
+    "QuantizedMatMul",
     "WeightOnlyConv",
     "WeightOnlyLinear",
 ]

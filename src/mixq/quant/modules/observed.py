@@ -24,6 +24,7 @@ class ObservedLayer(nn.Module):
         self.output_observer = output_observer
         self.relu = relu
         self.shared_input = False
+        self.float_output = False  # graph mode: no integer kernel reads the output, so it is not requantized
 
     def share_input(self, index: int, observer: Observer) -> None:
         """Use the producer's output observer for this input (index 0: the only input)."""
@@ -72,6 +73,36 @@ class ObservedAdd(nn.Module):
         return self.output_observer(y)
 
 
+class ObservedMatMul(nn.Module):
+    """``a @ b`` of two activations (attention's Q·Kᵀ, probabilities·V) with observers on both inputs; becomes
+    ``QuantizedMatMul``. Its output stays float (softmax and the output projection read it), so it has no output
+    observer."""
+
+    def __init__(self, a_observer: Observer, b_observer: Observer) -> None:
+        super().__init__()
+        self.a_observer = a_observer
+        self.b_observer = b_observer
+        self.shared = [False, False]
+
+    def share_input(self, index: int, observer: Observer) -> None:
+        setattr(self, ("a_observer", "b_observer")[index], observer)
+        self.shared[index] = True
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if not self.shared[0]:
+            self.a_observer(a)
+        if not self.shared[1]:
+            self.b_observer(b)
+        return torch.matmul(a, b)
+
+
+class FloatMatMul(nn.Module):
+    """``a @ b`` left in float (excluded, kept fp32, or never reached in calibration)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(a, b)
+
+
 class FloatAdd(nn.Module):
     """``a + b`` (+ ReLU) left in float: what an add that calibration never reached becomes."""
 
@@ -86,6 +117,6 @@ class FloatAdd(nn.Module):
 
 def refuse_observed(model: nn.Module, action: str) -> None:
     """Raise a ``ValueError`` explaining what to do when ``model`` still holds calibration or QAT wrappers."""
-    if any(isinstance(m, (ObservedLayer, ObservedAdd)) for m in model.modules()):
+    if any(isinstance(m, (ObservedLayer, ObservedAdd, ObservedMatMul)) for m in model.modules()):
         raise ValueError(f"cannot {action} {type(model).__name__}: it is a quantization-aware training model (or "
                          "is mid-calibration); convert it first with qmodel = mixq.convert(model)")

@@ -25,16 +25,17 @@ def _float_copy(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | Non
 
 class _StaticBase(nn.Module):
     @classmethod
-    def from_float(cls, layer: nn.Module, config: QuantConfig, x_qparams: QParams, y_qparams: QParams,
+    def from_float(cls, layer: nn.Module, config: QuantConfig, x_qparams: QParams, y_qparams: QParams | None,
                    relu: bool = False, w_scale: torch.Tensor | None = None) -> _StaticBase:
         """The static layer for float ``layer`` with calibrated (or QAT-learned) activation parameters."""
         return cls(layer, config.weight, x_qparams, y_qparams, relu=relu, w_scale=w_scale)
 
-    def _set_activation_qparams(self, x_qparams: QParams, y_qparams: QParams) -> None:
+    def _set_activation_qparams(self, x_qparams: QParams, y_qparams: QParams | None) -> None:
+        """Input and output grids; ``y_qparams=None`` (graph mode, Linear only) leaves the output float."""
         self.register_buffer("x_scale", x_qparams[0].clone())
         self.register_buffer("x_zp", x_qparams[1].clone())
-        self.register_buffer("y_scale", y_qparams[0].clone())
-        self.register_buffer("y_zp", y_qparams[1].clone())
+        self.register_buffer("y_scale", None if y_qparams is None else y_qparams[0].clone())
+        self.register_buffer("y_zp", None if y_qparams is None else y_qparams[1].clone())
 
 
 @register_qmodule((nn.Conv1d, nn.Conv2d), "static")
@@ -80,9 +81,10 @@ class QuantizedLinear(_StaticBase):
     """Linear layer running as QLinearMatMul (no bias) or MatMulIntegerToFloat + Add (with bias) in ONNX Runtime.
 
     The int8 weight is stored transposed (``[in, out]``) so the exported MatMul reads it without a Transpose.
+    ``y_qparams=None`` keeps the output float (graph mode, when no integer kernel reads it): no requantization.
     """
 
-    def __init__(self, linear: nn.Linear, weight_spec: QuantSpec, x_qparams: QParams, y_qparams: QParams,
+    def __init__(self, linear: nn.Linear, weight_spec: QuantSpec, x_qparams: QParams, y_qparams: QParams | None,
                  relu: bool = False, w_scale: torch.Tensor | None = None) -> None:
         super().__init__()
         self._set_activation_qparams(x_qparams, y_qparams)
@@ -103,7 +105,8 @@ class QuantizedLinear(_StaticBase):
 
     def extra_repr(self) -> str:
         k, n = self.weight_t.shape
-        return f"in_features={k}, out_features={n}, relu={self.relu}"
+        out = ", float output" if self.y_scale is None else ""
+        return f"in_features={k}, out_features={n}, relu={self.relu}{out}"
 
 
 class QuantizedAdd(_StaticBase):
@@ -125,3 +128,18 @@ class QuantizedAdd(_StaticBase):
 
     def extra_repr(self) -> str:
         return f"relu={self.relu}"
+
+
+class QuantizedMatMul(_StaticBase):
+    """``a @ b`` of two activations on uint8/int8 grids with a float result (ONNX Runtime: MatMulIntegerToFloat):
+    attention's Q·Kᵀ and probabilities·V in graph mode. ``x_scale``/``x_zp`` quantize ``a``, ``b_scale``/``b_zp``
+    quantize ``b``; both are usually the producing layer's output grid, so ONNX Runtime reads its uint8 tensor."""
+
+    def __init__(self, a_qparams: QParams, b_qparams: QParams) -> None:
+        super().__init__()
+        self._set_activation_qparams(a_qparams, None)
+        self.register_buffer("b_scale", b_qparams[0].clone())
+        self.register_buffer("b_zp", b_qparams[1].clone())
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return ops.qmatmul(a, self.x_scale, self.x_zp, b, self.b_scale, self.b_zp)

@@ -1,0 +1,153 @@
+"""Graph mode through ``torch.export`` for models ``torch.fx`` cannot trace (Hugging Face encoders and decoders).
+
+``torch.export`` captures the whole forward pass as ATen operators, whatever Python the model runs. mixq turns that
+program back into a module (``ExportedProgram.module()``) and puts each layer it quantizes back in as one
+``call_module`` node (``aten.linear`` -> the ``nn.Linear`` at that path, ``aten.embedding`` -> the embedding, ...),
+so the graph passes of ``mixq.quant.graph`` (scale sharing, integer adds, integer attention MatMuls) and the
+per-layer conversion work on it exactly as on a ``torch.fx`` trace. Input axes a user varies (batch, sequence) stay
+symbolic, so the quantized module and its ONNX export serve every batch size and length.
+
+Hugging Face attention that runs as one fused ``scaled_dot_product_attention`` is switched to the model's eager
+implementation first (the same function), so its two MatMuls exist as operators that can be quantized.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import fx, nn
+
+from mixq.export.onnx.shapes import default_axes, grow_unit_axes, torch_export_spec
+from mixq.quant.calibration import Batch
+from mixq.quant.fusion import set_submodule
+
+aten = torch.ops.aten
+# ATen calls that are one layer: the argument holding the weight, and how many leading arguments are its inputs
+_LAYER_CALLS = {aten.linear.default: (1, 1), aten.conv1d.default: (1, 1), aten.conv2d.default: (1, 1),
+                aten.embedding.default: (0, 1)}
+
+
+def _as_call(batch: Batch) -> tuple[tuple, dict]:
+    if isinstance(batch, torch.Tensor):
+        return (batch,), {}
+    if isinstance(batch, (tuple, list)):
+        return tuple(batch), {}
+    return (), dict(batch)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _hf_models(model: nn.Module) -> list[nn.Module]:
+    """The outermost Hugging Face models in ``model`` (itself, or inside a user's wrapper)."""
+    found: list[tuple[str, nn.Module]] = []
+    for name, m in model.named_modules():
+        inside = any(not outer or name.startswith(f"{outer}.") for outer, _ in found)
+        if hasattr(m, "set_attn_implementation") and hasattr(m, "config") and not inside:
+            found.append((name, m))
+    return [m for _, m in found]
+
+
+def export_friendly(model: nn.Module) -> tuple[list[str], Callable[[], None]]:
+    """Switch Hugging Face models inside ``model`` to what a one-pass graph can hold: eager attention (the same
+    function as ``sdpa``, with Q·Kᵀ and probabilities·V as separate MatMuls that can be quantized) and no key/value
+    cache in the outputs. Returns notes for the summary and a function that undoes the switches."""
+    notes: list[str] = []
+    undo: list[Callable[[], None]] = []
+    for hf in _hf_models(model):
+        current = getattr(hf.config, "_attn_implementation", None)
+        if current not in (None, "eager"):
+            try:
+                hf.set_attn_implementation("eager")
+            except (ValueError, ImportError, AttributeError):
+                pass
+            else:
+                undo.append(lambda hf=hf, current=current: hf.set_attn_implementation(current))
+                notes.append(f"attention switched from {current!r} to the model's eager implementation (the same "
+                             "function) so its MatMuls can run as integer kernels")
+        if getattr(hf.config, "use_cache", False):
+            hf.config.use_cache = False
+            undo.append(lambda hf=hf: setattr(hf.config, "use_cache", True))
+            notes.append("use_cache turned off in the quantized copy: graph mode captures whole-sequence forward "
+                         "passes (for token-by-token generation with a cache, quantize weight_only or dynamic and "
+                         "use export_decoder_onnx)")
+
+    def restore() -> None:
+        for step in reversed(undo):
+            step()
+
+    return list(dict.fromkeys(notes)), restore
+
+
+def _layer_path(node: fx.Node, wanted: set[str]) -> str | None:
+    """The target layer an ATen layer call belongs to: the innermost module on its recorded module stack (tied
+    weights read through another layer's attribute), else the owner of its weight attribute."""
+    spec = _LAYER_CALLS.get(node.target)  # type: ignore[arg-type]
+    if node.op != "call_function" or spec is None or len(node.args) <= spec[0]:
+        return None
+    stack = list(node.meta.get("nn_module_stack", {}).values())
+    if stack and stack[-1][0] in wanted:
+        return stack[-1][0]
+    weight = node.args[spec[0]]
+    if isinstance(weight, fx.Node) and weight.op == "get_attr" and str(weight.target).endswith(".weight"):
+        path = str(weight.target)[: -len(".weight")]
+        return path if path in wanted else None
+    return None
+
+
+def _restore_layers(gm: fx.GraphModule, model: nn.Module, targets: list[str]) -> str:
+    """Replace each target layer's ATen call with a ``call_module`` of the original layer; returns why not, or ""."""
+    wanted, found = set(targets), set()
+    for node in list(gm.graph.nodes):
+        path = _layer_path(node, wanted)
+        if path is None:
+            continue
+        weight_index, inputs = _LAYER_CALLS[node.target]  # type: ignore[index]
+        args = node.args[1:1 + inputs] if weight_index == 0 else node.args[:inputs]
+        with gm.graph.inserting_before(node):
+            call = gm.graph.call_module(path, tuple(args))
+        call.meta = dict(node.meta)
+        node.replace_all_uses_with(call)
+        gm.graph.erase_node(node)
+        found.add(path)
+    missing = [t for t in targets if t not in found]
+    if missing:
+        return f"{missing[0]} is not called as one operator in the exported program"
+    gm.graph.eliminate_dead_code()
+    read = [str(n.target) for n in gm.graph.nodes if n.op == "get_attr" and n.users
+            and str(n.target).rpartition(".")[0] in wanted]
+    if read:
+        return f"{read[0]} is also read outside its layer"
+    for path in targets:
+        set_submodule(gm, path, model.get_submodule(path))
+    gm.recompile()
+    return ""
+
+
+def export_graph(model: nn.Module, probe: Batch, targets: list[str]) -> tuple[fx.GraphModule | None, str]:
+    """``(graph module, "")`` with ``targets`` as ``call_module`` nodes, or ``(None, why not)``. The graph module
+    computes what ``model`` computes, takes the same inputs (batch and sequence axes symbolic) and keeps the
+    model's ``config`` attribute; ``model`` itself is only read."""
+    args, kwargs = _as_call(probe)
+    positional, keyword = default_axes(args, kwargs)
+    args, kwargs = grow_unit_axes(args, kwargs, positional, keyword)
+    try:
+        with _quiet(), torch.no_grad():
+            program = torch.export.export(model, args, kwargs, dynamic_shapes=torch_export_spec(
+                model, positional, keyword), strict=False)
+            gm = program.module()
+    except Exception as err:  # noqa: BLE001  (any export failure means: fall back to layer by layer)
+        return None, f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+    why = _restore_layers(gm, model, targets)
+    if why:
+        return None, why
+    if hasattr(model, "config"):
+        gm.config = model.config
+    return gm, ""
