@@ -31,6 +31,7 @@ from llm_model import perplexity_ort, perplexity_torch, train, windows
 from ptq_report import machine_info
 
 import mixq
+from mixq.export.onnx.decoder import decoder_feeds
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = [(4, 128), (4, 32), (3, 64)]
@@ -50,19 +51,14 @@ def _session(path: Path):
 class _Reader:
     """ORT's CalibrationDataReader over the calibration batches (empty caches: a prefill per batch)."""
 
-    def __init__(self, batches: list[torch.Tensor], past_shapes: list[tuple[int, int]]) -> None:
-        self.batches, self.past_shapes, self.i = batches, past_shapes, 0
+    def __init__(self, batches: list[torch.Tensor], session: Any) -> None:
+        self.batches, self.session, self.i = batches, session, 0
 
     def get_next(self) -> dict | None:
-        import numpy as np
-
         if self.i >= len(self.batches):
             return None
-        x = self.batches[self.i].numpy()
         self.i += 1
-        past = {f"past.{j // 2}.{'key' if j % 2 == 0 else 'value'}": np.zeros((x.shape[0], h, 0, d), np.float32)
-                for j, (h, d) in enumerate(self.past_shapes)}
-        return {"input_ids": x, **past}
+        return decoder_feeds(self.session, self.batches[self.i - 1].numpy())
 
     def rewind(self) -> None:
         self.i = 0
@@ -82,12 +78,10 @@ def ort_peer(fp32_path: Path, out: Path, method: str, bits: int, group: int, cal
     inits = {t.name: t for t in model.graph.initializer}
     small = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits
              and (len(inits[n.input[1]].dims) != 2 or inits[n.input[1]].dims[0] < group)]  # e.g. rotary frequencies
-    past = [(int(i.type.tensor_type.shape.dim[1].dim_value), int(i.type.tensor_type.shape.dim[3].dim_value))
-            for i in model.graph.input[1:]]
     if method == "rtn":
         algo = mnq.RTNWeightOnlyQuantConfig()
     elif method == "gptq":
-        algo = mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=_Reader(calib, past))
+        algo = mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=_Reader(calib, _session(fp32_path)))
     else:
         algo = mnq.HQQWeightOnlyQuantConfig(block_size=group, bits=bits)
     quant = mnq.MatMulNBitsQuantizer(model, bits=bits, block_size=group, is_symmetric=False,
