@@ -110,6 +110,29 @@ def export_decoder_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int
     return target
 
 
+def decoder_layout(graph: Any) -> dict[str, Any] | None:
+    """What an ``export_decoder_onnx`` graph (``onnx.GraphProto``) takes and returns, or None for another graph:
+    layers, cache heads and head size, and each input's and output's axes."""
+
+    def axes(value: Any) -> list[int | str]:
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    inputs = {i.name: axes(i) for i in graph.input}
+    if "input_ids" not in inputs or "past.0.key" not in inputs:
+        return None
+    key = inputs["past.0.key"]
+    return {"layers": sum(n.startswith("past.") for n in inputs) // 2, "kv_heads": key[1], "head_dim": key[3],
+            "inputs": inputs, "outputs": {o.name: axes(o) for o in graph.output}}
+
+
+def describe_decoder(layout: dict[str, Any]) -> str:
+    """One line saying what a :func:`decoder_layout` file is and how to run it."""
+    mask = " and attention_mask [batch, past_sequence + sequence]" if "attention_mask" in layout["inputs"] else ""
+    return (f"key/value-cache decoder with {layout['layers']} layers: takes input_ids [batch, sequence]{mask} and "
+            f"past.{{i}}.key/value [batch, {layout['kv_heads']}, past_sequence, {layout['head_dim']}], returns logits "
+            "and present.{i}.key/value; generate with mixq.generate_onnx")
+
+
 def _check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                   max_new_tokens: int) -> torch.Tensor:
     """The prompt's attention mask (ones when none is given), checked: 0/1, shaped like ``input_ids``, left
