@@ -31,6 +31,7 @@ from llm_model import perplexity_ort, perplexity_torch, train, windows
 from ptq_report import machine_info
 
 import mixq
+from mixq.export.onnx.decoder import decoder_feeds
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = [(4, 128), (4, 32), (3, 64)]
@@ -48,21 +49,17 @@ def _session(path: Path):
 
 
 class _Reader:
-    """ORT's CalibrationDataReader over the calibration batches (empty caches: a prefill per batch)."""
+    """ORT's CalibrationDataReader over the calibration batches (empty caches: a prefill per batch). It holds plain
+    arrays only: ORT's GPTQ deep-copies the reader."""
 
-    def __init__(self, batches: list[torch.Tensor], past_shapes: list[tuple[int, int]]) -> None:
-        self.batches, self.past_shapes, self.i = batches, past_shapes, 0
+    def __init__(self, batches: list[torch.Tensor], session: Any) -> None:
+        self.feeds, self.i = [decoder_feeds(session, b.numpy()) for b in batches], 0
 
     def get_next(self) -> dict | None:
-        import numpy as np
-
-        if self.i >= len(self.batches):
+        if self.i >= len(self.feeds):
             return None
-        x = self.batches[self.i].numpy()
         self.i += 1
-        past = {f"past.{j // 2}.{'key' if j % 2 == 0 else 'value'}": np.zeros((x.shape[0], h, 0, d), np.float32)
-                for j, (h, d) in enumerate(self.past_shapes)}
-        return {"input_ids": x, **past}
+        return self.feeds[self.i - 1]
 
     def rewind(self) -> None:
         self.i = 0
@@ -73,8 +70,28 @@ class _Reader:
             yield item
 
 
+class PeerSkipped(RuntimeError):
+    """ORT's quantizer cannot run this configuration; the message (recorded in the row) says why."""
+
+
+def _odd_block_matmuls(model: onnx.ModelProto, group: int, skip: list[str]) -> list[tuple[str, int]]:
+    """(name, K) of the MatMuls to quantize whose K spans an odd number of ``group``-sized blocks."""
+    inits = {t.name: t for t in model.graph.initializer}
+    return [(n.name, int(inits[n.input[1]].dims[0])) for n in model.graph.node
+            if n.op_type == "MatMul" and n.input[1] in inits and n.name not in skip
+            and -(-int(inits[n.input[1]].dims[0]) // group) % 2]
+
+
 def ort_peer(fp32_path: Path, out: Path, method: str, bits: int, group: int, calib: list[torch.Tensor]) -> Path:
-    """ONNX Runtime's matmul_nbits_quantizer on the fp32 export (weights folded to MatMul initializers first)."""
+    """ONNX Runtime's matmul_nbits_quantizer on the fp32 export (weights folded to MatMul initializers first).
+
+    RTN is the quantizer's default algorithm (``DefaultWeightOnlyQuantConfig``, ORT's native blockwise RTN). Its
+    ``RTNWeightOnlyQuantConfig`` and ``GPTQWeightOnlyQuantConfig`` are a port of Intel Neural Compressor whose
+    asymmetric 4-bit packing puts zero points two per byte across columns and then reshapes them to one row per
+    column, which fails (``cannot reshape array of size 64 into shape (128,newaxis)``) when a column has an odd
+    number of blocks, e.g. K=128 or 384 at block 128: an ORT bug, not the export. The two RTNs give the same
+    perplexity where both run; GPTQ has no other implementation, so that row records the reason instead.
+    """
     import onnxscript.optimizer
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
@@ -82,12 +99,15 @@ def ort_peer(fp32_path: Path, out: Path, method: str, bits: int, group: int, cal
     inits = {t.name: t for t in model.graph.initializer}
     small = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits
              and (len(inits[n.input[1]].dims) != 2 or inits[n.input[1]].dims[0] < group)]  # e.g. rotary frequencies
-    past = [(int(i.type.tensor_type.shape.dim[1].dim_value), int(i.type.tensor_type.shape.dim[3].dim_value))
-            for i in model.graph.input[1:]]
     if method == "rtn":
-        algo = mnq.RTNWeightOnlyQuantConfig()
+        algo = mnq.DefaultWeightOnlyQuantConfig(block_size=group, is_symmetric=False, bits=bits)
     elif method == "gptq":
-        algo = mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=_Reader(calib, past))
+        odd = _odd_block_matmuls(model, group, small)
+        if bits == 4 and odd:
+            raise PeerSkipped(f"ORT bug: its GPTQ (an Intel Neural Compressor port) cannot pack asymmetric 4-bit "
+                              f"zero points for an odd number of blocks per column; here {len(odd)} MatMuls have "
+                              f"K/{group} odd (e.g. K={odd[0][1]})")
+        algo = mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=_Reader(calib, _session(fp32_path)))
     else:
         algo = mnq.HQQWeightOnlyQuantConfig(block_size=group, bits=bits)
     quant = mnq.MatMulNBitsQuantizer(model, bits=bits, block_size=group, is_symmetric=False,
@@ -99,6 +119,12 @@ def ort_peer(fp32_path: Path, out: Path, method: str, bits: int, group: int, cal
         raise RuntimeError(f"ORT's {method} quantizer produced no MatMulNBits")
     onnx.save(proto, str(out))
     return out
+
+
+def _skipped(name: str, bits: int, group: int, note: str) -> dict[str, Any]:
+    """A row without results: ``note`` says why (shown in the table's last column)."""
+    return {"variant": name, "bits": bits, "group": group, "ppl_torch": None, "ppl_ort": None, "quantize_s": None,
+            "file_mb": None, "note": note.replace("|", "/")}
 
 
 def _row(name: str, bits: int | None, group: int | None, ppl_torch: float | None, ppl_ort: float,
@@ -130,12 +156,17 @@ def quality(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             print(rows[-1], flush=True)
         for method in ORT_METHODS:
             if bits not in (2, 4, 8):
-                rows.append({"variant": f"ORT {method}", "bits": bits, "group": group, "ppl_torch": None,
-                             "ppl_ort": None, "quantize_s": None, "file_mb": None,
-                             "note": "matmul_nbits_quantizer takes 2, 4 or 8 bits"})
+                rows.append(_skipped(f"ORT {method}", bits, group, "matmul_nbits_quantizer takes 2, 4 or 8 bits"))
                 continue
             start = time.perf_counter()
-            path = ort_peer(fp32_path, tmp / f"ort_{method}_w{bits}g{group}.onnx", method, bits, group, calib)
+            try:
+                path = ort_peer(fp32_path, tmp / f"ort_{method}_w{bits}g{group}.onnx", method, bits, group, calib)
+            except Exception as err:  # the peer's failure is a result too: recorded per row, the run goes on
+                reason = str(err) if isinstance(err, PeerSkipped) else \
+                    f"ORT's quantizer failed: {type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+                rows.append(_skipped(f"ORT {method}", bits, group, reason))
+                print(rows[-1], flush=True)
+                continue
             seconds = time.perf_counter() - start
             rows.append(_row(f"ORT {method}", bits, group, None, perplexity_ort(_session(path), eval_x), seconds,
                              path.stat().st_size))

@@ -17,6 +17,7 @@ from llm_model import small_config
 from transformers import LlamaForCausalLM
 
 import mixq
+from mixq.export.onnx.decoder import decoder_feeds
 
 BIG = {"hidden": 1024, "layers": 4, "intermediate": 2816, "heads": 16}
 
@@ -35,13 +36,6 @@ def _session(path: Path, threads: int = 2):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _feeds(session, ids: np.ndarray, past: list[np.ndarray] | None) -> dict:
-    inputs = session.get_inputs()
-    if past is None:
-        past = [np.zeros((ids.shape[0], int(i.shape[1]), 0, int(i.shape[3])), np.float32) for i in inputs[1:]]
-    return {"input_ids": ids, **{i.name: p for i, p in zip(inputs[1:], past, strict=True)}}
-
-
 def latency(paths: dict[str, Path], rounds: int = 7, decode_steps: int = 16, cache: int = 256,
             prompt: int = 128, threads: int = 2) -> dict[str, dict[str, float]]:
     """Median prefill (1 x ``prompt`` tokens) and per-token decode (1 token on a ``cache``-token cache) times in ms,
@@ -51,15 +45,15 @@ def latency(paths: dict[str, Path], rounds: int = 7, decode_steps: int = 16, cac
     prefill_ids = rng.integers(0, 256, (1, prompt), dtype=np.int64)
     cache_ids = rng.integers(0, 256, (1, cache), dtype=np.int64)
     step_ids = rng.integers(0, 256, (1, 1), dtype=np.int64)
-    pasts = {k: s.run(None, _feeds(s, cache_ids, None))[1:] for k, s in sessions.items()}
+    pasts = {k: s.run(None, decoder_feeds(s, cache_ids))[1:] for k, s in sessions.items()}
     times: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in sessions}
     for _ in range(rounds):
         for k, s in sessions.items():
-            s.run(None, _feeds(s, prefill_ids, None))  # warm-up
+            s.run(None, decoder_feeds(s, prefill_ids))  # warm-up
             t = time.perf_counter()
-            s.run(None, _feeds(s, prefill_ids, None))
+            s.run(None, decoder_feeds(s, prefill_ids))
             times[k]["prefill"].append((time.perf_counter() - t) * 1e3)
-            feeds = _feeds(s, step_ids, pasts[k])
+            feeds = decoder_feeds(s, step_ids, past=pasts[k])
             s.run(None, feeds)
             t = time.perf_counter()
             for _ in range(decode_steps):

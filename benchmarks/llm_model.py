@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from mixq.export.onnx.decoder import decoder_feeds
+
 SEQ = 128
 
 
@@ -95,13 +97,9 @@ def perplexity_torch(model: torch.nn.Module, data: torch.Tensor, batch: int = 16
 
 def perplexity_ort(session, data: torch.Tensor, batch: int = 16) -> float:
     """Perplexity through a key/value-cache decoder file: prefill each window with an empty cache."""
-    inputs = session.get_inputs()
     total, count = 0.0, 0
     for i in range(0, len(data), batch):
         x = data[i:i + batch].numpy()
-        feeds = {"input_ids": x}
-        for inp in inputs[1:]:
-            feeds[inp.name] = np.zeros((x.shape[0], int(inp.shape[1]), 0, int(inp.shape[3])), np.float32)
-        nll, n = _nll(session.run(["logits"], feeds)[0], x)
+        nll, n = _nll(session.run(["logits"], decoder_feeds(session, x))[0], x)
         total, count = total + nll, count + n
     return math.exp(total / count)

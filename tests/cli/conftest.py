@@ -108,15 +108,17 @@ def user_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def hf_dirs(user_dir) -> Path:
-    """In ``user_dir``: bert/ and llama/ (see hf_dirs.py), texts.txt (calibration lines), empty.txt (none),
-    notok/ (config.json and weights, no tokenizer) and noconfig/ (empty)."""
+    """In ``user_dir``: bert/, llama/ and gpt2/ (see hf_dirs.py), texts.txt (calibration lines), empty.txt (none),
+    notok/ and gpt2notok/ (config.json and weights, no tokenizer) and noconfig/ (empty)."""
     import shutil
 
     pytest.importorskip("transformers")
-    from tests.cli.hf_dirs import TEXTS, save_bert, save_llama
+    from tests.cli.hf_dirs import TEXTS, save_bert, save_gpt2, save_llama
 
     save_bert(user_dir / "bert")
     save_llama(user_dir / "llama")
+    save_gpt2(user_dir / "gpt2")
+    save_gpt2(user_dir / "gpt2notok", tokenizer=False)
     (user_dir / "texts.txt").write_text("\n".join(TEXTS) + "\n")
     (user_dir / "empty.txt").write_text("\n  \n")
     (user_dir / "notok").mkdir()

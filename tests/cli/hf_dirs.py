@@ -63,3 +63,25 @@ def save_llama(root: Path) -> Path:
     transformers.LlamaForCausalLM(config).save_pretrained(root)
     tokenizer.save_pretrained(root)
     return root
+
+
+def save_gpt2(root: Path, tokenizer: bool = True) -> Path:
+    """A 2-layer GPT2LMHeadModel (hidden 32, Conv1D layers) and, like GPT-2's, a byte-level BPE tokenizer (here
+    without merges: one token per byte) with ``<|endoftext|>`` and no padding token."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<|endoftext|>"] = len(vocab)
+    config = transformers.GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                                     bos_token_id=len(vocab) - 1, eos_token_id=len(vocab) - 1)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(root)
+    if tokenizer:
+        core = Tokenizer(models.BPE(vocab, merges=[]))
+        core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        core.decoder = decoders.ByteLevel()
+        transformers.PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|endoftext|>",
+                                             eos_token="<|endoftext|>", model_max_length=64).save_pretrained(root)
+    return root

@@ -9,6 +9,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from mixq.export.onnx.decoder import decoder_feeds
+
 transformers = pytest.importorskip("transformers")
 
 
@@ -58,19 +60,21 @@ def test_causal_lm_static_from_calibration_text(mixq_main, hf_dirs):
                                "--calib-text", "texts.txt", "--batch-size", "4", "--max-length", "16", "--output",
                                "llama_int8.onnx", cwd=hf_dirs)
     assert code == 0, err
-    assert "lm_head" in out and "static" in out
+    assert "lm_head" in out and "static" in out and "key/value-cache decoder" in out
     sidecar = json.loads((hf_dirs / "llama_int8.mixq.json").read_text())
     assert sidecar["hf_task"] == "causal-lm" and sidecar["calib_text"] == "texts.txt"
     session = _session(hf_dirs / "llama_int8.onnx")
-    assert [o.name for o in session.get_outputs()] == ["logits"]
-    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"], "no token_type_ids for Llama"
+    assert [o.name for o in session.get_outputs()][:2] == ["logits", "present.0.key"]
+    assert [i.name for i in session.get_inputs()][:3] == ["input_ids", "attention_mask", "past.0.key"], \
+        "no token_type_ids for Llama"
     tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dirs / "llama", local_files_only=True)
     tokenizer.pad_token = tokenizer.eos_token
-    feeds = _encode(tokenizer, ["the man came back to the world", "what is this"], session)
-    (logits,) = session.run(None, feeds)
+    encoded = tokenizer(["the man came back to the world", "what is this"], padding=True, return_tensors="np")
+    feeds = decoder_feeds(session, encoded["input_ids"], encoded["attention_mask"])
+    logits = session.run(["logits"], feeds)[0]
     with torch.no_grad():
         model = transformers.AutoModelForCausalLM.from_pretrained(hf_dirs / "llama", local_files_only=True).eval()
-        ref = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+        ref = model(**{k: torch.from_numpy(v) for k, v in encoded.items()}).logits.numpy()
     real = feeds["attention_mask"].astype(bool)
     agree = (logits.argmax(-1) == ref.argmax(-1))[real].mean()
     assert agree >= 0.9, agree

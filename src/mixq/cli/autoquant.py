@@ -8,7 +8,7 @@ import warnings
 from typing import Any
 
 from mixq.cli.errors import CliError, first_line, output_file
-from mixq.cli.exporting import export_model
+from mixq.cli.exporting import decoder_info, export_model
 from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import add_model_options, input_files, load_callable, load_inputs
 from mixq.cli.sidecar import write_sidecar
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         written = result.report.write(staged.parent, stem=stem)
         config = None if result.config is None else result.config.to_dict()  # replay: QuantConfig.from_dict
         write_sidecar(stage.path(sidecar.name), args, staged, eval=args.eval, met=result.report.met,
-                      precisions=result.report.precisions, config=config)
+                      precisions=result.report.precisions, config=config, decoder=decoder_info(staged, args))
     paths = {kind: output.parent / p.name for kind, p in written.items()}
     print(f"wrote {output} ({output.stat().st_size / 1024:.1f} KB), {sidecar} and the report "
           f"{paths['markdown']} (+ .json, .png)")

@@ -1,5 +1,6 @@
-"""The commands' ONNX export: ``mixq.export_onnx`` with the model's output names, and a failure at export (a shape
-the model cannot be traced at) reported as one line."""
+"""The commands' ONNX export: ``mixq.export_onnx`` with the model's output names, or for ``--hf-task causal-lm`` the
+key/value-cache decoder (``mixq.export_decoder_onnx``); a failure at export (a shape the model cannot be traced at)
+reported as one line."""
 
 from __future__ import annotations
 
@@ -15,26 +16,54 @@ from mixq.cli.errors import CliError, first_line
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def exports_decoder(args: argparse.Namespace) -> bool:
+    """Whether the command writes a key/value-cache decoder: a Hugging Face causal LM (``--hf-task causal-lm``)."""
+    return bool(getattr(args, "hf", None)) and getattr(args, "hf_task", None) == "causal-lm"
+
+
 def export_model(model: nn.Module, example: Any, output: Path, args: argparse.Namespace) -> Path:
     """Write ``model`` to ``output`` with ``mixq.export_onnx``; with ``--hf`` the outputs are named like the model's
-    (``last_hidden_state``, ``logits``...)."""
+    (``last_hidden_state``, ``logits``...), and a causal LM (``--hf-task causal-lm``) is written as the key/value-cache
+    decoder ONNX Runtime generates with token by token (symbolic batch, sequence and past length)."""
     import mixq
     from mixq.quant.calibration import describe
 
+    decoder = exports_decoder(args)
     names = None
-    if getattr(args, "hf", None):
+    if getattr(args, "hf", None) and not decoder:
         from mixq.cli.hf import output_names
 
         names = output_names(model, example)
     try:
+        if decoder:
+            return mixq.export_decoder_onnx(model, output)
         return mixq.export_onnx(model, example, output, output_names=names)
     except mixq.ExportError as err:
         cause = err
         while cause.__cause__ is not None:  # the innermost error names the problem (the exporter's wrap it)
             cause = cause.__cause__
         reason = _ANSI.sub("", first_line(cause))
+        if decoder:
+            raise CliError(f"the model could not be exported to ONNX as a key/value-cache decoder "
+                           f"({type(cause).__name__}: {reason})", "torch.export must trace it with a Hugging Face "
+                           "DynamicCache: see the exporter's traceback with --debug") from err
         raise CliError(f"the model could not be exported to ONNX with inputs shaped {describe(example)} "
                        f"({type(cause).__name__}: {reason})",
                        "torch.export must trace the model at these shapes: try another --example-shape (or --calib "
                        "sample), or see the exporter's traceback with --debug") \
             from err
+
+
+def decoder_info(path: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """For the sidecar: the layout of the key/value-cache decoder ``path`` (see
+    ``mixq.export.onnx.decoder.decoder_layout``) when the command wrote one, else None; printed as one line."""
+    if not exports_decoder(args) or path.suffix != ".onnx":
+        return None
+    import onnx
+
+    from mixq.export.onnx.decoder import decoder_layout, describe_decoder
+
+    layout = decoder_layout(onnx.load(str(path), load_external_data=False).graph)
+    if layout is not None:
+        print(f"{path.name}: {describe_decoder(layout)}")
+    return layout

@@ -113,6 +113,7 @@ def inspect_model(path: Path) -> dict[str, Any]:
     except Exception as err:
         raise CliError(f"cannot load {path} as an ONNX model ({first_line(err)})",
                        "pass an ONNX file, e.g. one written by mixq quantize or mixq.export_onnx") from err
+    from mixq.export.onnx.decoder import decoder_layout
     from mixq.export.onnx.ort_graph import FLOAT_COMPUTE
 
     nodes = quantized_nodes(model.graph)
@@ -125,6 +126,7 @@ def inspect_model(path: Path) -> dict[str, Any]:
         "ort_integer_kernels": {k: v for k, v in ops.most_common() if _is_integer_kernel(k)},
         "ort_float_compute": {k: v for k, v in ops.most_common() if k in FLOAT_COMPUTE},
         "size_by_dtype": size_by_dtype(model.graph),
+        "decoder": decoder_layout(model.graph),
     }
 
 
@@ -134,8 +136,11 @@ def _counts(ops: dict[str, int]) -> str:
 
 def render(info: dict[str, Any]) -> str:
     """The terminal view of :func:`inspect_model`'s dict."""
+    from mixq.export.onnx.decoder import describe_decoder
+
     nodes = info["nodes"]
     lines = [f"{info['model']}: {info['size_bytes'] / 1024:.1f} KB, opsets {info['opsets']}", "",
+             *([describe_decoder(info["decoder"]), ""] if info.get("decoder") else []),
              f"compute nodes in the exported graph: {info['quantized_nodes']} of {len(nodes)} "
              "with quantized or float16 weights"]
     width = max([len(n["node"]) for n in nodes] + [4])

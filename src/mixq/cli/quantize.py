@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from mixq.cli.errors import CliError, first_line, output_file
-from mixq.cli.exporting import export_model
+from mixq.cli.exporting import decoder_info, export_model
 from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import add_model_options, input_files, load_inputs
 from mixq.cli.sidecar import write_sidecar
@@ -21,6 +21,8 @@ EPILOG = """examples:
   mixq quantize --hf ./my-bert --mode dynamic --output bert_int8.onnx
   mixq quantize --hf ./my-bert --hf-task sequence-classification --mode static --calib-text texts.txt \\
       --max-length 128 --output bert_static.onnx
+  mixq quantize --hf ./my-llama --hf-task causal-lm --mode weight_only --bits 4 --method gptq \\
+      --calib-text texts.txt --output llama_int4.onnx   # a key/value-cache decoder (mixq.generate_onnx)
   mixq quantize --model mynets.py:build --weights net.pt --mode static --calib calib.npz --format tflite \\
       --io-dtype int8 --output net_int8.tflite"""
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
@@ -95,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
     model, batches, example = load_inputs(args)
     if args.method != "rtn" and batches is None:
         raise CliError(f"--method {args.method} needs calibration data",
-                       "pass --calib DATA (a few dozen representative batches), or use --method rtn")
+                       ("pass --calib-text FILE (a few dozen representative texts, one per line) or --calib DATA"
+                        if args.hf else "pass --calib DATA (a few dozen representative batches)")
+                       + ", or use --method rtn")
     exclude = [e.strip() for e in args.exclude.split(",") if e.strip()]
     needs_data = args.mode == "static" or args.smoothquant is not None or args.method != "rtn"
     try:
@@ -115,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             staged = export_model(qmodel, example, stage.path(output.name), args)
         write_sidecar(stage.path(sidecar.name), args, staged, example_shape=args.example_shape,
-                      config=qmodel.mixq_config.to_dict(), summary=qmodel.mixq_summary.to_dict())
+                      config=qmodel.mixq_config.to_dict(), summary=qmodel.mixq_summary.to_dict(),
+                      decoder=decoder_info(staged, args))
     print(f"wrote {output} ({output.stat().st_size / 1024:.1f} KB) and {sidecar}")
     return 0
