@@ -81,7 +81,8 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 def load_model(directory: Path, task: str) -> nn.Module:
-    """The model in ``directory`` as ``TASKS[task]``, float32, eval mode, without a KV cache in its outputs.
+    """The model in ``directory`` as ``TASKS[task]``, float32, eval mode, without a KV cache in its outputs (but a
+    causal LM's, which the key/value-cache decoder export uses).
 
     Refuses (CliError) a task whose head the directory has no weights for: it would be randomly initialised.
     """
@@ -100,8 +101,10 @@ def load_model(directory: Path, task: str) -> nn.Module:
                        f"{type(model).__name__} (e.g. {', '.join(sorted(missing)[:2])}), which would be random",
                        f"choose the --hf-task the model was saved as (architectures in config.json: "
                        f"{getattr(model.config, 'architectures', None)}), or base for the bare model")
-    if hasattr(model.config, "use_cache"):
+    if hasattr(model.config, "use_cache") and task != "causal-lm":
         model.config.use_cache = False  # export maps token ids to logits; a KV cache is not an output here
+    # a causal LM keeps its cache: it is exported as a key/value-cache decoder (and static mode quantizes it layer
+    # by layer, since one captured graph cannot carry the cache)
     return model.float().eval()
 
 

@@ -8,7 +8,10 @@ per-layer conversion work on it exactly as on a ``torch.fx`` trace. Input axes a
 symbolic, so the quantized module and its ONNX export serve every batch size and length.
 
 Hugging Face attention that runs as one fused ``scaled_dot_product_attention`` is switched to the model's eager
-implementation first (the same function), so its two MatMuls exist as operators that can be quantized.
+implementation first (the same function), so its two MatMuls exist as operators that can be quantized. A decoder
+that returns a key/value cache (``config.use_cache``, the default of causal LMs) keeps the layer-by-layer path, so
+it can still generate and export as a key/value-cache decoder; with ``config.use_cache = False`` it gets graph
+mode.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from torch import fx, nn
 
 from mixq.export.onnx.shapes import default_axes, grow_unit_axes, torch_export_spec
-from mixq.quant.calibration import Batch
+from mixq.quant.calibration import Batch, call_model
 from mixq.quant.fusion import set_submodule
 
 aten = torch.ops.aten
@@ -55,10 +58,20 @@ def _hf_models(model: nn.Module) -> list[nn.Module]:
     return [m for _, m in found]
 
 
+def returns_cache(model: nn.Module, probe: Batch) -> bool:
+    """Whether ``model`` returns a key/value cache for ``probe`` (a causal LM with ``config.use_cache``): one
+    captured graph cannot carry it between calls, and generation (``generate``, ``export_decoder_onnx``) needs it."""
+    if not _hf_models(model):
+        return False
+    with torch.no_grad():
+        out = call_model(model, probe)
+    return getattr(out, "past_key_values", None) is not None
+
+
 def export_friendly(model: nn.Module) -> tuple[list[str], Callable[[], None]]:
-    """Switch Hugging Face models inside ``model`` to what a one-pass graph can hold: eager attention (the same
-    function as ``sdpa``, with Q·Kᵀ and probabilities·V as separate MatMuls that can be quantized) and no key/value
-    cache in the outputs. Returns notes for the summary and a function that undoes the switches."""
+    """Switch Hugging Face models inside ``model`` to eager attention (the same function as ``sdpa``, with Q·Kᵀ and
+    probabilities·V as separate MatMuls that can be quantized). Returns notes for the summary and a function that
+    undoes the switches."""
     notes: list[str] = []
     undo: list[Callable[[], None]] = []
     for hf in _hf_models(model):
@@ -72,12 +85,6 @@ def export_friendly(model: nn.Module) -> tuple[list[str], Callable[[], None]]:
                 undo.append(lambda hf=hf, current=current: hf.set_attn_implementation(current))
                 notes.append(f"attention switched from {current!r} to the model's eager implementation (the same "
                              "function) so its MatMuls can run as integer kernels")
-        if getattr(hf.config, "use_cache", False):
-            hf.config.use_cache = False
-            undo.append(lambda hf=hf: setattr(hf.config, "use_cache", True))
-            notes.append("use_cache turned off in the quantized copy: graph mode captures whole-sequence forward "
-                         "passes (for token-by-token generation with a cache, quantize weight_only or dynamic and "
-                         "use export_decoder_onnx)")
 
     def restore() -> None:
         for step in reversed(undo):

@@ -26,7 +26,7 @@ from torch import nn
 from mixq.quant.calibration import Batch, call_checked, run_batches
 from mixq.quant.fusion import apply_fusions, find_fusions, set_submodule, trace_calls
 from mixq.quant.graph import apply_graph_mode, trace
-from mixq.quant.graph_export import export_friendly, export_graph
+from mixq.quant.graph_export import export_friendly, export_graph, returns_cache
 from mixq.quant.modules import ObservedLayer
 from mixq.quant.modules.registry import adapt_in_place, qmodule_class
 from mixq.quant.observers import make_observer
@@ -106,14 +106,21 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
         return collect or config.choice(name).observer
 
     exported, export_failed = False, ""
-    if observed and probe is not None and trace(qmodel)[0] is None:  # torch.fx cannot: try torch.export
+    fx_why = trace(qmodel)[1] if observed and probe is not None else ""
+    untraceable = bool(fx_why)
+    if untraceable and returns_cache(qmodel, probe):  # type: ignore[arg-type]
+        export_failed = ("it returns a key/value cache for generation, which one captured graph cannot carry; set "
+                         "model.config.use_cache = False before quantizing to get graph mode with integer attention "
+                         "for whole-sequence use")
+    elif untraceable:  # torch.fx cannot: try torch.export
         switches, undo = export_friendly(qmodel)
         gm, export_failed = export_graph(qmodel, probe, targets)
         if gm is None:
             undo()
         else:
             qmodel, exported = gm, True
-            summary.notes += switches
+            summary.notes += [f"torch.fx could not trace the model ({fx_why}); captured with torch.export instead",
+                              *switches]
     specs = {}
     for name in observed:
         spec = specs[name] = spec_of(name)
@@ -130,7 +137,7 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
 
         qmodel, adds = apply_graph_mode(qmodel, add_observer, summary.notes, exported=exported)
         if export_failed:
-            summary.notes.append(f"torch.export could not capture it either ({export_failed})")
+            summary.notes.append(f"graph mode through torch.export not used: {export_failed}")
     return Prepared(qmodel, config, observed, adds, plain, summary, {n: specs[n] for n in observed + adds})
 
 

@@ -1,0 +1,117 @@
+"""Graph mode through torch.export (``mixq.quant.graph_export``): Hugging Face models torch.fx cannot trace get
+integer attention MatMuls, one quantize per tensor and float outputs where no integer kernel reads them, and the
+PyTorch model computes what ONNX Runtime computes at every batch size and sequence length."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import fx
+
+import mixq
+from mixq.quant.modules import QuantizedMatMul
+
+transformers = pytest.importorskip("transformers")
+LAYERS = 2
+
+
+def _bert() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=64)
+    return transformers.BertModel(config).eval()
+
+
+def _batch(batch: int, seq: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[0, seq // 2:] = 0  # one padded row: the mask path is exercised too
+    return {"input_ids": torch.randint(0, 100, (batch, seq), generator=g), "attention_mask": mask}
+
+
+@pytest.fixture(scope="module")
+def bert_static(reduce_range):
+    bert = _bert()
+    calib = [_batch(4, 12, seed) for seed in range(6)]
+    return bert, mixq.quantize(bert, "static", calib_data=calib, reduce_range=reduce_range, progress=False)
+
+
+def test_bert_takes_the_export_path_with_integer_attention(bert_static):
+    bert, qmodel = bert_static
+    assert isinstance(qmodel, fx.GraphModule)
+    notes = " ".join(qmodel.mixq_summary.notes)
+    assert "torch.fx could not trace" in notes and "graph mode (torch.export)" in notes
+    assert "eager implementation" in notes  # sdpa -> eager, so the MatMuls exist
+    matmuls = [r for r in qmodel.mixq_summary.quantized if r.kind == "matmul"]
+    assert len(matmuls) == 2 * LAYERS
+    assert sum(isinstance(m, QuantizedMatMul) for m in qmodel.modules()) == 2 * LAYERS
+    with torch.no_grad():
+        x = _batch(3, 9, seed=99)
+        ref, out = bert(**x).last_hidden_state, qmodel(**x).last_hidden_state
+    assert torch.nn.functional.cosine_similarity(ref.flatten(), out.flatten(), dim=0) > 0.999
+
+
+def test_bert_matches_onnx_runtime_at_any_shape(bert_static, tmp_path, ort_run):
+    _, qmodel = bert_static
+    path = mixq.export_onnx(qmodel, _batch(2, 8), tmp_path / "bert.onnx")
+    for batch, seq in [(1, 5), (3, 17)]:
+        x = _batch(batch, seq, seed=seq)
+        (hidden, *_) = ort_run(path, **x)
+        with torch.no_grad():
+            sim = qmodel(**x).last_hidden_state.numpy()
+        # integer kernels with float outputs: ORT and PyTorch differ by float rounding only
+        assert np.abs(hidden - sim).max() <= 1e-4
+
+
+def test_bert_graph_has_one_quantize_per_tensor_and_only_integer_matmuls(bert_static, tmp_path):
+    _, qmodel = bert_static
+    ops = mixq.optimized_op_types(mixq.export_onnx(qmodel, _batch(2, 8), tmp_path / "bert.onnx"))
+    linears = 6 * LAYERS + 1  # q, k, v, attention output, FFN in, FFN out per layer + pooler
+    assert ops["MatMulIntegerToFloat"] == linears + 2 * LAYERS, ops
+    assert not {"MatMul", "FusedMatMul", "Gemm", "DequantizeLinear"} & set(ops), ops
+    # per layer: the LayerNorm output (read by q, k, v), q, k and v, the probabilities, the attention context, the
+    # second LayerNorm output, the GELU output; plus the pooler's input
+    assert ops["QuantizeLinear"] == 8 * LAYERS + 1, ops
+
+
+def test_excluding_an_attention_module_keeps_its_matmuls_float(reduce_range):
+    bert = _bert()
+    qmodel = mixq.quantize(bert, "static", calib_data=[_batch(4, 12)], reduce_range=reduce_range, progress=False,
+                           exclude=["encoder.layer.0.attention.self"])
+    quantized = {r.name for r in qmodel.mixq_summary.quantized if r.kind == "matmul"}
+    assert quantized == {f"encoder.layer.1.attention.self.mixq_matmul_{k}" for k in (0, 1)}
+
+
+def _llama(use_cache: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      bos_token_id=0, eos_token_id=0, pad_token_id=0, use_cache=use_cache)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def test_a_decoder_that_returns_a_cache_stays_layer_by_layer_and_can_generate():
+    llama = _llama(use_cache=True)
+    calib = [{"input_ids": torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(0))}]
+    qmodel = mixq.quantize(llama, "static", calib_data=calib, progress=False)
+    assert isinstance(qmodel, transformers.LlamaForCausalLM)
+    assert "use_cache = False" in " ".join(qmodel.mixq_summary.notes)
+    assert qmodel.generate(calib[0]["input_ids"][:1, :4], max_new_tokens=2, do_sample=False).shape == (1, 6)
+
+
+def test_a_decoder_without_cache_gets_graph_mode(tmp_path, ort_run, reduce_range):
+    llama = _llama(use_cache=False)
+    calib = [{"input_ids": torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(s))}
+             for s in range(3)]
+    qmodel = mixq.quantize(llama, "static", calib_data=calib, reduce_range=reduce_range, progress=False)
+    assert isinstance(qmodel, fx.GraphModule)
+    assert len([r for r in qmodel.mixq_summary.quantized if r.kind == "matmul"]) == 2 * 2
+    path = mixq.export_onnx(qmodel, calib[0], tmp_path / "llama.onnx")
+    ids = torch.randint(0, 64, (3, 7), generator=torch.Generator().manual_seed(7))
+    (logits, *_) = ort_run(path, input_ids=ids)
+    with torch.no_grad():
+        sim = qmodel(input_ids=ids).logits.numpy()
+        ref = llama(input_ids=ids).logits
+    assert np.abs(logits - sim).max() <= 1e-4
+    assert torch.nn.functional.cosine_similarity(ref.flatten(), torch.from_numpy(sim).flatten(), dim=0) > 0.999
