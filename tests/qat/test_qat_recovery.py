@@ -23,9 +23,11 @@ def _qat_finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: in
     opt = torch.optim.Adam(qat.parameters(), lr=1e-3)
     for epoch in range(epochs):
         qat.train()
-        if epoch == epochs - 1:  # the usual last-epoch schedule: ranges and BatchNorm statistics settle
-            mixq.freeze_observers(qat)
-            mixq.freeze_batchnorm(qat)
+        if epoch == epochs - 1:  # the documented last-epoch schedule: ranges and BatchNorm statistics settle
+            mixq.freeze_observers(qat)  # at a tenth of the learning rate (at full lr, freezing BatchNorm can
+            mixq.freeze_batchnorm(qat)  # swing this small CNN by several points, CPU-dependently)
+            for group in opt.param_groups:
+                group["lr"] /= 10
         for i in range(0, len(x), 64):
             opt.zero_grad()
             nn.functional.cross_entropy(qat(x[i:i + 64]), y[i:i + 64]).backward()
@@ -71,7 +73,10 @@ def test_learned_scales_recover_too(trained_cnn, digits, accuracy):
     start = qat.block.conv1.weight_scale.detach().clone()
     opt = torch.optim.Adam(qat.parameters(), lr=3e-4)
     qat.train()
-    for _ in range(3):
+    for epoch in range(3):
+        if epoch == 2:  # the same last-epoch step-down as above (without it: 1.5 pp drop on an AMD EPYC, 1.8 on a Xeon)
+            for group in opt.param_groups:
+                group["lr"] /= 10
         for i in range(0, len(x_train), 64):
             opt.zero_grad()
             nn.functional.cross_entropy(qat(x_train[i:i + 64]), y_train[i:i + 64]).backward()
