@@ -100,3 +100,39 @@ def test_qat_learned_scales_and_weights_are_stored_exactly(tmp_path):
     with torch.no_grad():
         ref = qmodel(x).numpy()
     assert np.abs(got - ref).max() <= float(_layers(qmodel)[-1].y_scale) * (1 + 1e-5)
+
+
+def test_given_feeds_are_quantized_on_the_files_input_grid(integer_files, digits):
+    session = mixq.LiteRTSession(integer_files["int8"], threads=1)
+    x = digits["x_test"].reshape(-1, 1, 8, 8)[:1].numpy()
+    (feed,) = session.given_feeds([x]).values()
+    (d,) = session.runner.input_details
+    scale, zp = d["quantization"]
+    assert feed.dtype == np.int8
+    assert np.array_equal(feed, np.clip(np.rint(x / np.float32(scale)) + zp, -128, 127).astype(np.int8))
+    with pytest.raises(ValueError, match="fixed batch size of 1, not 2"):
+        session.given_feeds([np.zeros((2, 1, 8, 8), np.float32)])
+    with pytest.raises(ValueError, match=r"takes 1x1x8x8, not 1x8x8x1"):
+        session.given_feeds([np.zeros((1, 8, 8, 1), np.float32)])
+
+
+def test_a_resizable_batch_follows_every_call(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.rand(3, 1, 8, 8)
+    runner = mixq.TFLiteRunner(mixq.export_tflite(net, x[:1], tmp_path / "dyn.tflite", dynamic_batch=True))
+    with torch.no_grad():
+        ref = net(x).numpy()
+    for n in (3, 1, 2, 1):  # back to an earlier size resizes again
+        np.testing.assert_allclose(runner(x[:n]), ref[:n], atol=1e-5)
+
+
+def test_token_id_inputs_are_cast_not_quantized(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.Linear(8, 2)).eval()
+    ids = torch.randint(0, 50, (1, 6))
+    runner = mixq.TFLiteRunner(mixq.export_tflite(net, ids, tmp_path / "ids.tflite"))  # the export runs it too
+    (d,) = runner.input_details
+    assert np.dtype(d["dtype"]).kind == "i" and d["quantization"] == (0.0, 0)  # integers on no grid
+    with torch.no_grad():
+        np.testing.assert_allclose(runner(ids), net(ids).numpy(), atol=1e-5)

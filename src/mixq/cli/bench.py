@@ -1,4 +1,5 @@
-"""``mixq bench``: ONNX Runtime latency (median, p90) and file size of one or more ONNX models, side by side."""
+"""``mixq bench``: latency (median, p90) and file size of ONNX models (ONNX Runtime) and LiteRT files (XNNPACK), side
+by side in one table, every file timed in interleaved rounds."""
 
 from __future__ import annotations
 
@@ -15,29 +16,35 @@ from mixq.cli.errors import CliError, existing_file, first_line, output_file
 from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import parse_ints
 
+ROUNDS = 5  # timing rounds; each runs every file in turn
+
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add ``bench`` and its options to the ``mixq`` subparsers."""
-    p = sub.add_parser("bench", parents=parents, help="latency (median, p90) and size of ONNX models on ONNX Runtime",
-                       description="Time each ONNX model on ONNX Runtime (CPU), every file fed the same inputs "
-                                   "(warm-up first), and show median and 90th-percentile latency next to file size. "
-                                   "Shapes: --shape / --inputs, else each --batch size with the files' fixed "
-                                   "dimensions. Inputs: floats are random normal, masks ones, token ids random "
-                                   "below the vocabulary size the graph indexes.",
+    p = sub.add_parser("bench", parents=parents, help="latency (median, p90) and size of ONNX and LiteRT files",
+                       description="Time ONNX models on ONNX Runtime (CPU) and .tflite files on LiteRT (XNNPACK), "
+                                   "warm-up first, then interleaved rounds that run every file in turn, and show "
+                                   "median and 90th-percentile latency next to file size. Shapes: --shape / "
+                                   "--inputs, else each --batch size with the files' fixed dimensions; ONNX files "
+                                   "get the same inputs; with --batch a .tflite file gets inputs of its own "
+                                   "signature (e.g. NHWC), with --shape / --inputs the ONNX files' arrays (by name, "
+                                   "else by position). Inputs: floats are random normal, masks ones, token ids "
+                                   "random below the vocabulary size the graph indexes.",
                        epilog="examples:\n  mixq bench fp32.onnx int8.onnx --batch 1,32 --threads 4\n"
+                              "  mixq bench model.onnx model_int8.onnx model_int8.tflite --batch 1 --threads 2\n"
                               "  mixq bench bert_fp32.onnx bert_int8.onnx --shape input_ids=1x128 "
                               "--shape attention_mask=1x128\n"
                               "  mixq bench bert_fp32.onnx bert_int8.onnx --inputs tokens.npz",
                        formatter_class=HelpFormatter)
-    p.add_argument("models", nargs="+", metavar="MODEL.onnx",
-                   help="ONNX files taking the same inputs, or .tflite files (LiteRT with XNNPACK; --batch only)")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help=".onnx files taking the same inputs, and/or .tflite files (LiteRT with XNNPACK)")
     p.add_argument("--batch", default=None, metavar="B1,B2", help="comma-separated batch sizes (default 1,32)")
     shapes = p.add_mutually_exclusive_group()
     shapes.add_argument("--shape", action="append", default=None, metavar="NAME=1x128",
-                        help="the shape of input NAME (repeatable); inputs sharing its symbolic axes follow it")
-    shapes.add_argument("--inputs", metavar="FILE.npz", help="time on these arrays (one per input, by name)")
+                        help="the shape of ONNX input NAME (repeatable); inputs sharing its symbolic axes follow it")
+    shapes.add_argument("--inputs", metavar="FILE.npz", help="time on these arrays (one per ONNX input, by name)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
+                   help="intra-op threads (default: ONNX Runtime's choice; LiteRT 2)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per model and shape (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -46,12 +53,18 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 @dataclass(frozen=True)
 class Setting:
-    """One column of the table: what to call it, the shapes every file gets, and given arrays (else synthesised)."""
+    """One column of the table: what to call it, the shapes the ONNX files get, given arrays (else synthesised),
+    and the batch size (a --batch column: a .tflite file then builds inputs of its own signature)."""
 
     key: str
     header: str
     shapes: dict[str, tuple[int, ...]]
     arrays: dict[str, np.ndarray] | None = None
+    batch: int | None = None
+
+
+def is_litert(path: Path) -> bool:
+    return path.suffix.lower() == ".tflite"
 
 
 def _session(path: Path, threads: int | None) -> Any:
@@ -76,53 +89,77 @@ def _litert_session(path: Path, threads: int | None) -> Any:
                        "pass a .tflite file, e.g. one written by mixq quantize --format tflite") from err
 
 
-def bench_litert(paths: list[Path], batches: list[int], threads: int | None, runs: int,
-                 warmup: int) -> list[dict[str, Any]]:
-    """LiteRT latency per batch size for ``.tflite`` files (each session makes inputs of its own signature)."""
-    from mixq.report import measure_latency
+def load_session(path: Path, threads: int | None) -> Any:
+    """An ONNX Runtime session for an ONNX file, a ``LiteRTSession`` for a ``.tflite`` file."""
+    return _litert_session(path, threads) if is_litert(path) else _session(path, threads)
 
-    sessions = [_litert_session(path, threads) for path in paths]
-    results = []
-    for path, session in zip(paths, sessions, strict=True):
-        entry: dict[str, Any] = {"model": str(path), "size_bytes": path.stat().st_size, "latency": {}}
-        for batch in batches:
-            try:
-                entry["latency"][str(batch)] = measure_latency(session, session.random_feeds(batch), runs,
-                                                               warmup).to_dict()
-            except Exception as err:  # e.g. a file exported with a fixed batch
-                entry["latency"][str(batch)] = {"error": f"LiteRT failed: {first_line(err)}"}
-        results.append(entry)
-    return results
+
+def _litert_feeds(session: Any, setting: Setting, shared: dict[str, np.ndarray] | None) -> dict[int, np.ndarray]:
+    """A .tflite file's inputs: its own signature at a --batch size, else the ONNX files' arrays matched to its
+    inputs by name, or by position when the names differ."""
+    if setting.batch is not None:
+        return session.random_feeds(setting.batch)
+    assert shared is not None  # --shape / --inputs columns come from ONNX files (_settings refuses them without)
+    names = list(session.input_shapes)
+    arrays = [shared[n] for n in names] if set(names) == set(shared) else list(shared.values())
+    return session.given_feeds(arrays)
+
+
+def _feeds(path: Path, session: Any, own: Any, setting: Setting, shared: dict[str, np.ndarray] | None) -> Any:
+    """The inputs one file is timed on for ``setting``, or the reason it cannot take them (a string)."""
+    from mixq.report.feeds import cast_feeds, unfit_shape
+
+    if is_litert(path):
+        try:
+            return _litert_feeds(session, setting, shared)
+        except ValueError as err:  # a shape the signature does not take
+            return first_line(err)
+        except Exception as err:  # e.g. a graph LiteRT cannot resize
+            return f"LiteRT failed: {first_line(err)}"
+    why = unfit_shape(own, setting.shapes)
+    return why if why is not None else cast_feeds(shared or {}, own)
 
 
 def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs: int, warmup: int,
           progress: bool = True, sessions: list[Any] | None = None) -> list[dict[str, Any]]:
-    """One result dict per model: size and, per setting, the latency or why it could not be measured."""
-    from mixq.report import measure_latency
-    from mixq.report.feeds import cast_feeds, graph_inputs, index_limits, synthesize, unfit_shape
+    """One result dict per model: size and, per setting, the latency or why it could not be measured. Per setting,
+    every file is warmed up, then all are timed in ``ROUNDS`` interleaved rounds."""
+    from mixq.report import measure_interleaved
+    from mixq.report.feeds import graph_inputs, index_limits, synthesize
 
-    sessions = sessions or [_session(path, threads) for path in paths]  # every file loads before any timing starts
-    inputs = [graph_inputs(session) for session in sessions]
+    sessions = sessions or [load_session(path, threads) for path in paths]  # every file loads before any timing
+    inputs = {k: graph_inputs(s) for k, (p, s) in enumerate(zip(paths, sessions, strict=True)) if not is_litert(p)}
+    reference = next(iter(inputs.values()), [])
     limits: dict[str, int | None] = {}
-    integer_names = [i.name for i in inputs[0] if np.issubdtype(i.dtype, np.integer)]
-    for path in paths if integer_names else []:  # token ids stay below every file's smallest table
-        for name, limit in index_limits(path, integer_names).items():
+    integer_names = [i.name for i in reference if np.issubdtype(i.dtype, np.integer)]
+    for k in inputs if integer_names else []:  # token ids stay below every file's smallest table
+        for name, limit in index_limits(paths[k], integer_names).items():
             limits[name] = limit if limits.get(name) is None else min(limits[name], limit or limits[name])
-    results = [{"model": str(path), "size_bytes": path.stat().st_size, "latency": {}} for path in paths]
+    results = [{"model": str(path), "size_bytes": path.stat().st_size, "latency": {}, "inputs": {}}
+               for path in paths]
     with tqdm(total=len(paths) * len(settings), desc="benchmarking", leave=False, disable=not progress) as steps:
         for setting in settings:
-            feeds = setting.arrays or synthesize(inputs[0], setting.shapes, limits)
-            for entry, session, own in zip(results, sessions, inputs, strict=True):
-                why = unfit_shape(own, setting.shapes)
-                if why is not None:
-                    entry["latency"][setting.key] = {"error": why}
-                else:
-                    try:
-                        entry["latency"][setting.key] = measure_latency(session, cast_feeds(feeds, own), runs,
-                                                                        warmup).to_dict()
-                    except Exception as err:  # e.g. a shape the graph's ops cannot take
-                        entry["latency"][setting.key] = {"error": f"ONNX Runtime failed: {first_line(err)}"}
-                steps.update()
+            shared = None
+            if inputs:  # in the ONNX files' input order (a .tflite file may take them by position)
+                given = setting.arrays or synthesize(reference, setting.shapes, limits)
+                shared = {i.name: given[i.name] for i in reference}
+            jobs = {}
+            for k, (path, session, entry) in enumerate(zip(paths, sessions, results, strict=True)):
+                feeds = _feeds(path, session, inputs.get(k), setting, shared)
+                if isinstance(feeds, str):
+                    entry["latency"][setting.key] = {"error": feeds}
+                    continue
+                jobs[k] = (session, feeds)
+                entry["inputs"][setting.key] = (dict(session.input_shapes) if is_litert(path)
+                                                else {n: tuple(a.shape) for n, a in feeds.items()})
+            for k, measured in measure_interleaved(jobs, runs, warmup, ROUNDS).items():
+                runtime = "LiteRT" if is_litert(paths[k]) else "ONNX Runtime"
+                results[k]["latency"][setting.key] = (  # an error here: e.g. a shape the graph's ops cannot take
+                    {"error": f"{runtime} failed: {first_line(measured)}"} if isinstance(measured, Exception)
+                    else measured.to_dict())
+            steps.update(len(paths))
+    for entry in results:
+        entry["inputs"] = {key: {n: list(v) for n, v in shapes.items()} for key, shapes in entry["inputs"].items()}
     return results
 
 
@@ -139,9 +176,19 @@ def table(results: list[dict[str, Any]], settings: list[Setting]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"note: {Path(r['model']).name} {st.header}: {r['latency'][st.key]['error']}" for r in results
              for st in settings if "error" in r["latency"][st.key]]
-    shapes = "; ".join(f"{st.header}: " + ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in st.shapes.items())
-                       for st in settings)
-    return "\n".join(lines + notes + [f"inputs: {shapes}"])
+    if any(not is_litert(Path(r["model"])) for r in results):
+        notes.append(f"inputs: {_shapes_text({st.header: st.shapes for st in settings})}")
+    for r in results:  # a .tflite file's inputs follow its own signature
+        if is_litert(Path(r["model"])) and r["inputs"]:
+            own = {st.header: r["inputs"][st.key] for st in settings if st.key in r["inputs"]}
+            notes.append(f"inputs of {Path(r['model']).name}: {_shapes_text(own)}")
+    return "\n".join(lines + notes)
+
+
+def _shapes_text(shapes: dict[str, dict[str, Any]]) -> str:
+    """``b1: x=1x3, y=1x4; b8: ...`` from column header -> input name -> shape."""
+    return "; ".join(f"{header}: " + ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in named.items())
+                     for header, named in shapes.items())
 
 
 def _parse_shapes(texts: list[str]) -> dict[str, tuple[int, ...]]:
@@ -182,13 +229,21 @@ def _load_inputs(path_text: str, inputs: list[Any]) -> dict[str, np.ndarray]:
 
 
 def _settings(args: argparse.Namespace, paths: list[Path], sessions: list[Any]) -> list[Setting]:
+    """The table's columns: shapes planned across the ONNX files (a .tflite file adapts to each column)."""
     from mixq.report.feeds import graph_inputs, plan_shapes
 
     if args.batch is not None and (args.shape or args.inputs):
         raise CliError("--batch cannot be combined with --shape or --inputs, which set the batch size themselves",
                        "drop --batch")
+    onnx = [(path, session) for path, session in zip(paths, sessions, strict=True) if not is_litert(path)]
+    if not onnx:
+        if args.shape or args.inputs:
+            raise CliError("--shape and --inputs set ONNX inputs by name, and these are all .tflite files (fixed "
+                           "shapes, at most a resizable batch)", "time them with --batch, or list the model's .onnx "
+                           "export too (each .tflite file then takes its arrays)")
+        return [Setting(str(b), f"b{b}", {}, batch=b) for b in parse_ints(args.batch or "1,32", "--batch", "1,32")]
     try:
-        files = {path.name: graph_inputs(session) for path, session in zip(paths, sessions, strict=True)}
+        files = {path.name: graph_inputs(session) for path, session in onnx}
     except ValueError as err:
         raise CliError(str(err), "mixq bench feeds float, int32/int64 and bool inputs") from err
     first = next(iter(files.values()))
@@ -201,7 +256,7 @@ def _settings(args: argparse.Namespace, paths: list[Path], sessions: list[Any]) 
             shapes = plan_shapes(files, _parse_shapes(args.shape))
             return [Setting(_label(shapes), _label(shapes), shapes)]
         batches = parse_ints(args.batch or "1,32", "--batch", "1,32")
-        return [Setting(str(b), f"b{b}", plan_shapes(files, batch=b)) for b in batches]
+        return [Setting(str(b), f"b{b}", plan_shapes(files, batch=b), batch=b) for b in batches]
     except ValueError as err:
         raise CliError(str(err).partition("; ")[0], str(err).partition("; ")[2] or "see mixq bench --help") from err
 
@@ -219,29 +274,15 @@ def run(args: argparse.Namespace) -> int:
     if args.runs < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
         raise CliError("--runs and --threads must be >= 1 and --warmup >= 0", "pass e.g. --runs 50 --threads 2")
     out = output_file(args.json, "--json", ".json", paths) if args.json else None
-    tflite = [p.suffix == ".tflite" for p in paths]
-    if any(tflite):
-        if not all(tflite) or args.shape or args.inputs:
-            raise CliError("bench .tflite files on their own, with --batch only (their inputs follow each file's "
-                           "signature)", "run mixq bench once for the .onnx files and once for the .tflite files")
-        batches = parse_ints(args.batch or "1,32", "--batch", "1,32")
-        settings = [Setting(str(b), f"batch {b}", {}) for b in batches]
-        results = bench_litert(paths, batches, args.threads, args.runs, args.warmup)
-        print(table(results, settings))
-        if out is not None:
-            atomic_write_text(out, json.dumps({"threads": args.threads, "runs": args.runs, "warmup": args.warmup,
-                                               "batches": batches, "results": results}, indent=2) + "\n")
-            print(f"wrote {out}")
-        return 0
     if args.batch is not None:
         parse_ints(args.batch, "--batch", "1,32")
-    sessions = [_session(path, args.threads) for path in paths]
+    sessions = [load_session(path, args.threads) for path in paths]
     settings = _settings(args, paths, sessions)
     results = bench(paths, settings, args.threads, args.runs, args.warmup, sessions=sessions)
     print(table(results, settings))
     if out is not None:
-        data = {"threads": args.threads, "runs": args.runs, "warmup": args.warmup,
-                "batches": [int(st.key) for st in settings] if not (args.shape or args.inputs) else None,
+        data = {"threads": args.threads, "runs": args.runs, "warmup": args.warmup, "rounds": ROUNDS,
+                "batches": [st.batch for st in settings] if not (args.shape or args.inputs) else None,
                 "shapes": {st.key: {k: list(v) for k, v in st.shapes.items()} for st in settings},
                 "inputs": args.inputs, "results": results}
         atomic_write_text(out, json.dumps(data, indent=2) + "\n")

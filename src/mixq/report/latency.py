@@ -1,14 +1,17 @@
-"""ONNX Runtime sessions and latency measurement (warm-up, then median and 90th percentile of timed runs)."""
+"""ONNX Runtime sessions and latency measurement (warm-up, then median and 90th percentile of timed runs; several
+sessions side by side in interleaved rounds)."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Hashable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
+K = TypeVar("K", bound=Hashable)
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
                 "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
 
@@ -75,3 +78,42 @@ def measure_latency(session: Any, feeds: dict[str, np.ndarray], runs: int = 50, 
         times[i] = (time.perf_counter() - start) * 1e3
     batch = next(iter(feeds.values())).shape[0] if feeds else 1
     return Latency(int(batch), float(np.median(times)), float(np.percentile(times, 90)), runs)
+
+
+def measure_interleaved(jobs: Mapping[K, tuple[Any, Mapping[Any, np.ndarray]]], runs: int = 50, warmup: int = 5,
+                        rounds: int = 5) -> dict[K, Latency | Exception]:
+    """Time several ``(session, feeds)`` jobs side by side: warm each up, then ``rounds`` rounds that each run every
+    job in turn (``runs`` timed calls per job in all), so machine load and clock drift hit every job alike.
+
+    A job whose warm-up or a timed call raises maps to that exception (the others are timed on); the rest map to
+    their median and 90th-percentile latency.
+    """
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    results: dict[K, Latency | Exception] = {}
+    live = {}
+    for key, (session, feeds) in jobs.items():
+        try:
+            for _ in range(warmup):
+                session.run(None, feeds)
+        except Exception as err:  # reported per job
+            results[key] = err
+        else:
+            live[key] = (session, feeds)
+    times: dict[K, list[float]] = {key: [] for key in live}
+    rounds = max(1, min(rounds, runs))
+    for r in range(rounds):
+        calls = runs // rounds + (r < runs % rounds)
+        for key, (session, feeds) in list(live.items()):
+            try:
+                for _ in range(calls):
+                    start = time.perf_counter()
+                    session.run(None, feeds)
+                    times[key].append((time.perf_counter() - start) * 1e3)
+            except Exception as err:  # reported per job
+                results[key] = err
+                del live[key]
+    for key, (_, feeds) in live.items():
+        batch = next(iter(feeds.values())).shape[0] if feeds else 1
+        results[key] = Latency(int(batch), float(np.median(times[key])), float(np.percentile(times[key], 90)), runs)
+    return {key: results[key] for key in jobs}

@@ -168,8 +168,9 @@ class TFLiteRunner:
     def _resize(self, arrays: list[np.ndarray]) -> bool:
         """Resize to the inputs' batch when the file allows it; False when the batch is fixed."""
         resized = False
-        for d, a in zip(self.input_details, arrays, strict=True):
-            if tuple(d["shape"]) == a.shape:
+        current = self.interpreter.get_input_details()  # the shapes of the last resize, not of the file
+        for d, now, a in zip(self.input_details, current, arrays, strict=True):
+            if tuple(now["shape"]) == a.shape:
                 continue
             if d["shape_signature"][0] != -1 or tuple(d["shape"][1:]) != a.shape[1:]:
                 return False
@@ -180,12 +181,11 @@ class TFLiteRunner:
         return True
 
     def _prepare(self, a: np.ndarray, d: dict) -> np.ndarray:
-        dtype = np.dtype(d["dtype"])
-        if dtype.kind in "iu":
-            scale, zp = d["quantization"]
+        dtype, (scale, zp) = np.dtype(d["dtype"]), d["quantization"]
+        if dtype.kind in "iu" and scale and a.dtype.kind == "f":  # a float on the input's integer grid
             info = np.iinfo(dtype)
             return np.clip(np.rint(a / np.float32(scale)) + zp, info.min, info.max).astype(dtype)
-        return a.astype(dtype)
+        return a.astype(dtype, copy=False)
 
     def invoke(self, *inputs: Any) -> list[np.ndarray]:
         """Raw outputs (the file's own dtypes) for one batch the file's shapes accept."""
@@ -210,23 +210,43 @@ class TFLiteRunner:
         return outs[0] if len(outs) == 1 else outs
 
 
+def _dims(shape: Any) -> str:
+    return "x".join(str(s) if s >= 0 else "?" for s in shape)
+
+
 class LiteRTSession:
-    """A ``.tflite`` file behind the small interface ``mixq bench`` times: ``random_feeds(batch)`` and
-    ``run(None, feeds)`` (as an ONNX Runtime session's ``run``), on ``threads`` CPU threads with XNNPACK."""
+    """A ``.tflite`` file behind the small interface ``mixq bench`` times: ``random_feeds(batch)`` or
+    ``given_feeds(arrays)``, then ``run(None, feeds)`` (as an ONNX Runtime session's ``run``), on ``threads`` CPU
+    threads with XNNPACK."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         self.runner = TFLiteRunner(path, threads=threads or 2)
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each input's name and its current shape (after the last resize)."""
+        return {d["name"]: tuple(int(s) for s in d["shape"])
+                for d in self.runner.interpreter.get_input_details()}
+
+    def _allocate(self, arrays: list[np.ndarray]) -> None:
+        """Resize the inputs to ``arrays``' shapes, or say which input cannot take its shape."""
+        for d, a in zip(self.runner.input_details, arrays, strict=True):
+            signature = d["shape_signature"]
+            if len(signature) == a.ndim and all(s in (-1, n) for s, n in zip(signature, a.shape, strict=True)):
+                continue
+            if len(signature) == a.ndim and tuple(signature[1:]) == a.shape[1:]:
+                raise ValueError(f"input {d['name']!r} has a fixed batch size of {signature[0]}, not {a.shape[0]}; "
+                                 "export with mixq.export_tflite(..., dynamic_batch=True) to resize it")
+            raise ValueError(f"input {d['name']!r} takes {_dims(signature)}, not {_dims(a.shape)}")
+        self.runner._resize(arrays)
 
     def random_feeds(self, batch: int, seed: int = 0) -> dict[int, np.ndarray]:
         """Normal floats (integer inputs: uniform over their range) at batch size ``batch``."""
         rng = np.random.default_rng(seed)
         feeds = {}
         for d in self.runner.input_details:
-            shape = list(d["shape"])
-            if shape and shape[0] != batch:
-                if d["shape_signature"][0] != -1:
-                    raise ValueError(f"input {d['name']!r} has a fixed batch size of {shape[0]}, not {batch}; "
-                                     "export with mixq.export_tflite(..., dynamic_batch=True) to resize it")
+            shape = [int(s) for s in d["shape"]]
+            if shape:
                 shape[0] = batch
             dtype = np.dtype(d["dtype"])
             if dtype.kind in "iu":
@@ -234,9 +254,18 @@ class LiteRTSession:
                 feeds[d["index"]] = rng.integers(info.min, info.max + 1, size=shape).astype(dtype)
             else:
                 feeds[d["index"]] = rng.standard_normal(shape).astype(dtype)
-        if self.runner._resize(list(feeds.values())) is False:
-            raise ValueError("the file's inputs cannot be resized to this batch")
+        self._allocate(list(feeds.values()))
         return feeds
+
+    def given_feeds(self, arrays: list[np.ndarray]) -> dict[int, np.ndarray]:
+        """``arrays`` (one per input, in the file's input order) as the file takes them: quantized with its own
+        scale and zero point for integer inputs on a grid, cast otherwise. ``ValueError`` when one does not fit."""
+        details = self.runner.input_details
+        if len(arrays) != len(details):
+            raise ValueError(f"the file takes {len(details)} input(s), not {len(arrays)}")
+        arrays = [np.asarray(a) for a in arrays]
+        self._allocate(arrays)
+        return {d["index"]: self.runner._prepare(a, d) for d, a in zip(details, arrays, strict=True)}
 
     def run(self, _outputs: None, feeds: dict[int, np.ndarray]) -> None:
         it = self.runner.interpreter
