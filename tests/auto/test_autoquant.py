@@ -289,3 +289,34 @@ def test_paired_timing_calls_ties_on_noise():
     assert Comparison(10.0, 8.0, 13, 15).b_faster and Comparison(8.0, 10.0, 2, 15).a_faster
     verdict = paired(lambda: sum(range(2000)), lambda: sum(range(2000)), pairs=7, calls=2)
     assert not verdict.a_faster or not verdict.b_faster
+
+
+def test_graph_mode_matmuls_are_ranked_from_cached_inputs_and_chosen(monkeypatch):
+    """A Hugging Face encoder goes through torch.export graph mode: its attention MatMuls get static/fp32 ladders,
+    their sensitivity comes from cached inputs (no whole-model conversion per rung) and the result converts."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    bert = transformers.BertModel(transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).eval()
+    g = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 100, (4, 12), generator=g)} for _ in range(3)]
+    with torch.no_grad():
+        reference = bert(**batches[0]).last_hidden_state
+
+    def cosine(m):
+        with torch.no_grad():
+            out = m(**batches[0]).last_hidden_state
+        return float(nn.functional.cosine_similarity(out.flatten(), reference.flatten(), dim=0))
+
+    from mixq.auto import sensitivity
+
+    whole = []
+    original = sensitivity._whole_model_rows
+    monkeypatch.setattr(sensitivity, "_whole_model_rows", lambda *a, **k: whole.append(a[3]) or original(*a, **k))
+    result = _auto((bert, batches, cosine), max_drop=0.01)
+    rows = {r.name: r for r in result.report.sensitivity}
+    matmuls = [n for n, r in rows.items() if r.kind == "matmul"]
+    assert len(matmuls) == 2 and all(math.isfinite(rows[n].output_sqnr_db) for n in matmuls)
+    assert whole == []  # every module, MatMuls included, was measured on its cached inputs
+    assert set(matmuls) <= set(result.report.precisions)
+    assert result.report.met and cosine(result.model) >= result.report.required

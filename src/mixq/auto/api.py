@@ -33,6 +33,7 @@ from mixq.auto.sensitivity import analyse, quantized_layer
 from mixq.quant.api import make_config
 from mixq.quant.calibration import Batch
 from mixq.quant.conversion import convert_prepared
+from mixq.quant.modules import ObservedMatMul
 from mixq.quant.planning import split_first
 from mixq.quant.spec import ObserverSpec, QuantConfig
 from mixq.quant.stages import calibrate, prepare
@@ -137,7 +138,9 @@ def autoquantize(
     calibrate(prepared, _keep(batches, kept, sensitivity_batches), progress=progress)
     seconds["calibration"] = time.perf_counter() - tick
     kinds = {name: type(prepared.model.get_submodule(name).layer).__name__ for name in prepared.observed}
-    ladders = {n: ladder(kinds.get(n, "add"), objective, base.observer) for n in prepared.observed + prepared.adds}
+    kinds |= {name: "matmul" if isinstance(prepared.model.get_submodule(name), ObservedMatMul) else "add"
+              for name in prepared.adds}
+    ladders = {n: ladder(kinds[n], objective, base.observer) for n in prepared.observed + prepared.adds}
 
     tick = time.perf_counter()
     sensitivity = analyse(prepared, base, ladders, kept)

@@ -4,7 +4,7 @@ Static int8 with the configured observer, then static int8 with the percentile a
 ranges), then dynamic int8 (activation ranges measured per call), float16 weights, and finally fp32. For
 ``objective="latency"`` the ladder skips rungs that ONNX Runtime does not run faster than fp32 on CPU: float16
 (its weights are cast back to float32) and dynamic convolutions (ConvInteger is several times slower than Conv).
-Graph-mode adds only have the static rungs and fp32.
+Graph-mode adds and MatMuls of two activations only have the static rungs and fp32.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def ladder(kind: str, objective: str, base: ObserverSpec) -> list[Rung]:
     """Rungs for a layer of type ``kind`` (``"Linear"``, ``"Conv2d"``, ``"add"``, ...), fastest first."""
     rungs = [Rung("static", base)]
     rungs += [Rung("static", ObserverSpec(name, bins=base.bins)) for name in ROBUST_OBSERVERS if name != base.name]
-    if kind != "add":
+    if kind not in ("add", "matmul"):  # graph-mode binary ops: static or float only
         if kind == "Linear" or objective != "latency":
             rungs.append(Rung("dynamic"))
         if objective != "latency":

@@ -20,7 +20,7 @@ from torch import nn
 
 from mixq.auto.ladder import Rung, everything_float, only
 from mixq.quant.calibration import Batch, call_model
-from mixq.quant.conversion import _convert_layer, _Ranges, convert_prepared  # one layer, as convert_prepared
+from mixq.quant.conversion import _convert_add, _convert_layer, _Ranges, convert_prepared  # one, as convert_prepared
 from mixq.quant.fusion import set_submodule
 from mixq.quant.modules import ObservedAdd, ObservedLayer
 from mixq.quant.observers import Observer
@@ -162,8 +162,11 @@ def quantized_layer(prepared: Prepared, config: QuantConfig, name: str) -> nn.Mo
         parent = parent.get_submodule(part)
     parent.add_module(parts[-1], prepared.model.get_submodule(name))
     static = {n for n in prepared.observed + prepared.adds if config.choice(n).mode == "static"}
-    _convert_layer(holder, name, config, _Ranges(prepared, config, static, prepared.model),
-                   QuantizationSummary(config.mode), prepared.weight_params)
+    ranges, summary = _Ranges(prepared, config, static, prepared.model), QuantizationSummary(config.mode)
+    if name in prepared.adds:  # a graph-mode add or MatMul of two activations
+        _convert_add(holder, name, config, ranges, summary)
+    else:
+        _convert_layer(holder, name, config, ranges, summary, prepared.weight_params)
     return holder.get_submodule(name)
 
 
@@ -172,7 +175,7 @@ class _Cache:
     batches: one pass, so a layer's own error at each rung needs no further model pass."""
 
     def __init__(self, model: nn.Module, layers: list[str], batches: Sequence[Batch]) -> None:
-        self.inputs: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+        self.inputs: dict[str, list[tuple]] = {n: [] for n in layers}
         self.outputs: dict[str, list[Any]] = {n: [] for n in layers}
         handles = [model.get_submodule(n).register_forward_hook(self._hook(n)) for n in layers]
         try:
@@ -185,8 +188,9 @@ class _Cache:
 
     def _hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            self.inputs[name].append(args[0])
-            self.outputs[name].append(output)
+            if all(isinstance(a, torch.Tensor) and a.is_floating_point() for a in args):  # not shape arithmetic
+                self.inputs[name].append(args)
+                self.outputs[name].append(output)
         return hook
 
 
@@ -205,19 +209,19 @@ def analyse(prepared: Prepared, config: QuantConfig, ladders: dict[str, list[Run
             batches: Sequence[Batch]) -> list[LayerSensitivity]:
     """Sensitivity of every layer in ``ladders`` (every rung but fp32), worst model-output SQNR first.
 
-    Layers (Linear/Conv): one fp32 pass caches every layer's input and output; each rung's quantized layer runs on
-    its cached input (its own SQNR), and one model pass per layer, with it alone at its first rung, gives the
-    model-output SQNR. Other rungs' model-output SQNR is that value moved by their layer-SQNR difference (noise
-    this small propagates linearly). Graph-mode adds (two inputs) are converted and run whole, per rung.
+    Layers (Linear/Conv) and graph-mode adds and MatMuls: one fp32 pass caches every module's inputs and output;
+    each rung's quantized module runs on its cached inputs (its own SQNR), and one model pass per module, with it
+    alone at its first rung, gives the model-output SQNR. Other rungs' model-output SQNR is that value moved by
+    their SQNR difference (noise this small propagates linearly). A module called other than once per batch is
+    converted and run whole, per rung.
     """
     fp32_ref = convert_prepared(prepared, everything_float(config))
     kinds = {r.name: r.kind for r in fp32_ref.mixq_summary.layers}
-    layers = [n for n in ladders if n in prepared.observed or n in prepared.plain]
-    cache = _Cache(fp32_ref, layers, batches)
+    cache = _Cache(fp32_ref, list(ladders), batches)
     rows = []
     for name, rungs in ladders.items():
         row = LayerSensitivity(name, kinds.get(name, "add"), math.inf, math.inf)
-        if name in cache.inputs:
+        if len(cache.inputs[name]) == len(batches):  # one call per batch, cached: no extra model passes
             _layer_rows(prepared, config, fp32_ref, cache, name, rungs, row, batches)
         else:
             _whole_model_rows(prepared, config, fp32_ref, name, rungs, row, batches)
@@ -237,8 +241,8 @@ def _layer_rows(prepared: Prepared, config: QuantConfig, fp32_ref: nn.Module, ca
         module = quantized_layer(prepared, only(config, name, rung), name)
         layer_noise = _Noise()
         with torch.no_grad():
-            for x, ref in zip(cache.inputs[name], cache.outputs[name], strict=True):
-                layer_noise.add(ref, module(x))
+            for args, ref in zip(cache.inputs[name], cache.outputs[name], strict=True):
+                layer_noise.add(ref, module(*args))
         if first_layer_db is None:
             model_noise = _Noise()
             for ref, out in zip(cache.model_outputs, _swapped(fp32_ref, name, module, batches), strict=True):
