@@ -12,8 +12,10 @@ loaded machine otherwise costs more than the kernels.
 
 Variants: ORT ``quantize_dynamic`` (per-channel), ORT ``quantize_static`` (QDQ, MatMul only, U8S8, per-channel),
 the same with ORT's SmoothQuant option (needs Intel Neural Compressor's ONNX adaptor; reported as not run when it
-is missing), mixq dynamic / static (min-max) with and without ``smoothquant="auto"``, and ``mixq.autoquantize``
-(target: cosine >= 0.995 on held-out sentences, latency objective) with its wall time.
+is missing), mixq dynamic / static (min-max; static runs in torch.export graph mode with integer attention) with
+and without ``smoothquant="auto"``, the issue's hand-made reference (dynamic with the FFN-output Linears float), and
+``mixq.autoquantize`` (target: cosine >= 0.995 on held-out sentences, latency objective, ``--threads`` PyTorch
+threads) with its wall time per phase.
 
 Usage::
 
@@ -241,8 +243,16 @@ def main() -> None:
             add(label, qmodel, f"mixq_{mode}{'_sq' if alpha else ''}.onnx", time.perf_counter() - start)
             print(f"{label}: quantized in {seconds[label]} s")
 
+    if "mixq" not in skip:  # the hand-made reference: dynamic int8 with the FFN-output Linears kept float
+        start = time.perf_counter()
+        ffn_out = [f"model.encoder.layer.{i}.output.dense" for i in range(model.model.config.num_hidden_layers)]
+        qmodel = mixq.quantize(model, "dynamic", exclude=ffn_out, progress=False)
+        add("by hand: mixq dynamic, FFN-output Linears float", qmodel, "mixq_dynamic_ffn_float.onnx",
+            time.perf_counter() - start)
+
     auto_report = None
     if "autoquant" not in skip:
+        torch.set_num_threads(args.threads)  # autoquantize's PyTorch passes are its cost: give it the run's threads
         held_t = {k: torch.from_numpy(v) for k, v in held.items()}
         with torch.no_grad():
             reference = pooled(model(**held_t), held["attention_mask"])
@@ -259,6 +269,7 @@ def main() -> None:
                        "met": result.report.met, "evaluations": result.report.evaluations,
                        "precisions": result.report.precisions, "notes": result.report.notes}
         print(f"autoquantize took {took:.1f} s: {auto_report['seconds']}")
+        torch.set_num_threads(1)
 
     reference = ort_embeddings(fp32, evals, args.threads)
     rows: dict[str, dict[str, Any]] = {}
