@@ -202,6 +202,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--skip", default="", help="comma-separated: ort, mixq, smoothquant, autoquant")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--sim-check", type=int, default=32,
+                   help="sentences on which each mixq model's PyTorch output is compared with its ONNX file (0: off)")
     args = p.parse_args()
     skip = {s for s in args.skip.split(",") if s}
     torch.set_num_threads(1)  # PyTorch only quantizes and evaluates here; OpenMP spin-waits thrash on a busy machine
@@ -228,12 +230,20 @@ def main() -> None:
     paths.update(extra)
     notes: dict[str, str] = {}
     seconds: dict[str, float] = {}
+    sim_vs_ort: dict[str, float] = {}
+    sim_tokens = {k: v[:args.sim_check] for k, v in evals.items()}
 
     def add(name: str, qmodel: nn.Module, file: str, took: float) -> None:
         paths[name] = mixq.export_onnx(qmodel, example, work / file)
         seconds[name] = round(took, 1)
         smooth = [n for n in qmodel.mixq_summary.notes if n.startswith("smoothquant")]
         notes[name] = smooth[0][:200] if smooth else ""
+        if args.sim_check:  # the PyTorch model vs its ONNX Runtime file: lowest per-sentence cosine
+            with torch.no_grad():
+                sim = pooled(qmodel(**{k: torch.from_numpy(v) for k, v in sim_tokens.items()}),
+                             sim_tokens["attention_mask"])
+            sim_vs_ort[name] = round(float((sim * ort_embeddings(paths[name], sim_tokens, args.threads)).sum(1)
+                                           .min()), 5)
 
     for mode in () if "mixq" in skip else ("dynamic", "static"):
         for alpha in (None,) if "smoothquant" in skip else (None, "auto"):
@@ -276,7 +286,8 @@ def main() -> None:
     for name, file in paths.items():
         cos, top1 = fidelity(ort_embeddings(file, evals, args.threads), reference)
         rows[name] = {"cos": round(cos, 4), "top1": round(top1, 3), "bytes": file.stat().st_size,
-                      "quantize_s": seconds.get(name), "note": notes.get(name, "")}
+                      "quantize_s": seconds.get(name), "note": notes.get(name, ""),
+                      "sim_vs_ort_min_cos": sim_vs_ort.get(name)}
         print(f"{name}: cos {cos:.4f} top-1 {top1:.3f}")
     for batch in (int(b) for b in args.batches.split(",")):
         runs = max(1, 32 // batch)
@@ -294,13 +305,18 @@ def main() -> None:
     lines = [f"CPU: {flags}. {args.threads} threads, seq {args.seq}, {args.eval} evaluation / {args.calib} "
              f"calibration sentences, {args.rounds} interleaved rounds; load average {result['load_average']:.1f}.",
              "", "| variant | cos | top-1 | speed-up over ORT fp32, " + " / ".join(f"b{b}" for b in batches) +
-             " | ms, " + " / ".join(f"b{b}" for b in batches) + " |", "|---|---:|---:|---:|---:|"]
+             " | ms, " + " / ".join(f"b{b}" for b in batches) + " | PyTorch vs its ONNX file, min cos |",
+             "|---|---:|---:|---:|---:|---:|"]
     for name, row in rows.items():
+        sim = "-" if row["sim_vs_ort_min_cos"] is None else f"{row['sim_vs_ort_min_cos']:.5f}"
         lines.append(f"| {name} | {row['cos']:.4f} | {row['top1']:.3f} | "
                      + " / ".join(f"{row[f'b{b}_speedup']:.2f}x" for b in batches) + " | "
-                     + " / ".join(f"{row[f'b{b}_ms']:.1f}" for b in batches) + " |")
+                     + " / ".join(f"{row[f'b{b}_ms']:.1f}" for b in batches) + f" | {sim} |")
     for name, why in failed.items():
-        lines.append(f"| {name} | not run: {why} | | | |")
+        lines.append(f"| {name} | not run: {why} | | | | |")
+    if auto_report is not None:
+        lines += ["", f"autoquantize: {auto_report['wall_s']} s in all; per phase {auto_report['seconds']}; "
+                  f"{auto_report['evaluations']} evaluations; target met: {auto_report['met']}."]
     (args.out / "transformers.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     shutil.rmtree(work, ignore_errors=True)
