@@ -13,6 +13,7 @@ import torch
 
 import mixq
 from mixq.export.onnx.decoder import decoder_feeds
+from tests.cli.one_line import assert_one_line_error
 
 transformers = pytest.importorskip("transformers")
 TEXTS = ["the man came back to the world", "what is this", "she said it was good"]
@@ -77,11 +78,7 @@ ERRORS = {
 
 @pytest.mark.parametrize("args,message", list(ERRORS.values()), ids=list(ERRORS))
 def test_bad_causal_lm_input_is_one_line(mixq_main, hf_dirs, args, message):
-    code, out, err = mixq_main(*args, cwd=hf_dirs)
-    lines = [ln for ln in err.splitlines() if ln.startswith("mixq ")]
-    assert code == 2, err
-    assert len(lines) == 1 and message in lines[0], err
-    assert "Traceback" not in err and not (hf_dirs / "bad.onnx").exists()
+    assert_one_line_error(mixq_main, hf_dirs, args, message)
 
 
 def test_decoder_feeds_fill_in_an_empty_cache_and_a_full_mask(hf_dirs, mixq_main):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mixq.export.onnx.decoder import decoder_feeds
+from tests.cli.one_line import assert_one_line_error
 
 transformers = pytest.importorskip("transformers")
 
@@ -111,11 +112,7 @@ ERRORS = {
 
 @pytest.mark.parametrize("args,message", list(ERRORS.values()), ids=list(ERRORS))
 def test_bad_input_is_one_line(mixq_main, hf_dirs, args, message):
-    code, out, err = mixq_main(*args, cwd=hf_dirs)
-    lines = [ln for ln in err.splitlines() if ln.startswith("mixq ")]
-    assert code == 2, err
-    assert len(lines) == 1 and message in lines[0], err
-    assert "Traceback" not in err and not (hf_dirs / "bad.onnx").exists()
+    assert_one_line_error(mixq_main, hf_dirs, args, message)
 
 
 def test_token_inputs_from_texts_and_from_a_shape(hf_dirs):

@@ -44,39 +44,8 @@ def _is_float_tensor(value: object) -> bool:
     return isinstance(value, torch.Tensor) and value.is_floating_point()
 
 
-class ObservedAdd(nn.Module):
-    """``a + b`` (+ fused ReLU) with observers on both inputs and the output; becomes ``QuantizedAdd``."""
-
-    def __init__(self, a_observer: Observer, b_observer: Observer, output_observer: Observer,
-                 relu: bool = False) -> None:
-        super().__init__()
-        self.a_observer = a_observer
-        self.b_observer = b_observer
-        self.output_observer = output_observer
-        self.relu = relu
-        self.shared = [False, False]
-
-    def share_input(self, index: int, observer: Observer) -> None:
-        setattr(self, ("a_observer", "b_observer")[index], observer)
-        self.shared[index] = True
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        if not (_is_float_tensor(a) and _is_float_tensor(b)):  # shape arithmetic and the like: not ours
-            return a + b
-        if not self.shared[0]:
-            self.a_observer(a)
-        if not self.shared[1]:
-            self.b_observer(b)
-        y = a + b
-        if self.relu:
-            y = torch.relu(y)
-        return self.output_observer(y)
-
-
-class ObservedMatMul(nn.Module):
-    """``a @ b`` of two activations (attention's Q·Kᵀ, probabilities·V) with observers on both inputs; becomes
-    ``QuantizedMatMul``. Its output stays float (softmax and the output projection read it), so it has no output
-    observer."""
+class _ObservedPair(nn.Module):
+    """Observers on the two inputs of a binary op; either can be shared with its producer (graph mode)."""
 
     def __init__(self, a_observer: Observer, b_observer: Observer) -> None:
         super().__init__()
@@ -88,11 +57,39 @@ class ObservedMatMul(nn.Module):
         setattr(self, ("a_observer", "b_observer")[index], observer)
         self.shared[index] = True
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def _observe_inputs(self, a: torch.Tensor, b: torch.Tensor) -> None:
         if not self.shared[0]:
             self.a_observer(a)
         if not self.shared[1]:
             self.b_observer(b)
+
+
+class ObservedAdd(_ObservedPair):
+    """``a + b`` (+ fused ReLU) with observers on both inputs and the output; becomes ``QuantizedAdd``."""
+
+    def __init__(self, a_observer: Observer, b_observer: Observer, output_observer: Observer,
+                 relu: bool = False) -> None:
+        super().__init__(a_observer, b_observer)
+        self.output_observer = output_observer
+        self.relu = relu
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if not (_is_float_tensor(a) and _is_float_tensor(b)):  # shape arithmetic and the like: not ours
+            return a + b
+        self._observe_inputs(a, b)
+        y = a + b
+        if self.relu:
+            y = torch.relu(y)
+        return self.output_observer(y)
+
+
+class ObservedMatMul(_ObservedPair):
+    """``a @ b`` of two activations (attention's Q·Kᵀ, probabilities·V) with observers on both inputs; becomes
+    ``QuantizedMatMul``. Its output stays float (softmax and the output projection read it), so it has no output
+    observer."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        self._observe_inputs(a, b)
         return torch.matmul(a, b)
 
 
