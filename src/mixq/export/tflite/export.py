@@ -24,6 +24,7 @@ from mixq.export.tflite.integer_io import integer_io
 from mixq.export.tflite.lowering import ActivationQParams, lower, lowering_of
 from mixq.export.tflite.recipes import apply_recipe
 from mixq.quant.calibration import describe
+from mixq.quant.modules import QuantizedLinear, QuantizedMatMul
 from mixq.quant.modules.observed import refuse_observed
 from mixq.quant.modules.registry import quantized_classes
 from mixq.report.files import atomic_path
@@ -39,6 +40,15 @@ def _as_args(example_inputs: Any) -> tuple:
         return tuple(example_inputs)
     raise TypeError(f"example_inputs must be a tensor or a tuple of tensors for export_tflite, got "
                     f"{describe(example_inputs)}")
+
+
+def _refuse_graph_mode(model: nn.Module) -> None:
+    """Layers only torch.export graph mode makes have no verified LiteRT lowering: name the first."""
+    for name, module in model.named_modules():
+        if isinstance(module, QuantizedMatMul) or (isinstance(module, QuantizedLinear) and module.y_scale is None):
+            raise ExportError(f"layer {name!r} comes from torch.export graph mode (integer attention, Linear "
+                              "outputs left float), which has no verified LiteRT lowering yet; export this model "
+                              "with mixq.export_onnx")
 
 
 def _litert_mode(model: nn.Module, modes: dict[str, str]) -> str:
@@ -168,6 +178,7 @@ def export_tflite(
     if io_dtype not in IO_DTYPES:
         raise ValueError(f"io_dtype must be one of {IO_DTYPES}, got {io_dtype!r}")
     args = _as_args(example_inputs)
+    _refuse_graph_mode(model)
     lowered, modes = lower(model)
     mode = _litert_mode(model, modes)
     if io_dtype != "float32" and mode != "full_integer":
