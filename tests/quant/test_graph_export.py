@@ -115,3 +115,36 @@ def test_a_decoder_without_cache_gets_graph_mode(tmp_path, ort_run, reduce_range
         ref = llama(input_ids=ids).logits
     assert np.abs(logits - sim).max() <= 1e-4
     assert torch.nn.functional.cosine_similarity(ref.flatten(), torch.from_numpy(sim).flatten(), dim=0) > 0.999
+
+
+class _ShapeBranchingResidual(torch.nn.Module):
+    """Python control flow on a shape (torch.fx cannot trace it; torch.export can) and a residual add whose sum
+    an integer layer reads: the add is quantized."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        if x.shape[-1] == 8:  # a shape test: fx sees a Proxy, export a static shape
+            h = h + torch.relu(self.b(h))
+        return self.head(h)
+
+
+def test_a_residual_add_an_integer_layer_reads_is_quantized_through_torch_export(tmp_path, ort_run, reduce_range):
+    torch.manual_seed(0)
+    model = _ShapeBranchingResidual().eval()
+    g = torch.Generator().manual_seed(0)
+    calib = [torch.randn(16, 8, generator=g) for _ in range(4)]
+    qmodel = mixq.quantize(model, "static", calib_data=calib, reduce_range=reduce_range, progress=False)
+    assert isinstance(qmodel, fx.GraphModule)
+    assert [r.kind for r in qmodel.mixq_summary.quantized].count("add") == 1
+    path = mixq.export_onnx(qmodel, calib[0], tmp_path / "residual.onnx")
+    ops = mixq.optimized_op_types(path)
+    assert ops["QLinearAdd"] == 1 and "Add" not in ops, ops
+    x = torch.randn(5, 8, generator=g)
+    (out,) = ort_run(path, x)
+    with torch.no_grad():
+        sim = qmodel(x).numpy()
+    assert np.abs(out - sim).max() <= 1e-5

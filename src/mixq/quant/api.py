@@ -145,7 +145,10 @@ def quantize(
 
     Conv+BatchNorm(+ReLU) are folded first, from a probe of the real dataflow (the first calibration batch, or
     ``example_inputs`` in the other modes). Static mode then traces the model with ``torch.fx`` where it can, to
-    quantize residual adds and share scales along the dataflow (see ``mixq.quant.graph``).
+    quantize residual adds and share scales along the dataflow (see ``mixq.quant.graph``); models ``torch.fx``
+    cannot trace (Hugging Face transformers) are captured with ``torch.export`` instead, which also runs
+    attention's MatMuls as integer kernels and keeps Linear outputs float where no integer kernel reads them (the
+    result is a ``torch.fx.GraphModule``; see ``mixq.quant.graph_export``).
 
     ``smoothquant`` (static and dynamic modes; needs ``calib_data``) applies SmoothQuant first: activation
     outliers move into the weights by per-channel scales folded into the preceding LayerNorm or Linear, so the
