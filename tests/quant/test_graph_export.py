@@ -148,3 +148,41 @@ def test_a_residual_add_an_integer_layer_reads_is_quantized_through_torch_export
     with torch.no_grad():
         sim = qmodel(x).numpy()
     assert np.abs(out - sim).max() <= 1e-5
+
+
+def _tokens(batch: int, seq: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    return {"input_ids": torch.randint(0, 100, (batch, seq), generator=g),
+            "attention_mask": torch.ones(batch, seq, dtype=torch.long)}
+
+
+def _pixels(batch: int, seq: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    return {"pixel_values": torch.randn(batch, 3, 16, 16, generator=g)}
+
+
+ARCHITECTURES = {
+    "roberta": (lambda: transformers.RobertaModel(transformers.RobertaConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64)), _tokens),
+    "distilbert": (lambda: transformers.DistilBertModel(transformers.DistilBertConfig(
+        vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64)), _tokens),
+    "vit": (lambda: transformers.ViTModel(transformers.ViTConfig(
+        image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64)), _pixels),
+}
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_other_encoders_get_integer_attention_and_match_onnx_runtime(name, tmp_path, ort_run, reduce_range):
+    make, data = ARCHITECTURES[name]
+    torch.manual_seed(0)
+    model, g = make().eval(), torch.Generator().manual_seed(0)
+    calib = [data(2, 10, g) for _ in range(3)]
+    qmodel = mixq.quantize(model, "static", calib_data=calib, reduce_range=reduce_range, progress=False)
+    assert isinstance(qmodel, fx.GraphModule)
+    assert sum(r.kind == "matmul" for r in qmodel.mixq_summary.quantized) == 2
+    path = mixq.export_onnx(qmodel, calib[0], tmp_path / f"{name}.onnx")
+    x = data(3, 7, g)
+    (hidden, *_) = ort_run(path, **x)
+    with torch.no_grad():
+        sim = qmodel(**x).last_hidden_state.numpy()
+    assert np.abs(hidden - sim).max() <= 1e-4
