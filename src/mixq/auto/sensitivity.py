@@ -33,6 +33,7 @@ from mixq.quant.weights import quantize_weight
 OUTLIER_RATIO = 10.0  # full range / central 90 % range above which a tensor's range is "stretched by outliers"
 WEAK_WEIGHT_SQNR_DB = 30.0
 CORE = 0.90  # a Gaussian's full range is ~2.5-3x its central 90 %; an outlier-stretched one is 10x-1000x
+MODEL_SQNR_ELEMENTS = 2**17  # model-output values that make a stable SQNR; more batches would only add model passes
 
 
 @dataclass
@@ -86,6 +87,16 @@ class _Noise:
         if self.noise == 0.0:
             return math.inf
         return 10 * math.log10(max(self.signal, 1e-30) / self.noise)
+
+
+def enough_batches(outputs: Sequence[Any]) -> int:
+    """How many leading batches' model outputs hold ``MODEL_SQNR_ELEMENTS`` values (all of them if fewer)."""
+    total = 0
+    for i, out in enumerate(outputs):
+        total += sum(t.numel() for t in _tensors(out))
+        if total >= MODEL_SQNR_ELEMENTS:
+            return i + 1
+    return len(outputs)
 
 
 def _run(model: nn.Module, batches: Sequence[Batch], layer: str | None) -> list[tuple[Any, Any]]:
@@ -211,9 +222,10 @@ def analyse(prepared: Prepared, config: QuantConfig, ladders: dict[str, list[Run
 
     Layers (Linear/Conv) and graph-mode adds and MatMuls: one fp32 pass caches every module's inputs and output;
     each rung's quantized module runs on its cached inputs (its own SQNR), and one model pass per module, with it
-    alone at its first rung, gives the model-output SQNR. Other rungs' model-output SQNR is that value moved by
-    their SQNR difference (noise this small propagates linearly). A module called other than once per batch is
-    converted and run whole, per rung.
+    alone at its first rung, gives the model-output SQNR (over the leading batches that hold
+    ``MODEL_SQNR_ELEMENTS`` output values: a transformer's first batch usually does). Other rungs' model-output
+    SQNR is that value moved by their SQNR difference (noise this small propagates linearly). A module called
+    other than once per batch is converted and run whole, per rung.
     """
     fp32_ref = convert_prepared(prepared, everything_float(config))
     kinds = {r.name: r.kind for r in fp32_ref.mixq_summary.layers}
@@ -244,8 +256,8 @@ def _layer_rows(prepared: Prepared, config: QuantConfig, fp32_ref: nn.Module, ca
             for args, ref in zip(cache.inputs[name], cache.outputs[name], strict=True):
                 layer_noise.add(ref, module(*args))
         if first_layer_db is None:
-            model_noise = _Noise()
-            for ref, out in zip(cache.model_outputs, _swapped(fp32_ref, name, module, batches), strict=True):
+            model_noise, n = _Noise(), enough_batches(cache.model_outputs)
+            for ref, out in zip(cache.model_outputs[:n], _swapped(fp32_ref, name, module, batches[:n]), strict=True):
                 model_noise.add(ref, out)
             first_layer_db, row.layer_sqnr_db = layer_noise.db, layer_noise.db
             row.output_sqnr_db = row.rung_sqnr_db[rung.label] = model_noise.db
