@@ -16,9 +16,8 @@ mode.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import fx, nn
@@ -39,13 +38,6 @@ def _as_call(batch: Batch) -> tuple[tuple, dict]:
     if isinstance(batch, (tuple, list)):
         return tuple(batch), {}
     return (), dict(batch)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 def _hf_models(model: nn.Module) -> list[nn.Module]:
@@ -146,7 +138,8 @@ def export_graph(model: nn.Module, probe: Batch, targets: list[str]) -> tuple[fx
     positional, keyword = default_axes(args, kwargs)
     args, kwargs = grow_unit_axes(args, kwargs, positional, keyword)
     try:
-        with _quiet(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
             program = torch.export.export(model, args, kwargs, dynamic_shapes=torch_export_spec(
                 model, positional, keyword), strict=False)
             gm = program.module()
