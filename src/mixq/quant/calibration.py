@@ -72,13 +72,19 @@ def check_iterable(batches: Any) -> None:
         )
 
 
+def batch_args(batch: Batch) -> tuple[tuple, dict]:
+    """A batch as ``(positional, keyword)`` inputs: a tensor, a tuple/list of them, or a dict of keyword tensors."""
+    if isinstance(batch, torch.Tensor):
+        return (batch,), {}
+    if isinstance(batch, (tuple, list)):
+        return tuple(batch), {}
+    return (), dict(batch)
+
+
 def call_model(model: nn.Module, batch: Batch) -> Any:
     """Call ``model`` with a batch: ``model(t)``, ``model(*batch)`` or ``model(**batch)``."""
-    if isinstance(batch, torch.Tensor):
-        return model(batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(**batch)
+    args, kwargs = batch_args(batch)
+    return model(*args, **kwargs)
 
 
 def run_batches(model: nn.Module, batches: Iterable[Batch], *, desc: str = "calibrating",

@@ -217,17 +217,21 @@ def keep_float_outputs(gm: fx.GraphModule) -> int:
 
 
 def apply_graph_mode(model: nn.Module, make_observer: Callable[[str], Observer], notes: list[str],
-                     add_cls: type[ObservedAdd] = ObservedAdd, exported: bool = False) -> tuple[nn.Module, list[str]]:
+                     add_cls: type[ObservedAdd] = ObservedAdd, exported: bool = False,
+                     untraceable: str = "") -> tuple[nn.Module, list[str]]:
     """Trace a model whose layers are already wrapped (``ObservedLayer``), then fuse ReLU call sites, turn adds into
     ``add_cls`` and share observers along the dataflow. Returns ``(model or its graph module, add names)`` and
     appends to ``notes`` what was done, or why tracing failed (the model is then returned unchanged).
 
     ``exported``: ``model`` is already a graph module captured by ``torch.export`` (``graph_export``); MatMuls of
     two activations are quantized too (their names are returned with the adds), adds only where an integer kernel
-    reads the sum, and Linear outputs no integer kernel reads stay float.
+    reads the sum, and Linear outputs no integer kernel reads stay float. ``untraceable``: why ``torch.fx`` failed
+    on this model, when the caller already tried (it is not traced again).
     """
     if exported:
         graph: fx.GraphModule | None = model  # type: ignore[assignment]
+    elif untraceable:
+        graph, why = None, untraceable
     else:
         graph, why = trace(model)
     if graph is None:

@@ -18,26 +18,19 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import fx, nn
 
 from mixq.export.onnx.shapes import default_axes, grow_unit_axes, torch_export_spec
-from mixq.quant.calibration import Batch, call_model
+from mixq.quant.calibration import Batch, batch_args, call_model
 from mixq.quant.fusion import set_submodule
 
 aten = torch.ops.aten
 # ATen calls that are one layer: the argument holding the weight, and how many leading arguments are its inputs
 _LAYER_CALLS = {aten.linear.default: (1, 1), aten.conv1d.default: (1, 1), aten.conv2d.default: (1, 1),
                 aten.embedding.default: (0, 1)}
-
-
-def _as_call(batch: Batch) -> tuple[tuple, dict]:
-    if isinstance(batch, torch.Tensor):
-        return (batch,), {}
-    if isinstance(batch, (tuple, list)):
-        return tuple(batch), {}
-    return (), dict(batch)
 
 
 def _hf_models(model: nn.Module) -> list[nn.Module]:
@@ -50,14 +43,16 @@ def _hf_models(model: nn.Module) -> list[nn.Module]:
     return [m for _, m in found]
 
 
-def returns_cache(model: nn.Module, probe: Batch) -> bool:
+def returns_cache(model: nn.Module, probe: Batch, output: Any = None) -> bool:
     """Whether ``model`` returns a key/value cache for ``probe`` (a causal LM with ``config.use_cache``): one
-    captured graph cannot carry it between calls, and generation (``generate``, ``export_decoder_onnx``) needs it."""
+    captured graph cannot carry it between calls, and generation (``generate``, ``export_decoder_onnx``) needs it.
+    ``output``: the model's output for ``probe`` when the caller already has it (no second forward pass)."""
     if not _hf_models(model):
         return False
-    with torch.no_grad():
-        out = call_model(model, probe)
-    return getattr(out, "past_key_values", None) is not None
+    if output is None:
+        with torch.no_grad():
+            output = call_model(model, probe)
+    return getattr(output, "past_key_values", None) is not None
 
 
 def export_friendly(model: nn.Module) -> tuple[list[str], Callable[[], None]]:
@@ -134,7 +129,7 @@ def export_graph(model: nn.Module, probe: Batch, targets: list[str]) -> tuple[fx
     """``(graph module, "")`` with ``targets`` as ``call_module`` nodes, or ``(None, why not)``. The graph module
     computes what ``model`` computes, takes the same inputs (batch and sequence axes symbolic) and keeps the
     model's ``config`` attribute; ``model`` itself is only read."""
-    args, kwargs = _as_call(probe)
+    args, kwargs = batch_args(probe)
     positional, keyword = default_axes(args, kwargs)
     args, kwargs = grow_unit_axes(args, kwargs, positional, keyword)
     try:

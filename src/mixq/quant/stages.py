@@ -87,9 +87,10 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
         return observe_all or config.choice(name).mode == "static"
 
     relu_layers: set[str] = set()
+    probe_outputs: list[object] = []  # kept for the graph-mode choice below (no second forward pass)
     if config.fold_batchnorm and probe is not None:
-        fusions = [f for f in find_fusions(trace_calls(qmodel, lambda m: call_checked(m, probe)))
-                   if not excluded(f.layer, config.exclude)]
+        calls = trace_calls(qmodel, lambda m: probe_outputs.append(call_checked(m, probe)))
+        fusions = [f for f in find_fusions(calls) if not excluded(f.layer, config.exclude)]
         for f in fusions:
             if not static(f.layer):
                 f.relu = None  # only static layers fuse ReLU (it sets their output range)
@@ -108,7 +109,7 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
     exported, export_failed = False, ""
     fx_why = trace(qmodel)[1] if observed and probe is not None else ""
     untraceable = bool(fx_why)
-    if untraceable and returns_cache(qmodel, probe):  # type: ignore[arg-type]
+    if untraceable and returns_cache(qmodel, probe, probe_outputs[0] if probe_outputs else None):  # type: ignore
         export_failed = ("it returns a key/value cache for generation, which one captured graph cannot carry; set "
                          "model.config.use_cache = False before quantizing to get graph mode with integer attention "
                          "for whole-sequence use")
@@ -135,7 +136,8 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
             specs[owner] = spec_of(owner)
             return make_observer(specs[owner], config.activation, name=label)
 
-        qmodel, adds = apply_graph_mode(qmodel, add_observer, summary.notes, exported=exported)
+        qmodel, adds = apply_graph_mode(qmodel, add_observer, summary.notes, exported=exported,
+                                        untraceable=fx_why)
         if export_failed:
             summary.notes.append(f"graph mode through torch.export not used: {export_failed}")
     return Prepared(qmodel, config, observed, adds, plain, summary, {n: specs[n] for n in observed + adds})

@@ -15,7 +15,7 @@ from torch import nn
 
 from mixq.export.onnx import shapes
 from mixq.export.onnx.validation import check_model_runs, check_runtime_runs, check_writable
-from mixq.quant.calibration import describe
+from mixq.quant.calibration import batch_args, describe
 from mixq.quant.modules.observed import refuse_observed
 from mixq.report.files import atomic_path
 
@@ -28,12 +28,8 @@ class ExportError(RuntimeError):
 
 
 def _as_args(example_inputs: Any) -> tuple[tuple, dict]:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,), {}
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
+    if isinstance(example_inputs, (torch.Tensor, tuple, list, dict)):
+        return batch_args(example_inputs)
     raise TypeError(f"example_inputs must be a tensor, a tuple of tensors or a dict of keyword tensors, got "
                     f"{type(example_inputs).__name__}")
 
