@@ -20,7 +20,12 @@ from torch import nn
 
 from mixq.auto.ladder import Rung, everything_float, only
 from mixq.quant.calibration import Batch, call_model
-from mixq.quant.conversion import _convert_add, _convert_layer, _Ranges, convert_prepared  # one, as convert_prepared
+from mixq.quant.conversion import (  # one, as convert_prepared
+    _convert_layer,
+    _Ranges,
+    convert_graph_op,
+    convert_prepared,
+)
 from mixq.quant.fusion import set_submodule
 from mixq.quant.modules import ObservedAdd, ObservedLayer
 from mixq.quant.observers import Observer
@@ -175,7 +180,7 @@ def quantized_layer(prepared: Prepared, config: QuantConfig, name: str) -> nn.Mo
     static = {n for n in prepared.observed + prepared.adds if config.choice(n).mode == "static"}
     ranges, summary = _Ranges(prepared, config, static, prepared.model), QuantizationSummary(config.mode)
     if name in prepared.adds:  # a graph-mode add or MatMul of two activations
-        _convert_add(holder, name, config, ranges, summary)
+        convert_graph_op(holder, name, config, ranges, summary)
     else:
         _convert_layer(holder, name, config, ranges, summary, prepared.weight_params)
     return holder.get_submodule(name)

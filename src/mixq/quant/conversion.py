@@ -150,9 +150,6 @@ def _convert_matmul(model: nn.Module, name: str, config: QuantConfig, ranges: _R
 
 def _convert_add(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,
                  summary: QuantizationSummary) -> None:
-    if isinstance(model.get_submodule(name), ObservedMatMul):
-        _convert_matmul(model, name, config, ranges, summary)
-        return
     observed: ObservedAdd = model.get_submodule(name)
     observers = (observed.a_observer, observed.b_observer, observed.output_observer)
     choice = config.choice(name)
@@ -167,6 +164,13 @@ def _convert_add(model: nn.Module, name: str, config: QuantConfig, ranges: _Rang
     summary.add(name, "add", "quantized", detail)
 
 
+def convert_graph_op(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,
+                     summary: QuantizationSummary) -> None:
+    """Convert graph-mode op ``name`` (an ``ObservedAdd`` or an ``ObservedMatMul``) in place."""
+    convert = _convert_matmul if isinstance(model.get_submodule(name), ObservedMatMul) else _convert_add
+    convert(model, name, config, ranges, summary)
+
+
 def convert_prepared(prepared: Prepared, config: QuantConfig | None = None) -> nn.Module:
     """A quantized model from a calibrated ``prepared`` model, per ``config`` (default: the one it was prepared
     with). ``prepared`` is left as it was, so it can be converted again under other configs."""
@@ -179,7 +183,7 @@ def convert_prepared(prepared: Prepared, config: QuantConfig | None = None) -> n
     for name in prepared.targets:
         _convert_layer(model, name, config, ranges, summary, prepared.weight_params)
     for name in prepared.adds:
-        _convert_add(model, name, config, ranges, summary)
+        convert_graph_op(model, name, config, ranges, summary)
     if static and config.activation.torch_dtype == torch.int8:
         summary.notes.append("int8 activations: ONNX Runtime's x86 kernels are fastest with uint8 activations; "
                              "with int8 some layers may fall back to float Conv and adds stay float")
