@@ -24,6 +24,11 @@ def _acc_dtype(k: int, x_span: int = 255, w_span: int = 128) -> torch.dtype:
     return torch.float32 if k * x_span * w_span < _EXACT_FP32 else torch.float64
 
 
+def _centered(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """``x`` quantized, minus its zero point, as float32 integers: what the integer kernels multiply."""
+    return quantize(x, scale, zero_point).to(torch.float32) - zero_point.to(torch.float32)
+
+
 def _requantize(acc: torch.Tensor, multiplier: torch.Tensor, y_zp: torch.Tensor, relu: bool) -> torch.Tensor:
     """int32 accumulator -> float32 -> scale -> round half to even -> + zero point -> saturate (MLAS order)."""
     lo, hi = qrange(y_zp.dtype)
@@ -41,7 +46,7 @@ def qconv(x: torch.Tensor, x_scale: torch.Tensor, x_zp: torch.Tensor, w_q: torch
           bias_q: torch.Tensor | None, y_scale: torch.Tensor, y_zp: torch.Tensor, stride: list[int],
           padding: list[int], dilation: list[int], groups: int, relu: bool) -> torch.Tensor:
     """Static int8 convolution (ONNX Runtime: QLinearConv). Float in, dequantized float out."""
-    xi = quantize(x, x_scale, x_zp).to(torch.float32) - x_zp.to(torch.float32)
+    xi = _centered(x, x_scale, x_zp)
     dt = _acc_dtype(w_q[0].numel())
     acc = _conv(xi.to(dt), w_q.to(dt), stride, padding, dilation, groups)
     if bias_q is not None:
@@ -66,19 +71,18 @@ def qlinear(x: torch.Tensor, x_scale: torch.Tensor, x_zp: torch.Tensor, w_t: tor
     Without ``y_scale`` (graph mode, when no integer kernel reads the output) the output stays float:
     MatMulIntegerToFloat's result, with no QuantizeLinear after it.
     """
-    xi = quantize(x, x_scale, x_zp).to(torch.float32) - x_zp.to(torch.float32)
+    xi = _centered(x, x_scale, x_zp)
     dt = _acc_dtype(w_t.shape[0])
     acc = torch.matmul(xi.to(dt), w_t.to(dt))
-    if bias is None and y_scale is not None and y_zp is not None:
+    float_output = y_scale is None or y_zp is None
+    if bias is None and not float_output:
         return dequantize(_requantize(acc, (x_scale * w_scale) / y_scale, y_zp, relu), y_scale, y_zp)
     y = acc.to(torch.float32) * (x_scale * w_scale)
     if bias is not None:
         y = y + bias
     if relu:
         y = torch.relu(y)
-    if y_scale is None or y_zp is None:
-        return y
-    return dequantize(quantize(y, y_scale, y_zp), y_scale, y_zp)
+    return y if float_output else dequantize(quantize(y, y_scale, y_zp), y_scale, y_zp)
 
 
 @qlinear.register_fake
@@ -91,8 +95,8 @@ def qmatmul(a: torch.Tensor, a_scale: torch.Tensor, a_zp: torch.Tensor, b: torch
             b_zp: torch.Tensor) -> torch.Tensor:
     """Matrix product of two activations on int8/uint8 grids, float out (ONNX Runtime: MatMulIntegerToFloat with
     both operands computed at run time): attention's Q·Kᵀ and probabilities·V in graph mode."""
-    ai = quantize(a, a_scale, a_zp).to(torch.float32) - a_zp.to(torch.float32)
-    bi = quantize(b, b_scale, b_zp).to(torch.float32) - b_zp.to(torch.float32)
+    ai = _centered(a, a_scale, a_zp)
+    bi = _centered(b, b_scale, b_zp)
     dt = _acc_dtype(a.shape[-1], 255, 255)
     return torch.matmul(ai.to(dt), bi.to(dt)).to(torch.float32) * (a_scale * b_scale)
 
@@ -107,7 +111,7 @@ def dynamic_linear(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor,
                    bias: torch.Tensor | None) -> torch.Tensor:
     """Dynamic int8 linear (ONNX Runtime: DynamicQuantizeMatMul): activations quantized per call to uint8."""
     x_scale, x_zp = dynamic_qparams(x)
-    xi = quantize(x, x_scale, x_zp).to(torch.float32) - x_zp.to(torch.float32)
+    xi = _centered(x, x_scale, x_zp)
     dt = _acc_dtype(w_t.shape[0])
     y = torch.matmul(xi.to(dt), w_t.to(dt)).to(torch.float32) * (x_scale * w_scale)
     return y if bias is None else y + bias
@@ -123,7 +127,7 @@ def dynamic_conv(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias
                  stride: list[int], padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
     """Dynamic int8 convolution (ONNX Runtime: DynamicQuantizeLinear + ConvInteger + scale)."""
     x_scale, x_zp = dynamic_qparams(x)
-    xi = quantize(x, x_scale, x_zp).to(torch.float32) - x_zp.to(torch.float32)
+    xi = _centered(x, x_scale, x_zp)
     dt = _acc_dtype(w_q[0].numel())
     acc = _conv(xi.to(dt), w_q.to(dt), stride, padding, dilation, groups).to(torch.float32)
     y = acc * along(x_scale * w_scale, acc.dim(), 1)
