@@ -7,7 +7,6 @@ machine's load affects them alike. Size is the exported ONNX file's size in byte
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -94,22 +93,17 @@ class OrtMeter:
         return self._paths[label]
 
     def measure(self, models: dict[str, nn.Module]) -> dict[str, Measurement]:
-        """Export each model, then time them all in interleaved rounds."""
-        sessions, sizes = {}, {}
+        """Export each model, then time them all in interleaved rounds (``mixq.report.measure_interleaved``)."""
+        from mixq.report import measure_interleaved
+
+        jobs, sizes = {}, {}
         for label, model in models.items():
             path = self.export(model, label)
             sizes[label] = path.stat().st_size
             session = self._session(path)
-            feeds = _feeds(session, self.example_inputs)
-            for _ in range(3):
-                session.run(None, feeds)
-            sessions[label] = (session, feeds)
-        times: dict[str, list[float]] = {label: [] for label in models}
-        per_round = max(1, self.runs // self.rounds)
-        for _ in range(self.rounds):
-            for label, (session, feeds) in sessions.items():
-                for _ in range(per_round):
-                    start = time.perf_counter()
-                    session.run(None, feeds)
-                    times[label].append((time.perf_counter() - start) * 1e3)
-        return {label: Measurement(statistics.median(times[label]), sizes[label]) for label in models}
+            jobs[label] = (session, _feeds(session, self.example_inputs))
+        timed = measure_interleaved(jobs, self.runs, warmup=3, rounds=self.rounds)
+        failed = next((r for r in timed.values() if isinstance(r, Exception)), None)
+        if failed is not None:
+            raise failed
+        return {label: Measurement(timed[label].median_ms, sizes[label]) for label in models}  # type: ignore[union-attr]
