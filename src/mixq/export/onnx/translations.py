@@ -22,7 +22,7 @@ import torch
 from onnxscript import FLOAT
 from onnxscript import opset18 as op
 
-import mixq.export.onnx.kernels  # noqa: F401  (registers torch.ops.mixq)
+import mixq.quant.kernels  # noqa: F401  (registers torch.ops.mixq)
 from mixq.export.onnx.contrib_ops import MatMulIntegerToFloat, MatMulNBits
 
 
