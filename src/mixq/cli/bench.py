@@ -81,7 +81,7 @@ def _own_feeds(runtime: Any, session: Any, setting: Setting, shared: dict[str, n
     """Inputs of a file with its own signature (a .tflite file): at a --batch size, else the named-input files'
     arrays matched to its inputs by name, or by position when the names differ."""
     if setting.batch is not None:
-        return session.random_feeds(setting.batch)
+        return runtime.batch_feeds(session, setting.batch)
     assert shared is not None  # --shape / --inputs columns come from named-input files (_settings refuses them without)
     return runtime.feeds(session, shared)
 

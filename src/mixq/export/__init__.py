@@ -1,6 +1,7 @@
 """Deployment backends, one folder each: ``onnx/`` (ONNX Runtime) and ``tflite/`` (LiteRT) each own their lowering
 table, what their runtime computes differently from the core's arithmetic, and their inspection tools.
-``errors`` holds the ``ExportError`` both raise."""
+``errors`` holds the ``ExportError`` both raise; ``backend`` is the one interface (``Format``, ``Runtime``) they
+register behind, which the CLI, the report, autoquantize and the demo look up."""
 
 from mixq.export.errors import ExportError
 from mixq.export.onnx import FLOAT_COMPUTE, INTEGER_KERNELS, export_onnx, optimized_op_types

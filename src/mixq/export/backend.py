@@ -116,6 +116,11 @@ class Runtime(ABC):
     def run(self, session: Any, feeds: Any) -> list[np.ndarray]:
         """Run once; the outputs as float arrays, in the file's order."""
 
+    def batch_feeds(self, session: Any, batch: int) -> Any:
+        """Synthetic inputs of the file's own signature at batch size ``batch`` (runtimes without
+        ``named_inputs``; named-input files get inputs planned across files by ``mixq.report.feeds``)."""
+        raise NotImplementedError(f"{self.title} files take inputs planned by name (mixq.report.feeds)")
+
     def measure(self, jobs: Mapping[Any, tuple[Any, Any]], runs: int = 50, warmup: int = 5,
                 rounds: int = 5) -> dict[Any, Any]:
         """Time ``{key: (session, feeds)}`` side by side in interleaved rounds (``report.measure_interleaved``)."""

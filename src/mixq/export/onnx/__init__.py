@@ -4,7 +4,9 @@
   is ONNX Runtime's) as the QDQ / integer ONNX pattern ONNX Runtime fuses;
 * ``contrib_ops``: schemas of the ``com.microsoft`` operators emitted directly;
 * ``export``: ``export_onnx`` (torch.export -> ONNX, clean-up, atomic write);
-* ``ort_graph``: what ONNX Runtime really runs after its own graph optimisation.
+* ``ort_graph``: what ONNX Runtime really runs after its own graph optimisation;
+* ``inspection``: what ``mixq inspect`` shows of an ONNX file;
+* ``backend``: the ``onnx`` format and the ``ort`` runtime, registered with ``mixq.export.backend``.
 
 Importing the package imports neither onnx nor onnxruntime; exporting and inspecting do.
 """

@@ -63,6 +63,9 @@ class LiteRTRuntime(Runtime):
         values = ordered(self.input_names(session), arrays)
         return session.given_feeds([v.detach().numpy() if hasattr(v, "detach") else v for v in values])
 
+    def batch_feeds(self, session: Any, batch: int) -> dict[int, np.ndarray]:
+        return session.random_feeds(batch)
+
     def run(self, session: Any, feeds: Any) -> list[np.ndarray]:
         session.run(None, feeds)
         runner = session.runner
