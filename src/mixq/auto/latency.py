@@ -76,15 +76,6 @@ def paired(run_a: Callable[[], Any], run_b: Callable[[], Any], pairs: int = PAIR
     return Comparison(statistics.median(a_times), statistics.median(b_times), b_wins, pairs, margin)
 
 
-def _session(path: Path, threads: int) -> Callable[[dict[str, Any]], Any]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def layer_inputs(model: nn.Module, names: list[str], example: Batch) -> dict[str, torch.Tensor]:
     """The input each layer in ``names`` receives when ``model`` runs ``example`` (first call)."""
     seen: dict[str, torch.Tensor] = {}
@@ -106,14 +97,16 @@ def signature(layer: nn.Module, x: torch.Tensor) -> tuple:
 
 
 def compare_layer(float_layer: nn.Module, int8_layer: nn.Module, x: torch.Tensor, folder: Path, tag: str,
-                  threads: int = 1) -> Comparison:
-    """Paired ORT timing of one layer in float (``a``) and int8 (``b``) at input ``x``."""
-    from mixq.export import export_onnx
+                  threads: int = 1, runtime: str = "ort") -> Comparison:
+    """Paired timing of one layer in float (``a``) and int8 (``b``) at input ``x`` on ``runtime``."""
+    from mixq.export.backend import get_format, get_runtime
 
+    rt = get_runtime(runtime)
+    fmt = get_format(rt.format)
     sessions = []
     for label, layer in (("fp32", float_layer), ("int8", int8_layer)):
-        path = export_onnx(layer, x, folder / f"layer_{tag}_{label}.onnx")
-        session = _session(path, threads)
-        feeds = {session.get_inputs()[0].name: x.numpy()}
+        path = fmt.export(layer, x, folder / f"layer_{tag}_{label}{fmt.suffix}")
+        session = rt.session(path, threads)
+        feeds = rt.feeds(session, [x])
         sessions.append(lambda s=session, f=feeds: s.run(None, f))
     return paired(sessions[0], sessions[1], calls=10)

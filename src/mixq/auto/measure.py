@@ -1,8 +1,9 @@
-"""Measuring candidate models where they will run: exported to ONNX and timed on ONNX Runtime on this machine.
+"""Measuring candidate models where they will run: exported and timed on a runtime (``mixq.export.backend``; ONNX
+Runtime by default) on this machine.
 
 Latency is the median of ``runs`` calls per model on ``example_inputs`` with one intra-op thread (steadier than
 several on a shared machine). Models compared against each other are timed in interleaved rounds, so drift in the
-machine's load affects them alike. Size is the exported ONNX file's size in bytes.
+machine's load affects them alike. Size is the exported file's size in bytes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from mixq.auto.latency import Comparison, paired
-from mixq.export import export_onnx
+from mixq.export.backend import get_format, get_runtime
 
 
 @dataclass(frozen=True)
@@ -28,26 +29,18 @@ class Measurement:
     size_bytes: int
 
 
-def _feeds(session: Any, example_inputs: Any) -> dict[str, Any]:
-    names = [i.name for i in session.get_inputs()]
-    if isinstance(example_inputs, dict):
-        values = [example_inputs[n] for n in names] if set(names) <= set(example_inputs) else list(
-            example_inputs.values())
-    elif isinstance(example_inputs, torch.Tensor):
-        values = [example_inputs]
-    else:
-        values = list(example_inputs)
-    return {n: v.detach().numpy() for n, v in zip(names, values, strict=False)}
-
-
 class OrtMeter:
-    """Exports models to a private temporary folder and times them on ONNX Runtime's CPU provider.
+    """Exports models to a private temporary folder and times them on ``runtime`` (default ONNX Runtime's CPU
+    provider).
 
     Example: ``with OrtMeter(x) as meter: fp32, int8 = meter.measure({"fp32": model, "int8": qmodel}).values()``.
     """
 
-    def __init__(self, example_inputs: Any, runs: int = 40, rounds: int = 4, threads: int = 1) -> None:
+    def __init__(self, example_inputs: Any, runs: int = 40, rounds: int = 4, threads: int = 1,
+                 runtime: str = "ort") -> None:
         self.example_inputs = example_inputs
+        self.runtime = get_runtime(runtime)
+        self.format = get_format(self.runtime.format)
         self.runs, self.rounds, self.threads = runs, rounds, threads
         self._tmp = tempfile.TemporaryDirectory(prefix="mixq-autoquant-")
         self.exports = 0
@@ -63,18 +56,14 @@ class OrtMeter:
         """Paired, interleaved timing of two models already exported under labels ``a`` and ``b``."""
         runs = []
         for label in (a, b):
-            session = self._session(self._paths[label])
-            feeds = _feeds(session, self.example_inputs)
+            session = self.runtime.session(self._paths[label], self.threads)
+            feeds = self._feeds(session)
             runs.append(lambda s=session, f=feeds: s.run(None, f))
         return paired(runs[0], runs[1], calls=3)
 
-    def _session(self, path: Path) -> Any:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = self.threads, 1
-        options.log_severity_level = 3
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    def _feeds(self, session: Any) -> Any:
+        example = self.example_inputs
+        return self.runtime.feeds(session, [example] if isinstance(example, torch.Tensor) else example)
 
     def __enter__(self) -> OrtMeter:
         return self
@@ -86,23 +75,21 @@ class OrtMeter:
         """Export ``model`` once per ``label`` (a label measured again reuses its file)."""
         if label not in self._paths:
             start = time.perf_counter()
-            self._paths[label] = export_onnx(model, self.example_inputs,
-                                             Path(self._tmp.name) / f"m{self.exports}.onnx")
+            self._paths[label] = self.format.export(model, self.example_inputs,
+                                                    Path(self._tmp.name) / f"m{self.exports}{self.format.suffix}")
             self.exports += 1
             self.export_s += time.perf_counter() - start
         return self._paths[label]
 
     def measure(self, models: dict[str, nn.Module]) -> dict[str, Measurement]:
-        """Export each model, then time them all in interleaved rounds (``mixq.report.measure_interleaved``)."""
-        from mixq.report import measure_interleaved
-
+        """Export each model, then time them all in interleaved rounds (``Runtime.measure``)."""
         jobs, sizes = {}, {}
         for label, model in models.items():
             path = self.export(model, label)
             sizes[label] = path.stat().st_size
-            session = self._session(path)
-            jobs[label] = (session, _feeds(session, self.example_inputs))
-        timed = measure_interleaved(jobs, self.runs, warmup=3, rounds=self.rounds)
+            session = self.runtime.session(path, self.threads)
+            jobs[label] = (session, self._feeds(session))
+        timed = self.runtime.measure(jobs, self.runs, warmup=3, rounds=self.rounds)
         failed = next((r for r in timed.values() if isinstance(r, Exception)), None)
         if failed is not None:
             raise failed

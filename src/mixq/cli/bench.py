@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from mixq.cli.errors import CliError, existing_file, first_line, output_file
 from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import parse_ints
+from mixq.export.backend import get_format, runtime_for
 
 ROUNDS = 5  # timing rounds; each runs every file in turn
 
@@ -63,59 +64,40 @@ class Setting:
     batch: int | None = None
 
 
-def is_litert(path: Path) -> bool:
-    return path.suffix.lower() == ".tflite"
-
-
-def _session(path: Path, threads: int | None) -> Any:
-    from mixq.report import ort_session
-
-    try:
-        return ort_session(path, threads)
-    except Exception as err:
-        raise CliError(f"ONNX Runtime cannot load {path} ({first_line(err)})",
-                       "pass an ONNX model file, e.g. one written by mixq quantize or mixq.export_onnx") from err
-
-
-def _litert_session(path: Path, threads: int | None) -> Any:
-    from mixq.export.tflite import INSTALL_HINT, LiteRTSession, litert_available
-
-    if not litert_available():
-        raise CliError(f"benchmarking {path.name} needs the LiteRT extra, which is not installed", INSTALL_HINT)
-    try:
-        return LiteRTSession(path, threads)
-    except Exception as err:
-        raise CliError(f"LiteRT cannot load {path} ({first_line(err)})",
-                       "pass a .tflite file, e.g. one written by mixq quantize --format tflite") from err
-
-
 def load_session(path: Path, threads: int | None) -> Any:
-    """An ONNX Runtime session for an ONNX file, a ``LiteRTSession`` for a ``.tflite`` file."""
-    return _litert_session(path, threads) if is_litert(path) else _session(path, threads)
+    """A session of ``path``'s runtime (``mixq.export.backend.runtime_for``: ONNX Runtime, LiteRT for .tflite)."""
+    runtime = runtime_for(path)
+    if not runtime.available():
+        raise CliError(f"benchmarking {path.name} needs the {runtime.title} extra, which is not installed",
+                       runtime.install_hint or "")
+    try:
+        return runtime.session(path, threads)
+    except Exception as err:
+        raise CliError(f"{runtime.title} cannot load {path} ({first_line(err)})",
+                       get_format(runtime.format).file_hint) from err
 
 
-def _litert_feeds(session: Any, setting: Setting, shared: dict[str, np.ndarray] | None) -> dict[int, np.ndarray]:
-    """A .tflite file's inputs: its own signature at a --batch size, else the ONNX files' arrays matched to its
-    inputs by name, or by position when the names differ."""
+def _own_feeds(runtime: Any, session: Any, setting: Setting, shared: dict[str, np.ndarray] | None) -> Any:
+    """Inputs of a file with its own signature (a .tflite file): at a --batch size, else the named-input files'
+    arrays matched to its inputs by name, or by position when the names differ."""
     if setting.batch is not None:
-        return session.random_feeds(setting.batch)
-    assert shared is not None  # --shape / --inputs columns come from ONNX files (_settings refuses them without)
-    names = list(session.input_shapes)
-    arrays = [shared[n] for n in names] if set(names) == set(shared) else list(shared.values())
-    return session.given_feeds(arrays)
+        return runtime.batch_feeds(session, setting.batch)
+    assert shared is not None  # --shape / --inputs columns come from named-input files (_settings refuses them without)
+    return runtime.feeds(session, shared)
 
 
 def _feeds(path: Path, session: Any, own: Any, setting: Setting, shared: dict[str, np.ndarray] | None) -> Any:
     """The inputs one file is timed on for ``setting``, or the reason it cannot take them (a string)."""
     from mixq.report.feeds import cast_feeds, unfit_shape
 
-    if is_litert(path):
+    runtime = runtime_for(path)
+    if not runtime.named_inputs:
         try:
-            return _litert_feeds(session, setting, shared)
+            return _own_feeds(runtime, session, setting, shared)
         except ValueError as err:  # a shape the signature does not take
             return first_line(err)
         except Exception as err:  # e.g. a graph LiteRT cannot resize
-            return f"LiteRT failed: {first_line(err)}"
+            return f"{runtime.title} failed: {first_line(err)}"
     why = unfit_shape(own, setting.shapes)
     return why if why is not None else cast_feeds(shared or {}, own)
 
@@ -128,7 +110,8 @@ def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs:
     from mixq.report.feeds import graph_inputs, index_limits, synthesize
 
     sessions = sessions or [load_session(path, threads) for path in paths]  # every file loads before any timing
-    inputs = {k: graph_inputs(s) for k, (p, s) in enumerate(zip(paths, sessions, strict=True)) if not is_litert(p)}
+    inputs = {k: graph_inputs(s) for k, (p, s) in enumerate(zip(paths, sessions, strict=True))
+              if runtime_for(p).named_inputs}
     reference = next(iter(inputs.values()), [])
     limits: dict[str, int | None] = {}
     integer_names = [i.name for i in reference if np.issubdtype(i.dtype, np.integer)]
@@ -140,7 +123,7 @@ def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs:
     with tqdm(total=len(paths) * len(settings), desc="benchmarking", leave=False, disable=not progress) as steps:
         for setting in settings:
             shared = None
-            if inputs:  # in the ONNX files' input order (a .tflite file may take them by position)
+            if inputs:  # in the named-input files' order (a .tflite file may take them by position)
                 given = setting.arrays or synthesize(reference, setting.shapes, limits)
                 shared = {i.name: given[i.name] for i in reference}
             jobs = {}
@@ -150,10 +133,10 @@ def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs:
                     entry["latency"][setting.key] = {"error": feeds}
                     continue
                 jobs[k] = (session, feeds)
-                entry["inputs"][setting.key] = (dict(session.input_shapes) if is_litert(path)
-                                                else {n: tuple(a.shape) for n, a in feeds.items()})
+                entry["inputs"][setting.key] = ({n: tuple(a.shape) for n, a in feeds.items()}
+                                                if runtime_for(path).named_inputs else dict(session.input_shapes))
             for k, measured in measure_interleaved(jobs, runs, warmup, ROUNDS).items():
-                runtime = "LiteRT" if is_litert(paths[k]) else "ONNX Runtime"
+                runtime = runtime_for(paths[k]).title
                 results[k]["latency"][setting.key] = (  # an error here: e.g. a shape the graph's ops cannot take
                     {"error": f"{runtime} failed: {first_line(measured)}"} if isinstance(measured, Exception)
                     else measured.to_dict())
@@ -176,10 +159,10 @@ def table(results: list[dict[str, Any]], settings: list[Setting]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"note: {Path(r['model']).name} {st.header}: {r['latency'][st.key]['error']}" for r in results
              for st in settings if "error" in r["latency"][st.key]]
-    if any(not is_litert(Path(r["model"])) for r in results):
+    if any(runtime_for(r["model"]).named_inputs for r in results):
         notes.append(f"inputs: {_shapes_text({st.header: st.shapes for st in settings})}")
     for r in results:  # a .tflite file's inputs follow its own signature
-        if is_litert(Path(r["model"])) and r["inputs"]:
+        if not runtime_for(r["model"]).named_inputs and r["inputs"]:
             own = {st.header: r["inputs"][st.key] for st in settings if st.key in r["inputs"]}
             notes.append(f"inputs of {Path(r['model']).name}: {_shapes_text(own)}")
     return "\n".join(lines + notes)
@@ -235,7 +218,7 @@ def _settings(args: argparse.Namespace, paths: list[Path], sessions: list[Any]) 
     if args.batch is not None and (args.shape or args.inputs):
         raise CliError("--batch cannot be combined with --shape or --inputs, which set the batch size themselves",
                        "drop --batch")
-    onnx = [(path, session) for path, session in zip(paths, sessions, strict=True) if not is_litert(path)]
+    onnx = [(path, session) for path, session in zip(paths, sessions, strict=True) if runtime_for(path).named_inputs]
     if not onnx:
         if args.shape or args.inputs:
             raise CliError("--shape and --inputs set ONNX inputs by name, and these are all .tflite files (fixed "

@@ -1,6 +1,6 @@
-"""The commands' ONNX export: ``mixq.export_onnx`` with the model's output names, or for ``--hf-task causal-lm`` the
-key/value-cache decoder (``mixq.export_decoder_onnx``); a failure at export (a shape the model cannot be traced at)
-reported as one line."""
+"""The commands' export through the output's format (``mixq.export.backend``): for ONNX, ``mixq.export_onnx`` with the
+model's output names, or for ``--hf-task causal-lm`` the key/value-cache decoder (``mixq.export_decoder_onnx``); a
+failure at export (a shape the model cannot be traced at) reported as one line."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from mixq.cli.errors import CliError, first_line
+from mixq.export.backend import Format, get_format
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -21,24 +22,29 @@ def exports_decoder(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "hf", None)) and getattr(args, "hf_task", None) == "causal-lm"
 
 
-def export_model(model: nn.Module, example: Any, output: Path, args: argparse.Namespace) -> Path:
-    """Write ``model`` to ``output`` with ``mixq.export_onnx``; with ``--hf`` the outputs are named like the model's
-    (``last_hidden_state``, ``logits``...), and a causal LM (``--hf-task causal-lm``) is written as the key/value-cache
-    decoder ONNX Runtime generates with token by token (symbolic batch, sequence and past length)."""
+def export_model(model: nn.Module, example: Any, output: Path, args: argparse.Namespace,
+                 fmt: Format | None = None) -> Path:
+    """Write ``model`` to ``output`` in ``fmt`` (default ONNX), passing the command's options the format takes:
+    for ONNX, with ``--hf`` the outputs are named like the model's (``last_hidden_state``, ``logits``...), and a
+    causal LM (``--hf-task causal-lm``) is written as the key/value-cache decoder ONNX Runtime generates with token
+    by token (symbolic batch, sequence and past length); for LiteRT, ``--io-dtype`` and ``--nhwc``."""
     import mixq
     from mixq.quant.calibration import describe
 
-    decoder = exports_decoder(args)
+    fmt = fmt or get_format("onnx")
+    decoder = exports_decoder(args) and "decoder" in fmt.options
     names = None
-    if getattr(args, "hf", None) and not decoder:
+    if getattr(args, "hf", None) and not decoder and "output_names" in fmt.options:
         from mixq.cli.hf import output_names
 
         names = output_names(model, example)
+    given = {"decoder": decoder, "output_names": names, "io_dtype": getattr(args, "io_dtype", "float32"),
+             "nhwc": getattr(args, "nhwc", False)}
     try:
-        if decoder:
-            return mixq.export_decoder_onnx(model, output)
-        return mixq.export_onnx(model, example, output, output_names=names)
+        return fmt.export(model, example, output, **{k: v for k, v in given.items() if k in fmt.options})
     except mixq.ExportError as err:
+        if fmt.name != "onnx":  # the hints below are about torch.export tracing
+            raise
         cause = err
         while cause.__cause__ is not None:  # the innermost error names the problem (the exporter's wrap it)
             cause = cause.__cause__

@@ -11,6 +11,7 @@ from mixq.cli.exporting import decoder_info, export_model
 from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import add_model_options, input_files, load_inputs
 from mixq.cli.sidecar import write_sidecar
+from mixq.export.backend import format_for, formats, get_format
 from mixq.quant.observers import observer_names
 from mixq.quant.spec import WEIGHT_METHODS
 from mixq.report.files import StagedOutputs
@@ -25,7 +26,7 @@ EPILOG = """examples:
       --calib-text texts.txt --output llama_int4.onnx   # a key/value-cache decoder (mixq.generate_onnx)
   mixq quantize --model mynets.py:build --weights net.pt --mode static --calib calib.npz --format tflite \\
       --io-dtype int8 --output net_int8.tflite"""
-FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
+FORMAT_OPTIONS = {"io_dtype": ("--io-dtype", "float32"), "nhwc": ("--nhwc", False)}  # format-specific flags
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -51,7 +52,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="static/dynamic: SmoothQuant before quantizing (alpha in [0, 1], or 'auto' per layer); "
                         "needs --calib")
     p.add_argument("--output", required=True, metavar="MODEL.onnx", help="ONNX or .tflite file to write")
-    p.add_argument("--format", choices=sorted(FORMATS), default=None,
+    p.add_argument("--format", choices=sorted(f.name for f in formats()), default=None,
                    help="onnx (ONNX Runtime) or tflite (LiteRT: static -> full-integer, dynamic -> dynamic-range, "
                         "fp16 -> float16); default: from the --output suffix")
     p.add_argument("--io-dtype", choices=("float32", "int8", "uint8"), default="float32",
@@ -75,15 +76,18 @@ def run(args: argparse.Namespace) -> int:
     import mixq
 
     # Cheap checks first, so a typo fails in a second rather than after loading the model.
-    fmt = args.format or ("tflite" if str(args.output).endswith(".tflite") else "onnx")
-    if fmt == "onnx" and (args.io_dtype != "float32" or args.nhwc):
-        raise CliError("--io-dtype and --nhwc apply to LiteRT files", "add --format tflite, or drop them for ONNX")
-    output = output_file(args.output, "--output", FORMATS[fmt], input_files(args))
-    if fmt == "tflite":
-        from mixq.export.tflite import INSTALL_HINT, litert_available
-
-        if not litert_available():
-            raise CliError("--format tflite needs the LiteRT extra, which is not installed", INSTALL_HINT)
+    fmt = get_format(args.format) if args.format else format_for(args.output)
+    refused = [key for key, (_, default) in FORMAT_OPTIONS.items()
+               if getattr(args, key) != default and key not in fmt.options]
+    if refused:
+        takers = [f for f in formats() if set(refused) <= set(f.options)]
+        flags = " and ".join(flag for flag, _ in FORMAT_OPTIONS.values())
+        raise CliError(f"{flags} apply to {' and '.join(f.title for f in takers)} files",
+                       f"add {' or '.join(f'--format {f.name}' for f in takers)}, or drop them for {fmt.title}")
+    output = output_file(args.output, "--output", fmt.suffix, input_files(args))
+    if not fmt.available():
+        raise CliError(f"--format {fmt.name} needs the {fmt.title} extra, which is not installed",
+                       fmt.install_hint or "")
     sidecar = output_file(output.with_suffix(".mixq.json"), "sidecar", ".json", input_files(args))
     if args.mode == "static" and not (args.calib or args.calib_text):
         raise CliError("--mode static needs calibration data", "pass --calib DATA (or with --hf, --calib-text FILE: "
@@ -113,11 +117,7 @@ def run(args: argparse.Namespace) -> int:
                        "adjust the options named above") from err
     print(qmodel.mixq_summary)
     with StagedOutputs(output.parent) as stage:  # the model file and its sidecar: both written, or neither
-        if fmt == "tflite":
-            staged = mixq.export_tflite(qmodel, example, stage.path(output.name), io_dtype=args.io_dtype,
-                                        nhwc=args.nhwc)
-        else:
-            staged = export_model(qmodel, example, stage.path(output.name), args)
+        staged = export_model(qmodel, example, stage.path(output.name), args, fmt)
         write_sidecar(stage.path(sidecar.name), args, staged, example_shape=args.example_shape,
                       config=qmodel.mixq_config.to_dict(), summary=qmodel.mixq_summary.to_dict(),
                       decoder=decoder_info(staged, args))

@@ -82,9 +82,8 @@ def environment() -> dict[str, str]:
     """Versions and machine the numbers were measured with."""
     import platform
 
-    import onnxruntime
-
     from mixq import __version__
+    from mixq.export.backend import get_runtime
 
-    return {"mixq": __version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+    return {"mixq": __version__, "torch": torch.__version__, "onnxruntime": get_runtime("ort").version(),
             "python": platform.python_version(), "machine": platform.machine(), "cpu_count": str(os.cpu_count())}

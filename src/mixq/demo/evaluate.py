@@ -9,11 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-import mixq
 from mixq.demo.context import DemoContext
 from mixq.demo.variants import Variant
-from mixq.export.onnx.ort_graph import FLOAT_COMPUTE, INTEGER_KERNELS
-from mixq.report import Latency, measure_latency, ort_session
+from mixq.export.backend import get_format, get_runtime
+from mixq.report import Latency, measure_latency
 
 
 def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
@@ -65,15 +64,16 @@ def evaluate_variant(ctx: DemoContext, variant: Variant) -> VariantResult:
     build_seconds = time.perf_counter() - start
     ctx.artifacts.setdefault("models", {})[variant.name] = model  # the LiteRT section writes some of them again
     x_test, y_test = ctx.data["x_test"], ctx.data["y_test"].numpy()
-    path = mixq.export_onnx(model, ctx.example, ctx.out / f"{variant.file_stem}.onnx")
-    session = ort_session(path, ctx.settings.threads)
-    name = session.get_inputs()[0].name
-    (ort_logits,) = session.run(None, {name: x_test.numpy()})
+    runtime = get_runtime("ort")
+    fmt = get_format(runtime.format)
+    path = fmt.export(model, ctx.example, ctx.out / f"{variant.file_stem}{fmt.suffix}")
+    session = runtime.session(path, ctx.settings.threads)
+    (ort_logits,) = runtime.run(session, runtime.feeds(session, [x_test]))
     with torch.no_grad():
         sim_logits = model(x_test).float().numpy()
-    latency = {b: measure_latency(session, {name: x_test[:b].numpy()}, runs=ctx.settings.latency_runs)
+    latency = {b: measure_latency(session, runtime.feeds(session, [x_test[:b]]), runs=ctx.settings.latency_runs)
                for b in ctx.settings.batches}
-    ops = mixq.optimized_op_types(path)
+    kernels = fmt.inspect(path).to_dict()
     result = VariantResult(
         variant=variant.name, about=variant.about, onnx_file=path.name, size_kb=path.stat().st_size / 1024,
         accuracy=float((ort_logits.argmax(1) == y_test).mean()),
@@ -81,8 +81,8 @@ def evaluate_variant(ctx: DemoContext, variant: Variant) -> VariantResult:
         agreement=float((ort_logits.argmax(1) == sim_logits.argmax(1)).mean()),
         max_abs_diff_vs_pytorch=float(np.abs(ort_logits - sim_logits).max()),
         sqnr_db_vs_fp32=sqnr_db(_fp32_logits(ctx), ort_logits), latency=latency, build_seconds=build_seconds,
-        integer_kernels={k: v for k, v in sorted(ops.items()) if k in INTEGER_KERNELS or k.startswith("QLinear")},
-        float_compute={k: v for k, v in sorted(ops.items()) if k in FLOAT_COMPUTE},
+        integer_kernels=dict(sorted(kernels["ort_integer_kernels"].items())),
+        float_compute=dict(sorted(kernels["ort_float_compute"].items())),
         summary=getattr(model, "mixq_summary", None),
     )
     if ctx.results:

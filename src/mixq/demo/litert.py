@@ -3,9 +3,8 @@ run in LiteRT (XNNPACK), when the ``mixq[litert]`` extra is installed."""
 
 from __future__ import annotations
 
-import mixq
 from mixq.demo.context import DemoContext
-from mixq.export.tflite import COMPUTE_OPS, INSTALL_HINT, litert_available
+from mixq.export.backend import get_format, get_runtime
 from mixq.report import Section, Table, Text, measure_latency
 
 # demo variant -> LiteRT mode it becomes (export_tflite picks the mode from the model's layers)
@@ -16,8 +15,12 @@ QUICK = ("fp32", "static int8")  # --quick converts two files (a conversion take
 
 def litert_rows(ctx: DemoContext) -> list[dict]:
     """Export, run and time each LiteRT variant; one dict per file (empty when the extra is missing)."""
-    if not litert_available():
+    runtime = get_runtime("litert")
+    fmt = get_format(runtime.format)
+    if not runtime.available():
         return []
+    from mixq.export.tflite import COMPUTE_OPS, TFLiteRunner  # LiteRT's operator names; batches row by row
+
     models = ctx.artifacts.get("models", {})
     x_test, y_test = ctx.data["x_test"], ctx.data["y_test"].numpy()
     threads = max(2, ctx.settings.threads)
@@ -26,13 +29,12 @@ def litert_rows(ctx: DemoContext) -> list[dict]:
         if variant not in models or (ctx.settings.quick and variant not in QUICK):
             continue
         model = models[variant]
-        path = mixq.export_tflite(model, ctx.example[:1], ctx.out / f"{variant.replace(' ', '_')}.tflite")
-        runner = mixq.TFLiteRunner(path, threads=threads)
-        logits = runner(x_test)
+        path = fmt.export(model, ctx.example[:1], ctx.out / f"{variant.replace(' ', '_')}{fmt.suffix}")
+        logits = TFLiteRunner(path, threads=threads)(x_test)  # the file's batch is fixed at 1
         sim = model(x_test).detach().float().numpy()
-        session = mixq.LiteRTSession(path, threads)
+        session = runtime.session(path, threads)
         latency = measure_latency(session, session.random_feeds(1), runs=ctx.settings.latency_runs)
-        info = mixq.inspect_tflite(path)
+        info = fmt.inspect(path)
         compute = [op for op in info.ops if op.op_type in COMPUTE_OPS]
         rows.append({"variant": variant, "mode": mode, "file": path.name, "size_kb": path.stat().st_size / 1024,
                      "accuracy": float((logits.argmax(1) == y_test).mean()),
@@ -54,9 +56,10 @@ def litert_table(rows: list[dict]) -> Table:
 
 def litert_section(ctx: DemoContext) -> Section:
     """The LiteRT rows, or how to get them."""
-    if not litert_available():
+    runtime = get_runtime("litert")
+    if not runtime.available():
         return Section("LiteRT (.tflite)", "litert", [
-            Text(f"The LiteRT extra is not installed, so no .tflite files were written ({INSTALL_HINT})."),
+            Text(f"The LiteRT extra is not installed, so no .tflite files were written ({runtime.install_hint})."),
         ], data=[])
     rows = ctx.artifacts.setdefault("litert", litert_rows(ctx))
     fastest = min(rows, key=lambda r: r["latency_b1_ms"]) if rows else None

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from mixq.export.onnx.shapes import default_axes, grow_unit_axes, torch_export_spec
 from mixq.quant.calibration import Batch, batch_args, call_model
+from mixq.quant.dynamic_shapes import default_axes, grow_unit_axes, torch_export_spec
 from mixq.quant.fusion import set_submodule
 
 aten = torch.ops.aten

@@ -1,5 +1,6 @@
-"""ONNX Runtime sessions and latency measurement (warm-up, then median and 90th percentile of timed runs; several
-sessions side by side in interleaved rounds)."""
+"""Latency measurement of any runtime's sessions (warm-up, then median and 90th percentile of timed runs; several
+sessions side by side in interleaved rounds). Sessions come from ``mixq.export.backend`` (``ort_session`` is ONNX
+Runtime's, kept for callers of ``mixq.report``)."""
 
 from __future__ import annotations
 
@@ -30,14 +31,11 @@ class Latency:
 
 
 def ort_session(path: str | os.PathLike, threads: int | None = None) -> Any:
-    """A CPU ``onnxruntime.InferenceSession`` for ``path`` with ``threads`` intra-op threads (None: ORT's choice)."""
-    import onnxruntime as ort
+    """A CPU ``onnxruntime.InferenceSession`` for ``path`` with ``threads`` intra-op threads (None: ORT's choice):
+    ``mixq.export.backend.get_runtime("ort").session``."""
+    from mixq.export.backend import get_runtime
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return get_runtime("ort").session(path, threads)
 
 
 def random_feeds(session: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:

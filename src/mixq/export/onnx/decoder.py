@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mixq.export.onnx.export import ExportError, check_target, finalize, trace_to_onnx
+from mixq.export.errors import ExportError
+from mixq.export.onnx.export import check_target, finalize, trace_to_onnx
 from mixq.quant.modules.observed import refuse_observed
 from mixq.report.files import atomic_path
 

@@ -13,18 +13,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixq.export.errors import ExportError
 from mixq.export.onnx import shapes
 from mixq.export.onnx.validation import check_model_runs, check_runtime_runs, check_writable
+from mixq.quant import dynamic_shapes as axes
 from mixq.quant.calibration import batch_args, describe
 from mixq.quant.modules.observed import refuse_observed
 from mixq.report.files import atomic_path
 
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
 log = logging.getLogger(__name__)
-
-
-class ExportError(RuntimeError):
-    """The model could not be written as ONNX; nothing was left at the target path."""
 
 
 def _as_args(example_inputs: Any) -> tuple[tuple, dict]:
@@ -46,15 +44,15 @@ def _without_cache(model: nn.Module, kwargs: dict) -> dict:
 def _shape_plan(model: nn.Module, dynamic_shapes: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict, Any]:
     """``(torch.export spec, export args, export kwargs, axes to name)`` for ``export_onnx``'s ``dynamic_shapes``."""
     if dynamic_shapes is None:
-        positional, keyword = shapes.default_axes(args, kwargs)
-        grown_args, grown_kwargs = shapes.grow_unit_axes(args, kwargs, positional, keyword)
-        return shapes.torch_export_spec(model, positional, keyword), grown_args, grown_kwargs, (positional, keyword)
+        positional, keyword = axes.default_axes(args, kwargs)
+        grown_args, grown_kwargs = axes.grow_unit_axes(args, kwargs, positional, keyword)
+        return axes.torch_export_spec(model, positional, keyword), grown_args, grown_kwargs, (positional, keyword)
     if dynamic_shapes is False:
         return None, args, kwargs, None
     if dynamic_shapes is True:
         raise ValueError("dynamic_shapes=True is not a spec: leave it unset (None) for the default symbolic axes, "
                          "pass False for a static file, or a dict/tuple in torch.export form")
-    shapes.check_user_spec(dynamic_shapes, args, kwargs)
+    axes.check_user_spec(dynamic_shapes, args, kwargs)
     return dynamic_shapes, args, kwargs, None
 
 

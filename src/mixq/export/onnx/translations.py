@@ -12,6 +12,8 @@
 * ``matmul_nbits``: com.microsoft MatMulNBits [-> Add]
 * ``embedding_lookup``: Gather of the int8 table and of the per-row scales -> Cast -> Mul
 * ``dequantize_weight`` / ``upcast``: DequantizeLinear / Cast of stored int8 / float16 weights
+
+A new quantized op adds one ``@translates("name")`` function here (as LiteRT's ``@lowers`` in ``tflite/lowering``).
 """
 
 from __future__ import annotations
@@ -22,8 +24,22 @@ import torch
 from onnxscript import FLOAT
 from onnxscript import opset18 as op
 
-import mixq.export.onnx.kernels  # noqa: F401  (registers torch.ops.mixq)
+import mixq.quant.kernels  # noqa: F401  (registers torch.ops.mixq)
 from mixq.export.onnx.contrib_ops import MatMulIntegerToFloat, MatMulNBits
+
+_TABLE: dict[str, Callable] = {}
+
+
+def translates(op_name: str) -> Callable[[Callable], Callable]:
+    """Register ``fn`` as the ONNX translation of the core's custom op ``torch.ops.mixq.<op_name>``."""
+    if not hasattr(torch.ops.mixq, op_name):
+        raise ValueError(f"torch.ops.mixq has no op {op_name!r} (the core's ops live in mixq.quant.kernels)")
+
+    def register(fn: Callable) -> Callable:
+        _TABLE[op_name] = fn
+        return fn
+
+    return register
 
 
 def _qdq(x, scale, zp):
@@ -35,6 +51,7 @@ def _per_channel(t, ndim: int):
     return op.Reshape(t, op.Constant(value_ints=[-1] + [1] * (ndim - 2)))
 
 
+@translates("qconv")
 def qconv(x, x_scale, x_zp, w_q, w_scale, bias_q, y_scale, y_zp, stride, padding, dilation, groups, relu):
     xd = _qdq(x, x_scale, x_zp)
     wd = op.DequantizeLinear(w_q, w_scale, axis=0)
@@ -48,6 +65,7 @@ def qconv(x, x_scale, x_zp, w_q, w_scale, bias_q, y_scale, y_zp, stride, padding
     return _qdq(y, y_scale, y_zp)
 
 
+@translates("qlinear")
 def qlinear(x, x_scale, x_zp, w_t, w_scale, bias, y_scale, y_zp, relu):
     if bias is None and y_scale is not None:
         y = op.MatMul(_qdq(x, x_scale, x_zp), op.DequantizeLinear(w_t, w_scale, axis=1))
@@ -58,11 +76,13 @@ def qlinear(x, x_scale, x_zp, w_t, w_scale, bias, y_scale, y_zp, relu):
     return y if y_scale is None else _qdq(y, y_scale, y_zp)
 
 
+@translates("qmatmul")
 def qmatmul(a, a_scale, a_zp, b, b_scale, b_zp):
     return MatMulIntegerToFloat(op.QuantizeLinear(a, a_scale, a_zp), op.QuantizeLinear(b, b_scale, b_zp), a_scale,
                                 b_scale, a_zp, b_zp)
 
 
+@translates("qadd")
 def qadd(a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp, relu):
     y = op.Add(_qdq(a, a_scale, a_zp), _qdq(b, b_scale, b_zp))
     if relu:
@@ -70,6 +90,7 @@ def qadd(a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp, relu):
     return _qdq(y, y_scale, y_zp)
 
 
+@translates("dynamic_linear")
 def dynamic_linear(x, w_t, w_scale, bias):
     xq, x_scale, x_zp = op.DynamicQuantizeLinear(x)
     acc = op.Cast(op.MatMulInteger(xq, w_t, x_zp), to=FLOAT.dtype)
@@ -77,6 +98,7 @@ def dynamic_linear(x, w_t, w_scale, bias):
     return y if bias is None else op.Add(y, bias)
 
 
+@translates("dynamic_conv")
 def dynamic_conv(x, w_q, w_scale, bias, stride, padding, dilation, groups):
     xq, x_scale, x_zp = op.DynamicQuantizeLinear(x)
     ndim = len(stride) + 2
@@ -85,37 +107,29 @@ def dynamic_conv(x, w_q, w_scale, bias, stride, padding, dilation, groups):
     return y if bias is None else op.Add(y, _per_channel(bias, ndim))
 
 
+@translates("matmul_nbits")
 def matmul_nbits(x, packed, scales, zero_points, bias, in_features, bits, block_size):
     y = MatMulNBits(x, packed, scales, zero_points, K=in_features, N=int(packed.shape[0]), bits=bits,
                     block_size=block_size)
     return y if bias is None else op.Add(y, bias)
 
 
+@translates("embedding_lookup")
 def embedding_lookup(indices, q, scale):
     rows = op.Cast(op.Gather(q, indices, axis=0), to=FLOAT.dtype)
     return op.Mul(rows, op.Unsqueeze(op.Gather(scale, indices, axis=0), op.Constant(value_ints=[-1])))
 
 
+@translates("dequantize_weight")
 def dequantize_weight(q, scale, axis):
     return op.DequantizeLinear(q, scale, axis=axis)
 
 
+@translates("upcast")
 def upcast(w):
     return op.Cast(w, to=FLOAT.dtype)
 
 
 def translation_table() -> dict[Callable, Callable]:
-    """The ``custom_translation_table`` handed to ``torch.onnx.export``."""
-    ops = torch.ops.mixq
-    return {
-        ops.qconv.default: qconv,
-        ops.qlinear.default: qlinear,
-        ops.qadd.default: qadd,
-        ops.qmatmul.default: qmatmul,
-        ops.dynamic_linear.default: dynamic_linear,
-        ops.dynamic_conv.default: dynamic_conv,
-        ops.matmul_nbits.default: matmul_nbits,
-        ops.dequantize_weight.default: dequantize_weight,
-        ops.embedding_lookup.default: embedding_lookup,
-        ops.upcast.default: upcast,
-    }
+    """The ``custom_translation_table`` handed to ``torch.onnx.export``: every registered translation."""
+    return {getattr(torch.ops.mixq, name).default: fn for name, fn in _TABLE.items()}

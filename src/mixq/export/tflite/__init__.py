@@ -2,7 +2,8 @@
 
 The folder owns the whole backend: ``lowering`` (mixq module class -> what litert-torch converts), ``converter``
 (the litert-torch call), ``recipes`` (ai-edge-quantizer's dynamic-range and float16 weight storage), ``export``
-(the public entry point) and ``interpreter`` (inspecting and running files). litert-torch, ai-edge-litert and
+(the public entry point), ``interpreter`` (inspecting and running files) and ``backend`` (the ``tflite`` format and
+the ``litert`` runtime, registered with ``mixq.export.backend``). litert-torch, ai-edge-litert and
 ai-edge-quantizer are imported only when used: ``pip install 'mixq[litert]'``.
 """
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from mixq.export import ExportError
+from mixq.export.errors import ExportError
 from mixq.export.tflite.converter import captured_output, convert, require_litert
 from mixq.export.tflite.integer_io import integer_io
 from mixq.export.tflite.lowering import ActivationQParams, lower, lowering_of

@@ -12,7 +12,7 @@ import copy
 
 import numpy as np
 
-from mixq.export import ExportError
+from mixq.export.errors import ExportError
 from mixq.export.tflite.lowering import ActivationQParams
 
 

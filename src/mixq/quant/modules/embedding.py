@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixq.export.onnx import kernels as ops
+from mixq.quant import kernels as ops
 from mixq.quant.modules.registry import register_check, register_qmodule, register_refusal
 from mixq.quant.spec import QuantConfig, QuantSpec
 from mixq.quant.weights import quantize_weight

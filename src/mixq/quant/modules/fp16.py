@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixq.export.onnx import kernels as ops
+from mixq.quant import kernels as ops
 from mixq.quant.modules.conv_args import ConvGeometry
 from mixq.quant.modules.registry import register_qmodule
 from mixq.quant.spec import QuantConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixq.export.onnx import kernels as ops
+from mixq.quant import kernels as ops
 from mixq.quant.modules.conv_args import ConvGeometry
 from mixq.quant.modules.registry import register_qmodule
 from mixq.quant.primitives import dequantize

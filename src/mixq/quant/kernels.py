@@ -1,10 +1,12 @@
-"""ONNX Runtime's arithmetic: mixq's quantized operators as PyTorch custom ops.
+"""mixq's quantized arithmetic as PyTorch custom ops (``torch.ops.mixq``): what the quantized modules compute.
 
-Each op's eager body is the exact PyTorch simulation of what ONNX Runtime's integer kernel computes (integer
-accumulation, float32 requantization in MLAS order, round half to even, saturation), written with the shared
-primitives; ``translations`` (this folder's lowering table) maps each op onto the QDQ / integer ONNX pattern that
-ONNX Runtime fuses. One op per layer kind keeps the emitted pattern under our control instead of the exporter's
-decompositions. Importing this module registers ``torch.ops.mixq``; it needs neither onnx nor onnxruntime.
+Each op's eager body is the exact integer arithmetic of one quantized layer kind: integer accumulation, float32
+requantization (multiply, round half to even, add the zero point, saturate), written with the shared primitives.
+This is the arithmetic ONNX Runtime's integer kernels run (each docstring names the kernel); a backend that runs
+something else says so in its own folder (LiteRT's ``export/tflite/lowering``), and a backend's lowering table maps
+each op onto its file format (ONNX's ``export/onnx/translations``). One op per layer kind keeps the emitted pattern
+under the backends' control instead of the exporter's decompositions. Importing this module registers
+``torch.ops.mixq``; it imports no backend.
 """
 
 from __future__ import annotations

@@ -1,0 +1,219 @@
+"""One interface for every backend: a ``Format`` writes and inspects one kind of file, a ``Runtime`` runs it.
+
+A format (``"onnx"``, ``"tflite"``) owns a file suffix, ``export`` and ``inspect``; a runtime (``"ort"``,
+``"litert"``) names the format it runs and owns sessions, inputs, timing and the check that the file computes
+what mixq's PyTorch simulation does. Several runtimes may run one format (ONNX Runtime and OpenVINO both run
+``.onnx``); the first registered for a format is its default. Each backend folder registers its classes with
+``@register_format`` / ``@register_runtime`` in a module listed in ``BUILTIN``, imported on the first lookup, so
+importing mixq imports no backend library. The CLI, the report, autoquantize and the demo look backends up here
+instead of branching on names or suffixes.
+
+Example::
+
+    rt = runtime_for("model_int8.tflite")          # LiteRT
+    session = rt.session("model_int8.tflite", threads=2)
+    outputs = rt.run(session, rt.feeds(session, [x.numpy()]))
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, TypeVar
+
+import numpy as np
+
+BUILTIN = ("mixq.export.onnx.backend", "mixq.export.tflite.backend")  # a new backend adds its module here
+_FORMATS: dict[str, Format] = {}
+_RUNTIMES: dict[str, Runtime] = {}
+F = TypeVar("F", bound=type["Format"])
+R = TypeVar("R", bound=type["Runtime"])
+
+
+class Inspection(Protocol):
+    """What ``Format.inspect`` returns: ``str()`` is the terminal report, ``to_dict()`` its JSON form."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class Session(Protocol):
+    """What ``Runtime.session`` returns: ``run(None, feeds)`` runs the file once (ONNX Runtime's call shape)."""
+
+    def run(self, output_names: None, feeds: Any) -> Any: ...
+
+
+class Format(ABC):
+    """A file format mixq writes: ``name``, ``suffix``, what to call it, and how to export and inspect it.
+
+    ``options`` lists the keyword options ``export`` takes beyond model, inputs and path; ``extra`` is the pip
+    extra it needs (None: always installed).
+    """
+
+    name: ClassVar[str]
+    suffix: ClassVar[str]
+    title: ClassVar[str]
+    noun: ClassVar[str]  # "an ONNX model": for "cannot load x as an ONNX model"
+    file_hint: ClassVar[str]  # how to get a file of this format, for error hints
+    options: ClassVar[tuple[str, ...]] = ()
+    install_hint: ClassVar[str | None] = None
+
+    def available(self) -> bool:
+        """Whether the libraries this format needs are installed (checked without importing them)."""
+        return True
+
+    @abstractmethod
+    def export(self, model: Any, example_inputs: Any, path: str | os.PathLike, **options: Any) -> Path:
+        """Write ``model`` to ``path`` (checked, atomic); ``ExportError`` when it cannot be written."""
+
+    @abstractmethod
+    def inspect(self, path: str | os.PathLike) -> Inspection:
+        """What ``path`` holds and what its runtime runs of it."""
+
+    def __repr__(self) -> str:
+        return f"<format {self.name} ({self.suffix})>"
+
+
+class Runtime(ABC):
+    """A runtime that runs files of ``format``: sessions, feeds, outputs, timing and the simulation check.
+
+    ``named_inputs``: files take inputs by name with symbolic axes (shapes are planned across files and fed to each,
+    e.g. ONNX); otherwise a file has its own fixed signature, at most with a resizable batch (LiteRT).
+    """
+
+    name: ClassVar[str]
+    format: ClassVar[str]
+    title: ClassVar[str]
+    package: ClassVar[str]  # the distribution whose version the runtime reports
+    named_inputs: ClassVar[bool] = True
+    install_hint: ClassVar[str | None] = None
+
+    def available(self) -> bool:
+        """Whether the runtime is installed (checked without importing it)."""
+        return True
+
+    def version(self) -> str:
+        """The installed version of ``package`` (read from its metadata, without importing it)."""
+        from importlib.metadata import version
+
+        return version(self.package)
+
+    @abstractmethod
+    def session(self, path: str | os.PathLike, threads: int | None = None) -> Session:
+        """Load ``path`` to run on the CPU with ``threads`` intra-op threads (None: the runtime's choice)."""
+
+    @abstractmethod
+    def input_names(self, session: Any) -> list[str]:
+        """The session's inputs, in the file's order."""
+
+    @abstractmethod
+    def feeds(self, session: Any, arrays: Mapping[str, Any] | Sequence[Any]) -> Any:
+        """``arrays`` as ``session.run`` takes them: by name when a mapping names every input, else by position."""
+
+    @abstractmethod
+    def run(self, session: Any, feeds: Any) -> list[np.ndarray]:
+        """Run once; the outputs as float arrays, in the file's order."""
+
+    def batch_feeds(self, session: Any, batch: int) -> Any:
+        """Synthetic inputs of the file's own signature at batch size ``batch`` (runtimes without
+        ``named_inputs``; named-input files get inputs planned across files by ``mixq.report.feeds``)."""
+        raise NotImplementedError(f"{self.title} files take inputs planned by name (mixq.report.feeds)")
+
+    def measure(self, jobs: Mapping[Any, tuple[Any, Any]], runs: int = 50, warmup: int = 5,
+                rounds: int = 5) -> dict[Any, Any]:
+        """Time ``{key: (session, feeds)}`` side by side in interleaved rounds (``report.measure_interleaved``)."""
+        from mixq.report.latency import measure_interleaved
+
+        return measure_interleaved(jobs, runs, warmup, rounds)
+
+    def check(self, model: Any, path: str | os.PathLike, example_inputs: Any) -> float:
+        """Simulation vs runtime: the largest ``|runtime - PyTorch|`` over the outputs on ``example_inputs``."""
+        import torch
+
+        from mixq.quant.calibration import batch_args
+
+        args, kwargs = batch_args(example_inputs)
+        with torch.no_grad():
+            expected = model(*args, **kwargs)
+        expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+        session = self.session(path, threads=1)
+        given = {k: v.detach().numpy() for k, v in kwargs.items()} or [a.detach().numpy() for a in args]
+        got = self.run(session, self.feeds(session, given))
+        return max(float(np.max(np.abs(np.asarray(g, np.float64) - e.detach().double().numpy())))
+                   for g, e in zip(got, expected, strict=True))
+
+    def __repr__(self) -> str:
+        return f"<runtime {self.name} ({self.format})>"
+
+
+def ordered(names: Sequence[str], arrays: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
+    """``arrays`` in the order of ``names``: by name when a mapping holds every name, else by position."""
+    if isinstance(arrays, Mapping):
+        return [arrays[n] for n in names] if set(names) <= set(arrays) else list(arrays.values())
+    return list(arrays)
+
+
+def register_format(cls: F) -> F:
+    """Class decorator: make format ``cls`` known by its ``name`` and ``suffix``."""
+    _FORMATS[cls.name] = cls()
+    return cls
+
+
+def register_runtime(cls: R) -> R:
+    """Class decorator: make runtime ``cls`` known by its ``name`` (the first one for a format is its default)."""
+    _RUNTIMES[cls.name] = cls()
+    return cls
+
+
+def _load() -> None:
+    for module in BUILTIN:
+        importlib.import_module(module)
+
+
+def _lookup(table: dict[str, Any], kind: str, name: str) -> Any:
+    _load()
+    if name not in table:
+        raise ValueError(f"unknown {kind} {name!r}; known {kind}s: {', '.join(sorted(table))}")
+    return table[name]
+
+
+def get_format(name: str) -> Format:
+    """The format called ``name`` (``"onnx"``, ``"tflite"``); ``ValueError`` listing the known ones otherwise."""
+    return _lookup(_FORMATS, "format", name)
+
+
+def get_runtime(name: str) -> Runtime:
+    """The runtime called ``name`` (``"ort"``, ``"litert"``); ``ValueError`` listing the known ones otherwise."""
+    return _lookup(_RUNTIMES, "runtime", name)
+
+
+def formats() -> list[Format]:
+    """Every registered format, in registration order."""
+    _load()
+    return list(_FORMATS.values())
+
+
+def runtimes() -> list[Runtime]:
+    """Every registered runtime, in registration order."""
+    _load()
+    return list(_RUNTIMES.values())
+
+
+def format_for(path: str | os.PathLike, default: str | None = "onnx") -> Format:
+    """The format of ``path``, from its suffix; ``default`` for other suffixes (None: ``ValueError``)."""
+    suffix = Path(path).suffix.lower()
+    found = next((f for f in formats() if f.suffix == suffix), None)
+    if found is not None:
+        return found
+    if default is None:
+        known = ", ".join(f.suffix for f in formats())
+        raise ValueError(f"{str(path)!r} has no known model suffix; known: {known}")
+    return get_format(default)
+
+
+def runtime_for(path: str | os.PathLike, default: str | None = "onnx") -> Runtime:
+    """The default runtime of ``path``'s format (see :func:`format_for`)."""
+    fmt = format_for(path, default)
+    return next(r for r in runtimes() if r.format == fmt.name)
