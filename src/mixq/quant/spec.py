@@ -311,7 +311,7 @@ class QuantConfig:
         """Where an option is out of place: the config's mode, or its overrides of ``modes``."""
         return f"{self.mode} mode" if self.mode in modes else f"the {'/'.join(sorted(modes))} overrides"
 
-    def _refuse_unused(self, modes: set[str]) -> None:
+    def _refuse_unused(self, modes: frozenset[str]) -> None:
         """Name the first option that no layer of this config would use."""
         why = "; drop it or choose another mode"
         if self.observer is not None and "static" not in modes:
@@ -331,7 +331,7 @@ class QuantConfig:
             raise ValueError(f"smoothquant applies to the static and dynamic modes (int8 activations), not "
                              f"{self.mode!r}; drop smoothquant or change the mode")
 
-    def _check_weight(self, modes: set[str]) -> None:
+    def _check_weight(self, modes: frozenset[str]) -> None:
         weight = self.weight
         if weight.torch_dtype != torch.int8:
             raise ValueError("weights are stored as int8; set the weight dtype to 'int8'")
