@@ -44,7 +44,7 @@ IN_PROCESS_CASES = {
     "bad option value": (Q + ["--mode", "weight_only", "--bits", "5", "--output", "a.onnx"], "2-, 4- or 8-bit"),
     "gptq without calibration": (Q[:4] + ["weight_only", "--bits", "4", "--method", "gptq", "--example-shape",
                                           "1,1,8,8", "--output", "a.onnx"], "--method gptq needs calibration data"),
-    "method outside weight_only": (Q + ["--method", "awq", "--output", "a.onnx"], "use --mode weight_only"),
+    "method outside weight_only": (Q + ["--method", "awq", "--output", "a.onnx"], "use mode='weight_only'"),
     "bench missing file": (["bench", "nope.onnx"], "model 'nope.onnx' does not exist"),
     "bench not onnx": (["bench", "nets.py"], "ONNX Runtime cannot load nets.py"),
     "bench bad batch list": (["bench", "nets.py", "--batch", "1,x"], "--batch '1,x' is not a list"),

@@ -13,7 +13,8 @@ from mixq.cli.loading import add_model_options, input_files, load_inputs
 from mixq.cli.sidecar import write_sidecar
 from mixq.export.backend import format_for, formats, get_format
 from mixq.quant.observers import observer_names
-from mixq.quant.spec import WEIGHT_METHODS
+from mixq.quant.spec import MODES, QuantConfig
+from mixq.quant.weight_only.methods import method_names
 from mixq.report.files import StagedOutputs
 
 EPILOG = """examples:
@@ -36,13 +37,13 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                        description="Build your model, load its weights, quantize it with mixq.quantize, print the "
                                    "per-layer summary, and write the ONNX file plus a JSON sidecar describing it.")
     add_model_options(p)
-    p.add_argument("--mode", required=True, choices=("static", "dynamic", "weight_only", "fp16"))
+    p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument("--observer", choices=observer_names(), default=None,
                    help="static-mode range observer (default minmax; refused in other modes)")
     p.add_argument("--bits", type=int, default=8, help="weight bits (weight_only: 2, 3, 4 or 8; default 8)")
     p.add_argument("--group-size", type=int, default=None,
                    help="per-group weight scales (weight_only below 8 bits; default 128)")
-    p.add_argument("--method", choices=WEIGHT_METHODS, default="rtn",
+    p.add_argument("--method", choices=method_names(), default="rtn",
                    help="weight_only: how integer weights are chosen; gptq and awq need calibration data "
                         "(default rtn, round to nearest)")
     p.add_argument("--weight-scheme", choices=("sym", "asym"), default="sym",
@@ -71,6 +72,18 @@ def _alpha(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'auto', got {text!r}") from None
 
 
+def _config(args: argparse.Namespace) -> QuantConfig:
+    """The ``QuantConfig`` the options ask for; its validation is the one that speaks for a bad option."""
+    exclude = [e.strip() for e in args.exclude.split(",") if e.strip()]
+    try:
+        return QuantConfig.from_options(args.mode, observer=args.observer, bits=args.bits, group_size=args.group_size,
+                                        exclude=exclude, smoothquant=args.smoothquant, method=args.method,
+                                        symmetric=args.weight_scheme == "sym")
+    except (ValueError, TypeError) as err:
+        raise CliError(f"mixq.quantize rejected the request: {first_line(err)}",
+                       "adjust the options named above") from err
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``mixq quantize``; bad input raises :class:`~mixq.cli.errors.CliError`. Returns the exit code."""
     import mixq
@@ -89,29 +102,23 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--format {fmt.name} needs the {fmt.title} extra, which is not installed",
                        fmt.install_hint or "")
     sidecar = output_file(output.with_suffix(".mixq.json"), "sidecar", ".json", input_files(args))
-    if args.mode == "static" and not (args.calib or args.calib_text):
+    config = _config(args)  # the options' rules are the config's: a bad one fails before the model loads
+    has_data = bool(args.calib or args.calib_text)
+    if config.needs_calibration and not has_data:
         raise CliError("--mode static needs calibration data", "pass --calib DATA (or with --hf, --calib-text FILE: "
                        "a few hundred representative inputs), or use --mode dynamic, which needs none")
-    if args.smoothquant is not None and not (args.calib or args.calib_text):
+    if config.smoothquant is not None and not has_data:
         raise CliError("--smoothquant needs calibration data (activation statistics)",
                        "pass --calib DATA (or --calib-text FILE with --hf), or drop --smoothquant")
-    if args.mode != "weight_only" and (args.method != "rtn" or args.weight_scheme != "sym"):
-        raise CliError(f"--method and --weight-scheme choose weight_only weights, not --mode {args.mode} ones",
-                       "use --mode weight_only, or drop them")
     model, batches, example = load_inputs(args)
-    if args.method != "rtn" and batches is None:
+    if config.method.needs_data and batches is None:
         raise CliError(f"--method {args.method} needs calibration data",
                        ("pass --calib-text FILE (a few dozen representative texts, one per line) or --calib DATA"
                         if args.hf else "pass --calib DATA (a few dozen representative batches)")
                        + ", or use --method rtn")
-    exclude = [e.strip() for e in args.exclude.split(",") if e.strip()]
-    needs_data = args.mode == "static" or args.smoothquant is not None or args.method != "rtn"
     try:
-        qmodel = mixq.quantize(model, args.mode, calib_data=batches if needs_data else None,
-                               observer=args.observer, bits=args.bits, group_size=args.group_size, exclude=exclude,
-                               example_inputs=example, max_calib_batches=args.max_calib_batches,
-                               smoothquant=args.smoothquant, method=args.method,
-                               symmetric=args.weight_scheme == "sym")
+        qmodel = mixq.quantize(model, config, calib_data=batches if config.needs_data else None,
+                               example_inputs=example, max_calib_batches=args.max_calib_batches)
     except (ValueError, TypeError) as err:
         raise CliError(f"mixq.quantize rejected the request: {first_line(err)}",
                        "adjust the options named above") from err

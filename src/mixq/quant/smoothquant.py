@@ -44,18 +44,6 @@ _INT8_MODES = ("static", "dynamic")
 _TOLERANCE = 1e-4  # relative change of a module output that counts as "changed" in fold verification
 
 
-def check_alpha(alpha: object) -> float | str | None:
-    """Validate ``quantize``'s ``smoothquant`` argument: a number in [0, 1], ``"auto"`` or None."""
-    if alpha is None or alpha == "auto":
-        return alpha  # type: ignore[return-value]
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise TypeError(f"smoothquant must be a number in [0, 1], 'auto' or None, got {alpha!r}")
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"smoothquant alpha must be in [0, 1] (0.5 balances activations and weights; larger moves "
-                         f"more of the outliers into the weights), got {alpha}")
-    return float(alpha)
-
-
 @dataclass
 class SmoothGroup:
     """Linears that read the same activation, and the module (norm or Linear) whose output it is."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import inspect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +20,6 @@ from mixq.quant.primitives import qrange
 MODES = ("static", "dynamic", "weight_only", "fp16")
 LAYER_MODES = (*MODES, "fp32")  # what a per-layer override may ask for; "fp32" keeps the layer float
 GRANULARITIES = ("per_tensor", "per_channel", "per_group")
-WEIGHT_METHODS = ("rtn", "gptq", "awq")
 WEIGHT_ONLY_BITS = (2, 3, 4, 8)  # MatMulNBits runs 2, 4 and 8; 3-bit codes ride in its 4-bit layout
 _DTYPES = {"int8": torch.int8, "uint8": torch.uint8}
 
@@ -43,8 +44,9 @@ class QuantSpec:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
-        if not 2 <= self.bits <= 8:
-            raise ValueError(f"bits must be between 2 and 8, got {self.bits}")
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
+            raise ValueError(f"bits must be between 2 and 8 (weights below 8 bits are stored as int8), got "
+                             f"{self.bits!r}")
         if self.granularity == "per_group":
             if self.group_size is None or self.group_size < 16 or self.group_size & (self.group_size - 1):
                 raise ValueError(
@@ -132,18 +134,23 @@ class WeightMethod:
     blockwise: bool = True
 
     def __post_init__(self) -> None:
-        if self.name not in WEIGHT_METHODS:
-            raise ValueError(f"unknown weight method {self.name!r}; choose one of {', '.join(WEIGHT_METHODS)}")
+        from mixq.quant.weight_only.methods import method_class  # the registry imports this module
+
+        options = method_class(self.name).options  # raises for an unknown name, listing the registered ones
+        for f in dataclasses.fields(self)[1:]:
+            if getattr(self, f.name) != f.default and f.name not in options:
+                owners = "/".join(n.upper() for n in _methods_reading(f.name))
+                article = "an" if owners.startswith(("A", "E", "I", "O", "U")) else "a"
+                raise ValueError(f"{f.name} is {article} {owners} option; method {self.name!r} does not use it")
         if not 0.0 < self.damp < 1.0:
             raise ValueError(f"damp must be in (0, 1), got {self.damp}")
-        if self.act_order and self.name != "gptq":
-            raise ValueError(f"act_order is a GPTQ option; method {self.name!r} does not use it")
-        if self.damp != 0.01 and self.name != "gptq":
-            raise ValueError(f"damp is a GPTQ option; method {self.name!r} does not use it")
 
     @property
     def needs_data(self) -> bool:
-        return self.name != "rtn"
+        """True when the method calibrates on data (GPTQ, AWQ); round to nearest needs none."""
+        from mixq.quant.weight_only.methods import method_class
+
+        return method_class(self.name).needs_data
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,6 +161,13 @@ class WeightMethod:
         if self.needs_data and not self.blockwise:
             extras.append("whole-model calibration")
         return self.name + (f"({', '.join(extras)})" if extras else "")
+
+
+def _methods_reading(option: str) -> list[str]:
+    """The registered weight-only methods that read ``option``."""
+    from mixq.quant.weight_only.methods import method_class, method_names
+
+    return [name for name in method_names() if option in method_class(name).options]
 
 
 @dataclass(frozen=True)
@@ -207,12 +221,49 @@ class LayerChoice:
     observer: ObserverSpec
 
 
+
+_INT8_MODES = frozenset({"static", "dynamic"})  # integer weights and int8 activations
+_INTEGER_WEIGHT_MODES = _INT8_MODES | {"weight_only"}
+_ACTIVATIONS = {"uint8": DEFAULT_ACTIVATION,
+                "int8": QuantSpec("int8", symmetric=False, granularity="per_tensor", narrow_range=False)}
+
+
+def _changed(spec: QuantSpec, default: QuantSpec, prefix: str = "") -> str:
+    """The fields in which ``spec`` differs from ``default``, written as the options that set them."""
+    parts = []
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        if value == getattr(default, f.name) or (f.name == "granularity" and value == "per_group"):
+            continue  # per-group shows as its group_size
+        if not prefix and f.name == "granularity" and value == "per_tensor":
+            parts.append("per_channel=False")
+        else:
+            parts.append(f"{prefix}{f.name}={value!r}")
+    return ", ".join(parts)
+
+
+def _alpha(alpha: object) -> float | str | None:
+    """A valid ``smoothquant`` value: a number in [0, 1] (as float), ``"auto"`` or None."""
+    if alpha is None or alpha == "auto":
+        return alpha  # type: ignore[return-value]
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"smoothquant must be a number in [0, 1], 'auto' or None, got {alpha!r}")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"smoothquant alpha must be in [0, 1] (0.5 balances activations and weights; larger moves "
+                         f"more of the outliers into the weights), got {alpha}")
+    return float(alpha)
+
+
 @dataclass(frozen=True)
 class QuantConfig:
-    """Everything ``mixq.quantize`` needs to know, validated up front.
+    """Everything ``mixq.quantize`` needs to know, validated here, once: an option that no layer would use is
+    refused with a ``ValueError`` naming it, never ignored.
 
+    ``observer`` (None: min-max) calibrates static layers; a config without static layers keeps None.
     ``overrides`` give layers their own precision; when several match a layer, the last one wins. ``exclude``
-    wins over ``overrides``: excluded layers are not planned at all.
+    wins over ``overrides``: excluded layers are not planned at all. ``smoothquant`` (static and dynamic modes) is
+    SmoothQuant's migration strength alpha in [0, 1], or ``"auto"`` (see ``mixq.quantize``).
+    ``QuantConfig.from_options`` builds one from ``quantize``'s keyword options.
     Example: ``QuantConfig("static", observer=ObserverSpec("percentile"), exclude=("head",),
     overrides=(LayerOverride("fc2", "fp16"),))``.
     """
@@ -220,68 +271,155 @@ class QuantConfig:
     mode: str
     weight: QuantSpec = DEFAULT_WEIGHT
     activation: QuantSpec = DEFAULT_ACTIVATION
-    observer: ObserverSpec = field(default_factory=ObserverSpec)
+    observer: ObserverSpec | None = None
     exclude: tuple[str, ...] = ()
     fold_batchnorm: bool = True
     overrides: tuple[LayerOverride, ...] = ()
-    method: WeightMethod = WeightMethod()
+    method: WeightMethod = field(default_factory=WeightMethod)
+    smoothquant: float | str | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        modes = {self.mode} | {o.mode for o in self.overrides if isinstance(o, LayerOverride)}
-        if not self.weight.symmetric and modes - {"weight_only", "fp16", "fp32"}:
-            raise ValueError("asymmetric weights (zero points) are a weight_only option; static and dynamic "
-                             "weights are symmetric: set symmetric=True")
-        if self.weight.torch_dtype != torch.int8:
-            raise ValueError("weights are stored as int8; set the weight dtype to 'int8'")
-        if "weight_only" in modes and self.weight.bits not in WEIGHT_ONLY_BITS:
-            raise ValueError(f"weight_only runs as ONNX Runtime's MatMulNBits, which takes 2-, 4- or 8-bit weights "
-                             f"(3-bit in its 4-bit layout); got bits={self.weight.bits}")
-        if not isinstance(self.method, WeightMethod):
-            raise TypeError(f"method must be a WeightMethod, got {type(self.method).__name__}")
-        if self.method.needs_data and "weight_only" not in modes:
-            raise ValueError(f"method {self.method.name!r} chooses weight-only weights; use mode='weight_only'")
-        if self.weight.granularity == "per_group" and modes & {"static", "dynamic"}:
-            raise ValueError(f"per-group weight scales (group_size={self.weight.group_size}) apply to weight_only "
-                             "layers only; static and dynamic layers use per-channel or per-tensor scales")
-        if self.weight.granularity == "per_tensor" and "weight_only" in modes:
-            raise ValueError("weight_only layers use per-channel (per-row) or per-group scales; per-tensor weights "
-                             "do not apply to them")
+        self._check_types()
+        modes = self.modes
+        self._refuse_unused(modes)
+        self._check_weight(modes)
         if "static" in modes and self.activation.bits != 8:
             raise ValueError("static mode quantizes activations to 8 bits")
+        if self.observer is None and "static" in modes:
+            object.__setattr__(self, "observer", ObserverSpec())  # static layers calibrate with min-max
+
+    def _check_types(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if isinstance(self.exclude, str):
-            raise TypeError("exclude must be a list of name patterns, e.g. exclude=['head', 'encoder.*.output']")
+            raise TypeError(f"exclude must be a list of name patterns, e.g. exclude=[{self.exclude!r}]")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
         if isinstance(self.overrides, list):
             object.__setattr__(self, "overrides", tuple(self.overrides))
-        bad = [o for o in self.overrides if not isinstance(o, LayerOverride)]
-        if not isinstance(self.overrides, tuple) or bad:
+        if not isinstance(self.overrides, tuple) or not all(isinstance(o, LayerOverride) for o in self.overrides):
             raise TypeError("overrides must be a tuple of LayerOverride, e.g. (LayerOverride('head', 'fp32'),)")
+        if not isinstance(self.method, WeightMethod):
+            from mixq.quant.weight_only.methods import method_names
+
+            raise TypeError(f"method must be one of {', '.join(map(repr, method_names()))} or a WeightMethod, got "
+                            f"{type(self.method).__name__}")
+        if self.observer is not None and not isinstance(self.observer, ObserverSpec):
+            raise TypeError(f"observer must be an ObserverSpec, got {type(self.observer).__name__}")
+        object.__setattr__(self, "smoothquant", _alpha(self.smoothquant))
+
+    def _where(self, modes: frozenset[str]) -> str:
+        """Where an option is out of place: the config's mode, or its overrides of ``modes``."""
+        return f"{self.mode} mode" if self.mode in modes else f"the {'/'.join(sorted(modes))} overrides"
+
+    def _refuse_unused(self, modes: frozenset[str]) -> None:
+        """Name the first option that no layer of this config would use."""
+        why = "; drop it or choose another mode"
+        if self.observer is not None and "static" not in modes:
+            raise ValueError(f"observer={self.observer.name!r} has no effect in {self.mode} mode: observers calibrate "
+                             f"static layers (dynamic ones measure each input at run time){why}")
+        if self.weight != DEFAULT_WEIGHT and not modes & _INTEGER_WEIGHT_MODES:
+            raise ValueError(f"{_changed(self.weight, DEFAULT_WEIGHT)} has no effect in {self.mode} mode: it keeps "
+                             f"float weights; weight options apply to static/dynamic/weight_only layers{why}")
+        if self.activation != DEFAULT_ACTIVATION and "static" not in modes:
+            raise ValueError(f"{_changed(self.activation, DEFAULT_ACTIVATION, 'activation_')} has no effect in "
+                             f"{self.mode} mode: only static layers store activations (dynamic ones quantize them "
+                             f"to uint8, as DynamicQuantizeLinear does){why}")
+        if self.method != WeightMethod() and "weight_only" not in modes:
+            raise ValueError(f"method={self.method.name!r} has no effect in {self.mode} mode: it chooses weight_only "
+                             "weights; use mode='weight_only' or drop it")
+        if self.smoothquant is not None and self.mode not in _INT8_MODES:
+            raise ValueError(f"smoothquant applies to the static and dynamic modes (int8 activations), not "
+                             f"{self.mode!r}; drop smoothquant or change the mode")
+
+    def _check_weight(self, modes: frozenset[str]) -> None:
+        weight = self.weight
+        if weight.torch_dtype != torch.int8:
+            raise ValueError("weights are stored as int8; set the weight dtype to 'int8'")
+        if weight.granularity == "per_group" and modes & _INT8_MODES:
+            raise ValueError(f"group_size={weight.group_size} has no effect in {self._where(_INT8_MODES)}: per-group "
+                             "weight scales exist for weight_only layers (MatMulNBits); static and dynamic layers use "
+                             "per-channel or per-tensor scales")
+        if not weight.symmetric and modes & _INT8_MODES:
+            raise ValueError("asymmetric weights (zero points) are a weight_only option; static and dynamic "
+                             "weights are symmetric: set symmetric=True")
+        if "weight_only" in modes and weight.bits not in WEIGHT_ONLY_BITS:
+            raise ValueError(f"weight_only runs as ONNX Runtime's MatMulNBits, which takes 2-, 4- or 8-bit weights "
+                             f"(3-bit in its 4-bit layout); got bits={weight.bits}")
+        if weight.granularity == "per_tensor" and "weight_only" in modes:
+            raise ValueError(f"per_channel=False has no effect in {self._where(frozenset({'weight_only'}))}: "
+                             "weight_only layers use per-row or per-group scales; per-tensor weight scales apply "
+                             "to static and dynamic layers")
+
+    @classmethod
+    def from_options(cls, mode: str = "static", *, observer: str | None = None, bits: int = 8,
+                     group_size: int | None = None, per_channel: bool = True, activation_dtype: str = "uint8",
+                     reduce_range: bool = False, symmetric: bool = True, method: str | WeightMethod = "rtn",
+                     exclude: Iterable[str] = (), overrides: Iterable[LayerOverride] = (),
+                     smoothquant: float | str | None = None) -> QuantConfig:
+        """Build a config from ``mixq.quantize``'s keyword options; the config's own validation refuses an option
+        that no layer would use (``observer`` without static layers, ``bits`` in fp16 mode, ...).
+
+        ``bits`` (2 to 8) and ``symmetric`` shape the weights; weight_only below 8 bits gets ``group_size`` 128
+        unless given; ``per_channel=False`` gives static and dynamic layers one weight scale per tensor;
+        ``reduce_range=True`` keeps 8-bit static/dynamic weights within 7 bits; ``activation_dtype`` is static
+        mode's ``"uint8"`` (default) or ``"int8"``. Example: ``QuantConfig.from_options("weight_only", bits=4)``.
+        """
+        if reduce_range:
+            if mode not in _INT8_MODES or bits != 8:
+                raise ValueError("reduce_range applies to 8-bit static and dynamic modes (it keeps weights to 7 bits)")
+            bits = 7
+        if mode == "weight_only" and isinstance(bits, int) and bits < 8 and group_size is None and per_channel:
+            group_size = 128  # MatMulNBits' usual block
+        granularity = "per_group" if group_size is not None else "per_channel" if per_channel else "per_tensor"
+        weight = QuantSpec("int8", bits=bits, symmetric=symmetric, granularity=granularity, group_size=group_size)
+        if activation_dtype not in _ACTIVATIONS:
+            raise ValueError(f"activation_dtype must be 'uint8' or 'int8', got {activation_dtype!r}")
+        return cls(mode, weight=weight, activation=_ACTIVATIONS[activation_dtype],
+                   observer=None if observer is None else ObserverSpec(observer), exclude=exclude,  # type: ignore
+                   overrides=tuple(overrides), method=WeightMethod(method) if isinstance(method, str) else method,
+                   smoothquant=smoothquant)
+
+    @property
+    def modes(self) -> frozenset[str]:
+        """The config's mode and every mode its overrides ask for."""
+        return frozenset({self.mode} | {o.mode for o in self.overrides})
 
     def choice(self, name: str) -> LayerChoice:
         """The mode and observer layer ``name`` gets: the last matching override's, else the config's."""
         for override in reversed(self.overrides):
             if override.matches(name):
-                return LayerChoice(override.mode, override.observer or self.observer)
-        return LayerChoice(self.mode, self.observer)
+                return LayerChoice(override.mode, override.observer or self.observer or ObserverSpec())
+        return LayerChoice(self.mode, self.observer or ObserverSpec())
 
     @property
     def needs_calibration(self) -> bool:
         """True when any layer may be static (and so needs calibration data)."""
-        return self.mode == "static" or any(o.mode == "static" for o in self.overrides)
+        return "static" in self.modes
+
+    @property
+    def needs_data(self) -> bool:
+        """True when quantizing reads calibration data: static layers, SmoothQuant, or a calibrated method."""
+        return self.needs_calibration or self.smoothquant is not None or self.method.needs_data
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
+        observer = data.get("observer")
+        observer = None if observer is None else ObserverSpec(**observer)
         return cls(
             mode=data["mode"],
             weight=QuantSpec.from_dict(data["weight"]),
             activation=QuantSpec.from_dict(data["activation"]),
-            observer=ObserverSpec(**data["observer"]),
+            # the default observer is what None means; files written before None existed store it in every mode
+            observer=None if observer == ObserverSpec() else observer,
             exclude=tuple(data["exclude"]),
             fold_batchnorm=data["fold_batchnorm"],
             overrides=tuple(LayerOverride.from_dict(o) for o in data.get("overrides", ())),
             method=WeightMethod(**data.get("method", {})),
+            smoothquant=data.get("smoothquant"),
         )
+
+
+OPTIONS = tuple(inspect.signature(QuantConfig.from_options).parameters)[1:]  # quantize's keyword options

@@ -56,7 +56,6 @@ class Prepared:
     plain: list[str]
     summary: QuantizationSummary
     observer_specs: dict[str, ObserverSpec] = field(default_factory=dict)
-    calibrated_batches: int = 0
     qparams_cache: dict[tuple[str, ObserverSpec], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     weight_params: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
@@ -147,6 +146,4 @@ def calibrate(prepared: Prepared, batches: Iterable[Batch], *, progress: bool = 
               max_batches: int | None = None) -> int:
     """Run calibration batches through the prepared model's observers; returns how many batches ran."""
     prepared.qparams_cache.clear()  # ranges derived from earlier statistics are stale now
-    count = run_batches(prepared.model, batches, progress=progress, max_batches=max_batches)
-    prepared.calibrated_batches += count
-    return count
+    return run_batches(prepared.model, batches, progress=progress, max_batches=max_batches)

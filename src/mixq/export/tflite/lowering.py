@@ -35,7 +35,7 @@ from mixq.quant.modules.conv_args import ConvGeometry
 
 INT8_MIN, INT8_MAX = -128, 127
 WEIGHT_MIN, WEIGHT_MAX = -127, 127  # LiteRT's int8 weights are symmetric, zero point 0
-MODES = ("full_integer", "dynamic_range", "float16", "float32")
+LITERT_MODES = ("full_integer", "dynamic_range", "float16", "float32")  # LiteRT file kinds, not mixq.quant.spec.MODES
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,9 @@ _TABLE: dict[type[nn.Module], Lowering] = {}
 
 
 def lowers(cls: type[nn.Module], mode: str) -> Callable[[Callable[[nn.Module], nn.Module]], Callable]:
-    """Register ``build`` as the LiteRT lowering of mixq module class ``cls`` (``mode`` is one of ``MODES``)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    """Register ``build`` as the LiteRT lowering of mixq module class ``cls`` (``mode`` is one of ``LITERT_MODES``)."""
+    if mode not in LITERT_MODES:
+        raise ValueError(f"mode must be one of {LITERT_MODES}, got {mode!r}")
 
     def register(build: Callable[[nn.Module], nn.Module]) -> Callable[[nn.Module], nn.Module]:
         _TABLE[cls] = Lowering(mode, build)

@@ -21,7 +21,7 @@ from mixq.quant.stages import Prepared
 from mixq.quant.weight_only.awq import can_fold_into
 from mixq.quant.weight_only.blockwise import Group, capture_inputs, discover_groups, find_blocks, run_block
 from mixq.quant.weight_only.layers import in_out_features, is_linear_like
-from mixq.quant.weight_only.methods import WORKERS, MethodWorker
+from mixq.quant.weight_only.methods import MethodWorker, method_class
 
 # Where the input of a layer is a per-channel linear function of another layer's output (SwiGLU: act(gate) * up;
 # attention: probabilities @ v when every head has its own values), beyond the modules that produce it directly.
@@ -114,7 +114,7 @@ def calibrate_weights(prepared: Prepared, batches: list[Batch], *, progress: boo
         return
     _untie(model, names)
     grids = {n: grid_of(config.weight, in_out_features(model.get_submodule(n))[0]) for n in names}
-    worker = WORKERS[method.name](model, grids, method, prepared.weight_params, prepared.summary.notes)
+    worker = method_class(method.name)(model, grids, method, prepared.weight_params, prepared.summary.notes)
     first = batches[:1]
 
     def run_model(data: list[Batch]) -> Callable[[], object]:

@@ -1,8 +1,15 @@
-"""The per-layer side of GPTQ and AWQ calibration: what each gathers from a layer's inputs, and how it turns a
-group of layers that share an input into quantized weights (moved onto the grid in place) plus group parameters.
+"""The registry of weight-only methods, and the per-layer side of GPTQ and AWQ calibration: what each gathers
+from a layer's inputs, and how it turns a group of layers that share an input into quantized weights (moved onto
+the grid in place) plus group parameters.
+
+A method registers itself once, with ``@register_method(name, *options)``; ``WeightMethod``'s names and option
+checks, the CLI's ``--method`` choices and the docs' lists all come from this registry.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -31,6 +38,9 @@ def _rows(x: torch.Tensor, count: int) -> torch.Tensor:
 class MethodWorker:
     """Statistics and quantization for one weight-only method over a model's layers."""
 
+    name: ClassVar[str] = ""  # set by register_method
+    options: ClassVar[tuple[str, ...]] = ()  # the WeightMethod fields this method reads (set by register_method)
+    needs_data: ClassVar[bool] = True  # calibrates on data (False: nothing to gather, conversion rounds weights)
     sequential = True  # gather statistics per group, after earlier groups were quantized
 
     def __init__(self, model: nn.Module, grids: dict[str, Grid], method: WeightMethod,
@@ -55,6 +65,44 @@ class MethodWorker:
         self.params[name] = (scale, zero)
 
 
+W = TypeVar("W", bound=type[MethodWorker])
+_METHODS: dict[str, type[MethodWorker]] = {}
+
+
+def register_method(name: str, *options: str) -> Callable[[W], W]:
+    """Class decorator: register a weight-only method under ``name``; ``options`` are the ``WeightMethod`` fields
+    it reads (any other field left off its default is refused). Example: ``@register_method("gptq", "damp")``."""
+    if name in _METHODS:
+        raise ValueError(f"weight method {name!r} is already registered (by {_METHODS[name].__name__})")
+
+    def decorate(cls: W) -> W:
+        cls.name, cls.options = name, options
+        _METHODS[name] = cls
+        return cls
+
+    return decorate
+
+
+def method_names() -> tuple[str, ...]:
+    """Every registered weight-only method, in registration order (``rtn`` first)."""
+    return tuple(_METHODS)
+
+
+def method_class(name: str) -> type[MethodWorker]:
+    """The registered class of method ``name``; an unknown name is refused with the registered ones."""
+    if name not in _METHODS:
+        raise ValueError(f"unknown weight method {name!r}; choose one of {', '.join(_METHODS)}")
+    return _METHODS[name]
+
+
+@register_method("rtn")
+class RTNWorker(MethodWorker):
+    """Round to nearest: data-free, so there is nothing to gather; conversion rounds each weight on its grid."""
+
+    needs_data = False
+
+
+@register_method("gptq", "damp", "act_order", "blockwise")
 class GPTQWorker(MethodWorker):
     """GPTQ: one Hessian per layer, quantized group by group in execution order."""
 
@@ -79,6 +127,7 @@ class GPTQWorker(MethodWorker):
                                                  act_order=self.method.act_order))
 
 
+@register_method("awq", "clip", "blockwise")
 class AWQWorker(MethodWorker):
     """AWQ: input samples of every layer of a block from one pass; scales folded group by group, then clipping."""
 
@@ -128,6 +177,3 @@ class AWQWorker(MethodWorker):
                 else:
                     scale, zero = grid.params(weight)
                 self._store(name, grid.dequantize_matrix(weight, scale, zero), scale, zero)
-
-
-WORKERS = {"gptq": GPTQWorker, "awq": AWQWorker}
