@@ -8,8 +8,8 @@ sensitivity batches: one calibration pass (whatever ``L``); ``L x R`` single-lay
 batches (no ``eval_fn`` calls); ``eval_fn`` calls: the fp32 baseline, the all-int8 check, up to
 ``sensitivity_evals`` single-layer checks and one per search step, never more than ``max_evals`` in all; with
 ``objective="latency"`` ``L + 3`` ONNX exports and ONNX Runtime timings, otherwise 3 (fp32, all-int8, chosen, for
-the report; ``measure=False`` skips them). Each search step moves one layer up one useful rung, so a search that
-must move ``k`` layers costs at most ``k x R`` evaluations and usually about ``k``.
+the report; ``measure=False`` skips them with ``objective="accuracy"``). Each search step moves one layer up one
+useful rung, so a search that must move ``k`` layers costs at most ``k x R`` evaluations and usually about ``k``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import numbers
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -99,15 +98,16 @@ def autoquantize(
     The target is ``eval_fn >= baseline - max_drop`` (absolute, in the metric's units), or with ``relative=True``
     ``baseline - max_drop * |baseline|`` (``max_drop=0.01``: within 1 %). Calibration statistics are gathered once
     from ``calib_data``; every layer's sensitivity is measured from them; the search starts from static int8
-    everywhere and moves the most sensitive layers up (percentile/MSE observers, dynamic, fp16, fp32) until the
-    target is met, calling ``eval_fn`` at most ``max_evals`` times in all (see the module docstring for costs).
+    everywhere and moves the most sensitive layers up (the fallback observers the configured observer declares,
+    e.g. percentile/MSE, then dynamic, fp16, fp32) until the target is met, calling ``eval_fn`` at most
+    ``max_evals`` times in all (see the module docstring for costs).
     ``objective``: ``"latency"`` times candidates on ONNX Runtime here and keeps float what int8 does not speed up;
     ``"size"`` climbs the ladder in order of file size; ``"accuracy"`` moves each layer straight to its most
     accurate rung. ``example_inputs`` (default: the first calibration batch) is what is exported and timed.
     If nothing meets the target within budget, the best model found is returned with a warning saying by how much
     it misses. With ``train_fn``, QAT fine-tuning (``mixq.prepare_qat``, one evaluation kept back for it) is the
-    last resort. ``measure=False`` skips the ONNX Runtime timings of the report (the latency objective still times
-    its candidates); ``progress`` shows calibration progress.
+    last resort. ``measure=False`` skips the ONNX Runtime measurements of the report with ``objective="accuracy"``
+    (the other objectives always measure); ``progress`` shows calibration progress.
 
     Example::
 
@@ -117,8 +117,7 @@ def autoquantize(
     start_time = time.perf_counter()
     base = config or make_config("static")
     _check(model, max_drop, objective, max_evals, sensitivity_batches, base)
-    options = Options(objective, float(max_drop), relative, max_evals, sensitivity_evals, sensitivity_batches,
-                      min_gain_db, progress)
+    options = Options(objective, max_evals, sensitivity_evals, sensitivity_batches, min_gain_db, progress)
     evaluate = Evaluator(eval_fn, max_evals)
     probe, batches = split_first(calib_data)
     example = probe if example_inputs is None else example_inputs
@@ -140,12 +139,6 @@ def autoquantize(
     choice = pipeline.choose(ctx, outcome, int8_metric, train_fn)
     with timed(seconds, "measure"):
         choice = pipeline.measure(ctx, meter, choice, start.kept_fp32(outcome.assignment))
-    report.met, report.evaluations = target.meets(choice.metric), evaluate.calls
-    report.miss = 0.0 if report.met else target.required - choice.metric
-    if not report.met:
-        warnings.warn(f"autoquantize: no configuration met the target within {evaluate.calls} evaluations "
-                      f"(max_evals={max_evals}); the best found scores {choice.metric:.4g}, {report.miss:.4g} below "
-                      f"the required {target.required:.4g} (fp32 {target.baseline:.4g}). Returning it; raise "
-                      "max_evals or max_drop", stacklevel=2)
+    pipeline.conclude(ctx, choice)
     seconds["total"] = time.perf_counter() - start_time
     return AutoQuantResult(choice.model, choice.config, report)

@@ -3,14 +3,16 @@
 ``calibrate`` (one pass gathers every statistic) -> ``mixq.auto.sensitivity.analyse`` (per-layer, per-rung SQNR)
 -> ``check_all_int8`` -> ``probe_latency`` (where to start: int8, or fp32 where int8 is slower) -> ``search`` (the
 greedy climb) -> ``choose`` (the chosen model, QAT as the last resort) -> ``measure`` (fp32 vs all-int8 vs chosen on
-ONNX Runtime, with the latency objective's final checks). The phases after calibration share one ``Context``: the
-model, the base config, the options, the evaluator, the target, the calibration and the report they fill in.
+ONNX Runtime, with the latency objective's final checks) -> ``conclude`` (the verdict, a warning on a miss). The
+phases after calibration share one ``Context``: the model, the base config, the options, the evaluator, the target,
+the calibration and the report they fill in.
 """
 
 from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,8 +43,6 @@ class Options:
     """The search options ``autoquantize`` was called with (validated there)."""
 
     objective: str
-    max_drop: float
-    relative: bool
     max_evals: int
     sensitivity_evals: int
     sensitivity_batches: int
@@ -344,3 +344,16 @@ def _final_check(ctx: Context, meter: OrtMeter, choice: Choice, kept_fp32: list[
     report.notes.append(f"all-int8 was faster than the chosen model: {len(kept_fp32)} layers kept fp32 for "
                         "latency are int8 again (the metric still meets the target)")
     return Choice(candidate, candidate.mixq_config, metric, {**choice.assignment, **{n: 0 for n in kept_fp32}})
+
+
+def conclude(ctx: Context, choice: Choice) -> None:
+    """Phase 8: whether ``choice`` meets the target, by how much it misses and the evaluations spent, in the report;
+    a warning (attributed to ``autoquantize``'s caller) when it misses."""
+    report, target, evaluate = ctx.report, ctx.target, ctx.evaluate
+    report.met, report.evaluations = target.meets(choice.metric), evaluate.calls
+    report.miss = 0.0 if report.met else target.required - choice.metric
+    if not report.met:
+        warnings.warn(f"autoquantize: no configuration met the target within {evaluate.calls} evaluations "
+                      f"(max_evals={ctx.options.max_evals}); the best found scores {choice.metric:.4g}, "
+                      f"{report.miss:.4g} below the required {target.required:.4g} (fp32 {target.baseline:.4g}). "
+                      "Returning it; raise max_evals or max_drop", stacklevel=3)
