@@ -109,20 +109,22 @@ def test_report_serialises_renders_and_plots(outlier_result, tmp_path):
     assert json.loads(paths["json"].read_text()) == data and paths["markdown"].read_text() == text
 
 
-def test_qat_is_the_last_resort_when_available(outlier_case, monkeypatch):
+def test_qat_is_the_last_resort(outlier_case, monkeypatch):
+    from mixq.auto import qat_fallback
+
     trained = []
-    monkeypatch.setattr(mixq, "prepare_qat", lambda m, example_inputs, weight_bits: m, raising=False)
-    monkeypatch.setattr(mixq, "convert", lambda m: m, raising=False)
+    monkeypatch.setattr(qat_fallback, "prepare_qat", lambda m, example_inputs, weight_bits: m)
+    monkeypatch.setattr(qat_fallback, "convert", lambda m: m)
     result = _auto(outlier_case, max_drop=0.0, max_evals=4, sensitivity_evals=0, train_fn=trained.append)
     assert len(trained) == 1 and result.config is None and result.report.met
     assert result.report.steps[-1].action.startswith("QAT") and result.report.evaluations == 4
 
 
-def test_without_qat_train_fn_is_skipped_with_a_note(outlier_case, monkeypatch):
-    monkeypatch.delattr(mixq, "prepare_qat", raising=False)
+def test_train_fn_is_skipped_with_a_note_when_the_budget_is_spent(outlier_case):
+    trained = []
     with pytest.warns(UserWarning, match="no configuration met"):
-        report = _auto(outlier_case, max_drop=0.0, max_evals=3, train_fn=lambda m: None).report
-    assert any("QAT was skipped" in n for n in report.notes)
+        report = _auto(outlier_case, max_drop=0.0, max_evals=2, train_fn=trained.append).report
+    assert trained == [] and any("budget was spent; QAT was skipped" in n for n in report.notes)
 
 
 # --- bad input -------------------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """The precision ladder each layer climbs during the search, from fastest to safest, and configs built from it.
 
-Static int8 with the configured observer, then static int8 with the percentile and MSE observers (outlier-robust
-ranges), then dynamic int8 (activation ranges measured per call), float16 weights, and finally fp32. For
-``objective="latency"`` the ladder skips rungs that ONNX Runtime does not run faster than fp32 on CPU: float16
-(its weights are cast back to float32) and dynamic convolutions (ConvInteger is several times slower than Conv).
-Graph-mode adds and MatMuls of two activations only have the static rungs and fp32.
+Static int8 with the configured observer, then static int8 with the observers that observer declares as its
+autoquantize ladder (``capabilities.ladder``, e.g. percentile and MSE: outlier-robust ranges), then dynamic int8
+(activation ranges measured per call), float16 weights, and finally fp32. For ``objective="latency"`` the ladder
+skips rungs that ONNX Runtime does not run faster than fp32 on CPU: float16 (its weights are cast back to float32)
+and dynamic convolutions (ConvInteger is several times slower than Conv). Graph-mode adds and MatMuls of two
+activations only have the static rungs and fp32.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from __future__ import annotations
 import glob
 from dataclasses import dataclass
 
+from mixq.quant.observers import observer_class
 from mixq.quant.spec import LayerOverride, ObserverSpec, QuantConfig
-
-ROBUST_OBSERVERS = ("percentile", "mse")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ FP32 = Rung("fp32")
 def ladder(kind: str, objective: str, base: ObserverSpec) -> list[Rung]:
     """Rungs for a layer of type ``kind`` (``"Linear"``, ``"Conv2d"``, ``"add"``, ...), fastest first."""
     rungs = [Rung("static", base)]
-    rungs += [Rung("static", ObserverSpec(name, bins=base.bins)) for name in ROBUST_OBSERVERS if name != base.name]
+    fallbacks = observer_class(base.name).capabilities.ladder
+    rungs += [Rung("static", ObserverSpec(name, bins=base.bins)) for name in fallbacks]
     if kind not in ("add", "matmul"):  # graph-mode binary ops: static or float only
         if kind == "Linear" or objective != "latency":
             rungs.append(Rung("dynamic"))

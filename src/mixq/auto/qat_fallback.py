@@ -1,7 +1,7 @@
 """QAT as the last resort: when post-training choices cannot meet the target and the caller gave a ``train_fn``.
 
-QAT lives in ``mixq.qat`` (``mixq.prepare_qat`` / ``mixq.convert``). This module only calls it when the package
-exposes it, so autoquantize works the same with or without QAT in the build; the report says which happened.
+QAT lives in ``mixq.qat`` (``mixq.prepare_qat`` / ``mixq.convert``): an all-int8 QAT copy of the model is fine-tuned
+with ``train_fn``, converted and evaluated once, and kept when it scores higher than the post-training choice.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from mixq.auto.evaluation import BudgetExhausted, Evaluator
+from mixq.qat import convert, prepare_qat
 
 
 class TrainFnError(RuntimeError):
@@ -22,15 +23,7 @@ class TrainFnError(RuntimeError):
 def try_qat(model: nn.Module, train_fn: Callable[[nn.Module], Any], example_inputs: Any, evaluate: Evaluator,
             notes: list[str]) -> tuple[nn.Module, float] | None:
     """Prepare a QAT copy of ``model`` (int8 weights and activations), fine-tune it with ``train_fn(qat_model)``,
-    convert and evaluate it. Returns ``(model, metric)``, or None (with a note) when QAT is unavailable or no
-    evaluation is left."""
-    import mixq
-
-    prepare_qat = getattr(mixq, "prepare_qat", None)
-    convert_qat = getattr(mixq, "convert", None)
-    if prepare_qat is None or convert_qat is None:
-        notes.append("train_fn was given but this build of mixq has no QAT (mixq.prepare_qat); QAT was skipped")
-        return None
+    convert and evaluate it. Returns ``(model, metric)``, or None (with a note) when no evaluation is left."""
     if evaluate.left < 1:
         notes.append("train_fn was given but the evaluation budget was spent; QAT was skipped")
         return None
@@ -41,7 +34,7 @@ def try_qat(model: nn.Module, train_fn: Callable[[nn.Module], Any], example_inpu
         name = getattr(train_fn, "__name__", type(train_fn).__name__)
         raise TrainFnError(f"train_fn {name!r} raised {type(err).__name__} while fine-tuning the QAT model: "
                            f"{err}") from err
-    qmodel = convert_qat(qat_model)
+    qmodel = convert(qat_model)
     try:
         metric = evaluate(qmodel, "QAT int8")
     except BudgetExhausted:

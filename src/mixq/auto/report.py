@@ -25,8 +25,9 @@ class Step:
 
 
 @dataclass(frozen=True)
-class Variant:
-    """fp32, all-int8 or chosen: its metric and, when measured on ONNX Runtime, latency (ms) and file size."""
+class ComparedModel:
+    """One of the models the report compares (fp32, all-int8 or chosen): its metric and, when measured on ONNX
+    Runtime, latency (ms) and file size."""
 
     name: str
     metric: float | None
@@ -59,7 +60,7 @@ class AutoQuantReport:
     sensitivity: list[LayerSensitivity] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     precisions: dict[str, str] = field(default_factory=dict)
-    variants: list[Variant] = field(default_factory=list)
+    variants: list[ComparedModel] = field(default_factory=list)
     layer_latency_ms: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -80,16 +81,27 @@ class AutoQuantReport:
         status = "met" if self.met else f"**missed by {self.miss:.4g}**"
         lines = [f"# mixq autoquantize (objective: {self.objective})", "",
                  f"Target: metric >= {self.required:.4f} (fp32 baseline {self.baseline:.4f}, max drop {kind}): "
-                 f"{status}. Evaluations: {self.evaluations} of {self.max_evals}.", "",
-                 "| model | metric | Δ vs fp32 | ORT latency (ms) | ONNX size (KB) |", "|---|---:|---:|---:|---:|"]
+                 f"{status}. Evaluations: {self.evaluations} of {self.max_evals}.", ""]
+        lines += self._variants_table() + self._sensitivity_section() + self._search_section()
+        if self.notes:
+            lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
+        if self.seconds:
+            lines += ["", "Time (s): " + ", ".join(f"{k} {v:.2f}" for k, v in self.seconds.items())]
+        return "\n".join(lines) + "\n"
+
+    def _variants_table(self) -> list[str]:
+        lines = ["| model | metric | Δ vs fp32 | ORT latency (ms) | ONNX size (KB) |", "|---|---:|---:|---:|---:|"]
         for v in self.variants:
             delta = None if v.metric is None else v.metric - self.baseline
             size = None if v.size_bytes is None else v.size_bytes / 1024
             lines.append(f"| {v.name} | {_num(v.metric, '.4f')} | {_num(delta, '+.4f')} | "
                          f"{_num(v.latency_ms, '.3f')} | {_num(size, '.1f')} |")
-        lines += ["", "## Per-layer sensitivity (worst first)", "",
-                  "| layer | type | output SQNR (dB) | layer SQNR (dB) | eval drop alone | chosen | reason |",
-                  "|---|---|---:|---:|---:|---|---|"]
+        return lines
+
+    def _sensitivity_section(self) -> list[str]:
+        lines = ["", "## Per-layer sensitivity (worst first)", "",
+                 "| layer | type | output SQNR (dB) | layer SQNR (dB) | eval drop alone | chosen | reason |",
+                 "|---|---|---:|---:|---:|---|---|"]
         for r in self.sensitivity:
             lines.append(f"| {r.name} | {r.kind} | {_db(r.output_sqnr_db)} | {_db(r.layer_sqnr_db)} | "
                          f"{_num(r.eval_drop, '+.4f')} | {self.precisions.get(r.name, '-')} | {r.reason} |")
@@ -99,15 +111,14 @@ class AutoQuantReport:
         if self.layer_latency_ms:
             lines += ["", "ORT latency (ms) of each layer alone in int8 (paired against fp32, see the notes):", ""]
             lines += [f"- {k}: {v:.3f}" for k, v in self.layer_latency_ms.items()]
-        lines += ["", "## Search", "", "| step | change | metric | meets target | evaluations |",
-                  "|---:|---|---:|---|---:|"]
+        return lines
+
+    def _search_section(self) -> list[str]:
+        lines = ["", "## Search", "", "| step | change | metric | meets target | evaluations |",
+                 "|---:|---|---:|---|---:|"]
         lines += [f"| {s.index} | {s.action} | {s.metric:.4f} | {'yes' if s.meets else 'no'} | {s.evaluations} |"
                   for s in self.steps]
-        if self.notes:
-            lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
-        if self.seconds:
-            lines += ["", "Time (s): " + ", ".join(f"{k} {v:.2f}" for k, v in self.seconds.items())]
-        return "\n".join(lines) + "\n"
+        return lines
 
     def __str__(self) -> str:
         return self.to_markdown()

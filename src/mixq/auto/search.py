@@ -20,15 +20,13 @@ from mixq.auto.ladder import Rung
 from mixq.auto.sensitivity import LayerSensitivity
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
-    """Where the search ended: the assignment (rung index per layer) chosen, its metric, whether it meets the target
-    and whether the evaluation budget ran out."""
+    """Where the search ended: the assignment (rung index per layer) chosen and its metric (the target met, or the
+    best configuration seen when the target or the budget ran out)."""
 
     assignment: dict[str, int]
     metric: float
-    met: bool
-    exhausted: bool
 
 
 class GreedySearch:
@@ -78,10 +76,10 @@ class GreedySearch:
             try:
                 metric = evaluate(trial, action)
             except BudgetExhausted:
-                return Outcome(best[1], best[0], False, True)
+                return Outcome(best[1], best[0])
             assignment = trial
             if metric > best[0]:
                 best = (metric, dict(assignment))
         if meets(metric):
-            return Outcome(assignment, metric, True, False)
-        return Outcome(best[1], best[0], False, False)
+            return Outcome(assignment, metric)
+        return Outcome(best[1], best[0])

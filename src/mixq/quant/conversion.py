@@ -29,8 +29,7 @@ from mixq.quant.modules import (
 )
 from mixq.quant.modules.registry import kind_name, qmodule_class, refusal
 from mixq.quant.modules.weight_only import GroupParams
-from mixq.quant.observers import MinMaxObserver, Observer, make_observer
-from mixq.quant.observers.histogram import HistogramObserver
+from mixq.quant.observers import Observer, make_observer
 from mixq.quant.planning import excluded
 from mixq.quant.spec import ObserverSpec, QuantConfig
 from mixq.quant.stages import Prepared
@@ -40,13 +39,14 @@ QParams = tuple[torch.Tensor, torch.Tensor]
 
 
 def derive_observer(source: Observer, spec: ObserverSpec) -> Observer:
-    """An observer of kind ``spec`` holding ``source``'s statistics (a histogram yields every per-tensor kind)."""
+    """An observer of kind ``spec`` holding ``source``'s statistics, as the observers' declared ``capabilities``
+    allow: the same statistics (same histogram bins) load as they are, and a range observer takes any observer's
+    min and max (so a histogram yields every per-tensor kind)."""
     target = make_observer(spec, source.spec, name=source.name)
-    same_kind = type(target) is type(source) and getattr(target, "bins", None) == getattr(source, "bins", None)
-    if same_kind or (isinstance(source, HistogramObserver) and isinstance(target, HistogramObserver)
-                     and target.bins == source.bins):
+    kind, source_kind = target.capabilities.statistics, source.capabilities.statistics
+    if kind == source_kind and getattr(target, "bins", None) == getattr(source, "bins", None):
         target.load_state_dict(source.state_dict())
-    elif isinstance(target, MinMaxObserver) and isinstance(source, (HistogramObserver, MinMaxObserver)):
+    elif kind == "range":
         target.min_val, target.max_val = source.min_val.clone(), source.max_val.clone()
         target.num_batches.copy_(source.num_batches)
     else:

@@ -2,13 +2,17 @@
 into ``(scale, zero_point)`` with the shared primitives. Statistics live in buffers so ``state_dict`` round-trips.
 
 Observers register by name (``@register_observer("minmax")``); every list of observer names (``ObserverSpec``'s
-validation, the CLI's choices, QAT's) is derived from the registry, so a new observer is one file.
+validation, the CLI's choices, QAT's, autoquantize's) is derived from the registry, so a new observer is one file.
+What an observer supports (per-channel ranges, streaming statistics, use by autoquantize and the observers
+autoquantize falls back to after it) is declared on its class as ``capabilities`` (``ObserverCapabilities``);
+``make_observer``, the conversion's ``derive_observer`` and ``mixq.auto`` read it instead of keeping lists.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -31,10 +35,49 @@ def register_observer(name: str) -> Callable[[ObserverT], ObserverT]:
     return decorate
 
 
-def observer_names(streaming: bool | None = None) -> tuple[str, ...]:
-    """Registered observer names (with ``streaming=True``: those whose ranges follow batches as they come, which
-    QAT needs), in registration order."""
-    return tuple(n for n, c in _REGISTRY.items() if streaming is None or c.streaming == streaming)
+STATISTICS = ("range", "histogram")
+
+
+@dataclass(frozen=True)
+class ObserverCapabilities:
+    """What an observer class supports, declared once on the class (``Observer.capabilities``).
+
+    ``statistics``: what it keeps, ``"range"`` (a min and a max, per tensor or per channel) or ``"histogram"`` (a
+    per-tensor histogram plus the exact min and max); an observer can be derived from another's statistics when
+    both keep histograms of the same bins, or when it keeps a range (every kind keeps a min and a max).
+    ``per_channel``: whether it accepts ``axis`` (per-channel ranges, e.g. weights). ``streaming``: its ranges
+    follow the batches as they come (QAT needs that) rather than being searched at the end. ``autoquant``: whether
+    ``mixq.autoquantize``, which gathers histogram statistics once and derives every observer from them, may use
+    it. ``ladder``: the observers autoquantize tries next for a layer, in order, when static int8 with this one is
+    not accurate enough (outlier-robust ranges first).
+
+    Example: ``observer_class("minmax").capabilities.ladder == ("percentile", "mse")``.
+    """
+
+    statistics: str
+    per_channel: bool = True
+    streaming: bool = True
+    autoquant: bool = True
+    ladder: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.statistics not in STATISTICS:
+            raise ValueError(f"statistics must be one of {', '.join(STATISTICS)}, got {self.statistics!r}")
+        if self.ladder and not self.autoquant:
+            raise ValueError("an observer autoquantize may not use has no autoquantize ladder")
+
+
+def observer_names(streaming: bool | None = None, autoquant: bool | None = None,
+                   per_channel: bool | None = None) -> tuple[str, ...]:
+    """Registered observer names, in registration order, filtered by their declared capabilities: with
+    ``streaming=True`` those whose ranges follow batches as they come (which QAT needs), ``autoquant=True`` those
+    ``mixq.autoquantize`` may use, ``per_channel=True`` those that accept per-channel ranges.
+
+    Example: ``observer_names(per_channel=True) == ("minmax", "moving_average")``.
+    """
+    wanted = {"streaming": streaming, "autoquant": autoquant, "per_channel": per_channel}
+    return tuple(n for n, c in _REGISTRY.items()
+                 if all(v is None or getattr(c.capabilities, k) == v for k, v in wanted.items()))
 
 
 def observer_class(name: str) -> type[Observer]:
@@ -56,8 +99,7 @@ class Observer(nn.Module):
     """
 
     registered_name = ""
-    streaming = True  # ranges follow the batches as they come (False: a histogram searched at the end)
-    per_tensor_only = False
+    capabilities: ClassVar[ObserverCapabilities] = ObserverCapabilities("range")
 
     @classmethod
     def from_spec(cls, observer: ObserverSpec, spec: QuantSpec, axis: int | None = None, name: str = "") -> Observer:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mixq.quant.observers.base import register_observer
+from mixq.quant.observers.base import ObserverCapabilities, register_observer
 from mixq.quant.observers.histogram import HistogramObserver
 from mixq.quant.spec import QuantSpec
 
@@ -52,6 +52,8 @@ class EntropyObserver(HistogramObserver):
     ``[-T, T]`` with ``T`` the larger end, so only the candidate's share of the levels is used. Example:
     ``EntropyObserver(DEFAULT_ACTIVATION)``.
     """
+
+    capabilities = ObserverCapabilities("histogram", per_channel=False, streaming=False, ladder=("percentile", "mse"))
 
     def __init__(self, spec: QuantSpec, axis: int | None = None, name: str = "", bins: int = 2048) -> None:
         super().__init__(spec, axis, name, bins)

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from mixq.quant.observers.base import Observer
+from mixq.quant.observers.base import Observer, ObserverCapabilities
 from mixq.quant.spec import ObserverSpec, QuantSpec
 
 # a constant first batch gets a tiny placeholder bin width (relative to its value) until a wider batch arrives
@@ -30,8 +30,7 @@ class HistogramObserver(Observer):
     observer built with the same ``bins`` (default 2048, the ``ObserverSpec`` default).
     """
 
-    streaming = False
-    per_tensor_only = True
+    capabilities = ObserverCapabilities("histogram", per_channel=False, streaming=False)
 
     @classmethod
     def from_spec(cls, observer: ObserverSpec, spec: QuantSpec, axis: int | None = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mixq.quant.observers.base import Observer, register_observer
+from mixq.quant.observers.base import Observer, ObserverCapabilities, register_observer
 from mixq.quant.spec import QuantSpec
 
 
@@ -15,6 +15,8 @@ class MinMaxObserver(Observer):
     The default for weights (where the whole range matters) and a fast, outlier-sensitive choice for
     activations. Example: ``obs = MinMaxObserver(DEFAULT_ACTIVATION); obs(x); scale, zp = obs.calculate_qparams()``.
     """
+
+    capabilities = ObserverCapabilities("range", ladder=("percentile", "mse"))
 
     def __init__(self, spec: QuantSpec, axis: int | None = None, name: str = "") -> None:
         super().__init__(spec, axis, name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mixq.quant.observers.base import register_observer
+from mixq.quant.observers.base import ObserverCapabilities, register_observer
 from mixq.quant.observers.minmax import MinMaxObserver
 from mixq.quant.spec import ObserverSpec, QuantSpec
 
@@ -19,6 +19,9 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
     batch; ``c = 1`` keeps only the last batch. Works per tensor (``axis=None``) or per channel. Example:
     ``obs = MovingAverageMinMaxObserver(DEFAULT_ACTIVATION, averaging_constant=0.1)``.
     """
+
+    # a moving average depends on the order of the batches; autoquantize's one histogram pass cannot give it
+    capabilities = ObserverCapabilities("range", autoquant=False)
 
     @classmethod
     def from_spec(cls, observer: ObserverSpec, spec: QuantSpec, axis: int | None = None,

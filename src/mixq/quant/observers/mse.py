@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mixq.quant.observers.base import register_observer
+from mixq.quant.observers.base import ObserverCapabilities, register_observer
 from mixq.quant.observers.histogram import HistogramObserver
 from mixq.quant.primitives import choose_qparams
 from mixq.quant.spec import QuantSpec
@@ -27,6 +27,8 @@ class MSEObserver(HistogramObserver):
     candidate, so the result is never worse than min-max under this model. Example:
     ``MSEObserver(DEFAULT_ACTIVATION)``.
     """
+
+    capabilities = ObserverCapabilities("histogram", per_channel=False, streaming=False, ladder=("percentile",))
 
     def __init__(self, spec: QuantSpec, axis: int | None = None, name: str = "", bins: int = 2048) -> None:
         super().__init__(spec, axis, name, bins)

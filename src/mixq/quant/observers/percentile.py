@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mixq.quant.observers.base import register_observer
+from mixq.quant.observers.base import ObserverCapabilities, register_observer
 from mixq.quant.observers.histogram import HistogramObserver
 from mixq.quant.spec import ObserverSpec, QuantSpec
 
@@ -20,6 +20,8 @@ class PercentileObserver(HistogramObserver):
     histogram bin; ``p = 100`` gives the exact min and max. Example: ``PercentileObserver(DEFAULT_ACTIVATION,
     percentile=99.9)``.
     """
+
+    capabilities = ObserverCapabilities("histogram", per_channel=False, streaming=False, ladder=("mse",))
 
     @classmethod
     def from_spec(cls, observer: ObserverSpec, spec: QuantSpec, axis: int | None = None,
