@@ -11,7 +11,7 @@
 - A block whose info string says ``slow`` runs only in the page's ``slow``-marked test (with the page's other
   blocks), so ``make test``'s default selection stays fast; ``pytest -m slow tests/test_docs.py`` runs them.
 
-Small inputs the commands name are prepared here when a page mentions them: ``./my-bert`` and ``./my-llama`` (tiny
+Small inputs the commands name are prepared here when a page's blocks mention them: ``./my-bert`` and ``./my-llama`` (tiny
 random Hugging Face model directories with their tokenizers, built offline) and ``texts.txt`` (a few sentences).
 Everything else a page uses, its own blocks create.
 """
@@ -145,8 +145,8 @@ def run_cli(argv: list[str], where: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
-def prepare_inputs(page: Path, workdir: Path) -> None:
-    text = page.read_text()
+def prepare_inputs(blocks: list[Block], workdir: Path) -> None:
+    text = "\n".join(b.code for b in blocks)
     if "./my-bert" in text or "./my-llama" in text:
         from tests.cli.hf_dirs import save_bert, save_llama
 
@@ -164,12 +164,12 @@ def prepare_inputs(page: Path, workdir: Path) -> None:
 @pytest.mark.parametrize(("page", "slow"), _page_params())
 def test_page_code_runs(page, slow, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    prepare_inputs(page, tmp_path)
+    blocks = [b for b in blocks_of(page) if b.language != "text" and "no-run" not in b.flags
+              and (slow or "slow" not in b.flags)]
+    prepare_inputs(blocks, tmp_path)
     torch.manual_seed(0)
     namespace: dict = {"__name__": f"docs_{page.stem}"}
-    for block in blocks_of(page):
-        if block.language == "text" or "no-run" in block.flags or ("slow" in block.flags and not slow):
-            continue
+    for block in blocks:
         if block.language == "python":
             exec(compile(block.code, block.where, "exec"), namespace)  # noqa: S102 - the documentation's own code
             continue
