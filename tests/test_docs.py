@@ -140,7 +140,10 @@ def run_cli(argv: list[str], where: str) -> None:
     from mixq.cli import main
 
     args = argv[1:] if argv[0] == "mixq" else argv[3:]
-    code = main(args)
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # argparse's --help
+        code = exit_.code
     assert code == 0, f"{where}: `{shlex.join(argv)}` exited {code}"
 
 
