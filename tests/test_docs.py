@@ -9,18 +9,18 @@
 - ```text blocks are not code (directory trees, output) and are skipped.
 - A block whose info string says ``no-run`` is not run; at most ``MAX_NO_RUN`` such blocks may exist in all.
 - A block whose info string says ``slow`` runs only in the page's ``slow``-marked test (with the page's other
-  blocks), so ``make test``'s default selection stays fast; ``pytest -m slow tests/test_docs.py`` runs them.
+  blocks): ``pytest -m "not slow" tests/test_docs.py`` is the quick check, ``pytest -m slow`` adds the exports to
+  LiteRT, the Hugging Face and KV-cache decoder examples, latency-driven autoquantize and the demo.
 
-Small inputs the commands name are prepared here when a page's blocks mention them: ``./my-bert`` and ``./my-llama`` (tiny
-random Hugging Face model directories with their tokenizers, built offline) and ``texts.txt`` (a few sentences).
-Everything else a page uses, its own blocks create.
+Small inputs the commands name are prepared here when a page's blocks mention them: ``./my-bert`` and
+``./my-llama`` (tiny random Hugging Face model directories with their tokenizers, built offline) and ``texts.txt``
+(a few sentences). Everything else a page uses, its own blocks create.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +105,10 @@ def _makefile_targets() -> set[str]:
 
 
 def _installable() -> set[str]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {"mixq"} | {f"mixq[{extra}]" for extra in project["optional-dependencies"]}
     names |= {f".[{extra}]" for extra in project["optional-dependencies"]} | {"."}
