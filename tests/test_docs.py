@@ -80,6 +80,16 @@ def test_pages_exist_and_readme_is_short():
         assert f"docs/{page.name}" in (ROOT / "README.md").read_text(), f"README does not link {page.name}"
 
 
+def test_local_links_resolve():
+    broken = []
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            path = target.split("#")[0]
+            if path and not re.match(r"[a-z]+://", path) and not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, f"links to files that do not exist: {broken}"
+
+
 def test_every_block_has_a_known_language_and_few_are_not_run():
     unknown = [b.where for b in ALL_BLOCKS if b.language not in LANGUAGES]
     assert not unknown, f"code blocks without a known language (python, bash, sh, console, text): {unknown}"
