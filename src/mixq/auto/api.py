@@ -33,6 +33,7 @@ from mixq.auto.sensitivity import analyse, quantized_layer
 from mixq.quant.api import make_config
 from mixq.quant.calibration import Batch
 from mixq.quant.conversion import convert_prepared
+from mixq.quant.finiteness import check_finite
 from mixq.quant.modules import ObservedMatMul
 from mixq.quant.planning import split_first
 from mixq.quant.spec import ObserverSpec, QuantConfig
@@ -121,6 +122,7 @@ def autoquantize(
     start_time = time.perf_counter()
     base = config or make_config("static")
     _check(model, max_drop, objective, max_evals, sensitivity_batches, base)
+    check_finite(model, "autoquantize")
     evaluate = Evaluator(eval_fn, max_evals)
     probe, batches = split_first(calib_data)
     example = probe if example_inputs is None else example_inputs

@@ -230,7 +230,7 @@ def check_hf_options(args: argparse.Namespace) -> None:
 
 def load_hf_inputs(args: argparse.Namespace) -> tuple[nn.Module, list[Any] | None, Any]:
     """Model, calibration batches (or None) and example inputs for ``--hf DIR`` and the options around it."""
-    from mixq.cli.loading import check_model_accepts, load_batches, load_weights, parse_ints
+    from mixq.cli.loading import check_finite_weights, check_model_accepts, load_batches, load_weights, parse_ints
 
     directory = model_dir(args.hf)
     if args.calib_text:
@@ -238,6 +238,7 @@ def load_hf_inputs(args: argparse.Namespace) -> tuple[nn.Module, list[Any] | Non
     model = load_model(directory, args.hf_task or "base")
     if args.weights:
         load_weights(model, args.weights, args.hf, trust_pickle=args.trust_pickle)
+    check_finite_weights(model, args.weights or args.hf)
     tokenizer = None
     if args.calib_text or not (args.calib or args.example_shape):
         why = "--calib-text" if args.calib_text else "making example inputs (no --calib or --example-shape given)"

@@ -10,6 +10,7 @@ from torch import nn
 
 from mixq.quant.calibration import Batch
 from mixq.quant.conversion import convert_prepared
+from mixq.quant.finiteness import check_finite
 from mixq.quant.modules.observed import refuse_observed
 from mixq.quant.planning import excluded, split_first
 from mixq.quant.smoothquant import check_alpha, smooth
@@ -169,6 +170,7 @@ def quantize(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     refuse_observed(model, "quantize")
+    check_finite(model, "quantize")
     if config is not None:
         given = [name for name, value, default in (
             ("observer", observer, None), ("bits", bits, 8), ("group_size", group_size, None),

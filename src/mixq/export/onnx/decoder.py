@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from mixq.export.onnx.export import ExportError, check_target, finalize, trace_to_onnx
+from mixq.quant.finiteness import check_finite
 from mixq.quant.modules.observed import refuse_observed
 from mixq.report.files import atomic_path
 
@@ -88,6 +89,7 @@ def export_decoder_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int
     import onnxruntime as ort
 
     refuse_observed(model, "export")
+    check_finite(model, "export")
     target = check_target(path)
     wrapper = CachedDecoder(model.eval())
     ids, mask = torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 7, dtype=torch.long)
