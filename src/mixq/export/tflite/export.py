@@ -24,8 +24,8 @@ from mixq.export.tflite.integer_io import integer_io
 from mixq.export.tflite.lowering import ActivationQParams, lower, lowering_of
 from mixq.export.tflite.recipes import apply_recipe
 from mixq.quant.calibration import describe
-from mixq.quant.modules import QuantizedLinear, QuantizedMatMul
 from mixq.quant.finiteness import check_finite
+from mixq.quant.modules import QuantizedLinear, QuantizedMatMul
 from mixq.quant.modules.observed import refuse_observed
 from mixq.quant.modules.registry import quantized_classes
 from mixq.report.files import atomic_path
