@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mixq.cli.errors import CliError, existing_file, first_line
+from mixq.cli.hftask import check_task
 
 TASKS = {  # --hf-task -> the transformers Auto class that loads it
     "base": "AutoModel",
@@ -233,6 +234,7 @@ def load_hf_inputs(args: argparse.Namespace) -> tuple[nn.Module, list[Any] | Non
     from mixq.cli.loading import check_finite_weights, check_model_accepts, load_batches, load_weights, parse_ints
 
     directory = model_dir(args.hf)
+    check_task(directory, args.hf_task or "base")  # before any weight loads
     if args.calib_text:
         existing_file(args.calib_text, "--calib-text")  # a typo fails before the model loads
     model = load_model(directory, args.hf_task or "base")
