@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from mixq.cli.errors import CliError, existing_file, first_line, output_file
 from mixq.cli.formatting import HelpFormatter
+from mixq.cli.limits import check_bench_inputs
 from mixq.cli.loading import parse_ints
 
 ROUNDS = 5  # timing rounds; each runs every file in turn
@@ -278,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
         parse_ints(args.batch, "--batch", "1,32")
     sessions = [load_session(path, args.threads) for path in paths]
     settings = _settings(args, paths, sessions)
+    check_bench_inputs(settings, [s.input_shapes for p, s in zip(paths, sessions, strict=True) if is_litert(p)])
     results = bench(paths, settings, args.threads, args.runs, args.warmup, sessions=sessions)
     print(table(results, settings))
     if out is not None:

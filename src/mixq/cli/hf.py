@@ -16,6 +16,7 @@ from torch import nn
 
 from mixq.cli.errors import CliError, existing_file, first_line
 from mixq.cli.hftask import check_task
+from mixq.cli.limits import check_token_shape
 
 TASKS = {  # --hf-task -> the transformers Auto class that loads it
     "base": "AutoModel",
@@ -190,6 +191,7 @@ def shaped_example(model: nn.Module, shape: list[int], tokenizer: Any = None) ->
     if limit is not None and shape[1] > limit:
         raise CliError(f"--example-shape asks for {shape[1]} tokens, more than the model's limit of {limit}",
                        f"pass a sequence length <= {limit}")
+    check_token_shape(model.config, shape[0], shape[1], "--example-shape")
     vocab = min(v for v in (getattr(model.config, "vocab_size", None), len(tokenizer) if tokenizer else None,
                             1 << 30) if v)
     names = list(getattr(tokenizer, "model_input_names", None) or ["input_ids", "attention_mask"])
