@@ -10,6 +10,7 @@ from mixq.cli.errors import CliError, first_line, output_file
 from mixq.cli.exporting import decoder_info, export_model
 from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import add_model_options, input_files, load_inputs
+from mixq.cli.refusals import check_tflite_model, check_tflite_options
 from mixq.cli.sidecar import write_sidecar
 from mixq.quant.observers import observer_names
 from mixq.quant.spec import WEIGHT_METHODS
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     fmt = args.format or ("tflite" if str(args.output).endswith(".tflite") else "onnx")
     if fmt == "onnx" and (args.io_dtype != "float32" or args.nhwc):
         raise CliError("--io-dtype and --nhwc apply to LiteRT files", "add --format tflite, or drop them for ONNX")
+    check_tflite_options(args, fmt)
     output = output_file(args.output, "--output", FORMATS[fmt], input_files(args))
     if fmt == "tflite":
         from mixq.export.tflite import INSTALL_HINT, litert_available
@@ -95,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--method and --weight-scheme choose weight_only weights, not --mode {args.mode} ones",
                        "use --mode weight_only, or drop them")
     model, batches, example = load_inputs(args)
+    check_tflite_model(args, fmt, model, example)
     if args.method != "rtn" and batches is None:
         raise CliError(f"--method {args.method} needs calibration data",
                        ("pass --calib-text FILE (a few dozen representative texts, one per line) or --calib DATA"
