@@ -44,6 +44,6 @@ def check_tflite_model(args: argparse.Namespace, fmt: str, model: nn.Module, exa
 
         _, why = trace(model)
         if why:
-            raise CliError(f"torch.fx cannot trace {type(model).__name__} ({why}), so static quantization would use "
-                           "torch.export graph mode, which has no LiteRT lowering yet",
+            raise CliError(f"torch.fx cannot trace {type(model).__name__} ({why}), and static quantization of such a "
+                           "model (torch.export graph mode, or layer by layer) has no LiteRT lowering yet",
                            "use --mode dynamic for LiteRT, or write an .onnx file")
