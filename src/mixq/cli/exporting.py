@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from mixq.cli.errors import CliError, first_line
+from mixq.cli.failures import disk_error
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -39,6 +40,8 @@ def export_model(model: nn.Module, example: Any, output: Path, args: argparse.Na
             return mixq.export_decoder_onnx(model, output)
         return mixq.export_onnx(model, example, output, output_names=names)
     except mixq.ExportError as err:
+        if disk_error(err):
+            raise  # a full disk is a runtime failure (exit 1), not something to fix in the options
         cause = err
         while cause.__cause__ is not None:  # the innermost error names the problem (the exporter's wrap it)
             cause = cause.__cause__
