@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from torch import nn
 
+from mixq.quant.batch_keys import warn_unknown_keys
 from mixq.quant.calibration import Batch
 from mixq.quant.conversion import convert_prepared
 from mixq.quant.finiteness import check_finite
@@ -218,6 +219,7 @@ def quantize(
             warnings.warn(f"smoothquant: {type(model).__name__} has no LayerNorm->Linear or Linear->Linear pair "
                           "whose smoothing can be folded exactly; quantizing without it", stacklevel=2)
 
+    warn_unknown_keys(model, probe)
     prepared = prepare(model, cfg, probe)
     if prepared.observed:
         calibrate(prepared, batches, progress=progress, max_batches=max_calib_batches)  # type: ignore[arg-type]
