@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from mixq.cli.bench_checks import check_bench_values
 from mixq.cli.errors import CliError, existing_file, first_line, output_file
 from mixq.cli.formatting import HelpFormatter
 from mixq.cli.limits import check_bench_inputs
@@ -280,6 +281,7 @@ def run(args: argparse.Namespace) -> int:
     sessions = [load_session(path, args.threads) for path in paths]
     settings = _settings(args, paths, sessions)
     check_bench_inputs(settings, [s.input_shapes for p, s in zip(paths, sessions, strict=True) if is_litert(p)])
+    check_bench_values(settings, paths, sessions, "--inputs" if args.inputs else "--shape" if args.shape else None)
     results = bench(paths, settings, args.threads, args.runs, args.warmup, sessions=sessions)
     print(table(results, settings))
     if out is not None:
