@@ -4,6 +4,7 @@ an I/O error while writing. Exporters wrap the ``OSError`` in their own errors; 
 from __future__ import annotations
 
 import errno
+import os
 
 DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
                errno.EIO: "an input/output error", errno.EFBIG: "the file is too large for the file system"}
@@ -26,6 +27,6 @@ def disk_error(err: BaseException) -> OSError | None:
 
 def describe_disk_error(err: OSError) -> str:
     """One line: what went wrong, where, and that existing files were left as they were."""
-    where = f" writing {err.filename}" if err.filename else " while writing the output"
+    where = f" writing into {os.path.dirname(os.path.abspath(err.filename))}" if err.filename else " while writing"
     return (f"{DISK_ERRNOS.get(err.errno, err.strerror or 'a write failed')}{where}; no output was written and any "
             "existing file was left as it was (free some space, or choose another --output directory)")

@@ -10,7 +10,7 @@ from mixq.cli.errors import CliError, first_line, output_file
 from mixq.cli.exporting import decoder_info, export_model
 from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import add_model_options, input_files, load_inputs
-from mixq.cli.refusals import check_tflite_model, check_tflite_options
+from mixq.cli.refusals import check_model, check_tflite_options
 from mixq.cli.sidecar import write_sidecar
 from mixq.quant.observers import observer_names
 from mixq.quant.spec import WEIGHT_METHODS
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--method and --weight-scheme choose weight_only weights, not --mode {args.mode} ones",
                        "use --mode weight_only, or drop them")
     model, batches, example = load_inputs(args)
-    check_tflite_model(args, fmt, model, example)
+    check_model(args, fmt, model, example)
     if args.method != "rtn" and batches is None:
         raise CliError(f"--method {args.method} needs calibration data",
                        ("pass --calib-text FILE (a few dozen representative texts, one per line) or --calib DATA"

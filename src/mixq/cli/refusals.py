@@ -4,6 +4,7 @@
 inputs/outputs of a model that is not full-integer, weight-only layers (LiteRT has no form for them), example
 inputs given by name (a Hugging Face model's dict of token tensors), and static quantization of a model
 ``torch.fx`` cannot trace (mixq then captures it in torch.export graph mode, which has no LiteRT lowering yet).
+A ``--hf-task causal-lm`` model that returns no key/value cache is refused here too, not after quantization.
 """
 
 from __future__ import annotations
@@ -32,8 +33,20 @@ def check_tflite_options(args: argparse.Namespace, fmt: str) -> None:
                        ".tflite export does not take yet", "write an .onnx file (--output MODEL.onnx)")
 
 
-def check_tflite_model(args: argparse.Namespace, fmt: str, model: nn.Module, example: Any) -> None:
-    """The combinations the loaded model and example rule out (before quantization starts)."""
+def check_model(args: argparse.Namespace, fmt: str, model: nn.Module, example: Any) -> None:
+    """The combinations the loaded model and example rule out (before quantization starts): a key/value-cache
+    decoder export (``--hf-task causal-lm``) of a model without a cache, and the LiteRT ones."""
+    from mixq.cli.exporting import exports_decoder
+
+    if fmt == "onnx" and exports_decoder(args):
+        from mixq.export.onnx.decoder import CachedDecoder
+        from mixq.export.onnx.decoder_checks import check_causal_lm
+
+        try:
+            check_causal_lm(CachedDecoder(model), model)
+        except TypeError as err:
+            raise CliError(str(err).partition("; ")[0], "pass a causal LM's directory, or another --hf-task") \
+                from err
     if fmt != "tflite":
         return
     if isinstance(example, dict):
