@@ -111,3 +111,26 @@ def test_a_full_disk_is_a_failure_that_keeps_the_old_file(mixq_main, user_dir, m
     assert (user_dir / "kept.onnx").read_text() == "the old file"
     assert not (user_dir / "kept.mixq.json").exists()
     assert not [p for p in user_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_a_causal_lm_task_without_a_cache_is_refused_before_quantizing(mixq_main, hf_dirs):
+    target = hf_dirs / "bert_lmhead"
+    if not target.exists():
+        config = transformers.AutoConfig.from_pretrained(hf_dirs / "bert")
+        transformers.BertLMHeadModel(config).save_pretrained(target)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(hf_dirs / "bert" / name, target / name)
+    assert_one_line_error(mixq_main, hf_dirs, ["quantize", "--hf", "bert_lmhead", "--hf-task", "causal-lm", "--mode",
+                                               "weight_only", "--bits", "4", "--group-size", "16", "--output",
+                                               "bad.onnx"], "is not a causal LM that returns a key/value cache")
+
+
+def test_tflite_static_of_a_model_torch_fx_cannot_trace_is_refused_before_quantizing(mixq_main, user_dir):
+    from mixq.export.tflite import litert_available
+
+    if not litert_available():
+        pytest.skip("the LiteRT extra is not installed")
+    np.save(user_dir / "calib4.npy", np.random.default_rng(0).random((8, 4), dtype=np.float32))
+    assert_one_line_error(mixq_main, user_dir, ["quantize", "--model", "nets:branchy", "--mode", "static", "--calib",
+                                                "calib4.npy", "--output", "bad.tflite"],
+                          "torch.fx cannot trace Branchy", output="bad.tflite")
