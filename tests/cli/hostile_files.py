@@ -54,6 +54,19 @@ def exiting_score(model):
 
 def nan_score(model):
     return float("nan")
+
+
+def inf_weights():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    with torch.no_grad():
+        model[2].weight[1, 3] = float("inf")
+    return model
+
+
+def nan_statistics():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    model[1].running_var[2] = float("nan")
+    return model
 '''
 
 
@@ -68,6 +81,16 @@ def _bomb(path: Path, shape: tuple[int, ...]) -> None:
         member.write(header.getvalue())
         for start in range(0, total, len(chunk)):
             member.write(chunk[: min(len(chunk), total - start)])
+
+
+def _small_onnx(path: Path) -> None:
+    """A float CNN taking ``x [batch, 1, 8, 8]`` (symbolic batch)."""
+    import torch
+
+    import mixq
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 2))
+    mixq.export_onnx(model.eval(), torch.rand(1, 1, 8, 8), path, input_names=["x"])
 
 
 def build(root: Path, user_dir: Path) -> None:
@@ -100,4 +123,6 @@ def build(root: Path, user_dir: Path) -> None:
     np.savez(root / "ragged.npz", a=np.zeros((4, 1, 8, 8), np.float32), b=np.zeros((3, 1, 8, 8), np.float32))
     with zipfile.ZipFile(root / "noarrays.npz", "w"):
         pass
+    _small_onnx(root / "cnn.onnx")  # a real file for bench's checks
+    np.savez(root / "naninputs.npz", x=np.full((1, 1, 8, 8), np.nan, np.float32))
     _bomb(root / "bomb.npz", (360_000, 1, 8, 8))  # ~90 MB once decompressed, well under 1 MB on disk

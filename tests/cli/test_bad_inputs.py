@@ -125,6 +125,21 @@ CASES: dict[str, tuple[list[str], int, str]] = {
     "inspect a directory": (["inspect", "dir.onnx"], 2, "is a directory"),
     "inspect garbage": (["inspect", "garbage.onnx"], 2, "cannot load garbage.onnx"),
     "demo out is a file": (["demo", "--out", "nets.py"], 2, "is a file"),
+    # issue 23: non-finite weights, options LiteRT cannot take, sizes past memory, bench values the graph refuses
+    "inf weight from the factory": (["quantize", "--model", "hostile:inf_weights", "--mode", "dynamic",
+                                     "--example-shape", "1,4", "--output", "a.onnx"], 2,
+                                    "parameter '2.weight' (2, 8) holds 1 inf value"),
+    "NaN BatchNorm statistics": (["quantize", "--model", "hostile:nan_statistics", "--mode", "fp16",
+                                  "--example-shape", "1,1,8,8", "--output", "a.onnx"], 2,
+                                 "buffer '1.running_var' (4,) holds 1 NaN value"),
+    "tflite int8 io without static": (Q + ["--io-dtype", "int8", "--output", "a.tflite"], 2,
+                                      "--io-dtype int8 needs a full-integer LiteRT file"),
+    "tflite weight only": (Q[:4] + ["weight_only"] + Q[5:] + ["--output", "a.tflite"], 2,
+                           "LiteRT has no form for weight-only layers"),
+    "bench batch past memory": (["bench", "cnn.onnx", "--batch", "100000000000"], 2, "TiB of memory, more than"),
+    "bench shape past memory": (["bench", "cnn.onnx", "--shape", "x=1000000000000x1x8x8"], 2,
+                                "TiB of memory, more than"),
+    "bench NaN inputs": (["bench", "cnn.onnx", "--inputs", "naninputs.npz"], 2, "'x' holds NaN or inf values"),
 }
 
 

@@ -32,6 +32,7 @@ from mixq.auto.report import AutoQuantReport
 from mixq.auto.sensitivity import analyse
 from mixq.quant.api import make_config
 from mixq.quant.calibration import Batch
+from mixq.quant.finiteness import check_finite
 from mixq.quant.observers import observer_class, observer_names
 from mixq.quant.planning import split_first
 from mixq.quant.spec import QuantConfig
@@ -117,6 +118,7 @@ def autoquantize(
     start_time = time.perf_counter()
     base = config or make_config("static")
     _check(model, max_drop, objective, max_evals, sensitivity_batches, base)
+    check_finite(model, "autoquantize")
     options = Options(objective, max_evals, sensitivity_evals, sensitivity_batches, min_gain_db, progress)
     evaluate = Evaluator(eval_fn, max_evals)
     probe, batches = split_first(calib_data)

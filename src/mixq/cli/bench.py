@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from mixq.cli.bench_checks import check_bench_values
 from mixq.cli.errors import CliError, existing_file, first_line, output_file
 from mixq.cli.formatting import HelpFormatter
+from mixq.cli.limits import check_bench_inputs
 from mixq.cli.loading import parse_ints
 from mixq.export.backend import get_format, runtime_for
 
@@ -261,6 +263,9 @@ def run(args: argparse.Namespace) -> int:
         parse_ints(args.batch, "--batch", "1,32")
     sessions = [load_session(path, args.threads) for path in paths]
     settings = _settings(args, paths, sessions)
+    check_bench_inputs(settings, [s.input_shapes for p, s in zip(paths, sessions, strict=True)
+                                  if not runtime_for(p).named_inputs])
+    check_bench_values(settings, paths, sessions, "--inputs" if args.inputs else "--shape" if args.shape else None)
     results = bench(paths, settings, args.threads, args.runs, args.warmup, sessions=sessions)
     print(table(results, settings))
     if out is not None:

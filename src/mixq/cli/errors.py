@@ -32,6 +32,9 @@ def existing_file(path: str | os.PathLike, what: str) -> Path:
         hint = f" (the directory {str(p.parent)!r} does not exist either)" if not p.parent.exists() else ""
         raise CliError(f"{what} {str(p)!r} does not exist{hint}", "check the path (relative paths start from the "
                        f"current directory, {os.getcwd()!r})")
+    if not os.access(p, os.R_OK):
+        raise CliError(f"{what} {str(p)!r} is not readable (permission denied)",
+                       "fix its permissions (chmod u+r) or pass a copy you can read")
     return p
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from mixq.cli.errors import CliError, first_line
+from mixq.cli.failures import disk_error
 from mixq.export.backend import Format, get_format
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -43,6 +44,8 @@ def export_model(model: nn.Module, example: Any, output: Path, args: argparse.Na
     try:
         return fmt.export(model, example, output, **{k: v for k, v in given.items() if k in fmt.options})
     except mixq.ExportError as err:
+        if disk_error(err):
+            raise  # a full disk is a runtime failure (exit 1), not something to fix in the options
         if fmt.name != "onnx":  # the hints below are about torch.export tracing
             raise
         cause = err

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from mixq.cli.errors import CliError, existing_file, first_line
+from mixq.cli.hftask import check_task
+from mixq.cli.limits import check_token_shape
 
 TASKS = {  # --hf-task -> the transformers Auto class that loads it
     "base": "AutoModel",
@@ -189,6 +191,7 @@ def shaped_example(model: nn.Module, shape: list[int], tokenizer: Any = None) ->
     if limit is not None and shape[1] > limit:
         raise CliError(f"--example-shape asks for {shape[1]} tokens, more than the model's limit of {limit}",
                        f"pass a sequence length <= {limit}")
+    check_token_shape(model.config, shape[0], shape[1], "--example-shape")
     vocab = min(v for v in (getattr(model.config, "vocab_size", None), len(tokenizer) if tokenizer else None,
                             1 << 30) if v)
     names = list(getattr(tokenizer, "model_input_names", None) or ["input_ids", "attention_mask"])
@@ -230,14 +233,16 @@ def check_hf_options(args: argparse.Namespace) -> None:
 
 def load_hf_inputs(args: argparse.Namespace) -> tuple[nn.Module, list[Any] | None, Any]:
     """Model, calibration batches (or None) and example inputs for ``--hf DIR`` and the options around it."""
-    from mixq.cli.loading import check_model_accepts, load_batches, load_weights, parse_ints
+    from mixq.cli.loading import check_finite_weights, check_model_accepts, load_batches, load_weights, parse_ints
 
     directory = model_dir(args.hf)
+    check_task(directory, args.hf_task or "base")  # before any weight loads
     if args.calib_text:
         existing_file(args.calib_text, "--calib-text")  # a typo fails before the model loads
     model = load_model(directory, args.hf_task or "base")
     if args.weights:
         load_weights(model, args.weights, args.hf, trust_pickle=args.trust_pickle)
+    check_finite_weights(model, args.weights or args.hf)
     tokenizer = None
     if args.calib_text or not (args.calib or args.example_shape):
         why = "--calib-text" if args.calib_text else "making example inputs (no --calib or --example-shape given)"

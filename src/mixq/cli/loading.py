@@ -278,6 +278,7 @@ def load_inputs(args: argparse.Namespace) -> tuple[nn.Module, list[Any] | None, 
     model = load_factory(args.model)
     if args.weights:
         load_weights(model, args.weights, args.model, trust_pickle=args.trust_pickle)
+    check_finite_weights(model, args.weights or args.model)
     batches = None
     if args.calib:
         batches = load_batches(args.calib, args.batch_size, args.max_calib_batches)
@@ -288,6 +289,18 @@ def load_inputs(args: argparse.Namespace) -> tuple[nn.Module, list[Any] | None, 
     if batches and args.example_shape:
         check_model_accepts(model, batches[0], "--calib")
     return model, batches, example
+
+
+def check_finite_weights(model: nn.Module, source: str) -> None:
+    """Refuse (exit 2, before any work) a model whose weights hold NaN or inf, naming the first such tensor."""
+    from mixq.quant.finiteness import NonFiniteWeightsError, check_finite
+
+    try:
+        check_finite(model, "quantize")
+    except NonFiniteWeightsError as err:
+        problem = str(err).partition("; ")[0].replace(f"cannot quantize {type(model).__name__}: its", "the")
+        raise CliError(f"{problem} (loaded from {source})", "fix or re-save the weights; mixq does not quantize "
+                       "NaN or inf weights") from err
 
 
 def example_inputs(shape_text: str | None, batches: list[Any] | None) -> Any:

@@ -9,6 +9,7 @@ import sys
 from mixq import __version__
 from mixq.cli import autoquant, bench, demo, inspect, quantize
 from mixq.cli.errors import FAILURE, USAGE_ERROR, CliError, first_line
+from mixq.cli.failures import describe_disk_error, disk_error
 from mixq.cli.formatting import HelpFormatter
 from mixq.cli.streams import pipe_safe_stdout
 
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if args.debug:
             raise
+        if (disk := disk_error(err)) is not None:
+            print(f"mixq {args.command}: error: {describe_disk_error(disk)}", file=sys.stderr)
+            return FAILURE
         print(f"mixq {args.command}: error: {type(err).__name__}: {first_line(err)} (run with --debug for the "
               "traceback)", file=sys.stderr)
         return FAILURE

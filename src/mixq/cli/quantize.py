@@ -10,6 +10,7 @@ from mixq.cli.errors import CliError, first_line, output_file
 from mixq.cli.exporting import decoder_info, export_model
 from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import add_model_options, input_files, load_inputs
+from mixq.cli.refusals import check_model, check_tflite_options
 from mixq.cli.sidecar import write_sidecar
 from mixq.export.backend import format_for, formats, get_format
 from mixq.quant.observers import observer_names
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         flags = " and ".join(flag for flag, _ in FORMAT_OPTIONS.values())
         raise CliError(f"{flags} apply to {' and '.join(f.title for f in takers)} files",
                        f"add {' or '.join(f'--format {f.name}' for f in takers)}, or drop them for {fmt.title}")
+    check_tflite_options(args, fmt.name)
     output = output_file(args.output, "--output", fmt.suffix, input_files(args))
     if not fmt.available():
         raise CliError(f"--format {fmt.name} needs the {fmt.title} extra, which is not installed",
@@ -111,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--smoothquant needs calibration data (activation statistics)",
                        "pass --calib DATA (or --calib-text FILE with --hf), or drop --smoothquant")
     model, batches, example = load_inputs(args)
+    check_model(args, fmt.name, model, example)
     if config.method.needs_data and batches is None:
         raise CliError(f"--method {args.method} needs calibration data",
                        ("pass --calib-text FILE (a few dozen representative texts, one per line) or --calib DATA"

@@ -9,8 +9,10 @@ from typing import Any
 
 from torch import nn
 
+from mixq.quant.batch_keys import warn_unknown_keys
 from mixq.quant.calibration import Batch
 from mixq.quant.conversion import convert_prepared
+from mixq.quant.finiteness import check_finite
 from mixq.quant.modules.observed import refuse_observed
 from mixq.quant.planning import excluded, split_first
 from mixq.quant.smoothquant import smooth
@@ -151,6 +153,7 @@ def quantize(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     refuse_observed(model, "quantize")
+    check_finite(model, "quantize")
     cfg = _config(mode, config, options)
     _refuse_unmatched(model, cfg)
     probe, first, batches = _calibration_data(cfg, calib_data, example_inputs, max_calib_batches)
@@ -161,6 +164,7 @@ def quantize(
             warnings.warn(f"smoothquant: {type(model).__name__} has no LayerNorm->Linear or Linear->Linear pair "
                           "whose smoothing can be folded exactly; quantizing without it", stacklevel=2)
 
+    warn_unknown_keys(model, probe)
     prepared = prepare(model, cfg, probe)
     if prepared.observed:
         calibrate(prepared, batches, progress=progress, max_batches=max_calib_batches)  # type: ignore[arg-type]

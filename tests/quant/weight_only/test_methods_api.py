@@ -85,10 +85,18 @@ def test_a_group_size_that_does_not_divide_the_layer_is_padded_and_said():
     assert any("no stack of decoder blocks" in n for n in q.mixq_summary.notes)
 
 
-def test_nan_activations_during_calibration_are_one_clear_error():
+def test_a_nan_weight_is_refused_before_calibration_naming_it():
     lm = _tiny_llama()
     with torch.no_grad():
         lm.model.layers[0].self_attn.o_proj.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="parameter 'model.layers.0.self_attn.o_proj.weight' .* holds 1 NaN value"):
+        mixq.quantize(lm, "weight_only", bits=4, group_size=32, method="gptq", calib_data=_batches(),
+                      progress=False)
+
+
+def test_nan_activations_during_calibration_are_one_clear_error():
+    lm = _tiny_llama()
+    lm.model.layers[0].self_attn.register_forward_hook(lambda m, args, out: (out[0] * float("nan"), *out[1:]))
     with pytest.raises(CalibrationError, match="received NaN or inf activations during gptq calibration"):
         mixq.quantize(lm, "weight_only", bits=4, group_size=32, method="gptq", calib_data=_batches(),
                       progress=False)

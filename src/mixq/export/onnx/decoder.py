@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from mixq.export.errors import ExportError
+from mixq.export.onnx.decoder_checks import check_causal_lm, check_generation, open_session, stamp
 from mixq.export.onnx.export import check_target, finalize, trace_to_onnx
+from mixq.quant.finiteness import check_finite
 from mixq.quant.modules.observed import refuse_observed
 from mixq.report.files import atomic_path
 
@@ -89,8 +91,10 @@ def export_decoder_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int
     import onnxruntime as ort
 
     refuse_observed(model, "export")
+    check_finite(model, "export")
     target = check_target(path)
     wrapper = CachedDecoder(model.eval())
+    check_causal_lm(wrapper, model)
     ids, mask = torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 7, dtype=torch.long)
     mask[1, :2] = 0
     past = [torch.zeros(2, wrapper.kv_heads, 4, wrapper.head_dim) for _ in range(2 * wrapper.layers)]
@@ -104,6 +108,7 @@ def export_decoder_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int
             proto = trace_to_onnx(wrapper, (ids, mask, *past), opset=opset, dynamic_shapes=shapes,
                                   input_names=inputs, output_names=outputs)
             finalize(proto)
+            stamp(proto, model.config)
             onnx.save(proto, tmp)
             ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])  # loads, or nothing is replaced
     except Exception as err:
@@ -181,11 +186,10 @@ def generate_onnx(path_or_session: Any, input_ids: torch.Tensor, max_new_tokens:
     """Greedy generation through an ``export_decoder_onnx`` file (or its ``InferenceSession``): one prefill, then
     one step per new token with the cache. Prompts of different lengths are left-padded, with ``attention_mask``
     0 on the padding. Returns prompt + new tokens, ``[batch, length + max_new_tokens]``."""
-    import onnxruntime as ort
-
+    session = open_session(path_or_session)
+    if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2:
+        check_generation(session, input_ids, max_new_tokens)
     mask = _check_prompt(input_ids, attention_mask, max_new_tokens).numpy()
-    session = path_or_session if isinstance(path_or_session, ort.InferenceSession) else ort.InferenceSession(
-        str(path_or_session), providers=["CPUExecutionProvider"])
     tokens = input_ids.numpy()
     step, past = tokens, None
     for _ in range(max_new_tokens):

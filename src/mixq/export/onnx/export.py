@@ -18,6 +18,7 @@ from mixq.export.onnx import shapes
 from mixq.export.onnx.validation import check_model_runs, check_runtime_runs, check_writable
 from mixq.quant import dynamic_shapes as axes
 from mixq.quant.calibration import batch_args, describe
+from mixq.quant.finiteness import check_finite
 from mixq.quant.modules.observed import refuse_observed
 from mixq.report.files import atomic_path
 
@@ -186,6 +187,7 @@ def export_onnx(
     import onnx
 
     refuse_observed(model, "export")
+    check_finite(model, "export")
     target = check_target(path)
     if io_dtype not in (torch.float32, torch.float16):
         raise ValueError(f"io_dtype must be torch.float32 or torch.float16, got {io_dtype}")

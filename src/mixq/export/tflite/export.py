@@ -24,6 +24,7 @@ from mixq.export.tflite.integer_io import integer_io
 from mixq.export.tflite.lowering import ActivationQParams, lower, lowering_of
 from mixq.export.tflite.recipes import apply_recipe
 from mixq.quant.calibration import describe
+from mixq.quant.finiteness import check_finite
 from mixq.quant.modules import QuantizedLinear, QuantizedMatMul
 from mixq.quant.modules.observed import refuse_observed
 from mixq.quant.modules.registry import quantized_classes
@@ -170,6 +171,7 @@ def export_tflite(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     refuse_observed(model, "export")
+    check_finite(model, "export")
     target = Path(path)
     if target.suffix != ".tflite":
         raise ValueError(f"the output path should end in .tflite, got {str(target)!r}")

@@ -1,0 +1,62 @@
+"""Option and format combinations that cannot work, refused before any work (exit 2, one line).
+
+``export_tflite`` would refuse each of these too, but only after quantization (exit 1, minutes later): integer
+inputs/outputs of a model that is not full-integer, weight-only layers (LiteRT has no form for them), example
+inputs given by name (a Hugging Face model's dict of token tensors), and static quantization of a model
+``torch.fx`` cannot trace (mixq then captures it in torch.export graph mode, which has no LiteRT lowering yet).
+A ``--hf-task causal-lm`` model that returns no key/value cache is refused here too, not after quantization.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from torch import nn
+
+from mixq.cli.errors import CliError
+
+
+def check_tflite_options(args: argparse.Namespace, fmt: str) -> None:
+    """The combinations the options alone rule out (before the model loads)."""
+    if fmt != "tflite":
+        return
+    if args.io_dtype != "float32" and args.mode != "static":
+        raise CliError(f"--io-dtype {args.io_dtype} needs a full-integer LiteRT file, which only --mode static "
+                       f"makes (--mode {args.mode} keeps float inputs and outputs)",
+                       "use --mode static with --calib, or drop --io-dtype")
+    if args.mode == "weight_only":
+        raise CliError("LiteRT has no form for weight-only layers, so --mode weight_only cannot be written as "
+                       ".tflite", "use --mode dynamic (int8 weights) or static for LiteRT, or write an .onnx file")
+    if getattr(args, "hf", None):
+        raise CliError("a Hugging Face model takes its inputs by name (input_ids, attention_mask), which mixq's "
+                       ".tflite export does not take yet", "write an .onnx file (--output MODEL.onnx)")
+
+
+def check_model(args: argparse.Namespace, fmt: str, model: nn.Module, example: Any) -> None:
+    """The combinations the loaded model and example rule out (before quantization starts): a key/value-cache
+    decoder export (``--hf-task causal-lm``) of a model without a cache, and the LiteRT ones."""
+    from mixq.cli.exporting import exports_decoder
+
+    if fmt == "onnx" and exports_decoder(args):
+        from mixq.export.onnx.decoder import CachedDecoder
+        from mixq.export.onnx.decoder_checks import check_causal_lm
+
+        try:
+            check_causal_lm(CachedDecoder(model), model)
+        except TypeError as err:
+            raise CliError(str(err).partition("; ")[0], "pass a causal LM's directory, or another --hf-task") \
+                from err
+    if fmt != "tflite":
+        return
+    if isinstance(example, dict):
+        raise CliError("the example inputs are a dict (inputs by name), which mixq's .tflite export does not take",
+                       "give --calib batches as tensors or tuples of tensors, or write an .onnx file")
+    if args.mode == "static":
+        from mixq.quant.graph import trace
+
+        _, why = trace(model)
+        if why:
+            raise CliError(f"torch.fx cannot trace {type(model).__name__} ({why}), and static quantization of such a "
+                           "model (torch.export graph mode, or layer by layer) has no LiteRT lowering yet",
+                           "use --mode dynamic for LiteRT, or write an .onnx file")
