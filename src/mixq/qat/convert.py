@@ -71,6 +71,8 @@ def convert(model: nn.Module) -> nn.Module:
         new = module.to_quantized()
         scales = "learned" if module.learnable else "min-max"
         detail = f"QAT w:{cfg.weight} ({scales} scales) a:{cfg.activation}" + (", relu fused" if module.relu else "")
+        if getattr(module, "float_output", False):
+            detail += ", float output (a model output)"
         if isinstance(module, QATEmbedding):
             detail = module.describe()
         before = module_bytes(module.layer) + (module_bytes(module.bn) if module.bn is not None else 0)

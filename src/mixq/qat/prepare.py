@@ -9,6 +9,7 @@ consumer shares its producer's quantizer), so ``mixq.convert`` yields the same k
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable
 
 import torch
@@ -18,6 +19,7 @@ from mixq.qat.config import QATConfig
 from mixq.qat.embedding import QATEmbedding
 from mixq.qat.fake_quantizer import FakeQuantizer
 from mixq.qat.layers import QATAdd, QATLayer
+from mixq.qat.outputs import output_layers
 from mixq.quant.calibration import Batch, call_checked
 from mixq.quant.fusion import calls_from_graph, detach_fusions, find_fusions, set_submodule, trace_calls
 from mixq.quant.graph import apply_graph_mode, share_observers
@@ -77,6 +79,39 @@ def _find_fusions(model: nn.Module, example_inputs: Batch | None, cfg: QATConfig
     return [f for f in find_fusions(calls) if not excluded(f.layer, cfg.exclude)]
 
 
+def _output_layers(model: nn.Module, targets: list[str], example_inputs: Batch | None, notes: list[str]) -> set[str]:
+    """The layers computing a model output (logits): their output stays float, as in static graph mode."""
+    example = example_inputs if example_inputs is not None else getattr(model, "dummy_inputs", None)
+    if example is None:
+        notes.append("no example_inputs: layers computing the model's outputs could not be found, so their outputs "
+                     "are fake-quantized too; pass example_inputs=... to keep them float")
+        return set()
+    try:
+        found = output_layers(model, targets, example)
+    except Exception as err:  # noqa: BLE001 - only the model's own dummy inputs get here (the user's ran before)
+        if example_inputs is not None:
+            raise
+        notes.append(f"the model's dummy_inputs do not run it ({type(err).__name__}), so layers computing its "
+                     "outputs were not found and are fake-quantized too; pass example_inputs=... to keep them float")
+        return set()
+    if found:
+        notes.append(f"{', '.join(found)} compute{'s' if len(found) == 1 else ''} the model's output: kept float "
+                     "(not fake-quantized to uint8), as static graph mode does")
+    return set(found)
+
+
+def _requantize_read_outputs(model: nn.Module, summary: QuantizationSummary) -> None:
+    """A model output that graph mode also feeds to another quantized op shares its grid with it: fake-quantize it."""
+    read = {id(m.input_observer) for m in model.modules() if isinstance(m, QATLayer) and m.shared_input}
+    read |= {id(o) for m in model.modules() if isinstance(m, QATAdd)
+             for o, shared in zip((m.a_observer, m.b_observer), m.shared, strict=True) if shared}
+    for name, m in model.named_modules():
+        if isinstance(m, QATLayer) and m.float_output and id(m.output_observer) in read:
+            m.float_output = False
+            summary.layers = [dataclasses.replace(r, detail=r.detail.replace(", float output", ""))
+                              if r.name == name else r for r in summary.layers]
+
+
 def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | None,
                    summary: QuantizationSummary) -> nn.Module:
     fusions = _find_fusions(model, example_inputs, cfg, summary.notes)
@@ -84,16 +119,19 @@ def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | Non
     summary.notes += [f"{f.batchnorm} trains inside {f.layer} (folded at conversion)" for f in fusions if f.batchnorm]
     targets = plan(model, cfg.static_config(), summary, qat=True)
     adapt_in_place(model, targets)
+    outputs = _output_layers(model, targets, example_inputs, summary.notes)
     for name in targets:
         layer = model.get_submodule(name)
         new = qat_class(layer).prepare(
             layer, cfg.weight, quantizer=lambda label, n=name: _quantizer(cfg, f"{n} ({label})"),
             relu=name in relu_layers, bn=batchnorms.get(name), learnable=cfg.learnable_scales,
             freeze_bn_after=cfg.freeze_bn_after, name=name)
+        new.float_output = name in outputs
         set_submodule(model, name, new)
         bn = f" + {type(batchnorms[name]).__name__}" if name in batchnorms else ""
         summary.add(name, kind_name(layer), "quantized", f"fake-quantized for training, {new.describe()}{bn}")
     model, adds = apply_graph_mode(model, lambda name: _quantizer(cfg, name), summary.notes, add_cls=QATAdd)
+    _requantize_read_outputs(model, summary)
     for name in adds:
         summary.add(name, "add", "quantized", "fake-quantized for training")
     return model
@@ -118,9 +156,12 @@ def _prepare_static(model: nn.Module, cfg: QATConfig, summary: QuantizationSumma
             adds += 1
         else:
             layer = q.to_float()
+            float_output = q.y_scale is None  # graph mode left it float: no integer kernel reads it
+            y_q = (q.x_scale, q.x_zp) if float_output else (q.y_scale, q.y_zp)  # an unused placeholder grid
             new = qat_class(layer)(layer, cfg.weight, _seeded(cfg, f"{name} (input)", q.x_scale, q.x_zp),
-                           _seeded(cfg, f"{name} (output)", q.y_scale, q.y_zp), relu=q.relu,
-                           learnable=cfg.learnable_scales, name=name)
+                           _seeded(cfg, f"{name} (output)", *y_q), relu=q.relu, learnable=cfg.learnable_scales,
+                           name=name)
+            new.float_output = float_output
             layers += 1
         set_submodule(model, name, new)
         summary.add(name, type(q).__name__, "quantized", "fake-quantized for training, from the calibrated model")
