@@ -7,6 +7,7 @@ import warnings
 
 from torch import nn
 
+from mixq.pretrained import mark_saveable
 from mixq.qat.config import QATConfig
 from mixq.qat.embedding import QATEmbedding
 from mixq.qat.fake_quantizer import FakeQuantizer
@@ -87,4 +88,4 @@ def convert(model: nn.Module) -> nn.Module:
                       "returning it in float", stacklevel=2)
     qmodel.mixq_summary = summary
     qmodel.mixq_config = cfg.static_config()
-    return qmodel
+    return mark_saveable(qmodel)
