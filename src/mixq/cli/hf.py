@@ -60,8 +60,10 @@ def model_dir(text: str) -> Path:
 
 
 def _transformers() -> Any:
-    try:
-        import transformers
+    from mixq.quiet import import_quietly
+
+    try:  # transformers' model classes import torchao when installed, which logs noise on import
+        transformers = import_quietly("transformers", "transformers.modeling_utils")
     except ImportError as err:
         raise CliError("--hf needs the transformers package, which is not installed",
                        "pip install transformers (or mixq[hf])") from err
