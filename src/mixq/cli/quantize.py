@@ -4,6 +4,7 @@ LiteRT (``--format tflite``)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from mixq.cli.errors import CliError, first_line, output_file
@@ -19,6 +20,7 @@ EPILOG = """examples:
   mixq quantize --model torchvision.models:resnet18 --mode dynamic --example-shape 1,3,224,224 --output r18.onnx
   mixq quantize --model mynets.py:build --weights net.pt --mode static --calib calib.npz --output net_int8.onnx
   mixq quantize --hf ./my-bert --mode dynamic --output bert_int8.onnx
+  mixq quantize --hf ./my-bert --mode fp32 --output bert_fp32.onnx   # the float baseline to bench against
   mixq quantize --hf ./my-bert --hf-task sequence-classification --mode static --calib-text texts.txt \\
       --max-length 128 --output bert_static.onnx
   mixq quantize --hf ./my-llama --hf-task causal-lm --mode weight_only --bits 4 --method gptq \\
@@ -26,6 +28,9 @@ EPILOG = """examples:
   mixq quantize --model mynets.py:build --weights net.pt --mode static --calib calib.npz --format tflite \\
       --io-dtype int8 --output net_int8.tflite"""
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
+FLOAT_MODE = "fp32"  # no quantization: the float model exported as it is
+_QUANT_OPTIONS = (("--observer", "observer", None), ("--bits", "bits", 8), ("--group-size", "group_size", None),
+                  ("--exclude", "exclude", ""), ("--smoothquant", "smoothquant", None))
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -35,7 +40,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                        description="Build your model, load its weights, quantize it with mixq.quantize, print the "
                                    "per-layer summary, and write the ONNX file plus a JSON sidecar describing it.")
     add_model_options(p)
-    p.add_argument("--mode", required=True, choices=("static", "dynamic", "weight_only", "fp16"))
+    p.add_argument("--mode", required=True, choices=("static", "dynamic", "weight_only", "fp16", FLOAT_MODE),
+                   help=f"how to quantize; {FLOAT_MODE} exports the float model unquantized (the baseline file)")
     p.add_argument("--observer", choices=observer_names(), default=None,
                    help="static-mode range observer (default minmax; refused in other modes)")
     p.add_argument("--bits", type=int, default=8, help="weight bits (weight_only: 2, 3, 4 or 8; default 8)")
@@ -94,12 +100,21 @@ def run(args: argparse.Namespace) -> int:
     if args.mode != "weight_only" and (args.method != "rtn" or args.weight_scheme != "sym"):
         raise CliError(f"--method and --weight-scheme choose weight_only weights, not --mode {args.mode} ones",
                        "use --mode weight_only, or drop them")
+    if args.mode == FLOAT_MODE:
+        used = [flag for flag, name, default in _QUANT_OPTIONS if getattr(args, name) != default]
+        if used:
+            raise CliError(f"{', '.join(used)} choose how to quantize, but --mode {FLOAT_MODE} exports the float "
+                           "model unquantized", "drop them, or choose a quantization --mode")
     model, batches, example = load_inputs(args)
     if args.method != "rtn" and batches is None:
         raise CliError(f"--method {args.method} needs calibration data",
                        ("pass --calib-text FILE (a few dozen representative texts, one per line) or --calib DATA"
                         if args.hf else "pass --calib DATA (a few dozen representative batches)")
                        + ", or use --method rtn")
+    if args.mode == FLOAT_MODE:
+        print(f"mixq {FLOAT_MODE}: {type(model).__name__} exported unquantized (the float baseline)")
+        return _export(model.eval(), example, fmt, output, sidecar, args, config={"mode": FLOAT_MODE},
+                       summary=None)
     exclude = [e.strip() for e in args.exclude.split(",") if e.strip()]
     needs_data = args.mode == "static" or args.smoothquant is not None or args.method != "rtn"
     try:
@@ -112,6 +127,15 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"mixq.quantize rejected the request: {first_line(err)}",
                        "adjust the options named above") from err
     print(qmodel.mixq_summary)
+    return _export(qmodel, example, fmt, output, sidecar, args, config=qmodel.mixq_config.to_dict(),
+                   summary=qmodel.mixq_summary.to_dict())
+
+
+def _export(qmodel: Any, example: Any, fmt: str, output: Path, sidecar: Path, args: argparse.Namespace,
+            config: dict[str, Any], summary: dict[str, Any] | None) -> int:
+    """Write the model file and its sidecar (both, or neither); returns the exit code."""
+    import mixq
+
     with StagedOutputs(output.parent) as stage:  # the model file and its sidecar: both written, or neither
         if fmt == "tflite":
             staged = mixq.export_tflite(qmodel, example, stage.path(output.name), io_dtype=args.io_dtype,
@@ -119,7 +143,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             staged = export_model(qmodel, example, stage.path(output.name), args)
         write_sidecar(stage.path(sidecar.name), args, staged, example_shape=args.example_shape,
-                      config=qmodel.mixq_config.to_dict(), summary=qmodel.mixq_summary.to_dict(),
-                      decoder=decoder_info(staged, args))
+                      config=config, summary=summary, decoder=decoder_info(staged, args))
     print(f"wrote {output} ({output.stat().st_size / 1024:.1f} KB) and {sidecar}")
     return 0
