@@ -1,4 +1,4 @@
-"""The commands' ONNX export: ``mixq.export_onnx`` with the model's output names, or for ``--hf-task causal-lm`` the
+"""The commands' ONNX export: ``mixq.export_onnx`` (outputs named like the model's), or for ``--hf-task causal-lm`` the
 key/value-cache decoder (``mixq.export_decoder_onnx``); a failure at export (a shape the model cannot be traced at)
 reported as one line."""
 
@@ -29,15 +29,11 @@ def export_model(model: nn.Module, example: Any, output: Path, args: argparse.Na
     from mixq.quant.calibration import describe
 
     decoder = exports_decoder(args)
-    names = None
-    if getattr(args, "hf", None) and not decoder:
-        from mixq.cli.hf import output_names
-
-        names = output_names(model, example)
     try:
+        opset = getattr(args, "opset", None)
         if decoder:
-            return mixq.export_decoder_onnx(model, output)
-        return mixq.export_onnx(model, example, output, output_names=names)
+            return mixq.export_decoder_onnx(model, output, opset=opset)
+        return mixq.export_onnx(model, example, output, opset=opset)  # outputs named like the model's
     except mixq.ExportError as err:
         cause = err
         while cause.__cause__ is not None:  # the innermost error names the problem (the exporter's wrap it)
