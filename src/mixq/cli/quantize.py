@@ -12,6 +12,7 @@ from mixq.cli.exporting import decoder_info, export_model
 from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import add_model_options, input_files, load_inputs
 from mixq.cli.sidecar import write_sidecar
+from mixq.export.onnx.export import MIN_OPSET
 from mixq.quant.observers import observer_names
 from mixq.quant.spec import WEIGHT_METHODS
 from mixq.report.files import StagedOutputs
@@ -30,7 +31,8 @@ EPILOG = """examples:
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
 FLOAT_MODE = "fp32"  # no quantization: the float model exported as it is
 _QUANT_OPTIONS = (("--observer", "observer", None), ("--bits", "bits", 8), ("--group-size", "group_size", None),
-                  ("--exclude", "exclude", ""), ("--smoothquant", "smoothquant", None))
+                  ("--exclude", "exclude", ""), ("--smoothquant", "smoothquant", None),
+                  ("--weights-granularity", "weights_granularity", None), ("--reduce-range", "reduce_range", "auto"))
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -52,11 +54,18 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                         "(default rtn, round to nearest)")
     p.add_argument("--weight-scheme", choices=("sym", "asym"), default="sym",
                    help="weight_only: symmetric weights, or asymmetric with zero points (default sym)")
+    p.add_argument("--weights-granularity", choices=("per-channel", "per-tensor"), default=None,
+                   help="static/dynamic: one weight scale per output channel (default) or one per layer")
+    p.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
+                   help="static/dynamic 8-bit: 7-bit weights, which x86 CPUs without VNNI need (their uint8 x int8 "
+                        "kernels saturate); auto: on where this CPU lacks VNNI (default auto)")
     p.add_argument("--exclude", default="", metavar="NAMES", help="comma-separated layer name patterns to keep float")
     p.add_argument("--smoothquant", type=_alpha, default=None, metavar="ALPHA|auto",
                    help="static/dynamic: SmoothQuant before quantizing (alpha in [0, 1], or 'auto' per layer); "
                         "needs --calib")
     p.add_argument("--output", required=True, metavar="MODEL.onnx", help="ONNX or .tflite file to write")
+    p.add_argument("--opset", type=int, default=None, metavar="N",
+                   help="onnx only: the ONNX opset to write (>= 13; default: the exporter's)")
     p.add_argument("--format", choices=sorted(FORMATS), default=None,
                    help="onnx (ONNX Runtime) or tflite (LiteRT: static -> full-integer, dynamic -> dynamic-range, "
                         "fp16 -> float16); default: from the --output suffix")
@@ -64,6 +73,19 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="tflite only: integer inputs/outputs for a full-integer file (default float32)")
     p.add_argument("--nhwc", action="store_true", help="tflite only: channels-last inputs and outputs")
     p.set_defaults(run=run)
+
+
+def _reduce_range(args: argparse.Namespace) -> bool:
+    """``--reduce-range``: on, off, or (auto) on for 8-bit static/dynamic weights where this CPU lacks VNNI."""
+    if args.reduce_range != "auto":
+        return args.reduce_range == "on"
+    from mixq.quant.cpu import int8_needs_reduce_range
+
+    needed = args.mode in ("static", "dynamic") and args.bits == 8 and int8_needs_reduce_range()
+    if needed:
+        print("mixq: this CPU has no VNNI, so weights keep to 7 bits (--reduce-range auto); pass --reduce-range off "
+              "for files served on VNNI machines")
+    return needed
 
 
 def _alpha(text: str) -> float | str:
@@ -84,6 +106,11 @@ def run(args: argparse.Namespace) -> int:
     fmt = args.format or ("tflite" if str(args.output).endswith(".tflite") else "onnx")
     if fmt == "onnx" and (args.io_dtype != "float32" or args.nhwc):
         raise CliError("--io-dtype and --nhwc apply to LiteRT files", "add --format tflite, or drop them for ONNX")
+    if fmt == "tflite" and args.opset is not None:
+        raise CliError("--opset applies to ONNX files", "drop it for --format tflite")
+    if args.opset is not None and args.opset < MIN_OPSET:
+        raise CliError(f"--opset {args.opset} cannot express per-channel QuantizeLinear/DequantizeLinear",
+                       f"pass --opset {MIN_OPSET} or newer, or leave it out")
     output = output_file(args.output, "--output", FORMATS[fmt], input_files(args))
     if fmt == "tflite":
         from mixq.export.tflite import INSTALL_HINT, litert_available
@@ -120,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         qmodel = mixq.quantize(model, args.mode, calib_data=batches if needs_data else None,
                                observer=args.observer, bits=args.bits, group_size=args.group_size, exclude=exclude,
+                               per_channel=args.weights_granularity != "per-tensor",
+                               reduce_range=_reduce_range(args),
                                example_inputs=example, max_calib_batches=args.max_calib_batches,
                                smoothquant=args.smoothquant, method=args.method,
                                symmetric=args.weight_scheme == "sym")
