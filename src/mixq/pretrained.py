@@ -108,11 +108,18 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, example_i
         "config": cfg.to_dict(),
         "example": _save_example(example, target / EXAMPLE),
         "float_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "float_outputs": _has_float_outputs(model),  # QAT: whether prepare_qat kept the model's outputs float
         "note": "load with mixq.from_pretrained(DIR); transformers cannot load this directory",
     }
     save_model(model, str(target / WEIGHTS))
     (target / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
     return target
+
+
+def _has_float_outputs(model: nn.Module) -> bool:
+    from mixq.quant.modules.static import QuantizedLinear
+
+    return any(isinstance(m, QuantizedLinear) and m.y_scale is None for m in model.modules())
 
 
 def _float_model(config: dict[str, Any], directory: Path) -> nn.Module:
@@ -146,7 +153,8 @@ def _rebuild(float_model: nn.Module, recipe: dict[str, Any], example: Batch) -> 
         warnings.simplefilter("ignore")
         if recipe["pipeline"] == "qat":
             qat = mixq.prepare_qat(float_model, example_inputs=example, config=mixq.QATConfig(
-                cfg.weight, cfg.activation, cfg.observer, exclude=cfg.exclude))
+                cfg.weight, cfg.activation, cfg.observer, exclude=cfg.exclude,
+                float_outputs=recipe.get("float_outputs", True)))
             with torch.no_grad():
                 call_model(qat.train(), example)  # every layer the example reaches gets activation ranges
             return mixq.convert(qat.eval())

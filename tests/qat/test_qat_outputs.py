@@ -63,3 +63,10 @@ def test_a_model_output_read_by_another_layer_stays_fake_quantized():
 
     qat = mixq.prepare_qat(Two(), example_inputs=torch.randn(2, 4))
     assert qat.head.float_output and not qat.features.float_output
+
+
+def test_float_outputs_false_fake_quantizes_the_logits_too():
+    model, example = build("sequence-classification")
+    qat = mixq.prepare_qat(model, example_inputs=example, float_outputs=False)
+    assert not qat.classifier.float_output and qat.mixq_qat.float_outputs is False
+    assert mixq.QATConfig.from_dict(qat.mixq_qat.to_dict()) == qat.mixq_qat

@@ -44,7 +44,7 @@ def is_prepared(model: nn.Module) -> bool:
 
 def _make_config(weight_bits: int, activation_bits: int, per_channel: bool, learnable_scales: bool, observer: str,
                  freeze_observers_after: int | None, freeze_bn_after: int | None,
-                 exclude: Iterable[str]) -> QATConfig:
+                 exclude: Iterable[str], float_outputs: bool = True) -> QATConfig:
     if isinstance(weight_bits, bool) or not isinstance(weight_bits, int) or not 2 <= weight_bits <= 8:
         raise ValueError(f"weight_bits must be an integer from 2 to 8 (narrower weights are stored as int8 so "
                          f"ONNX Runtime's int8 kernels run them), got {weight_bits!r}")
@@ -56,7 +56,7 @@ def _make_config(weight_bits: int, activation_bits: int, per_channel: bool, lear
     granularity = "per_channel" if per_channel else "per_tensor"
     return QATConfig(QuantSpec("int8", bits=weight_bits, granularity=granularity), observer=ObserverSpec(observer),
                      learnable_scales=learnable_scales, freeze_observers_after=freeze_observers_after,
-                     freeze_bn_after=freeze_bn_after, exclude=tuple(exclude))
+                     freeze_bn_after=freeze_bn_after, exclude=tuple(exclude), float_outputs=float_outputs)
 
 
 def _quantizer(cfg: QATConfig, name: str) -> FakeQuantizer:
@@ -119,7 +119,7 @@ def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | Non
     summary.notes += [f"{f.batchnorm} trains inside {f.layer} (folded at conversion)" for f in fusions if f.batchnorm]
     targets = plan(model, cfg.static_config(), summary, qat=True)
     adapt_in_place(model, targets)
-    outputs = _output_layers(model, targets, example_inputs, summary.notes)
+    outputs = _output_layers(model, targets, example_inputs, summary.notes) if cfg.float_outputs else set()
     for name in targets:
         layer = model.get_submodule(name)
         new = qat_class(layer).prepare(
@@ -183,6 +183,7 @@ def prepare_qat(
     freeze_observers_after: int | None = None,
     freeze_bn_after: int | None = None,
     exclude: Iterable[str] = (),
+    float_outputs: bool = True,
     config: QATConfig | None = None,
 ) -> nn.Module:
     """Return a trainable copy of ``model`` that simulates int8 deployment in its forward pass (the original is
@@ -195,7 +196,9 @@ def prepare_qat(
     ``mixq.qat.layers``). Activation ranges start from the first training batches (``observer``) and freeze after
     ``freeze_observers_after`` batches; BatchNorm switches to running statistics after ``freeze_bn_after`` steps
     (or call ``mixq.freeze_observers`` / ``mixq.freeze_batchnorm``). ``learnable_scales=True`` trains every scale
-    with LSQ. In eval mode the model computes exactly what the converted int8 model computes.
+    with LSQ. Layers computing the model's outputs (a classifier's logits, found from ``example_inputs``) keep
+    their outputs float unless ``float_outputs=False``, as static graph mode does. In eval mode the model computes
+    exactly what the converted int8 model computes.
 
     Example::
 
@@ -209,7 +212,7 @@ def prepare_qat(
         raise ValueError(f"{type(model).__name__} is already prepared for QAT; train it and call mixq.convert(...) "
                          "(prepare_qat takes the float model, once)")
     cfg = config or _make_config(weight_bits, activation_bits, per_channel, learnable_scales, observer,
-                                 freeze_observers_after, freeze_bn_after, exclude)
+                                 freeze_observers_after, freeze_bn_after, exclude, float_outputs)
     qat = copy.deepcopy(model)
     summary = QuantizationSummary("qat")
     if any(isinstance(m, _static_classes()) for m in qat.modules()):
