@@ -7,12 +7,14 @@ Example::
     print(qmodel.mixq_summary)
     mixq.export_onnx(qmodel, example_inputs, "model_int8.onnx")
     mixq.export_tflite(qmodel, example_inputs, "model_int8.tflite")  # LiteRT: pip install 'mixq[litert]'
+    mixq.save_pretrained(qmodel, "model-int8")  # and back, bit for bit: mixq.from_pretrained("model-int8")
 """
 
 from mixq.amp import LossScale, MixedPrecision, NonFiniteGradientsError, NumericsConfig, Policy
 from mixq.auto import AutoQuantReport, AutoQuantResult, EvalFnError, LayerOverride, autoquantize
 from mixq.export import ExportError, export_decoder_onnx, export_onnx, generate_onnx, generate_torch, optimized_op_types
 from mixq.export.tflite import LiteRTSession, TFLiteRunner, export_tflite, inspect_tflite
+from mixq.pretrained import from_pretrained, save_pretrained
 from mixq.qat import QATConfig, convert, freeze_batchnorm, freeze_observers, prepare_qat
 from mixq.quant import (
     CalibrationError,
@@ -54,6 +56,7 @@ __all__ = [
     "export_tflite",
     "freeze_batchnorm",
     "freeze_observers",
+    "from_pretrained",
     "generate_onnx",
     "generate_torch",
     "inspect_tflite",
@@ -61,4 +64,5 @@ __all__ = [
     "optimized_op_types",
     "prepare_qat",
     "quantize",
+    "save_pretrained",
 ]

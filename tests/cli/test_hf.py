@@ -141,3 +141,31 @@ def test_autoquant_takes_the_same_hf_options(mixq_main, hf_dirs):
     code, _, err = mixq_main("autoquant", "--hf", "bert", "--calib-text", "texts.txt", "--eval", "nets:broken_score",
                              "--output", "bad.onnx", cwd=hf_dirs)
     assert code == 2 and "--eval nets:broken_score failed" in err and "fp32 model" in err
+
+
+def test_fp32_baseline_file_with_no_third_party_noise(mixq_cli, hf_dirs):
+    """``--mode fp32`` writes the float model (the baseline to bench against); the run's stderr holds none of the
+    import chatter of packages mixq loads (torchao's library loading, triton, torch's pytree deprecations)."""
+    run = mixq_cli("quantize", "--hf", "bert", "--hf-task", "sequence-classification", "--mode", "fp32",
+                   "--output", "bert_fp32.onnx", cwd=hf_dirs)
+    assert run.returncode == 0, run.stderr
+    assert "exported unquantized" in run.stdout
+    noise = [line for line in run.stderr.splitlines()
+             if any(word in line.lower() for word in ("torchao", "triton", "pytree", "_c_mxfp8"))]
+    assert not noise, noise
+    session = _session(hf_dirs / "bert_fp32.onnx")
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    assert not set(mixq_optimized(hf_dirs / "bert_fp32.onnx")) & {"MatMulInteger", "DynamicQuantizeLinear"}
+    assert json.loads((hf_dirs / "bert_fp32.mixq.json").read_text())["config"] == {"mode": "fp32"}
+
+
+def test_fp32_refuses_quantization_options(mixq_main, hf_dirs):
+    code, _, err = mixq_main("quantize", "--hf", "bert", "--mode", "fp32", "--bits", "4", "--output", "x.onnx",
+                             cwd=hf_dirs)
+    assert code != 0 and "--bits" in err and "unquantized" in err
+
+
+def mixq_optimized(path):
+    import mixq
+
+    return mixq.optimized_op_types(path)

@@ -1,6 +1,6 @@
-"""The commands' export through the output's format (``mixq.export.backend``): for ONNX, ``mixq.export_onnx`` with the
-model's output names, or for ``--hf-task causal-lm`` the key/value-cache decoder (``mixq.export_decoder_onnx``); a
-failure at export (a shape the model cannot be traced at) reported as one line."""
+"""The commands' export through the output's format (``mixq.export.backend``): for ONNX, ``mixq.export_onnx``
+(outputs named like the model's), or for ``--hf-task causal-lm`` the key/value-cache decoder
+(``mixq.export_decoder_onnx``); a failure at export (a shape the model cannot be traced at) reported as one line."""
 
 from __future__ import annotations
 
@@ -34,13 +34,8 @@ def export_model(model: nn.Module, example: Any, output: Path, args: argparse.Na
 
     fmt = fmt or get_format("onnx")
     decoder = exports_decoder(args) and "decoder" in fmt.options
-    names = None
-    if getattr(args, "hf", None) and not decoder and "output_names" in fmt.options:
-        from mixq.cli.hf import output_names
-
-        names = output_names(model, example)
-    given = {"decoder": decoder, "output_names": names, "io_dtype": getattr(args, "io_dtype", "float32"),
-             "nhwc": getattr(args, "nhwc", False)}
+    given = {"decoder": decoder, "opset": getattr(args, "opset", None),
+             "io_dtype": getattr(args, "io_dtype", "float32"), "nhwc": getattr(args, "nhwc", False)}
     try:
         return fmt.export(model, example, output, **{k: v for k, v in given.items() if k in fmt.options})
     except mixq.ExportError as err:

@@ -62,8 +62,10 @@ def model_dir(text: str) -> Path:
 
 
 def _transformers() -> Any:
-    try:
-        import transformers
+    from mixq.quiet import import_quietly
+
+    try:  # transformers' model classes import torchao when installed, which logs noise on import
+        transformers = import_quietly("transformers", "transformers.modeling_utils")
     except ImportError as err:
         raise CliError("--hf needs the transformers package, which is not installed",
                        "pip install transformers (or mixq[hf])") from err
@@ -269,14 +271,3 @@ def load_hf_inputs(args: argparse.Namespace) -> tuple[nn.Module, list[Any] | Non
         check_model_accepts(model, batches[0], "--calib-text" if args.calib_text else "--calib")
     return model, batches, example
 
-
-def output_names(model: nn.Module, example: Any) -> list[str] | None:
-    """The names of the model's outputs (``last_hidden_state``, ``logits``...) when it returns a mapping of tensors,
-    so the ONNX file's outputs carry them."""
-    from mixq.quant.calibration import call_model
-
-    with torch.no_grad():
-        out = call_model(model, example)
-    if isinstance(out, dict) and out and all(isinstance(v, torch.Tensor) for v in out.values()):
-        return list(out)
-    return None

@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full traceback on errors")
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="the command's options from a YAML/JSON file (or a run's .mixq.json sidecar, to repeat "
+                             "it); options given on the command line win")
     parser = argparse.ArgumentParser(
         prog="mixq", formatter_class=HelpFormatter,
         description="Mixed precision training and int8 quantization for PyTorch, deployed on ONNX Runtime.",
@@ -36,10 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 success, 2 bad input, 1 failure, 130 interrupted by Ctrl-C,
     143 terminated by SIGTERM; either signal removes partial outputs and leaves existing files as they were)."""
+    from mixq.cli.config_file import expand_config
     from mixq.report.files import Terminated, sigterm_as_interrupt
 
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    try:
+        argv = expand_config(argv)  # --config FILE: the file's options, before the command line's
+    except CliError as err:
+        print(f"mixq: error: {err}", file=sys.stderr)
+        return USAGE_ERROR
     args = build_parser().parse_args(argv)
-    args.argv = list(argv) if argv is not None else sys.argv[1:]
+    args.argv = argv
     logging.basicConfig(level=logging.WARNING, format="mixq: %(levelname)s: %(message)s")
     if getattr(args, "trust_pickle", False):
         print("mixq: warning: --trust-pickle unpickles the weights file, which can run arbitrary code; use it only "

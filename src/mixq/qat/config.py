@@ -20,7 +20,9 @@ class QATConfig:
     updating them after that many training batches per quantizer, ``freeze_bn_after`` switches Conv+BatchNorm to
     the running statistics after that many training forward passes per layer (None: never, unless
     ``mixq.freeze_observers`` / ``mixq.freeze_batchnorm`` are called). ``learnable_scales`` trains every scale with
-    LSQ. Example: ``QATConfig(QuantSpec("int8", bits=4, granularity="per_tensor"), learnable_scales=True)``.
+    LSQ. ``float_outputs`` keeps the layers that compute the model's outputs (logits) float, as static graph mode
+    does: a uint8 grid frozen early in training would clamp them.
+    Example: ``QATConfig(QuantSpec("int8", bits=4, granularity="per_tensor"), learnable_scales=True)``.
     """
 
     weight: QuantSpec = QuantSpec("int8", granularity="per_channel")
@@ -30,6 +32,7 @@ class QATConfig:
     freeze_observers_after: int | None = None
     freeze_bn_after: int | None = None
     exclude: tuple[str, ...] = ()
+    float_outputs: bool = True
 
     def __post_init__(self) -> None:
         if self.weight.granularity not in ("per_channel", "per_tensor"):
@@ -63,4 +66,4 @@ class QATConfig:
         return cls(weight=QuantSpec.from_dict(data["weight"]), activation=QuantSpec.from_dict(data["activation"]),
                    observer=ObserverSpec(**data["observer"]), learnable_scales=data["learnable_scales"],
                    freeze_observers_after=data["freeze_observers_after"], freeze_bn_after=data["freeze_bn_after"],
-                   exclude=tuple(data["exclude"]))
+                   exclude=tuple(data["exclude"]), float_outputs=data.get("float_outputs", True))

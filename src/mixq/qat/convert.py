@@ -7,6 +7,7 @@ import warnings
 
 from torch import nn
 
+from mixq.pretrained import mark_saveable
 from mixq.qat.config import QATConfig
 from mixq.qat.embedding import QATEmbedding
 from mixq.qat.fake_quantizer import FakeQuantizer
@@ -71,6 +72,8 @@ def convert(model: nn.Module) -> nn.Module:
         new = module.to_quantized()
         scales = "learned" if module.learnable else "min-max"
         detail = f"QAT w:{cfg.weight} ({scales} scales) a:{cfg.activation}" + (", relu fused" if module.relu else "")
+        if getattr(module, "float_output", False):
+            detail += ", float output (a model output)"
         if isinstance(module, QATEmbedding):
             detail = module.describe()
         before = module_bytes(module.layer) + (module_bytes(module.bn) if module.bn is not None else 0)
@@ -85,4 +88,4 @@ def convert(model: nn.Module) -> nn.Module:
                       "returning it in float", stacklevel=2)
     qmodel.mixq_summary = summary
     qmodel.mixq_config = cfg.static_config()
-    return qmodel
+    return mark_saveable(qmodel)

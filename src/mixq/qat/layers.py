@@ -81,7 +81,7 @@ class QATLayer(ObservedLayer):
 
     def describe(self) -> str:
         scales = "learned" if self.learnable else "min-max"
-        return f"QAT w:{self.weight_spec} ({scales} scales)"
+        return f"QAT w:{self.weight_spec} ({scales} scales)" + (", float output" if self.float_output else "")
 
     # --- weights -------------------------------------------------------------------------------------------------
     def folded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -104,8 +104,8 @@ class QATLayer(ObservedLayer):
     # --- forward -------------------------------------------------------------------------------------------------
     @property
     def has_data(self) -> bool:
-        """Whether training has set both activation ranges (a layer never reached stays float at conversion)."""
-        return self.input_observer.has_data and self.output_observer.has_data
+        """Whether training has set its activation ranges (a layer never reached stays float at conversion)."""
+        return self.input_observer.has_data and (self.float_output or self.output_observer.has_data)
 
     @property
     def bn_training(self) -> bool:
@@ -133,7 +133,7 @@ class QATLayer(ObservedLayer):
             y = self._compute(x, w_q, b)
         if self.relu:
             y = torch.relu(y)
-        return self.output_observer(y)
+        return y if self.float_output else self.output_observer(y)
 
     # --- conversion ----------------------------------------------------------------------------------------------
     def to_quantized(self) -> nn.Module:
@@ -142,7 +142,7 @@ class QATLayer(ObservedLayer):
             w, b = self.folded()
             proxy = with_parameters(self.layer, w.detach(), None if b is None else b.detach())
             x_q = self.input_observer.calculate_qparams()
-            y_q = self.output_observer.calculate_qparams()
+            y_q = None if self.float_output else self.output_observer.calculate_qparams()
             w_scale = self.weight_scale.detach().clamp(min=MIN_SCALE) if self.learnable else None
             static = qmodule_class(self.layer, "static")
             return static.from_float(proxy, QuantConfig("static", weight=self.weight_spec), x_q, y_q,
@@ -159,7 +159,8 @@ class QATLayer(ObservedLayer):
 
     def extra_repr(self) -> str:
         bn = ", bn folded" if self.bn is not None else ""
-        return f"w:{self.weight_spec}, relu={self.relu}{bn}, learnable={self.learnable}"
+        out = ", float output" if self.float_output else ""
+        return f"w:{self.weight_spec}, relu={self.relu}{bn}, learnable={self.learnable}{out}"
 
 
 class QATAdd(ObservedAdd):

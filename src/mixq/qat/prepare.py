@@ -9,6 +9,7 @@ consumer shares its producer's quantizer), so ``mixq.convert`` yields the same k
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable
 
 import torch
@@ -18,6 +19,7 @@ from mixq.qat.config import QATConfig
 from mixq.qat.embedding import QATEmbedding
 from mixq.qat.fake_quantizer import FakeQuantizer
 from mixq.qat.layers import QATAdd, QATLayer
+from mixq.qat.outputs import output_layers
 from mixq.quant.calibration import Batch, call_checked
 from mixq.quant.fusion import calls_from_graph, detach_fusions, find_fusions, set_submodule, trace_calls
 from mixq.quant.graph import apply_graph_mode, share_observers
@@ -42,7 +44,7 @@ def is_prepared(model: nn.Module) -> bool:
 
 def _make_config(weight_bits: int, activation_bits: int, per_channel: bool, learnable_scales: bool, observer: str,
                  freeze_observers_after: int | None, freeze_bn_after: int | None,
-                 exclude: Iterable[str]) -> QATConfig:
+                 exclude: Iterable[str], float_outputs: bool = True) -> QATConfig:
     if isinstance(weight_bits, bool) or not isinstance(weight_bits, int) or not 2 <= weight_bits <= 8:
         raise ValueError(f"weight_bits must be an integer from 2 to 8 (narrower weights are stored as int8 so "
                          f"ONNX Runtime's int8 kernels run them), got {weight_bits!r}")
@@ -54,7 +56,7 @@ def _make_config(weight_bits: int, activation_bits: int, per_channel: bool, lear
     granularity = "per_channel" if per_channel else "per_tensor"
     return QATConfig(QuantSpec("int8", bits=weight_bits, granularity=granularity), observer=ObserverSpec(observer),
                      learnable_scales=learnable_scales, freeze_observers_after=freeze_observers_after,
-                     freeze_bn_after=freeze_bn_after, exclude=tuple(exclude))
+                     freeze_bn_after=freeze_bn_after, exclude=tuple(exclude), float_outputs=float_outputs)
 
 
 def _quantizer(cfg: QATConfig, name: str) -> FakeQuantizer:
@@ -77,6 +79,39 @@ def _find_fusions(model: nn.Module, example_inputs: Batch | None, cfg: QATConfig
     return [f for f in find_fusions(calls) if not excluded(f.layer, cfg.exclude)]
 
 
+def _output_layers(model: nn.Module, targets: list[str], example_inputs: Batch | None, notes: list[str]) -> set[str]:
+    """The layers computing a model output (logits): their output stays float, as in static graph mode."""
+    example = example_inputs if example_inputs is not None else getattr(model, "dummy_inputs", None)
+    if example is None:
+        notes.append("no example_inputs: layers computing the model's outputs could not be found, so their outputs "
+                     "are fake-quantized too; pass example_inputs=... to keep them float")
+        return set()
+    try:
+        found = output_layers(model, targets, example)
+    except Exception as err:  # noqa: BLE001 - only the model's own dummy inputs get here (the user's ran before)
+        if example_inputs is not None:
+            raise
+        notes.append(f"the model's dummy_inputs do not run it ({type(err).__name__}), so layers computing its "
+                     "outputs were not found and are fake-quantized too; pass example_inputs=... to keep them float")
+        return set()
+    if found:
+        notes.append(f"{', '.join(found)} compute{'s' if len(found) == 1 else ''} the model's output: kept float "
+                     "(not fake-quantized to uint8), as static graph mode does")
+    return set(found)
+
+
+def _requantize_read_outputs(model: nn.Module, summary: QuantizationSummary) -> None:
+    """A model output that graph mode also feeds to another quantized op shares its grid with it: fake-quantize it."""
+    read = {id(m.input_observer) for m in model.modules() if isinstance(m, QATLayer) and m.shared_input}
+    read |= {id(o) for m in model.modules() if isinstance(m, QATAdd)
+             for o, shared in zip((m.a_observer, m.b_observer), m.shared, strict=True) if shared}
+    for name, m in model.named_modules():
+        if isinstance(m, QATLayer) and m.float_output and id(m.output_observer) in read:
+            m.float_output = False
+            summary.layers = [dataclasses.replace(r, detail=r.detail.replace(", float output", ""))
+                              if r.name == name else r for r in summary.layers]
+
+
 def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | None,
                    summary: QuantizationSummary) -> nn.Module:
     fusions = _find_fusions(model, example_inputs, cfg, summary.notes)
@@ -84,16 +119,19 @@ def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | Non
     summary.notes += [f"{f.batchnorm} trains inside {f.layer} (folded at conversion)" for f in fusions if f.batchnorm]
     targets = plan(model, cfg.static_config(), summary, qat=True)
     adapt_in_place(model, targets)
+    outputs = _output_layers(model, targets, example_inputs, summary.notes) if cfg.float_outputs else set()
     for name in targets:
         layer = model.get_submodule(name)
         new = qat_class(layer).prepare(
             layer, cfg.weight, quantizer=lambda label, n=name: _quantizer(cfg, f"{n} ({label})"),
             relu=name in relu_layers, bn=batchnorms.get(name), learnable=cfg.learnable_scales,
             freeze_bn_after=cfg.freeze_bn_after, name=name)
+        new.float_output = name in outputs
         set_submodule(model, name, new)
         bn = f" + {type(batchnorms[name]).__name__}" if name in batchnorms else ""
         summary.add(name, kind_name(layer), "quantized", f"fake-quantized for training, {new.describe()}{bn}")
     model, adds = apply_graph_mode(model, lambda name: _quantizer(cfg, name), summary.notes, add_cls=QATAdd)
+    _requantize_read_outputs(model, summary)
     for name in adds:
         summary.add(name, "add", "quantized", "fake-quantized for training")
     return model
@@ -118,9 +156,12 @@ def _prepare_static(model: nn.Module, cfg: QATConfig, summary: QuantizationSumma
             adds += 1
         else:
             layer = q.to_float()
+            float_output = q.y_scale is None  # graph mode left it float: no integer kernel reads it
+            y_q = (q.x_scale, q.x_zp) if float_output else (q.y_scale, q.y_zp)  # an unused placeholder grid
             new = qat_class(layer)(layer, cfg.weight, _seeded(cfg, f"{name} (input)", q.x_scale, q.x_zp),
-                           _seeded(cfg, f"{name} (output)", q.y_scale, q.y_zp), relu=q.relu,
-                           learnable=cfg.learnable_scales, name=name)
+                           _seeded(cfg, f"{name} (output)", *y_q), relu=q.relu, learnable=cfg.learnable_scales,
+                           name=name)
+            new.float_output = float_output
             layers += 1
         set_submodule(model, name, new)
         summary.add(name, type(q).__name__, "quantized", "fake-quantized for training, from the calibrated model")
@@ -142,6 +183,7 @@ def prepare_qat(
     freeze_observers_after: int | None = None,
     freeze_bn_after: int | None = None,
     exclude: Iterable[str] = (),
+    float_outputs: bool = True,
     config: QATConfig | None = None,
 ) -> nn.Module:
     """Return a trainable copy of ``model`` that simulates int8 deployment in its forward pass (the original is
@@ -154,7 +196,9 @@ def prepare_qat(
     ``mixq.qat.layers``). Activation ranges start from the first training batches (``observer``) and freeze after
     ``freeze_observers_after`` batches; BatchNorm switches to running statistics after ``freeze_bn_after`` steps
     (or call ``mixq.freeze_observers`` / ``mixq.freeze_batchnorm``). ``learnable_scales=True`` trains every scale
-    with LSQ. In eval mode the model computes exactly what the converted int8 model computes.
+    with LSQ. Layers computing the model's outputs (a classifier's logits, found from ``example_inputs``) keep
+    their outputs float unless ``float_outputs=False``, as static graph mode does. In eval mode the model computes
+    exactly what the converted int8 model computes.
 
     Example::
 
@@ -168,7 +212,7 @@ def prepare_qat(
         raise ValueError(f"{type(model).__name__} is already prepared for QAT; train it and call mixq.convert(...) "
                          "(prepare_qat takes the float model, once)")
     cfg = config or _make_config(weight_bits, activation_bits, per_channel, learnable_scales, observer,
-                                 freeze_observers_after, freeze_bn_after, exclude)
+                                 freeze_observers_after, freeze_bn_after, exclude, float_outputs)
     qat = copy.deepcopy(model)
     summary = QuantizationSummary("qat")
     if any(isinstance(m, _static_classes()) for m in qat.modules()):

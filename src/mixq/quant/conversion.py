@@ -16,6 +16,7 @@ import copy
 import torch
 from torch import nn
 
+from mixq.pretrained import mark_saveable
 from mixq.quant.fusion import set_submodule
 from mixq.quant.modules import (
     DynamicQuantizedConv,
@@ -176,6 +177,8 @@ def convert_prepared(prepared: Prepared, config: QuantConfig | None = None) -> n
     with). ``prepared`` is left as it was, so it can be converted again under other configs."""
     config = config or prepared.config
     model = copy.deepcopy(prepared.model)
+    if hasattr(prepared.model, "config") and not hasattr(model, "config"):  # a GraphModule's copy drops it
+        model.config = prepared.model.config
     summary = copy.deepcopy(prepared.summary)
     summary.mode = config.mode
     static = {n for n in prepared.observed + prepared.adds if config.choice(n).mode == "static"}
@@ -194,4 +197,4 @@ def convert_prepared(prepared: Prepared, config: QuantConfig | None = None) -> n
     summary.sort_by(model)
     model.mixq_summary = summary
     model.mixq_config = config
-    return model
+    return mark_saveable(model)

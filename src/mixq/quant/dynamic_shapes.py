@@ -48,11 +48,17 @@ def torch_export_spec(model: torch.nn.Module, positional: list[dict[int, str]],
     keep an axis static where the model fixes it (the file's input shapes then say so)."""
     if not keyword:
         return tuple(_as_spec(a) for a in positional)
-    if not positional:
-        return {k: _as_spec(a) for k, a in keyword.items()}
-    names = list(inspect.signature(model.forward).parameters)[:len(positional)]
-    return {**{n: _as_spec(a) for n, a in zip(names, positional, strict=True)},
-            **{k: _as_spec(a) for k, a in keyword.items()}}
+    params = inspect.signature(model.forward).parameters
+    names = list(params)[:len(positional)]
+    spec: dict[str, Any] = {n: _as_spec(a) for n, a in zip(names, positional, strict=True)}
+    # torch.export keys a keyword that lands in ``**kwargs`` (Hugging Face task models) under that parameter's name
+    var_keyword = next((n for n, p in params.items() if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+    for key, axes in keyword.items():
+        if key in params or var_keyword is None:
+            spec[key] = _as_spec(axes)
+        else:
+            spec.setdefault(var_keyword, {})[key] = _as_spec(axes)
+    return spec
 
 
 def grow_unit_axes(args: tuple, kwargs: dict, positional: list[dict[int, str]],

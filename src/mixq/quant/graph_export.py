@@ -145,4 +145,6 @@ def export_graph(model: nn.Module, probe: Batch, targets: list[str]) -> tuple[fx
         return None, why
     if hasattr(model, "config"):
         gm.config = model.config
+        if not getattr(gm.config, "architectures", None):  # as transformers' save_pretrained records it
+            gm.config.architectures = [type(model).__name__]  # (mixq.from_pretrained rebuilds the float model)
     return gm, ""

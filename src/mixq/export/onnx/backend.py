@@ -21,14 +21,14 @@ class OnnxFormat(Format):
 
     name, suffix, title, noun = "onnx", ".onnx", "ONNX", "an ONNX model"
     file_hint = "pass an ONNX model file, e.g. one written by mixq quantize or mixq.export_onnx"
-    options = ("output_names", "decoder")
+    options = ("output_names", "decoder", "opset")
 
     def export(self, model: Any, example_inputs: Any, path: str | os.PathLike, *, decoder: bool = False,
                **options: Any) -> Path:
         if decoder:
             from mixq.export.onnx.decoder import export_decoder_onnx
 
-            return export_decoder_onnx(model, path)
+            return export_decoder_onnx(model, path, opset=options.get("opset"))
         from mixq.export.onnx.export import export_onnx
 
         return export_onnx(model, example_inputs, path, **options)

@@ -33,13 +33,37 @@ def _as_args(example_inputs: Any) -> tuple[tuple, dict]:
                     f"{type(example_inputs).__name__}")
 
 
-def _without_cache(model: nn.Module, kwargs: dict) -> dict:
+@contextlib.contextmanager
+def _without_cache(model: nn.Module, kwargs: dict) -> Iterator[None]:
     """Hugging Face models that return a KV cache by default (``config.use_cache``) export their outputs without
-    it, unless the caller passed ``use_cache`` (the cache object is not a tensor ONNX can return)."""
+    it, unless the caller passed ``use_cache`` (the cache object is not a tensor ONNX can return). The config is
+    switched off for the export and restored after it, so the call (positional or keyword) is left as it is."""
     config = getattr(model, "config", None)
-    if kwargs and getattr(config, "use_cache", False) and "use_cache" not in kwargs:
-        return {**kwargs, "use_cache": False}
-    return kwargs
+    if not getattr(config, "use_cache", False) or "use_cache" in kwargs:
+        yield
+        return
+    config.use_cache = False
+    try:
+        yield
+    finally:
+        config.use_cache = True
+
+
+def output_names_of(output: Any) -> list[str] | None:
+    """The names of a model output's tensors in the order the exporter flattens them: a mapping's keys (Hugging
+    Face ``ModelOutput``: ``logits``, ``last_hidden_state``...), ``key.i`` for tuples inside it (``hidden_states.0``);
+    None for a bare tensor or tuple (the exporter's names are kept)."""
+    if not isinstance(output, dict):
+        return None
+    names: list[str] = []
+    for key, value in output.items():
+        if isinstance(value, torch.Tensor):
+            names.append(str(key))
+        elif isinstance(value, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in value):
+            names += [f"{key}.{i}" for i in range(len(value))]
+        else:
+            return None  # a cache object or nested structure: leave naming to the exporter
+    return names or None
 
 
 def _shape_plan(model: nn.Module, dynamic_shapes: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict, Any]:
@@ -196,12 +220,12 @@ def export_onnx(
                          f"use opset >= {MIN_OPSET} (or leave it unset)")
     check_writable(target.parent)
     args, kwargs = _as_args(example_inputs)
-    kwargs = _without_cache(model, kwargs)
     model = model.eval()
     spec, export_args, export_kwargs, named = _shape_plan(model, dynamic_shapes, args, kwargs)
     try:
-        check_model_runs(model, args, kwargs)
-        with atomic_path(target) as tmp:
+        with _without_cache(model, kwargs), atomic_path(target) as tmp:
+            output = check_model_runs(model, args, kwargs)
+            output_names = output_names or output_names_of(output)
             proto = trace_to_onnx(model, export_args, kwargs=export_kwargs, opset=opset, dynamic_shapes=spec,
                                   input_names=input_names, output_names=output_names)
             finalize(proto, half_io=io_dtype == torch.float16)

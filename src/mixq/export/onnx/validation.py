@@ -8,6 +8,7 @@ file before renaming it over the target, so a file ONNX Runtime rejects never re
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,11 +44,11 @@ def check_writable(directory: str | os.PathLike) -> None:
     os.remove(probe)
 
 
-def check_model_runs(model: nn.Module, args: tuple, kwargs: dict) -> None:
-    """Run ``model`` once on the example; a failure means the example does not fit the model."""
+def check_model_runs(model: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """Run ``model`` once on the example and return its output; a failure means the example does not fit it."""
     try:
         with torch.no_grad():
-            model(*args, **kwargs)
+            return model(*args, **kwargs)
     except Exception as err:
         raise ExportCheckError(
             f"the model does not run on them in PyTorch ({type(err).__name__}: {_first_line(err)}); pass example "

@@ -96,7 +96,9 @@ def convert(module: torch.nn.Module, args: tuple, *, quantized: bool, float_io: 
     ``quantized`` turns quantize/dequantize pairs into int8 kernels; ``float_io`` keeps float32 graph inputs and
     outputs around them. With ``dynamic_batch`` the first dimension of every input is resizable at run time.
     """
-    import litert_torch
+    from mixq.quiet import import_quietly
+
+    litert_torch = import_quietly("litert_torch")
     from litert_torch._config import config
 
     config.show_progress = False
