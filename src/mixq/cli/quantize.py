@@ -116,12 +116,9 @@ def _config(args: argparse.Namespace) -> QuantConfig:
                        "adjust the options named above") from err
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``mixq quantize``; bad input raises :class:`~mixq.cli.errors.CliError`. Returns the exit code."""
-    import mixq
-
-    # Cheap checks first, so a typo fails in a second rather than after loading the model.
-    fmt = get_format(args.format) if args.format else format_for(args.output)
+def _check_format_options(args: argparse.Namespace, fmt: Format) -> None:
+    """Refuse the flags the output's format does not take (``--io-dtype``/``--nhwc`` on ONNX, ``--opset`` on
+    LiteRT) and the combinations it cannot write, before anything loads."""
     refused = [key for key, (_, default) in FORMAT_OPTIONS.items()
                if getattr(args, key) != default and key not in fmt.options]
     if refused:
@@ -135,6 +132,26 @@ def run(args: argparse.Namespace) -> int:
     if args.opset is not None and args.opset < MIN_OPSET:
         raise CliError(f"--opset {args.opset} cannot express per-channel QuantizeLinear/DequantizeLinear",
                        f"pass --opset {MIN_OPSET} or newer, or leave it out")
+
+
+def _check_data(args: argparse.Namespace, config: QuantConfig) -> None:
+    """Refuse a request that needs calibration data when none is given, before the model loads."""
+    has_data = bool(args.calib or args.calib_text)
+    if config.needs_calibration and not has_data:
+        raise CliError("--mode static needs calibration data", "pass --calib DATA (or with --hf, --calib-text FILE: "
+                       "a few hundred representative inputs), or use --mode dynamic, which needs none")
+    if config.smoothquant is not None and not has_data:
+        raise CliError("--smoothquant needs calibration data (activation statistics)",
+                       "pass --calib DATA (or --calib-text FILE with --hf), or drop --smoothquant")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``mixq quantize``; bad input raises :class:`~mixq.cli.errors.CliError`. Returns the exit code."""
+    import mixq
+
+    # Cheap checks first, so a typo fails in a second rather than after loading the model.
+    fmt = get_format(args.format) if args.format else format_for(args.output)
+    _check_format_options(args, fmt)
     output = output_file(args.output, "--output", fmt.suffix, input_files(args))
     if not fmt.available():
         raise CliError(f"--format {fmt.name} needs the {fmt.title} extra, which is not installed",
@@ -143,13 +160,7 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == FLOAT_MODE:
         return _export_float(args, fmt, output, sidecar)
     config = _config(args)  # the options' rules are the config's: a bad one fails before the model loads
-    has_data = bool(args.calib or args.calib_text)
-    if config.needs_calibration and not has_data:
-        raise CliError("--mode static needs calibration data", "pass --calib DATA (or with --hf, --calib-text FILE: "
-                       "a few hundred representative inputs), or use --mode dynamic, which needs none")
-    if config.smoothquant is not None and not has_data:
-        raise CliError("--smoothquant needs calibration data (activation statistics)",
-                       "pass --calib DATA (or --calib-text FILE with --hf), or drop --smoothquant")
+    _check_data(args, config)
     model, batches, example = load_inputs(args)
     check_model(args, fmt.name, model, example)
     if config.method.needs_data and batches is None:
