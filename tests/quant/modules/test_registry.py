@@ -19,8 +19,8 @@ from mixq.quant.modules import (
     QuantizedLinear,
     WeightOnlyConv,
     WeightOnlyLinear,
+    registry,
 )
-from mixq.quant.modules import registry
 from mixq.quant.spec import MODES, QuantConfig
 
 LINEAR = {"static": QuantizedLinear, "dynamic": DynamicQuantizedLinear, "weight_only": WeightOnlyLinear,
