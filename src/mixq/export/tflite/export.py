@@ -20,7 +20,7 @@ from torch import fx, nn
 
 from mixq.export.errors import ExportError
 from mixq.export.inputs import example_args, io_dtype_name
-from mixq.export.tflite.converter import captured_output, convert, require_litert
+from mixq.export.tflite.converter import captured_output, convert_to_tflite, require_litert
 from mixq.export.tflite.integer_io import integer_io
 from mixq.export.tflite.lowering import ActivationQParams, lower, lowering_of
 from mixq.export.tflite.recipes import apply_recipe
@@ -184,8 +184,8 @@ def export_tflite(
     try:
         with atomic_path(target) as tmp, warnings.catch_warnings(), captured_output(log_text):
             warnings.simplefilter("ignore")
-            content = convert(module, file_args, quantized=mode == "full_integer",
-                              float_io=io_dtype == "float32", dynamic_batch=dynamic_batch)
+            content = convert_to_tflite(module, file_args, quantized=mode == "full_integer",
+                                        float_io=io_dtype == "float32", dynamic_batch=dynamic_batch)
             if mode in ("dynamic_range", "float16"):
                 content = apply_recipe(content, mode, sum(m == mode for m in modes.values()))
             if io_dtype != "float32":
