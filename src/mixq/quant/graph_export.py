@@ -28,6 +28,8 @@ from mixq.quant.calibration import Batch, batch_args, call_model
 from mixq.quant.dynamic_shapes import default_axes, grow_unit_axes, torch_export_spec
 from mixq.quant.fusion import set_submodule
 
+__all__ = ["export_friendly", "export_graph", "returns_cache"]  # what graph-mode capture gives mixq.quant.stages
+
 aten = torch.ops.aten
 # ATen calls that are one layer: the argument holding the weight, and how many leading arguments are its inputs
 _LAYER_CALLS = {aten.linear.default: (1, 1), aten.conv1d.default: (1, 1), aten.conv2d.default: (1, 1),
