@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mixq.messages import first_line
+from mixq.messages import first_line  # the CLI's modules import it from here too
 from mixq.report.files import check_writable
-
-__all__ = ["FAILURE", "USAGE_ERROR", "CliError", "existing_file", "first_line", "output_file", "require_writable"]
 
 USAGE_ERROR = 2  # the exit code of bad input, as for argparse's own errors
 FAILURE = 1  # the exit code when a valid request failed
