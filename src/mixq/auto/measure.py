@@ -9,7 +9,6 @@ machine's load affects them alike. Size is the exported file's size in bytes.
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,6 @@ class OrtMeter:
         self.runs, self.rounds, self.threads = runs, rounds, threads
         self._tmp = tempfile.TemporaryDirectory(prefix="mixq-autoquant-")
         self.exports = 0
-        self.export_s = 0.0
         self._paths: dict[str, Path] = {}
 
     @property
@@ -74,11 +72,9 @@ class OrtMeter:
     def export(self, model: nn.Module, label: str) -> Path:
         """Export ``model`` once per ``label`` (a label measured again reuses its file)."""
         if label not in self._paths:
-            start = time.perf_counter()
             self._paths[label] = self.format.export(model, self.example_inputs,
                                                     Path(self._tmp.name) / f"m{self.exports}{self.format.suffix}")
             self.exports += 1
-            self.export_s += time.perf_counter() - start
         return self._paths[label]
 
     def measure(self, models: dict[str, nn.Module]) -> dict[str, Measurement]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from mixq.auto.ladder import Rung, everything_float, only
-from mixq.quant.calibration import Batch, call_model
+from mixq.quant.calibration import Batch, call_model, tensors_of
 from mixq.quant.conversion import (  # one, as convert_prepared
     _convert_layer,
     _Ranges,
@@ -65,15 +65,8 @@ class LayerSensitivity:
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        if value.is_floating_point():
-            yield value.detach().to(torch.float32)
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            yield from _tensors(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _tensors(v)
+    """The floating-point tensors of a model output, as float32."""
+    return (t.detach().to(torch.float32) for t in tensors_of(value) if t.is_floating_point())
 
 
 class _Noise:

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mixq.cli.errors import CliError, check_writable
+from mixq.cli.errors import CliError, require_writable
 from mixq.cli.formatting import HelpFormatter
 from mixq.report.files import StagedOutputs
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--out {str(out)!r} is a file", "pass a directory for the report")
     if args.threads < 1:
         raise CliError(f"--threads must be >= 1, got {args.threads}", "pass e.g. --threads 2")
-    check_writable(out if out.is_dir() else out.parent, "--out")
+    require_writable(out if out.is_dir() else out.parent, "--out")
     created = not out.exists()
     out.mkdir(exist_ok=True)
     try:

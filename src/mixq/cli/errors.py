@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mixq.messages import first_line  # the CLI's modules import it from here too
+from mixq.report.files import check_writable
+
 USAGE_ERROR = 2  # the exit code of bad input, as for argparse's own errors
 FAILURE = 1  # the exit code when a valid request failed
 
@@ -15,12 +18,6 @@ class CliError(Exception):
     def __init__(self, problem: str, fix: str) -> None:
         super().__init__(f"{problem}; {fix}")
         self.problem, self.fix = problem, fix
-
-
-def first_line(err: BaseException) -> str:
-    """The first non-empty line of an exception's message (or its type name)."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 def existing_file(path: str | os.PathLike, what: str) -> Path:
@@ -48,17 +45,14 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def check_writable(directory: Path, what: str) -> None:
-    """Fail now, not after the work, when files cannot be created in ``directory`` (read-only, no permission)."""
-    import tempfile
-
+def require_writable(directory: Path, what: str) -> None:
+    """``mixq.report.files.check_writable`` for the command line: a CliError naming ``what`` (e.g. ``--output``)."""
     try:
-        fd, probe = tempfile.mkstemp(prefix=".mixq-probe-", dir=directory)
+        check_writable(directory)
     except OSError as err:
-        raise CliError(f"cannot write {what} into {str(directory)!r} ({err.strerror or first_line(err)})",
+        cause = err.__cause__ if isinstance(err.__cause__, OSError) else err
+        raise CliError(f"cannot write {what} into {str(directory)!r} ({cause.strerror or first_line(cause)})",
                        "choose a directory you can write to, or fix its permissions") from err
-    os.close(fd)
-    os.remove(probe)
 
 
 def output_file(path: str | os.PathLike, what: str, suffix: str, inputs: list[Path]) -> Path:
@@ -76,5 +70,5 @@ def output_file(path: str | os.PathLike, what: str, suffix: str, inputs: list[Pa
         if _same_file(p, source):
             raise CliError(f"{what} {str(p)!r} is also an input ({str(source)!r}), and mixq never overwrites its "
                            "inputs", "choose another output path")
-    check_writable(p.parent, what)
+    require_writable(p.parent, what)
     return p

@@ -11,11 +11,8 @@ from collections.abc import Callable
 from mixq.demo.context import DemoContext, environment
 from mixq.demo.layer_error import layer_sensitivity
 from mixq.demo.litert import litert_section
+from mixq.export.onnx.inspection import format_op_counts
 from mixq.report import Code, Image, Section, Table, Text, plots
-
-
-def _counts(ops: dict[str, int]) -> str:
-    return ", ".join(f"{k} x{v}" if v > 1 else k for k, v in ops.items()) or "none"
 
 
 def overview_section(ctx: DemoContext) -> Section:
@@ -157,7 +154,8 @@ def autoquant_section(ctx: DemoContext) -> Section:
 def kernels_section(ctx: DemoContext) -> Section:
     """What ONNX Runtime runs for each variant, and mixq's per-layer summaries."""
     table = Table(["variant", "integer kernels after ORT optimisation", "float compute kernels"],
-                  [[r.variant, _counts(r.integer_kernels), _counts(r.float_compute)] for r in ctx.results])
+                  [[r.variant, format_op_counts(r.integer_kernels), format_op_counts(r.float_compute)]
+                   for r in ctx.results])
     blocks = [table] + [Code(f"{r.variant}:\n{r.summary}") for r in ctx.results if r.summary is not None]
     data = {r.variant: {"integer_kernels": r.integer_kernels, "float_compute": r.float_compute}
             for r in ctx.results}

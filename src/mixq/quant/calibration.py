@@ -28,15 +28,16 @@ def describe(batch: Any) -> str:
     return type(batch).__name__
 
 
-def _tensors(batch: Any) -> Iterator[torch.Tensor]:
+def tensors_of(batch: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a batch or a model output, depth first: tensors, tuples/lists and dicts of them."""
     if isinstance(batch, torch.Tensor):
         yield batch
     elif isinstance(batch, (tuple, list)):
         for b in batch:
-            yield from _tensors(b)
+            yield from tensors_of(b)
     elif isinstance(batch, dict):
         for b in batch.values():
-            yield from _tensors(b)
+            yield from tensors_of(b)
 
 
 def check_batch(batch: Any, index: int) -> None:
@@ -52,11 +53,11 @@ def check_batch(batch: Any, index: int) -> None:
         if odd:
             raise CalibrationError(f"calibration batch {index} ({describe(batch)}) holds a {odd[0]}; every input "
                                    "of a batch must be a tensor")
-    sized = [t for t in _tensors(batch) if t.dim() > 0]
+    sized = [t for t in tensors_of(batch) if t.dim() > 0]
     if sized and all(t.shape[0] == 0 for t in sized):
         raise CalibrationError(f"calibration batch {index} ({describe(batch)}) is empty (0 samples); drop empty "
                                "batches")
-    for t in _tensors(batch):
+    for t in tensors_of(batch):
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise CalibrationError(
                 f"calibration batch {index} ({describe(batch)}) contains NaN or inf; clean or drop it first"

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from mixq.messages import first_line
 from mixq.quant.modules.observed import ObservedAdd, ObservedLayer, ObservedMatMul
 from mixq.quant.observers import Observer
 
@@ -49,7 +50,7 @@ def trace(model: nn.Module) -> tuple[fx.GraphModule | None, str]:
     try:
         graph = _Tracer().trace(model)
     except Exception as err:  # noqa: BLE001  (any tracing failure means: fall back to eager mode)
-        return None, f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+        return None, f"{type(err).__name__}: {first_line(err, limit=160)}"
     return fx.GraphModule(model, graph, type(model).__name__), ""
 
 

@@ -23,9 +23,12 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from mixq.messages import first_line
 from mixq.quant.calibration import Batch, batch_args, call_model
 from mixq.quant.dynamic_shapes import default_axes, grow_unit_axes, torch_export_spec
 from mixq.quant.fusion import set_submodule
+
+__all__ = ["export_friendly", "export_graph", "returns_cache"]  # what graph-mode capture gives mixq.quant.stages
 
 aten = torch.ops.aten
 # ATen calls that are one layer: the argument holding the weight, and how many leading arguments are its inputs
@@ -139,7 +142,7 @@ def export_graph(model: nn.Module, probe: Batch, targets: list[str]) -> tuple[fx
                 model, positional, keyword), strict=False)
             gm = program.module()
     except Exception as err:  # noqa: BLE001  (any export failure means: fall back to layer by layer)
-        return None, f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+        return None, f"{type(err).__name__}: {first_line(err, limit=200)}"
     why = _restore_layers(gm, model, targets)
     if why:
         return None, why

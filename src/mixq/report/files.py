@@ -15,7 +15,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["StagedOutputs", "Terminated", "atomic_path", "atomic_write_text", "sigterm_as_interrupt"]
+from mixq.messages import first_line
+
+__all__ = ["StagedOutputs", "Terminated", "atomic_path", "atomic_write_text", "check_writable", "sigterm_as_interrupt"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -38,6 +40,21 @@ def sigterm_as_interrupt() -> Iterator[None]:
     finally:
         if install:
             signal.signal(signal.SIGTERM, previous)
+
+
+def check_writable(directory: str | os.PathLike, fix: str = "choose a directory you can write to") -> None:
+    """Fail before the work, not after it, when no file can be created in ``directory`` (read-only, no permission):
+    an ``OSError`` of the same kind saying so, then ``fix``. The export and the command line both call it.
+
+    Example: ``check_writable(Path("out"), fix="export to a directory you can write to")``.
+    """
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mixq-probe-", dir=directory)
+    except OSError as err:
+        raise type(err)(err.errno, f"cannot create files in {str(directory)!r} ({err.strerror or first_line(err)}); "
+                        f"{fix}") from err
+    os.close(fd)
+    os.remove(probe)
 
 
 @contextlib.contextmanager

@@ -14,23 +14,18 @@ import torch
 from torch import nn
 
 from mixq.export.errors import ExportError
+from mixq.export.inputs import example_args, io_dtype_name
 from mixq.export.onnx import shapes
-from mixq.export.onnx.validation import check_model_runs, check_runtime_runs, check_writable
+from mixq.export.onnx.validation import check_model_runs, check_runtime_runs
 from mixq.quant import dynamic_shapes as axes
-from mixq.quant.calibration import batch_args, describe
+from mixq.quant.calibration import describe
 from mixq.quant.finiteness import check_finite
 from mixq.quant.modules.observed import refuse_observed
-from mixq.report.files import atomic_path
+from mixq.report.files import atomic_path, check_writable
 
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
+IO_DTYPES = ("float32", "float16")  # export_onnx's io_dtype names (mixq.export.inputs)
 log = logging.getLogger(__name__)
-
-
-def _as_args(example_inputs: Any) -> tuple[tuple, dict]:
-    if isinstance(example_inputs, (torch.Tensor, tuple, list, dict)):
-        return batch_args(example_inputs)
-    raise TypeError(f"example_inputs must be a tensor, a tuple of tensors or a dict of keyword tensors, got "
-                    f"{type(example_inputs).__name__}")
 
 
 @contextlib.contextmanager
@@ -188,16 +183,16 @@ def export_onnx(
     opset: int | None = None,
     input_names: list[str] | None = None,
     output_names: list[str] | None = None,
-    io_dtype: torch.dtype = torch.float32,
+    io_dtype: str | torch.dtype = "float32",
 ) -> Path:
     """Export ``model`` (quantized by mixq or plain float) to ``path`` and return the path.
 
     Quantized layers become the QDQ / integer patterns ONNX Runtime fuses into integer kernels (QLinearConv,
     QLinearMatMul, MatMulIntegerToFloat, DynamicQuantizeMatMul, MatMulNBits); float16 layers keep float16 weights
-    with float32 inputs and outputs unless ``io_dtype=torch.float16`` asks for float16 ones (Casts at the graph
-    boundary). The file is written to a temporary name and renamed only after checks (the model runs on the
-    example in PyTorch; ONNX Runtime loads the file and runs it on the example), so a failed export never leaves a
-    file at ``path``.
+    with float32 inputs and outputs unless ``io_dtype="float16"`` asks for float16 ones (Casts at the graph
+    boundary; the names are ``export_tflite``'s, and ``torch.float16`` is accepted too). The file is written to a
+    temporary name and renamed only after checks (the model runs on the example in PyTorch; ONNX Runtime loads the
+    file and runs it on the example), so a failed export never leaves a file at ``path``.
 
     Shapes: by default (``dynamic_shapes=None``) the batch axis of every input is symbolic (named ``batch``, also
     from a batch-1 example), and so is the sequence axis (``sequence``) of token inputs (integer ids, attention
@@ -213,13 +208,12 @@ def export_onnx(
     refuse_observed(model, "export")
     check_finite(model, "export")
     target = check_target(path)
-    if io_dtype not in (torch.float32, torch.float16):
-        raise ValueError(f"io_dtype must be torch.float32 or torch.float16, got {io_dtype}")
+    io_dtype = io_dtype_name(io_dtype, IO_DTYPES)
     if opset is not None and opset < MIN_OPSET:
         raise ValueError(f"opset {opset} cannot express per-channel QuantizeLinear/DequantizeLinear; "
                          f"use opset >= {MIN_OPSET} (or leave it unset)")
-    check_writable(target.parent)
-    args, kwargs = _as_args(example_inputs)
+    check_writable(target.parent, fix="export to a directory you can write to")
+    args, kwargs = example_args(example_inputs, "export_onnx")
     model = model.eval()
     spec, export_args, export_kwargs, named = _shape_plan(model, dynamic_shapes, args, kwargs)
     try:
@@ -228,7 +222,7 @@ def export_onnx(
             output_names = output_names or output_names_of(output)
             proto = trace_to_onnx(model, export_args, kwargs=export_kwargs, opset=opset, dynamic_shapes=spec,
                                   input_names=input_names, output_names=output_names)
-            finalize(proto, half_io=io_dtype == torch.float16)
+            finalize(proto, half_io=io_dtype == "float16")
             if named is not None:
                 shapes.name_symbolic_dims(proto, *named)
             log.info("input shapes of %s: %s", target.name, shapes.symbolic_axes(proto))

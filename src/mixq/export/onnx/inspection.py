@@ -106,7 +106,8 @@ def inspect_model(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def _counts(ops: dict[str, int]) -> str:
+def format_op_counts(ops: dict[str, int]) -> str:
+    """``{"QLinearConv": 3, "Relu": 1}`` as ``"QLinearConv x3, Relu"`` (``"none"`` when empty)."""
     return ", ".join(f"{k} x{v}" if v > 1 else k for k, v in ops.items()) or "none"
 
 
@@ -123,9 +124,9 @@ def render(info: dict[str, Any]) -> str:
     lines.append(f"  {'node':<{width}}  {'op':<{op_w}}  {'weight':<{weight_w}}  status")
     lines += [f"  {n['node']:<{width}}  {n['op']:<{op_w}}  {n['weight']:<{weight_w}}  {n['status']}" for n in nodes]
     lines += ["", "after ONNX Runtime's graph optimisation (CPU, extended level):",
-              f"  integer kernels: {_counts(info['ort_integer_kernels'])}",
-              f"  float compute:   {_counts(info['ort_float_compute'])}",
-              f"  all ops:         {_counts(info['ort_ops'])}", "", "stored tensors by dtype:"]
+              f"  integer kernels: {format_op_counts(info['ort_integer_kernels'])}",
+              f"  float compute:   {format_op_counts(info['ort_float_compute'])}",
+              f"  all ops:         {format_op_counts(info['ort_ops'])}", "", "stored tensors by dtype:"]
     total = sum(v["bytes"] for v in info["size_by_dtype"].values()) or 1
     for dtype, v in info["size_by_dtype"].items():
         lines.append(f"  {dtype:<9} {v['bytes'] / 1024:9.1f} KB  {v['bytes'] / total:6.1%}  ({v['tensors']} tensors)")

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from mixq.messages import first_line
 from mixq.quant.calibration import describe
 
-__all__ = ["ExportCheckError", "check_model_runs", "check_runtime_runs", "check_writable"]
+__all__ = ["ExportCheckError", "check_model_runs", "check_runtime_runs"]
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
           "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
@@ -26,24 +27,6 @@ class ExportCheckError(ValueError):
     """The model or the exported file failed its check; the message says which and why."""
 
 
-def _first_line(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
-def check_writable(directory: str | os.PathLike) -> None:
-    """Fail before the export, not after it, when no file can be created in ``directory``."""
-    import tempfile
-
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".mixq-probe-", dir=directory)
-    except OSError as err:
-        raise type(err)(err.errno, f"cannot create files in {str(directory)!r} ({err.strerror}); export to a "
-                        "directory you can write to") from err
-    os.close(fd)
-    os.remove(probe)
-
-
 def check_model_runs(model: nn.Module, args: tuple, kwargs: dict) -> Any:
     """Run ``model`` once on the example and return its output; a failure means the example does not fit it."""
     try:
@@ -51,7 +34,7 @@ def check_model_runs(model: nn.Module, args: tuple, kwargs: dict) -> Any:
             return model(*args, **kwargs)
     except Exception as err:
         raise ExportCheckError(
-            f"the model does not run on them in PyTorch ({type(err).__name__}: {_first_line(err)}); pass example "
+            f"the model does not run on them in PyTorch ({type(err).__name__}: {first_line(err)}); pass example "
             "inputs shaped like the model's input"
         ) from err
 
@@ -70,7 +53,7 @@ def check_runtime_runs(path: str | os.PathLike, args: tuple, kwargs: dict) -> No
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:
-        raise ExportCheckError(f"ONNX Runtime rejects the exported file ({_first_line(err)})") from err
+        raise ExportCheckError(f"ONNX Runtime rejects the exported file ({first_line(err)})") from err
     inputs = session.get_inputs()
     if kwargs and all(isinstance(kwargs.get(i.name), torch.Tensor) for i in inputs):
         tensors = [kwargs[i.name] for i in inputs]  # keyword inputs keep their names in the graph
@@ -83,4 +66,4 @@ def check_runtime_runs(path: str | os.PathLike, args: tuple, kwargs: dict) -> No
         session.run(None, feeds)
     except Exception as err:
         raise ExportCheckError(f"ONNX Runtime loads the exported file but fails on the example inputs "
-                               f"{describe(kwargs or args)} ({_first_line(err)})") from err
+                               f"{describe(kwargs or args)} ({first_line(err)})") from err

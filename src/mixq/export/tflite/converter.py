@@ -89,8 +89,8 @@ def _dynamic_batch(args: tuple) -> tuple:
     return (tuple({0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args),)
 
 
-def convert(module: torch.nn.Module, args: tuple, *, quantized: bool, float_io: bool,
-            dynamic_batch: bool) -> bytes:
+def convert_to_tflite(module: torch.nn.Module, args: tuple, *, quantized: bool, float_io: bool,
+                      dynamic_batch: bool) -> bytes:
     """``.tflite`` bytes of ``module`` (whose ``forward`` takes ``*args``) traced with ``args``.
 
     ``quantized`` turns quantize/dequantize pairs into int8 kernels; ``float_io`` keeps float32 graph inputs and

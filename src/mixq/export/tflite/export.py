@@ -19,10 +19,12 @@ import torch
 from torch import fx, nn
 
 from mixq.export.errors import ExportError
-from mixq.export.tflite.converter import captured_output, convert, require_litert
+from mixq.export.inputs import example_args, io_dtype_name
+from mixq.export.tflite.converter import captured_output, convert_to_tflite, require_litert
 from mixq.export.tflite.integer_io import integer_io
 from mixq.export.tflite.lowering import ActivationQParams, lower, lowering_of
 from mixq.export.tflite.recipes import apply_recipe
+from mixq.messages import first_line
 from mixq.quant.calibration import describe
 from mixq.quant.finiteness import check_finite
 from mixq.quant.modules import QuantizedLinear, QuantizedMatMul
@@ -30,17 +32,8 @@ from mixq.quant.modules.observed import refuse_observed
 from mixq.quant.modules.registry import quantized_classes
 from mixq.report.files import atomic_path
 
-IO_DTYPES = ("float32", "int8", "uint8")
+IO_DTYPES = ("float32", "int8", "uint8")  # export_tflite's io_dtype names (mixq.export.inputs)
 log = logging.getLogger(__name__)
-
-
-def _as_args(example_inputs: Any) -> tuple:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, (tuple, list)) and all(isinstance(a, torch.Tensor) for a in example_inputs):
-        return tuple(example_inputs)
-    raise TypeError(f"example_inputs must be a tensor or a tuple of tensors for export_tflite, got "
-                    f"{describe(example_inputs)}")
 
 
 def _refuse_graph_mode(model: nn.Module) -> None:
@@ -147,7 +140,7 @@ def export_tflite(
     example_inputs: Any,
     path: str | os.PathLike,
     *,
-    io_dtype: str = "float32",
+    io_dtype: str | torch.dtype = "float32",
     nhwc: bool = False,
     dynamic_batch: bool = False,
 ) -> Path:
@@ -156,8 +149,9 @@ def export_tflite(
     The mode follows the model: a static or QAT-converted model becomes a full-integer file (int8 kernels with
     mixq's own calibrated / learned scales and zero points), ``mode="dynamic"`` a dynamic-range file (mixq's int8
     weights), ``mode="fp16"`` a float16 file, a float model a float32 file. ``io_dtype="int8"`` or ``"uint8"``
-    (full-integer only) gives integer inputs and outputs on the first and last layer's grids, for pipelines and
-    microcontrollers that feed integers; ``nhwc=True`` takes and returns channels-last tensors so a camera
+    (full-integer only; ``torch.int8`` / ``torch.uint8`` are accepted too, as ``export_onnx`` accepts its
+    ``io_dtype`` names and dtypes) gives integer inputs and outputs on the first and last layer's grids, for
+    pipelines and microcontrollers that feed integers; ``nhwc=True`` takes and returns channels-last tensors so a camera
     pipeline needs no transpose. The batch is fixed to the example's (edge inference runs batch 1);
     ``dynamic_batch=True`` makes it resizable, which litert-torch supports for convolution stacks but not yet
     for a reshape/flatten of the batch (the export then fails naming that layer). The file
@@ -177,9 +171,8 @@ def export_tflite(
         raise ValueError(f"the output path should end in .tflite, got {str(target)!r}")
     if not target.parent.exists():
         raise FileNotFoundError(f"output directory {str(target.parent)!r} does not exist; create it first")
-    if io_dtype not in IO_DTYPES:
-        raise ValueError(f"io_dtype must be one of {IO_DTYPES}, got {io_dtype!r}")
-    args = _as_args(example_inputs)
+    io_dtype = io_dtype_name(io_dtype, IO_DTYPES)
+    args, _ = example_args(example_inputs, "export_tflite", keywords=False)
     _refuse_graph_mode(model)
     lowered, modes = lower(model)
     mode = _litert_mode(model, modes)
@@ -193,8 +186,8 @@ def export_tflite(
     try:
         with atomic_path(target) as tmp, warnings.catch_warnings(), captured_output(log_text):
             warnings.simplefilter("ignore")
-            content = convert(module, file_args, quantized=mode == "full_integer", float_io=io_dtype == "float32",
-                              dynamic_batch=dynamic_batch)
+            content = convert_to_tflite(module, file_args, quantized=mode == "full_integer",
+                                        float_io=io_dtype == "float32", dynamic_batch=dynamic_batch)
             if mode in ("dynamic_range", "float16"):
                 content = apply_recipe(content, mode, sum(m == mode for m in modes.values()))
             if io_dtype != "float32":
@@ -208,7 +201,7 @@ def export_tflite(
         if where is not None:
             raise ExportError(f"LiteRT cannot express {where}; keep that layer out of the exported model or "
                               "replace the operation") from err
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        detail = first_line(err)
         errors = [ln.strip() for ln in "".join(log_text).splitlines() if "error" in ln.lower()]
         tail = errors[-1] if errors else ""
         raise ExportError(f"could not convert {type(model).__name__} to LiteRT with example inputs "

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from mixq.report import Section, Table, Text, atomic_path, atomic_write_text, write_report
+from mixq.report.files import check_writable
 
 
 def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
@@ -35,3 +36,10 @@ def test_report_json_has_every_section_and_no_nan(tmp_path):
     assert "&lt;b&gt;" in html and '<td class="r">1.0</td>' in html
     assert (tmp_path / "report.json").read_text().replace(" ", "").replace("\n", "") == (
         '{"title":"T","meta":1,"a":{"v":null},"b":[1,2]}')
+
+
+def test_check_writable_probes_and_leaves_nothing_behind(tmp_path):
+    check_writable(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OSError, match="cannot create files in .*; export elsewhere"):
+        check_writable(tmp_path / "missing", fix="export elsewhere")
