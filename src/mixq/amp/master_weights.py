@@ -57,15 +57,19 @@ class MasterWeights:
                     p.grad = None
 
     def grads_to_master(self) -> None:
-        """Move the 16-bit model gradients into the fp32 masters' ``.grad``, freeing each 16-bit one at once."""
+        """Copy the 16-bit model gradients into the fp32 masters' ``.grad`` (one fused copy); free the 16-bit ones."""
+        src, dst = [], []
         for p, master in self.pairs:
             if p.grad is None:
                 master.grad = None
-            elif master.grad is None:
-                master.grad = p.grad.detach().float()
-            else:
-                master.grad.copy_(p.grad)
+                continue
+            if master.grad is None:
+                master.grad = torch.empty_like(master)
+            src.append(p.grad)
+            dst.append(master.grad)
             p.grad = None
+        if dst:
+            torch._foreach_copy_(dst, src)
 
     def grad_of(self, param: nn.Parameter) -> torch.Tensor | None:
         """The gradient standing for ``param``: its master's after :meth:`grads_to_master`, else its own."""
@@ -74,9 +78,9 @@ class MasterWeights:
 
     @torch.no_grad()
     def master_to_model(self) -> None:
-        """Refresh the 16-bit model parameters from the updated masters."""
-        for p, master in self.pairs:
-            p.copy_(master)
+        """Refresh the 16-bit model parameters from the updated masters (one fused, rounding copy)."""
+        if self.pairs:
+            torch._foreach_copy_([p for p, _ in self.pairs], [m for _, m in self.pairs])
 
     def zero_grad(self) -> None:
         """Drop the masters' gradients (the model's are zeroed by the caller)."""
