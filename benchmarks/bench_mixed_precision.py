@@ -1,50 +1,141 @@
-"""Benchmark MixedPrecision: per-step overhead against a hand-written loop, and peak memory per recipe.
+"""Benchmark MixedPrecision against fp32 and hand-written ``torch.amp`` loops: step time, peak memory, loss curves.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_mixed_precision.py            # full run, writes JSON + prints Markdown
-    .venv/bin/python benchmarks/bench_mixed_precision.py --quick    # fewer steps, for a smoke test
+    .venv/bin/python benchmarks/bench_mixed_precision.py            # ~6 min on 2 idle CPU cores; JSON + Markdown
+    .venv/bin/python benchmarks/bench_mixed_precision.py --quick    # a smoke test (results not written)
 
-Overhead: the same model and batches are trained with ``torch.autocast`` + ``torch.amp.GradScaler`` written by
-hand and with ``mixq.amp.MixedPrecision`` (diagnostics off); steps alternate between the two so drift in
-machine load hits both; the medians of the per-step times and of the paired per-step ratios are reported.
+Step time: a MiniLM-sized BERT (random init, 6 layers, hidden 384, 12 heads, AdamW) and a small CNN are trained
+with every recipe in one process; each round runs every recipe once (the order rotates per round) so drift in
+machine load hits all of them alike. Reported: the median step time, its ratio to fp32, and for each
+``MixedPrecision`` recipe the median of its per-round ratios to the hand-written loop of the same precision and
+scaling (``torch.autocast`` + ``torch.amp.GradScaler`` as in the PyTorch AMP recipe; MixedPrecision keeps its
+non-finite-step check on in every mode). fp16 is timed on the CNN only (CPUs compute fp16 in software).
 
-Memory: each recipe runs in a fresh subprocess (peak RSS never goes down) and reports ``ru_maxrss`` on CPU or
-``torch.cuda.max_memory_allocated`` on GPU, minus the footprint measured before the model was built.
+Peak memory: each BERT recipe runs in a fresh subprocess (peak RSS never goes down): ``ru_maxrss`` on CPU or
+``torch.cuda.max_memory_allocated`` on GPU, above the footprint before the model was built.
+
+Loss curves: a CNN fine-tuned on scikit-learn's digits with each recipe from the same initialisation and batches;
+the final held-out loss is compared with fp32's.
+
+The CPU flags that decide bf16 speed (``avx512_bf16``, ``amx_bf16``) and the load average are printed and stored.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
+import os
 import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from mixq.amp import MixedPrecision
+from mixq.quant.cpu import cpu_flags
 
-RESULTS = Path(__file__).parent / "results" / "mixed_precision.json"
-MEMORY_RECIPES = {
-    "fp32": {"precision": "fp32"},
-    "bf16 autocast": {"precision": "bf16"},
-    "bf16 master weights": {"precision": "bf16", "master_weights": True},
-    "fp16 master weights": {"precision": "fp16", "master_weights": True},
+RESULTS = Path(__file__).parent / "results"
+FLAGS = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_fp16")
+# name -> (hand-written baseline or None, how to build the step): ("fp32"|"hand"|"mixq", options)
+RECIPES: dict[str, tuple[str, dict]] = {
+    "fp32": ("fp32", {}),
+    "autocast bf16 (hand-written)": ("hand", {"dtype": "bf16"}),
+    "mixq bf16": ("mixq", {"precision": "bf16"}),
+    "mixq bf16 weights + fp32 masters": ("mixq", {"precision": "bf16", "master_weights": True}),
+    "autocast fp16 + GradScaler (hand-written)": ("hand", {"dtype": "fp16", "scaler": "dynamic"}),
+    "mixq fp16 dynamic": ("mixq", {"precision": "fp16"}),
+    "autocast fp16 + static scale (hand-written)": ("hand", {"dtype": "fp16", "scaler": "static"}),
+    "mixq fp16 static": ("mixq", {"precision": "fp16", "loss_scale": 1024.0}),
+    "autocast fp16, no scaling (hand-written)": ("hand", {"dtype": "fp16"}),
+    "mixq fp16 no scaling": ("mixq", {"precision": "fp16", "loss_scale": "none"}),
 }
+BASELINE = {  # MixedPrecision recipe -> the hand-written loop it replaces
+    "mixq bf16": "autocast bf16 (hand-written)",
+    "mixq bf16 weights + fp32 masters": "autocast bf16 (hand-written)",
+    "mixq fp16 dynamic": "autocast fp16 + GradScaler (hand-written)",
+    "mixq fp16 static": "autocast fp16 + static scale (hand-written)",
+    "mixq fp16 no scaling": "autocast fp16, no scaling (hand-written)",
+}
+BF16 = [r for r in RECIPES if "fp16" not in r]
+FP16 = ["fp32"] + [r for r in RECIPES if "fp16" in r]
+CURVE_RECIPES = ["fp32", "mixq bf16", "mixq bf16 weights + fp32 masters"]
 
 
-def mlp(width: int, depth: int) -> nn.Sequential:
+def bert(seq: int) -> nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
+                        max_position_embeddings=max(512, seq), num_labels=2)
     torch.manual_seed(0)
-    layers: list[nn.Module] = [nn.Linear(256, width), nn.GELU()]
-    for _ in range(depth):
-        layers += [nn.Linear(width, width), nn.GELU()]
-    return nn.Sequential(*layers, nn.Linear(width, 10))
+    return BertForSequenceClassification(config).train()
+
+
+def cnn(channels: int = 1, classes: int = 10) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(128, classes),
+    )  # fmt: skip
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 512), nn.LayerNorm(512), nn.GELU(),
+                         nn.Linear(512, 10))
+
+
+MODELS = {"bert": bert, "cnn": lambda seq: cnn(3), "mlp": lambda seq: mlp()}
+
+
+def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    x, y = batch
+    if x.dtype == torch.long:  # token ids: the HF model computes its own loss
+        return model(input_ids=x, labels=y).loss
+    return nn.functional.cross_entropy(model(x).float(), y)
+
+
+def make_step(recipe: str, model: nn.Module, device: str, lr: float = 1e-4) -> Callable[[tuple], float]:
+    """One training step of ``recipe`` on ``model``: returns the loss as a float."""
+    kind, opts = RECIPES[recipe]
+    if kind == "mixq":
+        mp = MixedPrecision(model, torch.optim.AdamW(model.parameters(), lr=lr), **opts)
+
+        def mixq_step(batch: tuple) -> float:
+            with mp.autocast():
+                loss = loss_fn(model, batch)
+            mp.backward(loss)
+            mp.step()
+            mp.zero_grad()
+            return loss.item()
+
+        return mixq_step
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opts.get("dtype", ""), torch.float32)
+    scaler = torch.amp.GradScaler(device, enabled="scaler" in opts,
+                                  **({"init_scale": 1024.0, "growth_interval": 2**30}
+                                     if opts.get("scaler") == "static" else {}))
+
+    def hand_step(batch: tuple) -> float:  # the PyTorch AMP recipe (fp32: autocast and scaler are no-ops)
+        with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
+            loss = loss_fn(model, batch)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return hand_step
 
 
 def _sync(device: str) -> None:
@@ -52,82 +143,79 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def overhead(precision: str, device: str, steps: int, warmup: int) -> dict[str, float]:
-    """Median per-step milliseconds of the hand-written loop and of MixedPrecision, interleaved."""
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    x = torch.randn(128, 256, device=device)
-    y = torch.randint(0, 10, (128,), device=device)
-    ref_model, mp_model = mlp(512, 2).to(device), mlp(512, 2).to(device)
-    ref_opt = torch.optim.AdamW(ref_model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")
-    mp = MixedPrecision(mp_model, torch.optim.AdamW(mp_model.parameters(), lr=1e-4), precision=precision)
+def batches(name: str, device: str, batch: int, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    if name == "bert":
+        x, y = torch.randint(0, 30522, (batch, seq), generator=g), torch.randint(0, 2, (batch,), generator=g)
+    elif name == "cnn":
+        x, y = torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)
+    else:
+        x, y = torch.randn(batch, 256, generator=g), torch.randint(0, 10, (batch,), generator=g)
+    return x.to(device), y.to(device)
 
-    def ref_step() -> None:
-        with torch.autocast(device, dtype=dtype):
-            loss = nn.functional.cross_entropy(ref_model(x), y)
-        scaler.scale(loss).backward()
-        scaler.step(ref_opt)
-        scaler.update()
-        ref_opt.zero_grad(set_to_none=True)
 
-    def mp_step() -> None:
-        with mp.autocast():
-            loss = nn.functional.cross_entropy(mp_model(x), y)
-        mp.backward(loss)
-        mp.step()
-        mp.zero_grad()
-
-    times: dict[str, list[float]] = {"hand-written": [], "MixedPrecision": []}
-    fns = {"hand-written": ref_step, "MixedPrecision": mp_step}
-    for _ in range(warmup):
-        ref_step(), mp_step()
-    ratios = []
-    for i in range(steps):  # alternate step by step: load changes on the machine hit both variants alike
-        pair = {}
-        for name, fn in list(fns.items())[:: 1 if i % 2 == 0 else -1]:
+def step_times(name: str, recipes: list[str], device: str, rounds: int, batch: int, seq: int) -> dict:
+    """Interleaved rounds; median ms per recipe, ratio to fp32 and paired ratio to the hand-written loop."""
+    print(f"timing {name}: {len(recipes)} recipes x {rounds} rounds", file=sys.stderr, flush=True)
+    data = batches(name, device, batch, seq)
+    steps = {r: make_step(r, MODELS[name](seq).to(device), device) for r in recipes}
+    for fn in steps.values():  # warm-up (allocator, oneDNN primitives, optimizer state)
+        fn(data), fn(data)
+    times: dict[str, list[float]] = {r: [] for r in recipes}
+    for i in range(rounds):
+        order = recipes[i % len(recipes):] + recipes[: i % len(recipes)]
+        for r in order:
             _sync(device)
             t0 = time.perf_counter()
-            fn()
+            steps[r](data)
             _sync(device)
-            pair[name] = time.perf_counter() - t0
-            times[name].append(pair[name])
-        ratios.append(pair["MixedPrecision"] / pair["hand-written"])
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {
-        "hand_written_ms": 1e3 * med["hand-written"],
-        "mixed_precision_ms": 1e3 * med["MixedPrecision"],
-        "overhead_pct": 100.0 * (med["MixedPrecision"] / med["hand-written"] - 1.0),
-        "paired_overhead_pct": 100.0 * (statistics.median(ratios) - 1.0),
-        "steps_each": steps,
-    }
+            times[r].append(time.perf_counter() - t0)
+    fp32 = statistics.median(times["fp32"])
+    out = {}
+    for r in recipes:
+        row = {"ms": 1e3 * statistics.median(times[r]), "vs_fp32": statistics.median(times[r]) / fp32}
+        if r in BASELINE and BASELINE[r] in times:
+            row["vs_hand_written"] = statistics.median(
+                a / b for a, b in zip(times[r], times[BASELINE[r]], strict=True))
+        out[r] = row
+    return {"batch": batch, "seq": seq if name == "bert" else None, "rounds": rounds, "recipes": out,
+            "loadavg_after": os.getloadavg()}
 
 
-def memory_child(recipe: str, device: str, steps: int) -> dict[str, float]:
-    """Run one recipe (called in a fresh subprocess) and return its peak memory in MiB."""
-    base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    model = mlp(2048, 8).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    mp = MixedPrecision(model, opt, **MEMORY_RECIPES[recipe])
-    x, y = torch.randn(64, 256, device=device), torch.randint(0, 10, (64,), device=device)
+def _vm_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def memory_child(recipe: str, device: str, batch: int, seq: int) -> dict[str, float]:
+    """Run one BERT recipe (in a fresh subprocess) for a few steps: peak memory in MiB while training.
+
+    On Linux the peak RSS is reset (``/proc/self/clear_refs``) once the libraries are imported, so the import's own
+    peak does not hide the training's; the model, optimizer state, gradients and activations are all counted.
+    """
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    base_kib = _vm_kib("VmRSS")
+    model = bert(seq).to(device)
+    step = make_step(recipe, model, device)
+    data = batches("bert", device, batch, seq)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for _ in range(steps):
-        with mp.autocast():
-            loss = nn.functional.cross_entropy(model(x), y)
-        mp.backward(loss)
-        mp.step()
-        mp.zero_grad()
-    params = sum(p.numel() for p in model.parameters())
+    for _ in range(3):
+        step(data)
     if device == "cuda":
-        return {"peak_mib": torch.cuda.max_memory_allocated() / 2**20, "params_m": params / 1e6}
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_mib": (peak_kib - base_kib) / 1024, "params_m": params / 1e6}
+        return {"peak_mib": torch.cuda.max_memory_allocated() / 2**20}
+    return {"peak_mib": (_vm_kib("VmHWM") - base_kib) / 1024}
 
 
-def memory(device: str, steps: int) -> dict[str, dict[str, float]]:
+def memory(recipes: list[str], device: str, batch: int, seq: int) -> dict[str, dict[str, float]]:
     out = {}
-    for recipe in MEMORY_RECIPES:
-        cmd = [sys.executable, __file__, "--memory-child", recipe, "--device", device, "--steps", str(steps)]
+    for recipe in recipes:
+        print(f"peak memory: {recipe}", file=sys.stderr, flush=True)
+        cmd = [sys.executable, __file__, "--memory-child", recipe, "--device", device, "--batch", str(batch),
+               "--seq", str(seq)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"memory run {recipe!r} failed:\n{proc.stderr}")
@@ -135,52 +223,105 @@ def memory(device: str, steps: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def loss_curves(recipes: list[str], device: str, steps: int, every: int = 10) -> dict:
+    """Fine-tune the CNN on digits with each recipe (same init and batches); held-out loss along the way."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_tr, x_te, y_tr, y_te = train_test_split(x / 16.0, y, test_size=0.25, random_state=0, stratify=y)
+    as_img = lambda a: torch.tensor(a, dtype=torch.float32).view(-1, 1, 8, 8).to(device)  # noqa: E731
+    x_tr, x_te = as_img(x_tr), as_img(x_te)
+    y_tr, y_te = torch.tensor(y_tr).to(device), torch.tensor(y_te).to(device)
+    out = {}
+    for recipe in recipes:
+        print(f"fine-tune: {recipe}", file=sys.stderr, flush=True)
+        model = cnn(1).to(device)
+        step = make_step(recipe, model, device, lr=3e-3)
+        g, curve = torch.Generator().manual_seed(0), []
+        for i in range(1, steps + 1):
+            idx = torch.randint(0, len(x_tr), (64,), generator=g).to(device)
+            step((x_tr[idx], y_tr[idx]))
+            if i % every == 0 or i == steps:
+                model.eval()
+                with torch.no_grad():  # fp32 arithmetic on the weights the model computes with
+                    logits = copy.deepcopy(model).float()(x_te)
+                curve.append((i, nn.functional.cross_entropy(logits, y_te).item()))
+                model.train()
+        out[recipe] = {"curve": curve, "final_loss": curve[-1][1]}
+    for r in out.values():
+        r["vs_fp32"] = r["final_loss"] / out["fp32"]["final_loss"]
+    return out
+
+
 def markdown(result: dict) -> str:
     lines = [
-        f"Device: {result['device']} ({result['cpu']}), torch {result['torch']}",
+        f"Device: {result['device']} ({result['cpu']}), torch {result['torch']}, {result['threads']} threads. "
+        f"CPU flags: {', '.join(result['cpu_flags']) or 'none of ' + ', '.join(FLAGS)}. "
+        f"Load average before/after: {result['loadavg_before'][0]:.1f} / {result['loadavg_after'][0]:.1f}.",
         "",
-        "| precision | hand-written autocast+GradScaler (ms/step) | MixedPrecision (ms/step) | overhead "
-        "| paired overhead |",
-        "|---|---:|---:|---:|---:|",
     ]
-    for prec, r in result["overhead"].items():
-        lines.append(
-            f"| {prec} | {r['hand_written_ms']:.2f} | {r['mixed_precision_ms']:.2f} | {r['overhead_pct']:+.2f}% "
-            f"| {r['paired_overhead_pct']:+.2f}% |"
-        )
+    for name, r in result["step_time"].items():
+        shape = f"batch {r['batch']}" + (f" x seq {r['seq']}" if r["seq"] else "")
+        lines += [f"**{name}** ({shape}, AdamW, {r['rounds']} interleaved rounds, medians)", "",
+                  "| recipe | ms/step | steps/s | vs fp32 | vs its hand-written loop (paired) |",
+                  "|---|---:|---:|---:|---:|"]
+        for recipe, row in r["recipes"].items():
+            hand = f"{row['vs_hand_written']:.3f}x" if "vs_hand_written" in row else ""
+            lines.append(f"| {recipe} | {row['ms']:.0f} | {1e3 / row['ms']:.2f} | {row['vs_fp32']:.2f}x | {hand} |")
+        lines.append("")
     unit = "peak RSS above start" if result["device"] == "cpu" else "max_memory_allocated"
-    first = next(iter(result["memory"].values()))
-    lines += ["", f"| recipe ({first['params_m']:.1f}M params, AdamW) | {unit} (MiB) | vs fp32 |", "|---|---:|---:|"]
     fp32 = result["memory"]["fp32"]["peak_mib"]
-    for recipe, r in result["memory"].items():
-        lines.append(f"| {recipe} | {r['peak_mib']:.0f} | {r['peak_mib'] / fp32:.2f}x |")
-    return "\n".join(lines)
+    lines += [f"**Peak memory**, BERT ({unit})", "", "| recipe | MiB | vs fp32 |", "|---|---:|---:|"]
+    lines += [f"| {k} | {v['peak_mib']:.0f} | {v['peak_mib'] / fp32:.2f}x |" for k, v in result["memory"].items()]
+    curves = result["loss_curves"]
+    steps = curves["fp32"]["curve"][-1][0]
+    lines += ["", f"**Fine-tune** (CNN on digits, {steps} AdamW steps, held-out cross-entropy)", "",
+              "| recipe | " + " | ".join(f"step {s}" for s, _ in curves["fp32"]["curve"]) + " | final vs fp32 |",
+              "|---|" + "---:|" * (len(curves["fp32"]["curve"]) + 1)]
+    for recipe, c in curves.items():
+        lines.append(f"| {recipe} | " + " | ".join(f"{v:.4f}" for _, v in c["curve"]) + f" | {c['vs_fp32']:.3f}x |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=150, help="timed steps per variant")
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--quick", action="store_true", help="20 timed steps, for smoke tests")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds for BERT (CNN 3x, MLP 5x)")
+    parser.add_argument("--batch", type=int, default=8, help="BERT batch size")
+    parser.add_argument("--seq", type=int, default=128, help="BERT sequence length")
+    parser.add_argument("--curve-steps", type=int, default=100)
+    parser.add_argument("--quick", action="store_true", help="tiny run for a smoke test; writes nothing")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS / "mixed_precision.json")
     args = parser.parse_args(argv)
     if args.memory_child is not None:
-        print(json.dumps(memory_child(args.memory_child, args.device, args.steps)))
+        print(json.dumps(memory_child(args.memory_child, args.device, args.batch, args.seq)))
         return 0
-    steps = 20 if args.quick else args.steps
-    result = {
-        "device": args.device,
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "overhead": {p: overhead(p, args.device, steps, args.warmup) for p in ("fp16", "bf16")},
-        "memory": memory(args.device, steps=3),
+    if args.quick:
+        args.rounds, args.batch, args.seq, args.curve_steps = 2, 2, 32, 20
+    flags = sorted(set(FLAGS) & cpu_flags())
+    result = {"device": args.device, "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "cpu_flags": flags, "loadavg_before": os.getloadavg()}
+    print(f"CPU flags: {flags}; load average {result['loadavg_before']}", flush=True)
+    # CPUs compute fp16 in software (convolutions very slowly): there fp16 is timed on a small MLP only
+    cuda = args.device == "cuda"
+    result["step_time"] = {
+        "MiniLM-sized BERT": step_times("bert", list(RECIPES) if cuda else BF16, args.device, args.rounds,
+                                        args.batch, args.seq),
+        "CNN (3x32x32)": step_times("cnn", list(RECIPES) if cuda else BF16, args.device, 3 * args.rounds, 32, 0),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown(result))
+    if not cuda:
+        result["step_time"]["MLP, fp16 modes"] = step_times("mlp", FP16, args.device, 5 * args.rounds, 128, 0)
+    result["memory"] = memory(BF16, args.device, args.batch, args.seq)
+    result["loss_curves"] = loss_curves(CURVE_RECIPES, args.device, args.curve_steps)
+    result["loadavg_after"] = os.getloadavg()
+    if not args.quick:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result)
+    print(text)
+    if not args.quick:
+        args.out.with_suffix(".md").write_text(text)
     return 0
 
 

@@ -17,7 +17,7 @@ from mixq.amp.checkpoint import STATE_VERSION, parse_state
 from mixq.amp.diagnostics import NumericsConfig, NumericsRecorder, NumericsReport
 from mixq.amp.errors import LossScaleCollapseError, NonFiniteGradientsError, StepOrderError
 from mixq.amp.loss_scale import LossScale, found_inf, make_grad_scaler, set_found_inf
-from mixq.amp.master_weights import MasterWeights
+from mixq.amp.master_weights import MasterWeights, cast_params, low_precision_mismatch
 from mixq.amp.nonfinite import first_nonfinite_layer, nonfinite_flag
 from mixq.amp.overrides import Fp32Overrides, OutputCast, match_keep_fp32
 from mixq.amp.policy import Policy, PolicyChoice, resolve_policy
@@ -54,7 +54,12 @@ class MixedPrecision:
         precision: ``"fp16"``, ``"bf16"``, ``"fp32"``, ``"auto"``, a spec like ``"p=f32,c=bf16,o=f32"`` or a
             :class:`Policy`. ``mp.choice.reason`` says why ``"auto"`` chose what it did.
         keep_fp32: module name patterns and/or types run in float32 inside autocast (norms and losses always).
-        master_weights: store parameters in 16-bit and let the optimizers update fp32 master copies.
+        master_weights: the bf16-weights mode (Apex O2 / DeepSpeed bf16; also ``precision="p=bf16,c=bf16,o=f32"``):
+            the model's parameters are stored in the 16-bit compute dtype, so the forward computes with 16-bit
+            weights and autocast casts none of them per call; the optimizers update fp32 master copies (their
+            state is fp32 too); norms and ``keep_fp32`` modules keep fp32 parameters. ``state_dict()`` carries
+            the masters for an exact resume. Under DDP, cast the model with :meth:`cast_for_ddp` before wrapping;
+            under FSDP2 use ``fully_shard(mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16))`` instead.
         loss_scale: ``"dynamic"``, a number (static scale), ``"none"`` or a :class:`LossScale`; fp16 only.
         max_grad_norm: clip the global norm of the unscaled gradients to this value.
         accumulation_steps: micro-batches per optimizer step; the loss is divided by it.
@@ -113,10 +118,10 @@ class MixedPrecision:
         if master_weights or policy.master_weights:
             if not policy.is_mixed:
                 raise ValueError("master_weights=True needs a 16-bit precision ('fp16' or 'bf16'), not fp32")
-            if dist_utils.is_sharded_or_replicated(model):
+            if dist_utils.is_fsdp(model):
                 raise ValueError(
-                    "master_weights is not supported on DDP/FSDP-wrapped models; for FSDP use "
-                    "fully_shard(mp_policy=MixedPrecisionPolicy(param_dtype=...)) instead"
+                    "master_weights is not supported on FSDP-sharded models: FSDP2 does the same natively, use "
+                    "fully_shard(mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16)) and precision='bf16'"
                 )
             policy = policy.with_master_weights()
         self.policy = policy
@@ -133,6 +138,15 @@ class MixedPrecision:
         self._inner = dist_utils.unwrap(model)
         self.keep_fp32 = match_keep_fp32(self._inner, keep_fp32) if policy.is_mixed else {}
         self._overrides = Fp32Overrides(self._inner, self.keep_fp32, self.device_type).install()
+        if policy.master_weights and dist_utils.is_ddp(model):
+            wrong = low_precision_mismatch(self._inner, policy.param_dtype, self._overrides.modules())
+            if wrong is not None:
+                self._overrides.remove()
+                raise ValueError(
+                    f"master_weights under DDP needs the parameters cast before wrapping ({wrong}): DDP sizes its "
+                    "gradient buckets when it wraps. Call MixedPrecision.cast_for_ddp(model, precision, keep_fp32) "
+                    "on the bare model, then wrap it in DistributedDataParallel"
+                )
         self._output_cast = None
         if policy.is_mixed:
             self._output_cast = OutputCast(model, policy.output_dtype, self.device_type)
@@ -147,6 +161,25 @@ class MixedPrecision:
         self.stats = AmpStats(scale=initial, history_size=history_size)
         self._micro = 0
         self._warned_loss_dtype = False
+
+    @staticmethod
+    def cast_for_ddp(model: nn.Module, precision: str | Policy = "bf16",
+                     keep_fp32: Sequence[str | type[nn.Module]] = ()) -> nn.Module:
+        """Store ``model``'s parameters in 16-bit (``keep_fp32`` modules and norms excepted) before DDP wraps it.
+
+        Only needed for ``master_weights=True`` under DistributedDataParallel; pass the same ``precision`` and
+        ``keep_fp32`` to ``MixedPrecision`` afterwards. Gradients are then all-reduced in 16-bit.
+
+        Example:
+            >>> m = MixedPrecision.cast_for_ddp(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), "bf16")
+            >>> m[0].weight.dtype, m[1].weight.dtype
+            (torch.bfloat16, torch.float32)
+        """
+        policy = resolve_policy(precision, "cpu").policy if isinstance(precision, str) else precision
+        if not policy.is_mixed:
+            raise ValueError(f"cast_for_ddp needs a 16-bit precision ('fp16' or 'bf16'), got {policy}")
+        names = match_keep_fp32(model, keep_fp32)
+        return cast_params(model, policy.compute_dtype, [model.get_submodule(n) for n in names])
 
     # -- the training-loop API ------------------------------------------------------------------------------
     @property
