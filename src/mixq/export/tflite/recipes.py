@@ -8,7 +8,9 @@ weights.
 The float file holds mixq's weights already on their grid (int8 values times mixq's per-channel scale, or float16
 values upcast), and both recipes are lossless on such weights: the symmetric per-channel min-max scale of
 ``q * s`` with ``max |q| = 127`` is ``s`` again, and float16 -> float32 -> float16 is exact. So the file stores
-mixq's int8 / float16 weights, not a second quantization of the float model.
+mixq's int8 / float16 weights, not a second quantization of the float model. (Where litert-torch folded a factor
+into a weight, the attention scale into an SDPA's query and key, the int8 recipe is still lossless, the factor
+moving into the scale; float16 then rounds the scaled values once more, by at most 2**-11 relative.)
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 _DYNAMIC_RANGE = {  # int8 per-channel weights, activations quantized by the kernels at run time (TFLite "hybrid")
     "regex": ".*", "operation": "*", "algorithm_key": "min_max_uniform_quantize",
@@ -31,47 +36,72 @@ _FLOAT16 = {  # float16 weights dequantized to float32 once at load time; comput
                   "explicit_dequantize": True, "skip_checks": False, "min_weight_elements": 0},
 }
 RECIPES: dict[str, dict[str, Any]] = {"dynamic_range": _DYNAMIC_RANGE, "float16": _FLOAT16}
-MARKERS = {"dynamic_range": "DynamicRangeWeights_", "float16": "Float16Weights_"}
 
 
-def _tensor_name(tensor: Any) -> str:
-    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+def profile(values: np.ndarray) -> np.ndarray:
+    """A weight's identity whatever the converter did to it: its sorted values over their largest magnitude.
+
+    Sorting forgets the layout (a transpose, OHWI), the division a positive factor the converter folded in (it
+    moves the attention scale ``1/sqrt(sqrt(d))`` into the query and key weights of an SDPA).
+    """
+    flat = np.sort(np.asarray(values, dtype=np.float64).reshape(-1))
+    peak = max(abs(flat[0]), abs(flat[-1])) if flat.size else 0.0
+    return flat / peak if peak > 0 else flat
 
 
-def marked_scopes(float_model: bytes, marker: str) -> list[tuple[str, int]]:
-    """ai-edge-quantizer's scope (output tensor names) and the builtin op code of every op whose weight
-    ``lowering`` marked.
+def _same(a: np.ndarray, b: np.ndarray) -> bool:  # equal up to float32 rounding of a rescale (2**-24 relative)
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-5, atol=1e-6))
 
-    litert-torch names constant tensors after the module path, class names included, so the weights of mixq's
-    dynamic-range / float16 layers carry the marker while layers a mixq config kept float32 do not.
+
+def matched_scopes(float_model: bytes, weights: Sequence[np.ndarray]) -> tuple[list[tuple[str, int]], int]:
+    """ai-edge-quantizer's scope (output tensor names) and builtin op code of every op that uses one of
+    ``weights`` as a stored input, and how many of ``weights`` were found.
+
+    Layers are matched by their weight values (``profile``), not by tensor names: litert-torch names constants
+    after module paths, or ``arith.constant12`` once it has folded them.
     """
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils
 
+    wanted: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for k, w in enumerate(weights):
+        wanted.setdefault(w.size, []).append((k, profile(w)))
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(float_model))
     graph = model.subgraphs[0]
+    seen: dict[int, set[int]] = {}
 
-    def marked_weight(index: int) -> bool:  # a stored float32 tensor of rank >= 2 (not a bias, not a shape)
-        tensor = graph.tensors[index]
-        data = model.buffers[tensor.buffer].data if 0 < tensor.buffer < len(model.buffers) else None
-        return (data is not None and len(data) > 0 and tensor.type == schema.TensorType.FLOAT32
-                and len(tensor.shape) >= 2 and marker in _tensor_name(tensor))
+    def layers_of(index: int) -> set[int]:  # which weights a stored float32 tensor of rank >= 2 is
+        if index not in seen:
+            tensor = graph.tensors[index]
+            data = model.buffers[tensor.buffer].data if 0 < tensor.buffer < len(model.buffers) else None
+            seen[index] = set()
+            if (data is not None and len(data) > 0 and tensor.type == schema.TensorType.FLOAT32
+                    and len(tensor.shape) >= 2 and len(data) // 4 in wanted):
+                p = profile(np.frombuffer(bytes(data), dtype=np.float32))
+                seen[index] = {k for k, q in wanted[p.size] if _same(p, q)}
+        return seen[index]
 
     codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
-    return [(tfl_flatbuffer_utils.get_op_scope(op, graph.tensors), codes[op.opcodeIndex]) for op in graph.operators
-            if any(marked_weight(i) for i in op.inputs if i >= 0)]
+    scopes, found = [], set()
+    for op in graph.operators:
+        layers = set().union(*(layers_of(i) for i in op.inputs if i >= 0))
+        if layers:
+            found |= layers
+            scopes.append((tfl_flatbuffer_utils.get_op_scope(op, graph.tensors), codes[op.opcodeIndex]))
+    return scopes, len(found)
 
 
-def apply_recipe(float_model: bytes, mode: str, layers: int) -> bytes:
-    """``float_model`` with the weights of its ``layers`` marked layers stored per ``mode`` (``"dynamic_range"``
-    or ``"float16"``)."""
+def apply_recipe(float_model: bytes, mode: str, weights: Sequence[np.ndarray]) -> bytes:
+    """``float_model`` with the ops using ``weights`` (the lowered layers' float weights) storing them per
+    ``mode`` (``"dynamic_range"`` or ``"float16"``)."""
     from ai_edge_quantizer import quantizer
 
-    scopes = marked_scopes(float_model, MARKERS[mode])
-    if len(scopes) != layers:
-        raise RuntimeError(f"found {len(scopes)} of the {layers} {mode} layers in the converted file (litert-torch "
-                           "named their weights differently); nothing was written")
+    scopes, found = matched_scopes(float_model, weights)
+    layers = len(weights)
+    if found != layers:
+        raise RuntimeError(f"found the weights of {found} of the {layers} {mode} layers in the converted file "
+                           "(litert-torch changed their values); nothing was written")
     if mode == "dynamic_range":  # XNNPACK has no dynamic-range depthwise kernel; LiteRT's own is ~50x slower
         from ai_edge_litert import schema_py_generated as schema
 
