@@ -1,0 +1,41 @@
+"""The export runs its file in LiteRT on the example inputs and refuses one that disagrees with the simulation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+pytest.importorskip("litert_torch", reason="the LiteRT extra is not installed: pip install 'mixq[litert]'")
+
+import mixq  # noqa: E402
+from mixq.export import ExportError  # noqa: E402
+from mixq.export.tflite import lowering  # noqa: E402
+from mixq.export.tflite.check import disagreement  # noqa: E402
+
+
+def test_disagreement_is_relative_rms():
+    want = np.array([3.0, 4.0])
+    assert disagreement(want, want) == 0
+    assert disagreement(want + np.array([0.3, 0.4]), want) == pytest.approx(0.1)
+
+
+def test_a_broken_lowering_is_refused_and_the_old_file_kept(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    x = torch.randn(4, 16)
+    qmodel = mixq.quantize(model, "dynamic", example_inputs=x)
+
+    def off_by_ten_percent(self, inp):  # a lowering bug: right weights, wrong arithmetic
+        return F.linear(inp, self.weight, self.bias) * 1.1
+
+    monkeypatch.setattr(lowering.DynamicRangeWeights, "forward", off_by_ten_percent)
+    target = tmp_path / "m.tflite"
+    target.write_bytes(b"previous export")
+    with pytest.raises(ExportError, match="disagrees with mixq's simulation") as info:
+        mixq.export_tflite(qmodel, x, target)
+    assert "\n" not in str(info.value)
+    assert target.read_bytes() == b"previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]
