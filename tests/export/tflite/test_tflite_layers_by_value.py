@@ -10,7 +10,7 @@ from torch import nn
 pytest.importorskip("litert_torch", reason="the LiteRT extra is not installed: pip install 'mixq[litert]'")
 
 import mixq  # noqa: E402
-from mixq.export.tflite.recipes import _same, profile  # noqa: E402
+from mixq.export.tflite.recipes import _same, profile, rescaled  # noqa: E402
 
 
 class Nested(nn.Module):
@@ -30,6 +30,18 @@ def test_profile_ignores_layout_and_a_folded_positive_factor():
     assert _same(profile(w), profile(w.T.copy()))
     assert _same(profile(w), profile((w * np.float32(0.42)).astype(np.float32)))
     assert not _same(profile(w), profile(torch.randn(8, 5).numpy()))
+
+
+def test_rescaled_finds_a_weight_with_a_folded_layernorm_gamma():
+    torch.manual_seed(0)
+    q = torch.randint(-127, 128, (24, 16)).double()
+    w = (q * torch.rand(24, 1) / 127).numpy()  # mixq's dequantized int8 weight, per-row scales
+    gamma, attention = torch.rand(16).numpy() + 0.5, 0.42
+    folded = (w * gamma[None, :] * attention).astype(np.float32).astype(np.float64)
+    assert rescaled(folded, w) and rescaled(folded.T.copy(), w)
+    assert not _same(profile(folded), profile(w))  # the sorted profile alone misses it
+    other = (torch.randint(-127, 128, (24, 16)).double() / 127).numpy()
+    assert not rescaled(other, w)
 
 
 @pytest.mark.parametrize("mode, weight_type", [("dynamic", "int8"), ("fp16", "float16")])

@@ -8,9 +8,14 @@ weights.
 The float file holds mixq's weights already on their grid (int8 values times mixq's per-channel scale, or float16
 values upcast), and both recipes are lossless on such weights: the symmetric per-channel min-max scale of
 ``q * s`` with ``max |q| = 127`` is ``s`` again, and float16 -> float32 -> float16 is exact. So the file stores
-mixq's int8 / float16 weights, not a second quantization of the float model. (Where litert-torch folded a factor
-into a weight, the attention scale into an SDPA's query and key, the int8 recipe is still lossless, the factor
-moving into the scale; float16 then rounds the scaled values once more, by at most 2**-11 relative.)
+mixq's int8 / float16 weights, not a second quantization of the float model.
+
+Except where litert-torch folds a factor into a weight. A factor per output channel (the attention scale in an
+SDPA's query and key) moves into the int8 scale, still lossless. A factor per input column (a LayerNorm's gamma,
+folded into the query, key, value and intermediate Linears of a BERT) is not: the recipe then quantizes
+``W diag(gamma)`` afresh per output channel, and float16 rounds the rescaled values again (2**-11 relative). The
+file is then a close re-quantization, not mixq's exact weights; the export's self-check (``check``) bounds the
+difference against mixq's simulation.
 """
 
 from __future__ import annotations
@@ -53,20 +58,43 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:  # equal up to float32 rounding
     return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-5, atol=1e-6))
 
 
+def _fits(stored: np.ndarray, w: np.ndarray) -> bool:
+    """Whether ``stored == diag(a) @ w @ diag(b)`` for some row and column factors, to float32 rounding."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(w != 0, stored / np.where(w != 0, w, 1), np.nan)
+        col = np.nan_to_num(np.nanmedian(ratio, axis=0))
+        row = np.nan_to_num(np.nanmedian(ratio / np.where(col != 0, col, np.nan), axis=1))
+    peak = float(np.abs(stored).max()) if stored.size else 0.0
+    return bool(np.allclose(stored, row[:, None] * w * col[None, :], rtol=1e-4, atol=1e-6 * peak))
+
+
+def rescaled(stored: np.ndarray, w: np.ndarray) -> bool:
+    """Whether the 2-D ``stored`` is ``w`` (or its transpose) with its rows and columns rescaled: litert-torch folds
+    a LayerNorm's gamma into the columns of the Linear after it, and an attention scale into its rows. Zeros stay
+    zeros under such scales, so the zero pattern is checked first, then a block of rows, then the whole."""
+    if stored.ndim != 2 or w.ndim != 2:
+        return False
+    for cand in (stored, stored.T):
+        if cand.shape == w.shape and np.array_equal(cand == 0, w == 0) and _fits(cand[:16], w[:16]) \
+                and _fits(cand, w):
+            return True
+    return False
+
+
 def matched_scopes(float_model: bytes, weights: Sequence[np.ndarray]) -> tuple[list[tuple[str, int]], int]:
     """ai-edge-quantizer's scope (output tensor names) and builtin op code of every op that uses one of
     ``weights`` as a stored input, and how many of ``weights`` were found.
 
-    Layers are matched by their weight values (``profile``), not by tensor names: litert-torch names constants
-    after module paths, or ``arith.constant12`` once it has folded them.
+    Layers are matched by their weight values (``profile``, else ``rescaled``), not by tensor names:
+    litert-torch names constants after module paths, or ``arith.constant12`` once it has folded them.
     """
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils
 
-    wanted: dict[int, list[tuple[int, np.ndarray]]] = {}
+    wanted: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     for k, w in enumerate(weights):
-        wanted.setdefault(w.size, []).append((k, profile(w)))
+        wanted.setdefault(w.size, []).append((k, profile(w), np.asarray(w, dtype=np.float64)))
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(float_model))
     graph = model.subgraphs[0]
     seen: dict[int, set[int]] = {}
@@ -78,8 +106,12 @@ def matched_scopes(float_model: bytes, weights: Sequence[np.ndarray]) -> tuple[l
             seen[index] = set()
             if (data is not None and len(data) > 0 and tensor.type == schema.TensorType.FLOAT32
                     and len(tensor.shape) >= 2 and len(data) // 4 in wanted):
-                p = profile(np.frombuffer(bytes(data), dtype=np.float32))
-                seen[index] = {k for k, q in wanted[p.size] if _same(p, q)}
+                values = np.frombuffer(bytes(data), dtype=np.float32)
+                p = profile(values)
+                seen[index] = {k for k, q, _ in wanted[p.size] if _same(p, q)}
+                if not seen[index] and len(tensor.shape) == 2:
+                    stored = values.astype(np.float64).reshape(tuple(tensor.shape))
+                    seen[index] = {k for k, _, w in wanted[p.size] if rescaled(stored, w)}
         return seen[index]
 
     codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
