@@ -12,9 +12,13 @@ one step of 255 over that range is ``4 / 255`` (1.6%) of the RMS.
   on both sides), so they agree to float32 rounding (~1e-6); 1.6% is a bound, not an expected error.
 * Full-integer files run mixq's own scales and zero points; the two sides round the same values, differing in a
   tie or a requantization rounding by at most a step or two on a few elements, far below one step RMS.
-* Dynamic-range files quantize each layer's activation at run time per row (XNNPACK), where mixq simulates one
-  scale per tensor (ONNX Runtime's arithmetic): both are rounding errors of the same 8-bit grid size, so they
-  disagree by a fraction of a step per layer, which stays under one step over a small encoder.
+* Dynamic-range files quantize each layer's activation at run time on LiteRT's own grid (XNNPACK: one scale per
+  row), which mixq does not simulate (it simulates ONNX Runtime's one scale per tensor). Two roundings of
+  different grids cannot be compared step for step, so both are compared with ``float_activations``: mixq's
+  int8 weights with activations left float. The file may be off that reference by as much as mixq's simulation
+  is, plus ``TOLERANCE``: a per-row grid is never coarser than a per-tensor one. (On real all-MiniLM-L6-v2 the
+  per-tensor simulation is ~20% RMS off its float-activation reference in ``last_hidden_state``, because of its
+  outlier channels, and the per-row file ~8%: a file-vs-simulation bound in steps would refuse a good file.)
 
 A file that is off by a wrong weight, a wrong scale, a float operation run in int8 (GELU, TANH) or an operation
 the converter dropped disagrees by far more (tens of percent), and is refused.
@@ -22,11 +26,14 @@ the converter dropped disagrees by far more (tens of percent), and is refused.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from mixq.export.errors import ExportError
 
@@ -76,10 +83,35 @@ def disagreement(got: np.ndarray, want: np.ndarray) -> float:
     return diff / norm if norm > 0 else diff
 
 
+@contextlib.contextmanager
+def float_activations(model: nn.Module) -> Iterator[None]:
+    """Within the block, mixq's dynamic-range layers compute with their int8 weights (dequantized) on float
+    activations: the reference both a dynamic-range file and mixq's simulation of it round activations from."""
+    from mixq.quant.modules import DynamicQuantizedConv, DynamicQuantizedLinear
+
+    def linear(m: nn.Module, inp: tuple, out: torch.Tensor) -> torch.Tensor:
+        return F.linear(inp[0], (m.weight_t.float() * m.w_scale.reshape(1, -1)).t(), m.bias)
+
+    def conv(m: nn.Module, inp: tuple, out: torch.Tensor) -> torch.Tensor:
+        w = m.weight.float() * m.w_scale.reshape(-1, *[1] * (m.weight.dim() - 1))
+        return m.geometry.apply(inp[0], w, m.bias)
+
+    hooks = [m.register_forward_hook(linear if isinstance(m, DynamicQuantizedLinear) else conv)
+             for m in model.modules() if isinstance(m, (DynamicQuantizedLinear, DynamicQuantizedConv))]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def check_file(content: bytes, inputs: Mapping[str, torch.Tensor], expected: Mapping[str, np.ndarray],
-               mode: str) -> float:
+               mode: str, reference: Mapping[str, np.ndarray] | None = None) -> float:
     """Refuse (``ExportError``) a file that does not run, gives non-finite outputs, or disagrees with the
-    simulation's ``expected`` outputs beyond ``TOLERANCE``; return the largest disagreement."""
+    simulation's ``expected`` outputs beyond ``TOLERANCE``; return the largest disagreement.
+
+    With ``reference`` (dynamic-range: the ``float_activations`` outputs) the file is compared with it instead,
+    allowed the simulation's own disagreement with it plus ``TOLERANCE``."""
     got = file_outputs(content, inputs)
     if set(got) != set(expected):
         raise ExportError(f"the converted file returns {sorted(got)}, the model {sorted(expected)}; nothing was "
@@ -92,9 +124,14 @@ def check_file(content: bytes, inputs: Mapping[str, torch.Tensor], expected: Map
         raise ExportError(f"the converted file's output {name!r} has shape {file_shape}, the model's {model_shape}; "
                           "nothing was written")
     worst = {name: disagreement(got[name], want.reshape(got[name].shape)) for name, want in expected.items()}
-    name = max(worst, key=worst.__getitem__)
-    if worst[name] > TOLERANCE:
-        raise ExportError(f"the converted {mode.replace('_', '-')} file disagrees with mixq's simulation on the "
-                          f"example inputs (output {name!r}: {worst[name]:.1%} relative RMS error, tolerance "
-                          f"{TOLERANCE:.1%}); nothing was written")
-    return worst[name]
+    bound = dict.fromkeys(worst, TOLERANCE)
+    if reference is not None:
+        worst = {name: disagreement(got[name], ref.reshape(got[name].shape)) for name, ref in reference.items()}
+        bound = {name: TOLERANCE + disagreement(expected[name], ref) for name, ref in reference.items()}
+    name = max(worst, key=lambda k: worst[k] - bound[k])
+    if worst[name] > bound[name]:
+        against = "mixq's simulation" if reference is None else "mixq's weights at float activations"
+        raise ExportError(f"the converted {mode.replace('_', '-')} file disagrees with {against} on the example "
+                          f"inputs (output {name!r}: {worst[name]:.1%} relative RMS error, tolerance "
+                          f"{bound[name]:.1%}); nothing was written")
+    return max(worst.values())
