@@ -43,3 +43,11 @@ def test_dict_inputs_name_the_file_inputs(tmp_path):
     path = mixq.export_tflite(TwoInputs().eval(), example, tmp_path / "m.tflite")
     assert [name.split()[0] for name in mixq.inspect_tflite(path).inputs] == ["serving_default_x",
                                                                               "serving_default_mask"]
+
+
+def test_a_model_that_fails_on_the_example_is_refused_in_one_line(tmp_path):
+    model = nn.Sequential(nn.Linear(8, 4)).train()
+    with pytest.raises(mixq.ExportError, match="does not run on the example inputs") as info:
+        mixq.export_tflite(model, torch.randn(1, 5), tmp_path / "m.tflite")
+    assert "\n" not in str(info.value)
+    assert model.training and not list(tmp_path.iterdir())

@@ -141,9 +141,19 @@ def _failing_layer(err: BaseException, model: nn.Module) -> str | None:
 
 
 def _simulated(model: nn.Module, args: tuple, kwargs: dict, nhwc: bool) -> dict[str, np.ndarray]:
-    """mixq's PyTorch simulation of ``model`` on the example, named and laid out as the file's outputs."""
-    with torch.no_grad():
-        outs = named_outputs(model(*args, **kwargs))
+    """mixq's PyTorch simulation of ``model`` in eval mode (as the file runs) on the example, named and laid out
+    as the file's outputs; the model's train/eval flags are left as they were."""
+    training = {m: m.training for m in model.modules()}
+    try:
+        with torch.no_grad():
+            outs = named_outputs(model.eval()(*args, **kwargs))
+    except Exception as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"{type(model).__name__} does not run on the example inputs {describe(args or kwargs)} in "
+                          f"PyTorch ({type(err).__name__}: {detail}); pass inputs shaped like the model's") from err
+    finally:
+        for m, flag in training.items():
+            m.training = flag
     return {k: np.moveaxis(v, 1, -1) if nhwc and v.ndim > 2 else v for k, v in outs.items()}
 
 
