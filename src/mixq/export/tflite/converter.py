@@ -10,6 +10,7 @@ the converter folds the boundary quantize/dequantize into int8 graph inputs and 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import sys
@@ -83,15 +84,52 @@ def _converter_settings(qdq_mode: str, strict: bool) -> Iterator[None]:
         api.ConvertToTFLConfig = original
 
 
-def _dynamic_batch(args: tuple) -> tuple:
-    """Dynamic shapes for a ``forward(*args)``: the first dimension of every input is one symbolic batch."""
+@contextlib.contextmanager
+def _constants_by_value() -> Iterator[None]:
+    """Key litert-torch's cache of lowered constants by their values as well as their address.
+
+    litert-torch caches each constant it lowers under its storage address; a constant freed during the conversion
+    leaves its address to the next one, which then gets the first one's values: a BERT layer's query, key and
+    value weights came out as one weight (litert-torch 0.10). The file's self-check catches such a file; with the
+    values in the key it is right.
+    """
+    from litert_torch.backend import inline_consts
+
+    fingerprint = inline_consts._ConstantFingerprint
+    original = fingerprint.from_tensor
+
+    def keyed(tensor: torch.Tensor) -> Any:
+        data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
+        return original(tensor), str(tensor.dtype), hashlib.sha1(data.tobytes()).hexdigest()
+
+    fingerprint.from_tensor = staticmethod(keyed)
+    try:
+        yield
+    finally:
+        fingerprint.from_tensor = original
+
+
+def _batched(a: Any, batch: Any) -> Any:
+    return {0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None
+
+
+def _dynamic_batch(args: tuple, kwargs: dict) -> Any:
+    """Dynamic shapes for ``forward(*args)`` or ``forward(**kwargs)``: the first dimension of every input is one
+    symbolic batch."""
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    return (tuple({0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args),)
+    if kwargs:
+        return {k: _batched(a, batch) for k, a in kwargs.items()}
+    return (tuple(_batched(a, batch) for a in args),)
 
 
-def convert_to_tflite(module: torch.nn.Module, args: tuple, *, quantized: bool, float_io: bool,
-                      dynamic_batch: bool) -> bytes:
-    """``.tflite`` bytes of ``module`` (whose ``forward`` takes ``*args``) traced with ``args``.
+def _doubled(a: Any) -> Any:
+    return torch.cat([a, a]) if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1 else a
+
+
+def convert_to_tflite(module: torch.nn.Module, args: tuple, kwargs: dict, *, quantized: bool,
+                      float_io: bool, dynamic_batch: bool) -> bytes:
+    """``.tflite`` bytes of ``module`` traced with ``module(*args, **kwargs)``: inputs ``args_0``, ... and the
+    keys of ``kwargs`` in the file's signature.
 
     ``quantized`` turns quantize/dequantize pairs into int8 kernels; ``float_io`` keeps float32 graph inputs and
     outputs around them. With ``dynamic_batch`` the first dimension of every input is resizable at run time.
@@ -102,11 +140,11 @@ def convert_to_tflite(module: torch.nn.Module, args: tuple, *, quantized: bool, 
     from litert_torch._config import config
 
     config.show_progress = False
-    shapes = _dynamic_batch(args) if dynamic_batch else None
+    shapes = _dynamic_batch(args, kwargs) if dynamic_batch else None
     if dynamic_batch:  # torch.export specialises a size-1 dimension to the constant 1: trace with a batch of 2
-        args = tuple(torch.cat([a, a]) if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1 else a
-                     for a in args)
+        args = tuple(_doubled(a) for a in args)
+        kwargs = {k: _doubled(a) for k, a in kwargs.items()}
     settings = _converter_settings("STATIC", strict=float_io) if quantized else contextlib.nullcontext()
-    with settings:
-        converted = litert_torch.convert(module.eval(), args, dynamic_shapes=shapes)
+    with settings, _constants_by_value():
+        converted = litert_torch.convert(module.eval(), args, kwargs or None, dynamic_shapes=shapes)
     return converted.model_content()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,17 @@ import torch
 from torch import fx, nn
 
 from mixq.export.errors import ExportError
-from mixq.export.inputs import example_args, io_dtype_name
+from mixq.export.inputs import io_dtype_name
+from mixq.export.tflite.check import check_file, float_activations, named_outputs
 from mixq.export.tflite.converter import captured_output, convert_to_tflite, require_litert
 from mixq.export.tflite.integer_io import integer_io
-from mixq.export.tflite.lowering import ActivationQParams, lower, lowering_of
+from mixq.export.tflite.lowering import (
+    ActivationQParams,
+    DynamicRangeWeights,
+    Float16Weights,
+    lower,
+    lowering_of,
+)
 from mixq.export.tflite.recipes import apply_recipe
 from mixq.messages import first_line
 from mixq.quant.calibration import describe
@@ -34,6 +42,19 @@ from mixq.report.files import atomic_path
 
 IO_DTYPES = ("float32", "int8", "uint8")  # export_tflite's io_dtype names (mixq.export.inputs)
 log = logging.getLogger(__name__)
+
+
+def _as_inputs(example_inputs: Any) -> tuple[tuple, dict[str, torch.Tensor]]:
+    """Positional or keyword example inputs; keyword ones become the file's inputs of the same names."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, (tuple, list)) and all(isinstance(a, torch.Tensor) for a in example_inputs):
+        return tuple(example_inputs), {}
+    if isinstance(example_inputs, Mapping) and example_inputs and all(
+            isinstance(k, str) and k.isidentifier() and isinstance(v, torch.Tensor) for k, v in example_inputs.items()):
+        return (), dict(example_inputs)
+    raise TypeError(f"example_inputs must be a tensor, a tuple of tensors or a dict of named tensors (e.g. "
+                    f"input_ids, attention_mask) for export_tflite, got {describe(example_inputs)}")
 
 
 def _refuse_graph_mode(model: nn.Module) -> None:
@@ -49,8 +70,8 @@ def _litert_mode(model: nn.Module, modes: dict[str, str]) -> str:
     """The one LiteRT mode of the model's quantized layers; a layer LiteRT cannot take is named in the error."""
     for name, module in model.named_modules():
         if isinstance(module, quantized_classes()) and lowering_of(module) is None:
-            raise ExportError(f"layer {name!r} ({type(module).__name__}) has no LiteRT form; quantize it with mode "
-                              "'static', 'dynamic' or 'fp16', or keep it fp32 (exclude=[...])")
+            raise ExportError(f"layer {name!r} ({type(module).__name__}) has no LiteRT form; keep it fp32 "
+                              f"(mixq.quantize(..., exclude=[{name!r}])) or write an .onnx file")
     kinds = sorted(set(modes.values()))
     if len(kinds) > 1:
         example = {k: next(n for n, m in modes.items() if m == k) for k in kinds}
@@ -121,18 +142,27 @@ def _failing_layer(err: BaseException, model: nn.Module) -> str | None:
     return where
 
 
-def _check(content: bytes, args: tuple, nhwc: bool) -> None:
-    """Load the file in LiteRT and run the example inputs: a file that does not run never replaces anything."""
-    from mixq.export.tflite.interpreter import TFLiteRunner
+def _simulated(model: nn.Module, args: tuple, kwargs: dict, nhwc: bool) -> dict[str, np.ndarray]:
+    """mixq's PyTorch simulation of ``model`` in eval mode (as the file runs) on the example, named and laid out
+    as the file's outputs; the model's train/eval flags are left as they were."""
+    training = {m: m.training for m in model.modules()}
+    try:
+        with torch.no_grad():
+            outs = named_outputs(model.eval()(*args, **kwargs))
+    except Exception as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"{type(model).__name__} does not run on the example inputs {describe(args or kwargs)} in "
+                          f"PyTorch ({type(err).__name__}: {detail}); pass inputs shaped like the model's") from err
+    finally:
+        for m, flag in training.items():
+            m.training = flag
+    return {k: np.moveaxis(v, 1, -1) if nhwc and v.ndim > 2 else v for k, v in outs.items()}
 
-    runner = TFLiteRunner(content=content, threads=1)
-    arrays = [a.detach().float().numpy() for a in args]
-    if nhwc:
-        arrays = [np.moveaxis(a, 1, -1) if a.ndim > 2 else a for a in arrays]
-    outs = runner(*arrays)
-    outs = [outs] if isinstance(outs, np.ndarray) else outs
-    if not all(np.isfinite(o).all() for o in outs):
-        raise ExportError("the converted file produced non-finite outputs on the example inputs")
+
+def _layer_weights(lowered: nn.Module) -> list[np.ndarray]:
+    """The float weights of the lowered dynamic-range / float16 layers, which ``recipes`` finds in the file."""
+    kinds = (DynamicRangeWeights, Float16Weights)
+    return [m.weight.numpy() for m in lowered.modules() if isinstance(m, kinds)]
 
 
 def export_tflite(
@@ -154,8 +184,11 @@ def export_tflite(
     pipelines and microcontrollers that feed integers; ``nhwc=True`` takes and returns channels-last tensors so a camera
     pipeline needs no transpose. The batch is fixed to the example's (edge inference runs batch 1);
     ``dynamic_batch=True`` makes it resizable, which litert-torch supports for convolution stacks but not yet
-    for a reshape/flatten of the batch (the export then fails naming that layer). The file
-    is checked in LiteRT on ``example_inputs`` before it atomically replaces ``path``.
+    for a reshape/flatten of the batch (the export then fails naming that layer). ``example_inputs`` may be a
+    dict of named tensors (a Hugging Face model's ``input_ids``, ``attention_mask``): the file then takes its
+    inputs under those names. The file is run in LiteRT on ``example_inputs`` and compared with mixq's PyTorch
+    simulation (``mixq.export.tflite.check``) before it atomically replaces ``path``: a file that disagrees is
+    refused with ``ExportError`` and nothing is written.
 
     Needs the optional extra: ``pip install 'mixq[litert]'``.
 
@@ -172,7 +205,10 @@ def export_tflite(
     if not target.parent.exists():
         raise FileNotFoundError(f"output directory {str(target.parent)!r} does not exist; create it first")
     io_dtype = io_dtype_name(io_dtype, IO_DTYPES)
-    args, _ = example_args(example_inputs, "export_tflite", keywords=False)
+    args, kwargs = _as_inputs(example_inputs)
+    if kwargs and (nhwc or io_dtype != "float32"):
+        raise ValueError("nhwc=True and integer io_dtype take positional example inputs (images, features), not a "
+                         "dict of named inputs")
     _refuse_graph_mode(model)
     lowered, modes = lower(model)
     mode = _litert_mode(model, modes)
@@ -180,19 +216,25 @@ def export_tflite(
         raise ValueError(f"io_dtype={io_dtype!r} needs a full-integer model (mixq.quantize(..., 'static') or a "
                          f"QAT-converted model); this one is {mode.replace('_', '-')}")
     in_q, out_q = _boundary_qparams(lowered, args) if io_dtype != "float32" else ([], [])
-    module = _Boundary(lowered, nhwc).eval()
+    module = _Boundary(lowered, nhwc).eval() if not kwargs else lowered
     file_args = tuple(a.permute(0, *range(2, a.dim()), 1).contiguous() if nhwc and a.dim() > 2 else a for a in args)
+    feeds = kwargs or {f"args_{k}": a for k, a in enumerate(file_args)}
+    expected = _simulated(model, args, kwargs, nhwc)
+    reference = None
+    if mode == "dynamic_range":  # LiteRT rounds activations on its own grid: see mixq.export.tflite.check
+        with float_activations(model):
+            reference = _simulated(model, args, kwargs, nhwc)
     log_text: list[str] = []
     try:
         with atomic_path(target) as tmp, warnings.catch_warnings(), captured_output(log_text):
             warnings.simplefilter("ignore")
-            content = convert_to_tflite(module, file_args, quantized=mode == "full_integer",
-                                        float_io=io_dtype == "float32", dynamic_batch=dynamic_batch)
+            content = convert_to_tflite(module, file_args, kwargs, quantized=mode == "full_integer",
+                                                  float_io=io_dtype == "float32", dynamic_batch=dynamic_batch)
             if mode in ("dynamic_range", "float16"):
-                content = apply_recipe(content, mode, sum(m == mode for m in modes.values()))
+                content = apply_recipe(content, mode, _layer_weights(lowered))
             if io_dtype != "float32":
                 content = integer_io(content, in_q, out_q, io_dtype)
-            _check(content, args, nhwc)
+            error = check_file(content, feeds, expected, mode, reference)
             tmp.write_bytes(content)
     except ExportError:
         raise
@@ -206,7 +248,8 @@ def export_tflite(
         tail = errors[-1] if errors else ""
         raise ExportError(f"could not convert {type(model).__name__} to LiteRT with example inputs "
                           f"{describe(example_inputs)}: {detail}" + (f" ({tail})" if tail else "")) from err
-    log.info("exported %s to %s (%s, %.3f MB)", type(model).__name__, target, mode, target.stat().st_size / 1e6)
+    log.info("exported %s to %s (%s, %.3f MB, %.2g relative RMS error vs mixq's simulation)", type(model).__name__,
+             target, mode, target.stat().st_size / 1e6, error)
     return target
 
 

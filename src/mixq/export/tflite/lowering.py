@@ -6,7 +6,8 @@ QAT-learned) parameters, weights ``float -> quantize_per_channel -> dequantize_p
 dequantize of a stored int8 tensor), and the float bias, which the converter quantizes to int32 at
 ``x_scale * w_scale`` exactly as mixq does. The float weight is mixq's int8 weight times its scale, so the converter's
 quantize gives mixq's int8 values back. Dynamic-range and float16 layers lower to float layers holding mixq's
-dequantized / upcast weights; ``recipes`` then stores those weights as int8 / float16.
+dequantized / upcast weights; ``recipes`` then stores those weights as int8 / float16. An int8 embedding keeps its
+int8 table in any file (GATHER, CAST, MUL by the per-row scale).
 
 A new quantized layer kind adds one ``@lowers(...)`` function here.
 """
@@ -29,6 +30,7 @@ from mixq.quant.modules import (
     Float16Linear,
     QuantizedAdd,
     QuantizedConv,
+    QuantizedEmbedding,
     QuantizedLinear,
 )
 from mixq.quant.modules.conv_args import ConvGeometry
@@ -42,16 +44,17 @@ LITERT_MODES = ("full_integer", "dynamic_range", "float16", "float32")  # LiteRT
 class Lowering:
     """How one mixq module class reaches LiteRT: the LiteRT mode it implies and the function building its module."""
 
-    mode: str
+    mode: str | None  # None: the layer fits a file of any mode (an int8 embedding table)
     build: Callable[[nn.Module], nn.Module]
 
 
 _TABLE: dict[type[nn.Module], Lowering] = {}
 
 
-def lowers(cls: type[nn.Module], mode: str) -> Callable[[Callable[[nn.Module], nn.Module]], Callable]:
-    """Register ``build`` as the LiteRT lowering of mixq module class ``cls`` (``mode`` is one of ``LITERT_MODES``)."""
-    if mode not in LITERT_MODES:
+def lowers(cls: type[nn.Module], mode: str | None) -> Callable[[Callable[[nn.Module], nn.Module]], Callable]:
+    """Register ``build`` as the LiteRT lowering of mixq module class ``cls`` (``mode`` is one of ``LITERT_MODES``,
+    or None for a layer that fits a file of any mode)."""
+    if mode is not None and mode not in LITERT_MODES:
         raise ValueError(f"mode must be one of {LITERT_MODES}, got {mode!r}")
 
     def register(build: Callable[[nn.Module], nn.Module]) -> Callable[[nn.Module], nn.Module]:
@@ -175,16 +178,30 @@ class _FloatWeights(nn.Module):
 
 
 class DynamicRangeWeights(_FloatWeights):
-    """A dynamic-range layer before ``recipes`` stores its weight as int8 (the class name marks its tensors)."""
+    """A dynamic-range layer before ``recipes`` stores its weight as int8 (found in the file by its values)."""
 
 
 class Float16Weights(_FloatWeights):
-    """A float16 layer before ``recipes`` stores its weight as float16 (the class name marks its tensors)."""
+    """A float16 layer before ``recipes`` stores its weight as float16 (found in the file by its values)."""
+
+
+class Int8Embedding(nn.Module):
+    """``QuantizedEmbedding`` for LiteRT: mixq's int8 table stored as int8, GATHER of the rows and of their
+    per-row scales, CAST to float32 and MUL, the arithmetic of ``mixq.quant.kernels.embedding_lookup``."""
+
+    def __init__(self, m: QuantizedEmbedding) -> None:
+        super().__init__()
+        self.register_buffer("weight", m.weight.detach().clone())
+        self.register_buffer("scale", m.w_scale.detach().to(torch.float32).reshape(-1).clone())
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.weight[indices].to(torch.float32) * self.scale[indices].unsqueeze(-1)
 
 
 lowers(QuantizedConv, "full_integer")(QDQConv)
 lowers(QuantizedLinear, "full_integer")(QDQLinear)
 lowers(QuantizedAdd, "full_integer")(QDQAdd)
+lowers(QuantizedEmbedding, None)(Int8Embedding)
 
 
 @lowers(DynamicQuantizedLinear, "dynamic_range")
@@ -222,7 +239,8 @@ def lower(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
         rule = lowering_of(module)
         if rule is not None and name:
             set_submodule(lowered, name, rule.build(module))
-            modes[name] = rule.mode
+            if rule.mode is not None:
+                modes[name] = rule.mode
         elif rule is not None:
             raise TypeError(f"export_tflite needs a model containing {type(module).__name__} layers, not a bare "
                             f"{type(module).__name__}; wrap it in an nn.Sequential")

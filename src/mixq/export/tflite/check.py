@@ -1,0 +1,140 @@
+"""The export's self-check: the converted file, run in LiteRT on the example inputs, must compute what mixq's
+PyTorch simulation computes, or it never replaces anything.
+
+Inputs are fed through the file's signature by name (``args_0``, ... for positional inputs, the keys of dict
+example inputs) and outputs are compared by name (``output_0``, ... or the keys of a dict / ``ModelOutput``).
+
+The measure is the relative RMS disagreement ``||file - simulation|| / ||simulation||`` of each output. Its bound,
+``TOLERANCE``, is one step of an 8-bit grid spanning the output: a tensor's range is about four times its RMS, so
+one step of 255 over that range is ``4 / 255`` (1.6%) of the RMS.
+
+* float32 / float16 files compute in float32 on the very weights the simulation uses (float16 weights upcast once,
+  on both sides), so they agree to float32 rounding (~1e-6); 1.6% is a bound, not an expected error.
+* Full-integer files run mixq's own scales and zero points; the two sides round the same values, differing in a
+  tie or a requantization rounding by at most a step or two on a few elements, far below one step RMS.
+* Dynamic-range files quantize each layer's activation at run time on LiteRT's own grid (XNNPACK: one scale per
+  row), which mixq does not simulate (it simulates ONNX Runtime's one scale per tensor). Two roundings of
+  different grids cannot be compared step for step, so both are compared with ``float_activations``: mixq's
+  int8 weights with activations left float. The file may be off that reference by as much as mixq's simulation
+  is, plus ``TOLERANCE``: a per-row grid is never coarser than a per-tensor one. (On real all-MiniLM-L6-v2, whose
+  hidden states have outlier channels, the file's ``last_hidden_state`` was 8% RMS off that reference and 26% off
+  the per-tensor simulation, while its mean-pooled embeddings kept 0.998 cosine with fp32 and the simulation's
+  0.993: a file-vs-simulation bound in steps would refuse a good file.)
+
+A file that is off by a wrong weight, a wrong scale or a dropped operation disagrees by tens of percent and is
+refused. The check sees only the example inputs: an error they do not exercise passes it (a tiny random BERT's
+QAT file ran GELU and TANH in int8 and still matched on its example, its logits a few steps from zero), so give
+an example like real data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mixq.export.errors import ExportError
+
+TOLERANCE = 4 / 255
+
+
+def named_outputs(outs: Any) -> dict[str, np.ndarray]:
+    """The simulation's outputs under the names litert-torch gives the file's outputs."""
+    if isinstance(outs, Mapping):  # a dict or a Hugging Face ModelOutput: outputs named by key
+        return {k: v.detach().float().numpy() for k, v in outs.items() if isinstance(v, torch.Tensor)}
+    leaves = [outs] if isinstance(outs, torch.Tensor) else torch.utils._pytree.tree_leaves(outs)
+    return {f"output_{k}": v.detach().float().numpy() for k, v in enumerate(leaves) if isinstance(v, torch.Tensor)}
+
+
+def _feed(a: np.ndarray, d: dict) -> np.ndarray:
+    dtype, (scale, zp) = np.dtype(d["dtype"]), d["quantization"]
+    if dtype.kind in "iu" and scale and a.dtype.kind == "f":  # a float on the input's integer grid
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(a / np.float32(scale)) + zp, info.min, info.max).astype(dtype)
+    return a.astype(dtype, copy=False)
+
+
+def _float(out: np.ndarray, d: dict) -> np.ndarray:
+    scale, zp = d["quantization"]
+    if np.dtype(d["dtype"]).kind in "iu" and scale:
+        return (out.astype(np.float32) - zp) * np.float32(scale)
+    return out.astype(np.float32)
+
+
+def file_outputs(content: bytes, inputs: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Run ``content`` once in LiteRT (XNNPACK, one thread) through its signature, inputs given by name."""
+    from mixq.export.tflite.interpreter import make_interpreter
+
+    runner = make_interpreter(content=content, threads=1).get_signature_runner()
+    details = runner.get_input_details()
+    if set(details) != set(inputs):
+        raise ExportError(f"the converted file takes inputs {sorted(details)}, not {sorted(inputs)}")
+    outs = runner(**{name: _feed(inputs[name].detach().numpy(), d) for name, d in details.items()})
+    out_details = runner.get_output_details()
+    return {name: _float(np.asarray(v), out_details[name]) for name, v in outs.items()}
+
+
+def disagreement(got: np.ndarray, want: np.ndarray) -> float:
+    """Relative RMS disagreement ``||got - want|| / ||want||`` (absolute when ``want`` is all zeros)."""
+    diff = float(np.linalg.norm(got.astype(np.float64) - want.astype(np.float64)))
+    norm = float(np.linalg.norm(want.astype(np.float64)))
+    return diff / norm if norm > 0 else diff
+
+
+@contextlib.contextmanager
+def float_activations(model: nn.Module) -> Iterator[None]:
+    """Within the block, mixq's dynamic-range layers compute with their int8 weights (dequantized) on float
+    activations: the reference both a dynamic-range file and mixq's simulation of it round activations from."""
+    from mixq.quant.modules import DynamicQuantizedConv, DynamicQuantizedLinear
+
+    def linear(m: nn.Module, inp: tuple, out: torch.Tensor) -> torch.Tensor:
+        return F.linear(inp[0], (m.weight_t.float() * m.w_scale.reshape(1, -1)).t(), m.bias)
+
+    def conv(m: nn.Module, inp: tuple, out: torch.Tensor) -> torch.Tensor:
+        w = m.weight.float() * m.w_scale.reshape(-1, *[1] * (m.weight.dim() - 1))
+        return m.geometry.apply(inp[0], w, m.bias)
+
+    hooks = [m.register_forward_hook(linear if isinstance(m, DynamicQuantizedLinear) else conv)
+             for m in model.modules() if isinstance(m, (DynamicQuantizedLinear, DynamicQuantizedConv))]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def check_file(content: bytes, inputs: Mapping[str, torch.Tensor], expected: Mapping[str, np.ndarray],
+               mode: str, reference: Mapping[str, np.ndarray] | None = None) -> float:
+    """Refuse (``ExportError``) a file that does not run, gives non-finite outputs, or disagrees with the
+    simulation's ``expected`` outputs beyond ``TOLERANCE``; return the largest disagreement.
+
+    With ``reference`` (dynamic-range: the ``float_activations`` outputs) the file is compared with it instead,
+    allowed the simulation's own disagreement with it plus ``TOLERANCE``."""
+    got = file_outputs(content, inputs)
+    if set(got) != set(expected):
+        raise ExportError(f"the converted file returns {sorted(got)}, the model {sorted(expected)}; nothing was "
+                          "written")
+    if not all(np.isfinite(v).all() for v in got.values()):
+        raise ExportError("the converted file produced non-finite outputs on the example inputs; nothing was written")
+    shapes = {name: (got[name].shape, want.shape) for name, want in expected.items() if got[name].size != want.size}
+    if shapes:
+        name, (file_shape, model_shape) = next(iter(shapes.items()))
+        raise ExportError(f"the converted file's output {name!r} has shape {file_shape}, the model's {model_shape}; "
+                          "nothing was written")
+    worst = {name: disagreement(got[name], want.reshape(got[name].shape)) for name, want in expected.items()}
+    bound = dict.fromkeys(worst, TOLERANCE)
+    if reference is not None:
+        worst = {name: disagreement(got[name], ref.reshape(got[name].shape)) for name, ref in reference.items()}
+        bound = {name: TOLERANCE + disagreement(expected[name], ref) for name, ref in reference.items()}
+    name = max(worst, key=lambda k: worst[k] - bound[k])
+    if worst[name] > bound[name]:
+        against = "mixq's simulation" if reference is None else "mixq's weights at float activations"
+        raise ExportError(f"the converted {mode.replace('_', '-')} file disagrees with {against} on the example "
+                          f"inputs (output {name!r}: {worst[name]:.1%} relative RMS error, tolerance "
+                          f"{bound[name]:.1%}); nothing was written")
+    return max(worst.values())
