@@ -70,9 +70,22 @@ def test_an_example_shape_past_memory_is_refused(mixq_main, hf_dirs):
                                                "1000000000,16", "--output", "bad.onnx"], "TiB of memory, more than")
 
 
-def test_tflite_of_a_hugging_face_model_is_refused_before_loading(mixq_main, hf_dirs):
-    assert_one_line_error(mixq_main, hf_dirs, ["quantize", "--hf", "bert", "--mode", "dynamic", "--output",
-                                               "bad.tflite"], "takes its inputs by name", output="bad.tflite")
+def test_a_key_value_cache_decoder_to_tflite_is_refused_before_loading(mixq_main, hf_dirs):
+    assert_one_line_error(mixq_main, hf_dirs, ["quantize", "--hf", "llama", "--hf-task", "causal-lm", "--mode",
+                                               "dynamic", "--output", "bad.tflite"], "has no .tflite form",
+                          output="bad.tflite")
+
+
+def test_a_hugging_face_encoder_writes_a_dynamic_range_tflite_with_named_inputs(mixq_main, hf_dirs):
+    from mixq.export.tflite import inspect_tflite, litert_available
+
+    if not litert_available():
+        pytest.skip("LiteRT extra not installed")
+    code, _, err = mixq_main("quantize", "--hf", "bert", "--mode", "dynamic", "--output", "bert.tflite", cwd=hf_dirs)
+    assert code == 0, err
+    info = inspect_tflite(hf_dirs / "bert.tflite")
+    names = " ".join(info.inputs)
+    assert "input_ids" in names and "attention_mask" in names, names
 
 
 @pytest.mark.parametrize("arrays,message", [

@@ -1,9 +1,9 @@
 """Option and format combinations that cannot work, refused before any work (exit 2, one line).
 
 ``export_tflite`` would refuse each of these too, but only after quantization (exit 1, minutes later): integer
-inputs/outputs of a model that is not full-integer, weight-only layers (LiteRT has no form for them), example
-inputs given by name (a Hugging Face model's dict of token tensors), and static quantization of a model
-``torch.fx`` cannot trace (mixq then captures it in torch.export graph mode, which has no LiteRT lowering yet).
+inputs/outputs of a model that is not full-integer, weight-only layers (LiteRT has no form for them), a
+key/value-cache decoder, and static quantization of a model ``torch.fx`` cannot trace (mixq then captures it in
+torch.export graph mode, which has no LiteRT lowering yet).
 A ``--hf-task causal-lm`` model that returns no key/value cache is refused here too, not after quantization.
 """
 
@@ -28,9 +28,9 @@ def check_tflite_options(args: argparse.Namespace, fmt: str) -> None:
     if args.mode == "weight_only":
         raise CliError("LiteRT has no form for weight-only layers, so --mode weight_only cannot be written as "
                        ".tflite", "use --mode dynamic (int8 weights) or static for LiteRT, or write an .onnx file")
-    if getattr(args, "hf", None):
-        raise CliError("a Hugging Face model takes its inputs by name (input_ids, attention_mask), which mixq's "
-                       ".tflite export does not take yet", "write an .onnx file (--output MODEL.onnx)")
+    if getattr(args, "hf", None) and getattr(args, "hf_task", None) == "causal-lm":
+        raise CliError("a key/value-cache decoder (--hf-task causal-lm) has no .tflite form in mixq yet",
+                       "write an .onnx file (--output MODEL.onnx), which mixq.generate_onnx runs")
 
 
 def check_model(args: argparse.Namespace, fmt: str, model: nn.Module, example: Any) -> None:
@@ -49,9 +49,6 @@ def check_model(args: argparse.Namespace, fmt: str, model: nn.Module, example: A
                 from err
     if fmt != "tflite":
         return
-    if isinstance(example, dict):
-        raise CliError("the example inputs are a dict (inputs by name), which mixq's .tflite export does not take",
-                       "give --calib batches as tensors or tuples of tensors, or write an .onnx file")
     if args.mode == "static":
         from mixq.quant.graph import trace
 
