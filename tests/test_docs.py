@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,9 +179,14 @@ def prepare_inputs(blocks: list[Block], workdir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- the pages
+USER_MODULES = ("nets",)  # modules the pages write and import (a stale one from another test must not be used)
+
 @pytest.mark.parametrize(("page", "slow"), _page_params())
-def test_page_code_runs(page, slow, tmp_path, monkeypatch):
+def test_page_code_runs(page, slow, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
+    for name in USER_MODULES:  # another test's nets.py must not stand in for the page's, nor the page's for theirs
+        sys.modules.pop(name, None)
+        request.addfinalizer(lambda name=name: sys.modules.pop(name, None))
     blocks = [b for b in blocks_of(page) if b.language != "text" and "no-run" not in b.flags
               and (slow or "slow" not in b.flags)]
     prepare_inputs(blocks, tmp_path)

@@ -207,7 +207,7 @@ def _cli_choices(flag: str) -> tuple[str, ...]:
 
 
 def test_the_cli_lists_the_registered_modes_and_methods():
-    assert _cli_choices("--mode") == MODES
+    assert _cli_choices("--mode") == (*MODES, "fp32")  # fp32: the float baseline file, no quantization
     assert _cli_choices("--method") == methods.method_names()
 
 

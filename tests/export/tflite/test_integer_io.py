@@ -71,7 +71,8 @@ def test_qat_learned_scales_and_weights_are_stored_exactly(tmp_path):
                               torch.nn.Linear(8 * 12, 6))
     x = torch.randn(64, 3, 12, generator=torch.Generator().manual_seed(1))
     target = torch.randint(0, 6, (64,), generator=torch.Generator().manual_seed(2))
-    qat = mixq.prepare_qat(net, example_inputs=x[:8], learnable_scales=True)
+    # float_outputs=False: a full-integer file quantizes the logits too (a float-output layer has no LiteRT form)
+    qat = mixq.prepare_qat(net, example_inputs=x[:8], learnable_scales=True, float_outputs=False)
     opt = torch.optim.Adam(qat.parameters(), lr=1e-3)
     for i in range(0, 64, 16):
         opt.zero_grad()

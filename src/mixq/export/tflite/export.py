@@ -60,10 +60,13 @@ def _as_inputs(example_inputs: Any) -> tuple[tuple, dict[str, torch.Tensor]]:
 def _refuse_graph_mode(model: nn.Module) -> None:
     """Layers only torch.export graph mode makes have no verified LiteRT lowering: name the first."""
     for name, module in model.named_modules():
-        if isinstance(module, QuantizedMatMul) or (isinstance(module, QuantizedLinear) and module.y_scale is None):
-            raise ExportError(f"layer {name!r} comes from torch.export graph mode (integer attention, Linear "
-                              "outputs left float), which has no verified LiteRT lowering yet; export this model "
-                              "with mixq.export_onnx")
+        if isinstance(module, QuantizedMatMul):
+            raise ExportError(f"layer {name!r} is an integer attention MatMul from torch.export graph mode, which "
+                              "has no verified LiteRT lowering yet; export this model with mixq.export_onnx")
+        if isinstance(module, QuantizedLinear) and module.y_scale is None:
+            raise ExportError(f"layer {name!r} keeps a float output (a model output left float by QAT, or a "
+                              "torch.export graph-mode Linear), which a full-integer .tflite cannot express yet; "
+                              "prepare QAT with float_outputs=False, or export with mixq.export_onnx")
 
 
 def _litert_mode(model: nn.Module, modes: dict[str, str]) -> str:
