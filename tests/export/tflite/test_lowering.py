@@ -17,6 +17,7 @@ from mixq.quant.modules import (
     Float16Linear,
     QuantizedAdd,
     QuantizedConv,
+    QuantizedEmbedding,
     QuantizedLinear,
 )
 from mixq.quant.primitives import dequantize
@@ -56,6 +57,15 @@ def _rows() -> tuple[torch.Tensor, ...]:
     return (torch.randn(2, 32, generator=torch.Generator().manual_seed(1)),)
 
 
+def _ids() -> tuple[torch.Tensor, ...]:
+    return (torch.randint(0, 20, (2, 5), generator=torch.Generator().manual_seed(1)),)
+
+
+def _embedding() -> nn.Embedding:
+    torch.manual_seed(0)
+    return nn.Embedding(20, 8)
+
+
 def _pair() -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(1)
     return torch.randn(2, 16, generator=g), torch.randn(2, 16, generator=g)
@@ -81,13 +91,15 @@ CASES: dict[type, list[Case]] = {
                      lowering.Float16Weights, "float16")],
     Float16Conv: [("conv", lambda: Float16Conv.from_float(_conv(), QuantConfig("fp16")), _image,
                    lowering.Float16Weights, "float16")],
+    QuantizedEmbedding: [("table", lambda: QuantizedEmbedding.from_float(_embedding(), QuantConfig("dynamic")), _ids,
+                          lowering.Int8Embedding, None)],  # None: an int8 table fits a file of any mode
 }
 PARAMS = [pytest.param(*case[1:], id=f"{cls.__name__}-{case[0]}") for cls, cases in CASES.items() for case in cases]
 
 
 def test_every_registered_lowering_has_a_case():
     assert set(CASES) == set(lowering._TABLE)
-    assert {rule.mode for rule in lowering._TABLE.values()} <= set(lowering.LITERT_MODES)
+    assert {rule.mode for rule in lowering._TABLE.values()} - {None} <= set(lowering.LITERT_MODES)
 
 
 @pytest.mark.parametrize(("make", "inputs", "lowered_class", "mode"), PARAMS)
@@ -95,14 +107,14 @@ def test_lowering_keeps_mixqs_numbers(make, inputs, lowered_class, mode):
     model = Holder(make()).eval()
     args = inputs()
     lowered, modes = lowering.lower(model)
-    assert modes == {"op": mode}
+    assert modes == ({"op": mode} if mode is not None else {})
     assert type(lowered.op) is lowered_class
     assert type(model.op) is not lowered_class  # the model itself is left as it was
     with torch.no_grad():
         got, ref = lowered(*args), model(*args)
     if mode == "full_integer":  # Q/DQ in float vs mixq's integer kernel: at most one output step apart
         assert torch.all((got - ref).abs() <= float(model.op.y_scale) * (1 + 1e-4))
-    elif mode == "float16":  # the same upcast float16 weights, the same float computation
+    elif mode in ("float16", None):  # the same upcast weights (float16, or int8 rows times their scales)
         assert torch.equal(got, ref)
     else:  # dynamic range: the float layer holds mixq's int8 weight times its scale, exactly
         q = model.op.weight_t.t() if hasattr(model.op, "weight_t") else model.op.weight
