@@ -100,8 +100,10 @@ def test_dicts_and_tuples_of_tensors_are_resized_on_the_batch_axis():
     assert label == "1x3" and torch.equal(small["input_ids"], ids[:1]) and small["flag"] is True
     assert big["input_ids"].shape == (5, 3) and torch.equal(big["input_ids"][4], ids[0])
     assert big["attention_mask"].shape == (5, 3)
-    ((_, pair),) = deploy_examples((ids, ids.float()), [3])
-    assert isinstance(pair, tuple) and pair[1].shape == (3, 3)
+    ((_, triple),) = deploy_examples((ids, ids.float(), torch.tensor(0.5)), [3])
+    assert isinstance(triple, tuple) and triple[1].shape == (3, 3) and triple[2].shape == ()
+    with pytest.raises(ValueError, match="rows on dim 0"):
+        deploy_examples(torch.zeros(0, 3), [1])
 
 
 def test_the_latency_cost_is_the_mean_of_the_per_shape_ratios(outlier_case, monkeypatch):

@@ -114,9 +114,11 @@ def shape_label(batch: Any) -> str:
 def _resize(batch: Any, n: int) -> Any:
     """``batch`` with ``n`` rows on the batch axis (dim 0 of every tensor), repeating or slicing its rows."""
     if isinstance(batch, torch.Tensor):
-        if batch.dim() == 0 or batch.shape[0] == 0:
-            raise ValueError(f"deploy_shapes as batch sizes needs example tensors with a batch axis (dim 0 >= 1), "
-                             f"got shape {tuple(batch.shape)}; pass example inputs instead")
+        if batch.dim() == 0:
+            return batch  # no batch axis: the same for every batch size
+        if batch.shape[0] == 0:
+            raise ValueError(f"deploy_shapes as batch sizes needs example tensors with rows on dim 0, got shape "
+                             f"{tuple(batch.shape)}; pass example inputs instead")
         reps = -(-n // batch.shape[0])
         return batch.repeat(reps, *([1] * (batch.dim() - 1)))[:n].clone()
     if isinstance(batch, dict):
