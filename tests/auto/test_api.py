@@ -74,11 +74,13 @@ def test_a_model_that_quantizes_well_costs_at_most_one_extra_evaluation(objectiv
                           example_inputs=x[:8], config=FAST)
     report = result.report
     assert report.met and report.evaluations <= 3
-    names = [v.name for v in report.variants]
-    assert names == ["fp32", "all-int8", "chosen"] and all(v.size_bytes > 0 for v in report.variants)
+    names = [v.name for v in report.variants]  # mixq dynamic measured beside them (not evaluated: metric None)
+    assert names == ["fp32", "dynamic", "all-int8", "chosen"] and all(v.size_bytes > 0 for v in report.variants)
+    assert report.variants[1].metric is None
+    assert all(list(v.latency_by_shape) == ["1x64", "32x64"] for v in report.variants)  # default deploy shapes
     if objective == "size":
         assert report.evaluations == 2 and set(report.precisions.values()) == {"int8 minmax"}
-        assert report.variants[2].size_bytes < report.variants[0].size_bytes
+        assert report.variants[3].size_bytes < report.variants[0].size_bytes
     path = mixq.export_onnx(result.model, x[:2], tmp_path / "chosen.onnx")
     (out,) = ort_run(path, x[:16])
     assert out.shape == (16, 10)
@@ -256,7 +258,9 @@ def test_latency_keeps_float_what_int8_does_not_speed_up(outlier_case, monkeypat
     result = _auto(outlier_case, objective="latency")
     report = result.report
     assert any(n.startswith("fc1: int8 is not faster here") for n in report.notes)
-    assert any(n.startswith("latency probe: 3 distinct layer shapes") for n in report.notes)
+    # 3 layer shapes at each of the default deploy shapes (batch 1 and 32)
+    assert any(n.startswith("latency probe: 6 distinct layer shapes (deploy shapes 1x16, 32x16)")
+               for n in report.notes)
     assert report.layer_latency_ms == {"fc1": 0.4, "fc2": 0.3, "fc3": 0.3}
     assert report.steps[1].action == "int8 where it is faster, fp32 elsewhere"
     if whole_float:

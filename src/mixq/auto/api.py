@@ -6,10 +6,12 @@ probe, the search, the choice (QAT as the last resort) and the final measurement
 Cost, for ``L`` candidate layers (Linear/Conv and graph-mode adds), ``R`` rungs per ladder (at most 6) and ``S``
 sensitivity batches: one calibration pass (whatever ``L``); ``L x R`` single-layer conversions, each run on ``S``
 batches (no ``eval_fn`` calls); ``eval_fn`` calls: the fp32 baseline, the all-int8 check, up to
-``sensitivity_evals`` single-layer checks and one per search step, never more than ``max_evals`` in all; with
-``objective="latency"`` ``L + 3`` ONNX exports and ONNX Runtime timings, otherwise 3 (fp32, all-int8, chosen, for
-the report; ``measure=False`` skips them with ``objective="accuracy"``). Each search step moves one layer up one
-useful rung, so a search that must move ``k`` layers costs at most ``k x R`` evaluations and usually about ``k``.
+``sensitivity_evals`` single-layer checks and one per search step, never more than ``max_evals`` in all; per
+deploy shape (``deploy_shapes``, default batch 1 and 32), with ``objective="latency"`` up to ``2 L + 4`` ONNX exports
+and ONNX Runtime timings (each distinct layer shape in fp32 and int8, then the models), otherwise 4 (fp32, mixq
+dynamic, all-int8, chosen, for the report; ``measure=False`` skips them with ``objective="accuracy"``).
+Each search step moves one layer up one useful rung, so a search that must move ``k`` layers costs at most
+``k x R`` evaluations and usually about ``k``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +28,7 @@ from torch import nn
 from mixq.auto import pipeline
 from mixq.auto.evaluation import Evaluator
 from mixq.auto.latency import compare_layer
-from mixq.auto.measure import OrtMeter
+from mixq.auto.measure import Meters, OrtMeter, deploy_examples
 from mixq.auto.pipeline import Context, Options, Target, timed
 from mixq.auto.report import AutoQuantReport
 from mixq.auto.sensitivity import analyse
@@ -91,6 +93,7 @@ def autoquantize(
     config: QuantConfig | None = None,
     train_fn: Callable[[nn.Module], Any] | None = None,
     measure: bool = True,
+    deploy_shapes: Sequence[int] | Sequence[Batch] | None = None,
     progress: bool = False,
 ) -> AutoQuantResult:
     """Quantize ``model`` as far as ``eval_fn`` allows, choosing a precision per layer; ``model`` is not modified.
@@ -109,6 +112,13 @@ def autoquantize(
     it misses. With ``train_fn``, QAT fine-tuning (``mixq.prepare_qat``, one evaluation kept back for it) is the
     last resort. ``measure=False`` skips the ONNX Runtime measurements of the report with ``objective="accuracy"``
     (the other objectives always measure); ``progress`` shows calibration progress.
+    ``deploy_shapes``: the shapes the model will serve, timed for the latency probe, the final checks and the
+    report (which compares fp32, mixq dynamic, all-int8 static and the choice at each): a list of batch sizes (the
+    example repeated or sliced along dim 0 of every tensor, dicts of tensors alike; at most 4096, and 64 M elements)
+    or a list of example inputs used as given; default batch 1 and 32 at the example's other dimensions. The
+    latency objective keeps a layer (or the whole model) float only when int8 is significantly slower at one shape
+    at least and slower on the mean of the per-shape time ratios. Refused with ``measure=False`` and
+    ``objective="accuracy"``, where nothing is timed.
 
     Example::
 
@@ -118,11 +128,16 @@ def autoquantize(
     start_time = time.perf_counter()
     base = config or make_config("static")
     _check(model, max_drop, objective, max_evals, sensitivity_batches, base)
+    timed_at_all = measure or objective != "accuracy"
+    if deploy_shapes is not None and not timed_at_all:
+        raise ValueError("deploy_shapes has no effect with measure=False and objective='accuracy' (nothing is "
+                         "timed); drop it or pass measure=True")
     check_finite(model, "autoquantize")
     options = Options(objective, max_evals, sensitivity_evals, sensitivity_batches, min_gain_db, progress)
     evaluate = Evaluator(eval_fn, max_evals)
     probe, batches = split_first(calib_data)
     example = probe if example_inputs is None else example_inputs
+    shapes = deploy_examples(example, deploy_shapes) if timed_at_all else []
     target = Target.of(evaluate(model, "fp32"), max_drop, relative)
     seconds: dict[str, float] = {}
     with timed(seconds, "calibration"):
@@ -133,7 +148,7 @@ def autoquantize(
                              max_evals, sensitivity, seconds=seconds)
     ctx = Context(model, base, options, evaluate, target, example, calibration, report)
     int8_metric = pipeline.check_all_int8(ctx)
-    meter = OrtMeter(example) if (measure or objective != "accuracy") else None
+    meter = Meters.build(OrtMeter, shapes) if timed_at_all else None
     with timed(seconds, "latency_probe"):
         start = pipeline.probe_latency(ctx, meter, compare_layer)
     with timed(seconds, "search"):

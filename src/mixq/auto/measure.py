@@ -8,6 +8,7 @@ machine's load affects them alike. Size is the exported file's size in bytes.
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,3 +91,119 @@ class OrtMeter:
         if failed is not None:
             raise failed
         return {label: Measurement(timed[label].median_ms, sizes[label]) for label in models}  # type: ignore[union-attr]
+
+
+DEFAULT_DEPLOY_BATCHES = (1, 32)
+MAX_DEPLOY_BATCH = 4096
+MAX_DEPLOY_ELEMENTS = 1 << 26  # 64 M elements (256 MB of float32) across one deploy example's tensors
+
+
+def _tensors(batch: Any) -> list[torch.Tensor]:
+    if isinstance(batch, torch.Tensor):
+        return [batch]
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (tuple, list)) else ()
+    return [t for v in values for t in _tensors(v)]
+
+
+def shape_label(batch: Any) -> str:
+    """``1x128`` for a deploy example: the shape of its first tensor."""
+    tensors = _tensors(batch)
+    return "x".join(str(d) for d in tensors[0].shape) if tensors and tensors[0].dim() else "scalar"
+
+
+def _resize(batch: Any, n: int) -> Any:
+    """``batch`` with ``n`` rows on the batch axis (dim 0 of every tensor), repeating or slicing its rows."""
+    if isinstance(batch, torch.Tensor):
+        if batch.dim() == 0:
+            return batch  # no batch axis: the same for every batch size
+        if batch.shape[0] == 0:
+            raise ValueError(f"deploy_shapes as batch sizes needs example tensors with rows on dim 0, got shape "
+                             f"{tuple(batch.shape)}; pass example inputs instead")
+        reps = -(-n // batch.shape[0])
+        return batch.repeat(reps, *([1] * (batch.dim() - 1)))[:n].clone()
+    if isinstance(batch, dict):
+        return {k: _resize(v, n) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_resize(v, n) for v in batch)
+    return batch
+
+
+def deploy_examples(example: Any, deploy_shapes: Any) -> list[tuple[str, Any]]:
+    """The (label, example input) pairs to time at. ``deploy_shapes``: None (batch 1 and 32 built from ``example``),
+    a list of batch sizes (``example`` repeated or sliced along dim 0 of every tensor, dicts and tuples alike) or a
+    list of example inputs (used as given). Raises ValueError/TypeError in one line for anything else."""
+    if deploy_shapes is None:
+        deploy_shapes = list(DEFAULT_DEPLOY_BATCHES)
+    if isinstance(deploy_shapes, (torch.Tensor, dict, str, bytes, int)) or not isinstance(deploy_shapes,
+                                                                                         (list, tuple)):
+        raise TypeError(f"deploy_shapes must be a list of batch sizes or of example inputs, got "
+                        f"{type(deploy_shapes).__name__}")
+    if not deploy_shapes:
+        raise ValueError("deploy_shapes must not be empty (omit it for batch 1 and 32)")
+    ints = [isinstance(s, int) and not isinstance(s, bool) for s in deploy_shapes]
+    if all(ints):
+        bad = [s for s in deploy_shapes if not 1 <= s <= MAX_DEPLOY_BATCH]
+        if bad:
+            raise ValueError(f"deploy_shapes batch sizes must be between 1 and {MAX_DEPLOY_BATCH}, got {bad[0]}")
+        if len(set(deploy_shapes)) != len(deploy_shapes):
+            raise ValueError(f"deploy_shapes has repeated batch sizes: {list(deploy_shapes)}")
+        rows = {t.shape[0] for t in _tensors(example) if t.dim()}
+        per_row = sum(t.numel() // max(t.shape[0], 1) for t in _tensors(example) if t.dim())
+        if not rows:
+            raise ValueError("deploy_shapes as batch sizes needs an example input with tensors that have a batch "
+                             "axis; pass example inputs instead")
+        if per_row * max(deploy_shapes) > MAX_DEPLOY_ELEMENTS:
+            raise ValueError(f"deploy_shapes batch {max(deploy_shapes)} would build an example of "
+                             f"{per_row * max(deploy_shapes)} elements (limit {MAX_DEPLOY_ELEMENTS}); use a smaller "
+                             "batch size")
+        examples = [_resize(example, n) for n in deploy_shapes]
+    elif any(ints):
+        raise TypeError("deploy_shapes must be all batch sizes (ints) or all example inputs, not a mix")
+    else:
+        bad = next((s for s in deploy_shapes if not _tensors(s)), None)
+        if bad is not None or any(not isinstance(s, (torch.Tensor, dict, tuple, list)) for s in deploy_shapes):
+            raise TypeError("deploy_shapes example inputs must be tensors, dicts, tuples or lists of tensors, got "
+                            f"{type(bad if bad is not None else deploy_shapes[0]).__name__}")
+        examples = list(deploy_shapes)
+    labels = [shape_label(e) for e in examples]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"deploy_shapes has repeated shapes: {', '.join(labels)}")
+    return list(zip(labels, examples, strict=True))
+
+
+class Meters:
+    """One ``OrtMeter`` per deploy shape, used together: ``measure`` and ``compare`` answer per shape label."""
+
+    def __init__(self, meters: dict[str, Any], examples: dict[str, Any]) -> None:
+        self.meters, self.examples = meters, examples
+
+    @classmethod
+    def build(cls, make: Any, examples: list[tuple[str, Any]]) -> Meters:
+        """``make(example) -> OrtMeter`` for each (label, example) of ``deploy_examples``."""
+        return cls({label: make(example) for label, example in examples}, dict(examples))
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.meters)
+
+    def __enter__(self) -> Meters:
+        for m in self.meters.values():
+            m.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for m in self.meters.values():
+            m.__exit__(*exc)
+
+    def measure(self, models: dict[str, nn.Module]) -> dict[str, dict[str, Measurement]]:
+        """label -> deploy shape -> measurement."""
+        by_shape = {shape: meter.measure(models) for shape, meter in self.meters.items()}
+        return {label: {shape: by_shape[shape][label] for shape in self.meters} for label in models}
+
+    def compare(self, a: str, b: str) -> dict[str, Comparison]:
+        return {shape: meter.compare(a, b) for shape, meter in self.meters.items()}
+
+
+def mean_ratio(b_ms: list[float], a_ms: list[float]) -> float:
+    """Mean over deploy shapes of ``b``'s time over ``a``'s."""
+    return sum(b / a if a > 0 else math.inf for a, b in zip(a_ms, b_ms, strict=True)) / len(a_ms)

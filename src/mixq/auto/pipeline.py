@@ -2,10 +2,10 @@
 
 ``calibrate`` (one pass gathers every statistic) -> ``mixq.auto.sensitivity.analyse`` (per-layer, per-rung SQNR)
 -> ``check_all_int8`` -> ``probe_latency`` (where to start: int8, or fp32 where int8 is slower) -> ``search`` (the
-greedy climb) -> ``choose`` (the chosen model, QAT as the last resort) -> ``measure`` (fp32 vs all-int8 vs chosen on
-ONNX Runtime, with the latency objective's final checks) -> ``conclude`` (the verdict, a warning on a miss). The
-phases after calibration share one ``Context``: the model, the base config, the options, the evaluator, the target,
-the calibration and the report they fill in.
+greedy climb) -> ``choose`` (the chosen model, QAT as the last resort) -> ``measure`` (fp32 vs
+mixq dynamic vs all-int8 vs chosen on ONNX Runtime at each deploy shape, with the latency objective's final checks)
+-> ``conclude`` (the verdict, a warning on a miss). The phases after calibration share one ``Context``: the model,
+the base config, the options, the evaluator, the target, the calibration and the report they fill in.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from mixq.auto import qat_fallback
 from mixq.auto.evaluation import BudgetExhausted, Evaluator
 from mixq.auto.ladder import Rung, build_config, everything_float, ladder, only
 from mixq.auto.latency import PAIRS, Comparison, layer_inputs, signature
-from mixq.auto.measure import OrtMeter
+from mixq.auto.measure import Measurement, Meters, mean_ratio
 from mixq.auto.report import AutoQuantReport, ComparedModel, Step
 from mixq.auto.search import GreedySearch, Outcome
 from mixq.auto.sensitivity import quantized_layer
+from mixq.quant.api import quantize
 from mixq.quant.calibration import Batch
 from mixq.quant.conversion import convert_prepared
 from mixq.quant.modules import ObservedMatMul
@@ -188,44 +189,65 @@ def check_all_int8(ctx: Context) -> float:
 CompareLayer = Callable[..., Comparison]
 
 
-def probe_latency(ctx: Context, meter: OrtMeter | None, compare_layer: CompareLayer) -> Start:
-    """Phase 4 (``objective="latency"``, timed on ``meter``): layers whose int8 kernel is significantly slower than
-    float, timed alone at the shapes the example gives them (one paired comparison per distinct shape, see
-    ``mixq.auto.latency``), start fp32; ties stay int8. Other objectives start all int8. Whether the whole model
-    stays float is decided on the chosen model (``measure``)."""
-    if meter is None or ctx.options.objective != "latency" or not ctx.ladders:
+def slower_over_shapes(verdicts: list[Comparison]) -> bool:
+    """Whether ``b`` is slower than ``a`` over the deploy shapes: significantly slower at one shape at least
+    (``Comparison.a_faster``) and slower on the mean of the per-shape time ratios ``b/a`` (the cost of a model
+    deployed at all of them, each shape weighted alike; a max would let one shape's small loss veto a large gain at
+    the others). At one shape this is ``a_faster``."""
+    return (any(v.a_faster for v in verdicts)
+            and mean_ratio([v.b_ms for v in verdicts], [v.a_ms for v in verdicts]) > 1)
+
+
+def _at(shape: str, meters: Meters) -> str:
+    return f" at {shape}" if len(meters.labels) > 1 else ""
+
+
+def probe_latency(ctx: Context, meters: Meters | None, compare_layer: CompareLayer) -> Start:
+    """Phase 4 (``objective="latency"``, timed on ``meters``, one per deploy shape): layers whose int8 kernel is
+    slower than float over the deploy shapes (``slower_over_shapes``), timed alone at the shapes each deploy example
+    gives them (one paired comparison per distinct shape, see ``mixq.auto.latency``), start fp32; ties stay int8.
+    Other objectives start all int8. Whether the whole model stays float is decided on the chosen model
+    (``measure``)."""
+    if meters is None or ctx.options.objective != "latency" or not ctx.ladders:
         return Start(ctx.calibration.all_int8)
     prepared = ctx.calibration.prepared
     fp32_ref = convert_prepared(prepared, everything_float(ctx.base))
     layers = [n for n in ctx.ladders if n in prepared.observed or n in prepared.plain]
-    inputs = layer_inputs(fp32_ref, layers, ctx.example)
     verdicts: dict[tuple, Comparison] = {}
+    per_layer: dict[str, dict[str, Comparison]] = {}
+    for shape, example in meters.examples.items():
+        meter = meters.meters[shape]
+        inputs = layer_inputs(fp32_ref, layers, example)
+        for name in (n for n in layers if n in inputs):
+            float_layer = fp32_ref.get_submodule(name)
+            key = signature(float_layer, inputs[name])
+            if key not in verdicts:
+                int8_layer = quantized_layer(prepared, only(ctx.base, name, ctx.ladders[name][0]), name)
+                verdicts[key] = compare_layer(float_layer, int8_layer, inputs[name], meter.folder,
+                                              str(len(verdicts)), meter.threads)
+            per_layer.setdefault(name, {})[shape] = verdicts[key]
     start, slower = ctx.calibration.all_int8, set()
-    for name in (n for n in layers if n in inputs):
-        float_layer = fp32_ref.get_submodule(name)
-        key = signature(float_layer, inputs[name])
-        if key not in verdicts:
-            int8_layer = quantized_layer(prepared, only(ctx.base, name, ctx.ladders[name][0]), name)
-            verdicts[key] = compare_layer(float_layer, int8_layer, inputs[name], meter.folder, str(len(verdicts)),
-                                          meter.threads)
-        verdict = verdicts[key]
-        ctx.report.layer_latency_ms[name] = verdict.b_ms
-        if verdict.a_faster:
+    for name in (n for n in layers if n in per_layer):
+        by_shape = per_layer[name]
+        ctx.report.layer_latency_ms[name] = next(iter(by_shape.values())).b_ms  # the first deploy shape's
+        if slower_over_shapes(list(by_shape.values())):
             start[name] = len(ctx.ladders[name]) - 1
             slower.add(name)
-            ctx.report.notes.append(f"{name}: int8 is not faster here ({verdict.b_ms:.3f} ms int8 vs "
-                                    f"{verdict.a_ms:.3f} ms fp32 for the layer alone, won "
-                                    f"{verdict.pairs - verdict.b_wins} of {verdict.pairs} paired rounds); it starts "
-                                    "fp32")
-    ctx.report.notes.append(_probe_summary(list(verdicts.values())))
+            timings = "; ".join(f"{v.b_ms:.3f} ms int8 vs {v.a_ms:.3f} ms fp32{_at(s, meters)}"
+                                for s, v in by_shape.items())
+            rounds = ", ".join(f"{v.pairs - v.b_wins} of {v.pairs}" for v in by_shape.values())
+            ctx.report.notes.append(f"{name}: int8 is not faster here ({timings} for the layer alone, won {rounds} "
+                                    "paired rounds); it starts fp32")
+    ctx.report.notes.append(_probe_summary(list(verdicts.values()), meters.labels))
     return Start(start, frozenset(slower))
 
 
-def _probe_summary(verdicts: list[Comparison]) -> str:
+def _probe_summary(verdicts: list[Comparison], shapes: list[str]) -> str:
     faster = sum(v.b_faster for v in verdicts)
     slower = sum(v.a_faster for v in verdicts)
-    return (f"latency probe: {len(verdicts)} distinct layer shapes timed alone on ONNX Runtime in {PAIRS} paired "
-            f"rounds: int8 significantly faster for {faster}, slower for {slower}, a tie (kept int8) for "
+    over = f" (deploy shapes {', '.join(shapes)})" if len(shapes) > 1 else ""
+    return (f"latency probe: {len(verdicts)} distinct layer shapes{over} timed alone on ONNX Runtime in {PAIRS} "
+            f"paired rounds: int8 significantly faster for {faster}, slower for {slower}, a tie (kept int8) for "
             f"{len(verdicts) - faster - slower}")
 
 
@@ -288,47 +310,66 @@ def choose(ctx: Context, outcome: Outcome, int8_metric: float,
     return choice
 
 
-def measure(ctx: Context, meter: OrtMeter | None, choice: Choice, kept_fp32: list[str]) -> Choice:
-    """Phase 7: fp32 vs all-int8 vs chosen timed on ``meter`` (skipped without one); with the latency objective the
-    chosen model must beat fp32 (``_compare_variants``) and all-int8 (``_final_check``)."""
-    if meter is None:
+def measure(ctx: Context, meters: Meters | None, choice: Choice, kept_fp32: list[str]) -> Choice:
+    """Phase 7: fp32 vs mixq dynamic vs all-int8 vs chosen timed on ``meters`` at each deploy shape (skipped without
+    them); with the latency objective the chosen model must beat fp32 (``_compare_variants``) and all-int8
+    (``_final_check``) over the deploy shapes."""
+    if meters is None:
         return choice
-    with meter:
-        choice = _compare_variants(ctx, meter, choice)
+    with meters:
+        choice = _compare_variants(ctx, meters, choice)
         if ctx.options.objective == "latency" and choice.config is not None:
-            choice = _final_check(ctx, meter, choice, kept_fp32) or choice
+            choice = _final_check(ctx, meters, choice, kept_fp32) or choice
     return choice
 
 
-def _compare_variants(ctx: Context, meter: OrtMeter, choice: Choice) -> Choice:
-    """fp32 vs all-int8 vs chosen on ONNX Runtime (fills ``report.variants``); with the latency objective, a chosen
-    model that is not faster than fp32 gives way to the fp32 model."""
+VARIANTS = ("fp32", "dynamic", "all-int8", "chosen")
+
+
+def _compared(name: str, metric: float | None, times: dict[str, Measurement]) -> ComparedModel:
+    first = next(iter(times.values()))
+    return ComparedModel(name, metric, first.latency_ms, first.size_bytes,
+                         {shape: m.latency_ms for shape, m in times.items()})
+
+
+def _compare_variants(ctx: Context, meters: Meters, choice: Choice) -> Choice:
+    """fp32 vs mixq dynamic (``mixq.quantize(model, "dynamic")``, not evaluated: its metric is None) vs all-int8 vs
+    chosen on ONNX Runtime at each deploy shape (fills ``report.variants``); with the latency objective, a chosen
+    model that is not faster than fp32 on the mean of the per-shape time ratios gives way to the fp32 model."""
     report = ctx.report
     all_int8 = ctx.convert(ctx.calibration.all_int8)
-    times = meter.measure({"fp32": ctx.model, "all-int8": all_int8, "chosen": choice.model})
-    metrics = {v.name: v.metric for v in report.variants}
-    if (report.objective == "latency" and choice.config is not None
-            and times["chosen"].latency_ms >= times["fp32"].latency_ms):
-        report.notes.append(f"int8 does not make this model faster on ONNX Runtime here (chosen "
-                            f"{times['chosen'].latency_ms:.3f} ms vs fp32 {times['fp32'].latency_ms:.3f} ms): the "
+    dynamic = quantize(ctx.model, "dynamic", example_inputs=ctx.example, progress=False)
+    times = meters.measure({"fp32": ctx.model, "dynamic": dynamic, "all-int8": all_int8, "chosen": choice.model})
+    metrics: dict[str, float | None] = {v.name: v.metric for v in report.variants}
+    metrics["dynamic"] = None
+    shapes = meters.labels
+    ratio = mean_ratio([times["chosen"][s].latency_ms for s in shapes], [times["fp32"][s].latency_ms for s in shapes])
+    if report.objective == "latency" and choice.config is not None and ratio >= 1:
+        timings = "; ".join(f"chosen {times['chosen'][s].latency_ms:.3f} ms vs fp32 {times['fp32'][s].latency_ms:.3f} "
+                            f"ms{_at(s, meters)}" for s in shapes)
+        mean = f", mean time ratio {ratio:.2f}" if len(shapes) > 1 else ""
+        report.notes.append(f"int8 does not make this model faster on ONNX Runtime here ({timings}{mean}): the "
                             "whole model stays float")
         choice = Choice(copy.deepcopy(ctx.model).eval(), None, report.baseline)
         metrics["chosen"] = report.baseline
         report.precisions = {n: "fp32" for n in ctx.ladders}
         times["chosen"] = times["fp32"]
-    report.variants = [ComparedModel(name, metrics[name], times[name].latency_ms, times[name].size_bytes)
-                       for name in ("fp32", "all-int8", "chosen")]
+    report.variants = [_compared(name, metrics[name], times[name]) for name in VARIANTS]
     return choice
 
 
-def _final_check(ctx: Context, meter: OrtMeter, choice: Choice, kept_fp32: list[str]) -> Choice | None:
-    """The chosen model must be at least as fast as all-int8 (paired timing); if all-int8 is significantly faster,
-    the layers kept fp32 for latency go back to int8 when the metric still meets the target."""
+def _final_check(ctx: Context, meters: Meters, choice: Choice, kept_fp32: list[str]) -> Choice | None:
+    """The chosen model must be at least as fast as all-int8 (paired timing at each deploy shape); if all-int8 is
+    faster over the deploy shapes (``slower_over_shapes``), the layers kept fp32 for latency go back to int8 when
+    the metric still meets the target."""
     report = ctx.report
-    verdict = meter.compare("all-int8", "chosen")
-    report.notes.append(f"final check: chosen {verdict.b_ms:.3f} ms vs all-int8 {verdict.a_ms:.3f} ms on ONNX "
-                        f"Runtime ({verdict.pairs} paired rounds, chosen faster in {verdict.b_wins})")
-    if not verdict.a_faster or not kept_fp32 or ctx.evaluate.left < 1 or choice.assignment is None:
+    verdicts = meters.compare("all-int8", "chosen")
+    for shape, verdict in verdicts.items():
+        report.notes.append(f"final check: chosen {verdict.b_ms:.3f} ms vs all-int8 {verdict.a_ms:.3f} ms on ONNX "
+                            f"Runtime{_at(shape, meters)} ({verdict.pairs} paired rounds, chosen faster in "
+                            f"{verdict.b_wins})")
+    if (not slower_over_shapes(list(verdicts.values())) or not kept_fp32 or ctx.evaluate.left < 1
+            or choice.assignment is None):
         return None
     action = "layers kept fp32 for latency back to int8"
     candidate = ctx.convert({**choice.assignment, **{n: 0 for n in kept_fp32}})
@@ -337,10 +378,8 @@ def _final_check(ctx: Context, meter: OrtMeter, choice: Choice, kept_fp32: list[
     if not ctx.target.meets(metric):
         return None
     report.precisions.update({n: ctx.ladders[n][0].label for n in kept_fp32})
-    times = meter.measure({"chosen, int8 kept": candidate})["chosen, int8 kept"]
-    report.variants = [v if v.name != "chosen" else ComparedModel("chosen", metric, times.latency_ms,
-                                                                  times.size_bytes)
-                       for v in report.variants]
+    times = meters.measure({"chosen, int8 kept": candidate})["chosen, int8 kept"]
+    report.variants = [v if v.name != "chosen" else _compared("chosen", metric, times) for v in report.variants]
     report.notes.append(f"all-int8 was faster than the chosen model: {len(kept_fp32)} layers kept fp32 for "
                         "latency are int8 again (the metric still meets the target)")
     return Choice(candidate, candidate.mixq_config, metric, {**choice.assignment, **{n: 0 for n in kept_fp32}})

@@ -1,5 +1,6 @@
 """What ``mixq.autoquantize`` found and did: the sensitivity table, the search trace, the chosen precisions and
-fp32 vs all-int8 vs chosen; as a dict (JSON), Markdown and a PNG of per-layer sensitivity."""
+fp32 vs mixq dynamic vs all-int8 vs chosen at each deploy shape; as a dict (JSON), Markdown and a PNG of per-layer
+sensitivity."""
 
 from __future__ import annotations
 
@@ -26,13 +27,16 @@ class Step:
 
 @dataclass(frozen=True)
 class ComparedModel:
-    """One of the models the report compares (fp32, all-int8 or chosen): its metric and, when measured on ONNX
-    Runtime, latency (ms) and file size."""
+    """One of the models the report compares (fp32, dynamic, all-int8 or chosen): its metric (None for mixq dynamic,
+    which is measured but not evaluated) and, when measured on ONNX Runtime, latency (ms) at each deploy shape
+    (``latency_by_shape``, e.g. ``{"1x128": ..., "32x128": ...}``; ``latency_ms`` is the first deploy shape's) and
+    file size."""
 
     name: str
     metric: float | None
     latency_ms: float | None = None
     size_bytes: int | None = None
+    latency_by_shape: dict[str, float] = field(default_factory=dict)
 
 
 def _db(value: float) -> str:
@@ -72,7 +76,8 @@ class AutoQuantReport:
             "evaluations": self.evaluations, "max_evals": self.max_evals,
             "sensitivity": [r.to_dict() for r in self.sensitivity],
             "steps": [vars(s) for s in self.steps], "precisions": dict(self.precisions),
-            "variants": [vars(v) for v in self.variants], "layer_latency_ms": dict(self.layer_latency_ms),
+            "variants": [{**vars(v), "latency_by_shape": dict(v.latency_by_shape)} for v in self.variants],
+            "layer_latency_ms": dict(self.layer_latency_ms),
             "notes": list(self.notes), "seconds": dict(self.seconds),
         }
 
@@ -90,12 +95,27 @@ class AutoQuantReport:
         return "\n".join(lines) + "\n"
 
     def _variants_table(self) -> list[str]:
-        lines = ["| model | metric | Δ vs fp32 | ORT latency (ms) | ONNX size (KB) |", "|---|---:|---:|---:|---:|"]
+        """One latency column per deploy shape (one "ORT latency (ms)" column when there is one shape); a
+        ``vs dynamic`` time ratio per shape when the mixq dynamic row is there."""
+        shapes = list(dict.fromkeys(s for v in self.variants for s in v.latency_by_shape))
+        dynamic = next((v for v in self.variants if v.name == "dynamic" and v.latency_by_shape), None)
+        if len(shapes) > 1:
+            heads = [f"ORT ms @ {s}" for s in shapes] + ([f"vs dynamic @ {s}" for s in shapes] if dynamic else [])
+        else:
+            heads = ["ORT latency (ms)"] + (["vs dynamic"] if dynamic else [])
+        lines = ["| model | metric | Δ vs fp32 | " + " | ".join(heads) + " | ONNX size (KB) |",
+                 "|---|---:|---:|" + "---:|" * (len(heads) + 1)]
         for v in self.variants:
             delta = None if v.metric is None else v.metric - self.baseline
             size = None if v.size_bytes is None else v.size_bytes / 1024
-            lines.append(f"| {v.name} | {_num(v.metric, '.4f')} | {_num(delta, '+.4f')} | "
-                         f"{_num(v.latency_ms, '.3f')} | {_num(size, '.1f')} |")
+            times = [v.latency_by_shape.get(s) for s in shapes] if len(shapes) > 1 else [v.latency_ms]
+            cells = [_num(t, ".3f") for t in times]
+            if dynamic:
+                base = [dynamic.latency_by_shape.get(s) for s in shapes] if len(shapes) > 1 else [dynamic.latency_ms]
+                cells += [_num(None if t is None or not b else t / b, ".2f") + ("x" if t and b else "")
+                          for t, b in zip(times, base, strict=True)]
+            lines.append(f"| {v.name} | {_num(v.metric, '.4f')} | {_num(delta, '+.4f')} | " + " | ".join(cells)
+                         + f" | {_num(size, '.1f')} |")
         return lines
 
     def _sensitivity_section(self) -> list[str]:

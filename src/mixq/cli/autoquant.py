@@ -10,7 +10,7 @@ from typing import Any
 from mixq.cli.errors import CliError, first_line, output_file
 from mixq.cli.exporting import decoder_info, export_model
 from mixq.cli.formatting import HelpFormatter
-from mixq.cli.loading import add_model_options, input_files, load_callable, load_inputs
+from mixq.cli.loading import add_model_options, input_files, load_callable, load_inputs, parse_ints
 from mixq.cli.sidecar import write_sidecar
 from mixq.report.files import StagedOutputs
 
@@ -44,6 +44,10 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="what to minimise within the budget: ONNX Runtime latency here (default), file size, or "
                         "error")
     p.add_argument("--max-evals", type=int, default=16, metavar="N", help="calls of --eval in all (default 16)")
+    p.add_argument("--batch", default=None, metavar="B1,B2",
+                   help="batch sizes the model will serve, each timed for --objective latency and the report "
+                        "(fp32, mixq dynamic, all-int8 static and the choice side by side), built from the example "
+                        "along its first axis (default 1,32)")
     p.add_argument("--strict", action="store_true", help="exit 1 when no configuration meets the target")
     p.add_argument("--output", required=True, metavar="MODEL.onnx", help="ONNX file to write")
     p.set_defaults(run=run)
@@ -60,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if not (args.calib or args.calib_text):
         raise CliError("autoquant needs calibration data", "pass --calib DATA (or with --hf, --calib-text FILE: a "
                        "few hundred representative inputs)")
+    deploy = None if args.batch is None else parse_ints(args.batch, "--batch", "1,32")
     eval_fn = load_callable(args.eval, "--eval")
     model, batches, example = load_inputs(args)
     try:
@@ -67,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             warnings.simplefilter("always")
             result = mixq.autoquantize(model, batches, eval_fn, max_drop=args.max_drop, relative=args.relative,
                                        example_inputs=example, objective=args.objective, max_evals=args.max_evals,
-                                       progress=True)
+                                       deploy_shapes=deploy, progress=True)
     except mixq.EvalFnError as err:
         raise CliError(f"--eval {args.eval} failed: {first_line(err)}", "fix the metric function") from err
     except (ValueError, TypeError) as err:
