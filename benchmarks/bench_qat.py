@@ -76,7 +76,9 @@ def ort_check(qmodel: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, 
         (out,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})
     with torch.no_grad():
         ref = qmodel(x).numpy()
-    steps = np.abs(out - ref) / float(qmodel.fc.y_scale)
+    # QAT keeps the logits float by default (no output grid): steps of a 255-level grid over the output's range
+    step = float(qmodel.fc.y_scale) if qmodel.fc.y_scale is not None else float(ref.max() - ref.min()) / 255
+    steps = np.abs(out - ref) / step
     return {"ort_accuracy": float((out.argmax(1) == y.numpy()).mean()), "max_diff_steps": float(steps.max()),
             "integer_kernels": {k: ops[k] for k in sorted(INTEGER_KERNELS) if ops[k]}}
 
