@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,9 @@ from mixq.cli.loading import parse_ints
 from mixq.export.backend import get_format, runtime_for
 
 ROUNDS = 5  # timing rounds; each runs every file in turn
+BUDGET_S = 60.0  # default seconds for warm-up and timed runs (loading the files not counted)
+RUNS_FLOOR = 3  # the fewest timed runs a budget picks: medians and 90th percentiles of fewer mean little
+RUNS_CAP = 50  # the most: fast files are not timed for the whole budget
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -32,7 +38,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                                    "get the same inputs; with --batch a .tflite file gets inputs of its own "
                                    "signature (e.g. NHWC), with --shape / --inputs the ONNX files' arrays (by name, "
                                    "else by position). Inputs: floats are random normal, masks ones, token ids "
-                                   "random below the vocabulary size the graph indexes.",
+                                   "random below the vocabulary size the graph indexes. Run counts: one probe "
+                                   "call per file and column, then as many timed runs (3 to 50) as fit --budget, "
+                                   "unless --runs sets them.",
                        epilog="examples:\n  mixq bench fp32.onnx int8.onnx --batch 1,32 --threads 4\n"
                               "  mixq bench model.onnx model_int8.onnx model_int8.tflite --batch 1 --threads 2\n"
                               "  mixq bench bert_fp32.onnx bert_int8.onnx --shape input_ids=1x128 "
@@ -48,8 +56,14 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     shapes.add_argument("--inputs", metavar="FILE.npz", help="time on these arrays (one per ONNX input, by name)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="intra-op threads (default: ONNX Runtime's choice; LiteRT 2)")
-    p.add_argument("--runs", type=int, default=50, help="timed runs per model and shape (default 50)")
+    p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help=f"seconds for all warm-up and timed runs: each file and column gets the same number of timed "
+                        f"runs, as many as fit, {RUNS_FLOOR} to {RUNS_CAP} (default {BUDGET_S:.0f})")
+    p.add_argument("--runs", type=int, default=None,
+                   help="exactly this many timed runs per model and column, however long (instead of --budget)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (hidden anyway when stderr is "
+                                                              "not a terminal)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.set_defaults(run=run)
 
@@ -104,13 +118,16 @@ def _feeds(path: Path, session: Any, own: Any, setting: Setting, shared: dict[st
     return why if why is not None else cast_feeds(shared or {}, own)
 
 
-def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs: int, warmup: int,
-          progress: bool = True, sessions: list[Any] | None = None) -> list[dict[str, Any]]:
-    """One result dict per model: size and, per setting, the latency or why it could not be measured. Per setting,
-    every file is warmed up, then all are timed in ``ROUNDS`` interleaved rounds."""
-    from mixq.report import measure_interleaved
+def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs: int | None, warmup: int,
+          progress: bool = True, sessions: list[Any] | None = None,
+          budget: float | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """One result dict per model: size and, per setting, the latency or why it could not be measured; and the timed
+    runs per setting. Per setting, every file is warmed up, then all are timed in ``ROUNDS`` interleaved rounds of
+    ``runs`` calls in all, or (``runs`` None) as many as fit ``budget`` seconds, judged by one probe call each."""
     from mixq.report.feeds import graph_inputs, index_limits, synthesize
+    from mixq.report.latency import measure_interleaved, probe, runs_within
 
+    started = time.perf_counter()
     sessions = sessions or [load_session(path, threads) for path in paths]  # every file loads before any timing
     inputs = {k: graph_inputs(s) for k, (p, s) in enumerate(zip(paths, sessions, strict=True))
               if runtime_for(p).named_inputs}
@@ -122,30 +139,66 @@ def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs:
             limits[name] = limit if limits.get(name) is None else min(limits[name], limit or limits[name])
     results = [{"model": str(path), "size_bytes": path.stat().st_size, "latency": {}, "inputs": {}}
                for path in paths]
-    with tqdm(total=len(paths) * len(settings), desc="benchmarking", leave=False, disable=not progress) as steps:
-        for setting in settings:
-            shared = None
-            if inputs:  # in the named-input files' order (a .tflite file may take them by position)
-                given = setting.arrays or synthesize(reference, setting.shapes, limits)
-                shared = {i.name: given[i.name] for i in reference}
-            jobs = {}
-            for k, (path, session, entry) in enumerate(zip(paths, sessions, results, strict=True)):
-                feeds = _feeds(path, session, inputs.get(k), setting, shared)
-                if isinstance(feeds, str):
-                    entry["latency"][setting.key] = {"error": feeds}
-                    continue
-                jobs[k] = (session, feeds)
-                entry["inputs"][setting.key] = ({n: tuple(a.shape) for n, a in feeds.items()}
-                                                if runtime_for(path).named_inputs else dict(session.input_shapes))
-            for k, measured in measure_interleaved(jobs, runs, warmup, ROUNDS).items():
-                runtime = runtime_for(paths[k]).title
-                results[k]["latency"][setting.key] = (  # an error here: e.g. a shape the graph's ops cannot take
-                    {"error": f"{runtime} failed: {first_line(measured)}"} if isinstance(measured, Exception)
-                    else measured.to_dict())
-            steps.update(len(paths))
+    shared: dict[str, dict[str, np.ndarray] | None] = {}
+    for setting in settings:  # in the named-input files' order (a .tflite file may take them by position)
+        given = setting.arrays or synthesize(reference, setting.shapes, limits) if inputs else None
+        shared[setting.key] = {i.name: given[i.name] for i in reference} if given is not None else None
+
+    def failed(k: int, key: str, err: Exception) -> None:  # e.g. a shape the graph's ops cannot take
+        results[k]["latency"][key] = {"error": f"{runtime_for(paths[k]).title} failed: {first_line(err)}"}
+
+    def jobs_of(setting: Setting, files: range | list[int]) -> dict[int, tuple[Any, Any]]:
+        """``files``' sessions and inputs for ``setting``; a .tflite file is resized here, so right before timing."""
+        jobs = {}
+        for k in files:
+            path, session, entry = paths[k], sessions[k], results[k]
+            feeds = _feeds(path, session, inputs.get(k), setting, shared[setting.key])
+            if isinstance(feeds, str):
+                entry["latency"][setting.key] = {"error": feeds}
+                continue
+            jobs[k] = (session, feeds)
+            entry["inputs"][setting.key] = ({n: tuple(a.shape) for n, a in feeds.items()}
+                                            if runtime_for(path).named_inputs else dict(session.input_shapes))
+        return jobs
+
+    every = range(len(paths))
+    live = {st.key: list(every) for st in settings}  # the files each setting times
+    cost = dict.fromkeys(live, 0.0)  # seconds one call of every file takes, per setting (a first call each)
+    chosen: dict[str, int] = {}
+    noted = False
+    bar = tqdm(total=len(paths) * len(settings) * (warmup + (runs or RUNS_CAP) + (runs is None)), unit="call",
+               desc="benchmarking", leave=False, disable=not progress or not sys.stderr.isatty())
+    with bar:
+        for setting in settings if runs is None else ():
+            for k, seconds in probe(jobs_of(setting, every), tick=bar.update).items():
+                if isinstance(seconds, Exception):
+                    failed(k, setting.key, seconds)
+                else:
+                    cost[setting.key] += seconds
+            live[setting.key] = [k for k in every if "error" not in results[k]["latency"].get(setting.key, {})]
+        for i, setting in enumerate(settings):
+            key, n = setting.key, runs
+            if n is None:
+                assert budget is not None
+                left, rest = budget - (time.perf_counter() - started), sum(cost[st.key] for st in settings[i:])
+                n = runs_within(left, rest, warmup, RUNS_FLOOR, RUNS_CAP)
+                if (warmup + n) * rest > left and not noted:  # the floor does not fit: said once
+                    noted = True
+                    tqdm.write(f"mixq: note: the fewest runs ({warmup} warm-up, {n} timed per file and column) "
+                               f"take about {(warmup + n) * rest:.1f} s, more than the {max(left, 0):.1f} s left "
+                               f"of --budget {budget:g} s; timing them anyway", file=sys.stderr)
+                bar.total = bar.n + sum(len(live[st.key]) for st in settings[i:]) * (warmup + n)
+                bar.refresh()
+            chosen[key] = n
+            jobs = jobs_of(setting, live[key])
+            for k, measured in measure_interleaved(jobs, n, warmup, ROUNDS, tick=bar.update).items():
+                if isinstance(measured, Exception):
+                    failed(k, key, measured)
+                else:
+                    results[k]["latency"][key] = measured.to_dict()
     for entry in results:
         entry["inputs"] = {key: {n: list(v) for n, v in shapes.items()} for key, shapes in entry["inputs"].items()}
-    return results
+    return results, chosen
 
 
 def table(results: list[dict[str, Any]], settings: list[Setting]) -> str:
@@ -256,8 +309,14 @@ def run(args: argparse.Namespace) -> int:
     from mixq.report import atomic_write_text
 
     paths = [existing_file(m, "model") for m in args.models]
-    if args.runs < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
+    if (args.runs is not None and args.runs < 1) or args.warmup < 0 or (args.threads is not None and args.threads < 1):
         raise CliError("--runs and --threads must be >= 1 and --warmup >= 0", "pass e.g. --runs 50 --threads 2")
+    if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
+        raise CliError(f"--budget must be a positive number of seconds, not {args.budget:g}", "pass e.g. --budget 60")
+    if args.budget is not None and args.runs is not None:
+        raise CliError("--runs sets the timed runs and --budget picks them to fit a time; give one of them",
+                       "drop --runs to fit the budget, or --budget to time exactly --runs runs")
+    budget = (args.budget or BUDGET_S) if args.runs is None else None
     out = output_file(args.json, "--json", ".json", paths) if args.json else None
     if args.batch is not None:
         parse_ints(args.batch, "--batch", "1,32")
@@ -266,10 +325,17 @@ def run(args: argparse.Namespace) -> int:
     check_bench_inputs(settings, [s.input_shapes for p, s in zip(paths, sessions, strict=True)
                                   if not runtime_for(p).named_inputs])
     check_bench_values(settings, paths, sessions, "--inputs" if args.inputs else "--shape" if args.shape else None)
-    results = bench(paths, settings, args.threads, args.runs, args.warmup, sessions=sessions)
+    started = time.perf_counter()
+    results, runs = bench(paths, settings, args.threads, args.runs, args.warmup, progress=not args.no_progress,
+                          sessions=sessions, budget=budget)
+    took = time.perf_counter() - started
     print(table(results, settings))
+    fitted = f" (as many as fit --budget {budget:g} s)" if budget is not None else ""
+    print("timed runs per file: " + ", ".join(f"{st.header} {runs[st.key]}" for st in settings)
+          + f"{fitted}, after {args.warmup} warm-up; timing took {took:.1f} s")
     if out is not None:
-        data = {"threads": args.threads, "runs": args.runs, "warmup": args.warmup, "rounds": ROUNDS,
+        data = {"threads": args.threads, "budget_s": budget, "runs": runs, "warmup": args.warmup, "rounds": ROUNDS,
+                "seconds": round(took, 3),
                 "batches": [st.batch for st in settings] if not (args.shape or args.inputs) else None,
                 "shapes": {st.key: {k: list(v) for k, v in st.shapes.items()} for st in settings},
                 "inputs": args.inputs, "results": results}
