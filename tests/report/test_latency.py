@@ -66,17 +66,34 @@ def test_probe_times_one_call_each_and_reports_failures():
     assert isinstance(out["a"], float) and out["a"] >= 0 and isinstance(out["b"], RuntimeError)
 
 
-@pytest.mark.parametrize("seconds,per_call,warmup,expected", [
-    (10.0, 0.125, 5, 50),  # 80 calls fit: capped at 50
-    (4.0, 0.125, 5, 27),  # 32 calls fit, 5 of them warm-up
-    (0.5, 0.125, 5, 3),  # not even the floor fits: the floor
-    (-1.0, 0.125, 0, 3),  # the budget already spent
-    (1.0, 0.0, 5, 50),  # nothing left to time
+@pytest.mark.parametrize("seconds,per_run,expected", [
+    (10.0, 0.125, 50),  # 80 runs fit: capped at 50
+    (4.0, 0.125, 32),
+    (0.25, 0.125, 3),  # not even the floor fits: the floor
+    (-1.0, 0.125, 3),  # the budget already spent
+    (1.0, 0.0, 50),  # nothing left to time
 ])
-def test_runs_within_fits_the_budget_between_floor_and_cap(seconds, per_call, warmup, expected):
-    assert runs_within(seconds, per_call, warmup, floor=3, cap=50) == expected
+def test_runs_within_fits_the_budget_between_floor_and_cap(seconds, per_run, expected):
+    assert runs_within(seconds, per_run, floor=3, cap=50) == expected
 
 
 def test_runs_within_needs_an_ordered_floor_and_cap():
     with pytest.raises(ValueError, match="floor <= cap"):
-        runs_within(1.0, 0.1, 0, floor=5, cap=3)
+        runs_within(1.0, 0.1, floor=5, cap=3)
+
+
+def test_runs_picked_after_the_warm_up_from_its_last_calls():
+    log: list[str] = []
+    jobs = {k: (Recorder(k, log), {}) for k in ("a", "b")}
+    seen: list[dict] = []
+
+    def pick(warm: dict) -> int:
+        seen.append(warm)
+        assert log == ["a", "a", "b", "b"]  # after every warm-up call, before any timed one
+        return 3
+
+    out = measure_interleaved(jobs, runs=pick, warmup=2, rounds=2)
+    assert len(seen) == 1 and set(seen[0]) == {"a", "b"} and all(v >= 0 for v in seen[0].values())
+    assert all(v.runs == 3 for v in out.values()) and log.count("a") == 5
+    with pytest.raises(ValueError, match="runs must be >= 1, got 0"):
+        measure_interleaved(jobs, runs=lambda warm: 0, warmup=0)

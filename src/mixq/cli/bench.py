@@ -23,7 +23,10 @@ from mixq.cli.loading import parse_ints
 from mixq.export.backend import get_format, runtime_for
 
 ROUNDS = 5  # timing rounds; each runs every file in turn
-BUDGET_S = 60.0  # default seconds for warm-up and timed runs (loading the files not counted)
+WARMUP = 5  # untimed calls per file and column before the timed ones (with --budget: at most)
+BUDGET_S = 60.0  # default seconds for the whole command, loading the files included
+BUDGET_AIM = 0.95  # share of the budget the plan fills, for the jitter of the calls it did not time yet
+WARMUP_SHARE = 0.1  # with --budget, warm-up takes at most about this share of it (at least one call each)
 RUNS_FLOOR = 3  # the fewest timed runs a budget picks: medians and 90th percentiles of fewer mean little
 RUNS_CAP = 50  # the most: fast files are not timed for the whole budget
 
@@ -39,8 +42,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                                    "signature (e.g. NHWC), with --shape / --inputs the ONNX files' arrays (by name, "
                                    "else by position). Inputs: floats are random normal, masks ones, token ids "
                                    "random below the vocabulary size the graph indexes. Run counts: one probe "
-                                   "call per file and column, then as many timed runs (3 to 50) as fit --budget, "
-                                   "unless --runs sets them.",
+                                   "call per file and column, then 1 to 5 warm-up calls and as many timed runs "
+                                   "(3 to 50, re-planned after each warm-up) as fit --budget, unless --runs sets "
+                                   "them.",
                        epilog="examples:\n  mixq bench fp32.onnx int8.onnx --batch 1,32 --threads 4\n"
                               "  mixq bench model.onnx model_int8.onnx model_int8.tflite --batch 1 --threads 2\n"
                               "  mixq bench bert_fp32.onnx bert_int8.onnx --shape input_ids=1x128 "
@@ -57,11 +61,13 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="intra-op threads (default: ONNX Runtime's choice; LiteRT 2)")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
-                   help=f"seconds for all warm-up and timed runs: each file and column gets the same number of timed "
-                        f"runs, as many as fit, {RUNS_FLOOR} to {RUNS_CAP} (default {BUDGET_S:.0f})")
+                   help=f"seconds the command may take, loading included: each file and column gets the same number "
+                        f"of timed runs, as many as fit, {RUNS_FLOOR} to {RUNS_CAP} (default {BUDGET_S:.0f})")
     p.add_argument("--runs", type=int, default=None,
                    help="exactly this many timed runs per model and column, however long (instead of --budget)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help=f"untimed runs first (default {WARMUP}; with the budget, fewer for slow files: at most about "
+                        f"{WARMUP_SHARE:.0%} of it)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (hidden anyway when stderr is "
                                                               "not a terminal)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -118,16 +124,26 @@ def _feeds(path: Path, session: Any, own: Any, setting: Setting, shared: dict[st
     return why if why is not None else cast_feeds(shared or {}, own)
 
 
-def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs: int | None, warmup: int,
-          progress: bool = True, sessions: list[Any] | None = None,
-          budget: float | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """One result dict per model: size and, per setting, the latency or why it could not be measured; and the timed
-    runs per setting. Per setting, every file is warmed up, then all are timed in ``ROUNDS`` interleaved rounds of
-    ``runs`` calls in all, or (``runs`` None) as many as fit ``budget`` seconds, judged by one probe call each."""
+@dataclass(frozen=True)
+class Timing:
+    """The timed runs per file of each setting (by key) and the warm-up calls before them."""
+
+    runs: dict[str, int]
+    warmup: int
+
+
+def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs: int | None, warmup: int | None,
+          progress: bool = True, sessions: list[Any] | None = None, budget: float | None = None,
+          started: float | None = None) -> tuple[list[dict[str, Any]], Timing]:
+    """One result dict per model: size and, per setting, the latency or why it could not be measured; and the runs.
+    Per setting, every file is warmed up (``warmup`` calls, None: ``WARMUP``), then all are timed in ``ROUNDS``
+    interleaved rounds of ``runs`` calls in all, or (``runs`` None) as many as fit ``budget`` seconds from
+    ``started`` (a ``time.perf_counter()``, default now): one probe call of each file per setting sizes the warm-up
+    (None: at most ``WARMUP_SHARE`` of the budget) and, with each setting's last warm-up calls, its timed runs."""
     from mixq.report.feeds import graph_inputs, index_limits, synthesize
     from mixq.report.latency import measure_interleaved, probe, runs_within
 
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     sessions = sessions or [load_session(path, threads) for path in paths]  # every file loads before any timing
     inputs = {k: graph_inputs(s) for k, (p, s) in enumerate(zip(paths, sessions, strict=True))
               if runtime_for(p).named_inputs}
@@ -166,8 +182,33 @@ def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs:
     cost = dict.fromkeys(live, 0.0)  # seconds one call of every file takes, per setting (a first call each)
     chosen: dict[str, int] = {}
     noted = False
-    bar = tqdm(total=len(paths) * len(settings) * (warmup + (runs or RUNS_CAP) + (runs is None)), unit="call",
+    planned = WARMUP if warmup is None else warmup
+    bar = tqdm(total=len(paths) * len(settings) * (planned + (runs or RUNS_CAP) + (runs is None)), unit="call",
                desc="benchmarking", leave=False, disable=not progress or not sys.stderr.isatty())
+
+    def left() -> float:
+        assert budget is not None
+        return BUDGET_AIM * budget - (time.perf_counter() - started)
+
+    def plan(i: int, warm: dict[int, float]) -> int:
+        """Timed runs for ``settings[i]`` after its warm-up (``warm``: each file's last call, in seconds): the
+        same for every later setting, all within the budget, judged by the probe calls scaled to ``warm``."""
+        nonlocal noted
+        key, seconds = settings[i].key, left()
+        steady = sum(warm.values()) if warm else cost[key]
+        scale = steady / cost[key] if warm and cost[key] > 0 else 1.0
+        later = scale * sum(cost[st.key] for st in settings[i + 1:])  # their warm-up and timed runs still to come
+        n = runs_within(seconds - later * planned, steady + later, RUNS_FLOOR, RUNS_CAP)
+        need = (steady + later) * n + later * planned
+        if need > seconds and not noted:  # the floor does not fit: said once
+            noted = True
+            tqdm.write(f"mixq: note: the fewest timed runs ({n} per file and column) take about {need:.1f} s more, "
+                       f"past --budget {budget:g} s; timing them anyway", file=sys.stderr)
+        bar.total = bar.n + len(live[key]) * n + sum(len(live[st.key]) for st in settings[i + 1:]) * (planned + n)
+        bar.refresh()
+        chosen[key] = n
+        return n
+
     with bar:
         for setting in settings if runs is None else ():
             for k, seconds in probe(jobs_of(setting, every), tick=bar.update).items():
@@ -176,29 +217,23 @@ def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs:
                 else:
                     cost[setting.key] += seconds
             live[setting.key] = [k for k in every if "error" not in results[k]["latency"].get(setting.key, {})]
+        if runs is None and warmup is None:  # slow files: fewer warm-up calls, so that more are timed
+            total = sum(cost.values())
+            share = WARMUP_SHARE * (budget or BUDGET_S)
+            planned = max(1, min(WARMUP, int(share // total))) if total > 0 else WARMUP
         for i, setting in enumerate(settings):
-            key, n = setting.key, runs
-            if n is None:
-                assert budget is not None
-                left, rest = budget - (time.perf_counter() - started), sum(cost[st.key] for st in settings[i:])
-                n = runs_within(left, rest, warmup, RUNS_FLOOR, RUNS_CAP)
-                if (warmup + n) * rest > left and not noted:  # the floor does not fit: said once
-                    noted = True
-                    tqdm.write(f"mixq: note: the fewest runs ({warmup} warm-up, {n} timed per file and column) "
-                               f"take about {(warmup + n) * rest:.1f} s, more than the {max(left, 0):.1f} s left "
-                               f"of --budget {budget:g} s; timing them anyway", file=sys.stderr)
-                bar.total = bar.n + sum(len(live[st.key]) for st in settings[i:]) * (warmup + n)
-                bar.refresh()
-            chosen[key] = n
-            jobs = jobs_of(setting, live[key])
-            for k, measured in measure_interleaved(jobs, n, warmup, ROUNDS, tick=bar.update).items():
+            jobs = jobs_of(setting, live[setting.key])
+            n: Any = runs if runs is not None else (lambda warm, i=i: plan(i, warm))
+            if runs is not None:
+                chosen[setting.key] = runs
+            for k, measured in measure_interleaved(jobs, n, planned, ROUNDS, tick=bar.update).items():
                 if isinstance(measured, Exception):
-                    failed(k, key, measured)
+                    failed(k, setting.key, measured)
                 else:
-                    results[k]["latency"][key] = measured.to_dict()
+                    results[k]["latency"][setting.key] = measured.to_dict()
     for entry in results:
         entry["inputs"] = {key: {n: list(v) for n, v in shapes.items()} for key, shapes in entry["inputs"].items()}
-    return results, chosen
+    return results, Timing(chosen, planned)
 
 
 def table(results: list[dict[str, Any]], settings: list[Setting]) -> str:
@@ -309,7 +344,9 @@ def run(args: argparse.Namespace) -> int:
     from mixq.report import atomic_write_text
 
     paths = [existing_file(m, "model") for m in args.models]
-    if (args.runs is not None and args.runs < 1) or args.warmup < 0 or (args.threads is not None and args.threads < 1):
+    started = time.perf_counter()
+    if (args.runs is not None and args.runs < 1) or (args.warmup is not None and args.warmup < 0) or (
+            args.threads is not None and args.threads < 1):
         raise CliError("--runs and --threads must be >= 1 and --warmup >= 0", "pass e.g. --runs 50 --threads 2")
     if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
         raise CliError(f"--budget must be a positive number of seconds, not {args.budget:g}", "pass e.g. --budget 60")
@@ -325,16 +362,16 @@ def run(args: argparse.Namespace) -> int:
     check_bench_inputs(settings, [s.input_shapes for p, s in zip(paths, sessions, strict=True)
                                   if not runtime_for(p).named_inputs])
     check_bench_values(settings, paths, sessions, "--inputs" if args.inputs else "--shape" if args.shape else None)
-    started = time.perf_counter()
-    results, runs = bench(paths, settings, args.threads, args.runs, args.warmup, progress=not args.no_progress,
-                          sessions=sessions, budget=budget)
+    results, timing = bench(paths, settings, args.threads, args.runs, args.warmup, progress=not args.no_progress,
+                            sessions=sessions, budget=budget, started=started)
     took = time.perf_counter() - started
     print(table(results, settings))
     fitted = f" (as many as fit --budget {budget:g} s)" if budget is not None else ""
-    print("timed runs per file: " + ", ".join(f"{st.header} {runs[st.key]}" for st in settings)
-          + f"{fitted}, after {args.warmup} warm-up; timing took {took:.1f} s")
+    print("timed runs per file: " + ", ".join(f"{st.header} {timing.runs[st.key]}" for st in settings)
+          + f"{fitted}, after {timing.warmup} warm-up; took {took:.1f} s")
     if out is not None:
-        data = {"threads": args.threads, "budget_s": budget, "runs": runs, "warmup": args.warmup, "rounds": ROUNDS,
+        data = {"threads": args.threads, "budget_s": budget, "runs": timing.runs, "warmup": timing.warmup,
+                "rounds": ROUNDS,
                 "seconds": round(took, 3),
                 "batches": [st.batch for st in settings] if not (args.shape or args.inputs) else None,
                 "shapes": {st.key: {k: list(v) for k, v in st.shapes.items()} for st in settings},

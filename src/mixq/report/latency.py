@@ -78,29 +78,39 @@ def measure_latency(session: Any, feeds: dict[str, np.ndarray], runs: int = 50, 
     return Latency(int(batch), float(np.median(times)), float(np.percentile(times, 90)), runs)
 
 
-def measure_interleaved(jobs: Mapping[K, tuple[Any, Mapping[Any, np.ndarray]]], runs: int = 50, warmup: int = 5,
-                        rounds: int = 5, *, tick: Callable[[], object] | None = None) -> dict[K, Latency | Exception]:
+def measure_interleaved(jobs: Mapping[K, tuple[Any, Mapping[Any, np.ndarray]]],
+                        runs: int | Callable[[dict[K, float]], int] = 50, warmup: int = 5, rounds: int = 5, *,
+                        tick: Callable[[], object] | None = None) -> dict[K, Latency | Exception]:
     """Time several ``(session, feeds)`` jobs side by side: warm each up, then ``rounds`` rounds that each run every
     job in turn (``runs`` timed calls per job in all), so machine load and clock drift hit every job alike.
 
     A job whose warm-up or a timed call raises maps to that exception (the others are timed on); the rest map to
-    their median and 90th-percentile latency. ``tick`` (e.g. a progress bar's) is called after every call, warm-up
-    or timed, outside the timed span.
+    their median and 90th-percentile latency. ``runs`` may be a function that picks the count after the warm-up,
+    given the seconds of each warmed-up job's last warm-up call (none when ``warmup`` is 0). ``tick`` (e.g. a
+    progress bar's) is called after every call, warm-up or timed, outside the timed span.
     """
-    if runs < 1:
+    if not callable(runs) and runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
     results: dict[K, Latency | Exception] = {}
     live = {}
+    warm: dict[K, float] = {}
     for key, (session, feeds) in jobs.items():
         try:
             for _ in range(warmup):
+                start = time.perf_counter()
                 session.run(None, feeds)
+                warm[key] = time.perf_counter() - start
                 if tick is not None:
                     tick()
         except Exception as err:  # reported per job
             results[key] = err
+            warm.pop(key, None)
         else:
             live[key] = (session, feeds)
+    if callable(runs):
+        runs = runs(warm)
+        if runs < 1:
+            raise ValueError(f"runs must be >= 1, got {runs}")
     times: dict[K, list[float]] = {key: [] for key in live}
     rounds = max(1, min(rounds, runs))
     for r in range(rounds):
@@ -139,11 +149,10 @@ def probe(jobs: Mapping[K, tuple[Any, Any]], tick: Callable[[], object] | None =
     return seconds
 
 
-def runs_within(seconds: float, per_call: float, warmup: int, floor: int, cap: int) -> int:
-    """Timed runs per job that fit ``seconds`` after ``warmup`` untimed ones, where one call of every job takes
-    ``per_call`` seconds in all: between ``floor`` and ``cap``; ``floor`` even when that does not fit (the caller
-    says so)."""
+def runs_within(seconds: float, per_run: float, floor: int, cap: int) -> int:
+    """How many runs of ``per_run`` seconds fit ``seconds``: between ``floor`` and ``cap``; ``floor`` even when that
+    does not fit (the caller says so)."""
     if floor < 1 or cap < floor:
         raise ValueError(f"need 1 <= floor <= cap, got floor={floor}, cap={cap}")
-    fit = int(seconds // per_call) - warmup if per_call > 0 else cap
+    fit = int(seconds // per_run) if per_run > 0 else cap
     return max(floor, min(cap, fit))
