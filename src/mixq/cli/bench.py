@@ -41,10 +41,10 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                                    "get the same inputs; with --batch a .tflite file gets inputs of its own "
                                    "signature (e.g. NHWC), with --shape / --inputs the ONNX files' arrays (by name, "
                                    "else by position). Inputs: floats are random normal, masks ones, token ids "
-                                   "random below the vocabulary size the graph indexes. Run counts: one probe "
-                                   "call per file and column, then 1 to 5 warm-up calls and as many timed runs "
-                                   "(3 to 50, re-planned after each warm-up) as fit --budget, unless --runs sets "
-                                   "them.",
+                                   "random below the vocabulary size the graph indexes. Run counts: unless --runs "
+                                   "sets them, one probe call per file and column, then per column the warm-up and "
+                                   "as many timed runs per file as fit --budget (3 to 50, planned after the "
+                                   "warm-up from its last calls; 3 even past the budget, with a note).",
                        epilog="examples:\n  mixq bench fp32.onnx int8.onnx --batch 1,32 --threads 4\n"
                               "  mixq bench model.onnx model_int8.onnx model_int8.tflite --batch 1 --threads 2\n"
                               "  mixq bench bert_fp32.onnx bert_int8.onnx --shape input_ids=1x128 "
@@ -61,13 +61,13 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="intra-op threads (default: ONNX Runtime's choice; LiteRT 2)")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
-                   help=f"seconds the command may take, loading included: each file and column gets the same number "
-                        f"of timed runs, as many as fit, {RUNS_FLOOR} to {RUNS_CAP} (default {BUDGET_S:.0f})")
+                   help=f"seconds the command may take, loading the files included: as many timed runs per file "
+                        f"as fit, {RUNS_FLOOR} to {RUNS_CAP} (default {BUDGET_S:.0f})")
     p.add_argument("--runs", type=int, default=None,
                    help="exactly this many timed runs per model and column, however long (instead of --budget)")
     p.add_argument("--warmup", type=int, default=None,
                    help=f"untimed runs first (default {WARMUP}; with the budget, fewer for slow files: at most about "
-                        f"{WARMUP_SHARE:.0%} of it)")
+                        f"{WARMUP_SHARE * 100:.0f}%% of it)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (hidden anyway when stderr is "
                                                               "not a terminal)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
