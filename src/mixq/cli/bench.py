@@ -126,10 +126,12 @@ def _feeds(path: Path, session: Any, own: Any, setting: Setting, shared: dict[st
 
 @dataclass(frozen=True)
 class Timing:
-    """The timed runs per file of each setting (by key) and the warm-up calls before them."""
+    """The timed runs per file of each setting (by key), the warm-up calls before them, and whether the fewest runs
+    a budget allows (``RUNS_FLOOR``) did not fit it."""
 
     runs: dict[str, int]
     warmup: int
+    over_budget: bool = False
 
 
 def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs: int | None, warmup: int | None,
@@ -233,7 +235,7 @@ def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs:
                     results[k]["latency"][setting.key] = measured.to_dict()
     for entry in results:
         entry["inputs"] = {key: {n: list(v) for n, v in shapes.items()} for key, shapes in entry["inputs"].items()}
-    return results, Timing(chosen, planned)
+    return results, Timing(chosen, planned, noted)
 
 
 def table(results: list[dict[str, Any]], settings: list[Setting]) -> str:
@@ -366,13 +368,13 @@ def run(args: argparse.Namespace) -> int:
                             sessions=sessions, budget=budget, started=started)
     took = time.perf_counter() - started
     print(table(results, settings))
-    fitted = f" (as many as fit --budget {budget:g} s)" if budget is not None else ""
+    fitted = ("" if budget is None else f" (the fewest; they did not fit --budget {budget:g} s)"
+              if timing.over_budget else f" (as many as fit --budget {budget:g} s)")
     print("timed runs per file: " + ", ".join(f"{st.header} {timing.runs[st.key]}" for st in settings)
           + f"{fitted}, after {timing.warmup} warm-up; took {took:.1f} s")
     if out is not None:
-        data = {"threads": args.threads, "budget_s": budget, "runs": timing.runs, "warmup": timing.warmup,
-                "rounds": ROUNDS,
-                "seconds": round(took, 3),
+        data = {"threads": args.threads, "budget_s": budget, "over_budget": timing.over_budget, "runs": timing.runs,
+                "warmup": timing.warmup, "rounds": ROUNDS, "seconds": round(took, 3),
                 "batches": [st.batch for st in settings] if not (args.shape or args.inputs) else None,
                 "shapes": {st.key: {k: list(v) for k, v in st.shapes.items()} for st in settings},
                 "inputs": args.inputs, "results": results}
