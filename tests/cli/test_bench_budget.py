@@ -100,3 +100,31 @@ def test_progress_bar_on_a_terminal_only(mixq_main, files, monkeypatch, hide):
 def test_no_progress_bar_when_stderr_is_not_a_terminal(mixq_main, files):
     code, _, err = mixq_main("bench", "a.onnx", "--batch", "1", "--runs", "3", cwd=files)
     assert code == 0 and "benchmarking" not in err
+
+
+class Slow:
+    """An ONNX Runtime session that takes at least 50 ms a call."""
+
+    def __init__(self, session: object) -> None:
+        self._session = session
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._session, name)
+
+    def run(self, outputs: object, feeds: object) -> object:
+        time.sleep(0.05)
+        return self._session.run(outputs, feeds)
+
+
+def test_slow_files_get_fewer_runs_and_warm_up_calls(mixq_main, files, monkeypatch):
+    from mixq.cli import bench
+
+    load = bench.load_session
+    monkeypatch.setattr(bench, "load_session", lambda path, threads: Slow(load(path, threads)))
+    code, out, err = mixq_main("bench", "a.onnx", "b.onnx", "--batch", "1", "--budget", "2", "--json", "s.json",
+                               cwd=files)
+    assert code == 0, err
+    data = json.loads((files / "s.json").read_text())
+    # a round of both files takes >= 0.1 s: 50 runs would take 5 s, 5 warm-up calls a quarter of the budget
+    assert 3 <= data["runs"]["1"] < 20 and 1 <= data["warmup"] <= 2, data
+    assert data["seconds"] < 20  # generous: the plan aims at 1.9 s
