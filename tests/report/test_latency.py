@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mixq.report import Latency, measure_interleaved
+from mixq.report.latency import probe, runs_within
 
 
 class Recorder:
@@ -46,3 +47,53 @@ def test_a_failing_job_is_reported_and_the_others_are_timed(fail_at):
 def test_runs_must_be_positive():
     with pytest.raises(ValueError, match="runs must be >= 1"):
         measure_interleaved({}, runs=0)
+
+
+def test_tick_follows_every_call_warm_up_included():
+    log: list[str] = []
+    ticks: list[int] = []
+    jobs = {k: (Recorder(k, log), {}) for k in ("a", "b")}
+    measure_interleaved(jobs, runs=4, warmup=2, rounds=2, tick=lambda: ticks.append(len(log)))
+    assert ticks == list(range(1, 13))  # 2 jobs x (2 warm-up + 4 timed), one tick after each call
+
+
+def test_probe_times_one_call_each_and_reports_failures():
+    log: list[str] = []
+    jobs = {k: (Recorder(k, log, 1 if k == "b" else None), {}) for k in ("a", "b")}
+    ticks: list[None] = []
+    out = probe(jobs, tick=lambda: ticks.append(None))
+    assert log == ["a"] and len(ticks) == 2
+    assert isinstance(out["a"], float) and out["a"] >= 0 and isinstance(out["b"], RuntimeError)
+
+
+@pytest.mark.parametrize("seconds,per_run,expected", [
+    (10.0, 0.125, 50),  # 80 runs fit: capped at 50
+    (4.0, 0.125, 32),
+    (0.25, 0.125, 3),  # not even the floor fits: the floor
+    (-1.0, 0.125, 3),  # the budget already spent
+    (1.0, 0.0, 50),  # nothing left to time
+])
+def test_runs_within_fits_the_budget_between_floor_and_cap(seconds, per_run, expected):
+    assert runs_within(seconds, per_run, floor=3, cap=50) == expected
+
+
+def test_runs_within_needs_an_ordered_floor_and_cap():
+    with pytest.raises(ValueError, match="floor <= cap"):
+        runs_within(1.0, 0.1, floor=5, cap=3)
+
+
+def test_runs_picked_after_the_warm_up_from_its_last_calls():
+    log: list[str] = []
+    jobs = {k: (Recorder(k, log), {}) for k in ("a", "b")}
+    seen: list[dict] = []
+
+    def pick(warm: dict) -> int:
+        seen.append(warm)
+        assert log == ["a", "a", "b", "b"]  # after every warm-up call, before any timed one
+        return 3
+
+    out = measure_interleaved(jobs, runs=pick, warmup=2, rounds=2)
+    assert len(seen) == 1 and set(seen[0]) == {"a", "b"} and all(v >= 0 for v in seen[0].values())
+    assert all(v.runs == 3 for v in out.values()) and log.count("a") == 5
+    with pytest.raises(ValueError, match="runs must be >= 1, got 0"):
+        measure_interleaved(jobs, runs=lambda warm: 0, warmup=0)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,12 @@ from mixq.cli.loading import parse_ints
 from mixq.export.backend import get_format, runtime_for
 
 ROUNDS = 5  # timing rounds; each runs every file in turn
+WARMUP = 5  # untimed calls per file and column before the timed ones (with --budget: at most)
+BUDGET_S = 60.0  # default seconds for the whole command, loading the files included
+BUDGET_AIM = 0.95  # share of the budget the plan fills, for the jitter of the calls it did not time yet
+WARMUP_SHARE = 0.1  # with --budget, warm-up takes at most about this share of it (at least one call each)
+RUNS_FLOOR = 3  # the fewest timed runs a budget picks: medians and 90th percentiles of fewer mean little
+RUNS_CAP = 50  # the most: fast files are not timed for the whole budget
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -32,7 +41,10 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                                    "get the same inputs; with --batch a .tflite file gets inputs of its own "
                                    "signature (e.g. NHWC), with --shape / --inputs the ONNX files' arrays (by name, "
                                    "else by position). Inputs: floats are random normal, masks ones, token ids "
-                                   "random below the vocabulary size the graph indexes.",
+                                   "random below the vocabulary size the graph indexes. Run counts: unless --runs "
+                                   "sets them, one probe call per file and column, then per column the warm-up and "
+                                   "as many timed runs per file as fit --budget (3 to 50, planned after the "
+                                   "warm-up from its last calls; 3 even past the budget, with a note).",
                        epilog="examples:\n  mixq bench fp32.onnx int8.onnx --batch 1,32 --threads 4\n"
                               "  mixq bench model.onnx model_int8.onnx model_int8.tflite --batch 1 --threads 2\n"
                               "  mixq bench bert_fp32.onnx bert_int8.onnx --shape input_ids=1x128 "
@@ -48,8 +60,16 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     shapes.add_argument("--inputs", metavar="FILE.npz", help="time on these arrays (one per ONNX input, by name)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="intra-op threads (default: ONNX Runtime's choice; LiteRT 2)")
-    p.add_argument("--runs", type=int, default=50, help="timed runs per model and shape (default 50)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help=f"seconds the command may take, loading the files included: as many timed runs per file "
+                        f"as fit, {RUNS_FLOOR} to {RUNS_CAP} (default {BUDGET_S:.0f})")
+    p.add_argument("--runs", type=int, default=None,
+                   help="exactly this many timed runs per model and column, however long (instead of --budget)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help=f"untimed runs first (default {WARMUP}; with the budget, fewer for slow files: at most about "
+                        f"{WARMUP_SHARE * 100:.0f}%% of it)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (hidden anyway when stderr is "
+                                                              "not a terminal)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.set_defaults(run=run)
 
@@ -104,13 +124,28 @@ def _feeds(path: Path, session: Any, own: Any, setting: Setting, shared: dict[st
     return why if why is not None else cast_feeds(shared or {}, own)
 
 
-def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs: int, warmup: int,
-          progress: bool = True, sessions: list[Any] | None = None) -> list[dict[str, Any]]:
-    """One result dict per model: size and, per setting, the latency or why it could not be measured. Per setting,
-    every file is warmed up, then all are timed in ``ROUNDS`` interleaved rounds."""
-    from mixq.report import measure_interleaved
-    from mixq.report.feeds import graph_inputs, index_limits, synthesize
+@dataclass(frozen=True)
+class Timing:
+    """The timed runs per file of each setting (by key), the warm-up calls before them, and whether the fewest runs
+    a budget allows (``RUNS_FLOOR``) did not fit it."""
 
+    runs: dict[str, int]
+    warmup: int
+    over_budget: bool = False
+
+
+def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs: int | None, warmup: int | None,
+          progress: bool = True, sessions: list[Any] | None = None, budget: float | None = None,
+          started: float | None = None) -> tuple[list[dict[str, Any]], Timing]:
+    """One result dict per model: size and, per setting, the latency or why it could not be measured; and the runs.
+    Per setting, every file is warmed up (``warmup`` calls, None: ``WARMUP``), then all are timed in ``ROUNDS``
+    interleaved rounds of ``runs`` calls in all, or (``runs`` None) as many as fit ``budget`` seconds from
+    ``started`` (a ``time.perf_counter()``, default now): one probe call of each file per setting sizes the warm-up
+    (None: at most ``WARMUP_SHARE`` of the budget) and, with each setting's last warm-up calls, its timed runs."""
+    from mixq.report.feeds import graph_inputs, index_limits, synthesize
+    from mixq.report.latency import measure_interleaved, probe, runs_within
+
+    started = time.perf_counter() if started is None else started
     sessions = sessions or [load_session(path, threads) for path in paths]  # every file loads before any timing
     inputs = {k: graph_inputs(s) for k, (p, s) in enumerate(zip(paths, sessions, strict=True))
               if runtime_for(p).named_inputs}
@@ -122,30 +157,85 @@ def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs:
             limits[name] = limit if limits.get(name) is None else min(limits[name], limit or limits[name])
     results = [{"model": str(path), "size_bytes": path.stat().st_size, "latency": {}, "inputs": {}}
                for path in paths]
-    with tqdm(total=len(paths) * len(settings), desc="benchmarking", leave=False, disable=not progress) as steps:
-        for setting in settings:
-            shared = None
-            if inputs:  # in the named-input files' order (a .tflite file may take them by position)
-                given = setting.arrays or synthesize(reference, setting.shapes, limits)
-                shared = {i.name: given[i.name] for i in reference}
-            jobs = {}
-            for k, (path, session, entry) in enumerate(zip(paths, sessions, results, strict=True)):
-                feeds = _feeds(path, session, inputs.get(k), setting, shared)
-                if isinstance(feeds, str):
-                    entry["latency"][setting.key] = {"error": feeds}
-                    continue
-                jobs[k] = (session, feeds)
-                entry["inputs"][setting.key] = ({n: tuple(a.shape) for n, a in feeds.items()}
-                                                if runtime_for(path).named_inputs else dict(session.input_shapes))
-            for k, measured in measure_interleaved(jobs, runs, warmup, ROUNDS).items():
-                runtime = runtime_for(paths[k]).title
-                results[k]["latency"][setting.key] = (  # an error here: e.g. a shape the graph's ops cannot take
-                    {"error": f"{runtime} failed: {first_line(measured)}"} if isinstance(measured, Exception)
-                    else measured.to_dict())
-            steps.update(len(paths))
+    shared: dict[str, dict[str, np.ndarray] | None] = {}
+    for setting in settings:  # in the named-input files' order (a .tflite file may take them by position)
+        given = setting.arrays or synthesize(reference, setting.shapes, limits) if inputs else None
+        shared[setting.key] = {i.name: given[i.name] for i in reference} if given is not None else None
+
+    def failed(k: int, key: str, err: Exception) -> None:  # e.g. a shape the graph's ops cannot take
+        results[k]["latency"][key] = {"error": f"{runtime_for(paths[k]).title} failed: {first_line(err)}"}
+
+    def jobs_of(setting: Setting, files: range | list[int]) -> dict[int, tuple[Any, Any]]:
+        """``files``' sessions and inputs for ``setting``; a .tflite file is resized here, so right before timing."""
+        jobs = {}
+        for k in files:
+            path, session, entry = paths[k], sessions[k], results[k]
+            feeds = _feeds(path, session, inputs.get(k), setting, shared[setting.key])
+            if isinstance(feeds, str):
+                entry["latency"][setting.key] = {"error": feeds}
+                continue
+            jobs[k] = (session, feeds)
+            entry["inputs"][setting.key] = ({n: tuple(a.shape) for n, a in feeds.items()}
+                                            if runtime_for(path).named_inputs else dict(session.input_shapes))
+        return jobs
+
+    every = range(len(paths))
+    live = {st.key: list(every) for st in settings}  # the files each setting times
+    cost = dict.fromkeys(live, 0.0)  # seconds one call of every file takes, per setting (a first call each)
+    chosen: dict[str, int] = {}
+    noted = False
+    planned = WARMUP if warmup is None else warmup
+    bar = tqdm(total=len(paths) * len(settings) * (planned + (runs or RUNS_CAP) + (runs is None)), unit="call",
+               desc="benchmarking", leave=False, disable=not progress or not sys.stderr.isatty())
+
+    def left() -> float:
+        assert budget is not None
+        return BUDGET_AIM * budget - (time.perf_counter() - started)
+
+    def plan(i: int, warm: dict[int, float]) -> int:
+        """Timed runs for ``settings[i]`` after its warm-up (``warm``: each file's last call, in seconds): the
+        same for every later setting, all within the budget, judged by the probe calls scaled to ``warm``."""
+        nonlocal noted
+        key, seconds = settings[i].key, left()
+        steady = sum(warm.values()) if warm else cost[key]
+        scale = steady / cost[key] if warm and cost[key] > 0 else 1.0
+        later = scale * sum(cost[st.key] for st in settings[i + 1:])  # their warm-up and timed runs still to come
+        n = runs_within(seconds - later * planned, steady + later, RUNS_FLOOR, RUNS_CAP)
+        need = (steady + later) * n + later * planned
+        if need > seconds and not noted:  # the floor does not fit: said once
+            noted = True
+            tqdm.write(f"mixq: note: the fewest timed runs ({n} per file and column) take about {need:.1f} s more, "
+                       f"past --budget {budget:g} s; timing them anyway", file=sys.stderr)
+        bar.total = bar.n + len(live[key]) * n + sum(len(live[st.key]) for st in settings[i + 1:]) * (planned + n)
+        bar.refresh()
+        chosen[key] = n
+        return n
+
+    with bar:
+        for setting in settings if runs is None else ():
+            for k, seconds in probe(jobs_of(setting, every), tick=bar.update).items():
+                if isinstance(seconds, Exception):
+                    failed(k, setting.key, seconds)
+                else:
+                    cost[setting.key] += seconds
+            live[setting.key] = [k for k in every if "error" not in results[k]["latency"].get(setting.key, {})]
+        if runs is None and warmup is None:  # slow files: fewer warm-up calls, so that more are timed
+            total = sum(cost.values())
+            share = WARMUP_SHARE * (budget or BUDGET_S)
+            planned = max(1, min(WARMUP, int(share // total))) if total > 0 else WARMUP
+        for i, setting in enumerate(settings):
+            jobs = jobs_of(setting, live[setting.key])
+            n: Any = runs if runs is not None else (lambda warm, i=i: plan(i, warm))
+            if runs is not None:
+                chosen[setting.key] = runs
+            for k, measured in measure_interleaved(jobs, n, planned, ROUNDS, tick=bar.update).items():
+                if isinstance(measured, Exception):
+                    failed(k, setting.key, measured)
+                else:
+                    results[k]["latency"][setting.key] = measured.to_dict()
     for entry in results:
         entry["inputs"] = {key: {n: list(v) for n, v in shapes.items()} for key, shapes in entry["inputs"].items()}
-    return results
+    return results, Timing(chosen, planned, noted)
 
 
 def table(results: list[dict[str, Any]], settings: list[Setting]) -> str:
@@ -256,8 +346,16 @@ def run(args: argparse.Namespace) -> int:
     from mixq.report import atomic_write_text
 
     paths = [existing_file(m, "model") for m in args.models]
-    if args.runs < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
+    started = time.perf_counter()
+    if (args.runs is not None and args.runs < 1) or (args.warmup is not None and args.warmup < 0) or (
+            args.threads is not None and args.threads < 1):
         raise CliError("--runs and --threads must be >= 1 and --warmup >= 0", "pass e.g. --runs 50 --threads 2")
+    if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
+        raise CliError(f"--budget must be a positive number of seconds, not {args.budget:g}", "pass e.g. --budget 60")
+    if args.budget is not None and args.runs is not None:
+        raise CliError("--runs sets the timed runs and --budget picks them to fit a time; give one of them",
+                       "drop --runs to fit the budget, or --budget to time exactly --runs runs")
+    budget = (args.budget or BUDGET_S) if args.runs is None else None
     out = output_file(args.json, "--json", ".json", paths) if args.json else None
     if args.batch is not None:
         parse_ints(args.batch, "--batch", "1,32")
@@ -266,10 +364,17 @@ def run(args: argparse.Namespace) -> int:
     check_bench_inputs(settings, [s.input_shapes for p, s in zip(paths, sessions, strict=True)
                                   if not runtime_for(p).named_inputs])
     check_bench_values(settings, paths, sessions, "--inputs" if args.inputs else "--shape" if args.shape else None)
-    results = bench(paths, settings, args.threads, args.runs, args.warmup, sessions=sessions)
+    results, timing = bench(paths, settings, args.threads, args.runs, args.warmup, progress=not args.no_progress,
+                            sessions=sessions, budget=budget, started=started)
+    took = time.perf_counter() - started
     print(table(results, settings))
+    fitted = ("" if budget is None else f" (the fewest; they did not fit --budget {budget:g} s)"
+              if timing.over_budget else f" (as many as fit --budget {budget:g} s)")
+    print("timed runs per file: " + ", ".join(f"{st.header} {timing.runs[st.key]}" for st in settings)
+          + f"{fitted}, after {timing.warmup} warm-up; took {took:.1f} s")
     if out is not None:
-        data = {"threads": args.threads, "runs": args.runs, "warmup": args.warmup, "rounds": ROUNDS,
+        data = {"threads": args.threads, "budget_s": budget, "over_budget": timing.over_budget, "runs": timing.runs,
+                "warmup": timing.warmup, "rounds": ROUNDS, "seconds": round(took, 3),
                 "batches": [st.batch for st in settings] if not (args.shape or args.inputs) else None,
                 "shapes": {st.key: {k: list(v) for k, v in st.shapes.items()} for st in settings},
                 "inputs": args.inputs, "results": results}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -78,26 +78,39 @@ def measure_latency(session: Any, feeds: dict[str, np.ndarray], runs: int = 50, 
     return Latency(int(batch), float(np.median(times)), float(np.percentile(times, 90)), runs)
 
 
-def measure_interleaved(jobs: Mapping[K, tuple[Any, Mapping[Any, np.ndarray]]], runs: int = 50, warmup: int = 5,
-                        rounds: int = 5) -> dict[K, Latency | Exception]:
+def measure_interleaved(jobs: Mapping[K, tuple[Any, Mapping[Any, np.ndarray]]],
+                        runs: int | Callable[[dict[K, float]], int] = 50, warmup: int = 5, rounds: int = 5, *,
+                        tick: Callable[[], object] | None = None) -> dict[K, Latency | Exception]:
     """Time several ``(session, feeds)`` jobs side by side: warm each up, then ``rounds`` rounds that each run every
     job in turn (``runs`` timed calls per job in all), so machine load and clock drift hit every job alike.
 
     A job whose warm-up or a timed call raises maps to that exception (the others are timed on); the rest map to
-    their median and 90th-percentile latency.
+    their median and 90th-percentile latency. ``runs`` may be a function that picks the count after the warm-up,
+    given the seconds of each warmed-up job's last warm-up call (none when ``warmup`` is 0). ``tick`` (e.g. a
+    progress bar's) is called after every call, warm-up or timed, outside the timed span.
     """
-    if runs < 1:
+    if not callable(runs) and runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
     results: dict[K, Latency | Exception] = {}
     live = {}
+    warm: dict[K, float] = {}
     for key, (session, feeds) in jobs.items():
         try:
             for _ in range(warmup):
+                start = time.perf_counter()
                 session.run(None, feeds)
+                warm[key] = time.perf_counter() - start
+                if tick is not None:
+                    tick()
         except Exception as err:  # reported per job
             results[key] = err
+            warm.pop(key, None)
         else:
             live[key] = (session, feeds)
+    if callable(runs):
+        runs = runs(warm)
+        if runs < 1:
+            raise ValueError(f"runs must be >= 1, got {runs}")
     times: dict[K, list[float]] = {key: [] for key in live}
     rounds = max(1, min(rounds, runs))
     for r in range(rounds):
@@ -108,6 +121,8 @@ def measure_interleaved(jobs: Mapping[K, tuple[Any, Mapping[Any, np.ndarray]]], 
                     start = time.perf_counter()
                     session.run(None, feeds)
                     times[key].append((time.perf_counter() - start) * 1e3)
+                    if tick is not None:
+                        tick()
             except Exception as err:  # reported per job
                 results[key] = err
                 del live[key]
@@ -115,3 +130,29 @@ def measure_interleaved(jobs: Mapping[K, tuple[Any, Mapping[Any, np.ndarray]]], 
         batch = next(iter(feeds.values())).shape[0] if feeds else 1
         results[key] = Latency(int(batch), float(np.median(times[key])), float(np.percentile(times[key], 90)), runs)
     return {key: results[key] for key in jobs}
+
+
+def probe(jobs: Mapping[K, tuple[Any, Any]], tick: Callable[[], object] | None = None) -> dict[K, float | Exception]:
+    """One call of each ``(session, feeds)`` job, timed: its seconds (a first call, so likely on the slow side), or
+    the exception it raised."""
+    seconds: dict[K, float | Exception] = {}
+    for key, (session, feeds) in jobs.items():
+        start = time.perf_counter()
+        try:
+            session.run(None, feeds)
+        except Exception as err:  # reported per job
+            seconds[key] = err
+        else:
+            seconds[key] = time.perf_counter() - start
+        if tick is not None:
+            tick()
+    return seconds
+
+
+def runs_within(seconds: float, per_run: float, floor: int, cap: int) -> int:
+    """How many runs of ``per_run`` seconds fit ``seconds``: between ``floor`` and ``cap``; ``floor`` even when that
+    does not fit (the caller says so)."""
+    if floor < 1 or cap < floor:
+        raise ValueError(f"need 1 <= floor <= cap, got floor={floor}, cap={cap}")
+    fit = int(seconds // per_run) if per_run > 0 else cap
+    return max(floor, min(cap, fit))
