@@ -132,43 +132,54 @@ def deploy_examples(example: Any, deploy_shapes: Any) -> list[tuple[str, Any]]:
     """The (label, example input) pairs to time at. ``deploy_shapes``: None (batch 1 and 32 built from ``example``),
     a list of batch sizes (``example`` repeated or sliced along dim 0 of every tensor, dicts and tuples alike) or a
     list of example inputs (used as given). Raises ValueError/TypeError in one line for anything else."""
-    if deploy_shapes is None:
-        deploy_shapes = list(DEFAULT_DEPLOY_BATCHES)
-    if isinstance(deploy_shapes, (torch.Tensor, dict, str, bytes, int)) or not isinstance(deploy_shapes,
-                                                                                         (list, tuple)):
-        raise TypeError(f"deploy_shapes must be a list of batch sizes or of example inputs, got "
-                        f"{type(deploy_shapes).__name__}")
-    if not deploy_shapes:
-        raise ValueError("deploy_shapes must not be empty (omit it for batch 1 and 32)")
-    ints = [isinstance(s, int) and not isinstance(s, bool) for s in deploy_shapes]
+    shapes = list(DEFAULT_DEPLOY_BATCHES) if deploy_shapes is None else _as_list(deploy_shapes)
+    ints = [isinstance(s, int) and not isinstance(s, bool) for s in shapes]
     if all(ints):
-        bad = [s for s in deploy_shapes if not 1 <= s <= MAX_DEPLOY_BATCH]
-        if bad:
-            raise ValueError(f"deploy_shapes batch sizes must be between 1 and {MAX_DEPLOY_BATCH}, got {bad[0]}")
-        if len(set(deploy_shapes)) != len(deploy_shapes):
-            raise ValueError(f"deploy_shapes has repeated batch sizes: {list(deploy_shapes)}")
-        rows = {t.shape[0] for t in _tensors(example) if t.dim()}
-        per_row = sum(t.numel() // max(t.shape[0], 1) for t in _tensors(example) if t.dim())
-        if not rows:
-            raise ValueError("deploy_shapes as batch sizes needs an example input with tensors that have a batch "
-                             "axis; pass example inputs instead")
-        if per_row * max(deploy_shapes) > MAX_DEPLOY_ELEMENTS:
-            raise ValueError(f"deploy_shapes batch {max(deploy_shapes)} would build an example of "
-                             f"{per_row * max(deploy_shapes)} elements (limit {MAX_DEPLOY_ELEMENTS}); use a smaller "
-                             "batch size")
-        examples = [_resize(example, n) for n in deploy_shapes]
+        _check_batches(example, shapes)
+        examples = [_resize(example, n) for n in shapes]
     elif any(ints):
         raise TypeError("deploy_shapes must be all batch sizes (ints) or all example inputs, not a mix")
     else:
-        bad = next((s for s in deploy_shapes if not _tensors(s)), None)
-        if bad is not None or any(not isinstance(s, (torch.Tensor, dict, tuple, list)) for s in deploy_shapes):
-            raise TypeError("deploy_shapes example inputs must be tensors, dicts, tuples or lists of tensors, got "
-                            f"{type(bad if bad is not None else deploy_shapes[0]).__name__}")
-        examples = list(deploy_shapes)
+        _check_examples(shapes)
+        examples = shapes
     labels = [shape_label(e) for e in examples]
     if len(set(labels)) != len(labels):
         raise ValueError(f"deploy_shapes has repeated shapes: {', '.join(labels)}")
     return list(zip(labels, examples, strict=True))
+
+
+def _as_list(deploy_shapes: Any) -> list[Any]:
+    if not isinstance(deploy_shapes, (list, tuple)):
+        raise TypeError(f"deploy_shapes must be a list of batch sizes or of example inputs, got "
+                        f"{type(deploy_shapes).__name__}")
+    if not deploy_shapes:
+        raise ValueError("deploy_shapes must not be empty (omit it for batch 1 and 32)")
+    return list(deploy_shapes)
+
+
+def _check_batches(example: Any, batches: list[int]) -> None:
+    """Batch sizes within bounds, not repeated, and an example they can be built from without a huge allocation."""
+    bad = [s for s in batches if not 1 <= s <= MAX_DEPLOY_BATCH]
+    if bad:
+        raise ValueError(f"deploy_shapes batch sizes must be between 1 and {MAX_DEPLOY_BATCH}, got {bad[0]}")
+    if len(set(batches)) != len(batches):
+        raise ValueError(f"deploy_shapes has repeated batch sizes: {batches}")
+    batched = [t for t in _tensors(example) if t.dim()]
+    if not batched:
+        raise ValueError("deploy_shapes as batch sizes needs an example input with tensors that have a batch "
+                         "axis; pass example inputs instead")
+    elements = sum(t.numel() // max(t.shape[0], 1) for t in batched) * max(batches)
+    if elements > MAX_DEPLOY_ELEMENTS:
+        raise ValueError(f"deploy_shapes batch {max(batches)} would build an example of {elements} elements "
+                         f"(limit {MAX_DEPLOY_ELEMENTS}); use a smaller batch size")
+
+
+def _check_examples(examples: list[Any]) -> None:
+    """Each example input is a tensor or a dict/tuple/list holding at least one tensor."""
+    for e in examples:
+        if not isinstance(e, (torch.Tensor, dict, tuple, list)) or not _tensors(e):
+            raise TypeError("deploy_shapes example inputs must be tensors, dicts, tuples or lists of tensors, got "
+                            f"{type(e).__name__}")
 
 
 class Meters:

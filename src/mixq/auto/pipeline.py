@@ -210,6 +210,22 @@ def probe_latency(ctx: Context, meters: Meters | None, compare_layer: CompareLay
     (``measure``)."""
     if meters is None or ctx.options.objective != "latency" or not ctx.ladders:
         return Start(ctx.calibration.all_int8)
+    per_layer, verdicts = _time_layers(ctx, meters, compare_layer)
+    start, slower = ctx.calibration.all_int8, set()
+    for name, by_shape in per_layer.items():
+        ctx.report.layer_latency_ms[name] = next(iter(by_shape.values())).b_ms  # the first deploy shape's
+        if slower_over_shapes(list(by_shape.values())):
+            start[name] = len(ctx.ladders[name]) - 1
+            slower.add(name)
+            ctx.report.notes.append(_slower_note(name, by_shape, meters))
+    ctx.report.notes.append(_probe_summary(verdicts, meters.labels))
+    return Start(start, frozenset(slower))
+
+
+def _time_layers(ctx: Context, meters: Meters,
+                 compare_layer: CompareLayer) -> tuple[dict[str, dict[str, Comparison]], list[Comparison]]:
+    """Each ladder layer alone, int8 vs fp32, at the inputs each deploy shape gives it: layer -> shape -> verdict
+    (layers of one signature share one comparison), and the distinct comparisons made."""
     prepared = ctx.calibration.prepared
     fp32_ref = convert_prepared(prepared, everything_float(ctx.base))
     layers = [n for n in ctx.ladders if n in prepared.observed or n in prepared.plain]
@@ -226,20 +242,15 @@ def probe_latency(ctx: Context, meters: Meters | None, compare_layer: CompareLay
                 verdicts[key] = compare_layer(float_layer, int8_layer, inputs[name], meter.folder,
                                               str(len(verdicts)), meter.threads)
             per_layer.setdefault(name, {})[shape] = verdicts[key]
-    start, slower = ctx.calibration.all_int8, set()
-    for name in (n for n in layers if n in per_layer):
-        by_shape = per_layer[name]
-        ctx.report.layer_latency_ms[name] = next(iter(by_shape.values())).b_ms  # the first deploy shape's
-        if slower_over_shapes(list(by_shape.values())):
-            start[name] = len(ctx.ladders[name]) - 1
-            slower.add(name)
-            timings = "; ".join(f"{v.b_ms:.3f} ms int8 vs {v.a_ms:.3f} ms fp32{_at(s, meters)}"
-                                for s, v in by_shape.items())
-            rounds = ", ".join(f"{v.pairs - v.b_wins} of {v.pairs}" for v in by_shape.values())
-            ctx.report.notes.append(f"{name}: int8 is not faster here ({timings} for the layer alone, won {rounds} "
-                                    "paired rounds); it starts fp32")
-    ctx.report.notes.append(_probe_summary(list(verdicts.values()), meters.labels))
-    return Start(start, frozenset(slower))
+    ordered = {n: per_layer[n] for n in layers if n in per_layer}
+    return ordered, list(verdicts.values())
+
+
+def _slower_note(name: str, by_shape: dict[str, Comparison], meters: Meters) -> str:
+    timings = "; ".join(f"{v.b_ms:.3f} ms int8 vs {v.a_ms:.3f} ms fp32{_at(s, meters)}" for s, v in by_shape.items())
+    rounds = ", ".join(f"{v.pairs - v.b_wins} of {v.pairs}" for v in by_shape.values())
+    return (f"{name}: int8 is not faster here ({timings} for the layer alone, won {rounds} paired rounds); "
+            "it starts fp32")
 
 
 def _probe_summary(verdicts: list[Comparison], shapes: list[str]) -> str:

@@ -105,18 +105,17 @@ class AutoQuantReport:
             heads = ["ORT latency (ms)"] + (["vs dynamic"] if dynamic else [])
         lines = ["| model | metric | Δ vs fp32 | " + " | ".join(heads) + " | ONNX size (KB) |",
                  "|---|---:|---:|" + "---:|" * (len(heads) + 1)]
-        for v in self.variants:
-            delta = None if v.metric is None else v.metric - self.baseline
-            size = None if v.size_bytes is None else v.size_bytes / 1024
-            times = [v.latency_by_shape.get(s) for s in shapes] if len(shapes) > 1 else [v.latency_ms]
-            cells = [_num(t, ".3f") for t in times]
-            if dynamic:
-                base = [dynamic.latency_by_shape.get(s) for s in shapes] if len(shapes) > 1 else [dynamic.latency_ms]
-                cells += [_num(None if t is None or not b else t / b, ".2f") + ("x" if t and b else "")
-                          for t, b in zip(times, base, strict=True)]
-            lines.append(f"| {v.name} | {_num(v.metric, '.4f')} | {_num(delta, '+.4f')} | " + " | ".join(cells)
-                         + f" | {_num(size, '.1f')} |")
-        return lines
+        return lines + [self._variant_row(v, shapes, dynamic) for v in self.variants]
+
+    def _variant_row(self, v: ComparedModel, shapes: list[str], dynamic: ComparedModel | None) -> str:
+        delta = None if v.metric is None else v.metric - self.baseline
+        size = None if v.size_bytes is None else v.size_bytes / 1024
+        times = _times(v, shapes)
+        cells = [_num(t, ".3f") for t in times]
+        if dynamic:
+            cells += [_ratio(t, b) for t, b in zip(times, _times(dynamic, shapes), strict=True)]
+        return (f"| {v.name} | {_num(v.metric, '.4f')} | {_num(delta, '+.4f')} | " + " | ".join(cells)
+                + f" | {_num(size, '.1f')} |")
 
     def _sensitivity_section(self) -> list[str]:
         lines = ["", "## Per-layer sensitivity (worst first)", "",
@@ -176,3 +175,13 @@ class AutoQuantReport:
         paths["json"].write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         self.save_plot(paths["plot"])
         return paths
+
+
+def _times(v: ComparedModel, shapes: list[str]) -> list[float | None]:
+    """A model's latency per deploy shape (its one latency when there is a single shape)."""
+    return [v.latency_by_shape.get(s) for s in shapes] if len(shapes) > 1 else [v.latency_ms]
+
+
+def _ratio(time: float | None, base: float | None) -> str:
+    """``time / base`` as ``0.85x``, or ``-`` when either is missing."""
+    return _num(None if time is None or not base else time / base, ".2f") + ("x" if time and base else "")
