@@ -7,7 +7,7 @@ LITERT_STAMP := $(VENV)/.mixq-litert-installed
 # Extra arguments for `mixq demo`, e.g. make demo DEMO_ARGS="--quick --out /tmp/report"
 DEMO_ARGS ?=
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test test-nightly lint bench clean
 
 # The stamp depends on pyproject.toml, so installing twice is a no-op; a broken venv is rebuilt.
 $(STAMP): pyproject.toml
@@ -33,6 +33,10 @@ demo: $(STAMP)
 
 test: $(LITERT_STAMP)
 	$(BIN)/python -m pytest -q
+
+# What make test leaves out to stay within minutes: the documentation's slow examples (LiteRT, HF, decoders, demo).
+test-nightly: $(LITERT_STAMP)
+	$(BIN)/python -m pytest -q -m nightly
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

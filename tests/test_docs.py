@@ -8,9 +8,9 @@
   command fails the test.
 - ```text blocks are not code (directory trees, output) and are skipped.
 - A block whose info string says ``no-run`` is not run; at most ``MAX_NO_RUN`` such blocks may exist in all.
-- A block whose info string says ``slow`` runs only in the page's ``slow``-marked test (with the page's other
-  blocks): ``pytest -m "not slow" tests/test_docs.py`` is the quick check, ``pytest -m slow`` adds the exports to
-  LiteRT, the Hugging Face and KV-cache decoder examples, latency-driven autoquantize and the demo.
+- A block whose info string says ``slow`` runs only in the page's ``nightly``-marked test (with the page's other
+  blocks), which ``make test`` leaves out and ``make test-nightly`` runs: the exports to LiteRT, the Hugging Face
+  and KV-cache decoder examples, latency-driven autoquantize and the demo (about two minutes on 2 cores).
 
 Small inputs the commands name are prepared here when a page's blocks mention them: ``./my-bert`` and
 ``./my-llama`` (tiny random Hugging Face model directories with their tokenizers, built offline) and ``texts.txt``
@@ -69,7 +69,7 @@ def _page_params():
         name = str(page.relative_to(ROOT))
         params.append(pytest.param(page, False, id=name))
         if any("slow" in b.flags for b in blocks_of(page)):
-            params.append(pytest.param(page, True, id=f"{name}[slow]", marks=pytest.mark.slow))
+            params.append(pytest.param(page, True, id=f"{name}[slow]", marks=pytest.mark.nightly))
     return params
 
 
