@@ -300,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.rounds, args.batch, args.seq, args.curve_steps = 2, 2, 32, 20
+    elif not args.out.parent.is_dir():  # refuse before minutes of timing, not after
+        parser.error(f"--out: directory {str(args.out.parent)!r} does not exist; create it first")
     flags = sorted(set(FLAGS) & cpu_flags())
     result = {"device": args.device, "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "cpu_flags": flags, "loadavg_before": os.getloadavg()}
