@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mixq.quant.modules.registry import kind_of
 from mixq.quant.primitives import along
 
 _CONVS = (nn.Conv1d, nn.Conv2d)
@@ -90,8 +91,8 @@ def find_fusions(calls: list[_Call]) -> list[Fusion]:
 
     fusions = []
     for c in calls:
-        if counts[c.name] != 1 or not isinstance(c.module, (*_CONVS, nn.Linear)):
-            continue
+        if counts[c.name] != 1 or not isinstance(c.module, (*_CONVS, nn.Linear)) or kind_of(c.module) is None:
+            continue  # kind_of: a subclass with its own forward is not a Conv/Linear that a fused kernel can stand for
         fusion, out = Fusion(c.name), c.output
         bn = sole_consumer(out, _BNS) if isinstance(c.module, _CONVS) else None
         if bn is not None and bn.module.track_running_stats:

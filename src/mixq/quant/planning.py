@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from mixq.quant.calibration import Batch, CalibrationError, check_iterable
-from mixq.quant.modules.registry import is_quantizable, structural_refusal
+from mixq.quant.modules.registry import is_quantizable, structural_refusal, unregistered_reason
 from mixq.quant.spec import QuantConfig
 from mixq.quant.summary import QuantizationSummary
 
@@ -60,5 +60,5 @@ def plan(model: nn.Module, cfg: QuantConfig, summary: QuantizationSummary, qat: 
             else:
                 summary.add(name, kind, "float", reason)
         elif not list(module.children()) and any(True for _ in module.parameters(recurse=False)):
-            summary.add(name, kind, "float", f"no quantized kernel for {kind}")
+            summary.add(name, kind, "float", unregistered_reason(module))
     return targets

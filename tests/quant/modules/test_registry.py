@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+import mixq
 from mixq.qat.embedding import QATEmbedding
 from mixq.qat.layers import QATLayer
 from mixq.quant.modules import (
@@ -154,3 +155,36 @@ def test_adapters_turn_a_layer_into_a_registered_kind(isolated):
     isolated.adapt_in_place(model, ["0", "1"])
     assert type(model[0]) is nn.Linear and isinstance(model[1], nn.ReLU)
     assert isolated.kind_name(model[0]) == "Legacy"
+
+
+class _FlippedLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # a permute a quantized Linear would drop
+        return super().forward(x.flip(-1))
+
+
+class _StandardisedConv(nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # weight standardisation (BiT / NFNet style)
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return self._conv_forward(x, w, self.bias)
+
+
+def test_a_subclass_overriding_forward_is_left_float_with_the_reason():
+    layer = _FlippedLinear(4, 3)
+    assert registry.kind_of(layer) is None and not registry.is_quantizable(layer)
+    assert registry.refusal(layer, "dynamic", QuantConfig("dynamic")) == (
+        "_FlippedLinear overrides Linear.forward: a quantized Linear would drop what it computes")
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static", "weight_only", "fp16"])
+def test_models_with_overriding_subclasses_are_never_silently_altered(mode):
+    torch.manual_seed(0)
+    model = nn.Sequential(_StandardisedConv(3, 8, 3), nn.ReLU(), nn.Flatten(), _FlippedLinear(8 * 6 * 6, 10),
+                          nn.Linear(10, 4)).eval()
+    x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    q = mixq.quantize(model, mode, calib_data=[x[i:i + 16] for i in range(0, 64, 16)] if mode == "static" else None,
+                      example_inputs=x[:4], progress=False)
+    assert [r.status for r in q.mixq_summary.layers] == ["float", "float", "quantized"]
+    with torch.no_grad():
+        ref = model(x)
+        assert ((q(x) - ref).norm() / ref.norm()).item() < 0.05  # int8 noise on the last layer only (was ~100 %)

@@ -130,12 +130,32 @@ def kind_name(layer: nn.Module) -> str:
     return getattr(layer, "mixq_kind", type(layer).__name__)
 
 
+_COMPUTE = ("forward", "_conv_forward")  # what a quantized module replaces; an override computes otherwise
+
+
 def kind_of(module: nn.Module) -> LayerKind | None:
-    """The registered kind of ``module`` (its exact class, else the nearest registered base class)."""
+    """The registered kind of ``module``: its exact class, else the nearest registered base class, but only when the
+    subclass computes what the base does (it overrides no ``forward``); a quantized copy of the base would silently
+    drop what an overriding ``forward`` computes (a permute, weight standardisation, same-padding)."""
     for cls in type(module).__mro__:
         if cls in _KINDS:
-            return _KINDS[cls]
+            return _KINDS[cls] if overridden_compute(module, cls) is None else None
     return None
+
+
+def overridden_compute(module: nn.Module, base: type) -> str | None:
+    """The first compute method ``type(module)`` overrides below ``base`` (None when it inherits them all)."""
+    return next((m for m in _COMPUTE if getattr(type(module), m, None) is not getattr(base, m, None)), None)
+
+
+def unregistered_reason(layer: nn.Module) -> str:
+    """Why a layer with no registered kind stays float: its class overrides a registered base's forward, or no
+    quantized kernel exists for it."""
+    base = next((cls for cls in type(layer).__mro__ if cls in _KINDS), None)
+    if base is not None:
+        return (f"{kind_name(layer)} overrides {base.__name__}.{overridden_compute(layer, base)}: a quantized "
+                f"{base.__name__} would drop what it computes")
+    return f"no quantized kernel for {kind_name(layer)}"
 
 
 def is_quantizable(module: nn.Module, qat: bool = False) -> bool:
@@ -165,7 +185,7 @@ def refusal(layer: nn.Module, mode: str, config: Any) -> str | None:
         return "its weight has no elements (a zero-sized layer): nothing to quantize"
     kind = kind_of(layer)
     if kind is None:
-        return f"no quantized kernel for {type(layer).__name__}"
+        return unregistered_reason(layer)
     cls = kind.modules.get(mode)
     if cls is None:
         return kind.refusals.get(mode, f"no {mode} kernel for {type(layer).__name__}")
