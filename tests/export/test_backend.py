@@ -31,13 +31,45 @@ def test_every_runtime_runs_a_registered_format():
 
 
 @pytest.mark.parametrize(("lookup", "kind", "known"), [(get_format, "format", "onnx, tflite"),
-                                                        (get_runtime, "runtime", "litert, ort")],
+                                                        (get_runtime, "runtime", "litert, openvino, ort")],
                          ids=["format", "runtime"])
 def test_unknown_name_is_refused_in_one_line_listing_the_known(lookup, kind, known):
     with pytest.raises(ValueError) as info:
-        lookup("openvino")
+        lookup("tensorrt")
     message = str(info.value)
-    assert "\n" not in message and f"unknown {kind} 'openvino'" in message and known in message
+    assert "\n" not in message and f"unknown {kind} 'tensorrt'" in message and known in message
+
+
+def test_runtime_options_parse_by_value_or_key_and_leave_the_registered_runtime_alone():
+    plain = get_runtime("openvino")
+    f32 = get_runtime("openvino:f32")
+    assert f32 is not plain and f32.chosen == {"precision": "f32"} and plain.chosen == {}
+    assert f32.label == "openvino:f32" and get_runtime("openvino:precision=bf16").label == "openvino:bf16"
+    assert [v.label for v in plain.variants()] == ["openvino:f32", "openvino:default"]
+    assert get_runtime("ort").variants() == [get_runtime("ort")] and get_runtime("ort").label == "ort"
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("openvino:f16", "runtime 'openvino' has no option value 'f16'; its values: default, f32, bf16"),
+    ("openvino:precision=f8", "runtime 'openvino' option precision must be one of default, f32, bf16, not 'f8'"),
+    ("openvino:threads=2", "runtime 'openvino' has no option 'threads'; it takes precision"),
+    ("ort:f32", "runtime 'ort' has no option value 'f32'; its values: none"),
+], ids=["value", "key-value", "key", "no-options"])
+def test_bad_runtime_options_are_refused_in_one_line(name, message):
+    with pytest.raises(ValueError) as info:
+        get_runtime(name)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(("path", "runtime", "message"), [
+    ("m.tflite", "openvino", "runtime 'openvino' runs .onnx files, not m.tflite; .tflite files run on: litert"),
+    ("m.onnx", "litert", "runtime 'litert' runs .tflite files, not m.onnx; .onnx files run on: ort, openvino"),
+], ids=["openvino-tflite", "litert-onnx"])
+def test_a_runtime_for_another_format_is_refused(path, runtime, message):
+    assert runtime_for("m.onnx", runtime="openvino:f32").label == "openvino:f32"
+    with pytest.raises(ValueError) as info:
+        runtime_for(path, runtime=runtime)
+    assert str(info.value) == message
 
 
 def test_unknown_suffix_uses_the_default_or_is_refused():
@@ -48,7 +80,8 @@ def test_unknown_suffix_uses_the_default_or_is_refused():
 
 def test_registry_imports_no_backend_library():
     code = ("import sys; from mixq.export.backend import runtimes; [r.name for r in runtimes()]; "
-            "print([m for m in ('onnx', 'onnxruntime', 'onnxscript', 'litert_torch', 'ai_edge_litert') "
+            "print([m for m in ('onnx', 'onnxruntime', 'onnxscript', 'litert_torch', 'ai_edge_litert', "
+            "'openvino') "
             "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

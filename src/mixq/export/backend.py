@@ -8,6 +8,10 @@ what mixq's PyTorch simulation does. Several runtimes may run one format (ONNX R
 importing mixq imports no backend library. The CLI, the report, autoquantize and the demo look backends up here
 instead of branching on names or suffixes.
 
+A runtime may take session options (OpenVINO's ``precision``): ``get_runtime("openvino:f32")`` is the runtime with
+them set, and everything that takes a runtime (``mixq bench --runtime``, autoquantize's ``runtime=``) takes that
+string.
+
 Example::
 
     rt = runtime_for("model_int8.tflite")          # LiteRT
@@ -17,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 from abc import ABC, abstractmethod
@@ -26,7 +31,8 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
-BUILTIN = ("mixq.export.onnx.backend", "mixq.export.tflite.backend")  # a new backend adds its module here
+# a new backend adds its module here; a format's first registered runtime is its default
+BUILTIN = ("mixq.export.onnx.backend", "mixq.export.tflite.backend", "mixq.export.openvino.backend")
 _FORMATS: dict[str, Format] = {}
 _RUNTIMES: dict[str, Runtime] = {}
 F = TypeVar("F", bound=type["Format"])
@@ -81,6 +87,8 @@ class Runtime(ABC):
 
     ``named_inputs``: files take inputs by name with symbolic axes (shapes are planned across files and fed to each,
     e.g. ONNX); otherwise a file has its own fixed signature, at most with a resizable batch (LiteRT).
+    ``options``: the session options it takes, each with its values (the first is the default); ``chosen``: those
+    set on this instance (see :meth:`configured`), which ``session`` uses.
     """
 
     name: ClassVar[str]
@@ -89,6 +97,34 @@ class Runtime(ABC):
     package: ClassVar[str]  # the distribution whose version the runtime reports
     named_inputs: ClassVar[bool] = True
     install_hint: ClassVar[str | None] = None
+    options: ClassVar[dict[str, tuple[str, ...]]] = {}
+    chosen: Mapping[str, str] = {}
+
+    @property
+    def label(self) -> str:
+        """``name``, then the chosen option values: ``"openvino:f32"`` (what :func:`get_runtime` parses)."""
+        return self.name + "".join(f":{v}" for v in self.chosen.values())
+
+    def configured(self, **chosen: str) -> Runtime:
+        """This runtime with session options set (``precision="f32"``); ``ValueError`` naming a bad one."""
+        for key, value in chosen.items():
+            if key not in self.options:
+                takes = f"takes {', '.join(self.options)}" if self.options else "takes none"
+                raise ValueError(f"runtime {self.name!r} has no option {key!r}; it {takes}")
+            if value not in self.options[key]:
+                raise ValueError(f"runtime {self.name!r} option {key} must be one of "
+                                 f"{', '.join(self.options[key])}, not {value!r}")
+        runtime = copy.copy(self)
+        runtime.chosen = {**self.chosen, **chosen}
+        return runtime
+
+    def variants(self) -> list[Runtime]:
+        """The settings ``mixq bench --runtime all`` times side by side (OpenVINO: f32 and its default)."""
+        return [self]
+
+    def precision(self, session: Any) -> str | None:
+        """The float precision ``session`` computes in when the runtime picks it (OpenVINO), else None."""
+        return None
 
     def available(self) -> bool:
         """Whether the runtime is installed (checked without importing it)."""
@@ -185,8 +221,20 @@ def get_format(name: str) -> Format:
 
 
 def get_runtime(name: str) -> Runtime:
-    """The runtime called ``name`` (``"ort"``, ``"litert"``); ``ValueError`` listing the known ones otherwise."""
-    return _lookup(_RUNTIMES, "runtime", name)
+    """The runtime called ``name`` (``"ort"``, ``"litert"``, ``"openvino"``), with options after colons: a value
+    (``"openvino:f32"``) or ``key=value`` (``"openvino:precision=f32"``). ``ValueError`` in one line otherwise."""
+    base, *given = name.split(":")
+    runtime: Runtime = _lookup(_RUNTIMES, "runtime", base)
+    chosen = {}
+    for text in given:
+        key, sep, value = text.rpartition("=")
+        if not sep:  # a bare value: the option that has it
+            key = next((k for k, values in runtime.options.items() if text in values), "")
+            if not key:
+                known = ", ".join(v for values in runtime.options.values() for v in values) or "none"
+                raise ValueError(f"runtime {base!r} has no option value {text!r}; its values: {known}")
+        chosen[key] = value
+    return runtime.configured(**chosen) if chosen else runtime
 
 
 def formats() -> list[Format]:
@@ -213,7 +261,21 @@ def format_for(path: str | os.PathLike, default: str | None = "onnx") -> Format:
     return get_format(default)
 
 
-def runtime_for(path: str | os.PathLike, default: str | None = "onnx") -> Runtime:
-    """The default runtime of ``path``'s format (see :func:`format_for`)."""
+def runtime_for(path: str | os.PathLike, default: str | None = "onnx", runtime: str | None = None) -> Runtime:
+    """The runtime to run ``path`` with: ``runtime`` (a :func:`get_runtime` name), else its format's default (see
+    :func:`format_for`). ``ValueError`` in one line when ``runtime`` cannot run the file's format."""
     fmt = format_for(path, default)
-    return next(r for r in runtimes() if r.format == fmt.name)
+    if runtime is None:
+        return next(r for r in runtimes() if r.format == fmt.name)
+    chosen = get_runtime(runtime)
+    if chosen.format != fmt.name:
+        able = ", ".join(r.name for r in runtimes() if r.format == fmt.name)
+        raise ValueError(f"runtime {chosen.name!r} runs {get_format(chosen.format).suffix} files, not "
+                         f"{Path(path).name}; {fmt.suffix} files run on: {able}")
+    return chosen
+
+
+def runtimes_for(path: str | os.PathLike, default: str | None = "onnx") -> list[Runtime]:
+    """Every installed runtime of ``path``'s format, each setting of :meth:`Runtime.variants` (``--runtime all``)."""
+    fmt = format_for(path, default)
+    return [v for r in runtimes() if r.format == fmt.name and r.available() for v in r.variants()]
