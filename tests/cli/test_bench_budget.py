@@ -120,7 +120,7 @@ def test_slow_files_get_fewer_runs_and_warm_up_calls(mixq_main, files, monkeypat
     from mixq.cli import bench
 
     load = bench.load_session
-    monkeypatch.setattr(bench, "load_session", lambda path, threads: Slow(load(path, threads)))
+    monkeypatch.setattr(bench, "load_session", lambda path, threads, runtime=None: Slow(load(path, threads, runtime)))
     code, out, err = mixq_main("bench", "a.onnx", "b.onnx", "--batch", "1", "--budget", "2", "--json", "s.json",
                                cwd=files)
     assert code == 0, err

@@ -1,5 +1,6 @@
-"""``mixq bench``: latency (median, p90) and file size of ONNX models (ONNX Runtime) and LiteRT files (XNNPACK), side
-by side in one table, every file timed in interleaved rounds."""
+"""``mixq bench``: latency (median, p90) and file size of ONNX models (ONNX Runtime, or OpenVINO with ``--runtime``)
+and LiteRT files (XNNPACK), side by side in one table, every file timed in interleaved rounds; ``--runtime all``
+times each file on every installed runtime of its format and says which was fastest."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mixq.cli.bench_checks import check_bench_values
+from mixq.cli.bench_table import table
 from mixq.cli.errors import CliError, existing_file, first_line, output_file
 from mixq.cli.formatting import HelpFormatter
 from mixq.cli.limits import check_bench_inputs
 from mixq.cli.loading import parse_ints
-from mixq.export.backend import get_format, runtime_for
+from mixq.export.backend import Runtime, get_format, runtime_for, runtimes, runtimes_for
 
 ROUNDS = 5  # timing rounds; each runs every file in turn
 WARMUP = 5  # untimed calls per file and column before the timed ones (with --budget: at most)
@@ -34,7 +36,8 @@ RUNS_CAP = 50  # the most: fast files are not timed for the whole budget
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add ``bench`` and its options to the ``mixq`` subparsers."""
     p = sub.add_parser("bench", parents=parents, help="latency (median, p90) and size of ONNX and LiteRT files",
-                       description="Time ONNX models on ONNX Runtime (CPU) and .tflite files on LiteRT (XNNPACK), "
+                       description="Time ONNX models on ONNX Runtime (CPU; or OpenVINO with --runtime) and .tflite "
+                                   "files on LiteRT (XNNPACK), "
                                    "warm-up first, then interleaved rounds that run every file in turn, and show "
                                    "median and 90th-percentile latency next to file size. Shapes: --shape / "
                                    "--inputs, else each --batch size with the files' fixed dimensions; ONNX files "
@@ -47,6 +50,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                                    "warm-up from its last calls; 3 even past the budget, with a note).",
                        epilog="examples:\n  mixq bench fp32.onnx int8.onnx --batch 1,32 --threads 4\n"
                               "  mixq bench model.onnx model_int8.onnx model_int8.tflite --batch 1 --threads 2\n"
+                              "  mixq bench fp32.onnx int8.onnx --runtime all --batch 1,32 --threads 2\n"
                               "  mixq bench bert_fp32.onnx bert_int8.onnx --shape input_ids=1x128 "
                               "--shape attention_mask=1x128\n"
                               "  mixq bench bert_fp32.onnx bert_int8.onnx --inputs tokens.npz",
@@ -58,6 +62,11 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     shapes.add_argument("--shape", action="append", default=None, metavar="NAME=1x128",
                         help="the shape of ONNX input NAME (repeatable); inputs sharing its symbolic axes follow it")
     shapes.add_argument("--inputs", metavar="FILE.npz", help="time on these arrays (one per ONNX input, by name)")
+    p.add_argument("--runtime", default=None, metavar="NAME",
+                   help="run the files on this runtime: " + ", ".join(r.name for r in runtimes()) + " (options "
+                        "after a colon: openvino:f32, openvino:bf16), or all: every installed runtime of each file's "
+                        "format, OpenVINO at f32 and at its default precision, side by side (default: the format's "
+                        "own runtime, ort for .onnx, litert for .tflite)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="intra-op threads (default: ONNX Runtime's choice; LiteRT 2)")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
@@ -86,9 +95,33 @@ class Setting:
     batch: int | None = None
 
 
-def load_session(path: Path, threads: int | None) -> Any:
-    """A session of ``path``'s runtime (``mixq.export.backend.runtime_for``: ONNX Runtime, LiteRT for .tflite)."""
-    runtime = runtime_for(path)
+def plan_runtimes(paths: list[Path], name: str | None) -> list[tuple[Path, Runtime]]:
+    """The table's rows: each file with ``--runtime`` (None: its format's default; ``all``: every installed one), a
+    runtime that cannot run a file's format refused in one line."""
+    if name == "all":
+        return [(path, rt) for path in paths for rt in runtimes_for(path) or [runtime_for(path)]]
+    try:
+        return [(path, runtime_for(path, runtime=name)) for path in paths]
+    except ValueError as err:
+        raise CliError(f"--runtime {name}: {err}", "pick a runtime for these files, or --runtime all") from err
+
+
+def _distinct(rows: list[tuple[Path, Runtime]], sessions: list[Any]) -> tuple[list[tuple[Path, Runtime]], list[Any]]:
+    """Drop a row that runs the same file on the same runtime at a precision an earlier row already runs (OpenVINO's
+    default is f32 on CPUs without bf16)."""
+    seen, kept = set(), []
+    for (path, rt), session in zip(rows, sessions, strict=True):
+        key = (path, rt.name, rt.precision(session) or rt.label)
+        if key not in seen:
+            seen.add(key)
+            kept.append(((path, rt), session))
+    return [row for row, _ in kept], [session for _, session in kept]
+
+
+def load_session(path: Path, threads: int | None, runtime: Runtime | None = None) -> Any:
+    """A session of ``path`` on ``runtime`` (default ``mixq.export.backend.runtime_for``: ONNX Runtime, LiteRT for
+    .tflite)."""
+    runtime = runtime or runtime_for(path)
     if not runtime.available():
         raise CliError(f"benchmarking {path.name} needs the {runtime.title} extra, which is not installed",
                        runtime.install_hint or "")
@@ -108,11 +141,10 @@ def _own_feeds(runtime: Any, session: Any, setting: Setting, shared: dict[str, n
     return runtime.feeds(session, shared)
 
 
-def _feeds(path: Path, session: Any, own: Any, setting: Setting, shared: dict[str, np.ndarray] | None) -> Any:
+def _feeds(runtime: Runtime, session: Any, own: Any, setting: Setting, shared: dict[str, np.ndarray] | None) -> Any:
     """The inputs one file is timed on for ``setting``, or the reason it cannot take them (a string)."""
     from mixq.report.feeds import cast_feeds, unfit_shape
 
-    runtime = runtime_for(path)
     if not runtime.named_inputs:
         try:
             return _own_feeds(runtime, session, setting, shared)
@@ -136,47 +168,49 @@ class Timing:
 
 def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs: int | None, warmup: int | None,
           progress: bool = True, sessions: list[Any] | None = None, budget: float | None = None,
-          started: float | None = None) -> tuple[list[dict[str, Any]], Timing]:
+          started: float | None = None, rts: list[Runtime] | None = None) -> tuple[list[dict[str, Any]], Timing]:
     """One result dict per model: size and, per setting, the latency or why it could not be measured; and the runs.
     Per setting, every file is warmed up (``warmup`` calls, None: ``WARMUP``), then all are timed in ``ROUNDS``
     interleaved rounds of ``runs`` calls in all, or (``runs`` None) as many as fit ``budget`` seconds from
     ``started`` (a ``time.perf_counter()``, default now): one probe call of each file per setting sizes the warm-up
-    (None: at most ``WARMUP_SHARE`` of the budget) and, with each setting's last warm-up calls, its timed runs."""
+    (None: at most ``WARMUP_SHARE`` of the budget) and, with each setting's last warm-up calls, its timed runs.
+    ``rts``: the runtime of each file (a file may be listed once per runtime; default: its format's own)."""
     from mixq.report.feeds import graph_inputs, index_limits, synthesize
     from mixq.report.latency import measure_interleaved, probe, runs_within
 
     started = time.perf_counter() if started is None else started
-    sessions = sessions or [load_session(path, threads) for path in paths]  # every file loads before any timing
-    inputs = {k: graph_inputs(s) for k, (p, s) in enumerate(zip(paths, sessions, strict=True))
-              if runtime_for(p).named_inputs}
+    rts = rts or [runtime_for(path) for path in paths]
+    sessions = sessions or [load_session(p, threads, rt) for p, rt in zip(paths, rts, strict=True)]  # before timing
+    inputs = {k: graph_inputs(s) for k, (rt, s) in enumerate(zip(rts, sessions, strict=True)) if rt.named_inputs}
     reference = next(iter(inputs.values()), [])
     limits: dict[str, int | None] = {}
     integer_names = [i.name for i in reference if np.issubdtype(i.dtype, np.integer)]
     for k in inputs if integer_names else []:  # token ids stay below every file's smallest table
         for name, limit in index_limits(paths[k], integer_names).items():
             limits[name] = limit if limits.get(name) is None else min(limits[name], limit or limits[name])
-    results = [{"model": str(path), "size_bytes": path.stat().st_size, "latency": {}, "inputs": {}}
-               for path in paths]
+    results = [{"model": str(path), "runtime": rt.label, "precision": rt.precision(session),
+                "size_bytes": path.stat().st_size, "latency": {}, "inputs": {}}
+               for path, rt, session in zip(paths, rts, sessions, strict=True)]
     shared: dict[str, dict[str, np.ndarray] | None] = {}
     for setting in settings:  # in the named-input files' order (a .tflite file may take them by position)
         given = setting.arrays or synthesize(reference, setting.shapes, limits) if inputs else None
         shared[setting.key] = {i.name: given[i.name] for i in reference} if given is not None else None
 
     def failed(k: int, key: str, err: Exception) -> None:  # e.g. a shape the graph's ops cannot take
-        results[k]["latency"][key] = {"error": f"{runtime_for(paths[k]).title} failed: {first_line(err)}"}
+        results[k]["latency"][key] = {"error": f"{rts[k].title} failed: {first_line(err)}"}
 
     def jobs_of(setting: Setting, files: range | list[int]) -> dict[int, tuple[Any, Any]]:
         """``files``' sessions and inputs for ``setting``; a .tflite file is resized here, so right before timing."""
         jobs = {}
         for k in files:
-            path, session, entry = paths[k], sessions[k], results[k]
-            feeds = _feeds(path, session, inputs.get(k), setting, shared[setting.key])
+            runtime, session, entry = rts[k], sessions[k], results[k]
+            feeds = _feeds(runtime, session, inputs.get(k), setting, shared[setting.key])
             if isinstance(feeds, str):
                 entry["latency"][setting.key] = {"error": feeds}
                 continue
             jobs[k] = (session, feeds)
             entry["inputs"][setting.key] = ({n: tuple(a.shape) for n, a in feeds.items()}
-                                            if runtime_for(path).named_inputs else dict(session.input_shapes))
+                                            if runtime.named_inputs else dict(session.input_shapes))
         return jobs
 
     every = range(len(paths))
@@ -236,34 +270,6 @@ def bench(paths: list[Path], settings: list[Setting], threads: int | None, runs:
     for entry in results:
         entry["inputs"] = {key: {n: list(v) for n, v in shapes.items()} for key, shapes in entry["inputs"].items()}
     return results, Timing(chosen, planned, noted)
-
-
-def table(results: list[dict[str, Any]], settings: list[Setting]) -> str:
-    """Markdown table: model, size, and median / p90 latency per setting (batch size or shape)."""
-    headers = ["model", "size (KB)"] + [h for st in settings for h in (f"{st.header} median (ms)",
-                                                                        f"{st.header} p90 (ms)")]
-    lines = ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1)]
-    for r in results:
-        cells = [Path(r["model"]).name, f"{r['size_bytes'] / 1024:.1f}"]
-        for st in settings:
-            lat = r["latency"][st.key]
-            cells += ["n/a", "n/a"] if "error" in lat else [f"{lat['median_ms']:.3f}", f"{lat['p90_ms']:.3f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    notes = [f"note: {Path(r['model']).name} {st.header}: {r['latency'][st.key]['error']}" for r in results
-             for st in settings if "error" in r["latency"][st.key]]
-    if any(runtime_for(r["model"]).named_inputs for r in results):
-        notes.append(f"inputs: {_shapes_text({st.header: st.shapes for st in settings})}")
-    for r in results:  # a .tflite file's inputs follow its own signature
-        if not runtime_for(r["model"]).named_inputs and r["inputs"]:
-            own = {st.header: r["inputs"][st.key] for st in settings if st.key in r["inputs"]}
-            notes.append(f"inputs of {Path(r['model']).name}: {_shapes_text(own)}")
-    return "\n".join(lines + notes)
-
-
-def _shapes_text(shapes: dict[str, dict[str, Any]]) -> str:
-    """``b1: x=1x3, y=1x4; b8: ...`` from column header -> input name -> shape."""
-    return "; ".join(f"{header}: " + ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in named.items())
-                     for header, named in shapes.items())
 
 
 def _parse_shapes(texts: list[str]) -> dict[str, tuple[int, ...]]:
@@ -359,15 +365,17 @@ def run(args: argparse.Namespace) -> int:
     out = output_file(args.json, "--json", ".json", paths) if args.json else None
     if args.batch is not None:
         parse_ints(args.batch, "--batch", "1,32")
-    sessions = [load_session(path, args.threads) for path in paths]
+    rows = plan_runtimes(paths, args.runtime)
+    sessions = [load_session(path, args.threads, rt) for path, rt in rows]
+    rows, sessions = _distinct(rows, sessions)
+    paths, rts = [p for p, _ in rows], [rt for _, rt in rows]
     settings = _settings(args, paths, sessions)
-    check_bench_inputs(settings, [s.input_shapes for p, s in zip(paths, sessions, strict=True)
-                                  if not runtime_for(p).named_inputs])
+    check_bench_inputs(settings, [s.input_shapes for rt, s in zip(rts, sessions, strict=True) if not rt.named_inputs])
     check_bench_values(settings, paths, sessions, "--inputs" if args.inputs else "--shape" if args.shape else None)
     results, timing = bench(paths, settings, args.threads, args.runs, args.warmup, progress=not args.no_progress,
-                            sessions=sessions, budget=budget, started=started)
+                            sessions=sessions, budget=budget, started=started, rts=rts)
     took = time.perf_counter() - started
-    print(table(results, settings))
+    print(table(results, settings, [rt.named_inputs for rt in rts], show_runtime=args.runtime is not None))
     fitted = ("" if budget is None else f" (the fewest; they did not fit --budget {budget:g} s)"
               if timing.over_budget else f" (as many as fit --budget {budget:g} s)")
     print("timed runs per file: " + ", ".join(f"{st.header} {timing.runs[st.key]}" for st in settings)
