@@ -19,11 +19,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	@touch $(STAMP)
 
-# The tests also run the LiteRT backend with the real interpreter: the optional extra (~0.8 GB), installed on top.
+# The tests also run the LiteRT and OpenVINO backends with their real runtimes: the optional extras (~0.8 GB and
+# ~0.2 GB), installed on top.
 $(LITERT_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[test,litert]"
+	$(BIN)/python -m pip install --quiet -e ".[test,litert,openvino]"
 	@$(BIN)/python -c "import torch; v = torch.__version__.split('+')[0]; assert v == '2.13.0', v" \
-		|| { echo "mixq: installing mixq[litert] moved torch off 2.13.0"; exit 1; }
+		|| { echo "mixq: installing mixq[litert,openvino] moved torch off 2.13.0"; exit 1; }
 	@touch $(LITERT_STAMP)
 
 venv: $(STAMP)

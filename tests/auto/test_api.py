@@ -212,10 +212,12 @@ class _FakeMeter:
     """Stands in for ONNX Runtime timing: fixed latencies per label (``chosen`` and unknown labels last)."""
 
     def __init__(self, latencies):
-        self.latencies = latencies
+        from mixq.export.backend import get_runtime
+
+        self.latencies, self.runtime = latencies, get_runtime("ort")
         self.folder, self.threads = None, 1
 
-    def __call__(self, example_inputs):
+    def __call__(self, example_inputs, runtime="ort"):
         return self
 
     def __enter__(self):
@@ -240,7 +242,7 @@ def _fake_layer_timing(slow_layers):
     """``compare_layer`` stand-in: int8 is slower for layers of ``slow_layers``' shapes, faster for the rest."""
     from mixq.auto.latency import Comparison
 
-    def compare_layer(float_layer, int8_layer, x, folder, tag, threads=1):
+    def compare_layer(float_layer, int8_layer, x, folder, tag, threads=1, runtime="ort"):
         layer = float_layer[0] if isinstance(float_layer, nn.Sequential) else float_layer  # ReLU fused: Sequential
         slow = (layer.in_features, layer.out_features) in slow_layers
         return Comparison(0.3, 0.4, 0, 15) if slow else Comparison(0.4, 0.3, 15, 15)

@@ -23,14 +23,16 @@ class _ShapeMeters:
         self.latencies = latencies or {}
         self.examples = []
 
-    def __call__(self, example_inputs):
+    def __call__(self, example_inputs, runtime="ort"):
         self.examples.append(example_inputs)
         return _Meter(self.latencies.get(example_inputs.shape[0], {}))
 
 
 class _Meter:
     def __init__(self, latencies):
-        self.latencies, self.folder, self.threads = latencies, None, 1
+        from mixq.export.backend import get_runtime
+
+        self.latencies, self.folder, self.threads, self.runtime = latencies, None, 1, get_runtime("ort")
 
     def __enter__(self):
         return self

@@ -113,3 +113,18 @@ def test_litert_rows(demo_run):
     assert int8["agreement"] >= 0.99 and int8["accuracy"] >= fp32["accuracy"] - 0.02
     assert int8["size_kb"] < fp32["size_kb"] and (out / int8["file"]).exists()
     assert f"| {int8['file']} | full-integer | {int8['size_kb']:.1f} |" in proc.stdout
+
+
+@pytest.mark.nightly
+def test_demo_on_openvino(tmp_path):
+    pytest.importorskip("openvino")
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "mixq", "demo", "--quick", "--out", str(out), "--no-progress",
+                           "--runtime", "openvino:f32"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["runtime"] == "openvino:f32" and "openvino" in report["environment"]
+    rows = {r["variant"]: r for r in report["variants"]}
+    assert all(r["agreement"] >= 0.99 for r in rows.values()), rows
+    md = (out / "report.md").read_text()
+    assert "Variants on OpenVINO" in md and "OpenVINO f32 b1 median (ms)" in md

@@ -77,6 +77,19 @@ def _check(model: nn.Module, max_drop: float, objective: str, max_evals: int, se
                          "observer")
 
 
+def _runtime(name: str, timed: bool) -> Any:
+    """The runtime latency is measured on, refused in one line when unknown, not installed, or never used."""
+    from mixq.export.backend import get_runtime
+
+    runtime = get_runtime(name)
+    if not timed and name != "ort":
+        raise ValueError(f"runtime={name!r} has no effect with measure=False and objective='accuracy' (nothing is "
+                         "timed); drop it or pass measure=True")
+    if timed and not runtime.available():
+        raise ValueError(f"runtime={name!r} needs {runtime.title}, which is not installed; {runtime.install_hint}")
+    return runtime
+
+
 def autoquantize(
     model: nn.Module,
     calib_data: Iterable[Batch],
@@ -95,6 +108,7 @@ def autoquantize(
     measure: bool = True,
     deploy_shapes: Sequence[int] | Sequence[Batch] | None = None,
     progress: bool = False,
+    runtime: str = "ort",
 ) -> AutoQuantResult:
     """Quantize ``model`` as far as ``eval_fn`` allows, choosing a precision per layer; ``model`` is not modified.
 
@@ -105,7 +119,9 @@ def autoquantize(
     everywhere and moves the most sensitive layers up (the fallback observers the configured observer declares,
     e.g. percentile/MSE, then dynamic, fp16, fp32) until the target is met, calling ``eval_fn`` at most
     ``max_evals`` times in all (see the module docstring for costs).
-    ``objective``: ``"latency"`` times candidates on ONNX Runtime here and keeps float what int8 does not speed up;
+    ``objective``: ``"latency"`` times candidates on ``runtime`` here (default ``"ort"``, ONNX Runtime; any name
+    ``mixq.export.backend.get_runtime`` takes, e.g. ``"openvino"`` or ``"openvino:f32"``) and keeps float what int8
+    does not speed up;
     ``"size"`` climbs the ladder in order of file size; ``"accuracy"`` moves each layer straight to its most
     accurate rung. ``example_inputs`` (default: the first calibration batch) is what is exported and timed.
     If nothing meets the target within budget, the best model found is returned with a warning saying by how much
@@ -132,6 +148,7 @@ def autoquantize(
     if deploy_shapes is not None and not timed_at_all:
         raise ValueError("deploy_shapes has no effect with measure=False and objective='accuracy' (nothing is "
                          "timed); drop it or pass measure=True")
+    meter_runtime = _runtime(runtime, timed_at_all)
     check_finite(model, "autoquantize")
     options = Options(objective, max_evals, sensitivity_evals, sensitivity_batches, min_gain_db, progress)
     evaluate = Evaluator(eval_fn, max_evals)
@@ -148,7 +165,8 @@ def autoquantize(
                              max_evals, sensitivity, seconds=seconds)
     ctx = Context(model, base, options, evaluate, target, example, calibration, report)
     int8_metric = pipeline.check_all_int8(ctx)
-    meter = Meters.build(OrtMeter, shapes) if timed_at_all else None
+    report.runtime = meter_runtime.display
+    meter = Meters.build(lambda ex: OrtMeter(ex, runtime=runtime), shapes) if timed_at_all else None
     with timed(seconds, "latency_probe"):
         start = pipeline.probe_latency(ctx, meter, compare_layer)
     with timed(seconds, "search"):

@@ -206,6 +206,11 @@ class Meters:
         for m in self.meters.values():
             m.__exit__(*exc)
 
+    @property
+    def runtime(self) -> Any:
+        """The runtime every meter times on (``mixq.export.backend.Runtime``)."""
+        return next(iter(self.meters.values())).runtime
+
     def measure(self, models: dict[str, nn.Module]) -> dict[str, dict[str, Measurement]]:
         """label -> deploy shape -> measurement."""
         by_shape = {shape: meter.measure(models) for shape, meter in self.meters.items()}

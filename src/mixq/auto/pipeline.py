@@ -218,7 +218,7 @@ def probe_latency(ctx: Context, meters: Meters | None, compare_layer: CompareLay
             start[name] = len(ctx.ladders[name]) - 1
             slower.add(name)
             ctx.report.notes.append(_slower_note(name, by_shape, meters))
-    ctx.report.notes.append(_probe_summary(verdicts, meters.labels))
+    ctx.report.notes.append(_probe_summary(verdicts, meters.labels, meters.runtime.title))
     return Start(start, frozenset(slower))
 
 
@@ -240,7 +240,7 @@ def _time_layers(ctx: Context, meters: Meters,
             if key not in verdicts:
                 int8_layer = quantized_layer(prepared, only(ctx.base, name, ctx.ladders[name][0]), name)
                 verdicts[key] = compare_layer(float_layer, int8_layer, inputs[name], meter.folder,
-                                              str(len(verdicts)), meter.threads)
+                                              str(len(verdicts)), meter.threads, meter.runtime.label)
             per_layer.setdefault(name, {})[shape] = verdicts[key]
     ordered = {n: per_layer[n] for n in layers if n in per_layer}
     return ordered, list(verdicts.values())
@@ -253,11 +253,11 @@ def _slower_note(name: str, by_shape: dict[str, Comparison], meters: Meters) -> 
             "it starts fp32")
 
 
-def _probe_summary(verdicts: list[Comparison], shapes: list[str]) -> str:
+def _probe_summary(verdicts: list[Comparison], shapes: list[str], runtime: str) -> str:
     faster = sum(v.b_faster for v in verdicts)
     slower = sum(v.a_faster for v in verdicts)
     over = f" (deploy shapes {', '.join(shapes)})" if len(shapes) > 1 else ""
-    return (f"latency probe: {len(verdicts)} distinct layer shapes{over} timed alone on ONNX Runtime in {PAIRS} "
+    return (f"latency probe: {len(verdicts)} distinct layer shapes{over} timed alone on {runtime} in {PAIRS} "
             f"paired rounds: int8 significantly faster for {faster}, slower for {slower}, a tie (kept int8) for "
             f"{len(verdicts) - faster - slower}")
 
@@ -359,8 +359,8 @@ def _compare_variants(ctx: Context, meters: Meters, choice: Choice) -> Choice:
         timings = "; ".join(f"chosen {times['chosen'][s].latency_ms:.3f} ms vs fp32 {times['fp32'][s].latency_ms:.3f} "
                             f"ms{_at(s, meters)}" for s in shapes)
         mean = f", mean time ratio {ratio:.2f}" if len(shapes) > 1 else ""
-        report.notes.append(f"int8 does not make this model faster on ONNX Runtime here ({timings}{mean}): the "
-                            "whole model stays float")
+        report.notes.append(f"int8 does not make this model faster on {meters.runtime.title} here "
+                            f"({timings}{mean}): the whole model stays float")
         choice = Choice(copy.deepcopy(ctx.model).eval(), None, report.baseline)
         metrics["chosen"] = report.baseline
         report.precisions = {n: "fp32" for n in ctx.ladders}
@@ -376,9 +376,9 @@ def _final_check(ctx: Context, meters: Meters, choice: Choice, kept_fp32: list[s
     report = ctx.report
     verdicts = meters.compare("all-int8", "chosen")
     for shape, verdict in verdicts.items():
-        report.notes.append(f"final check: chosen {verdict.b_ms:.3f} ms vs all-int8 {verdict.a_ms:.3f} ms on ONNX "
-                            f"Runtime{_at(shape, meters)} ({verdict.pairs} paired rounds, chosen faster in "
-                            f"{verdict.b_wins})")
+        report.notes.append(f"final check: chosen {verdict.b_ms:.3f} ms vs all-int8 {verdict.a_ms:.3f} ms on "
+                            f"{meters.runtime.title}{_at(shape, meters)} ({verdict.pairs} paired rounds, chosen "
+                            f"faster in {verdict.b_wins})")
     if (not slower_over_shapes(list(verdicts.values())) or not kept_fp32 or ctx.evaluate.left < 1
             or choice.assignment is None):
         return None

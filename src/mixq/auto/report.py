@@ -68,6 +68,7 @@ class AutoQuantReport:
     layer_latency_ms: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    runtime: str = "ORT"  # where latency was measured (``Runtime.display``)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,7 +79,7 @@ class AutoQuantReport:
             "steps": [vars(s) for s in self.steps], "precisions": dict(self.precisions),
             "variants": [{**vars(v), "latency_by_shape": dict(v.latency_by_shape)} for v in self.variants],
             "layer_latency_ms": dict(self.layer_latency_ms),
-            "notes": list(self.notes), "seconds": dict(self.seconds),
+            "notes": list(self.notes), "seconds": dict(self.seconds), "runtime": self.runtime,
         }
 
     def to_markdown(self) -> str:
@@ -95,14 +96,16 @@ class AutoQuantReport:
         return "\n".join(lines) + "\n"
 
     def _variants_table(self) -> list[str]:
-        """One latency column per deploy shape (one "ORT latency (ms)" column when there is one shape); a
+        """One latency column per deploy shape (one "ORT latency (ms)" column when there is one shape, named after
+        the runtime); a
         ``vs dynamic`` time ratio per shape when the mixq dynamic row is there."""
         shapes = list(dict.fromkeys(s for v in self.variants for s in v.latency_by_shape))
         dynamic = next((v for v in self.variants if v.name == "dynamic" and v.latency_by_shape), None)
         if len(shapes) > 1:
-            heads = [f"ORT ms @ {s}" for s in shapes] + ([f"vs dynamic @ {s}" for s in shapes] if dynamic else [])
+            heads = [f"{self.runtime} ms @ {s}" for s in shapes]
+            heads += [f"vs dynamic @ {s}" for s in shapes] if dynamic else []
         else:
-            heads = ["ORT latency (ms)"] + (["vs dynamic"] if dynamic else [])
+            heads = [f"{self.runtime} latency (ms)"] + (["vs dynamic"] if dynamic else [])
         lines = ["| model | metric | Δ vs fp32 | " + " | ".join(heads) + " | ONNX size (KB) |",
                  "|---|---:|---:|" + "---:|" * (len(heads) + 1)]
         return lines + [self._variant_row(v, shapes, dynamic) for v in self.variants]
@@ -128,7 +131,8 @@ class AutoQuantReport:
         for r in self.sensitivity:
             lines.append(f"- {r.name}: " + ", ".join(f"{k} {_db(v)}" for k, v in r.rung_sqnr_db.items()))
         if self.layer_latency_ms:
-            lines += ["", "ORT latency (ms) of each layer alone in int8 (paired against fp32, see the notes):", ""]
+            lines += ["", f"{self.runtime} latency (ms) of each layer alone in int8 (paired against fp32, see the "
+                      "notes):", ""]
             lines += [f"- {k}: {v:.3f}" for k, v in self.layer_latency_ms.items()]
         return lines
 

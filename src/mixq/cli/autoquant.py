@@ -41,8 +41,11 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="allowed drop of the metric vs fp32 (absolute, or with --relative a fraction; default 0.01)")
     p.add_argument("--relative", action="store_true", help="--max-drop is a fraction of the fp32 metric")
     p.add_argument("--objective", choices=("latency", "size", "accuracy"), default="latency",
-                   help="what to minimise within the budget: ONNX Runtime latency here (default), file size, or "
+                   help="what to minimise within the budget: latency on --runtime here (default), file size, or "
                         "error")
+    p.add_argument("--runtime", default="ort", metavar="NAME",
+                   help="the runtime latency is measured on, for --objective latency and the report: ort (default), "
+                        "openvino, or openvino:f32 / openvino:bf16 (OpenVINO's precision hint)")
     p.add_argument("--max-evals", type=int, default=16, metavar="N", help="calls of --eval in all (default 16)")
     p.add_argument("--batch", default=None, metavar="B1,B2",
                    help="batch sizes the model will serve, each timed for --objective latency and the report "
@@ -51,6 +54,18 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--strict", action="store_true", help="exit 1 when no configuration meets the target")
     p.add_argument("--output", required=True, metavar="MODEL.onnx", help="ONNX file to write")
     p.set_defaults(run=run)
+
+
+def _check_runtime(name: str, output: Any) -> None:
+    """``--runtime`` must run the .onnx file autoquant writes, and be installed."""
+    from mixq.export.backend import runtime_for
+
+    try:
+        runtime = runtime_for(output, runtime=name)
+    except ValueError as err:
+        raise CliError(f"--runtime {name}: {err}", "autoquant writes an ONNX file; pick a runtime for it") from err
+    if not runtime.available():
+        raise CliError(f"--runtime {name} needs {runtime.title}, which is not installed", runtime.install_hint or "")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("autoquant needs calibration data", "pass --calib DATA (or with --hf, --calib-text FILE: a "
                        "few hundred representative inputs)")
     deploy = None if args.batch is None else parse_ints(args.batch, "--batch", "1,32")
+    _check_runtime(args.runtime, output)
     eval_fn = load_callable(args.eval, "--eval")
     model, batches, example = load_inputs(args)
     try:
@@ -72,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             warnings.simplefilter("always")
             result = mixq.autoquantize(model, batches, eval_fn, max_drop=args.max_drop, relative=args.relative,
                                        example_inputs=example, objective=args.objective, max_evals=args.max_evals,
-                                       deploy_shapes=deploy, progress=True)
+                                       deploy_shapes=deploy, progress=True, runtime=args.runtime)
     except mixq.EvalFnError as err:
         raise CliError(f"--eval {args.eval} failed: {first_line(err)}", "fix the metric function") from err
     except (ValueError, TypeError) as err:

@@ -24,12 +24,27 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", default="mixq-report", metavar="DIR", help="report directory (default: mixq-report)")
     p.add_argument("--quick", action="store_true", help="a narrower model, fewer epochs and timing runs (a smoke test)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="ONNX Runtime threads for the latency measurements (default 1)")
+                   help="runtime threads for the latency measurements (default 1)")
+    p.add_argument("--runtime", default="ort", metavar="NAME",
+                   help="where the .onnx files run and are timed: ort (default), openvino, openvino:f32, "
+                        "openvino:bf16")
     p.add_argument("--mixed-precision", choices=("auto", "bf16", "fp16"), default="auto",
                    help="precision of the mixed-precision run: auto = fp16 with loss scaling on CUDA, else bf16")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(run=run)
+
+
+def _check_runtime(name: str) -> None:
+    """``--runtime`` must run .onnx files and be installed."""
+    from mixq.export.backend import runtime_for
+
+    try:
+        runtime = runtime_for("model.onnx", runtime=name)
+    except ValueError as err:
+        raise CliError(f"--runtime {name}: {err}", "the demo writes .onnx files; pick a runtime for them") from err
+    if not runtime.available():
+        raise CliError(f"--runtime {name} needs {runtime.title}, which is not installed", runtime.install_hint or "")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,13 +59,15 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--out {str(out)!r} is a file", "pass a directory for the report")
     if args.threads < 1:
         raise CliError(f"--threads must be >= 1, got {args.threads}", "pass e.g. --threads 2")
+    _check_runtime(args.runtime)
     require_writable(out if out.is_dir() else out.parent, "--out")
     created = not out.exists()
     out.mkdir(exist_ok=True)
     try:
         with StagedOutputs(out) as stage:  # the report, its plots and ONNX files: all of them, or none
             outcome = run_demo(stage.path(""), quick=args.quick, seed=args.seed, threads=args.threads,
-                               mixed_precision=args.mixed_precision, progress=not args.no_progress)
+                               mixed_precision=args.mixed_precision, progress=not args.no_progress,
+                               runtime=args.runtime)
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)

@@ -24,6 +24,14 @@ class DemoSettings:
     threads: int = 1
     mixed_precision: str = "auto"
     progress: bool = True
+    runtime: str = "ort"  # the runtime the .onnx files run and are timed on (a mixq.export.backend.get_runtime name)
+
+    @property
+    def backend(self) -> Any:
+        """The ``mixq.export.backend.Runtime`` called ``runtime``."""
+        from mixq.export.backend import get_runtime
+
+        return get_runtime(self.runtime)
 
     @property
     def channels(self) -> int:
@@ -44,7 +52,8 @@ class DemoSettings:
         return (1, 32)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"quick": self.quick, "seed": self.seed, "threads": self.threads, "channels": self.channels,
+        return {"quick": self.quick, "seed": self.seed, "threads": self.threads, "runtime": self.runtime,
+                "channels": self.channels,
                 "mixed_precision": self.mixed_precision, "epochs": self.epochs,
                 "latency_runs": self.latency_runs, "batches": list(self.batches)}
 
@@ -78,12 +87,14 @@ class DemoContext:
         return self.model
 
 
-def environment() -> dict[str, str]:
-    """Versions and machine the numbers were measured with."""
+def environment(runtime: str = "ort") -> dict[str, str]:
+    """Versions and machine the numbers were measured with (and ``runtime``'s package, when it is not ORT)."""
     import platform
 
     from mixq import __version__
     from mixq.export.backend import get_runtime
 
-    return {"mixq": __version__, "torch": torch.__version__, "onnxruntime": get_runtime("ort").version(),
-            "python": platform.python_version(), "machine": platform.machine(), "cpu_count": str(os.cpu_count())}
+    versions = {"mixq": __version__, "torch": torch.__version__, "onnxruntime": get_runtime("ort").version(),
+                "python": platform.python_version(), "machine": platform.machine(), "cpu_count": str(os.cpu_count())}
+    backend = get_runtime(runtime)
+    return versions if backend.package in versions else {**versions, backend.package: backend.version()}

@@ -64,7 +64,7 @@ def evaluate_variant(ctx: DemoContext, variant: Variant) -> VariantResult:
     build_seconds = time.perf_counter() - start
     ctx.artifacts.setdefault("models", {})[variant.name] = model  # the LiteRT section writes some of them again
     x_test, y_test = ctx.data["x_test"], ctx.data["y_test"].numpy()
-    runtime = get_runtime("ort")
+    runtime = get_runtime(ctx.settings.runtime)
     fmt = get_format(runtime.format)
     path = fmt.export(model, ctx.example, ctx.out / f"{variant.file_stem}{fmt.suffix}")
     session = runtime.session(path, ctx.settings.threads)

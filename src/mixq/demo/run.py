@@ -45,12 +45,19 @@ def train_models(ctx: DemoContext) -> None:
 
 
 def run_demo(out_dir: str | os.PathLike = "mixq-report", *, quick: bool = False, seed: int = 0, threads: int = 1,
-             mixed_precision: str = "auto", progress: bool = True) -> DemoOutcome:
+             mixed_precision: str = "auto", progress: bool = True, runtime: str = "ort") -> DemoOutcome:
     """Run the whole demo and write ``report.md``, ``report.html``, ``report.json`` and PNG plots to ``out_dir``.
 
     ``out_dir`` is created if missing (its parent must exist). ``quick`` trains and times less (a smoke test).
     ``mixed_precision``: ``"auto"`` (fp16 with loss scaling on CUDA, else bf16), ``"bf16"`` or ``"fp16"``.
+    ``runtime``: where the ``.onnx`` files run and are timed, any ``mixq.export.backend.get_runtime`` name for
+    ``.onnx`` files (``"ort"``, ``"openvino"``, ``"openvino:f32"``).
     """
+    from mixq.export.backend import runtime_for
+
+    backend = runtime_for("model.onnx", runtime=runtime)  # ValueError in one line for another format's runtime
+    if not backend.available():
+        raise ValueError(f"runtime {runtime!r} needs {backend.title}, which is not installed; {backend.install_hint}")
     if mixed_precision not in ("auto", "bf16", "fp16"):
         raise ValueError(f"mixed_precision must be 'auto', 'bf16' or 'fp16', got {mixed_precision!r}")
     out = Path(out_dir)
@@ -58,13 +65,13 @@ def run_demo(out_dir: str | os.PathLike = "mixq-report", *, quick: bool = False,
         raise FileNotFoundError(f"the parent of the output directory, {str(out.parent)!r}, does not exist")
     out.mkdir(exist_ok=True)
     settings = DemoSettings(quick=quick, seed=seed, threads=threads, mixed_precision=mixed_precision,
-                            progress=progress)
+                            progress=progress, runtime=runtime)
     ctx = DemoContext(out=out, settings=settings, data=load_digits_split(seed))
     train_models(ctx)
     for variant in tqdm(VARIANTS, desc="quantize, export, measure", unit="variant", leave=False, disable=not progress):
         ctx.results.append(evaluate_variant(ctx, variant))
     sections = [build(ctx) for build in SECTIONS]
-    meta = {"settings": settings.to_dict(), "environment": environment()}
+    meta = {"settings": settings.to_dict(), "environment": environment(runtime)}
     report = write_report(out, TITLE, sections, meta)
     terminal = training_table(ctx).markdown() + "\n\n" + variants_table(ctx).markdown()
     if ctx.artifacts.get("litert"):

@@ -27,11 +27,12 @@ def overview_section(ctx: DemoContext) -> Section:
         rows.append([r.variant, f"{entry['size_ratio']:.2f}x"] + [f"{entry[f'speedup_b{b}']:.2f}x"
                                                                   for b in ctx.settings.batches]
                     + [f"{r.accuracy_delta_pp:+.2f}"])
-    env = environment()
+    env = environment(ctx.settings.runtime)
     return Section("Overview", "overview", [
         Text(f"A residual CNN ({sum(p.numel() for p in ctx.fp32.parameters()):,} parameters) trained on "
              f"scikit-learn's bundled 8x8 digits, then quantized every way mixq can; {base.variant} "
-             f"reaches {base.accuracy:.2%} test accuracy on ONNX Runtime in a {base.size_kb:.1f} KB file. "
+             f"reaches {base.accuracy:.2%} test accuracy on {ctx.settings.backend.title} in a {base.size_kb:.1f} KB "
+             "file. "
              f"Measured with mixq {env['mixq']}, torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
              f"Python {env['python']} on {env['machine']} ({env['cpu_count']} CPUs)."),
         Table(["variant", "smaller than fp32"] + [f"faster at batch {b}" for b in ctx.settings.batches]
@@ -67,7 +68,7 @@ def training_section(ctx: DemoContext) -> Section:
 def variants_table(ctx: DemoContext) -> Table:
     """The main table: one row per exported variant."""
     headers = ["variant", "size (KB)", "accuracy", "Δ vs fp32 (pp)"]
-    headers += [f"ORT b{b} median (ms)" for b in ctx.settings.batches]
+    headers += [f"{ctx.settings.backend.display} b{b} median (ms)" for b in ctx.settings.batches]
     headers += ["agreement with PyTorch", "max abs diff vs PyTorch"]
     rows = []
     for r in ctx.results:
@@ -84,14 +85,15 @@ def variants_section(ctx: DemoContext) -> Section:
                                   ctx.out / "accuracy_vs_size.png")
     latency = plots.latency_bars(names, {b: [r.latency[b].median_ms for r in ctx.results]
                                          for b in ctx.settings.batches}, ctx.out / "latency.png")
-    return Section("Variants on ONNX Runtime", "variants", [
-        Text(f"Each variant is exported with mixq.export_onnx and run in ONNX Runtime (CPU, "
+    title = ctx.settings.backend.title
+    return Section(f"Variants on {title}", "variants", [
+        Text(f"Each variant is exported with mixq.export_onnx and run in {title} ({ctx.settings.backend.label}, CPU, "
              f"{ctx.settings.threads} thread(s), {ctx.settings.latency_runs} timed runs after warm-up). Accuracy is "
              f"on the {len(ctx.data['y_test'])} held-out test images; agreement is the share of them where ONNX "
-             "Runtime and mixq's PyTorch simulation of the same model predict the same class."),
+             f"{title} and mixq's PyTorch simulation of the same model predict the same class."),
         variants_table(ctx),
         Image(size.name, "test accuracy against ONNX file size"),
-        Image(latency.name, "median ONNX Runtime latency per variant"),
+        Image(latency.name, f"median {title} latency per variant"),
     ], data=[r.to_dict() for r in ctx.results])
 
 
@@ -144,7 +146,8 @@ def autoquant_section(ctx: DemoContext) -> Section:
     status = "met" if report.met else f"missed by {report.miss:.4f}"
     return Section("Automatic per-layer precision (autoquantize)", "autoquant", [
         Text(f"mixq.autoquantize calibrates once, ranks layers by the error each causes alone, and searches "
-             f"per-layer precisions for the {report.objective} objective, timing candidates on ONNX Runtime, "
+             f"per-layer precisions for the {report.objective} objective, timing candidates on "
+             f"{ctx.settings.backend.title}, "
              f"within {report.max_drop:g} of fp32's validation accuracy ({report.baseline:.4f}): target {status} "
              f"with {report.evaluations} evaluations."),
         sensitivity, search, Image(image.name, "per-layer sensitivity and the precision chosen"),

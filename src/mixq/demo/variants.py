@@ -91,7 +91,8 @@ def autoquant(ctx: DemoContext) -> nn.Module:
             return float((model(x).argmax(1) == y).float().mean())
 
     result = mixq.autoquantize(ctx.fp32, ctx.calib, validation_accuracy, max_drop=0.005, objective="latency",
-                               example_inputs=ctx.example, progress=ctx.settings.progress)
+                               example_inputs=ctx.example, progress=ctx.settings.progress,
+                               runtime=ctx.settings.runtime)
     ctx.artifacts["autoquant"] = result
     return result.model
 

@@ -97,8 +97,14 @@ class Runtime(ABC):
     package: ClassVar[str]  # the distribution whose version the runtime reports
     named_inputs: ClassVar[bool] = True
     install_hint: ClassVar[str | None] = None
+    short: ClassVar[str | None] = None  # a short name for table headers ("ORT"); None: ``title``
     options: ClassVar[dict[str, tuple[str, ...]]] = {}
     chosen: Mapping[str, str] = {}
+
+    @property
+    def display(self) -> str:
+        """The short name and the chosen option values, for headers and notes: ``"ORT"``, ``"OpenVINO f32"``."""
+        return " ".join([self.short or self.title, *self.chosen.values()])
 
     @property
     def label(self) -> str:
@@ -138,7 +144,8 @@ class Runtime(ABC):
 
     @abstractmethod
     def session(self, path: str | os.PathLike, threads: int | None = None) -> Session:
-        """Load ``path`` to run on the CPU with ``threads`` intra-op threads (None: the runtime's choice)."""
+        """Load ``path`` to run on the CPU with ``threads`` intra-op threads (None: the runtime's choice) and the
+        ``chosen`` options."""
 
     @abstractmethod
     def input_names(self, session: Any) -> list[str]:

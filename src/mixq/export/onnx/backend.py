@@ -44,7 +44,7 @@ class OrtRuntime(Runtime):
     """ONNX Runtime's CPU execution provider."""
 
     package = "onnxruntime"
-    name, format, title = "ort", "onnx", "ONNX Runtime"
+    name, format, title, short = "ort", "onnx", "ONNX Runtime", "ORT"
 
     def session(self, path: str | os.PathLike, threads: int | None = None) -> Any:
         """A CPU ``onnxruntime.InferenceSession``; with ``threads``, that many intra-op threads and one inter-op."""
