@@ -214,7 +214,9 @@ def main() -> None:
 
     started, load = time.perf_counter(), os.getloadavg()
     flags = cpu_flags()
-    head = (f"CPU: {flags}; {os.cpu_count()} cores; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
+    head = (f"`bench_runtimes.py{' --quick' if args.quick else ''}`: {args.calib} calibration / {args.eval} evaluation "
+            f"sentences, {args.rounds} interleaved rounds. CPU: {flags}; {os.cpu_count()} cores; load average "
+            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
             f"(1/5/15 min) at the start; {args.threads} threads; onnxruntime {get_runtime('ort').version()}, "
             f"openvino {openvino.__version__.split('-')[0]}, torch {torch.__version__}")
     print(head, flush=True)
@@ -235,9 +237,8 @@ def main() -> None:
     lines.append(f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; took "
                  f"{results['seconds']} s")
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "runtimes_quick" if args.quick else "runtimes"
-    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (args.out / "runtimes.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / "runtimes.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
