@@ -22,9 +22,12 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from mixq.quant.runtime_costs import Kernel, KernelCost
 
 BUILTIN = ("mixq.export.onnx.backend", "mixq.export.tflite.backend")  # a new backend adds its module here
 _FORMATS: dict[str, Format] = {}
@@ -89,6 +92,8 @@ class Runtime(ABC):
     package: ClassVar[str]  # the distribution whose version the runtime reports
     named_inputs: ClassVar[bool] = True
     install_hint: ClassVar[str | None] = None
+    times_kernels: ClassVar[bool] = False  # implements ``time_kernel`` (runtime-aware precision)
+    float_dtypes: ClassVar[tuple[str, ...]] = ("float32",)  # float precisions it runs fast on this CPU, best first
 
     def available(self) -> bool:
         """Whether the runtime is installed (checked without importing it)."""
@@ -127,6 +132,12 @@ class Runtime(ABC):
         from mixq.report.latency import measure_interleaved
 
         return measure_interleaved(jobs, runs, warmup, rounds)
+
+    def time_kernel(self, kernel: Kernel, threads: int = 1) -> KernelCost:
+        """Time one layer's float kernel against the int8 form this runtime's format lowers it to (each a one-op
+        file at ``kernel``'s shape, run side by side); runtimes with ``times_kernels`` implement it, and
+        runtime-aware precision (``mixq.quant.runtime_precision``) leaves layers as configured on the others."""
+        raise NotImplementedError(f"{self.title} cannot time kernels (runtime-aware precision is not available)")
 
     def check(self, model: Any, path: str | os.PathLike, example_inputs: Any) -> float:
         """Simulation vs runtime: the largest ``|runtime - PyTorch|`` over the outputs on ``example_inputs``."""
