@@ -7,8 +7,10 @@ Int8 does not pay everywhere: a 3-channel stem convolution, a depthwise convolut
 static or dynamic Conv/Linear is timed at the input shape it saw in the probe pass, in both forms, by that runtime
 (``Runtime.time_kernel``), once per distinct shape and machine: the costs are cached
 (``mixq.quant.runtime_costs``). A layer whose int8 form is slower stays float, and the summary says which, why and
-by how much; a tie keeps int8. ``runtime_aware=False`` keeps every layer at the precision the config asks for.
-Without a runtime nothing is timed, so ``mixq.quantize(model, "static", ...)`` depends on its config alone.
+by how much; a tie keeps int8, and so does a kernel too small to matter (both forms under ``MIN_MS``, where the
+difference is call overhead and timing noise, so tiny models quantize the same on every run).
+``runtime_aware=False`` keeps every layer at the precision the config asks for. Without a runtime nothing is
+timed, so ``mixq.quantize(model, "static", ...)`` depends on its config alone.
 
 The decision is per kernel: the int8 form is timed with integer input and output (as between int8 neighbours), so
 the cost of the QuantizeLinear/DequantizeLinear a float layer adds at an int8 boundary is not counted.
@@ -24,6 +26,7 @@ from mixq.quant.spec import QuantConfig
 from mixq.quant.stages import Prepared
 
 BUDGET_S = 20.0  # at most this long timing kernels not cached yet, per quantize call
+MIN_MS = 0.05  # kernels faster than this in both forms keep the config's precision
 CostTable = KernelCosts | Mapping[str, KernelCost | tuple[float, float]]
 
 
@@ -41,6 +44,11 @@ def layer_kernels(prepared: Prepared, config: QuantConfig) -> dict[str, Kernel]:
         if kernel is not None:
             kernels[name] = kernel
     return kernels
+
+
+def int8_slower(cost: KernelCost) -> bool:
+    """True when the int8 form is slower than the float one, and the kernel is large enough for that to matter."""
+    return cost.ratio > 1 and max(cost.float_ms, cost.int8_ms) >= MIN_MS
 
 
 def runtime_float_layers(prepared: Prepared, config: QuantConfig, costs: CostTable | None = None,
@@ -70,7 +78,7 @@ def runtime_float_layers(prepared: Prepared, config: QuantConfig, costs: CostTab
     slower = {}
     for name, kernel in kernels.items():
         cost = table.get(kernel)
-        if cost is not None and cost.ratio > 1:
+        if cost is not None and int8_slower(cost):
             slower[name] = (f"int8 is slower on {runtime.title} here: {kernel.describe()} {kernel.mode} int8 "
                             f"{cost.int8_ms:.3f} ms vs float {cost.float_ms:.3f} ms ({cost.ratio:.2f}x); "
                             "runtime_aware=False forces int8")
