@@ -63,6 +63,16 @@ class Kernel:
         act = f"/{self.activation}" if self.mode == "static" else ""
         return f"{self.op}/{self.mode}{act} {shape} o{self.out_channels}{geometry}{' bias' if self.bias else ''}"
 
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates per call (roughly: convolutions at stride 1 output size over the stride)."""
+        n = self.input_shape[0] * self.out_channels * self.input_shape[1]
+        if self.op == "linear":
+            return n
+        for size, stride, k in zip(self.input_shape[2:], self.stride, self.kernel, strict=False):
+            n *= k * max(1, size // stride)
+        return n // self.groups
+
     def describe(self) -> str:
         """A short human name: ``depthwise 3x3/2 conv 96ch``, ``1x1 conv 144->24``, ``linear 384->1536``."""
         cin = self.input_shape[1] if self.op == "conv" else self.input_shape[-1]
@@ -157,9 +167,9 @@ class KernelCosts:
 
     def measure(self, kernels: Iterable[Kernel], timer: Callable[[Kernel], KernelCost],
                 budget_s: float = 20.0) -> list[Kernel]:
-        """Time the ``kernels`` not in the table with ``timer`` (distinct shapes, until ``budget_s`` seconds are
-        spent) and save them to the cache file; returns the kernels left untimed."""
-        missing = list({k.key: k for k in kernels if k.key not in self.table}.values())
+        """Time the ``kernels`` not in the table with ``timer`` (distinct shapes, largest first, until ``budget_s``
+        seconds are spent) and save them to the cache file; returns the kernels left untimed."""
+        missing = sorted({k.key: k for k in kernels if k.key not in self.table}.values(), key=lambda k: -k.macs)
         start, left = time.perf_counter(), []
         for kernel in missing:
             if time.perf_counter() - start > budget_s:

@@ -25,7 +25,7 @@ from mixq.quant.runtime_costs import Kernel, KernelCost, KernelCosts, kernel_of
 from mixq.quant.spec import QuantConfig
 from mixq.quant.stages import Prepared
 
-BUDGET_S = 20.0  # at most this long timing kernels not cached yet, per quantize call
+BUDGET_S = 60.0  # at most this long timing kernels not cached yet, per quantize call
 MIN_MS = 0.05  # kernels faster than this in both forms keep the config's precision
 CostTable = KernelCosts | Mapping[str, KernelCost | tuple[float, float]]
 
