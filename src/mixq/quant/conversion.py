@@ -100,14 +100,14 @@ def _with_relu(module: nn.Module, relu: bool) -> nn.Module:
 
 def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,
                    summary: QuantizationSummary, weight_params: dict[str, GroupParams],
-                   keep_float: Mapping[str, str]) -> None:
+                   keep_float: Mapping[str, str] | None = None) -> None:
     module = model.get_submodule(name)
     observed = module if isinstance(module, ObservedLayer) else None
     layer, relu = (observed.layer, observed.relu) if observed else (module, False)
     kind, before = kind_name(layer), module_bytes(layer)
     choice = config.choice(name)
     reason = "kept fp32 by a per-layer override" if choice.mode == "fp32" else refusal(layer, choice.mode, config)
-    reason = reason or keep_float.get(name)
+    reason = reason or (keep_float or {}).get(name)
     if choice.mode == "static" and observed is not None and reason is None:
         float_out = observed.float_output
         if not (observed.input_observer.has_data and (float_out or observed.output_observer.has_data)):
