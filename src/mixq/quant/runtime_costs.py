@@ -106,7 +106,7 @@ def kernel_of(layer: nn.Module, input_shape: tuple[int, ...], mode: str, activat
 
 @dataclass(frozen=True)
 class KernelCost:
-    """Median milliseconds per call of a kernel's float form and its int8 form on one runtime."""
+    """Milliseconds per call of a kernel's float form and its int8 form on one runtime."""
 
     float_ms: float
     int8_ms: float
