@@ -18,6 +18,7 @@ the cost of the QuantizeLinear/DequantizeLinear a float layer adds at an int8 bo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from mixq.quant.modules import ObservedLayer
@@ -46,6 +47,14 @@ def layer_kernels(prepared: Prepared, config: QuantConfig) -> dict[str, Kernel]:
     return kernels
 
 
+def _busy() -> bool:
+    """True when other processes kept every CPU busy (1-minute load average above the CPU count)."""
+    try:
+        return os.getloadavg()[0] > (os.cpu_count() or 1)
+    except OSError:
+        return False
+
+
 def int8_slower(cost: KernelCost) -> bool:
     """True when the int8 form is slower than the float one, and the kernel is large enough for that to matter."""
     return cost.ratio > 1 and max(cost.float_ms, cost.int8_ms) >= MIN_MS
@@ -69,12 +78,14 @@ def runtime_float_layers(prepared: Prepared, config: QuantConfig, costs: CostTab
                     "precision the config asks for"]
     if costs is None:
         table = KernelCosts.cached(runtime.name, runtime.version())
+        known = len(table.table)
         untimed = table.measure(kernels.values(), runtime.time_kernel, budget_s)
+        measured = len(table.table) - known
         source = f"timed on this machine, cached in {table.path}"
     else:
         table = costs if isinstance(costs, KernelCosts) else KernelCosts(costs)
         untimed = [k for k in kernels.values() if table.get(k) is None]
-        source = "from the given cost table"
+        source, measured = "from the given cost table", 0
     slower = {}
     for name, kernel in kernels.items():
         cost = table.get(kernel)
@@ -85,6 +96,10 @@ def runtime_float_layers(prepared: Prepared, config: QuantConfig, costs: CostTab
     timed = len({k.key for k in kernels.values()}) - len({k.key for k in untimed})
     notes = [f"runtime-aware precision for {runtime.title}: {len(slower)} of {len(kernels)} int8 layers stay float "
              f"where their int8 kernel is slower ({timed} distinct kernel shapes, {source})"]
+    if measured and _busy():
+        notes.append(f"runtime-aware precision: this machine was busy while timing (load average "
+                     f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs), so the timings may be noise; delete "
+                     f"{table.path} to time again on a quiet machine")
     if untimed:
         notes.append(f"runtime-aware precision: {len(untimed)} kernel shapes were not timed (time budget {budget_s:g} "
                      "s, or missing from the table); their layers keep the config's precision")
