@@ -18,6 +18,7 @@ the cost of the QuantizeLinear/DequantizeLinear a float layer adds at an int8 bo
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 
@@ -28,6 +29,7 @@ from mixq.quant.stages import Prepared
 
 BUDGET_S = 60.0  # at most this long timing kernels not cached yet, per quantize call
 MIN_MS = 0.05  # kernels faster than this in both forms keep the config's precision
+log = logging.getLogger(__name__)
 CostTable = KernelCosts | Mapping[str, KernelCost | tuple[float, float]]
 
 
@@ -96,10 +98,10 @@ def runtime_float_layers(prepared: Prepared, config: QuantConfig, costs: CostTab
     timed = len({k.key for k in kernels.values()}) - len({k.key for k in untimed})
     notes = [f"runtime-aware precision for {runtime.title}: {len(slower)} of {len(kernels)} int8 layers stay float "
              f"where their int8 kernel is slower ({timed} distinct kernel shapes, {source})"]
-    if measured and _busy():
-        notes.append(f"runtime-aware precision: this machine was busy while timing (load average "
-                     f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs), so the timings may be noise; delete "
-                     f"{table.path} to time again on a quiet machine")
+    if measured and _busy():  # logged, not in the summary: a rerun from the cache gives the same summary
+        log.warning("mixq: runtime-aware precision timed %d kernels while this machine was busy (load average %.1f "
+                    "on %d CPUs), so they may be noise; delete %s to time them again on a quiet machine", measured,
+                    os.getloadavg()[0], os.cpu_count() or 1, table.path)
     if untimed:
         notes.append(f"runtime-aware precision: {len(untimed)} kernel shapes were not timed (time budget {budget_s:g} "
                      "s, or missing from the table); their layers keep the config's precision")
