@@ -119,3 +119,18 @@ def reduce_range() -> bool:
     from mixq.quant.cpu import int8_needs_reduce_range
 
     return int8_needs_reduce_range()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _kernel_cost_cache(tmp_path_factory):
+    """Runtime-aware precision caches kernel timings under $XDG_CACHE_HOME: keep the suite's out of the user's
+    cache (one cache for the whole session, subprocesses included)."""
+    import os
+
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old

@@ -28,7 +28,7 @@ def test_dynamic_from_example_shape_prints_summary(mixq_main, user_dir):
 
 def test_calibration_from_a_callable(mixq_main, user_dir):
     code, out, err = mixq_main("quantize", "--model", "nets:build", "--mode", "static", "--calib", "nets:calib",
-                               "--output", "cnn_callable.onnx", cwd=user_dir)
+                               "--runtime-aware", "off", "--output", "cnn_callable.onnx", cwd=user_dir)
     assert code == 0, err
     assert "2 layers quantized" in out
 
@@ -43,3 +43,21 @@ def test_smoothquant_flag(mixq_main, user_dir):
     code, out, err = mixq_main("quantize", "--model", "nets.py:build", "--mode", "static", "--calib", "nets:calib",
                                "--smoothquant", "auto", "--output", "cnn_sq.onnx", cwd=user_dir)
     assert code == 0 and (user_dir / "cnn_sq.onnx").exists(), err  # no foldable pair: warned, quantized as usual
+
+
+def test_static_is_runtime_aware_for_the_output_formats_runtime_by_default(mixq_main, user_dir):
+    code, out, err = mixq_main("quantize", "--model", "nets:build", "--mode", "static", "--calib", "nets:calib",
+                               "--output", "cnn_aware.onnx", cwd=user_dir)
+    assert code == 0, err
+    config = json.loads((user_dir / "cnn_aware.mixq.json").read_text())["config"]
+    assert config["runtime"] == "ort" and config["runtime_aware"] is True
+    assert "runtime-aware precision for ONNX Runtime" in out
+
+
+def test_runtime_options_are_checked_before_the_model_loads(mixq_main, user_dir):
+    code, out, err = mixq_main("quantize", "--model", "nets:broken", "--mode", "static", "--calib", "nets:calib",
+                               "--runtime", "litert", "--output", "x.onnx", cwd=user_dir)
+    assert code == 2 and "--runtime litert does not run ONNX files" in err, err
+    code, out, err = mixq_main("quantize", "--model", "nets:broken", "--mode", "fp16", "--runtime-aware", "off",
+                               "--output", "x.onnx", cwd=user_dir)
+    assert code == 2 and "runtime_aware=False has no effect without a runtime" in err, err

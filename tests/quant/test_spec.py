@@ -71,6 +71,12 @@ UNUSED = {
     "asymmetric weights in dynamic mode": (dict(mode="dynamic", symmetric=False),
                                            lambda: QuantConfig("dynamic", weight=QuantSpec(symmetric=False)),
                                            "asymmetric weights .* are a weight_only option"),
+    "runtime in weight-only mode": (dict(mode="weight_only", runtime="ort"),
+                                    lambda: QuantConfig("weight_only", runtime="ort"),
+                                    "runtime='ort' has no effect in weight_only mode"),
+    "runtime_aware without a runtime": (dict(mode="static", runtime_aware=False),
+                                        lambda: QuantConfig("static", runtime_aware=False),
+                                        "runtime_aware=False has no effect without a runtime"),
 }
 
 
@@ -87,7 +93,7 @@ def test_an_option_no_layer_would_use_is_refused_as_keywords_and_as_a_config(key
 
 SAMPLES = {"observer": "mse", "bits": 4, "group_size": 32, "per_channel": False, "activation_dtype": "int8",
            "reduce_range": True, "symmetric": False, "method": "gptq", "exclude": ["0"],
-           "overrides": [LayerOverride("0", "fp32")], "smoothquant": 0.5}
+           "overrides": [LayerOverride("0", "fp32")], "smoothquant": 0.5, "runtime": "ort", "runtime_aware": False}
 
 
 def test_every_option_has_a_sample():

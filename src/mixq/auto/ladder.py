@@ -3,9 +3,10 @@
 Static int8 with the configured observer, then static int8 with the observers that observer declares as its
 autoquantize ladder (``capabilities.ladder``, e.g. percentile and MSE: outlier-robust ranges), then dynamic int8
 (activation ranges measured per call), float16 weights, and finally fp32. For ``objective="latency"`` the ladder
-skips rungs that ONNX Runtime does not run faster than fp32 on CPU: float16 (its weights are cast back to float32)
-and dynamic convolutions (ConvInteger is several times slower than Conv). Graph-mode adds and MatMuls of two
-activations only have the static rungs and fp32.
+skips rungs that ONNX Runtime does not run faster than fp32 on CPU: float16 (its weights are cast back to float32;
+a runtime that runs float16 fast says so in ``Runtime.float_dtypes``) and dynamic convolutions (ConvInteger is
+several times slower than Conv). Graph-mode adds and MatMuls of two activations only have the static rungs and
+fp32.
 """
 
 from __future__ import annotations
@@ -38,15 +39,17 @@ class Rung:
 FP32 = Rung("fp32")
 
 
-def ladder(kind: str, objective: str, base: ObserverSpec) -> list[Rung]:
-    """Rungs for a layer of type ``kind`` (``"Linear"``, ``"Conv2d"``, ``"add"``, ...), fastest first."""
+def ladder(kind: str, objective: str, base: ObserverSpec, fast_floats: tuple[str, ...] = ("float32",)) -> list[Rung]:
+    """Rungs for a layer of type ``kind`` (``"Linear"``, ``"Conv2d"``, ``"add"``, ...), fastest first.
+    ``fast_floats``: the float precisions the timing runtime runs fast (``Runtime.float_dtypes``); with the latency
+    objective the float16 rung is offered only where ``"float16"`` is one of them."""
     rungs = [Rung("static", base)]
     fallbacks = observer_class(base.name).capabilities.ladder
     rungs += [Rung("static", ObserverSpec(name, bins=base.bins)) for name in fallbacks]
     if kind not in ("add", "matmul"):  # graph-mode binary ops: static or float only
         if kind == "Linear" or objective != "latency":
             rungs.append(Rung("dynamic"))
-        if objective != "latency":
+        if objective != "latency" or "float16" in fast_floats:
             rungs.append(Rung("fp16"))
     return rungs + [FP32]
 

@@ -174,7 +174,11 @@ def calibrate(model: nn.Module, base: QuantConfig, options: Options, probe: Batc
     kinds = {name: type(prepared.model.get_submodule(name).layer).__name__ for name in prepared.observed}
     kinds |= {name: "matmul" if isinstance(prepared.model.get_submodule(name), ObservedMatMul) else "add"
               for name in prepared.adds}
-    ladders = {n: ladder(kinds[n], options.objective, base.observer) for n in prepared.observed + prepared.adds}
+    from mixq.export.backend import get_runtime
+
+    floats = get_runtime("ort").float_dtypes  # the runtime the latency probe and measurements time on
+    ladders = {n: ladder(kinds[n], options.objective, base.observer, floats)
+               for n in prepared.observed + prepared.adds}
     return Calibration(prepared, ladders, kept)
 
 
@@ -344,12 +348,13 @@ def _compared(name: str, metric: float | None, times: dict[str, Measurement]) ->
 
 
 def _compare_variants(ctx: Context, meters: Meters, choice: Choice) -> Choice:
-    """fp32 vs mixq dynamic (``mixq.quantize(model, "dynamic")``, not evaluated: its metric is None) vs all-int8 vs
+    """fp32 vs mixq dynamic (``mixq.quantize(model, "dynamic", runtime="ort")``: no dynamic layer slower than float;
+    not evaluated: its metric is None) vs all-int8 vs
     chosen on ONNX Runtime at each deploy shape (fills ``report.variants``); with the latency objective, a chosen
     model that is not faster than fp32 on the mean of the per-shape time ratios gives way to the fp32 model."""
     report = ctx.report
     all_int8 = ctx.convert(ctx.calibration.all_int8)
-    dynamic = quantize(ctx.model, "dynamic", example_inputs=ctx.example, progress=False)
+    dynamic = quantize(ctx.model, "dynamic", example_inputs=ctx.example, progress=False, runtime="ort")
     times = meters.measure({"fp32": ctx.model, "dynamic": dynamic, "all-int8": all_int8, "chosen": choice.model})
     metrics: dict[str, float | None] = {v.name: v.metric for v in report.variants}
     metrics["dynamic"] = None

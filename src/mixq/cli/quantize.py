@@ -13,7 +13,7 @@ from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import add_model_options, input_files, load_inputs
 from mixq.cli.refusals import check_model, check_tflite_options
 from mixq.cli.sidecar import write_sidecar
-from mixq.export.backend import Format, format_for, formats, get_format
+from mixq.export.backend import Format, format_for, formats, get_format, get_runtime, runtimes
 from mixq.export.onnx.export import MIN_OPSET
 from mixq.quant.observers import observer_names
 from mixq.quant.spec import MODES, QuantConfig
@@ -36,7 +36,8 @@ FLOAT_MODE = "fp32"  # no quantization: the float model exported as it is
 _QUANT_OPTIONS = (("--observer", "observer", None), ("--bits", "bits", 8), ("--group-size", "group_size", None),
                   ("--exclude", "exclude", ""), ("--smoothquant", "smoothquant", None),
                   ("--method", "method", "rtn"), ("--weight-scheme", "weight_scheme", "sym"),
-                  ("--weights-granularity", "weights_granularity", None), ("--reduce-range", "reduce_range", "auto"))
+                  ("--weights-granularity", "weights_granularity", None), ("--reduce-range", "reduce_range", "auto"),
+                  ("--runtime", "runtime", None), ("--runtime-aware", "runtime_aware", "on"))
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -63,6 +64,12 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
                    help="static/dynamic 8-bit: 7-bit weights, which x86 CPUs without VNNI need (their uint8 x int8 "
                         "kernels saturate); auto: on where this CPU lacks VNNI (default auto)")
+    p.add_argument("--runtime", choices=sorted(r.name for r in runtimes()), default=None,
+                   help="static/dynamic: the runtime the file is for (default: the format's, ort for .onnx); layers "
+                        "whose int8 kernel is slower than float there stay float (timed here once per shape, cached)")
+    p.add_argument("--runtime-aware", choices=("on", "off"), default="on",
+                   help="static/dynamic: off keeps every layer int8 even where its int8 kernel is slower on the "
+                        "runtime (default on)")
     p.add_argument("--exclude", default="", metavar="NAMES", help="comma-separated layer name patterns to keep float")
     p.add_argument("--smoothquant", type=_alpha, default=None, metavar="ALPHA|auto",
                    help="static/dynamic: SmoothQuant before quantizing (alpha in [0, 1], or 'auto' per layer); "
@@ -102,15 +109,29 @@ def _alpha(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'auto', got {text!r}") from None
 
 
-def _config(args: argparse.Namespace) -> QuantConfig:
+def _runtime(args: argparse.Namespace, fmt: Format) -> dict[str, object]:
+    """``runtime``/``runtime_aware`` for the config: ``--runtime`` (which must run ``fmt``'s files), by default the
+    format's runtime in the static and dynamic modes; other modes get none unless asked (the config refuses it)."""
+    if args.runtime is not None and get_runtime(args.runtime).format != fmt.name:
+        names = ", ".join(r.name for r in runtimes() if r.format == fmt.name)
+        raise CliError(f"--runtime {args.runtime} does not run {fmt.title} files",
+                       f"pass a runtime for {fmt.title} ({names}) or leave --runtime out")
+    runtime = args.runtime
+    if runtime is None and args.mode in ("static", "dynamic"):
+        runtime = next(r.name for r in runtimes() if r.format == fmt.name)
+    return {"runtime": runtime, "runtime_aware": args.runtime_aware == "on"}
+
+
+def _config(args: argparse.Namespace, fmt: Format) -> QuantConfig:
     """The ``QuantConfig`` the options ask for; its validation is the one that speaks for a bad option."""
     exclude = [e.strip() for e in args.exclude.split(",") if e.strip()]
+    runtime = _runtime(args, fmt)
     try:
         return QuantConfig.from_options(args.mode, observer=args.observer, bits=args.bits, group_size=args.group_size,
                                         exclude=exclude, smoothquant=args.smoothquant, method=args.method,
                                         symmetric=args.weight_scheme == "sym",
                                         per_channel=args.weights_granularity != "per-tensor",
-                                        reduce_range=_reduce_range(args))
+                                        reduce_range=_reduce_range(args), **runtime)
     except (ValueError, TypeError) as err:
         raise CliError(f"mixq.quantize rejected the request: {first_line(err)}",
                        "adjust the options named above") from err
@@ -159,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     sidecar = output_file(output.with_suffix(".mixq.json"), "sidecar", ".json", input_files(args))
     if args.mode == FLOAT_MODE:
         return _export_float(args, fmt, output, sidecar)
-    config = _config(args)  # the options' rules are the config's: a bad one fails before the model loads
+    config = _config(args, fmt)  # the options' rules are the config's: a bad one fails before the model loads
     _check_data(args, config)
     model, batches, example = load_inputs(args)
     check_model(args, fmt.name, model, example)

@@ -27,9 +27,12 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from mixq.quant.runtime_costs import Kernel, KernelCost
 
 # a new backend adds its module here; a format's first registered runtime is its default
 BUILTIN = ("mixq.export.onnx.backend", "mixq.export.tflite.backend", "mixq.export.openvino.backend")
@@ -100,6 +103,8 @@ class Runtime(ABC):
     short: ClassVar[str | None] = None  # a short name for table headers ("ORT"); None: ``title``
     options: ClassVar[dict[str, tuple[str, ...]]] = {}
     chosen: Mapping[str, str] = {}
+    times_kernels: ClassVar[bool] = False  # implements ``time_kernel`` (runtime-aware precision)
+    float_dtypes: ClassVar[tuple[str, ...]] = ("float32",)  # float precisions it runs fast on this CPU, best first
 
     @property
     def display(self) -> str:
@@ -170,6 +175,12 @@ class Runtime(ABC):
         from mixq.report.latency import measure_interleaved
 
         return measure_interleaved(jobs, runs, warmup, rounds)
+
+    def time_kernel(self, kernel: Kernel, threads: int = 1) -> KernelCost:
+        """Time one layer's float kernel against the int8 form this runtime's format lowers it to (each a one-op
+        file at ``kernel``'s shape, run side by side); runtimes with ``times_kernels`` implement it, and
+        runtime-aware precision (``mixq.quant.runtime_precision``) leaves layers as configured on the others."""
+        raise NotImplementedError(f"{self.title} cannot time kernels (runtime-aware precision is not available)")
 
     def check(self, model: Any, path: str | os.PathLike, example_inputs: Any) -> float:
         """Simulation vs runtime: the largest ``|runtime - PyTorch|`` over the outputs on ``example_inputs``."""

@@ -15,6 +15,7 @@ from mixq.quant.conversion import convert_prepared
 from mixq.quant.finiteness import check_finite
 from mixq.quant.modules.observed import refuse_observed
 from mixq.quant.planning import excluded, split_first
+from mixq.quant.runtime_precision import CostTable, runtime_float_layers
 from mixq.quant.smoothquant import smooth
 from mixq.quant.spec import OPTIONS, QuantConfig
 from mixq.quant.stages import calibrate, prepare
@@ -37,6 +38,18 @@ def _refuse_unmatched(model: nn.Module, cfg: QuantConfig) -> None:
 def _matches_any(pattern: str, names: list[str]) -> bool:
     """True when ``pattern`` matches at least one of ``names`` (as ``exclude`` would)."""
     return any(excluded(name, [pattern]) for name in names)
+
+
+def _refuse_runtime_without_data(cfg: QuantConfig, kernel_costs: object, calib_data: object,
+                                 example_inputs: object) -> None:
+    """Runtime-aware precision times layers at the shapes a probe batch gives them: refuse it without one, and a
+    cost table without a runtime."""
+    if kernel_costs is not None and (cfg.runtime is None or not cfg.runtime_aware):
+        raise ValueError("kernel_costs has no effect without runtime-aware precision: pass runtime= (e.g. 'ort') or "
+                         "drop kernel_costs")
+    if cfg.runtime is not None and cfg.runtime_aware and calib_data is None and example_inputs is None:
+        raise ValueError(f"runtime={cfg.runtime!r} times each layer at the shape it sees, which needs "
+                         "example_inputs (or calib_data); pass one, or runtime_aware=False")
 
 
 def make_config(mode: str = "static", **options: Any) -> QuantConfig:
@@ -105,6 +118,7 @@ def quantize(
     example_inputs: Batch | None = None,
     max_calib_batches: int | None = None,
     progress: bool = True,
+    kernel_costs: CostTable | None = None,
     **options: Any,
 ) -> nn.Module:
     """Return a quantized copy of ``model`` (the original is never modified), with ``.mixq_summary`` attached.
@@ -145,6 +159,13 @@ def quantize(
     ``overrides`` (``LayerOverride``) give single layers another mode, observer or ``"fp32"``, in the same pass:
     ``overrides=[LayerOverride("head", "fp16"), LayerOverride("block.*", "static", ObserverSpec("mse"))]``.
 
+    ``runtime`` (e.g. ``"ort"``) names the runtime the model is for: static and dynamic Conv/Linear layers whose
+    int8 kernel runs slower there than float, timed on this machine at the shapes the probe batch gives them and
+    cached, stay float, each with its measured ratio in the summary (``mixq.quant.runtime_precision``);
+    ``runtime_aware=False`` forces int8. ``kernel_costs`` (``{kernel key: (float_ms, int8_ms)}`` or a
+    ``KernelCosts``) replaces the measurements. Without ``runtime`` nothing is timed and the result depends on the
+    config alone.
+
     Example::
 
         qmodel = mixq.quantize(model, "static", calib_data=batches, observer="percentile")
@@ -156,6 +177,7 @@ def quantize(
     check_finite(model, "quantize")
     cfg = _config(mode, config, options)
     _refuse_unmatched(model, cfg)
+    _refuse_runtime_without_data(cfg, kernel_costs, calib_data, example_inputs)
     probe, first, batches = _calibration_data(cfg, calib_data, example_inputs, max_calib_batches)
     notes: list[str] = []
     if cfg.smoothquant is not None:
@@ -170,8 +192,9 @@ def quantize(
         calibrate(prepared, batches, progress=progress, max_batches=max_calib_batches)  # type: ignore[arg-type]
     if cfg.method.needs_data:
         calibrate_weights(prepared, batches, progress=progress)  # type: ignore[arg-type]
-    qmodel = convert_prepared(prepared)
-    qmodel.mixq_summary.notes[:0] = notes
+    keep_float, runtime_notes = runtime_float_layers(prepared, cfg, kernel_costs)
+    qmodel = convert_prepared(prepared, keep_float=keep_float)
+    qmodel.mixq_summary.notes[:0] = notes + runtime_notes
     if not qmodel.mixq_summary.quantized:
         warnings.warn(f"nothing in {type(model).__name__} could be quantized; returning it in float (its "
                       ".mixq_summary says why for each layer)", stacklevel=2)

@@ -12,6 +12,7 @@ of MSE, ...), the range is derived from the same statistics, so one calibration 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -98,13 +99,15 @@ def _with_relu(module: nn.Module, relu: bool) -> nn.Module:
 
 
 def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,
-                   summary: QuantizationSummary, weight_params: dict[str, GroupParams]) -> None:
+                   summary: QuantizationSummary, weight_params: dict[str, GroupParams],
+                   keep_float: Mapping[str, str] | None = None) -> None:
     module = model.get_submodule(name)
     observed = module if isinstance(module, ObservedLayer) else None
     layer, relu = (observed.layer, observed.relu) if observed else (module, False)
     kind, before = kind_name(layer), module_bytes(layer)
     choice = config.choice(name)
     reason = "kept fp32 by a per-layer override" if choice.mode == "fp32" else refusal(layer, choice.mode, config)
+    reason = reason or (keep_float or {}).get(name)
     if choice.mode == "static" and observed is not None and reason is None:
         float_out = observed.float_output
         if not (observed.input_observer.has_data and (float_out or observed.output_observer.has_data)):
@@ -172,19 +175,22 @@ def convert_graph_op(model: nn.Module, name: str, config: QuantConfig, ranges: _
     convert(model, name, config, ranges, summary)
 
 
-def convert_prepared(prepared: Prepared, config: QuantConfig | None = None) -> nn.Module:
+def convert_prepared(prepared: Prepared, config: QuantConfig | None = None,
+                     keep_float: Mapping[str, str] | None = None) -> nn.Module:
     """A quantized model from a calibrated ``prepared`` model, per ``config`` (default: the one it was prepared
-    with). ``prepared`` is left as it was, so it can be converted again under other configs."""
+    with). ``prepared`` is left as it was, so it can be converted again under other configs. ``keep_float`` maps
+    layers to the reason they stay float whatever the config says (runtime-aware precision's choice)."""
+    keep_float = keep_float or {}
     config = config or prepared.config
     model = copy.deepcopy(prepared.model)
     if hasattr(prepared.model, "config") and not hasattr(model, "config"):  # a GraphModule's copy drops it
         model.config = prepared.model.config
     summary = copy.deepcopy(prepared.summary)
     summary.mode = config.mode
-    static = {n for n in prepared.observed + prepared.adds if config.choice(n).mode == "static"}
+    static = {n for n in prepared.observed + prepared.adds if config.choice(n).mode == "static" and n not in keep_float}
     ranges = _Ranges(prepared, config, static, model)
     for name in prepared.targets:
-        _convert_layer(model, name, config, ranges, summary, prepared.weight_params)
+        _convert_layer(model, name, config, ranges, summary, prepared.weight_params, keep_float)
     for name in prepared.adds:
         convert_graph_op(model, name, config, ranges, summary)
     if static and config.activation.torch_dtype == torch.int8:
@@ -193,7 +199,7 @@ def convert_prepared(prepared: Prepared, config: QuantConfig | None = None) -> n
     if any(isinstance(m, DynamicQuantizedConv) for m in model.modules()):
         summary.notes.append("dynamic convolutions run as ConvInteger, which ONNX Runtime executes several times "
                              "slower than float Conv on x86 CPUs (6x on ResNet-18 in benchmarks/bench_ptq.py); "
-                             "use mode='static' for CNNs, or exclude the convolutions")
+                             "use mode='static' for CNNs, or runtime='ort' to keep them float where they are slower")
     summary.sort_by(model)
     model.mixq_summary = summary
     model.mixq_config = config

@@ -37,6 +37,7 @@ class _Call:
     module: nn.Module
     inputs: list[tuple[int, int]]
     output: tuple[int, int] | None = None
+    shape: tuple[int, ...] | None = None  # the first tensor input's shape
 
 
 def _key(t: object) -> tuple[int, int] | None:
@@ -51,7 +52,9 @@ def trace_calls(model: nn.Module, run: Callable[[nn.Module], object]) -> list[_C
 
     def pre_hook(name, module, args):
         keep_alive.append(args)
-        calls.append(_Call(name, module, [k for k in map(_key, args) if k is not None]))
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        calls.append(_Call(name, module, [k for k in map(_key, args) if k is not None],
+                           shape=None if first is None else tuple(first.shape)))
 
     def post_hook(name, module, args, output):
         keep_alive.append(output)

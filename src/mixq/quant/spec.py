@@ -262,7 +262,9 @@ class QuantConfig:
     ``observer`` (None: min-max) calibrates static layers; a config without static layers keeps None.
     ``overrides`` give layers their own precision; when several match a layer, the last one wins. ``exclude``
     wins over ``overrides``: excluded layers are not planned at all. ``smoothquant`` (static and dynamic modes) is
-    SmoothQuant's migration strength alpha in [0, 1], or ``"auto"`` (see ``mixq.quantize``).
+    SmoothQuant's migration strength alpha in [0, 1], or ``"auto"`` (see ``mixq.quantize``). ``runtime`` names the
+    runtime the model is quantized for (``"ort"``); with it, static and dynamic layers whose int8 kernel is slower
+    than float there stay float (``mixq.quant.runtime_precision``) unless ``runtime_aware=False``.
     ``QuantConfig.from_options`` builds one from ``quantize``'s keyword options.
     Example: ``QuantConfig("static", observer=ObserverSpec("percentile"), exclude=("head",),
     overrides=(LayerOverride("fc2", "fp16"),))``.
@@ -277,6 +279,8 @@ class QuantConfig:
     overrides: tuple[LayerOverride, ...] = ()
     method: WeightMethod = field(default_factory=WeightMethod)
     smoothquant: float | str | None = None
+    runtime: str | None = None
+    runtime_aware: bool = True
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -306,6 +310,14 @@ class QuantConfig:
         if self.observer is not None and not isinstance(self.observer, ObserverSpec):
             raise TypeError(f"observer must be an ObserverSpec, got {type(self.observer).__name__}")
         object.__setattr__(self, "smoothquant", _alpha(self.smoothquant))
+        if not isinstance(self.runtime_aware, bool):
+            raise TypeError(f"runtime_aware must be True or False, got {self.runtime_aware!r}")
+        if self.runtime is not None:
+            from mixq.export.backend import get_runtime  # the registry: imports no runtime library
+
+            if not isinstance(self.runtime, str):
+                raise TypeError(f"runtime must be a runtime name such as 'ort', got {type(self.runtime).__name__}")
+            get_runtime(self.runtime)  # raises for an unknown name, listing the registered ones
 
     def _where(self, modes: frozenset[str]) -> str:
         """Where an option is out of place: the config's mode, or its overrides of ``modes``."""
@@ -327,6 +339,12 @@ class QuantConfig:
         if self.method != WeightMethod() and "weight_only" not in modes:
             raise ValueError(f"method={self.method.name!r} has no effect in {self.mode} mode: it chooses weight_only "
                              "weights; use mode='weight_only' or drop it")
+        if self.runtime is not None and not modes & _INT8_MODES:
+            raise ValueError(f"runtime={self.runtime!r} has no effect in {self.mode} mode: runtime-aware precision "
+                             "chooses between int8 and float for static and dynamic layers; drop it")
+        if not self.runtime_aware and self.runtime is None:
+            raise ValueError("runtime_aware=False has no effect without a runtime: precision is only runtime-aware "
+                             "when runtime= names one (e.g. runtime='ort'); drop it")
         if self.smoothquant is not None and self.mode not in _INT8_MODES:
             raise ValueError(f"smoothquant applies to the static and dynamic modes (int8 activations), not "
                              f"{self.mode!r}; drop smoothquant or change the mode")
@@ -355,14 +373,16 @@ class QuantConfig:
                      group_size: int | None = None, per_channel: bool = True, activation_dtype: str = "uint8",
                      reduce_range: bool = False, symmetric: bool = True, method: str | WeightMethod = "rtn",
                      exclude: Iterable[str] = (), overrides: Iterable[LayerOverride] = (),
-                     smoothquant: float | str | None = None) -> QuantConfig:
+                     smoothquant: float | str | None = None, runtime: str | None = None,
+                     runtime_aware: bool = True) -> QuantConfig:
         """Build a config from ``mixq.quantize``'s keyword options; the config's own validation refuses an option
         that no layer would use (``observer`` without static layers, ``bits`` in fp16 mode, ...).
 
         ``bits`` (2 to 8) and ``symmetric`` shape the weights; weight_only below 8 bits gets ``group_size`` 128
         unless given; ``per_channel=False`` gives static and dynamic layers one weight scale per tensor;
         ``reduce_range=True`` keeps 8-bit static/dynamic weights within 7 bits; ``activation_dtype`` is static
-        mode's ``"uint8"`` (default) or ``"int8"``. Example: ``QuantConfig.from_options("weight_only", bits=4)``.
+        mode's ``"uint8"`` (default) or ``"int8"``; ``runtime``/``runtime_aware``: runtime-aware precision.
+        Example: ``QuantConfig.from_options("weight_only", bits=4)``.
         """
         if reduce_range:
             if mode not in _INT8_MODES or bits != 8:
@@ -377,7 +397,7 @@ class QuantConfig:
         return cls(mode, weight=weight, activation=_ACTIVATIONS[activation_dtype],
                    observer=None if observer is None else ObserverSpec(observer), exclude=exclude,  # type: ignore
                    overrides=tuple(overrides), method=WeightMethod(method) if isinstance(method, str) else method,
-                   smoothquant=smoothquant)
+                   smoothquant=smoothquant, runtime=runtime, runtime_aware=runtime_aware)
 
     @property
     def modes(self) -> frozenset[str]:
@@ -419,6 +439,8 @@ class QuantConfig:
             overrides=tuple(LayerOverride.from_dict(o) for o in data.get("overrides", ())),
             method=WeightMethod(**data.get("method", {})),
             smoothquant=data.get("smoothquant"),
+            runtime=data.get("runtime"),
+            runtime_aware=data.get("runtime_aware", True),
         )
 
 

@@ -46,7 +46,8 @@ class Prepared:
     own observers were built with (``collect`` when one spec gathered statistics for all of them), so conversion
     can derive another observer's ranges from the same statistics instead of calibrating again. ``weight_params``
     holds the (scale, zero point) per group that a weight-only method (GPTQ, AWQ) chose for a layer, whose float
-    weight it has already moved onto that grid.
+    weight it has already moved onto that grid. ``input_shapes``: the input shape each layer saw in the probe pass
+    (its first call), which runtime-aware precision times its kernels at.
     """
 
     model: nn.Module
@@ -58,6 +59,7 @@ class Prepared:
     observer_specs: dict[str, ObserverSpec] = field(default_factory=dict)
     qparams_cache: dict[tuple[str, ObserverSpec], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     weight_params: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def targets(self) -> list[str]:
@@ -87,8 +89,13 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
 
     relu_layers: set[str] = set()
     probe_outputs: list[object] = []  # kept for the graph-mode choice below (no second forward pass)
-    if config.fold_batchnorm and probe is not None:
+    shapes: dict[str, tuple[int, ...]] = {}
+    if probe is not None and (config.fold_batchnorm or config.runtime is not None):
         calls = trace_calls(qmodel, lambda m: probe_outputs.append(call_checked(m, probe)))
+        for call in calls:
+            if call.shape is not None:
+                shapes.setdefault(call.name, call.shape)
+    if config.fold_batchnorm and probe is not None:
         fusions = [f for f in find_fusions(calls) if not excluded(f.layer, config.exclude)]
         for f in fusions:
             if not static(f.layer):
@@ -139,7 +146,8 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
                                         untraceable=fx_why)
         if export_failed:
             summary.notes.append(f"graph mode through torch.export not used: {export_failed}")
-    return Prepared(qmodel, config, observed, adds, plain, summary, {n: specs[n] for n in observed + adds})
+    return Prepared(qmodel, config, observed, adds, plain, summary, {n: specs[n] for n in observed + adds},
+                    input_shapes={n: shapes[n] for n in targets if n in shapes})
 
 
 def calibrate(prepared: Prepared, batches: Iterable[Batch], *, progress: bool = True,

@@ -45,6 +45,8 @@ class OrtRuntime(Runtime):
 
     package = "onnxruntime"
     name, format, title, short = "ort", "onnx", "ONNX Runtime", "ORT"
+    times_kernels = True
+    float_dtypes = ("float32",)  # the CPU provider computes float16 by casting to float32 (slower, not faster)
 
     def session(self, path: str | os.PathLike, threads: int | None = None) -> Any:
         """A CPU ``onnxruntime.InferenceSession``; with ``threads``, that many intra-op threads and one inter-op."""
@@ -66,3 +68,9 @@ class OrtRuntime(Runtime):
 
     def run(self, session: Any, feeds: Any) -> list[np.ndarray]:
         return list(session.run(None, feeds))
+
+    def time_kernel(self, kernel: Any, threads: int = 1) -> Any:
+        """QLinearConv / MatMulIntegerToFloat / ConvInteger ... against Conv / MatMul (``kernel_timing``)."""
+        from mixq.export.onnx.kernel_timing import time_kernel
+
+        return time_kernel(kernel, threads)

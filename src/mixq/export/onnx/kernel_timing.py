@@ -1,0 +1,182 @@
+"""Time one layer's float kernel against the int8 form mixq's ONNX lowering gives it, in ONNX Runtime.
+
+Each form is a tiny one-op graph (``onnx.helper``, weights random) at the kernel's shape, as ``translations``
+emits it and ORT fuses it:
+
+* static Conv: uint8 in -> DequantizeLinear -> Conv(DQ int8 weight, DQ int32 bias) -> QuantizeLinear -> uint8 out,
+  which ORT runs as ``QLinearConv`` (integer in and out: the layer between int8 neighbours);
+* static Linear: the same around MatMul (``QLinearMatMul``) without a bias, ``MatMulIntegerToFloat`` with one;
+* dynamic Linear / Conv: DynamicQuantizeLinear -> MatMulInteger / ConvInteger -> Cast -> Mul [-> Add];
+* float: Conv / MatMul [+ Add] on float32.
+
+Both sessions run side by side in interleaved rounds; each form's fastest round is the ``KernelCost``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from mixq.quant.runtime_costs import Kernel, KernelCost
+
+_OPSET = 18
+_ACT = {"uint8": (np.uint8, 128), "int8": (np.int8, 0)}
+
+
+def _model(nodes: list, inputs: list, output_type: int, inits: dict[str, np.ndarray]) -> Any:
+    from onnx import helper, numpy_helper
+
+    graph = helper.make_graph(nodes, "kernel", inputs, [helper.make_tensor_value_info("y", output_type, None)],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    opsets = [helper.make_opsetid("", _OPSET), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+def _weights(kernel: Kernel, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Random float weight, its per-channel int8 form and scale, and a bias."""
+    if kernel.op == "conv":
+        shape = (kernel.out_channels, kernel.input_shape[1] // kernel.groups, *kernel.kernel)
+    else:
+        shape = (kernel.out_channels, kernel.input_shape[1])
+    w = rng.standard_normal(shape).astype(np.float32)
+    scale = (np.abs(w).reshape(shape[0], -1).max(1) / 127).astype(np.float32)
+    q = np.clip(np.round(w / scale.reshape(-1, *[1] * (w.ndim - 1))), -127, 127).astype(np.int8)
+    return w, q, scale, rng.standard_normal(kernel.out_channels).astype(np.float32)
+
+
+def _conv_attrs(kernel: Kernel) -> dict[str, Any]:
+    return dict(kernel_shape=list(kernel.kernel), strides=list(kernel.stride), pads=list(kernel.padding) * 2,
+                dilations=list(kernel.dilation), group=kernel.groups)
+
+
+def float_model(kernel: Kernel, rng: np.random.Generator) -> Any:
+    """The float form: Conv, or MatMul [+ Add]."""
+    from onnx import TensorProto, helper
+
+    w, _, _, b = _weights(kernel, rng)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(kernel.input_shape))
+    inits = {"w": w} | ({"b": b} if kernel.bias else {})
+    if kernel.op == "conv":
+        node = helper.make_node("Conv", ["x", "w", "b"] if kernel.bias else ["x", "w"], ["y"], **_conv_attrs(kernel))
+        return _model([node], [x], TensorProto.FLOAT, inits)
+    inits["w"] = np.ascontiguousarray(w.T)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m" if kernel.bias else "y"])]
+    nodes += [helper.make_node("Add", ["m", "b"], ["y"])] if kernel.bias else []
+    return _model(nodes, [x], TensorProto.FLOAT, inits)
+
+
+def int8_model(kernel: Kernel, rng: np.random.Generator) -> Any:
+    """The int8 form mixq exports for ``kernel`` (see the module docstring)."""
+    return (_static if kernel.mode == "static" else _dynamic)(kernel, rng)
+
+
+def _static(kernel: Kernel, rng: np.random.Generator) -> Any:
+    from onnx import helper
+
+    _, q, scale, b = _weights(kernel, rng)
+    dtype, zp = _ACT[kernel.activation]
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    x_scale = np.float32(0.05)
+    inits: dict[str, np.ndarray] = {"wq": q if kernel.op == "conv" else np.ascontiguousarray(q.T), "ws": scale,
+                                    "xs": np.array(x_scale), "xz": np.array(zp, dtype), "ys": np.array(np.float32(0.1)),
+                                    "yz": np.array(zp, dtype)}
+    x = helper.make_tensor_value_info("xq", elem, list(kernel.input_shape))
+    quantize_out = helper.make_node("QuantizeLinear", ["yf", "ys", "yz"], ["y"])
+    if kernel.op == "linear" and kernel.bias:
+        inits["b"] = b
+        node = helper.make_node("MatMulIntegerToFloat", ["xq", "wq", "xs", "ws", "xz", "", "b"], ["yf"],
+                                domain="com.microsoft")
+        return _model([node, quantize_out], [x], elem, inits)
+    nodes = [helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws"], ["wd"], axis=0 if kernel.op == "conv" else 1)]
+    if kernel.op == "conv":
+        inputs = ["xd", "wd"]
+        if kernel.bias:
+            bias_scale = (x_scale * scale).astype(np.float32)
+            inits |= {"bq": np.round(b / bias_scale).astype(np.int32), "bs": bias_scale}
+            nodes.append(helper.make_node("DequantizeLinear", ["bq", "bs"], ["bd"], axis=0))
+            inputs.append("bd")
+        nodes.append(helper.make_node("Conv", inputs, ["yf"], **_conv_attrs(kernel)))
+    else:
+        nodes.append(helper.make_node("MatMul", ["xd", "wd"], ["yf"]))
+    return _model([*nodes, quantize_out], [x], elem, inits)
+
+
+def _dynamic(kernel: Kernel, rng: np.random.Generator) -> Any:
+    from onnx import TensorProto, helper
+
+    _, q, scale, b = _weights(kernel, rng)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(kernel.input_shape))
+    inits: dict[str, np.ndarray] = {"wq": q if kernel.op == "conv" else np.ascontiguousarray(q.T), "ws": scale}
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"])]
+    if kernel.op == "conv":
+        nodes.append(helper.make_node("ConvInteger", ["xq", "wq", "xz"], ["acc"], **_conv_attrs(kernel)))
+        inits["shape"] = np.array([-1] + [1] * len(kernel.kernel), np.int64)
+        nodes += [helper.make_node("Mul", ["xs", "ws"], ["s0"]), helper.make_node("Reshape", ["s0", "shape"], ["s"])]
+        bias = b.reshape(-1, *[1] * len(kernel.kernel))
+    else:
+        nodes.append(helper.make_node("MatMulInteger", ["xq", "wq", "xz"], ["acc"]))
+        nodes.append(helper.make_node("Mul", ["xs", "ws"], ["s"]))
+        bias = b
+    nodes += [helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+              helper.make_node("Mul", ["accf", "s"], ["m" if kernel.bias else "y"])]
+    if kernel.bias:
+        inits["b"] = bias
+        nodes.append(helper.make_node("Add", ["m", "b"], ["y"]))
+    return _model(nodes, [x], TensorProto.FLOAT, inits)
+
+
+def _session(model: Any, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _feed(session: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    (value,) = session.get_inputs()
+    shape = list(value.shape)
+    if value.type == "tensor(float)":
+        return {value.name: rng.standard_normal(shape).astype(np.float32)}
+    dtype = np.uint8 if value.type == "tensor(uint8)" else np.int8
+    zp = 128 if dtype == np.uint8 else 0
+    return {value.name: (rng.integers(-40, 40, shape) + zp).astype(dtype)}
+
+
+def time_kernel(kernel: Kernel, threads: int = 1, rounds: int = 7, round_s: float = 0.015) -> KernelCost:
+    """The fastest round's ms per call of ``kernel``'s float and int8 forms (noise from other processes only adds
+    time, so the minimum is the robust estimate): up to ``rounds`` interleaved rounds (order alternating) of about
+    ``round_s`` seconds each (at most 200 calls), after one warm-up call of each. It stops after two rounds (one in
+    each order) when one form was 3x faster in both (``ConvInteger`` is often 10-100x slower), after three when every
+    round of one form was at least 25 % faster than every round of the other."""
+    rng = np.random.default_rng(0)
+    runs = []
+    for model in (float_model(kernel, rng), int8_model(kernel, rng)):
+        session = _session(model, threads)
+        feeds = _feed(session, rng)
+        runs.append(lambda s=session, f=feeds: s.run(None, f))
+    warmup = []
+    for run in runs:  # the first call allocates and packs weights: it also sizes the rounds
+        tick = time.perf_counter()
+        run()
+        warmup.append(time.perf_counter() - tick)
+    calls = max(1, min(200, int(round_s / max(min(warmup), 1e-6))))
+    times: list[list[float]] = [[], []]
+    for r in range(rounds):
+        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+            tick = time.perf_counter()
+            for _ in range(calls):
+                runs[i]()
+            times[i].append((time.perf_counter() - tick) * 1e3 / calls)
+        if (r == 1 and _clear(times[0], times[1], 3.0)) or (r >= 2 and _clear(times[0], times[1], 1.25)):
+            break
+    return KernelCost(min(times[0]), min(times[1]))
+
+
+def _clear(a: list[float], b: list[float], margin: float) -> bool:
+    """Every round of one form at least ``margin`` times faster than every round of the other."""
+    return max(a) * margin <= min(b) or max(b) * margin <= min(a)

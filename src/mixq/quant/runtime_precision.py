@@ -1,0 +1,108 @@
+"""Runtime-aware precision: a layer whose int8 kernel is slower than its float kernel on the chosen runtime stays
+float.
+
+Int8 does not pay everywhere: a 3-channel stem convolution, a depthwise convolution or a dynamic convolution
+(``ConvInteger``) can run slower in int8 than in float, depending on the runtime and the CPU. When a config names a
+``runtime`` (``QuantConfig.runtime``, e.g. ``"ort"``; ``mixq quantize`` names the output format's runtime), each
+static or dynamic Conv/Linear is timed at the input shape it saw in the probe pass, in both forms, by that runtime
+(``Runtime.time_kernel``), once per distinct shape and machine: the costs are cached
+(``mixq.quant.runtime_costs``). A layer whose int8 form is slower stays float, and the summary says which, why and
+by how much; a tie keeps int8, and so does a kernel too small to matter (both forms under ``MIN_MS``, where the
+difference is call overhead and timing noise, so tiny models quantize the same on every run).
+``runtime_aware=False`` keeps every layer at the precision the config asks for. Without a runtime nothing is
+timed, so ``mixq.quantize(model, "static", ...)`` depends on its config alone.
+
+The decision is per kernel: the int8 form is timed with integer input and output (as between int8 neighbours), so
+the cost of the QuantizeLinear/DequantizeLinear a float layer adds at an int8 boundary is not counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+from mixq.quant.modules import ObservedLayer
+from mixq.quant.runtime_costs import Kernel, KernelCost, KernelCosts, kernel_of
+from mixq.quant.spec import QuantConfig
+from mixq.quant.stages import Prepared
+
+BUDGET_S = 60.0  # at most this long timing kernels not cached yet, per quantize call
+MIN_MS = 0.05  # kernels faster than this in both forms keep the config's precision
+log = logging.getLogger(__name__)
+CostTable = KernelCosts | Mapping[str, KernelCost | tuple[float, float]]
+
+
+def layer_kernels(prepared: Prepared, config: QuantConfig) -> dict[str, Kernel]:
+    """The kernel of each layer the config makes static or dynamic, at the shape it saw in the probe pass."""
+    kernels = {}
+    for name in prepared.targets:
+        mode = config.choice(name).mode
+        shape = prepared.input_shapes.get(name)
+        if mode not in ("static", "dynamic") or shape is None:
+            continue
+        module = prepared.model.get_submodule(name)
+        layer = module.layer if isinstance(module, ObservedLayer) else module
+        kernel = kernel_of(layer, shape, mode, config.activation.dtype)
+        if kernel is not None:
+            kernels[name] = kernel
+    return kernels
+
+
+def _busy() -> bool:
+    """True when other processes kept every CPU busy (1-minute load average above the CPU count)."""
+    try:
+        return os.getloadavg()[0] > (os.cpu_count() or 1)
+    except OSError:
+        return False
+
+
+def int8_slower(cost: KernelCost) -> bool:
+    """True when the int8 form is slower than the float one, and the kernel is large enough for that to matter."""
+    return cost.ratio > 1 and max(cost.float_ms, cost.int8_ms) >= MIN_MS
+
+
+def runtime_float_layers(prepared: Prepared, config: QuantConfig, costs: CostTable | None = None,
+                         budget_s: float = BUDGET_S) -> tuple[dict[str, str], list[str]]:
+    """``({layer: why it stays float}, summary notes)`` for ``config.runtime``; nothing without one or with
+    ``runtime_aware=False``. ``costs`` (a ``KernelCosts`` or a ``{kernel key: (float_ms, int8_ms)}`` table) replaces
+    the cached measurements, and nothing is timed: a kernel missing from it keeps the config's precision."""
+    if config.runtime is None or not config.runtime_aware:
+        return {}, []
+    from mixq.export.backend import get_runtime
+
+    runtime = get_runtime(config.runtime)
+    kernels = layer_kernels(prepared, config)
+    if not kernels:
+        return {}, []
+    if costs is None and not runtime.times_kernels:
+        return {}, [f"runtime-aware precision: {runtime.title} cannot time kernels, so every layer keeps the "
+                    "precision the config asks for"]
+    if costs is None:
+        table = KernelCosts.cached(runtime.name, runtime.version())
+        known = len(table.table)
+        untimed = table.measure(kernels.values(), runtime.time_kernel, budget_s)
+        measured = len(table.table) - known
+        source = f"timed on this machine, cached in {table.path}"
+    else:
+        table = costs if isinstance(costs, KernelCosts) else KernelCosts(costs)
+        untimed = [k for k in kernels.values() if table.get(k) is None]
+        source, measured = "from the given cost table", 0
+    slower = {}
+    for name, kernel in kernels.items():
+        cost = table.get(kernel)
+        if cost is not None and int8_slower(cost):
+            slower[name] = (f"int8 is slower on {runtime.title} here: {kernel.describe()} {kernel.mode} int8 "
+                            f"{cost.int8_ms:.3f} ms vs float {cost.float_ms:.3f} ms ({cost.ratio:.2f}x); "
+                            "runtime_aware=False forces int8")
+    timed = len({k.key for k in kernels.values()}) - len({k.key for k in untimed})
+    notes = [f"runtime-aware precision for {runtime.title}: {len(slower)} of {len(kernels)} int8 layers stay float "
+             f"where their int8 kernel is slower ({timed} distinct kernel shapes, {source})"]
+    if measured and _busy():  # logged, not in the summary: a rerun from the cache gives the same summary
+        log.warning("mixq: runtime-aware precision timed %d kernels while this machine was busy (load average %.1f "
+                    "on %d CPUs), so they may be noise; delete %s to time them again on a quiet machine", measured,
+                    os.getloadavg()[0], os.cpu_count() or 1, table.path)
+    if untimed:
+        notes.append(f"runtime-aware precision: {len(untimed)} kernel shapes were not timed (time budget {budget_s:g} "
+                     "s, or missing from the table); their layers keep the config's precision")
+    return slower, notes
