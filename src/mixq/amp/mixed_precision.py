@@ -19,6 +19,7 @@ from mixq.amp.errors import LossScaleCollapseError, NonFiniteGradientsError, Ste
 from mixq.amp.loss_scale import LossScale, found_inf, make_grad_scaler, set_found_inf
 from mixq.amp.master_weights import MasterWeights, cast_params, low_precision_mismatch
 from mixq.amp.nonfinite import first_nonfinite_layer, nonfinite_flag
+from mixq.amp.norms import split_native
 from mixq.amp.overrides import Fp32Overrides, OutputCast, match_keep_fp32
 from mixq.amp.policy import Policy, PolicyChoice, resolve_policy
 from mixq.amp.stats import AmpStats
@@ -53,7 +54,10 @@ class MixedPrecision:
         optimizer: one optimizer or a list; all their parameters must belong to ``model``.
         precision: ``"fp16"``, ``"bf16"``, ``"fp32"``, ``"auto"``, a spec like ``"p=f32,c=bf16,o=f32"`` or a
             :class:`Policy`. ``mp.choice.reason`` says why ``"auto"`` chose what it did.
-        keep_fp32: module name patterns and/or types run in float32 inside autocast (norms and losses always).
+        keep_fp32: module name patterns and/or types run in float32 inside autocast. Losses always do, and so
+            do norms, except a BatchNorm/GroupNorm whose kernel is checked to accumulate in float32 on this device
+            (``mp.native_norms`` lists those, with why): it runs on 16-bit inputs with fp32 parameters and
+            statistics, its result the fp32 one rounded once, without two casts per layer (``mixq.amp.norms``).
         master_weights: the bf16-weights mode (Apex O2 / DeepSpeed bf16; also ``precision="p=bf16,c=bf16,o=f32"``):
             the model's parameters are stored in the 16-bit compute dtype, so the forward computes with 16-bit
             weights and autocast casts none of them per call; the optimizers update fp32 master copies (their
@@ -136,10 +140,13 @@ class MixedPrecision:
         self.scaler = make_grad_scaler(self.loss_scale, self.device_type, policy.needs_loss_scaling)
         self.max_grad_norm, self.accumulation_steps = max_grad_norm, accumulation_steps
         self._inner = dist_utils.unwrap(model)
-        self.keep_fp32 = match_keep_fp32(self._inner, keep_fp32) if policy.is_mixed else {}
+        matched = match_keep_fp32(self._inner, keep_fp32) if policy.is_mixed else {}
+        self.keep_fp32, self.native_norms = split_native(self._inner, matched, keep_fp32, self.device_type,
+                                                         policy.compute_dtype)
         self._overrides = Fp32Overrides(self._inner, self.keep_fp32, self.device_type).install()
+        fp32_params = [self._inner.get_submodule(n) for n in matched]  # norms keep fp32 parameters either way
         if policy.master_weights and dist_utils.is_ddp(model):
-            wrong = low_precision_mismatch(self._inner, policy.param_dtype, self._overrides.modules())
+            wrong = low_precision_mismatch(self._inner, policy.param_dtype, fp32_params)
             if wrong is not None:
                 self._overrides.remove()
                 raise ValueError(
@@ -152,7 +159,7 @@ class MixedPrecision:
             self._output_cast = OutputCast(model, policy.output_dtype, self.device_type)
         self.master: MasterWeights | None = None
         if policy.master_weights:
-            self.master = MasterWeights(self._inner, self.optimizers, policy.param_dtype, self._overrides.modules())
+            self.master = MasterWeights(self._inner, self.optimizers, policy.param_dtype, fp32_params)
         self._params = [p for opt in self.optimizers for g in opt.param_groups for p in g["params"]]
         self._sync_inf = dist_utils.is_fsdp(model) and dist_utils.world_size() > 1
         config = NumericsConfig() if diagnostics is True else diagnostics or None
@@ -358,5 +365,6 @@ class MixedPrecision:
     def __repr__(self) -> str:
         return (
             f"MixedPrecision(policy={self.policy}, device={self.device_type!r}, scale={self.scale:g}, "
-            f"keep_fp32={list(self.keep_fp32)}, master_weights={self.master is not None})"
+            f"keep_fp32={list(self.keep_fp32)}, native_norms={list(self.native_norms)}, "
+            f"master_weights={self.master is not None})"
         )

@@ -3,7 +3,8 @@
 ``keep_fp32=["head", "*norm*", nn.Embedding]`` selects modules by ``fnmatch`` patterns on their qualified
 names and/or by type. A selected module runs with autocast disabled and its 16-bit floating inputs cast to
 float32, so its outputs are float32 — like Keras' float32 output layer. Normalisation layers and loss modules
-are selected by default (CPU autocast runs ``layer_norm``/``group_norm``/``batch_norm`` in 16-bit otherwise).
+are selected by default (CPU autocast runs ``layer_norm``/``group_norm``/``batch_norm`` in 16-bit otherwise);
+``MixedPrecision`` lets those whose kernels are checked to accumulate in float32 go without (``mixq.amp.norms``).
 """
 
 from __future__ import annotations
