@@ -18,7 +18,7 @@ def test_import_does_not_load_onnx_litert_or_cuda():
     code = (
         "import sys, torch; import mixq; "
         "heavy = [m for m in ('onnx', 'onnxruntime', 'onnxscript', 'litert_torch', 'ai_edge_litert', "
-        "'ai_edge_quantizer', 'jax') if m in sys.modules]; "
+        "'ai_edge_quantizer', 'jax', 'openvino', 'nncf') if m in sys.modules]; "
         "print(heavy, torch.cuda.is_initialized())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
