@@ -20,7 +20,7 @@ Fidelity: mean cosine of mean-pooled embeddings to the PyTorch fp32 model's, ove
 
 Usage::
 
-    PYTHONPATH=src .venv/bin/python benchmarks/bench_ort_ceiling.py            # ~10 min on 2 busy cores
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_ort_ceiling.py            # 10-40 min on 2 busy cores
     PYTHONPATH=src .venv/bin/python benchmarks/bench_ort_ceiling.py --rounds 3 --profile
 """
 

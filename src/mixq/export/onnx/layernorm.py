@@ -2,12 +2,12 @@
 ONNX Runtime's ``SkipLayerNormFusion`` does not turn it into ``SkipLayerNormalization``.
 
 ONNX Runtime fuses an ``Add`` of two 3-D tensors that feeds a ``LayerNormalization`` into its contrib
-``SkipLayerNormalization`` at the default optimisation level. On the CPUs measured (AVX-512 with and without AMX,
-ONNX Runtime 1.32) that kernel is several times slower than the ``Add`` and ``LayerNormalization`` it replaces (5-10x
-at BERT shapes: ``benchmarks/results/ort_ceiling.md``), and it rounds differently. The fusion only matches when the
-LayerNorm reads the ``Add`` directly, so mixq puts a zero-copy ``Unsqueeze`` (a leading axis of 1) between them and
-a ``Squeeze`` after the LayerNorm: the same operators compute the same values, bit for bit, in any session, with no
-session option for the user to remember.
+``SkipLayerNormalization`` at the default optimisation level. On the CPUs measured that kernel is several times
+slower than the ``Add`` and ``LayerNormalization`` it replaces at BERT shapes (2.4-2.8x on a Xeon with AMX, 5-7x on
+an AVX-512 EPYC without it, ONNX Runtime 1.32: ``docs/benchmarks.md``), and it rounds differently. The fusion only
+matches when the LayerNorm reads the ``Add`` directly, so mixq puts a zero-copy ``Unsqueeze`` (a leading axis of 1)
+between them and a ``Squeeze`` after the LayerNorm: the same operators compute the same values, bit for bit, in any
+session, with no session option for the user to remember.
 """
 
 from __future__ import annotations
