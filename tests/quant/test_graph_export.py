@@ -10,7 +10,7 @@ import torch
 from torch import fx
 
 import mixq
-from mixq.quant.modules import QuantizedMatMul
+from mixq.quant.modules import FloatMatMul, QuantizedMatMul
 
 transformers = pytest.importorskip("transformers")
 LAYERS = 2
@@ -75,12 +75,30 @@ def test_bert_graph_has_one_quantize_per_tensor_and_only_integer_matmuls(bert_st
     assert ops["QuantizeLinear"] == 8 * LAYERS + 1, ops
 
 
+def test_attention_scale_is_folded_into_the_qk_matmul(bert_static, tmp_path):
+    import onnx
+
+    _, qmodel = bert_static
+    head_dim = 32 // 2
+    alphas = sorted(m.alpha for m in qmodel.modules() if isinstance(m, QuantizedMatMul))
+    assert alphas == sorted([head_dim ** -0.5] * LAYERS + [1.0] * LAYERS)  # Q·Kᵀ scaled, probabilities·V not
+    assert "2 constant factors" in " ".join(qmodel.mixq_summary.notes)
+    graph = onnx.load(str(mixq.export_onnx(qmodel, _batch(2, 8), tmp_path / "bert.onnx"))).graph
+    products = {n.output[0] for n in graph.node if n.op_type == "MatMulIntegerToFloat"}
+    assert not [n for n in graph.node if n.op_type in ("Mul", "Div") and set(n.input) & products]
+
+
 def test_excluding_an_attention_module_keeps_its_matmuls_float(reduce_range):
     bert = _bert()
     qmodel = mixq.quantize(bert, "static", calib_data=[_batch(4, 12)], reduce_range=reduce_range, progress=False,
                            exclude=["encoder.layer.0.attention.self"])
     quantized = {r.name for r in qmodel.mixq_summary.quantized if r.kind == "matmul"}
     assert quantized == {f"encoder.layer.1.attention.self.mixq_matmul_{k}" for k in (0, 1)}
+    floats = {n: m.alpha for n, m in qmodel.named_modules() if isinstance(m, FloatMatMul)}
+    layer0 = "encoder.layer.0.attention.self.mixq_matmul_"
+    assert floats == {f"{layer0}0": 16 ** -0.5, f"{layer0}1": 1.0}  # float MatMuls keep the folded 1/√d
+    a, b = torch.randn(2, 3, 5), torch.randn(2, 5, 4)
+    assert torch.equal(FloatMatMul(16 ** -0.5)(a, b), (a @ b) * 16 ** -0.5)  # the model's own float Mul
 
 
 def _llama(use_cache: bool) -> torch.nn.Module:

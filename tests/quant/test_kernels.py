@@ -79,6 +79,8 @@ def test_qadd_within_half_an_output_step():
 def test_qmatmul_is_the_float_product_of_the_grids():
     (a, a_scale, a_zp), (b, b_scale, b_zp) = _grid(torch.randn(2, 5, 8)), _grid(torch.randn(2, 8, 3))
     torch.testing.assert_close(kernels.qmatmul(a, a_scale, a_zp, b, b_scale, b_zp), a @ b, atol=1e-5, rtol=1e-5)
+    scaled = kernels.qmatmul(a, a_scale, a_zp, b, b_scale, b_zp, 0.125)  # a power of two: exact either way
+    assert torch.equal(scaled, kernels.qmatmul(a, a_scale, a_zp, b, b_scale, b_zp) * 0.125)
 
 
 def test_dynamic_linear_and_conv_quantize_inputs_per_call():

@@ -139,17 +139,18 @@ def _convert_matmul(model: nn.Module, name: str, config: QuantConfig, ranges: _R
     observed: ObservedMatMul = model.get_submodule(name)
     choice = config.choice(name)
     if excluded(name, config.exclude) or choice.mode == "fp32":
-        set_submodule(model, name, FloatMatMul())
+        set_submodule(model, name, FloatMatMul(observed.alpha))
         summary.add(name, "matmul", "float", "excluded" if choice.mode != "fp32" else "kept fp32 by a per-layer "
                     "override")
         return
     if choice.mode != "static" or not (observed.a_observer.has_data and observed.b_observer.has_data):
-        set_submodule(model, name, FloatMatMul())
+        set_submodule(model, name, FloatMatMul(observed.alpha))
         return
     a_q, b_q = ranges.of(observed.a_observer, name), ranges.of(observed.b_observer, name)
-    set_submodule(model, name, QuantizedMatMul(a_q, b_q))
+    set_submodule(model, name, QuantizedMatMul(a_q, b_q, observed.alpha))
+    scaled = "" if observed.alpha == 1.0 else f", x{observed.alpha:.4g} folded into the output scale"
     summary.add(name, "matmul", "quantized", f"static a:{config.activation} x a:{config.activation} "
-                f"({choice.observer.name}), float output")
+                f"({choice.observer.name}), float output{scaled}")
 
 
 def _convert_add(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,

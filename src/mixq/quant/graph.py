@@ -6,14 +6,16 @@ values (max pooling, flatten/reshape, identity, dropout). Every tensor then has 
 one Q/DQ pair per tensor, and ONNX Runtime runs a ResNet block as QLinearConv -> QLinearConv -> QLinearAdd without
 float detours or layout transposes. Models that ``torch.fx`` cannot trace (most Hugging Face models) are captured
 with ``torch.export`` instead (``mixq.quant.graph_export``); on that graph mixq also (3) quantizes MatMuls of two
-activations (attention's Q·Kᵀ and probabilities·V) as integer kernels, (4) quantizes an add only where an integer
-kernel reads its sum (a residual add feeding a LayerNorm gains nothing from int8 and loses precision), and (5)
-leaves a Linear's output float where no integer kernel reads it, so no Q/DQ pair is emitted for nothing. Models
-that neither can capture keep the layer-by-layer path; the summary says which path was taken and why.
+activations (attention's Q·Kᵀ and probabilities·V) as integer kernels, with a constant factor after one (1/√d)
+folded into its output scale, (4) quantizes an add only where an integer kernel reads its sum (a residual add
+feeding a LayerNorm gains nothing from int8 and loses precision), and (5) leaves a Linear's output float where no
+integer kernel reads it, so no Q/DQ pair is emitted for nothing. Models that neither can capture keep the
+layer-by-layer path; the summary says which path was taken and why.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 
@@ -28,6 +30,7 @@ from mixq.quant.observers import Observer
 aten = torch.ops.aten
 _ADDS = {operator.add, operator.iadd, torch.add, aten.add.Tensor}
 _MATMULS = {torch.matmul, operator.matmul, aten.matmul.default}
+_MULS = {operator.mul, torch.mul, aten.mul.Tensor, aten.mul.Scalar}
 _RELU_FUNCTIONS = {torch.relu, F.relu, aten.relu.default}
 _PASS_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.Identity, nn.Flatten, nn.Dropout)
 _PASS_FUNCTIONS = {torch.flatten, F.max_pool1d, F.max_pool2d, F.dropout, torch.reshape,
@@ -169,6 +172,30 @@ def quantize_matmuls(gm: fx.GraphModule, make_observer: Callable[[str], Observer
     return names
 
 
+def fold_matmul_scales(gm: fx.GraphModule) -> int:
+    """Fold a constant factor that is the only use of an ``ObservedMatMul``'s output (attention's
+    ``(Q·Kᵀ) * 1/√d``) into that MatMul's ``alpha``: the float model computes the same product, and the quantized
+    one applies the factor in the integer kernel's output multiplier instead of a float Mul over every score
+    (``mixq.quant.kernels.qmatmul``). Returns how many were folded."""
+    folded = 0
+    for node in list(gm.graph.nodes):
+        matmul = _module(gm, node)
+        if not isinstance(matmul, ObservedMatMul) or matmul.alpha != 1.0 or len(node.users) != 1:
+            continue
+        user = next(iter(node.users))
+        if user.op != "call_function" or user.target not in _MULS or user.kwargs or len(user.args) != 2:
+            continue
+        factor = user.args[1] if user.args[0] is node else user.args[0]
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor):
+            continue
+        matmul.alpha = float(factor)
+        user.replace_all_uses_with(node)
+        gm.graph.erase_node(user)
+        folded += 1
+    gm.recompile()
+    return folded
+
+
 def _passes(gm: fx.GraphModule, node: fx.Node) -> bool:
     """Whether ``node`` passes its first argument's values through unchanged (reshapes, dropout in eval, ...)."""
     return (isinstance(_module(gm, node), _PASS_MODULES)
@@ -241,13 +268,15 @@ def apply_graph_mode(model: nn.Module, make_observer: Callable[[str], Observer],
         return model, []
     relus = fuse_relus(graph)
     matmuls = quantize_matmuls(graph, make_observer) if exported else []
+    scales = fold_matmul_scales(graph) if matmuls else 0
     adds = quantize_adds(graph, make_observer, add_cls, only_feeding_integer=exported)
     shared = share_observers(graph)
     if exported:
         floats = keep_float_outputs(graph)
         notes.append(f"graph mode (torch.export): {len(matmuls)} activation MatMuls and {len(adds)} adds "
-                     f"quantized, {relus} more ReLUs fused, {shared} inputs share their producer's scale, {floats} "
-                     "Linear outputs stay float (no integer kernel reads them)")
+                     f"quantized, {scales} constant factors (attention's 1/sqrt(d)) folded into their MatMul's "
+                     f"output scale, {relus} more ReLUs fused, {shared} inputs share their producer's scale, "
+                     f"{floats} Linear outputs stay float (no integer kernel reads them)")
         return graph, matmuls + adds
     notes.append(f"graph mode (torch.fx): {len(adds)} adds quantized, {relus} more ReLUs fused, {shared} "
                  "inputs share their producer's scale")

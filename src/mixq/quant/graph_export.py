@@ -28,7 +28,8 @@ from mixq.quant.calibration import Batch, batch_args, call_model
 from mixq.quant.dynamic_shapes import default_axes, grow_unit_axes, torch_export_spec
 from mixq.quant.fusion import set_submodule
 
-__all__ = ["export_friendly", "export_graph", "returns_cache"]  # what graph-mode capture gives mixq.quant.stages
+# what graph-mode capture gives mixq.quant.stages
+__all__ = ["NO_NAN_GUARD", "export_friendly", "export_graph", "returns_cache"]
 
 aten = torch.ops.aten
 # ATen calls that are one layer: the argument holding the weight, and how many leading arguments are its inputs
@@ -58,10 +59,16 @@ def returns_cache(model: nn.Module, probe: Batch, output: Any = None) -> bool:
     return getattr(output, "past_key_values", None) is not None
 
 
-def export_friendly(model: nn.Module) -> tuple[list[str], Callable[[], None]]:
+INTEGER_ATTENTION = "so its MatMuls can run as integer kernels"
+NO_NAN_GUARD = ("so the exported attention needs no NaN guard (sdpa's ONNX form runs IsNaN and Where over every "
+                "attention probability)")
+
+
+def export_friendly(model: nn.Module, why: str = INTEGER_ATTENTION) -> tuple[list[str], Callable[[], None]]:
     """Switch Hugging Face models inside ``model`` to eager attention (the same function as ``sdpa``, with Q·Kᵀ and
-    probabilities·V as separate MatMuls that can be quantized). Returns notes for the summary and a function that
-    undoes the switches."""
+    probabilities·V as separate MatMuls that can be quantized, and a finite additive mask, so no softmax row is
+    NaN and the ONNX form needs no NaN guard). ``why`` ends the summary note. Returns notes for the summary and a
+    function that undoes the switches."""
     notes: list[str] = []
     undo: list[Callable[[], None]] = []
     for hf in _hf_models(model):
@@ -74,7 +81,7 @@ def export_friendly(model: nn.Module) -> tuple[list[str], Callable[[], None]]:
             else:
                 undo.append(lambda hf=hf, current=current: hf.set_attn_implementation(current))
                 notes.append(f"attention switched from {current!r} to the model's eager implementation (the same "
-                             "function) so its MatMuls can run as integer kernels")
+                             f"function) {why}")
 
     def restore() -> None:
         for step in reversed(undo):

@@ -94,17 +94,18 @@ def _(x, x_scale, x_zp, w_t, w_scale, bias, y_scale, y_zp, relu):
 
 @torch.library.custom_op("mixq::qmatmul", mutates_args=())
 def qmatmul(a: torch.Tensor, a_scale: torch.Tensor, a_zp: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
-            b_zp: torch.Tensor) -> torch.Tensor:
-    """Matrix product of two activations on int8/uint8 grids, float out (ONNX Runtime: MatMulIntegerToFloat with
-    both operands computed at run time): attention's Q·Kᵀ and probabilities·V in graph mode."""
+            b_zp: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """Matrix product of two activations on int8/uint8 grids, times ``alpha``, float out (ONNX Runtime:
+    MatMulIntegerToFloat with both operands computed at run time, and ``a_scale * alpha`` as A's scale so the
+    factor joins the kernel's multiplier): attention's Q·Kᵀ (alpha: 1/√d) and probabilities·V in graph mode."""
     ai = _centered(a, a_scale, a_zp)
     bi = _centered(b, b_scale, b_zp)
     dt = _acc_dtype(a.shape[-1], 255, 255)
-    return torch.matmul(ai.to(dt), bi.to(dt)).to(torch.float32) * (a_scale * b_scale)
+    return torch.matmul(ai.to(dt), bi.to(dt)).to(torch.float32) * ((a_scale * alpha) * b_scale)
 
 
 @qmatmul.register_fake
-def _(a, a_scale, a_zp, b, b_scale, b_zp):
+def _(a, a_scale, a_zp, b, b_scale, b_zp, alpha=1.0):
     return torch.matmul(a, b)
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from mixq.quant.calibration import Batch, call_checked, run_batches
 from mixq.quant.fusion import apply_fusions, find_fusions, set_submodule, trace_calls
 from mixq.quant.graph import apply_graph_mode, trace
-from mixq.quant.graph_export import export_friendly, export_graph, returns_cache
+from mixq.quant.graph_export import NO_NAN_GUARD, export_friendly, export_graph, returns_cache
 from mixq.quant.modules import ObservedLayer
 from mixq.quant.modules.registry import adapt_in_place, qmodule_class
 from mixq.quant.observers import make_observer
@@ -146,6 +146,8 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
                                         untraceable=fx_why)
         if export_failed:
             summary.notes.append(f"graph mode through torch.export not used: {export_failed}")
+    if not exported and any(config.choice(n).mode == "dynamic" for n in plain):
+        summary.notes += export_friendly(qmodel, NO_NAN_GUARD)[0]  # on the copy, kept: the file runs what it runs
     return Prepared(qmodel, config, observed, adds, plain, summary, {n: specs[n] for n in observed + adds},
                     input_shapes={n: shapes[n] for n in targets if n in shapes})
 

@@ -57,3 +57,25 @@ def test_dynamic_bert_is_smaller(bert, tmp_path):
     fp32 = mixq.export_onnx(bert, _inputs(2), tmp_path / "fp32.onnx")
     int8 = mixq.export_onnx(mixq.quantize(bert, "dynamic"), _inputs(2), tmp_path / "int8.onnx")
     assert int8.stat().st_size < 0.35 * fp32.stat().st_size  # tiny config: LayerNorm/bias/scales weigh more
+
+
+def test_dynamic_bert_attention_has_no_nan_guard_and_layernorms_stay_unfused(bert, tmp_path, ort_run):
+    import onnx
+
+    qmodel = mixq.quantize(bert, "dynamic")
+    assert any("no NaN guard" in note for note in qmodel.mixq_summary.notes)  # sdpa -> eager, said so
+    path = mixq.export_onnx(qmodel, _inputs(2), tmp_path / "bert_int8.onnx")
+    graph = onnx.load(str(path)).graph
+    softmax = {n.output[0] for n in graph.node if n.op_type == "Softmax"}
+    assert len(softmax) == 2
+    assert not [n for n in graph.node if n.op_type == "IsNaN" or (n.op_type == "Where" and set(n.input) & softmax)]
+    ops = mixq.optimized_op_types(path, "ORT_ENABLE_ALL")  # what a plain session runs
+    assert "SkipLayerNormalization" not in ops and ops["LayerNormalization"] == 1 + 2 * 2, ops
+    # the guard's job, kept: a row with every key masked stays finite (eager attention's mask is finite)
+    inputs = _inputs(3, 10, seed=2)
+    inputs["attention_mask"][1] = 0
+    hidden, pooled = ort_run(path, **inputs)
+    assert np.isfinite(hidden).all() and np.isfinite(pooled).all()
+    with torch.no_grad():
+        sim = qmodel(**inputs)
+    assert np.abs(hidden - sim.last_hidden_state.numpy()).max() <= 1e-3

@@ -78,6 +78,9 @@ CASES: dict[str, list[Case]] = {
     ],
     "qmatmul": [("two-activations", lambda: Pair(QuantizedMatMul(U8, U8)),
                  lambda: (torch.randn(2, 4, 8), torch.randn(2, 8, 5)), {"QuantizeLinear", "MatMulIntegerToFloat"},
+                 0.0),
+                ("scaled-by-1/sqrt(d)", lambda: Pair(QuantizedMatMul(U8, U8, alpha=8 ** -0.5)),
+                 lambda: (torch.randn(2, 4, 8), torch.randn(2, 8, 5)), {"QuantizeLinear", "MatMulIntegerToFloat"},
                  0.0)],
     "qadd": [("add-relu", lambda: Pair(QuantizedAdd(U8, U8, OUT, relu=True)),
               lambda: (torch.randn(2, 16), torch.randn(2, 16)), {"QuantizeLinear", "DequantizeLinear", "Add", "Relu"},
@@ -129,3 +132,17 @@ def test_translation_emits_its_nodes_and_runs_in_onnx_runtime(name, make, inputs
     assert got.shape == ref.shape
     # quantized outputs may differ by the rounding of one output step; float outputs by float32 accumulation order
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=steps * _output_step(module) + 1e-5)
+
+
+def test_a_scaled_activation_matmul_folds_its_factor_into_the_kernel():
+    module = Pair(QuantizedMatMul(U8, U8, alpha=32 ** -0.5)).eval()
+    args = (torch.randn(3, 6, 32), torch.randn(3, 32, 6))
+    proto = trace_to_onnx(module, args)
+    assert [n.op_type for n in proto.graph.node].count("Mul") == 0  # the factor is A's scale input, folded
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {i.name: a.numpy() for i, a in zip(session.get_inputs(), args, strict=True)})
+    with torch.no_grad():
+        ref = module(*args)
+    assert np.array_equal(got, ref.numpy())  # the same multiplier, the same float32 rounding
+    unscaled = Pair(QuantizedMatMul(U8, U8))(*args) * 32 ** -0.5
+    torch.testing.assert_close(ref, unscaled, rtol=4e-7, atol=0)  # the float Mul after it: a few roundings apart

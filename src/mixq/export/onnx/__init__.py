@@ -4,6 +4,7 @@
   is ONNX Runtime's) as the QDQ / integer ONNX pattern ONNX Runtime fuses;
 * ``contrib_ops``: schemas of the ``com.microsoft`` operators emitted directly;
 * ``export``: ``export_onnx`` (torch.export -> ONNX, clean-up, atomic write);
+* ``layernorm``: residual LayerNorms written so ONNX Runtime keeps them off its slow ``SkipLayerNormalization``;
 * ``ort_graph``: what ONNX Runtime really runs after its own graph optimisation;
 * ``inspection``: what ``mixq inspect`` shows of an ONNX file;
 * ``backend``: the ``onnx`` format and the ``ort`` runtime, registered with ``mixq.export.backend``.

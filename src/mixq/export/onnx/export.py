@@ -117,8 +117,10 @@ def check_target(path: str | os.PathLike) -> Path:
 def trace_to_onnx(model: nn.Module, args: tuple, *, kwargs: dict | None = None, opset: int | None = None,
                   dynamic_shapes: Any = None, input_names: list[str] | None = None,
                   output_names: list[str] | None = None) -> Any:
-    """torch.export -> ONNX with mixq's lowering table and the exporter's clean-up, quietly; the ``ModelProto``.
+    """torch.export -> ONNX with mixq's lowering table, the exporter's clean-up and residual LayerNorms kept off
+    ONNX Runtime's slow ``SkipLayerNormalization`` (``mixq.export.onnx.layernorm``), quietly; the ``ModelProto``.
     Shared by ``export_onnx`` and the key/value-cache decoder export."""
+    from mixq.export.onnx.layernorm import keep_layernorm_unfused
     from mixq.export.onnx.translations import translation_table  # onnx/onnxscript are only imported when exporting
 
     with _quiet_export():
@@ -128,7 +130,9 @@ def trace_to_onnx(model: nn.Module, args: tuple, *, kwargs: dict | None = None, 
             verbose=False, optimize=False,
         )
         _optimize(program)
-    return program.model_proto
+    proto = program.model_proto
+    keep_layernorm_unfused(proto)
+    return proto
 
 
 def _optimize(program: Any) -> None:

@@ -5,7 +5,8 @@
   MatMul + Add into a float Gemm (and does not fuse QDQ Gemm on CPU), so the integer kernel is emitted directly:
   Q -> com.microsoft MatMulIntegerToFloat(bias) [-> Relu] -> Q -> DQ
   Graph mode leaves the output float where no integer kernel reads it: the same without the final Q -> DQ.
-* ``qmatmul`` (two activations, e.g. attention): Q (both) -> com.microsoft MatMulIntegerToFloat
+* ``qmatmul`` (two activations, e.g. attention): Q (both) -> com.microsoft MatMulIntegerToFloat, a constant factor
+  (attention's 1/√d) folded into A's scale input, which only the kernel's output multiplier reads
 * ``qadd``: Q -> DQ (both inputs) -> Add [-> Relu] -> Q -> DQ => QLinearAdd
 * ``dynamic_linear``: DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul [-> Add] => DynamicQuantizeMatMul
 * ``dynamic_conv``: DynamicQuantizeLinear -> ConvInteger -> Cast -> Mul [-> Add]
@@ -77,9 +78,10 @@ def qlinear(x, x_scale, x_zp, w_t, w_scale, bias, y_scale, y_zp, relu):
 
 
 @translates("qmatmul")
-def qmatmul(a, a_scale, a_zp, b, b_scale, b_zp):
-    return MatMulIntegerToFloat(op.QuantizeLinear(a, a_scale, a_zp), op.QuantizeLinear(b, b_scale, b_zp), a_scale,
-                                b_scale, a_zp, b_zp)
+def qmatmul(a, a_scale, a_zp, b, b_scale, b_zp, alpha=1.0):
+    multiplier_scale = a_scale if alpha == 1.0 else op.Mul(a_scale, op.Constant(value_float=alpha))  # folded
+    return MatMulIntegerToFloat(op.QuantizeLinear(a, a_scale, a_zp), op.QuantizeLinear(b, b_scale, b_zp),
+                                multiplier_scale, b_scale, a_zp, b_zp)
 
 
 @translates("qadd")

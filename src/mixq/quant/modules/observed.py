@@ -83,21 +83,36 @@ class ObservedAdd(_ObservedPair):
         return self.output_observer(y)
 
 
+def _scaled(y: torch.Tensor, alpha: float) -> torch.Tensor:
+    return y if alpha == 1.0 else y * alpha
+
+
 class ObservedMatMul(_ObservedPair):
-    """``a @ b`` of two activations (attention's Q·Kᵀ, probabilities·V) with observers on both inputs; becomes
-    ``QuantizedMatMul``. Its output stays float (softmax and the output projection read it), so it has no output
-    observer."""
+    """``(a @ b) * alpha`` of two activations (attention's Q·Kᵀ, probabilities·V) with observers on both inputs;
+    becomes ``QuantizedMatMul``. Its output stays float (softmax and the output projection read it), so it has no
+    output observer. ``alpha``: the constant factor graph mode folded into it (attention's 1/√d), 1.0 if none."""
+
+    def __init__(self, a_observer: Observer, b_observer: Observer) -> None:
+        super().__init__(a_observer, b_observer)
+        self.alpha = 1.0
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         self._observe_inputs(a, b)
-        return torch.matmul(a, b)
+        return _scaled(torch.matmul(a, b), self.alpha)
 
 
 class FloatMatMul(nn.Module):
-    """``a @ b`` left in float (excluded, kept fp32, or never reached in calibration)."""
+    """``(a @ b) * alpha`` left in float (excluded, kept fp32, or never reached in calibration)."""
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        super().__init__()
+        self.alpha = alpha
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(a, b)
+        return _scaled(torch.matmul(a, b), self.alpha)
+
+    def extra_repr(self) -> str:
+        return "" if self.alpha == 1.0 else f"alpha={self.alpha}"
 
 
 class FloatAdd(nn.Module):

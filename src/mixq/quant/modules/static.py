@@ -131,15 +131,21 @@ class QuantizedAdd(_StaticBase):
 
 
 class QuantizedMatMul(_StaticBase):
-    """``a @ b`` of two activations on uint8/int8 grids with a float result (ONNX Runtime: MatMulIntegerToFloat):
-    attention's Q·Kᵀ and probabilities·V in graph mode. ``x_scale``/``x_zp`` quantize ``a``, ``b_scale``/``b_zp``
-    quantize ``b``; both are usually the producing layer's output grid, so ONNX Runtime reads its uint8 tensor."""
+    """``(a @ b) * alpha`` of two activations on uint8/int8 grids with a float result (ONNX Runtime:
+    MatMulIntegerToFloat): attention's Q·Kᵀ and probabilities·V in graph mode. ``x_scale``/``x_zp`` quantize
+    ``a``, ``b_scale``/``b_zp`` quantize ``b``; both are usually the producing layer's output grid, so ONNX Runtime
+    reads its uint8 tensor. ``alpha`` (attention's 1/√d, folded by graph mode) joins the output multiplier, so it
+    costs no operator of its own."""
 
-    def __init__(self, a_qparams: QParams, b_qparams: QParams) -> None:
+    def __init__(self, a_qparams: QParams, b_qparams: QParams, alpha: float = 1.0) -> None:
         super().__init__()
         self._set_activation_qparams(a_qparams, None)
         self.register_buffer("b_scale", b_qparams[0].clone())
         self.register_buffer("b_zp", b_qparams[1].clone())
+        self.alpha = alpha
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return ops.qmatmul(a, self.x_scale, self.x_zp, b, self.b_scale, self.b_zp)
+        return ops.qmatmul(a, self.x_scale, self.x_zp, b, self.b_scale, self.b_zp, self.alpha)
+
+    def extra_repr(self) -> str:
+        return "" if self.alpha == 1.0 else f"alpha={self.alpha}"
