@@ -135,6 +135,24 @@ def _registered_child(node: fx.Node, module: nn.Module) -> str | None:
     return None
 
 
+def _new_name(op: str, made: list[str]) -> str:
+    return f"mixq_{op}_{sum(n.startswith(f'mixq_{op}_') for n in made)}"
+
+
+def _transposed_param(gm: fx.GraphModule, node: Any) -> nn.Parameter | None:
+    """``W`` when ``node`` is ``W.t()`` (or a transpose of its two axes) of a 2-D parameter ``W``."""
+    if not isinstance(node, fx.Node) or node.op != "call_function":
+        return None
+    swap = node.target in (aten.t.default, aten.numpy_T.default) or (
+        node.target == aten.transpose.int and sorted(a % 2 for a in node.args[1:3]) == [0, 1]) or (
+        node.target == aten.permute.default and list(node.args[1]) == [1, 0])
+    source = node.args[0] if swap else None
+    if not (isinstance(source, fx.Node) and source.op == "get_attr"):
+        return None
+    value = _attr(gm, str(source.target))
+    return value if isinstance(value, nn.Parameter) and value.dim() == 2 else None
+
+
 def _rewrite(gm: fx.GraphModule, module: nn.Module, owner: str, trainable: bool) -> tuple[list[str], str]:
     """Turn compute calls on parameters into ``call_module`` nodes; returns (new layer names, why not or "")."""
     memo: dict[fx.Node, Any] = {}
@@ -145,8 +163,13 @@ def _rewrite(gm: fx.GraphModule, module: nn.Module, owner: str, trainable: bool)
             continue
         op, x_index, w_index, b_index, build = spec
         child = _registered_child(node, module)
+        transposed = _transposed_param(gm, node.args[w_index]) if op == "matmul" else None
         if child is not None:
             layer, path = module.get_submodule(child), child
+        elif transposed is not None and _constant(gm, node.args[x_index], memo) is None:  # x @ W.T: W trains
+            layer = _with_params(nn.Linear(transposed.shape[1], transposed.shape[0], bias=False), transposed, None)
+            path = _new_name(op, made)
+            layer.mixq_kind = f"{kind_name(module)} ({op})"
         else:
             weight = _constant(gm, node.args[w_index], memo)
             bias_arg = node.args[b_index] if b_index is not None and len(node.args) > b_index else None
@@ -161,7 +184,7 @@ def _rewrite(gm: fx.GraphModule, module: nn.Module, owner: str, trainable: bool)
             layer = build(node, weight, bias)
             if layer is None:
                 continue
-            path = f"mixq_{op}_{sum(n.startswith(f'mixq_{op}_') for n in made)}"
+            path = _new_name(op, made)
             layer.mixq_kind = f"{kind_name(module)} ({op})"
         set_submodule(gm, path, layer)
         with gm.graph.inserting_before(node):
@@ -191,9 +214,19 @@ def _capture(module: nn.Module, args: tuple, kwargs: dict) -> tuple[fx.GraphModu
             program = torch.export.export(module, args, kwargs, strict=False, dynamic_shapes=(
                 tuple(spec(a) for a in args), {k: spec(v) for k, v in kwargs.items()}) if kwargs else
                 tuple(spec(a) for a in args))
-            return program.module(), ""
+            return _plain(program.module(), f"Captured{type(module).__name__}"), ""
     except Exception as err:  # noqa: BLE001  (any failure: the module stays float, with this reason)
         return None, f"{type(err).__name__}: {first_line(err, limit=160)}"
+
+
+def _plain(gm: fx.GraphModule, name: str) -> fx.GraphModule:
+    """A plain ``GraphModule`` running ``gm``'s graph (the exported program's module refuses ``train()``, which QAT
+    and users call on the whole model); the input/output specs its pytree code reads come along."""
+    plain = fx.GraphModule(gm, gm.graph, name)
+    for attr in ("_in_spec", "_out_spec"):
+        if hasattr(gm, attr):
+            setattr(plain, attr, getattr(gm, attr))
+    return plain
 
 
 def _candidates(model: nn.Module, exclude: tuple[str, ...]) -> list[str]:
