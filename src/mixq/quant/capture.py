@@ -193,6 +193,8 @@ def _rewrite(gm: fx.GraphModule, module: nn.Module, owner: str, trainable: bool)
         node.replace_all_uses_with(call)
         gm.graph.erase_node(node)
         made.append(path)
+    if all(not n.startswith("mixq_") for n in made):
+        return [], ""  # only registered layers inside: the module is left as it is
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return made, ""
