@@ -109,3 +109,12 @@ def test_an_excluded_wild_module_stays_as_it_is(wild):
     qmodel = mixq.quantize(model, "dynamic", example_inputs=batches[0], exclude=["flipped"], progress=False)
     assert isinstance(qmodel.flipped, FlippedLinear)
     assert "flipped.mixq_linear_0" not in [r.name for r in qmodel.mixq_summary.layers]
+
+
+def test_a_model_with_captured_modules_saves_and_loads_bit_for_bit(wild, tmp_path):
+    model, batches = wild
+    qmodel = mixq.quantize(model, "dynamic", example_inputs=batches[0], progress=False)
+    mixq.save_pretrained(qmodel, tmp_path / "q", example_inputs=batches[0][:2])
+    again = mixq.from_pretrained(tmp_path / "q", model=WildNet().eval())
+    assert isinstance(again, WildNet)
+    assert torch.equal(again(batches[1]), qmodel(batches[1]))
