@@ -12,10 +12,21 @@ import mixq
 from tests.quant.test_capture import FlippedLinear, FunctionalConv, LoRALinear, StandardisedConv
 
 
+class SamePaddingConv(nn.Conv2d):
+    """TF "same" padding through a ZeroPad2d member, as pip-packaged mobile CNNs write it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.pad(x))
+
+
 class Net(nn.Module):
     def __init__(self, standardised: bool = False) -> None:
         super().__init__()
-        self.conv = StandardisedConv(3, 8, 3, padding=1) if standardised else nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = StandardisedConv(3, 8, 3, padding=1) if standardised else SamePaddingConv(3, 8, 2)
         self.functional = FunctionalConv(8)
         self.flipped = FlippedLinear(8, 16)
         self.lora = LoRALinear(16)
@@ -32,7 +43,8 @@ def test_wild_layers_train_and_convert_exactly():
     x = torch.randn(8, 3, 10, 10)
     qat = mixq.prepare_qat(model, example_inputs=x)
     names = [r.name for r in qat.mixq_qat_plan.quantized]
-    assert {"functional.mixq_conv2d_0", "flipped.mixq_linear_0", "lora.base", "lora.mixq_matmul_0"} <= set(names)
+    assert {"conv.mixq_conv2d_0", "functional.mixq_conv2d_0", "flipped.mixq_linear_0", "lora.base",
+            "lora.mixq_matmul_0"} <= set(names)
     opt = torch.optim.SGD(qat.parameters(), lr=1e-2)
     for _ in range(3):
         opt.zero_grad()

@@ -245,6 +245,15 @@ def _candidates(model: nn.Module, exclude: tuple[str, ...]) -> list[str]:
     return found
 
 
+def _trains_alike(child: nn.Module) -> bool:
+    """Whether a child computes the same in training as in the eval-mode capture: a registered layer, or a module
+    without parameters, buffers or dropout (padding, activations)."""
+    if is_quantizable(child):
+        return True
+    stateless = not any(True for _ in child.parameters()) and not any(True for _ in child.buffers())
+    return stateless and not any(isinstance(m, nn.modules.dropout._DropoutNd) for m in child.modules())
+
+
 def _inputs(model: nn.Module, names: list[str], probe: Batch) -> dict[str, tuple[tuple, dict]]:
     """The first call's inputs of each named module during one forward pass of ``probe``."""
     seen: dict[str, tuple[tuple, dict]] = {}
@@ -276,8 +285,9 @@ def capture_compute(model: nn.Module, probe: Batch | None, notes: list[str], exc
         if name not in inputs:
             failed[name] = "never called in the probe forward pass, so its graph could not be captured"
             continue
-        if trainable and any(not is_quantizable(c) for c in module.children()):
-            failed[name] = "QAT captures only modules whose children are registered layers"
+        if trainable and not all(_trains_alike(c) for c in module.children()):
+            failed[name] = ("QAT captures only modules whose children are registered layers or stateless "
+                            "(padding, activations)")
             continue
         gm, why = _capture(module, *inputs[name])
         made: list[str] = []
