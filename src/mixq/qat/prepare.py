@@ -21,6 +21,7 @@ from mixq.qat.fake_quantizer import FakeQuantizer
 from mixq.qat.layers import QATAdd, QATLayer
 from mixq.qat.outputs import output_layers
 from mixq.quant.calibration import Batch, call_checked
+from mixq.quant.capture import capture_compute
 from mixq.quant.fusion import calls_from_graph, detach_fusions, find_fusions, set_submodule, trace_calls
 from mixq.quant.graph import apply_graph_mode, share_observers
 from mixq.quant.modules import QuantizedAdd
@@ -112,8 +113,21 @@ def _requantize_read_outputs(model: nn.Module, summary: QuantizationSummary) -> 
                               if r.name == name else r for r in summary.layers]
 
 
+def _capture(model: nn.Module, cfg: QATConfig, example_inputs: Batch | None, summary: QuantizationSummary) -> None:
+    """Modules computing with their weights outside a registered layer are captured with torch.export (in eval
+    mode, so the probe leaves BatchNorm statistics alone) and train as the plain layers they compute with."""
+    training = model.training
+    model.eval()
+    try:
+        failed = capture_compute(model, example_inputs, summary.notes, cfg.exclude, trainable=True)
+    finally:
+        model.train(training)
+    summary.notes += [f"{name} stays float: {why}" for name, why in failed.items()]
+
+
 def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | None,
                    summary: QuantizationSummary) -> nn.Module:
+    _capture(model, cfg, example_inputs, summary)
     fusions = _find_fusions(model, example_inputs, cfg, summary.notes)
     relu_layers, batchnorms = detach_fusions(model, fusions)
     summary.notes += [f"{f.batchnorm} trains inside {f.layer} (folded at conversion)" for f in fusions if f.batchnorm]

@@ -148,6 +148,11 @@ def quantize(
     attention's MatMuls as integer kernels and keeps Linear outputs float where no integer kernel reads them (the
     result is a ``torch.fx.GraphModule``; see ``mixq.quant.graph_export``).
 
+    Modules that compute with their own weights outside a registered layer class (a ``nn.Linear`` subclass that
+    overrides ``forward``, a weight-standardised convolution, ``F.conv2d`` / ``x @ W`` on a module's parameters)
+    are captured one by one with ``torch.export`` on the probe and quantized as what they compute, in every mode;
+    without a probe they stay float with the reason (see ``mixq.quant.capture``).
+
     ``smoothquant`` (static and dynamic modes; needs ``calib_data``) applies SmoothQuant first: activation
     outliers move into the weights by per-channel scales folded into the preceding LayerNorm or Linear, so the
     float function and the exported graph's operators are unchanged (``mixq.quant.smoothquant``). A number in

@@ -24,11 +24,12 @@ import torch
 from torch import nn
 
 from mixq.quant.calibration import Batch, call_checked, run_batches
+from mixq.quant.capture import capture_compute
 from mixq.quant.fusion import apply_fusions, find_fusions, set_submodule, trace_calls
 from mixq.quant.graph import apply_graph_mode, trace
 from mixq.quant.graph_export import NO_NAN_GUARD, export_friendly, export_graph, returns_cache
 from mixq.quant.modules import ObservedLayer
-from mixq.quant.modules.registry import adapt_in_place, qmodule_class
+from mixq.quant.modules.registry import adapt_in_place, kind_name, qmodule_class
 from mixq.quant.observers import make_observer
 from mixq.quant.planning import excluded, plan
 from mixq.quant.spec import DEFAULT_WEIGHT, ObserverSpec, QuantConfig, WeightMethod
@@ -87,6 +88,8 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
     def static(name: str) -> bool:
         return observe_all or config.choice(name).mode == "static"
 
+    for name, why in capture_compute(qmodel, probe, summary.notes, config.exclude).items():
+        summary.notes.append(f"{name} ({kind_name(qmodel.get_submodule(name))}) stays float: {why}")
     relu_layers: set[str] = set()
     probe_outputs: list[object] = []  # kept for the graph-mode choice below (no second forward pass)
     shapes: dict[str, tuple[int, ...]] = {}

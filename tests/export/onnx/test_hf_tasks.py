@@ -51,3 +51,22 @@ def test_quantized_classifiers_export_with_config_use_cache(tmp_path, ort_run):
         assert [o.name for o in onnx.load(str(path)).graph.output] == ["logits"]
         assert model.config.use_cache  # restored after the export
         _check(path, qmodel, example, ort_run, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["float", "dynamic", "static"])
+@pytest.mark.parametrize("task", ["causal-lm-llama", "causal-lm-gpt2"])
+def test_causal_lm_exports_from_positional_input_ids(task, mode, tmp_path, ort_run):
+    """``export_onnx(model, (input_ids,), path)`` on a causal LM with ``config.use_cache`` (issue 18, item 3)."""
+    model, example = build(task)
+    ids = example["input_ids"]
+    qmodel = model if mode == "float" else mixq.quantize(model, mode, calib_data=[ids], progress=False)
+    path = mixq.export_onnx(qmodel, (ids,), tmp_path / f"{mode}.onnx")
+    with torch.no_grad():
+        expected = qmodel(ids).logits.numpy()
+    np.testing.assert_allclose(ort_run(path, ids)[0], expected, atol=1e-3)
+
+
+def test_positional_inputs_that_land_on_another_parameter_are_named(tmp_path):
+    model, example = build("causal-lm-gpt2")
+    with pytest.raises(mixq.ExportError, match=r"read as input_ids, \w+; pass a dict"):
+        mixq.export_onnx(model, (example["input_ids"], example["attention_mask"]), tmp_path / "m.onnx")

@@ -177,14 +177,24 @@ def test_a_subclass_overriding_forward_is_left_float_with_the_reason():
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "static", "weight_only", "fp16"])
-def test_models_with_overriding_subclasses_are_never_silently_altered(mode):
+def test_models_with_overriding_subclasses_are_quantized_as_they_compute(mode):
+    """Given a probe, the subclasses are captured with torch.export and quantized as what their forward computes
+    (mixq.quant.capture): never swapped for their base class."""
     torch.manual_seed(0)
     model = nn.Sequential(_StandardisedConv(3, 8, 3), nn.ReLU(), nn.Flatten(), _FlippedLinear(8 * 6 * 6, 10),
                           nn.Linear(10, 4)).eval()
     x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     q = mixq.quantize(model, mode, calib_data=[x[i:i + 16] for i in range(0, 64, 16)] if mode == "static" else None,
                       example_inputs=x[:4], progress=False)
-    assert [r.status for r in q.mixq_summary.layers] == ["float", "float", "quantized"]
+    assert [(r.name, r.status) for r in q.mixq_summary.layers] == [
+        ("0.mixq_conv2d_0", "quantized"), ("3.mixq_linear_0", "quantized"), ("4", "quantized")]
     with torch.no_grad():
         ref = model(x)
-        assert ((q(x) - ref).norm() / ref.norm()).item() < 0.05  # int8 noise on the last layer only (was ~100 %)
+        assert ((q(x) - ref).norm() / ref.norm()).item() < 0.05  # int8 noise (a swap for the base class: ~100 %)
+
+
+def test_without_a_probe_overriding_subclasses_stay_float_with_the_reason():
+    model = nn.Sequential(_FlippedLinear(8, 8), nn.Linear(8, 4)).eval()
+    q = mixq.quantize(model, "dynamic", progress=False)
+    assert [(r.name, r.status) for r in q.mixq_summary.layers] == [("0", "float"), ("1", "quantized")]
+    assert any("0 (_FlippedLinear) stays float: pass example_inputs" in n for n in q.mixq_summary.notes)

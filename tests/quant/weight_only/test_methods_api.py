@@ -112,3 +112,26 @@ def test_gpt2_tied_lm_head_is_untied_before_its_weights_move():
                       progress=False)
     assert torch.equal(q.transformer.wte.weight, rtn.transformer.wte.weight)  # the table kept its own weights
     assert not torch.equal(q.lm_head.packed, rtn.lm_head.packed)
+
+
+class _FlippedLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # overrides forward: captured, not swapped
+        return super().forward(x.flip(-1))
+
+
+def test_gptq_quantizes_a_captured_subclass_and_the_model_keeps_its_class():
+    """The same function written with a permuting Linear subclass: captured per module (issue 18), GPTQ'd block by
+    block, the model is still the user's LlamaForCausalLM (``generate``), and it errs about as much as the plain one."""
+    plain, calib = _tiny_llama(), _batches()
+    wild = _tiny_llama()
+    for layer in wild.model.layers:
+        old = layer.mlp.down_proj
+        layer.mlp.down_proj = _FlippedLinear(old.in_features, old.out_features, bias=False)
+        layer.mlp.down_proj.weight.data.copy_(old.weight.data.flip(-1))
+    options = {"bits": 4, "group_size": 32, "method": "gptq", "calib_data": calib, "progress": False}
+    q_plain, q_wild = mixq.quantize(plain, "weight_only", **options), mixq.quantize(wild, "weight_only", **options)
+    rows = {r.name: r for r in q_wild.mixq_summary.quantized}
+    assert "gptq" in rows["model.layers.0.mlp.down_proj.mixq_linear_0"].detail
+    assert isinstance(q_wild, transformers.LlamaForCausalLM)
+    assert q_wild.generate(calib[0][:1, :4], max_new_tokens=2, do_sample=False).shape == (1, 6)
+    assert _logits_error(wild, q_wild, calib) < 1.5 * _logits_error(plain, q_plain, calib)

@@ -7,6 +7,7 @@ file before renaming it over the target, so a file ONNX Runtime rejects never re
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -35,8 +36,20 @@ def check_model_runs(model: nn.Module, args: tuple, kwargs: dict) -> Any:
     except Exception as err:
         raise ExportCheckError(
             f"the model does not run on them in PyTorch ({type(err).__name__}: {first_line(err)}); pass example "
-            "inputs shaped like the model's input"
+            f"inputs shaped like the model's input{_positional_hint(model, args)}"
         ) from err
+
+
+def _positional_hint(model: nn.Module, args: tuple) -> str:
+    """Where positional inputs landed in ``model.forward``'s parameters, when more than one was given (a causal
+    LM's second parameter is often ``past_key_values``, not ``attention_mask``)."""
+    if len(args) < 2:
+        return ""
+    try:
+        names = [n for n in inspect.signature(model.forward).parameters][:len(args)]
+    except (TypeError, ValueError):
+        return ""
+    return f" (positional inputs are read as {', '.join(names)}; pass a dict of keyword tensors to name them)"
 
 
 def _flat(args: tuple, kwargs: dict) -> list[torch.Tensor]:

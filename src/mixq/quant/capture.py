@@ -1,0 +1,304 @@
+"""Quantize what a layer computes, whatever its class is called: per-submodule capture through ``torch.export``.
+
+A module that holds weights but is no registered layer kind (a ``Linear`` subclass whose ``forward`` permutes its
+input, a weight-standardised ``Conv2d`` subclass, a module calling ``F.conv2d`` / ``F.linear`` / ``x @ W`` on its
+own parameters, a LoRA-style wrapper) is captured alone with ``torch.export`` on the inputs it received in the
+probe forward pass. In the captured ATen graph each ``linear`` / ``conv1d`` / ``conv2d`` / ``embedding`` /
+``matmul`` whose weight is a parameter, or is computed from parameters only (weight standardisation, folded once
+here), becomes a plain ``nn.Linear`` / ``nn.Conv*d`` / ``nn.Embedding`` called as one module
+(``<module>.mixq_<op>_<k>``); registered layers inside the module are put back as they are. The captured module
+(a ``torch.fx.GraphModule`` computing exactly what the module's ``forward`` computes) replaces the module in the
+user's model, which keeps its class: every mode, QAT and the graph passes then see plain layers.
+
+QAT (``trainable=True``) only captures weights that are parameters themselves: a computed weight would be trained
+in place of the parameters it is computed from.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.export import Dim
+
+from mixq.messages import first_line
+from mixq.quant.calibration import Batch, call_checked
+from mixq.quant.fusion import set_submodule
+from mixq.quant.modules.registry import adapter_of, is_quantizable, kind_name
+from mixq.quant.planning import excluded
+
+__all__ = ["capture_compute"]
+
+aten = torch.ops.aten
+Builder = Callable[[fx.Node, torch.Tensor, torch.Tensor | None], nn.Module | None]
+
+
+def _conv(dims: int) -> Builder:
+    cls = {1: nn.Conv1d, 2: nn.Conv2d}[dims]
+
+    def build(node: fx.Node, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module | None:
+        if weight.dim() != dims + 2:
+            return None
+        stride, padding, dilation, groups = (list(node.args[3:7]) + [1, 0, 1, 1][len(node.args[3:7]):])
+        conv = cls(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride=stride,
+                   padding=padding, dilation=dilation, groups=groups, bias=bias is not None)
+        return _with_params(conv, weight, bias)
+
+    return build
+
+
+def _linear(node: fx.Node, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module | None:
+    if weight.dim() != 2:
+        return None
+    return _with_params(nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None), weight, bias)
+
+
+def _matmul(node: fx.Node, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module | None:
+    """``x @ W`` with a constant 2-D ``W``: a Linear whose weight is ``W.T``."""
+    if weight.dim() != 2:
+        return None
+    return _with_params(nn.Linear(weight.shape[0], weight.shape[1], bias=False), weight.t(), None)
+
+
+def _embedding(node: fx.Node, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module | None:
+    extra = list(node.args[2:])
+    if weight.dim() != 2 or any(extra[1:]):  # scale_grad_by_freq / sparse
+        return None
+    padding_idx = extra[0] if extra and extra[0] is not None and extra[0] >= 0 else None
+    embedding = nn.Embedding(weight.shape[0], weight.shape[1], padding_idx=padding_idx)
+    return _with_params(embedding, weight, None)
+
+
+def _with_params(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """``layer`` holding ``weight`` and ``bias`` (the model's own parameters where they are parameters)."""
+    layer.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight.detach(), requires_grad=False)
+    if bias is not None:
+        layer.bias = bias if isinstance(bias, nn.Parameter) else nn.Parameter(bias.detach(), requires_grad=False)
+    return layer
+
+
+# op -> (name, index of the input, index of the weight, index of the bias or None, builder)
+_OPS: dict[Any, tuple[str, int, int, int | None, Builder]] = {
+    aten.linear.default: ("linear", 0, 1, 2, _linear),
+    aten.conv1d.default: ("conv1d", 0, 1, 2, _conv(1)),
+    aten.conv2d.default: ("conv2d", 0, 1, 2, _conv(2)),
+    aten.conv1d.padding: ("conv1d", 0, 1, 2, _conv(1)),
+    aten.conv2d.padding: ("conv2d", 0, 1, 2, _conv(2)),
+    aten.embedding.default: ("embedding", 1, 0, None, _embedding),
+    aten.matmul.default: ("matmul", 0, 1, None, _matmul),
+    aten.mm.default: ("matmul", 0, 1, None, _matmul),
+}
+
+
+def _constant(gm: fx.GraphModule, node: Any, memo: dict[fx.Node, Any]) -> Any:
+    """The value of ``node`` when it depends on parameters and constants only (else None); parameters are
+    returned as themselves, computed weights are evaluated once (no gradient)."""
+    if not isinstance(node, fx.Node):
+        return node
+    if node in memo:
+        return memo[node]
+    value = None
+    if node.op == "get_attr":
+        value = _attr(gm, str(node.target))
+    elif node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+        inputs = [*node.args, *node.kwargs.values()]
+        nested = any(isinstance(a, (list, tuple)) and any(isinstance(x, fx.Node) for x in a) for a in inputs)
+        args = [_constant(gm, a, memo) for a in node.args]
+        kwargs = {k: _constant(gm, v, memo) for k, v in node.kwargs.items()}
+        if not nested and all(v is not None or not isinstance(a, fx.Node)
+                              for a, v in zip(inputs, [*args, *kwargs.values()], strict=True)):
+            with torch.no_grad():
+                value = node.target(*args, **kwargs)
+    memo[node] = value
+    return value
+
+
+def _attr(gm: nn.Module, path: str) -> Any:
+    owner, _, name = path.rpartition(".")
+    return getattr(gm.get_submodule(owner) if owner else gm, name)
+
+
+def _registered_child(node: fx.Node, module: nn.Module) -> str | None:
+    """The registered layer inside ``module`` that this call belongs to (innermost on the recorded module stack)."""
+    for path, _ in reversed(list(node.meta.get("nn_module_stack", {}).values())):
+        if not path:
+            continue
+        try:
+            child = module.get_submodule(path)
+        except AttributeError:
+            continue
+        if is_quantizable(child):
+            return path
+    return None
+
+
+def _new_name(op: str, made: list[str]) -> str:
+    return f"mixq_{op}_{sum(n.startswith(f'mixq_{op}_') for n in made)}"
+
+
+def _transposed_param(gm: fx.GraphModule, node: Any) -> nn.Parameter | None:
+    """``W`` when ``node`` is ``W.t()`` (or a transpose of its two axes) of a 2-D parameter ``W``."""
+    if not isinstance(node, fx.Node) or node.op != "call_function":
+        return None
+    swap = node.target in (aten.t.default, aten.numpy_T.default) or (
+        node.target == aten.transpose.int and sorted(a % 2 for a in node.args[1:3]) == [0, 1]) or (
+        node.target == aten.permute.default and list(node.args[1]) == [1, 0])
+    source = node.args[0] if swap else None
+    if not (isinstance(source, fx.Node) and source.op == "get_attr"):
+        return None
+    value = _attr(gm, str(source.target))
+    return value if isinstance(value, nn.Parameter) and value.dim() == 2 else None
+
+
+def _rewrite(gm: fx.GraphModule, module: nn.Module, owner: str, trainable: bool) -> tuple[list[str], str]:
+    """Turn compute calls on parameters into ``call_module`` nodes; returns (new layer names, why not or "")."""
+    memo: dict[fx.Node, Any] = {}
+    made: list[str] = []
+    for node in list(gm.graph.nodes):
+        spec = _OPS.get(node.target) if node.op == "call_function" else None
+        if spec is None or len(node.args) <= max(spec[1], spec[2]):
+            continue
+        op, x_index, w_index, b_index, build = spec
+        child = _registered_child(node, module)
+        transposed = _transposed_param(gm, node.args[w_index]) if op == "matmul" else None
+        if child is not None:
+            layer, path = module.get_submodule(child), child
+        elif transposed is not None and _constant(gm, node.args[x_index], memo) is None:  # x @ W.T: W trains
+            layer = _with_params(nn.Linear(transposed.shape[1], transposed.shape[0], bias=False), transposed, None)
+            path = _new_name(op, made)
+            layer.mixq_kind = f"{kind_name(module)} ({op})"
+        else:
+            weight = _constant(gm, node.args[w_index], memo)
+            bias_arg = node.args[b_index] if b_index is not None and len(node.args) > b_index else None
+            bias = _constant(gm, bias_arg, memo)
+            if not isinstance(weight, torch.Tensor) or not weight.is_floating_point() or (
+                    bias_arg is not None and bias is None) or _constant(gm, node.args[x_index], memo) is not None:
+                continue
+            if trainable and not (isinstance(weight, nn.Parameter) and (bias is None
+                                                                        or isinstance(bias, nn.Parameter))):
+                return [], (f"its {op} weight is computed from parameters; QAT would train the computed weight "
+                            "instead of them")
+            layer = build(node, weight, bias)
+            if layer is None:
+                continue
+            path = _new_name(op, made)
+            layer.mixq_kind = f"{kind_name(module)} ({op})"
+        set_submodule(gm, path, layer)
+        with gm.graph.inserting_before(node):
+            call = gm.graph.call_module(path, (node.args[x_index],))
+        call.meta = dict(node.meta)
+        node.replace_all_uses_with(call)
+        gm.graph.erase_node(node)
+        made.append(path)
+    if all(not n.startswith("mixq_") for n in made):
+        return [], ""  # only registered layers inside: the module is left as it is
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return made, ""
+
+
+def _capture(module: nn.Module, args: tuple, kwargs: dict) -> tuple[fx.GraphModule | None, str]:
+    """``module`` captured with ``torch.export`` on one call's inputs (every axis ``Dim.AUTO``; a batch axis of
+    size 1 is repeated so it stays symbolic)."""
+    def spec(t: Any) -> Any:
+        return {i: Dim.AUTO for i in range(t.dim())} if isinstance(t, torch.Tensor) and t.dim() else None
+
+    def grow(t: Any) -> Any:
+        return torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() > 1 and t.shape[0] == 1 else t
+
+    args, kwargs = tuple(grow(a) for a in args), {k: grow(v) for k, v in kwargs.items()}
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(module, args, kwargs, strict=False, dynamic_shapes=(
+                tuple(spec(a) for a in args), {k: spec(v) for k, v in kwargs.items()}) if kwargs else
+                tuple(spec(a) for a in args))
+            return _plain(program.module(), f"Captured{type(module).__name__}"), ""
+    except Exception as err:  # noqa: BLE001  (any failure: the module stays float, with this reason)
+        return None, f"{type(err).__name__}: {first_line(err, limit=160)}"
+
+
+def _plain(gm: fx.GraphModule, name: str) -> fx.GraphModule:
+    """A plain ``GraphModule`` running ``gm``'s graph (the exported program's module refuses ``train()``, which QAT
+    and users call on the whole model); the input/output specs its pytree code reads come along."""
+    plain = fx.GraphModule(gm, gm.graph, name)
+    for attr in ("_in_spec", "_out_spec"):
+        if hasattr(gm, attr):
+            setattr(plain, attr, getattr(gm, attr))
+    return plain
+
+
+def _candidates(model: nn.Module, exclude: tuple[str, ...]) -> list[str]:
+    """Modules (not the model itself, not torch.nn's own) that own a weight-shaped parameter but are no registered
+    layer kind, outermost first."""
+    found: list[str] = []
+    for name, m in model.named_modules():
+        if not name or any(name.startswith(f"{f}.") for f in found) or excluded(name, exclude):
+            continue
+        if type(m).__module__.startswith("torch.") or is_quantizable(m) or adapter_of(m) is not None:
+            continue
+        if any(p.dim() >= 2 for p in m.parameters(recurse=False)):
+            found.append(name)
+    return found
+
+
+def _trains_alike(child: nn.Module) -> bool:
+    """Whether a child computes the same in training as in the eval-mode capture: a registered layer, or a module
+    without parameters, buffers or dropout (padding, activations)."""
+    if is_quantizable(child):
+        return True
+    stateless = not any(True for _ in child.parameters()) and not any(True for _ in child.buffers())
+    return stateless and not any(isinstance(m, nn.modules.dropout._DropoutNd) for m in child.modules())
+
+
+def _inputs(model: nn.Module, names: list[str], probe: Batch) -> dict[str, tuple[tuple, dict]]:
+    """The first call's inputs of each named module during one forward pass of ``probe``."""
+    seen: dict[str, tuple[tuple, dict]] = {}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(
+        lambda m, a, k, n=n: seen.setdefault(n, (a, k)) and None, with_kwargs=True) for n in names]
+    try:
+        with torch.no_grad():
+            call_checked(model, probe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def capture_compute(model: nn.Module, probe: Batch | None, notes: list[str], exclude: tuple[str, ...] = (),
+                    trainable: bool = False) -> dict[str, str]:
+    """Replace, in place, each module that computes with its weights outside a registered layer by its captured
+    graph with plain layers (see the module docstring). Appends what was captured to ``notes``; returns
+    ``{module name: why it stays as it is}`` for the modules that could not be captured."""
+    names = _candidates(model, exclude)
+    if not names:
+        return {}
+    if probe is None:
+        return {n: "pass example_inputs (or calib_data) so mixq can capture what its forward computes" for n in names}
+    inputs = _inputs(model, names, probe)
+    failed: dict[str, str] = {}
+    for name in names:
+        module = model.get_submodule(name)
+        if name not in inputs:
+            failed[name] = "never called in the probe forward pass, so its graph could not be captured"
+            continue
+        if trainable and not all(_trains_alike(c) for c in module.children()):
+            failed[name] = ("QAT captures only modules whose children are registered layers or stateless "
+                            "(padding, activations)")
+            continue
+        gm, why = _capture(module, *inputs[name])
+        made: list[str] = []
+        if gm is not None:
+            made, why = _rewrite(gm, module, name, trainable)
+        if gm is None or why:
+            failed[name] = f"torch.export could not capture it ({why})" if gm is None else why
+            continue
+        if not made:
+            continue  # no compute on its weights that mixq quantizes (e.g. a position table): left as it is
+        set_submodule(model, name, gm)
+        notes.append(f"{name} ({kind_name(module)}) captured with torch.export: {', '.join(made)} quantized as "
+                     "what its forward computes")
+    return failed

@@ -1,0 +1,120 @@
+"""``mixq.quant.capture``: layers written in the wild (a Linear subclass that permutes its input, a
+weight-standardised Conv2d subclass, ``F.conv2d`` / ``x @ W`` on a module's own parameters, a LoRA-style wrapper)
+are captured with torch.export and quantized as what they compute, in every mode; the model keeps its class and its
+ONNX file computes what the simulation does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mixq
+
+
+class FlippedLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.flip(-1))
+
+
+class StandardisedConv(nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class FunctionalConv(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(channels, channels, 3, 3) * 0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, padding=1)
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, features: int, rank: int = 2) -> None:
+        super().__init__()
+        self.base = nn.Linear(features, features)
+        self.lora_a = nn.Parameter(torch.randn(rank, features) * 0.3)
+        self.lora_b = nn.Parameter(torch.randn(features, rank) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.lora_a.t()) @ self.lora_b.t()
+
+
+class WildNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = StandardisedConv(3, 8, 3, padding=1)
+        self.functional = FunctionalConv(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flipped = FlippedLinear(8, 16)
+        self.lora = LoRALinear(16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.functional(torch.relu(self.conv(x)))
+        x = torch.relu(self.flipped(self.pool(x).flatten(1)))
+        return self.head(self.lora(x))
+
+
+LAYERS = ["conv.mixq_conv2d_0", "functional.mixq_conv2d_0", "flipped.mixq_linear_0", "lora.base",
+          "lora.mixq_matmul_0", "lora.mixq_matmul_1", "head"]
+
+
+@pytest.fixture(scope="module")
+def wild():
+    torch.manual_seed(0)
+    model = WildNet().eval()
+    batches = [torch.randn(8, 3, 12, 12, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    return model, batches
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "weight_only", "fp16", "static"])
+def test_wild_layers_are_quantized_as_they_compute(wild, mode, tmp_path, ort_run):
+    model, batches = wild
+    qmodel = mixq.quantize(model, mode, calib_data=batches, progress=False)
+    summary = qmodel.mixq_summary
+    layers = [(r.name, r.status) for r in summary.layers if not r.name.startswith("mixq_add")]  # static's LoRA add
+    assert layers == [(n, "quantized") for n in LAYERS]
+    assert any("flipped (FlippedLinear) captured with torch.export" in n for n in summary.notes)
+    x = torch.randn(5, 3, 12, 12)  # another batch size than the probe's
+    with torch.no_grad():
+        ref, y = model(x), qmodel(x)
+    assert _relative_error(y, ref) < (0.005 if mode == "fp16" else 0.05)  # swapping for base classes: 20-70 %
+    if mode != "static":  # static graph mode returns its torch.fx GraphModule, as before
+        assert isinstance(qmodel, WildNet)
+    path = mixq.export_onnx(qmodel, x, tmp_path / f"{mode}.onnx")
+    np.testing.assert_allclose(ort_run(path, x)[0], y.numpy(), atol=1e-4)
+
+
+def test_a_computed_weight_is_folded_once_from_the_parameters(wild):
+    model, batches = wild
+    qmodel = mixq.quantize(model, "fp16", example_inputs=batches[0], progress=False)
+    w = model.conv.weight
+    expected = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+    torch.testing.assert_close(qmodel.conv.mixq_conv2d_0.weight.float(), expected.half().float())
+
+
+def test_an_excluded_wild_module_stays_as_it_is(wild):
+    model, batches = wild
+    qmodel = mixq.quantize(model, "dynamic", example_inputs=batches[0], exclude=["flipped"], progress=False)
+    assert isinstance(qmodel.flipped, FlippedLinear)
+    assert "flipped.mixq_linear_0" not in [r.name for r in qmodel.mixq_summary.layers]
+
+
+def test_a_model_with_captured_modules_saves_and_loads_bit_for_bit(wild, tmp_path):
+    model, batches = wild
+    qmodel = mixq.quantize(model, "dynamic", example_inputs=batches[0], progress=False)
+    mixq.save_pretrained(qmodel, tmp_path / "q", example_inputs=batches[0][:2])
+    again = mixq.from_pretrained(tmp_path / "q", model=WildNet().eval())
+    assert isinstance(again, WildNet)
+    assert torch.equal(again(batches[1]), qmodel(batches[1]))
