@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from mixq.quant.calibration import Batch, call_checked, run_batches
-from mixq.quant.fusion import apply_fusions, find_fusions, set_submodule, trace_calls
+from mixq.quant.functional_layers import lift_functional_layers
+from mixq.quant.fusion import apply_fusions, calls_from_graph, find_fusions, set_submodule, trace_calls
 from mixq.quant.graph import apply_graph_mode, trace
 from mixq.quant.graph_export import export_friendly, export_graph, returns_cache
 from mixq.quant.modules import ObservedLayer
@@ -72,8 +73,8 @@ def _observable(layer: nn.Module) -> bool:
 
 def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, observe_all: bool = False,
             collect: ObserverSpec | None = None) -> Prepared:
-    """Copy ``model`` (never modified), fold Conv+BN(+ReLU) from one ``probe`` forward pass, plan which layers to
-    quantize and wrap the static ones in observers.
+    """Copy ``model`` (never modified), fold Conv+BN(+ReLU) found in its dataflow (its ``torch.fx`` graph, else
+    one ``probe`` forward pass), plan which layers to quantize and wrap the static ones in observers.
 
     ``observe_all`` observes every Linear/Conv layer whatever its planned mode, so any of them can be converted to
     static later; ``collect`` builds every observer from that one (histogram-based) spec, from whose statistics
@@ -81,6 +82,10 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
     """
     qmodel = copy.deepcopy(model).eval()
     summary = QuantizationSummary(config.mode)
+    qmodel, lifted = lift_functional_layers(qmodel)
+    summary.notes += [f"{n} ({type(model.get_submodule(n)).__name__}) overrides forward, which ends in a "
+                      f"{type(qmodel.get_submodule(n)).__name__} call on its own weights: quantized as that layer, "
+                      "with what its forward does first (padding) kept in the graph" for n in lifted]
 
     def static(name: str) -> bool:
         return observe_all or config.choice(name).mode == "static"
@@ -88,7 +93,9 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
     relu_layers: set[str] = set()
     probe_outputs: list[object] = []  # kept for the graph-mode choice below (no second forward pass)
     if config.fold_batchnorm and probe is not None:
-        calls = trace_calls(qmodel, lambda m: probe_outputs.append(call_checked(m, probe)))
+        calls = calls_from_graph(qmodel)  # the dataflow without a forward pass where torch.fx traces the model
+        if calls is None:
+            calls = trace_calls(qmodel, lambda m: probe_outputs.append(call_checked(m, probe)))
         fusions = [f for f in find_fusions(calls) if not excluded(f.layer, config.exclude)]
         for f in fusions:
             if not static(f.layer):
