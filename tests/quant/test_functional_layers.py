@@ -106,3 +106,23 @@ def test_same_padding_mobile_block_quantizes_within_int8_noise(mode):
         ref, out = model(x), q(x)
     sqnr = 10 * torch.log10(ref.pow(2).mean() / (out - ref).pow(2).mean())
     assert sqnr > 25, f"{mode}: SQNR {sqnr:.1f} dB"  # int8 noise; a dropped padding gives a shape error or ~0 dB
+
+
+class _Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = SamePadConv(3, 8, 3, stride=2, image=32)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.mean() > 100:  # data-dependent control flow: torch.fx cannot trace it
+            x = x / 2
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_an_unlifted_same_padding_conv_is_listed_float_with_its_reason():
+    model = _Untraceable().eval()
+    q = mixq.quantize(model, "dynamic", progress=False)
+    rows = {r.name: r for r in q.mixq_summary.layers}
+    assert rows["conv"].status == "float" and "overrides Conv2d.forward" in rows["conv"].detail
+    assert rows["fc"].status == "quantized"
