@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from mixq.quant.calibration import Batch, CalibrationError, check_iterable
-from mixq.quant.modules.registry import is_quantizable, structural_refusal, unregistered_reason
+from mixq.quant.modules.registry import is_quantizable, registered_base, structural_refusal, unregistered_reason
 from mixq.quant.spec import QuantConfig
 from mixq.quant.summary import QuantizationSummary
 
@@ -59,6 +59,7 @@ def plan(model: nn.Module, cfg: QuantConfig, summary: QuantizationSummary, qat: 
                 targets.append(name)
             else:
                 summary.add(name, kind, "float", reason)
-        elif not list(module.children()) and any(True for _ in module.parameters(recurse=False)):
+        elif any(True for _ in module.parameters(recurse=False)) and (
+                not list(module.children()) or registered_base(module) is not None):  # e.g. a conv with a pad member
             summary.add(name, kind, "float", unregistered_reason(module))
     return targets

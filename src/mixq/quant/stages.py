@@ -25,7 +25,7 @@ from torch import nn
 
 from mixq.quant.calibration import Batch, call_checked, run_batches
 from mixq.quant.capture import capture_compute
-from mixq.quant.fusion import apply_fusions, find_fusions, set_submodule, trace_calls
+from mixq.quant.fusion import apply_fusions, calls_from_graph, find_fusions, set_submodule, trace_calls
 from mixq.quant.graph import apply_graph_mode, trace
 from mixq.quant.graph_export import NO_NAN_GUARD, export_friendly, export_graph, returns_cache
 from mixq.quant.modules import ObservedLayer
@@ -75,8 +75,8 @@ def _observable(layer: nn.Module) -> bool:
 
 def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, observe_all: bool = False,
             collect: ObserverSpec | None = None) -> Prepared:
-    """Copy ``model`` (never modified), fold Conv+BN(+ReLU) from one ``probe`` forward pass, plan which layers to
-    quantize and wrap the static ones in observers.
+    """Copy ``model`` (never modified), fold Conv+BN(+ReLU) found in its dataflow (its ``torch.fx`` graph, else
+    one ``probe`` forward pass), plan which layers to quantize and wrap the static ones in observers.
 
     ``observe_all`` observes every Linear/Conv layer whatever its planned mode, so any of them can be converted to
     static later; ``collect`` builds every observer from that one (histogram-based) spec, from whose statistics
@@ -94,7 +94,10 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
     probe_outputs: list[object] = []  # kept for the graph-mode choice below (no second forward pass)
     shapes: dict[str, tuple[int, ...]] = {}
     if probe is not None and (config.fold_batchnorm or config.runtime is not None):
-        calls = trace_calls(qmodel, lambda m: probe_outputs.append(call_checked(m, probe)))
+        # the dataflow without a forward pass where torch.fx traces the model; kernel timing needs the shapes
+        calls = calls_from_graph(qmodel) if config.runtime is None else None
+        if calls is None:
+            calls = trace_calls(qmodel, lambda m: probe_outputs.append(call_checked(m, probe)))
         for call in calls:
             if call.shape is not None:
                 shapes.setdefault(call.name, call.shape)

@@ -148,10 +148,15 @@ def overridden_compute(module: nn.Module, base: type) -> str | None:
     return next((m for m in _COMPUTE if getattr(type(module), m, None) is not getattr(base, m, None)), None)
 
 
+def registered_base(layer: nn.Module) -> type | None:
+    """The nearest registered class in ``type(layer)``'s MRO (its own class first), if any."""
+    return next((cls for cls in type(layer).__mro__ if cls in _KINDS), None)
+
+
 def unregistered_reason(layer: nn.Module) -> str:
     """Why a layer with no registered kind stays float: its class overrides a registered base's forward, or no
     quantized kernel exists for it."""
-    base = next((cls for cls in type(layer).__mro__ if cls in _KINDS), None)
+    base = registered_base(layer)
     if base is not None:
         return (f"{kind_name(layer)} overrides {base.__name__}.{overridden_compute(layer, base)}: a quantized "
                 f"{base.__name__} would drop what it computes")

@@ -94,7 +94,8 @@ class NoDataError(RuntimeError):
 class Observer(nn.Module):
     """Base class: validates inputs, tracks whether data was seen, and derives qparams from a range.
 
-    Subclasses implement ``_observe(x)`` (``x`` is detached float32, finite) and ``calculate_range()``.
+    Subclasses implement ``_observe(x, lo, hi)`` (``x`` is detached float32, ``lo``/``hi`` its finite minimum and
+    maximum, per tensor or per channel: ``batch_range``) and ``calculate_range()``.
     ``axis`` selects per-channel statistics (weights); ``None`` means per-tensor (activations).
     """
 
@@ -117,21 +118,33 @@ class Observer(nn.Module):
         data = x.detach().to(torch.float32)
         if data.numel() == 0:
             return x
-        if not torch.isfinite(data).all():
+        lo, hi = self.batch_range(data)
+        # a NaN anywhere in the tensor makes its min and max NaN, an inf makes one of them infinite: checking the
+        # reduced range refuses every non-finite batch at the cost of a few elements, not a pass over the tensor
+        if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
             where = f" at {self.name!r}" if self.name else ""
             raise ValueError(
                 f"non-finite values (NaN or inf) reached the observer{where}; check the calibration data "
                 "and the float model's outputs on it"
             )
-        self._observe(data)
+        self._observe(data, lo, hi)
         self.num_batches += 1
         return x
+
+    def batch_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's ``(min, max)``: 0-d per tensor, 1-D along ``axis`` per channel (NaN where a NaN is)."""
+        if self.axis is None:
+            return torch.aminmax(x)
+        if x.dim() == 1:
+            return x, x
+        return torch.aminmax(x.movedim(self.axis % x.dim(), 0).reshape(x.shape[self.axis], -1), dim=1)
 
     @property
     def has_data(self) -> bool:
         return bool(self.num_batches.item() > 0)
 
-    def _observe(self, x: torch.Tensor) -> None:
+    def _observe(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Record a batch: ``x`` detached float32, ``(lo, hi)`` its finite ``batch_range``."""
         raise NotImplementedError
 
     def calculate_range(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,13 +160,6 @@ class Observer(nn.Module):
         spec = self.spec
         return choose_qparams(lo, hi, spec.torch_dtype, symmetric=spec.symmetric, bits=spec.bits,
                               narrow=spec.narrow_range and spec.symmetric)
-
-    def _reduce_dims(self, x: torch.Tensor) -> list[int]:
-        """Dimensions to reduce over: all of them per-tensor, all but ``axis`` per-channel."""
-        if self.axis is None:
-            return list(range(x.dim()))
-        axis = self.axis % x.dim()
-        return [d for d in range(x.dim()) if d != axis]
 
     def extra_repr(self) -> str:
         return f"spec={self.spec}, axis={self.axis}, batches={int(self.num_batches)}"

@@ -51,8 +51,7 @@ class HistogramObserver(Observer):
         self.register_buffer("min_val", torch.tensor(float("inf")))
         self.register_buffer("max_val", torch.tensor(float("-inf")))
 
-    def _observe(self, x: torch.Tensor) -> None:
-        lo, hi = torch.aminmax(x)
+    def _observe(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
         if self.has_data:
             self.min_val = torch.minimum(self.min_val, lo)
             self.max_val = torch.maximum(self.max_val, hi)
@@ -64,7 +63,7 @@ class HistogramObserver(Observer):
                 width = max(abs(float(lo)), 1.0) * _PLACEHOLDER_RELATIVE_WIDTH / self.bins
             self.hist_min.fill_(float(lo))
             self.bin_width.fill_(width)
-        idx = torch.floor((x.to(torch.float64) - self.hist_min) / self.bin_width)
+        idx = x.to(torch.float64).sub_(self.hist_min).div_(self.bin_width).floor_()  # in place: one float64 copy
         idx = idx.clamp_(0, self.bins - 1).to(torch.int64).flatten()
         self.histogram += torch.bincount(idx, minlength=self.bins).to(torch.float64)
 

@@ -23,10 +23,7 @@ class MinMaxObserver(Observer):
         self.register_buffer("min_val", torch.tensor(float("inf")))
         self.register_buffer("max_val", torch.tensor(float("-inf")))
 
-    def _observe(self, x: torch.Tensor) -> None:
-        dims = self._reduce_dims(x)
-        lo = torch.amin(x, dim=dims) if dims else x
-        hi = torch.amax(x, dim=dims) if dims else x
+    def _observe(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
         if self.has_data:
             lo, hi = torch.minimum(lo, self.min_val), torch.maximum(hi, self.max_val)
         self.min_val, self.max_val = lo, hi

@@ -35,10 +35,7 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
         super().__init__(spec, axis, name)
         self.averaging_constant = averaging_constant
 
-    def _observe(self, x: torch.Tensor) -> None:
-        dims = self._reduce_dims(x)
-        lo = torch.amin(x, dim=dims) if dims else x
-        hi = torch.amax(x, dim=dims) if dims else x
+    def _observe(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
         if self.has_data:
             if lo.shape != self.min_val.shape:
                 raise ValueError(f"batch statistics of shape {tuple(lo.shape)} do not match the running "
