@@ -85,7 +85,7 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
     def static(name: str) -> bool:
         return observe_all or config.choice(name).mode == "static"
 
-    relu_layers: set[str] = set()
+    relu_layers: dict[str, float | None] = {}
     probe_outputs: list[object] = []  # kept for the graph-mode choice below (no second forward pass)
     if config.fold_batchnorm and probe is not None:
         calls = trace_calls(qmodel, lambda m: probe_outputs.append(call_checked(m, probe)))
@@ -127,7 +127,7 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
         obs_in = make_observer(spec, config.activation, name=f"{name} (input)")
         obs_out = make_observer(spec, config.activation, name=f"{name} (output)")
         set_submodule(qmodel, name, ObservedLayer(qmodel.get_submodule(name), obs_in, obs_out,
-                                                  relu=name in relu_layers))
+                                                  relu=name in relu_layers, relu_max=relu_layers.get(name)))
     adds: list[str] = []
     if observed:
         def add_observer(label: str) -> nn.Module:
