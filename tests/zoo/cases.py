@@ -19,13 +19,12 @@ SHAPES = ((2, 8), (3, 13))
 @dataclass(frozen=True)
 class Case:
     """One architecture of the zoo: ``build()`` gives the float model (eval, seeded), ``inputs(shape, seed)`` a
-    batch at ``SHAPES[shape]``; ``default`` cases run in ``make test``, the rest nightly."""
+    batch at ``SHAPES[shape]`` (``tests/zoo/test_zoo.py`` picks which run in ``make test``)."""
 
     name: str
     family: str
     make: Callable[[], nn.Module]
     inputs: Callable[[int, int], Batch]
-    default: bool = False
 
     def build(self) -> nn.Module:
         """The model, seeded; BatchNorm statistics are taken from four batches, as training leaves them (random
@@ -88,13 +87,12 @@ def _hf(builder: Callable) -> Callable[[], nn.Module]:
     return make
 
 
-DEFAULT = {"bert", "llama", "resnet", *BLOCKS}
 
 CASES: list[Case] = (
-    [Case(n, "encoder", _hf(b), _tokens, n in DEFAULT) for n, b in hf_models.ENCODERS.items()]
-    + [Case(n, "decoder", _hf(b), _tokens, n in DEFAULT) for n, b in hf_models.DECODERS.items()]
-    + [Case(n, "vision", _hf(b), _pixels, n in DEFAULT) for n, b in hf_models.VISION.items()]
+    [Case(n, "encoder", _hf(b), _tokens) for n, b in hf_models.ENCODERS.items()]
+    + [Case(n, "decoder", _hf(b), _tokens) for n, b in hf_models.DECODERS.items()]
+    + [Case(n, "vision", _hf(b), _pixels) for n, b in hf_models.VISION.items()]
     + [Case("whisper-encoder", "audio", _hf(hf_models.AUDIO["whisper-encoder"]), _mel),
        Case("wav2vec2", "audio", _hf(hf_models.AUDIO["wav2vec2"]), _wave)]
-    + [Case(n, "block", b, _images(16), n in DEFAULT) for n, b in BLOCKS.items()]
+    + [Case(n, "block", b, _images(16)) for n, b in BLOCKS.items()]
 )

@@ -16,12 +16,36 @@ from tests.zoo.conformance import MODES, run_case
 
 pytest.importorskip("transformers")
 
-# (case, mode) in make test: one encoder, one decoder and one CNN in a mode each, every hand-written block static
+# (case, mode) in make test (about a minute on 2 quiet cores): one encoder, one decoder and one CNN in a mode each,
+# and, in static mode, the hand-written blocks a class-name swap would silently alter
 DEFAULT_RUNS = {("bert", "static"), ("llama", "dynamic"), ("resnet", "static"),
-                *((c.name, "static") for c in CASES if c.family == "block")}
+                *((name, "static") for name in ("same-pad-conv", "functional-conv", "ws-conv", "permuting-linear",
+                                                "lora-linear", "relu6-mbconv"))}
 
 # (case, mode) -> what goes wrong today (found by the zoo; benchmarks/results/zoo.md has the whole table)
-KNOWN: dict[tuple[str, str], str] = {}
+_WEIGHT_DTYPE = ("the model casts its input to layer.weight.dtype, which is int8 after quantization "
+                 "(ViT/DeiT: pixel_values.to(projection.weight.dtype)): the simulation truncates images to integers "
+                 "(0.39 relative error vs fp32) and ONNX Runtime rejects the file")
+KNOWN: dict[tuple[str, str], str] = {
+    ("vit", "dynamic"): _WEIGHT_DTYPE,
+    ("deit", "dynamic"): _WEIGHT_DTYPE,
+    ("vit", "fp16"): "pixel_values cast to the fp16 weight's dtype: RuntimeError Input type (Half) and bias type "
+                     "(float) should be the same",
+    ("deit", "fp16"): "pixel_values cast to the fp16 weight's dtype (as ViT)",
+    ("swin", "dynamic"): "export: torch.onnx cannot decompose Swin's window reshape with a symbolic batch axis (the "
+                         "fp32 model fails the same way); static mode's captured graph exports",
+    ("deberta-v2", "static"): "export_onnx fails on the quantized DeBERTa-v2 (ExportError: Failed to export)",
+    ("deberta-v2", "dynamic"): "export_onnx fails on the quantized DeBERTa-v2 (ExportError: Failed to export)",
+    ("t5-encoder", "static"): "quantize: AttributeError: 'ObservedLayer' object has no attribute 'weight' (T5's "
+                              "feed-forward reads self.wo.weight.dtype)",
+    ("t5-encoder", "dynamic"): "export: ExportError, the quantized model does not run on the example in PyTorch "
+                               "(cause not isolated)",
+    ("mobilenet-v2", "static"): "silently altered: relative error vs fp32 0.56 (depthwise convs with folded BatchNorm "
+                                "at per-tensor activation ranges)",
+    ("mobilenet-v2", "dynamic"): "export: the quantized model does not run in PyTorch on the example",
+    ("efficientnet", "static"): "silently altered: relative error vs fp32 0.32 (depthwise convs + SiLU + "
+                                "squeeze-excite at per-tensor activation ranges)",
+}
 
 
 def _params() -> list:
