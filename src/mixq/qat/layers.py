@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from mixq.qat.fake_quantizer import FakeQuantizer
-from mixq.quant.fusion import batchnorm_affine, folded_weight_bias
+from mixq.quant.fusion import batchnorm_affine, folded_weight_bias, relu_module, saturation_clamps
 from mixq.quant.modules.observed import ObservedAdd, ObservedLayer, _is_float_tensor
 from mixq.quant.modules.registry import qmodule_class, register_qat_module
 from mixq.quant.modules.static import QuantizedAdd
@@ -49,8 +49,8 @@ class QATLayer(ObservedLayer):
 
     def __init__(self, layer: nn.Module, weight_spec: QuantSpec, input_fq: FakeQuantizer, output_fq: FakeQuantizer,
                  relu: bool = False, bn: nn.Module | None = None, learnable: bool = False,
-                 freeze_bn_after: int | None = None, name: str = "") -> None:
-        super().__init__(layer, input_fq, output_fq, relu)
+                 freeze_bn_after: int | None = None, name: str = "", relu_max: float | None = None) -> None:
+        super().__init__(layer, input_fq, output_fq, relu, relu_max)
         self.bn = bn
         self.weight_spec = weight_spec
         self.learnable = learnable
@@ -74,10 +74,11 @@ class QATLayer(ObservedLayer):
     @classmethod
     def prepare(cls, layer: nn.Module, weight_spec: QuantSpec, *, quantizer: Callable[[str], FakeQuantizer],
                 relu: bool = False, bn: nn.Module | None = None, learnable: bool = False,
-                freeze_bn_after: int | None = None, name: str = "") -> QATLayer:
-        """The QAT layer for float ``layer``; ``quantizer(label)`` makes its input and output fake quantizers."""
+                freeze_bn_after: int | None = None, name: str = "", relu_max: float | None = None) -> QATLayer:
+        """The QAT layer for float ``layer``; ``quantizer(label)`` makes its input and output fake quantizers.
+        ``relu_max``: the fused ReLU's upper bound (ReLU6), clamped before the output quantizer."""
         return cls(layer, weight_spec, quantizer("input"), quantizer("output"), relu=relu, bn=bn,
-                   learnable=learnable, freeze_bn_after=freeze_bn_after, name=name)
+                   learnable=learnable, freeze_bn_after=freeze_bn_after, name=name, relu_max=relu_max)
 
     def describe(self) -> str:
         scales = "learned" if self.learnable else "min-max"
@@ -132,7 +133,7 @@ class QATLayer(ObservedLayer):
         else:
             y = self._compute(x, w_q, b)
         if self.relu:
-            y = torch.relu(y)
+            y = torch.relu(y) if self.relu_max is None else y.clamp(0.0, self.relu_max)
         return y if self.float_output else self.output_observer(y)
 
     # --- conversion ----------------------------------------------------------------------------------------------
@@ -145,8 +146,11 @@ class QATLayer(ObservedLayer):
             y_q = None if self.float_output else self.output_observer.calculate_qparams()
             w_scale = self.weight_scale.detach().clamp(min=MIN_SCALE) if self.learnable else None
             static = qmodule_class(self.layer, "static")
-            return static.from_float(proxy, QuantConfig("static", weight=self.weight_spec), x_q, y_q,
-                                     relu=self.relu, w_scale=w_scale)
+            new = static.from_float(proxy, QuantConfig("static", weight=self.weight_spec), x_q, y_q,
+                                    relu=self.relu, w_scale=w_scale, relu_max=self.relu_max)
+        if saturation_clamps(y_q, self.relu_max, self.output_observer.spec.qmax):
+            return new
+        return nn.Sequential(new, relu_module(self.relu_max))  # a grid past the bound: the clamp stays an op
 
     def to_float(self) -> nn.Module:
         """The float layer with its BatchNorm folded (for layers that never ran during training)."""
@@ -155,7 +159,7 @@ class QATLayer(ObservedLayer):
             layer = copy.deepcopy(self.layer)
             layer.weight = nn.Parameter(w.detach().clone())
             layer.bias = None if b is None else nn.Parameter(b.detach().clone())
-        return nn.Sequential(layer, nn.ReLU()) if self.relu else layer
+        return nn.Sequential(layer, relu_module(self.relu_max)) if self.relu else layer
 
     def extra_repr(self) -> str:
         bn = ", bn folded" if self.bn is not None else ""

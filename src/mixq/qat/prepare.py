@@ -138,8 +138,8 @@ def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | Non
         layer = model.get_submodule(name)
         new = qat_class(layer).prepare(
             layer, cfg.weight, quantizer=lambda label, n=name: _quantizer(cfg, f"{n} ({label})"),
-            relu=name in relu_layers, bn=batchnorms.get(name), learnable=cfg.learnable_scales,
-            freeze_bn_after=cfg.freeze_bn_after, name=name)
+            relu=name in relu_layers, relu_max=relu_layers.get(name), bn=batchnorms.get(name),
+            learnable=cfg.learnable_scales, freeze_bn_after=cfg.freeze_bn_after, name=name)
         new.float_output = name in outputs
         set_submodule(model, name, new)
         bn = f" + {type(batchnorms[name]).__name__}" if name in batchnorms else ""
@@ -173,7 +173,8 @@ def _prepare_static(model: nn.Module, cfg: QATConfig, summary: QuantizationSumma
             float_output = q.y_scale is None  # graph mode left it float: no integer kernel reads it
             y_q = (q.x_scale, q.x_zp) if float_output else (q.y_scale, q.y_zp)  # an unused placeholder grid
             new = qat_class(layer)(layer, cfg.weight, _seeded(cfg, f"{name} (input)", q.x_scale, q.x_zp),
-                           _seeded(cfg, f"{name} (output)", *y_q), relu=q.relu, learnable=cfg.learnable_scales,
+                           _seeded(cfg, f"{name} (output)", *y_q), relu=q.relu, relu_max=q.relu_max,
+                           learnable=cfg.learnable_scales,
                            name=name)
             new.float_output = float_output
             layers += 1

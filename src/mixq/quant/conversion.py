@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mixq.pretrained import mark_saveable
-from mixq.quant.fusion import set_submodule
+from mixq.quant.fusion import relu_module, saturation_clamps, set_submodule
 from mixq.quant.modules import (
     DynamicQuantizedConv,
     FloatAdd,
@@ -94,8 +94,12 @@ def _detail(new: nn.Module, mode: str, config: QuantConfig) -> str:
     return describe(config) if describe is not None else f"{mode} w:{config.weight}"
 
 
-def _with_relu(module: nn.Module, relu: bool) -> nn.Module:
-    return nn.Sequential(module, nn.ReLU()) if relu else module
+def _with_relu(module: nn.Module, relu: bool, relu_max: float | None = None) -> nn.Module:
+    return nn.Sequential(module, relu_module(relu_max)) if relu else module
+
+
+def _relu_name(relu_max: float | None) -> str:
+    return "relu" if relu_max is None else f"relu clamped at {relu_max:g}"
 
 
 def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,
@@ -104,6 +108,7 @@ def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ra
     module = model.get_submodule(name)
     observed = module if isinstance(module, ObservedLayer) else None
     layer, relu = (observed.layer, observed.relu) if observed else (module, False)
+    relu_max = observed.relu_max if observed else None
     kind, before = kind_name(layer), module_bytes(layer)
     choice = config.choice(name)
     reason = "kept fp32 by a per-layer override" if choice.mode == "fp32" else refusal(layer, choice.mode, config)
@@ -115,10 +120,12 @@ def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ra
         else:
             y_q = None if float_out else ranges.of(observed.output_observer, name)
             new = qmodule_class(layer, "static").from_float(layer, config, ranges.of(observed.input_observer, name),
-                                                            y_q, relu=relu)
+                                                            y_q, relu=relu, relu_max=relu_max)
             detail = f"static w:{config.weight} a:{config.activation} ({choice.observer.name})"
-            detail += (", relu fused" if relu else "") + (", float output" if float_out else "")
+            detail += (f", {_relu_name(relu_max)} fused" if relu else "") + (", float output" if float_out else "")
             summary.add(name, kind, "quantized", detail, before, module_bytes(new))
+            if not saturation_clamps(y_q, relu_max, config.activation.qmax):  # the grid does not end at the bound
+                new = nn.Sequential(new, relu_module(relu_max))
             set_submodule(model, name, new)
             return
     if reason is None and choice.mode == "static" and getattr(qmodule_class(layer, "static"), "observed", True):
@@ -126,12 +133,12 @@ def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ra
                          "prepare it as static (or with observe_all=True)")
     if reason is not None:
         summary.add(name, kind, "float", reason)
-        set_submodule(model, name, _with_relu(layer, relu))
+        set_submodule(model, name, _with_relu(layer, relu, relu_max))
         return
     extra = {"params": weight_params[name]} if name in weight_params else {}
     new = qmodule_class(layer, choice.mode).from_float(layer, config, **extra)
     summary.add(name, kind, "quantized", _detail(new, choice.mode, config), before, module_bytes(new))
-    set_submodule(model, name, _with_relu(new, relu))
+    set_submodule(model, name, _with_relu(new, relu, relu_max))
 
 
 def _convert_matmul(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,

@@ -4,6 +4,9 @@ One probe forward pass with hooks on every leaf module records which tensor each
 (identity and version counter, so in-place ReLUs are seen). A BatchNorm whose input is exactly a convolution's
 output is folded into that convolution's weights; a ReLU whose input is exactly a layer's (or its folded BN's)
 output is fused, so the layer's output range starts at 0 and ONNX Runtime drops the ReLU into QLinearConv.
+A bounded ReLU (``ReLU6``, ``Hardtanh(0, hi)``) fuses the same way with its upper bound recorded (``relu_max``):
+the layer's output range is clamped to ``[0, hi]``, so the output quantization's saturation *is* the clamp and the
+runtime sees Conv -> Relu -> QuantizeLinear, with no Clip and no extra Q/DQ pair (see ``relu_bound``).
 Modules called more than once (shared) are never removed; this works for any eager model, not only Sequentials.
 """
 
@@ -29,6 +32,20 @@ class Fusion:
     layer: str
     batchnorm: str | None = None
     relu: str | None = None
+    relu_max: float | None = None  # the upper bound of a fused ReLU6 / Hardtanh(0, hi); None: a plain ReLU
+
+
+def relu_bound(module: nn.Module | None) -> tuple[bool, float | None]:
+    """``(fusable, upper bound)`` of an activation module: ``nn.ReLU`` -> ``(True, None)``; ``nn.ReLU6`` and
+    ``nn.Hardtanh(0, hi)`` -> ``(True, hi)`` (a ReLU whose output quantization range ends at ``hi``, so
+    saturating at the grid's top is the clamp); anything else (Hardtanh with a nonzero lower bound, whose clamp no
+    ``[0, max]`` grid reproduces) -> ``(False, None)``."""
+    if isinstance(module, nn.ReLU) and type(module).forward is nn.ReLU.forward:
+        return True, None
+    plain = isinstance(module, nn.Hardtanh) and type(module).forward is nn.Hardtanh.forward
+    if plain and module.min_val == 0 and module.max_val > 0:  # type: ignore[union-attr]
+        return True, float(module.max_val)  # type: ignore[union-attr]
+    return False, None
 
 
 @dataclass
@@ -42,6 +59,25 @@ class _Call:
 
 def _key(t: object) -> tuple[int, int] | None:
     return (id(t), t._version) if isinstance(t, torch.Tensor) else None
+
+
+def relu_module(relu_max: float | None) -> nn.Module:
+    """The float module a fused ReLU stands for: ``nn.ReLU``, ``nn.ReLU6`` or ``nn.Hardtanh(0, relu_max)``."""
+    if relu_max is None:
+        return nn.ReLU()
+    return nn.ReLU6() if relu_max == 6 else nn.Hardtanh(0.0, relu_max)
+
+
+def saturation_clamps(y_qparams: tuple[torch.Tensor, torch.Tensor] | None, relu_max: float | None,
+                      qmax: int) -> bool:
+    """Whether the output grid's top, ``(qmax - zero point) * scale``, is at most ``relu_max``: quantizing the
+    ReLU's output then saturates there, which *is* the upper clamp (no clamp op needed)."""
+    if relu_max is None:
+        return True
+    if y_qparams is None:
+        return False
+    scale, zp = y_qparams
+    return bool(((qmax - zp.double()) * scale.double()).max() <= relu_max * (1 + 1e-6))
 
 
 def trace_calls(model: nn.Module, run: Callable[[nn.Module], object]) -> list[_Call]:
@@ -100,9 +136,10 @@ def find_fusions(calls: list[_Call]) -> list[Fusion]:
         bn = sole_consumer(out, _BNS) if isinstance(c.module, _CONVS) else None
         if bn is not None and bn.module.track_running_stats:
             fusion.batchnorm, out = bn.name, bn.output
-        relu = sole_consumer(out, (nn.ReLU,))
-        if relu is not None:
-            fusion.relu = relu.name
+        relu = sole_consumer(out, (nn.ReLU, nn.Hardtanh))
+        fusable, upper = relu_bound(relu.module if relu is not None else None)
+        if fusable:
+            fusion.relu, fusion.relu_max = relu.name, upper  # type: ignore[union-attr]
         if fusion.batchnorm or fusion.relu:
             fusions.append(fusion)
     return fusions
@@ -142,27 +179,30 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def detach_fusions(model: nn.Module, fusions: list[Fusion]) -> tuple[set[str], dict[str, nn.Module]]:
+def detach_fusions(model: nn.Module, fusions: list[Fusion]) -> tuple[dict[str, float | None],
+                                                                        dict[str, nn.Module]]:
     """Take fused BatchNorms and ReLUs out of the dataflow (they become ``nn.Identity``) without folding.
 
-    Returns the names of the layers a ReLU was fused into and ``{layer name: its BatchNorm module}``; QAT keeps
-    those BatchNorms inside its layers to train them, post-training quantization folds them right away.
+    Returns ``{layer name: its ReLU's upper bound or None}`` for the layers a ReLU was fused into and
+    ``{layer name: its BatchNorm module}``; QAT keeps those BatchNorms inside its layers to train them,
+    post-training quantization folds them right away.
     """
-    relu_layers, batchnorms = set(), {}
+    relu_layers: dict[str, float | None] = {}
+    batchnorms = {}
     for f in fusions:
         if f.batchnorm:
             batchnorms[f.layer] = model.get_submodule(f.batchnorm)
             set_submodule(model, f.batchnorm, nn.Identity())
         if f.relu:
             set_submodule(model, f.relu, nn.Identity())
-            relu_layers.add(f.layer)
+            relu_layers[f.layer] = f.relu_max
     return relu_layers, batchnorms
 
 
-def apply_fusions(model: nn.Module, fusions: list[Fusion]) -> set[str]:
+def apply_fusions(model: nn.Module, fusions: list[Fusion]) -> dict[str, float | None]:
     """Fold/fuse in place; folded BatchNorms and fused ReLUs become ``nn.Identity``.
 
-    Returns the names of the layers a ReLU was fused into.
+    Returns ``{layer name: upper bound or None}`` for the layers a ReLU (or ReLU6 / Hardtanh(0, hi)) was fused into.
     """
     relu_layers, batchnorms = detach_fusions(model, fusions)
     for layer, bn in batchnorms.items():

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from mixq.messages import first_line
+from mixq.quant.fusion import relu_bound
 from mixq.quant.modules.observed import ObservedAdd, ObservedLayer, ObservedMatMul
 from mixq.quant.observers import Observer
 
@@ -32,6 +33,9 @@ _ADDS = {operator.add, operator.iadd, torch.add, aten.add.Tensor}
 _MATMULS = {torch.matmul, operator.matmul, aten.matmul.default}
 _MULS = {operator.mul, torch.mul, aten.mul.Tensor, aten.mul.Scalar}
 _RELU_FUNCTIONS = {torch.relu, F.relu, aten.relu.default}
+# clamps that are a ReLU with an upper bound when their lower bound is 0: (function, default min, default max)
+_CLAMP_FUNCTIONS = {F.relu6: (0.0, 6.0), F.hardtanh: (-1.0, 1.0), aten.hardtanh.default: (-1.0, 1.0),
+                    aten.hardtanh_.default: (-1.0, 1.0)}
 _PASS_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.Identity, nn.Flatten, nn.Dropout)
 _PASS_FUNCTIONS = {torch.flatten, F.max_pool1d, F.max_pool2d, F.dropout, torch.reshape,
                    # the same value-preserving ops as torch.export records them
@@ -61,21 +65,41 @@ def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return gm.get_submodule(node.target) if node.op == "call_module" else None  # type: ignore[arg-type]
 
 
-def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """A ReLU call site. Fusing removes only this node, so a ReLU module shared by several calls is fine."""
+def _relu_bound(gm: fx.GraphModule, node: fx.Node) -> tuple[bool, float | None]:
+    """``(is a ReLU call site, its upper bound)``: ReLU -> ``(True, None)``; ReLU6 and hardtanh(0, hi) modules or
+    functions -> ``(True, hi)``. Fusing removes only this node, so a module shared by several calls is fine."""
     if node.op == "call_module":
-        return isinstance(_module(gm, node), nn.ReLU)
-    return (node.op == "call_function" and node.target in _RELU_FUNCTIONS) or (
-        node.op == "call_method" and node.target == "relu")
+        return relu_bound(_module(gm, node))
+    if (node.op == "call_function" and node.target in _RELU_FUNCTIONS) or (
+            node.op == "call_method" and node.target == "relu"):
+        return True, None
+    if node.op != "call_function" or node.target not in _CLAMP_FUNCTIONS:
+        return False, None
+    low, high = _CLAMP_FUNCTIONS[node.target]  # type: ignore[index]
+    if node.target is not F.relu6:
+        low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", low)
+        high = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", high)
+    fusable = isinstance(low, (int, float)) and isinstance(high, (int, float)) and low == 0 and high > 0
+    return (True, float(high)) if fusable else (False, None)
 
 
-def _sole_relu_user(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """A plain ReLU call site (what an add can fuse)."""
+    return _relu_bound(gm, node) == (True, None)
+
+
+def _sole_relu_user(gm: fx.GraphModule, node: fx.Node, bounded: bool = False) -> fx.Node | None:
+    """The ReLU (with ``bounded``, also a ReLU6 / hardtanh(0, hi)) that is ``node``'s only user, if any."""
     users = list(node.users)
-    return users[0] if len(users) == 1 and _is_relu(gm, users[0]) else None
+    if len(users) != 1:
+        return None
+    fusable, upper = _relu_bound(gm, users[0])
+    return users[0] if fusable and (bounded or upper is None) else None
 
 
 def fuse_relus(gm: fx.GraphModule) -> int:
-    """Fold a ReLU call that is the only reader of an observed layer's output into that layer."""
+    """Fold a ReLU call (or a ReLU6 / hardtanh(0, hi): ``relu_max``) that is the only reader of an observed layer's
+    output into that layer."""
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -88,9 +112,9 @@ def fuse_relus(gm: fx.GraphModule) -> int:
         tail = node  # look past folded BatchNorms (now Identity) and eval-mode Dropout
         while len(tail.users) == 1 and isinstance(_module(gm, next(iter(tail.users))), (nn.Identity, nn.Dropout)):
             tail = next(iter(tail.users))
-        relu = _sole_relu_user(gm, tail)
+        relu = _sole_relu_user(gm, tail, bounded=True)
         if relu is not None:
-            layer.relu = True
+            layer.relu, layer.relu_max = True, _relu_bound(gm, relu)[1]
             relu.replace_all_uses_with(node)
             gm.graph.erase_node(relu)
             fused += 1

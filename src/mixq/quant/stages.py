@@ -90,7 +90,7 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
 
     for name, why in capture_compute(qmodel, probe, summary.notes, config.exclude).items():
         summary.notes.append(f"{name} ({kind_name(qmodel.get_submodule(name))}) stays float: {why}")
-    relu_layers: set[str] = set()
+    relu_layers: dict[str, float | None] = {}
     probe_outputs: list[object] = []  # kept for the graph-mode choice below (no second forward pass)
     shapes: dict[str, tuple[int, ...]] = {}
     if probe is not None and (config.fold_batchnorm or config.runtime is not None):
@@ -140,7 +140,7 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
         obs_in = make_observer(spec, config.activation, name=f"{name} (input)")
         obs_out = make_observer(spec, config.activation, name=f"{name} (output)")
         set_submodule(qmodel, name, ObservedLayer(qmodel.get_submodule(name), obs_in, obs_out,
-                                                  relu=name in relu_layers))
+                                                  relu=name in relu_layers, relu_max=relu_layers.get(name)))
     adds: list[str] = []
     if observed:
         def add_observer(label: str) -> nn.Module:

@@ -14,15 +14,20 @@ from mixq.quant.observers import Observer
 
 
 class ObservedLayer(nn.Module):
-    """Float layer + input/output observers (+ the ReLU fused into it, applied before the output observer)."""
+    """Float layer + input/output observers (+ the ReLU fused into it, applied before the output observer).
+
+    ``relu_max``: the fused ReLU's upper bound (ReLU6: 6); the observer then sees the clamped output, so the output
+    range ends at or below it and the quantized layer's saturation reproduces the clamp.
+    """
 
     def __init__(self, layer: nn.Module, input_observer: Observer, output_observer: Observer,
-                 relu: bool = False) -> None:
+                 relu: bool = False, relu_max: float | None = None) -> None:
         super().__init__()
         self.layer = layer
         self.input_observer = input_observer
         self.output_observer = output_observer
         self.relu = relu
+        self.relu_max = relu_max
         self.shared_input = False
         self.float_output = False  # graph mode: no integer kernel reads the output, so it is not requantized
 
@@ -36,7 +41,7 @@ class ObservedLayer(nn.Module):
             self.input_observer(x)
         y = self.layer(x)
         if self.relu:
-            y = torch.relu(y)
+            y = torch.relu(y) if self.relu_max is None else y.clamp(0.0, self.relu_max)
         return self.output_observer(y)
 
 

@@ -24,11 +24,18 @@ def _float_copy(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | Non
 
 
 class _StaticBase(nn.Module):
+    relu_max: float | None = None
+
     @classmethod
     def from_float(cls, layer: nn.Module, config: QuantConfig, x_qparams: QParams, y_qparams: QParams | None,
-                   relu: bool = False, w_scale: torch.Tensor | None = None) -> _StaticBase:
-        """The static layer for float ``layer`` with calibrated (or QAT-learned) activation parameters."""
-        return cls(layer, config.weight, x_qparams, y_qparams, relu=relu, w_scale=w_scale)
+                   relu: bool = False, w_scale: torch.Tensor | None = None,
+                   relu_max: float | None = None) -> _StaticBase:
+        """The static layer for float ``layer`` with calibrated (or QAT-learned) activation parameters.
+        ``relu_max`` records a fused ReLU6's bound (the output grid ends at or below it; QAT starting from this
+        layer keeps clamping there)."""
+        layer_q = cls(layer, config.weight, x_qparams, y_qparams, relu=relu, w_scale=w_scale)
+        layer_q.relu_max = relu_max
+        return layer_q
 
     def _set_activation_qparams(self, x_qparams: QParams, y_qparams: QParams | None) -> None:
         """Input and output grids; ``y_qparams=None`` (graph mode, Linear only) leaves the output float."""

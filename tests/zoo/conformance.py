@@ -1,0 +1,185 @@
+"""One zoo check: quantize an architecture in one mode, export it, run it in ONNX Runtime at two shapes and compare.
+
+The outcome is ``ok`` (quantized; the file runs at both shapes; simulation == runtime; the quantized model is
+within int8 noise of fp32), ``refused`` (``quantize`` raised a one-line ``ValueError``/``TypeError``, or left every
+layer float: the summary's reasons) or ``fail`` with what went wrong. Nothing here knows what a case should do:
+the outcome is read from what the code does.
+
+Thresholds:
+
+* simulation vs runtime: cosine >= 0.999 and argmax agreement (over the last axis) >= 99% at each shape. The
+  PyTorch simulation and ONNX Runtime run the same integer arithmetic; only float ops (softmax, norms) may sum in
+  another order and move an activation across a rounding boundary.
+* quantized vs fp32 (no silent alteration): relative error ``|q - f| / |f|`` at most ``FP32_FLOOR[mode]``. A
+  per-tensor 8-bit grid over a range R has a uniform rounding error of std R / (255 * sqrt(12)), about 0.1% of R,
+  i.e. 1-3% relative error for activations whose range is 3-10x their rms; through ~10 requantized tensors on a
+  path, errors add in quadrature to at most ~10%. So 0.15 (SQNR 16.5 dB) is int8 noise on these random-weight
+  models, while the silent alterations issue 18 found (a dropped subclass ``forward``) gave 23% and 71%. Weight-only
+  int8 rounds only weights (per channel: ~0.1% per layer): 0.03. fp16 rounds weights to 11 bits: 0.01.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import mixq
+from mixq.messages import first_line
+from mixq.quant.cpu import int8_needs_reduce_range
+from tests.zoo.cases import Batch, Case
+
+MODES = ("static", "dynamic", "weight_only", "fp16", "qat")
+FP32_FLOOR = {"static": 0.15, "dynamic": 0.15, "qat": 0.15, "weight_only": 0.03, "fp16": 0.01}
+SIM_COS, SIM_ARGMAX = 0.999, 0.99
+_REFUSALS = (ValueError, TypeError, NotImplementedError)
+
+
+@dataclass
+class Outcome:
+    """What one (case, mode) did: ``status`` is ``ok``, ``refused`` or ``fail``; ``reason`` says why."""
+
+    case: str
+    mode: str
+    status: str = "ok"
+    reason: str = ""
+    quantized: int = 0
+    left_float: int = 0
+    sim_cos: float = 1.0
+    sim_argmax: float = 1.0
+    fp32_rel: float = 0.0
+    path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def fail(self, reason: str) -> Outcome:
+        self.status, self.reason = "fail", reason
+        return self
+
+
+def first_tensor(output: object) -> torch.Tensor:
+    """The first tensor of a model's output (logits, last_hidden_state, or the tensor itself)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        return next(v for v in output.values() if isinstance(v, torch.Tensor))
+    return first_tensor(output[0])  # type: ignore[index]
+
+
+def call(model: nn.Module, batch: Batch) -> torch.Tensor:
+    with torch.no_grad():
+        return first_tensor(model(**batch) if isinstance(batch, dict) else model(batch)).float()
+
+
+def ort_session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def feeds(session, batch: Batch) -> dict[str, np.ndarray]:
+    names = [i.name for i in session.get_inputs()]
+    if isinstance(batch, torch.Tensor):
+        return {names[0]: batch.numpy()}
+    return {k: v.numpy() for k, v in batch.items() if k in names}
+
+
+def _quantize(model: nn.Module, mode: str, calib: list[Batch]) -> nn.Module:
+    rr = int8_needs_reduce_range()
+    if mode == "static":
+        return mixq.quantize(model, "static", calib_data=calib, reduce_range=rr, progress=False)
+    if mode == "dynamic":
+        return mixq.quantize(model, "dynamic", reduce_range=rr, example_inputs=calib[0])
+    if mode in ("weight_only", "fp16"):
+        return mixq.quantize(model, mode, example_inputs=calib[0])
+    qat = mixq.prepare_qat(model, example_inputs=calib[0])
+    mixq.freeze_batchnorm(qat)
+    qat.train()
+    for batch in calib:  # activation ranges from the first batches, as in training (no optimizer step here)
+        call(qat, batch)
+    qmodel = mixq.convert(qat.eval())
+    if not torch.equal(call(qat, calib[0]), call(qmodel, calib[0])):
+        raise AssertionError("the converted model does not compute what eval-mode QAT computes")
+    return qmodel
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+
+
+def _argmax_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return 1.0 if a.shape[-1] < 2 else float(np.mean(a.argmax(-1) == b.argmax(-1)))
+
+
+def quantize_case(case: Case, mode: str, out: Outcome) -> tuple[nn.Module, nn.Module | None, list[Batch]]:
+    """``(float model, quantized model or None, calibration batches)``; ``out`` records a refusal or failure."""
+    model = case.build()
+    calib = [case.inputs(0, seed) for seed in range(4)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            qmodel = _quantize(model, mode, calib)
+    except _REFUSALS as err:
+        out.status, out.reason = "refused", f"{type(err).__name__}: {first_line(err, limit=160)}"
+        if "\n" in str(err).strip():
+            out.fail(f"refused with a multi-line message: {out.reason}")
+        return model, None, calib
+    except Exception as err:  # noqa: BLE001  (anything else is a finding)
+        out.fail(f"quantize: {type(err).__name__}: {first_line(err, limit=160)}")
+        return model, None, calib
+    summary = getattr(qmodel, "mixq_summary", None) or getattr(qmodel, "mixq_qat_plan", None)
+    if summary is not None:
+        out.quantized, out.left_float, out.notes = len(summary.quantized), len(summary.skipped), list(summary.notes)
+        if not summary.quantized:
+            reasons = sorted({r.detail for r in summary.skipped})
+            out.status, out.reason = "refused", "left float: " + ("; ".join(reasons)[:160] or "no quantizable layer")
+            return model, None, calib
+    return model, qmodel, calib
+
+
+def run_case(case: Case, mode: str, directory: Path) -> Outcome:
+    """Quantize, export and check ``case`` in ``mode``; the file is written under ``directory``."""
+    start = time.perf_counter()
+    out = Outcome(case.name, mode)
+    model, qmodel, calib = quantize_case(case, mode, out)
+    if qmodel is not None:
+        _check_file(case, model, qmodel, calib[0], directory / f"{case.name}-{mode}.onnx", out)
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def _check_file(case: Case, model: nn.Module, qmodel: nn.Module, example: Batch, path: Path, out: Outcome) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out.path = mixq.export_onnx(qmodel, example, path)
+        session = ort_session(out.path)
+    except Exception as err:  # noqa: BLE001
+        out.fail(f"export: {type(err).__name__}: {first_line(err, limit=160)}")
+        return
+    for shape in (0, 1):
+        batch = case.inputs(shape, 100 + shape)
+        try:
+            runtime = session.run(None, feeds(session, batch))[0]
+        except Exception as err:  # noqa: BLE001
+            out.fail(f"ONNX Runtime at shape {shape}: {first_line(err, limit=160)}")
+            return
+        sim, ref = call(qmodel, batch).numpy(), call(model, batch).numpy()
+        if runtime.shape != sim.shape:
+            out.fail(f"runtime output shape {runtime.shape} != simulation {sim.shape}")
+            return
+        out.sim_cos = min(out.sim_cos, _cos(sim, runtime))
+        out.sim_argmax = min(out.sim_argmax, _argmax_agreement(sim, runtime))
+        out.fp32_rel = max(out.fp32_rel, float(np.linalg.norm(sim - ref) / max(np.linalg.norm(ref), 1e-30)))
+    if out.sim_cos < SIM_COS or out.sim_argmax < SIM_ARGMAX:
+        out.fail(f"simulation != runtime: cos {out.sim_cos:.4f}, argmax agreement {out.sim_argmax:.3f}")
+    elif out.fp32_rel > FP32_FLOOR[out.mode]:
+        out.fail(f"altered: relative error vs fp32 {out.fp32_rel:.3f} > {FP32_FLOOR[out.mode]} (int8 noise)")
