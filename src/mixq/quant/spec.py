@@ -262,7 +262,10 @@ class QuantConfig:
     ``observer`` (None: min-max) calibrates static layers; a config without static layers keeps None.
     ``overrides`` give layers their own precision; when several match a layer, the last one wins. ``exclude``
     wins over ``overrides``: excluded layers are not planned at all. ``smoothquant`` (static and dynamic modes) is
-    SmoothQuant's migration strength alpha in [0, 1], or ``"auto"`` (see ``mixq.quantize``).
+    SmoothQuant's migration strength alpha in [0, 1], or ``"auto"`` (see ``mixq.quantize``). ``float_outputs``
+    (static graph mode through torch.export): True leaves a Linear's output float where no integer kernel reads it
+    (ONNX Runtime's MatMulIntegerToFloat); False rounds every static Linear's output to its calibrated int8 grid,
+    which LiteRT's int8 FULLY_CONNECTED needs (``mixq quantize --format tflite`` sets it).
     ``QuantConfig.from_options`` builds one from ``quantize``'s keyword options.
     Example: ``QuantConfig("static", observer=ObserverSpec("percentile"), exclude=("head",),
     overrides=(LayerOverride("fc2", "fp16"),))``.
@@ -277,6 +280,7 @@ class QuantConfig:
     overrides: tuple[LayerOverride, ...] = ()
     method: WeightMethod = field(default_factory=WeightMethod)
     smoothquant: float | str | None = None
+    float_outputs: bool = True
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -327,6 +331,9 @@ class QuantConfig:
         if self.method != WeightMethod() and "weight_only" not in modes:
             raise ValueError(f"method={self.method.name!r} has no effect in {self.mode} mode: it chooses weight_only "
                              "weights; use mode='weight_only' or drop it")
+        if not self.float_outputs and "static" not in modes:
+            raise ValueError(f"float_outputs=False has no effect in {self.mode} mode: it gives static layers int8 "
+                             "outputs; drop it or choose mode='static'")
         if self.smoothquant is not None and self.mode not in _INT8_MODES:
             raise ValueError(f"smoothquant applies to the static and dynamic modes (int8 activations), not "
                              f"{self.mode!r}; drop smoothquant or change the mode")
@@ -355,14 +362,15 @@ class QuantConfig:
                      group_size: int | None = None, per_channel: bool = True, activation_dtype: str = "uint8",
                      reduce_range: bool = False, symmetric: bool = True, method: str | WeightMethod = "rtn",
                      exclude: Iterable[str] = (), overrides: Iterable[LayerOverride] = (),
-                     smoothquant: float | str | None = None) -> QuantConfig:
+                     smoothquant: float | str | None = None, float_outputs: bool = True) -> QuantConfig:
         """Build a config from ``mixq.quantize``'s keyword options; the config's own validation refuses an option
         that no layer would use (``observer`` without static layers, ``bits`` in fp16 mode, ...).
 
         ``bits`` (2 to 8) and ``symmetric`` shape the weights; weight_only below 8 bits gets ``group_size`` 128
         unless given; ``per_channel=False`` gives static and dynamic layers one weight scale per tensor;
         ``reduce_range=True`` keeps 8-bit static/dynamic weights within 7 bits; ``activation_dtype`` is static
-        mode's ``"uint8"`` (default) or ``"int8"``. Example: ``QuantConfig.from_options("weight_only", bits=4)``.
+        mode's ``"uint8"`` (default) or ``"int8"``; ``float_outputs=False`` gives every static Linear an int8 output
+        (see ``QuantConfig``). Example: ``QuantConfig.from_options("weight_only", bits=4)``.
         """
         if reduce_range:
             if mode not in _INT8_MODES or bits != 8:
@@ -377,7 +385,7 @@ class QuantConfig:
         return cls(mode, weight=weight, activation=_ACTIVATIONS[activation_dtype],
                    observer=None if observer is None else ObserverSpec(observer), exclude=exclude,  # type: ignore
                    overrides=tuple(overrides), method=WeightMethod(method) if isinstance(method, str) else method,
-                   smoothquant=smoothquant)
+                   smoothquant=smoothquant, float_outputs=float_outputs)
 
     @property
     def modes(self) -> frozenset[str]:
@@ -419,6 +427,7 @@ class QuantConfig:
             overrides=tuple(LayerOverride.from_dict(o) for o in data.get("overrides", ())),
             method=WeightMethod(**data.get("method", {})),
             smoothquant=data.get("smoothquant"),
+            float_outputs=data.get("float_outputs", True),
         )
 
 

@@ -1,6 +1,8 @@
 """``mixq.export_tflite``: write a mixq model as a ``.tflite`` file for LiteRT, in the mode its layers were quantized.
 
-* static / QAT-converted model -> full-integer: int8 kernels with mixq's own scales and zero points;
+* static / QAT-converted model -> full-integer: int8 kernels with mixq's own scales and zero points (graph-mode
+  models included: integer attention MatMuls; a Linear whose output mixq keeps float runs as a float
+  FULLY_CONNECTED on its int8 input grid and weights, see ``QuantConfig.float_outputs``);
 * ``mode="dynamic"`` -> dynamic-range: int8 weights (mixq's), activations quantized by the kernels at run time;
 * ``mode="fp16"`` -> float16 weights, float32 compute;
 * a float model -> float32.
@@ -35,7 +37,6 @@ from mixq.export.tflite.recipes import apply_recipe
 from mixq.messages import first_line
 from mixq.quant.calibration import describe
 from mixq.quant.finiteness import check_finite
-from mixq.quant.modules import QuantizedLinear, QuantizedMatMul
 from mixq.quant.modules.observed import refuse_observed
 from mixq.quant.modules.registry import quantized_classes
 from mixq.report.files import atomic_path
@@ -55,18 +56,6 @@ def _as_inputs(example_inputs: Any) -> tuple[tuple, dict[str, torch.Tensor]]:
         return (), dict(example_inputs)
     raise TypeError(f"example_inputs must be a tensor, a tuple of tensors or a dict of named tensors (e.g. "
                     f"input_ids, attention_mask) for export_tflite, got {describe(example_inputs)}")
-
-
-def _refuse_graph_mode(model: nn.Module) -> None:
-    """Layers only torch.export graph mode makes have no verified LiteRT lowering: name the first."""
-    for name, module in model.named_modules():
-        if isinstance(module, QuantizedMatMul):
-            raise ExportError(f"layer {name!r} is an integer attention MatMul from torch.export graph mode, which "
-                              "has no verified LiteRT lowering yet; export this model with mixq.export_onnx")
-        if isinstance(module, QuantizedLinear) and module.y_scale is None:
-            raise ExportError(f"layer {name!r} keeps a float output (a model output left float by QAT, or a "
-                              "torch.export graph-mode Linear), which a full-integer .tflite cannot express yet; "
-                              "prepare QAT with float_outputs=False, or export with mixq.export_onnx")
 
 
 def _litert_mode(model: nn.Module, modes: dict[str, str]) -> str:
@@ -212,7 +201,6 @@ def export_tflite(
     if kwargs and (nhwc or io_dtype != "float32"):
         raise ValueError("nhwc=True and integer io_dtype take positional example inputs (images, features), not a "
                          "dict of named inputs")
-    _refuse_graph_mode(model)
     lowered, modes = lower(model)
     mode = _litert_mode(model, modes)
     if io_dtype != "float32" and mode != "full_integer":

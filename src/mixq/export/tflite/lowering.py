@@ -32,6 +32,7 @@ from mixq.quant.modules import (
     QuantizedConv,
     QuantizedEmbedding,
     QuantizedLinear,
+    QuantizedMatMul,
 )
 from mixq.quant.modules.conv_args import ConvGeometry
 
@@ -137,14 +138,28 @@ class QDQLinear(nn.Module):
     def __init__(self, m: QuantizedLinear) -> None:
         super().__init__()
         self.x_q = ActivationQParams(m.x_scale, m.x_zp)
-        self.y_q = ActivationQParams(m.y_scale, m.y_zp)
+        self.y_q = None if m.y_scale is None else ActivationQParams(m.y_scale, m.y_zp)
         self.weight = PerChannelWeight(m.weight_t.t(), m.w_scale)
         self.register_buffer("bias", None if m.bias is None else m.bias.clone())
         self.relu = m.relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(self.x_q(x), self.weight(), self.bias)
-        return self.y_q(F.relu(y) if self.relu else y)
+        y = F.relu(y) if self.relu else y
+        return y if self.y_q is None else self.y_q(y)
+
+
+class QDQMatMul(nn.Module):
+    """``QuantizedMatMul`` for LiteRT: both activations on their int8 grids, float product (attention's Q·Kᵀ and
+    probabilities·V)."""
+
+    def __init__(self, m: QuantizedMatMul) -> None:
+        super().__init__()
+        self.a_q = ActivationQParams(m.x_scale, m.x_zp)
+        self.b_q = ActivationQParams(m.b_scale, m.b_zp)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(self.a_q(a), self.b_q(b))
 
 
 class QDQAdd(nn.Module):
@@ -201,6 +216,7 @@ class Int8Embedding(nn.Module):
 lowers(QuantizedConv, "full_integer")(QDQConv)
 lowers(QuantizedLinear, "full_integer")(QDQLinear)
 lowers(QuantizedAdd, "full_integer")(QDQAdd)
+lowers(QuantizedMatMul, "full_integer")(QDQMatMul)
 lowers(QuantizedEmbedding, None)(Int8Embedding)
 
 
