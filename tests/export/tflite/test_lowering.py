@@ -122,7 +122,10 @@ def test_lowering_keeps_mixqs_numbers(make, inputs, lowered_class, mode):
     assert type(model.op) is not lowered_class  # the model itself is left as it was
     with torch.no_grad():
         got, ref = lowered(*args), model(*args)
-    if mode == "full_integer" and model.op.y_scale is None:  # float output: integer products summed in float
+    if lowered_class is lowering.HybridLinear:  # LiteRT's hybrid kernel: mixq's int8 weight, float input
+        q, scale = model.op.weight_t.t(), model.op.w_scale.reshape(-1)
+        assert torch.equal(lowered.op.dense.weight, dequantize(q, scale, axis=0))
+    elif mode == "full_integer" and model.op.y_scale is None:  # float output: integer products summed in float
         assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5)
     elif mode == "full_integer":  # Q/DQ in float vs mixq's integer kernel: at most one output step apart
         assert torch.all((got - ref).abs() <= float(model.op.y_scale) * (1 + 1e-4))

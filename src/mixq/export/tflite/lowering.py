@@ -150,20 +150,20 @@ class QDQLinear(nn.Module):
 
 class HybridLinear(nn.Module):
     """A ``QuantizedLinear`` whose output mixq keeps float (graph mode: no integer kernel reads it; ONNX Runtime's
-    MatMulIntegerToFloat). LiteRT's int8 FULLY_CONNECTED has no float output, so it runs as LiteRT's hybrid
-    kernel: the input on mixq's grid (Q/DQ), mixq's int8 weight (stored as int8 by ``recipes``, found by its
-    values), float output. The kernel quantizes its input again at run time (XNNPACK: one grid per row), which
-    mixq does not simulate; the export's check allows for it (``mixq.export.tflite.check``)."""
+    MatMulIntegerToFloat). LiteRT's int8 FULLY_CONNECTED has no float output, so it runs as LiteRT's hybrid kernel:
+    mixq's int8 weight (stored as int8 by ``recipes``, found by its values), float input and output. That kernel
+    quantizes its input itself at run time (XNNPACK: one grid per row, never coarser than mixq's one per tensor)
+    and takes no input grid, so mixq's is not used; the export's check allows for it (``mixq.export.tflite.check``).
+    """
 
     def __init__(self, m: QuantizedLinear) -> None:
         super().__init__()
-        self.x_q = ActivationQParams(m.x_scale, m.x_zp)
         scale = m.w_scale.reshape(-1).expand(m.weight_t.shape[1])
         self.dense = DynamicRangeWeights(_dequantized(m.weight_t.t(), scale, 0), m.bias, None)
         self.relu = m.relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.dense(self.x_q(x))
+        y = self.dense(x)
         return F.relu(y) if self.relu else y
 
 
