@@ -87,15 +87,3 @@ def test_bad_arguments_are_refused_before_converting(tmp_path, kwargs, error, ma
     path = tmp_path / kwargs.pop("path", "m.tflite")
     with pytest.raises(error, match=match):
         mixq.export_tflite(_mlp(), torch.randn(1, 8), path, **kwargs)
-
-
-def test_a_torch_export_graph_mode_model_is_refused_with_the_way_out(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    bert = transformers.BertModel(transformers.BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).eval()
-    ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
-    qmodel = mixq.quantize(bert, "static", calib_data=[{"input_ids": ids}], exclude=["embeddings"], progress=False)
-    with pytest.raises(ExportError, match="torch.export graph mode.*mixq.export_onnx"):
-        mixq.export_tflite(qmodel, (ids,), tmp_path / "bert.tflite")
-    assert not (tmp_path / "bert.tflite").exists()

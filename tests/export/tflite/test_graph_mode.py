@@ -43,8 +43,9 @@ def _errors(qmodel: nn.Module, path, example) -> dict[str, float]:
 
 def test_pooler_only_keeps_the_last_hidden_state_exact(bert, tmp_path):
     model, example, calib = bert
-    qmodel = mixq.quantize(model, "static", calib_data=calib, exclude=["embeddings", "encoder"], progress=False)
-    assert isinstance(qmodel, fx.GraphModule) and isinstance(qmodel.pooler.dense, QuantizedLinear)
+    qmodel = mixq.quantize(model, "static", calib_data=calib, exclude=["embeddings", "encoder"], float_outputs=False,
+                           progress=False)  # an int8 pooler: a quantize right after the CLS token's select
+    assert isinstance(qmodel, fx.GraphModule) and qmodel.pooler.dense.y_scale is not None
     path = mixq.export_tflite(qmodel, example, tmp_path / "pooler.tflite")
     errors = _errors(qmodel, path, example)
     # the pooler's input grid (calibrated on the CLS token) must not round the whole hidden state, a float output
@@ -89,8 +90,8 @@ def test_float_output_linears_run_as_hybrid_kernels(bert, tmp_path):
 
 
 class Pooled(nn.Module):
-    """A hidden state returned whole and read through ``h[:, 0]`` by a quantized head with a float output, as a BERT
-    pooler does (the branch on a shape keeps torch.fx out, so mixq captures it with torch.export)."""
+    """A hidden state returned whole and read through ``h[:, 0]`` by a quantized head, as a BERT pooler does (the
+    branch on a shape keeps torch.fx out, so mixq captures it with torch.export)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -112,8 +113,8 @@ def _pooled_inputs(seed: int) -> torch.Tensor:
 def test_the_self_check_refuses_a_file_whose_quantize_moved_onto_the_sliced_tensor(tmp_path, monkeypatch):
     torch.manual_seed(0)
     qmodel = mixq.quantize(Pooled().eval(), "static", calib_data=[_pooled_inputs(k) for k in range(4)],
-                           exclude=["body"], progress=False)
-    assert isinstance(qmodel, fx.GraphModule) and qmodel.head.y_scale is None
+                           exclude=["body", "norm"], float_outputs=False, progress=False)
+    assert isinstance(qmodel, fx.GraphModule) and qmodel.head.y_scale is not None  # int8 in and out
     example = _pooled_inputs(9)
     path = mixq.export_tflite(qmodel, example, tmp_path / "fenced.tflite")
     got = file_outputs(path.read_bytes(), {"args_0": example})
