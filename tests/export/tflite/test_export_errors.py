@@ -87,3 +87,23 @@ def test_bad_arguments_are_refused_before_converting(tmp_path, kwargs, error, ma
     path = tmp_path / kwargs.pop("path", "m.tflite")
     with pytest.raises(error, match=match):
         mixq.export_tflite(_mlp(), torch.randn(1, 8), path, **kwargs)
+
+
+class WithUnusedLayer(nn.Module):
+    """A layer the forward pass never calls (a pooler whose output a wrapper drops) is not in the file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.unused = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+@needs_litert
+def test_a_dynamic_range_layer_the_forward_never_calls_is_not_looked_for(tmp_path):
+    qmodel = mixq.quantize(WithUnusedLayer().eval(), "dynamic")
+    path = mixq.export_tflite(qmodel, torch.randn(1, 8), tmp_path / "m.tflite")
+    fcs = [op for op in mixq.inspect_tflite(path).ops if op.op_type == "FULLY_CONNECTED"]
+    assert [op.input_types[1] for op in fcs] == ["int8"]

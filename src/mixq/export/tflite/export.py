@@ -151,10 +151,21 @@ def _simulated(model: nn.Module, args: tuple, kwargs: dict, nhwc: bool) -> dict[
     return {k: np.moveaxis(v, 1, -1) if nhwc and v.ndim > 2 else v for k, v in outs.items()}
 
 
-def _layer_weights(lowered: nn.Module) -> list[np.ndarray]:
-    """The float weights of the lowered dynamic-range / float16 layers, which ``recipes`` finds in the file."""
+def _layer_weights(lowered: nn.Module, args: tuple, kwargs: dict) -> list[np.ndarray]:
+    """The float weights of the lowered dynamic-range / float16 layers that the example runs, which ``recipes``
+    finds in the file (a layer the forward pass never calls, e.g. a pooler whose output is dropped, is not in it)."""
     kinds = (DynamicRangeWeights, Float16Weights)
-    return [m.weight.numpy() for m in lowered.modules() if isinstance(m, kinds)]
+    ran: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: ran.append(mod))
+             for m in lowered.modules() if isinstance(m, kinds)]
+    try:
+        with torch.no_grad():
+            lowered(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    called = {id(m) for m in ran}
+    return [m.weight.numpy() for m in lowered.modules() if isinstance(m, kinds) and id(m) in called]
 
 
 def export_tflite(
@@ -221,7 +232,7 @@ def export_tflite(
             warnings.simplefilter("ignore")
             content = convert_to_tflite(module, file_args, kwargs, quantized=mode == "full_integer",
                                                   float_io=io_dtype == "float32", dynamic_batch=dynamic_batch)
-            weights = _layer_weights(lowered)  # dynamic-range / float16 layers, and full-integer hybrid ones
+            weights = _layer_weights(lowered, args, kwargs)  # dynamic-range / float16 / full-integer hybrid layers
             if weights:
                 content = apply_recipe(content, "dynamic_range" if mode == "full_integer" else mode, weights)
             if io_dtype != "float32":
