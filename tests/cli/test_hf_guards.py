@@ -88,6 +88,19 @@ def test_a_hugging_face_encoder_writes_a_dynamic_range_tflite_with_named_inputs(
     assert "input_ids" in names and "attention_mask" in names, names
 
 
+def test_a_hugging_face_encoder_writes_a_full_integer_tflite(mixq_main, hf_dirs):
+    from mixq.export.tflite import inspect_tflite, litert_available
+
+    if not litert_available():
+        pytest.skip("LiteRT extra not installed")
+    code, out, err = mixq_main("quantize", "--hf", "bert", "--mode", "static", "--calib-text", "texts.txt",
+                               "--format", "tflite", "--output", "bert_int8.tflite", cwd=hf_dirs)
+    assert code == 0, err
+    fcs = [op for op in inspect_tflite(hf_dirs / "bert_int8.tflite").ops if op.op_type == "FULLY_CONNECTED"]
+    assert fcs and all(op.input_types[1] == "int8" for op in fcs), fcs  # int8 weights: integer or hybrid kernels
+    assert any(op.input_types[:2] == ("int8", "int8") for op in fcs), fcs  # query/key/value: int8 in and out
+
+
 @pytest.mark.parametrize("arrays,message", [
     ({"input_ids": np.full((1, 8), 10_000)}, "'input_ids' holds id 10000, but the table it indexes has"),
     ({"input_ids": np.full((1, 8), -2)}, "'input_ids' holds negative values"),
@@ -138,12 +151,8 @@ def test_a_causal_lm_task_without_a_cache_is_refused_before_quantizing(mixq_main
                                                "bad.onnx"], "is not a causal LM that returns a key/value cache")
 
 
-def test_tflite_static_of_a_model_torch_fx_cannot_trace_is_refused_before_quantizing(mixq_main, user_dir):
-    from mixq.export.tflite import litert_available
-
-    if not litert_available():
-        pytest.skip("the LiteRT extra is not installed")
-    np.save(user_dir / "calib4.npy", np.random.default_rng(0).random((8, 4), dtype=np.float32))
-    assert_one_line_error(mixq_main, user_dir, ["quantize", "--model", "nets:branchy", "--mode", "static", "--calib",
-                                                "calib4.npy", "--output", "bad.tflite"],
-                          "torch.fx cannot trace Branchy", output="bad.tflite")
+@pytest.mark.parametrize("flag", [["--io-dtype", "int8"], ["--nhwc"]], ids=["integer io", "nhwc"])
+def test_tflite_image_options_with_hf_are_refused_before_loading(mixq_main, hf_dirs, flag):
+    assert_one_line_error(mixq_main, hf_dirs, ["quantize", "--hf", "bert", "--mode", "static", "--calib-text",
+                                               "texts.txt", *flag, "--output", "bad.tflite"],
+                          f"{flag[0]}", output="bad.tflite")

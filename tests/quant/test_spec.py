@@ -68,6 +68,9 @@ UNUSED = {
     "smoothquant in weight-only mode": (dict(mode="weight_only", smoothquant=0.5),
                                         lambda: QuantConfig("weight_only", smoothquant=0.5),
                                         "smoothquant applies to the static and dynamic modes"),
+    "int8 outputs in dynamic mode": (dict(mode="dynamic", float_outputs=False),
+                                     lambda: QuantConfig("dynamic", float_outputs=False),
+                                     "float_outputs=False has no effect in dynamic mode"),
     "asymmetric weights in dynamic mode": (dict(mode="dynamic", symmetric=False),
                                            lambda: QuantConfig("dynamic", weight=QuantSpec(symmetric=False)),
                                            "asymmetric weights .* are a weight_only option"),
@@ -93,7 +96,8 @@ def test_an_option_no_layer_would_use_is_refused_as_keywords_and_as_a_config(key
 
 SAMPLES = {"observer": "mse", "bits": 4, "group_size": 32, "per_channel": False, "activation_dtype": "int8",
            "reduce_range": True, "symmetric": False, "method": "gptq", "exclude": ["0"],
-           "overrides": [LayerOverride("0", "fp32")], "smoothquant": 0.5, "runtime": "ort", "runtime_aware": False}
+           "overrides": [LayerOverride("0", "fp32")], "smoothquant": 0.5, "runtime": "ort", "runtime_aware": False,
+           "float_outputs": False}
 
 
 def test_every_option_has_a_sample():
@@ -148,6 +152,7 @@ def test_static_layers_get_the_minmax_observer_unless_one_is_given():
 
 CONFIGS = {
     "static": QuantConfig("static", observer=ObserverSpec("percentile", percentile=99.9), exclude=("head",)),
+    "static with int8 outputs": QuantConfig("static", float_outputs=False),
     "dynamic": QuantConfig("dynamic", smoothquant="auto"),
     "weight only": QuantConfig.from_options("weight_only", bits=4, method=WeightMethod("gptq", act_order=True)),
     "fp16 with overrides": QuantConfig("fp16", overrides=(LayerOverride("a", "static", ObserverSpec("mse")),)),
@@ -163,6 +168,7 @@ def test_a_file_written_before_observer_could_be_none_still_loads():
     data = QuantConfig("dynamic").to_dict()
     data["observer"] = dataclasses.asdict(ObserverSpec())  # older files stored the default in every mode
     data.pop("smoothquant")
+    data.pop("float_outputs")
     assert QuantConfig.from_dict(data) == QuantConfig("dynamic")
 
 

@@ -270,7 +270,7 @@ def keep_float_outputs(gm: fx.GraphModule) -> int:
 
 def apply_graph_mode(model: nn.Module, make_observer: Callable[[str], Observer], notes: list[str],
                      add_cls: type[ObservedAdd] = ObservedAdd, exported: bool = False,
-                     untraceable: str = "") -> tuple[nn.Module, list[str]]:
+                     untraceable: str = "", float_outputs: bool = True) -> tuple[nn.Module, list[str]]:
     """Trace a model whose layers are already wrapped (``ObservedLayer``), then fuse ReLU call sites, turn adds into
     ``add_cls`` and share observers along the dataflow. Returns ``(model or its graph module, add names)`` and
     appends to ``notes`` what was done, or why tracing failed (the model is then returned unchanged).
@@ -278,7 +278,8 @@ def apply_graph_mode(model: nn.Module, make_observer: Callable[[str], Observer],
     ``exported``: ``model`` is already a graph module captured by ``torch.export`` (``graph_export``); MatMuls of
     two activations are quantized too (their names are returned with the adds), adds only where an integer kernel
     reads the sum, and Linear outputs no integer kernel reads stay float. ``untraceable``: why ``torch.fx`` failed
-    on this model, when the caller already tried (it is not traced again).
+    on this model, when the caller already tried (it is not traced again). ``float_outputs=False``: exported
+    graphs keep every Linear's output on its int8 grid too (what LiteRT's int8 kernels need).
     """
     if exported:
         graph: fx.GraphModule | None = model  # type: ignore[assignment]
@@ -296,7 +297,7 @@ def apply_graph_mode(model: nn.Module, make_observer: Callable[[str], Observer],
     adds = quantize_adds(graph, make_observer, add_cls, only_feeding_integer=exported)
     shared = share_observers(graph)
     if exported:
-        floats = keep_float_outputs(graph)
+        floats = keep_float_outputs(graph) if float_outputs else 0
         notes.append(f"graph mode (torch.export): {len(matmuls)} activation MatMuls and {len(adds)} adds "
                      f"quantized, {scales} constant factors (attention's 1/sqrt(d)) folded into their MatMul's "
                      f"output scale, {relus} more ReLUs fused, {shared} inputs share their producer's scale, "

@@ -264,7 +264,10 @@ class QuantConfig:
     wins over ``overrides``: excluded layers are not planned at all. ``smoothquant`` (static and dynamic modes) is
     SmoothQuant's migration strength alpha in [0, 1], or ``"auto"`` (see ``mixq.quantize``). ``runtime`` names the
     runtime the model is quantized for (``"ort"``); with it, static and dynamic layers whose int8 kernel is slower
-    than float there stay float (``mixq.quant.runtime_precision``) unless ``runtime_aware=False``.
+    than float there stay float (``mixq.quant.runtime_precision``) unless ``runtime_aware=False``. ``float_outputs``
+    (static graph mode through torch.export): True leaves a Linear's output float where no integer kernel reads it
+    (ONNX Runtime's MatMulIntegerToFloat); False rounds every static Linear's output to its calibrated int8 grid,
+    which LiteRT's int8 FULLY_CONNECTED needs (``mixq quantize --format tflite`` sets it).
     ``QuantConfig.from_options`` builds one from ``quantize``'s keyword options.
     Example: ``QuantConfig("static", observer=ObserverSpec("percentile"), exclude=("head",),
     overrides=(LayerOverride("fc2", "fp16"),))``.
@@ -281,6 +284,7 @@ class QuantConfig:
     smoothquant: float | str | None = None
     runtime: str | None = None
     runtime_aware: bool = True
+    float_outputs: bool = True
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -345,6 +349,9 @@ class QuantConfig:
         if not self.runtime_aware and self.runtime is None:
             raise ValueError("runtime_aware=False has no effect without a runtime: precision is only runtime-aware "
                              "when runtime= names one (e.g. runtime='ort'); drop it")
+        if not self.float_outputs and "static" not in modes:
+            raise ValueError(f"float_outputs=False has no effect in {self.mode} mode: it gives static layers int8 "
+                             "outputs; drop it or choose mode='static'")
         if self.smoothquant is not None and self.mode not in _INT8_MODES:
             raise ValueError(f"smoothquant applies to the static and dynamic modes (int8 activations), not "
                              f"{self.mode!r}; drop smoothquant or change the mode")
@@ -374,14 +381,15 @@ class QuantConfig:
                      reduce_range: bool = False, symmetric: bool = True, method: str | WeightMethod = "rtn",
                      exclude: Iterable[str] = (), overrides: Iterable[LayerOverride] = (),
                      smoothquant: float | str | None = None, runtime: str | None = None,
-                     runtime_aware: bool = True) -> QuantConfig:
+                     runtime_aware: bool = True, float_outputs: bool = True) -> QuantConfig:
         """Build a config from ``mixq.quantize``'s keyword options; the config's own validation refuses an option
         that no layer would use (``observer`` without static layers, ``bits`` in fp16 mode, ...).
 
         ``bits`` (2 to 8) and ``symmetric`` shape the weights; weight_only below 8 bits gets ``group_size`` 128
         unless given; ``per_channel=False`` gives static and dynamic layers one weight scale per tensor;
         ``reduce_range=True`` keeps 8-bit static/dynamic weights within 7 bits; ``activation_dtype`` is static
-        mode's ``"uint8"`` (default) or ``"int8"``; ``runtime``/``runtime_aware``: runtime-aware precision.
+        mode's ``"uint8"`` (default) or ``"int8"``; ``runtime``/``runtime_aware``: runtime-aware precision;
+        ``float_outputs=False`` gives every static Linear an int8 output (see ``QuantConfig``).
         Example: ``QuantConfig.from_options("weight_only", bits=4)``.
         """
         if reduce_range:
@@ -397,7 +405,8 @@ class QuantConfig:
         return cls(mode, weight=weight, activation=_ACTIVATIONS[activation_dtype],
                    observer=None if observer is None else ObserverSpec(observer), exclude=exclude,  # type: ignore
                    overrides=tuple(overrides), method=WeightMethod(method) if isinstance(method, str) else method,
-                   smoothquant=smoothquant, runtime=runtime, runtime_aware=runtime_aware)
+                   smoothquant=smoothquant, runtime=runtime, runtime_aware=runtime_aware,
+                   float_outputs=float_outputs)
 
     @property
     def modes(self) -> frozenset[str]:
@@ -441,6 +450,7 @@ class QuantConfig:
             smoothquant=data.get("smoothquant"),
             runtime=data.get("runtime"),
             runtime_aware=data.get("runtime_aware", True),
+            float_outputs=data.get("float_outputs", True),
         )
 
 

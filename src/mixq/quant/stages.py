@@ -149,7 +149,7 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
             return make_observer(specs[owner], config.activation, name=label)
 
         qmodel, adds = apply_graph_mode(qmodel, add_observer, summary.notes, exported=exported,
-                                        untraceable=fx_why)
+                                        untraceable=fx_why, float_outputs=config.float_outputs)
         if export_failed:
             summary.notes.append(f"graph mode through torch.export not used: {export_failed}")
     if not exported and any(config.choice(n).mode == "dynamic" for n in plain):

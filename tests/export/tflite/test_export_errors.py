@@ -89,13 +89,21 @@ def test_bad_arguments_are_refused_before_converting(tmp_path, kwargs, error, ma
         mixq.export_tflite(_mlp(), torch.randn(1, 8), path, **kwargs)
 
 
-def test_a_torch_export_graph_mode_model_is_refused_with_the_way_out(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    bert = transformers.BertModel(transformers.BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).eval()
-    ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
-    qmodel = mixq.quantize(bert, "static", calib_data=[{"input_ids": ids}], exclude=["embeddings"], progress=False)
-    with pytest.raises(ExportError, match="torch.export graph mode.*mixq.export_onnx"):
-        mixq.export_tflite(qmodel, (ids,), tmp_path / "bert.tflite")
-    assert not (tmp_path / "bert.tflite").exists()
+class WithUnusedLayer(nn.Module):
+    """A layer the forward pass never calls (a pooler whose output a wrapper drops) is not in the file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.unused = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+@needs_litert
+def test_a_dynamic_range_layer_the_forward_never_calls_is_not_looked_for(tmp_path):
+    qmodel = mixq.quantize(WithUnusedLayer().eval(), "dynamic")
+    path = mixq.export_tflite(qmodel, torch.randn(1, 8), tmp_path / "m.tflite")
+    fcs = [op for op in mixq.inspect_tflite(path).ops if op.op_type == "FULLY_CONNECTED"]
+    assert [op.input_types[1] for op in fcs] == ["int8"]

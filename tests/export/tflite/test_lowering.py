@@ -19,6 +19,7 @@ from mixq.quant.modules import (
     QuantizedConv,
     QuantizedEmbedding,
     QuantizedLinear,
+    QuantizedMatMul,
 )
 from mixq.quant.primitives import dequantize
 from mixq.quant.spec import DEFAULT_WEIGHT, QuantConfig
@@ -71,6 +72,11 @@ def _pair() -> tuple[torch.Tensor, ...]:
     return torch.randn(2, 16, generator=g), torch.randn(2, 16, generator=g)
 
 
+def _matmul_pair() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    return torch.rand(2, 4, 16, generator=g), torch.randn(2, 16, 8, generator=g)
+
+
 # mixq class -> (id, module, inputs, lowered class, LiteRT mode)
 Case = tuple[str, Callable[[], nn.Module], Callable[[], tuple], type, str]
 CASES: dict[type, list[Case]] = {
@@ -81,7 +87,11 @@ CASES: dict[type, list[Case]] = {
          lowering.QDQConv, "full_integer"),
     ],
     QuantizedLinear: [("uint8-relu", lambda: QuantizedLinear(_linear(), DEFAULT_WEIGHT, U8, OUT, relu=True), _rows,
-                       lowering.QDQLinear, "full_integer")],
+                       lowering.QDQLinear, "full_integer"),
+                      ("float-output", lambda: QuantizedLinear(_linear(), DEFAULT_WEIGHT, U8, None), _rows,
+                       lowering.HybridLinear, "full_integer")],
+    QuantizedMatMul: [("uint8-int8", lambda: QuantizedMatMul(U8, I8), _matmul_pair, lowering.QDQMatMul,
+                       "full_integer")],
     QuantizedAdd: [("uint8", lambda: QuantizedAdd(U8, I8, OUT), _pair, lowering.QDQAdd, "full_integer")],
     DynamicQuantizedLinear: [("linear", lambda: DynamicQuantizedLinear.from_float(_linear(), QuantConfig("dynamic")),
                               _rows, lowering.DynamicRangeWeights, "dynamic_range")],
@@ -112,7 +122,12 @@ def test_lowering_keeps_mixqs_numbers(make, inputs, lowered_class, mode):
     assert type(model.op) is not lowered_class  # the model itself is left as it was
     with torch.no_grad():
         got, ref = lowered(*args), model(*args)
-    if mode == "full_integer":  # Q/DQ in float vs mixq's integer kernel: at most one output step apart
+    if lowered_class is lowering.HybridLinear:  # LiteRT's hybrid kernel: mixq's int8 weight, float input
+        q, scale = model.op.weight_t.t(), model.op.w_scale.reshape(-1)
+        assert torch.equal(lowered.op.dense.weight, dequantize(q, scale, axis=0))
+    elif mode == "full_integer" and model.op.y_scale is None:  # float output: integer products summed in float
+        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5)
+    elif mode == "full_integer":  # Q/DQ in float vs mixq's integer kernel: at most one output step apart
         assert torch.all((got - ref).abs() <= float(model.op.y_scale) * (1 + 1e-4))
     elif mode in ("float16", None):  # the same upcast weights (float16, or int8 rows times their scales)
         assert torch.equal(got, ref)

@@ -12,7 +12,8 @@ one step of 255 over that range is ``4 / 255`` (1.6%) of the RMS.
   on both sides), so they agree to float32 rounding (~1e-6); 1.6% is a bound, not an expected error.
 * Full-integer files run mixq's own scales and zero points; the two sides round the same values, differing in a
   tie or a requantization rounding by at most a step or two on a few elements, far below one step RMS.
-* Dynamic-range files quantize each layer's activation at run time on LiteRT's own grid (XNNPACK: one scale per
+* Dynamic-range files (and a full-integer file's hybrid layers: static Linears whose output mixq keeps float)
+  quantize each layer's activation at run time on LiteRT's own grid (XNNPACK: one scale per
   row), which mixq does not simulate (it simulates ONNX Runtime's one scale per tensor). Two roundings of
   different grids cannot be compared step for step, so both are compared with ``float_activations``: mixq's
   int8 weights with activations left float. The file may be off that reference by as much as mixq's simulation
@@ -86,21 +87,35 @@ def disagreement(got: np.ndarray, want: np.ndarray) -> float:
     return diff / norm if norm > 0 else diff
 
 
+def _rounds_at_run_time(m: nn.Module) -> bool:
+    """Layers whose LiteRT kernel quantizes its input at run time on its own grid: dynamic-range layers, and static
+    Linears with a float output (LiteRT's hybrid kernel, ``lowering.HybridLinear``)."""
+    from mixq.quant.modules import DynamicQuantizedConv, DynamicQuantizedLinear, QuantizedLinear
+
+    return isinstance(m, (DynamicQuantizedLinear, DynamicQuantizedConv)) or (
+        isinstance(m, QuantizedLinear) and m.y_scale is None)
+
+
+def rounds_at_run_time(model: nn.Module) -> bool:
+    """Whether any layer of ``model`` is compared through ``float_activations``."""
+    return any(_rounds_at_run_time(m) for m in model.modules())
+
+
 @contextlib.contextmanager
 def float_activations(model: nn.Module) -> Iterator[None]:
-    """Within the block, mixq's dynamic-range layers compute with their int8 weights (dequantized) on float
-    activations: the reference both a dynamic-range file and mixq's simulation of it round activations from."""
-    from mixq.quant.modules import DynamicQuantizedConv, DynamicQuantizedLinear
+    """Within the block, the layers LiteRT quantizes at run time (``_rounds_at_run_time``) compute with their int8
+    weights (dequantized) on float activations: the reference both the file and mixq's simulation round from."""
 
     def linear(m: nn.Module, inp: tuple, out: torch.Tensor) -> torch.Tensor:
-        return F.linear(inp[0], (m.weight_t.float() * m.w_scale.reshape(1, -1)).t(), m.bias)
+        y = F.linear(inp[0], (m.weight_t.float() * m.w_scale.reshape(1, -1)).t(), m.bias)
+        return torch.relu(y) if getattr(m, "relu", False) else y
 
     def conv(m: nn.Module, inp: tuple, out: torch.Tensor) -> torch.Tensor:
         w = m.weight.float() * m.w_scale.reshape(-1, *[1] * (m.weight.dim() - 1))
         return m.geometry.apply(inp[0], w, m.bias)
 
-    hooks = [m.register_forward_hook(linear if isinstance(m, DynamicQuantizedLinear) else conv)
-             for m in model.modules() if isinstance(m, (DynamicQuantizedLinear, DynamicQuantizedConv))]
+    hooks = [m.register_forward_hook(linear if hasattr(m, "weight_t") else conv)
+             for m in model.modules() if _rounds_at_run_time(m)]
     try:
         yield
     finally:

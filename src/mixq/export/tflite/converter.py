@@ -126,6 +126,16 @@ def _doubled(a: Any) -> Any:
     return torch.cat([a, a]) if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1 else a
 
 
+def _fenced(module: torch.nn.Module, args: tuple, kwargs: dict, shapes: Any) -> torch.nn.Module:
+    """``module`` captured with slice fences before its quantizes (``fences``), or ``module`` itself when none is
+    needed (the common case: converted as it is)."""
+    from mixq.export.tflite.fences import fence_sliced_quantizes
+
+    with torch.no_grad():
+        gm = torch.export.export(module.eval(), args, kwargs or None, dynamic_shapes=shapes, strict=False).module()
+    return gm if fence_sliced_quantizes(gm) else module
+
+
 def convert_to_tflite(module: torch.nn.Module, args: tuple, kwargs: dict, *, quantized: bool,
                       float_io: bool, dynamic_batch: bool) -> bytes:
     """``.tflite`` bytes of ``module`` traced with ``module(*args, **kwargs)``: inputs ``args_0``, ... and the
@@ -144,7 +154,9 @@ def convert_to_tflite(module: torch.nn.Module, args: tuple, kwargs: dict, *, qua
     if dynamic_batch:  # torch.export specialises a size-1 dimension to the constant 1: trace with a batch of 2
         args = tuple(_doubled(a) for a in args)
         kwargs = {k: _doubled(a) for k, a in kwargs.items()}
+    if quantized:
+        module = _fenced(module, args, kwargs, shapes)
     settings = _converter_settings("STATIC", strict=float_io) if quantized else contextlib.nullcontext()
     with settings, _constants_by_value():
-        converted = litert_torch.convert(module.eval(), args, kwargs or None, dynamic_shapes=shapes)
+        converted = litert_torch.convert(module, args, kwargs or None, dynamic_shapes=shapes)
     return converted.model_content()

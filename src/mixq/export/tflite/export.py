@@ -1,6 +1,8 @@
 """``mixq.export_tflite``: write a mixq model as a ``.tflite`` file for LiteRT, in the mode its layers were quantized.
 
-* static / QAT-converted model -> full-integer: int8 kernels with mixq's own scales and zero points;
+* static / QAT-converted model -> full-integer: int8 kernels with mixq's own scales and zero points (graph-mode
+  models included: integer attention MatMuls; a Linear whose output mixq keeps float runs as a float
+  FULLY_CONNECTED on its int8 input grid and weights, see ``QuantConfig.float_outputs``);
 * ``mode="dynamic"`` -> dynamic-range: int8 weights (mixq's), activations quantized by the kernels at run time;
 * ``mode="fp16"`` -> float16 weights, float32 compute;
 * a float model -> float32.
@@ -21,7 +23,7 @@ from torch import fx, nn
 
 from mixq.export.errors import ExportError
 from mixq.export.inputs import io_dtype_name
-from mixq.export.tflite.check import check_file, float_activations, named_outputs
+from mixq.export.tflite.check import check_file, float_activations, named_outputs, rounds_at_run_time
 from mixq.export.tflite.converter import captured_output, convert_to_tflite, require_litert
 from mixq.export.tflite.integer_io import integer_io
 from mixq.export.tflite.lowering import (
@@ -35,7 +37,6 @@ from mixq.export.tflite.recipes import apply_recipe
 from mixq.messages import first_line
 from mixq.quant.calibration import describe
 from mixq.quant.finiteness import check_finite
-from mixq.quant.modules import QuantizedLinear, QuantizedMatMul
 from mixq.quant.modules.observed import refuse_observed
 from mixq.quant.modules.registry import quantized_classes
 from mixq.report.files import atomic_path
@@ -55,18 +56,6 @@ def _as_inputs(example_inputs: Any) -> tuple[tuple, dict[str, torch.Tensor]]:
         return (), dict(example_inputs)
     raise TypeError(f"example_inputs must be a tensor, a tuple of tensors or a dict of named tensors (e.g. "
                     f"input_ids, attention_mask) for export_tflite, got {describe(example_inputs)}")
-
-
-def _refuse_graph_mode(model: nn.Module) -> None:
-    """Layers only torch.export graph mode makes have no verified LiteRT lowering: name the first."""
-    for name, module in model.named_modules():
-        if isinstance(module, QuantizedMatMul):
-            raise ExportError(f"layer {name!r} is an integer attention MatMul from torch.export graph mode, which "
-                              "has no verified LiteRT lowering yet; export this model with mixq.export_onnx")
-        if isinstance(module, QuantizedLinear) and module.y_scale is None:
-            raise ExportError(f"layer {name!r} keeps a float output (a model output left float by QAT, or a "
-                              "torch.export graph-mode Linear), which a full-integer .tflite cannot express yet; "
-                              "prepare QAT with float_outputs=False, or export with mixq.export_onnx")
 
 
 def _litert_mode(model: nn.Module, modes: dict[str, str]) -> str:
@@ -162,10 +151,21 @@ def _simulated(model: nn.Module, args: tuple, kwargs: dict, nhwc: bool) -> dict[
     return {k: np.moveaxis(v, 1, -1) if nhwc and v.ndim > 2 else v for k, v in outs.items()}
 
 
-def _layer_weights(lowered: nn.Module) -> list[np.ndarray]:
-    """The float weights of the lowered dynamic-range / float16 layers, which ``recipes`` finds in the file."""
+def _layer_weights(lowered: nn.Module, args: tuple, kwargs: dict) -> list[np.ndarray]:
+    """The float weights of the lowered dynamic-range / float16 layers that the example runs, which ``recipes``
+    finds in the file (a layer the forward pass never calls, e.g. a pooler whose output is dropped, is not in it)."""
     kinds = (DynamicRangeWeights, Float16Weights)
-    return [m.weight.numpy() for m in lowered.modules() if isinstance(m, kinds)]
+    ran: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: ran.append(mod))
+             for m in lowered.modules() if isinstance(m, kinds)]
+    try:
+        with torch.no_grad():
+            lowered(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    called = {id(m) for m in ran}
+    return [m.weight.numpy() for m in lowered.modules() if isinstance(m, kinds) and id(m) in called]
 
 
 def export_tflite(
@@ -212,7 +212,6 @@ def export_tflite(
     if kwargs and (nhwc or io_dtype != "float32"):
         raise ValueError("nhwc=True and integer io_dtype take positional example inputs (images, features), not a "
                          "dict of named inputs")
-    _refuse_graph_mode(model)
     lowered, modes = lower(model)
     mode = _litert_mode(model, modes)
     if io_dtype != "float32" and mode != "full_integer":
@@ -224,7 +223,7 @@ def export_tflite(
     feeds = kwargs or {f"args_{k}": a for k, a in enumerate(file_args)}
     expected = _simulated(model, args, kwargs, nhwc)
     reference = None
-    if mode == "dynamic_range":  # LiteRT rounds activations on its own grid: see mixq.export.tflite.check
+    if rounds_at_run_time(model):  # LiteRT rounds activations on its own grid: see mixq.export.tflite.check
         with float_activations(model):
             reference = _simulated(model, args, kwargs, nhwc)
     log_text: list[str] = []
@@ -233,8 +232,9 @@ def export_tflite(
             warnings.simplefilter("ignore")
             content = convert_to_tflite(module, file_args, kwargs, quantized=mode == "full_integer",
                                                   float_io=io_dtype == "float32", dynamic_batch=dynamic_batch)
-            if mode in ("dynamic_range", "float16"):
-                content = apply_recipe(content, mode, _layer_weights(lowered))
+            weights = _layer_weights(lowered, args, kwargs)  # dynamic-range / float16 / full-integer hybrid layers
+            if weights:
+                content = apply_recipe(content, "dynamic_range" if mode == "full_integer" else mode, weights)
             if io_dtype != "float32":
                 content = integer_io(content, in_q, out_q, io_dtype)
             error = check_file(content, feeds, expected, mode, reference)

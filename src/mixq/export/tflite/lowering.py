@@ -32,6 +32,7 @@ from mixq.quant.modules import (
     QuantizedConv,
     QuantizedEmbedding,
     QuantizedLinear,
+    QuantizedMatMul,
 )
 from mixq.quant.modules.conv_args import ConvGeometry
 
@@ -147,6 +148,38 @@ class QDQLinear(nn.Module):
         return self.y_q(F.relu(y) if self.relu else y)
 
 
+class HybridLinear(nn.Module):
+    """A ``QuantizedLinear`` whose output mixq keeps float (graph mode: no integer kernel reads it; ONNX Runtime's
+    MatMulIntegerToFloat). LiteRT's int8 FULLY_CONNECTED has no float output, so it runs as LiteRT's hybrid kernel:
+    mixq's int8 weight (stored as int8 by ``recipes``, found by its values), float input and output. That kernel
+    quantizes its input itself at run time (XNNPACK: one grid per row, never coarser than mixq's one per tensor)
+    and takes no input grid, so mixq's is not used; the export's check allows for it (``mixq.export.tflite.check``).
+    """
+
+    def __init__(self, m: QuantizedLinear) -> None:
+        super().__init__()
+        scale = m.w_scale.reshape(-1).expand(m.weight_t.shape[1])
+        self.dense = DynamicRangeWeights(_dequantized(m.weight_t.t(), scale, 0), m.bias, None)
+        self.relu = m.relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dense(x)
+        return F.relu(y) if self.relu else y
+
+
+class QDQMatMul(nn.Module):
+    """``QuantizedMatMul`` for LiteRT: both activations on their int8 grids, float product (attention's Q·Kᵀ and
+    probabilities·V)."""
+
+    def __init__(self, m: QuantizedMatMul) -> None:
+        super().__init__()
+        self.a_q = ActivationQParams(m.x_scale, m.x_zp)
+        self.b_q = ActivationQParams(m.b_scale, m.b_zp)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(self.a_q(a), self.b_q(b))
+
+
 class QDQAdd(nn.Module):
     """``QuantizedAdd`` for LiteRT: both inputs and the output on their int8 grids."""
 
@@ -199,8 +232,15 @@ class Int8Embedding(nn.Module):
 
 
 lowers(QuantizedConv, "full_integer")(QDQConv)
-lowers(QuantizedLinear, "full_integer")(QDQLinear)
+
+
+@lowers(QuantizedLinear, "full_integer")
+def _static_linear(m: QuantizedLinear) -> nn.Module:
+    return HybridLinear(m) if m.y_scale is None else QDQLinear(m)
+
+
 lowers(QuantizedAdd, "full_integer")(QDQAdd)
+lowers(QuantizedMatMul, "full_integer")(QDQMatMul)
 lowers(QuantizedEmbedding, None)(Int8Embedding)
 
 
