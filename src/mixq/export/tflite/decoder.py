@@ -36,6 +36,7 @@ from mixq.report.files import atomic_path
 log = logging.getLogger(__name__)
 
 SIGNATURES = ("prefill", "decode")
+DEFAULT_CACHE = 256
 
 
 def cache_names(layers: int) -> list[str]:
@@ -104,30 +105,34 @@ class _Named(nn.Module):
         return {"logits": logits, **dict(zip(self.names, cache, strict=True))}
 
 
-def _check_sizes(model: nn.Module, cache_len: int, prefill_len: int) -> None:
+def _check_sizes(model: nn.Module, cache_len: int | None, prefill_len: int) -> int:
+    """The cache length (default: 256, or the model's positions if fewer), checked with ``prefill_len``."""
     from mixq.export.onnx.decoder_checks import max_positions
 
+    limit = max_positions(getattr(model, "config", None))
+    if cache_len is None:
+        cache_len = min(DEFAULT_CACHE, limit or DEFAULT_CACHE)
+        prefill_len = min(prefill_len, cache_len)
     for name, value in (("cache_len", cache_len), ("prefill_len", prefill_len)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if prefill_len > cache_len:
         raise ValueError(f"prefill_len={prefill_len} is longer than the cache (cache_len={cache_len})")
-    limit = max_positions(getattr(model, "config", None))
     if limit is not None and cache_len > limit:
         raise ValueError(f"cache_len={cache_len} runs past the model's {limit} positions; pass cache_len <= {limit}")
+    return cache_len
 
 
 def refuse_layers(model: nn.Module) -> str:
     """The LiteRT mode of ``model``'s quantized layers for a decoder file (``weight_only`` or ``float32``), or
     ExportError naming the first layer a decoder file cannot hold (int8 embedding tables fit either)."""
     from mixq.export.tflite.lowering import lowering_of
-    from mixq.export.tflite.weight_only import refusal
+    from mixq.export.tflite.weight_only import refuse_weight_only
     from mixq.quant.modules import WeightOnlyLinear
     from mixq.quant.modules.registry import quantized_classes
 
+    refuse_weight_only(model)
     for name, module in model.named_modules():
-        if isinstance(module, WeightOnlyLinear) and refusal(module) is not None:
-            raise ExportError(f"layer {name!r} {refusal(module)}")
         rule = lowering_of(module)
         if isinstance(module, quantized_classes()) and (rule is None or rule.mode not in (None, "weight_only")):
             kind = "no LiteRT form" if rule is None else "no decoder .tflite form yet"
@@ -136,15 +141,16 @@ def refuse_layers(model: nn.Module) -> str:
     return "weight_only" if any(isinstance(m, WeightOnlyLinear) for m in model.modules()) else "float32"
 
 
-def export_decoder_tflite(model: nn.Module, path: str | os.PathLike, *, cache_len: int = 256,
+def export_decoder_tflite(model: nn.Module, path: str | os.PathLike, *, cache_len: int | None = None,
                           prefill_len: int = 32) -> Path:
     """Write a (weight-only quantized, or float) Hugging Face causal LM as a LiteRT key/value-cache decoder.
 
     The file has two signatures, ``prefill`` (``prefill_len`` tokens) and ``decode`` (one token), over a cache of
-    ``cache_len`` positions (see the module docstring for the layout); ``mixq.generate_tflite`` runs it. mixq's
-    weight-only layers become LiteRT integer-weight layers (``mixq.export.tflite.weight_only``: int8 per-channel,
-    int4 per-channel or in blocks of 32-256). Before the file replaces ``path``, a prompt is run through it and
-    through mixq's PyTorch model: logits more than 4/255 relative RMS apart refuse it (``ExportError``).
+    ``cache_len`` positions (default 256, or the model's position table if smaller; attention runs over the whole
+    cache, so a longer one makes each step slower; the layout is in the module docstring); ``mixq.generate_tflite``
+    runs it. mixq's weight-only layers become LiteRT integer-weight layers (``mixq.export.tflite.weight_only``:
+    int8 per-channel, int4 per-channel or in blocks of 32-256). Before the file replaces ``path``, a prompt is run
+    through it and through mixq's PyTorch model: logits more than 4/255 relative RMS apart refuse it (``ExportError``).
 
     Example: ``mixq.export_decoder_tflite(mixq.quantize(lm, "weight_only", bits=4), "lm_int4.tflite")``.
     """
@@ -160,7 +166,8 @@ def export_decoder_tflite(model: nn.Module, path: str | os.PathLike, *, cache_le
         raise ValueError(f"the output path should end in .tflite, got {str(target)!r}")
     if not target.parent.exists():
         raise FileNotFoundError(f"output directory {str(target.parent)!r} does not exist; create it first")
-    _check_sizes(model, cache_len, prefill_len)
+    cache_len = _check_sizes(model, cache_len, prefill_len)
+    prefill_len = min(prefill_len, cache_len)
     mode = refuse_layers(model)
     check_causal_lm(CachedDecoder(model.eval()), model)
     log_text: list[str] = []

@@ -85,6 +85,21 @@ class TFLiteDecoderSession:
         return logits
 
 
+def decoder_layout_tflite(path: str | os.PathLike) -> dict[str, Any]:
+    """What an ``export_decoder_tflite`` file takes: layers, cache heads, head size, cache and prefill lengths."""
+    s = TFLiteDecoderSession(path, threads=1)
+    return {"signatures": list(SIGNATURES), "layers": len(s.names) // 2, "kv_heads": s.cache_shape[1],
+            "head_dim": s.cache_shape[3], "cache_len": s.cache_len, "prefill_len": s.prefill_len, "vocab": s.vocab}
+
+
+def describe_decoder_tflite(layout: dict[str, Any]) -> str:
+    """One line saying what a :func:`decoder_layout_tflite` file is and how to run it."""
+    return (f"LiteRT key/value-cache decoder with {layout['layers']} layers: signatures prefill "
+            f"({layout['prefill_len']} tokens) and decode (1 token) over a cache of {layout['cache_len']} positions "
+            f"(kv_cache_{{k,v}}_{{i}} [1, {layout['kv_heads']}, {layout['cache_len']}, {layout['head_dim']}]); "
+            "generate with mixq.generate_tflite")
+
+
 def generate_tflite(path_or_session: Any, input_ids: torch.Tensor, max_new_tokens: int,
                     attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Greedy generation through an ``export_decoder_tflite`` file (or its ``TFLiteDecoderSession``), like

@@ -2,6 +2,8 @@
 
 * static / QAT-converted model -> full-integer: int8 kernels with mixq's own scales and zero points;
 * ``mode="dynamic"`` -> dynamic-range: int8 weights (mixq's), activations quantized by the kernels at run time;
+* ``mode="weight_only"`` -> mixq's int8 per-channel / int4 weights in LiteRT's integer-weight layers
+  (``weight_only``; a causal LM with a key/value cache goes through ``export_decoder_tflite``);
 * ``mode="fp16"`` -> float16 weights, float32 compute;
 * a float model -> float32.
 """
@@ -32,6 +34,7 @@ from mixq.export.tflite.lowering import (
     lowering_of,
 )
 from mixq.export.tflite.recipes import apply_recipe
+from mixq.export.tflite.weight_only import WeightOnlyWeights, refuse_weight_only, store_weight_only
 from mixq.messages import first_line
 from mixq.quant.calibration import describe
 from mixq.quant.finiteness import check_finite
@@ -213,6 +216,7 @@ def export_tflite(
         raise ValueError("nhwc=True and integer io_dtype take positional example inputs (images, features), not a "
                          "dict of named inputs")
     _refuse_graph_mode(model)
+    refuse_weight_only(model)
     lowered, modes = lower(model)
     mode = _litert_mode(model, modes)
     if io_dtype != "float32" and mode != "full_integer":
@@ -235,6 +239,8 @@ def export_tflite(
                                                   float_io=io_dtype == "float32", dynamic_batch=dynamic_batch)
             if mode in ("dynamic_range", "float16"):
                 content = apply_recipe(content, mode, _layer_weights(lowered))
+            if mode == "weight_only":
+                content = store_weight_only(content, [m for m in lowered.modules() if isinstance(m, WeightOnlyWeights)])
             if io_dtype != "float32":
                 content = integer_io(content, in_q, out_q, io_dtype)
             error = check_file(content, feeds, expected, mode, reference)

@@ -19,6 +19,7 @@ groups, group sizes LiteRT has no blockwise kernel for, and K not a whole number
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 import torch
@@ -47,6 +48,15 @@ def refusal(m: WeightOnlyLinear) -> str | None:
     if not _per_channel(m) and m.in_features % m.block_size:
         return f"has {m.in_features} inputs, not a whole number of {m.block_size}-column groups"
     return None
+
+
+def refuse_weight_only(model: nn.Module) -> None:
+    """ExportError naming the first weight-only layer LiteRT cannot hold (see :func:`refusal`)."""
+    from mixq.export.errors import ExportError
+
+    for name, module in model.named_modules():
+        if isinstance(module, WeightOnlyLinear) and refusal(module) is not None:
+            raise ExportError(f"layer {name!r} {refusal(module)}")
 
 
 def file_scale(scale: torch.Tensor) -> torch.Tensor:
@@ -96,7 +106,7 @@ def _recipe(layers: list[tuple[str, WeightOnlyWeights]]) -> list:
     for scope, layer in layers:
         granularity = (qtyping.QuantGranularity.CHANNELWISE if layer.block == 0
                        else qtyping.QuantGranularity[f"BLOCKWISE_{layer.block}"])
-        manager.add_dynamic_config(regex="^" + __import__("re").escape(scope) + "$",
+        manager.add_dynamic_config(regex="^" + re.escape(scope) + "$",
                                    operation_name=qtyping.TFLOperationName.FULLY_CONNECTED, num_bits=layer.bits,
                                    granularity=granularity)
     return manager.get_quantization_recipe()
