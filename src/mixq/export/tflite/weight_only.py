@@ -18,8 +18,10 @@ groups, group sizes LiteRT has no blockwise kernel for, and K not a whole number
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -93,6 +95,29 @@ class WeightOnlyWeights(nn.Module):
 
     def extra_repr(self) -> str:
         return f"int{self.bits}, {'per-channel' if self.block == 0 else f'blocks of {self.block}'}"
+
+
+@contextlib.contextmanager
+def row_quantized_activations(model: nn.Module) -> Iterator[None]:
+    """Within the block, every weight-only layer of ``model`` first rounds its input to int8 per row the way
+    XNNPACK's integer-weight kernels do (asymmetric, the range widened to hold 0, 255 steps, ties to even): the
+    reference a LiteRT weight-only file is checked against."""
+
+    def rounded(module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        lo = torch.clamp(x.amin(-1, keepdim=True), max=0.0)
+        hi = torch.clamp(x.amax(-1, keepdim=True), min=0.0)
+        scale = torch.where(hi > lo, (hi - lo) / 255, torch.ones_like(hi))
+        zero = torch.clamp(torch.round(-128 - lo / scale), -128, 127)
+        q = torch.clamp(torch.round(x / scale) + zero, -128, 127)
+        return ((q - zero) * scale, *args[1:])
+
+    hooks = [m.register_forward_pre_hook(rounded) for m in model.modules() if isinstance(m, WeightOnlyLinear)]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def _digest(data: bytes | np.ndarray) -> str:
