@@ -155,6 +155,7 @@ def export_decoder_tflite(model: nn.Module, path: str | os.PathLike, *, cache_le
     Example: ``mixq.export_decoder_tflite(mixq.quantize(lm, "weight_only", bits=4), "lm_int4.tflite")``.
     """
     from mixq.export.tflite.converter import captured_output, require_litert
+    from mixq.export.tflite.lowering import lower
 
     require_litert()
     if not isinstance(model, nn.Module):
@@ -174,8 +175,9 @@ def export_decoder_tflite(model: nn.Module, path: str | os.PathLike, *, cache_le
     try:
         with atomic_path(target) as tmp, warnings.catch_warnings(), captured_output(log_text):
             warnings.simplefilter("ignore")
-            content = _convert(model, cache_len, prefill_len)
-            error = check_decoder(content, model)
+            lowered = lower(model)[0]
+            content = _convert(lowered, cache_len, prefill_len)
+            error = check_decoder(content, model, lowered)
             tmp.write_bytes(content)
     except ExportError:
         raise
@@ -187,9 +189,9 @@ def export_decoder_tflite(model: nn.Module, path: str | os.PathLike, *, cache_le
     return target
 
 
-def _convert(model: nn.Module, cache_len: int, prefill_len: int) -> bytes:
-    """The decoder's ``.tflite`` bytes: both signatures converted, weight-only layers stored as integers."""
-    from mixq.export.tflite.lowering import lower
+def _convert(lowered: nn.Module, cache_len: int, prefill_len: int) -> bytes:
+    """The decoder's ``.tflite`` bytes (of the ``lower``-ed model): both signatures converted, weight-only layers
+    stored as integers."""
     from mixq.export.tflite.weight_only import WeightOnlyWeights, store_weight_only
     from mixq.quiet import import_quietly
 
@@ -197,7 +199,6 @@ def _convert(model: nn.Module, cache_len: int, prefill_len: int) -> bytes:
     from litert_torch._config import config
 
     config.show_progress = False
-    lowered, _ = lower(model)
     named = _Named(FixedCacheDecoder(lowered, cache_len)).eval()
     converted = litert_torch.signature("prefill", named, sample_kwargs=named.decoder.signature_inputs(prefill_len)) \
         .signature("decode", named, sample_kwargs=named.decoder.signature_inputs(1, prefill_len)).convert()
@@ -221,11 +222,12 @@ def _logits(model: nn.Module, prompt: torch.Tensor, steps: int) -> list[np.ndarr
     return out
 
 
-def check_decoder(content: bytes, model: nn.Module, steps: int = 3) -> float:
+def check_decoder(content: bytes, model: nn.Module, lowered: nn.Module, steps: int = 3) -> float:
     """Run a short prompt and ``steps`` greedy tokens through the file and through mixq's model; refuse a file
-    whose logits are more than ``TOLERANCE`` relative RMS off ``row_quantized_activations(model)`` (LiteRT's
-    integer-weight kernels round each activation row to int8; mixq's weight-only simulation does not). Returns
-    the largest disagreement with mixq's own simulation."""
+    whose logits are more than ``TOLERANCE`` relative RMS off the ``lowered`` model under
+    ``row_quantized_activations`` (what the file computes: LiteRT's integer-weight kernels round each activation
+    row to int8, and blockwise scales are bfloat16; mixq's weight-only simulation does neither). Returns the
+    largest disagreement with mixq's own simulation."""
     from mixq.export.tflite.check import TOLERANCE, disagreement
     from mixq.export.tflite.decoder_run import TFLiteDecoderSession
     from mixq.export.tflite.weight_only import row_quantized_activations
@@ -234,14 +236,14 @@ def check_decoder(content: bytes, model: nn.Module, steps: int = 3) -> float:
     vocab = int(getattr(model.config, "vocab_size", 2))
     prompt = torch.arange(3, 3 + min(5, session.prefill_len), dtype=torch.long)[None] % vocab
     simulated = _logits(model, prompt, steps)
-    with row_quantized_activations(model):
-        reference = _logits(model, prompt, steps)
+    with row_quantized_activations(lowered):
+        reference = _logits(lowered, prompt, steps)
     got = [session.prefill(prompt[0].tolist())]
     for want in simulated[:-1]:  # the file follows the simulation's greedy tokens
         got.append(session.decode(int(np.argmax(want))))
     worst = max(disagreement(g, r) for g, r in zip(got, reference, strict=True))
     if not np.isfinite(worst) or worst > TOLERANCE:
         raise ExportError(f"the converted decoder's logits are {worst:.1%} relative RMS off mixq's model with "
-                          f"activations rounded as LiteRT rounds them (tolerance {TOLERANCE:.1%}); nothing was "
-                          "written")
+                          f"activations and scales rounded as LiteRT rounds them (tolerance {TOLERANCE:.1%}); "
+                          "nothing was written")
     return max(disagreement(g, w) for g, w in zip(got, simulated, strict=True))

@@ -99,9 +99,10 @@ class WeightOnlyWeights(nn.Module):
 
 @contextlib.contextmanager
 def row_quantized_activations(model: nn.Module) -> Iterator[None]:
-    """Within the block, every weight-only layer of ``model`` first rounds its input to int8 per row the way
-    XNNPACK's integer-weight kernels do (asymmetric, the range widened to hold 0, 255 steps, ties to even): the
-    reference a LiteRT weight-only file is checked against."""
+    """Within the block, every weight-only layer of ``model`` (mixq's, or lowered) first rounds its input to int8
+    per row the way XNNPACK's integer-weight kernels do (asymmetric, the range widened to hold 0, 255 steps, ties
+    to even). With the lowered model (blockwise scales rounded as the file stores them) this is what the file
+    computes, to float32 rounding: the reference a LiteRT weight-only file is checked against."""
 
     def rounded(module: nn.Module, args: tuple) -> tuple:
         x = args[0]
@@ -112,7 +113,8 @@ def row_quantized_activations(model: nn.Module) -> Iterator[None]:
         q = torch.clamp(torch.round(x / scale) + zero, -128, 127)
         return ((q - zero) * scale, *args[1:])
 
-    hooks = [m.register_forward_pre_hook(rounded) for m in model.modules() if isinstance(m, WeightOnlyLinear)]
+    kinds = (WeightOnlyLinear, WeightOnlyWeights)
+    hooks = [m.register_forward_pre_hook(rounded) for m in model.modules() if isinstance(m, kinds)]
     try:
         yield
     finally:
