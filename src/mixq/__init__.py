@@ -15,6 +15,7 @@ from mixq.auto import AutoQuantReport, AutoQuantResult, EvalFnError, LayerOverri
 from mixq.export import ExportError, export_decoder_onnx, export_onnx, generate_onnx, generate_torch, optimized_op_types
 from mixq.export.tflite import (
     LiteRTSession,
+    TFLiteDecoderSession,
     TFLiteRunner,
     export_decoder_tflite,
     export_tflite,
@@ -54,6 +55,7 @@ __all__ = [
     "QuantConfig",
     "QuantSpec",
     "QuantizationSummary",
+    "TFLiteDecoderSession",
     "TFLiteRunner",
     "WeightMethod",
     "autoquantize",
