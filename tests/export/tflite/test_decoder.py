@@ -64,6 +64,7 @@ def _file_weights(path) -> list[tuple[str, np.ndarray]]:
     return out
 
 
+@pytest.mark.nightly  # one decoder conversion: ~1 min on 2 cores
 def test_int4_decoder_generates_the_same_tokens_as_the_simulation(int4):
     qlm, path = int4
     torch.manual_seed(1)
@@ -72,6 +73,7 @@ def test_int4_decoder_generates_the_same_tokens_as_the_simulation(int4):
     assert torch.equal(mixq.generate_tflite(path, prompt, max_new_tokens=12), expected)
 
 
+@pytest.mark.nightly  # one decoder conversion: ~1 min on 2 cores
 def test_a_left_padded_row_generates_what_its_prompt_does_alone(int4):
     qlm, path = int4
     prompt = torch.tensor([[0, 0, 5, 17, 33], [4, 8, 15, 16, 23]])
@@ -82,6 +84,7 @@ def test_a_left_padded_row_generates_what_its_prompt_does_alone(int4):
     assert torch.equal(got, mixq.generate_torch(qlm, prompt, max_new_tokens=6, attention_mask=mask))
 
 
+@pytest.mark.nightly  # one decoder conversion: ~1 min on 2 cores
 def test_the_file_holds_mixqs_int4_codes_bit_for_bit(int4):
     from ai_edge_quantizer.transformations import transformation_utils
 
@@ -97,6 +100,7 @@ def test_the_file_holds_mixqs_int4_codes_bit_for_bit(int4):
     assert {data.tobytes() for _, data in stored} == packed
 
 
+@pytest.mark.nightly  # one decoder conversion: ~1 min on 2 cores
 def test_signatures_and_cache_layout(int4):
     from mixq.export.tflite.decoder_run import TFLiteDecoderSession
 
@@ -105,6 +109,7 @@ def test_signatures_and_cache_layout(int4):
     assert session.cache_shape == (1, 2, 48, 16) and len(session.names) == 4  # 2 layers x key, value
 
 
+@pytest.mark.nightly
 @pytest.mark.parametrize(("ids", "new", "message"), [
     (torch.tensor([[1, VOCAB]]), 2, "outside the vocabulary"),
     (torch.ones(1, 40, dtype=torch.long), 9, "cache of 48 positions"),
