@@ -13,7 +13,15 @@ Example::
 from mixq.amp import LossScale, MixedPrecision, NonFiniteGradientsError, NumericsConfig, Policy
 from mixq.auto import AutoQuantReport, AutoQuantResult, EvalFnError, LayerOverride, autoquantize
 from mixq.export import ExportError, export_decoder_onnx, export_onnx, generate_onnx, generate_torch, optimized_op_types
-from mixq.export.tflite import LiteRTSession, TFLiteRunner, export_tflite, inspect_tflite
+from mixq.export.tflite import (
+    LiteRTSession,
+    TFLiteDecoderSession,
+    TFLiteRunner,
+    export_decoder_tflite,
+    export_tflite,
+    generate_tflite,
+    inspect_tflite,
+)
 from mixq.pretrained import from_pretrained, save_pretrained
 from mixq.qat import QATConfig, convert, freeze_batchnorm, freeze_observers, prepare_qat
 from mixq.quant import (
@@ -47,17 +55,20 @@ __all__ = [
     "QuantConfig",
     "QuantSpec",
     "QuantizationSummary",
+    "TFLiteDecoderSession",
     "TFLiteRunner",
     "WeightMethod",
     "autoquantize",
     "convert",
     "export_decoder_onnx",
     "export_onnx",
+    "export_decoder_tflite",
     "export_tflite",
     "freeze_batchnorm",
     "freeze_observers",
     "from_pretrained",
     "generate_onnx",
+    "generate_tflite",
     "generate_torch",
     "inspect_tflite",
     "make_config",

@@ -134,8 +134,10 @@ CASES: dict[str, tuple[list[str], int, str]] = {
                                  "buffer '1.running_var' (4,) holds 1 NaN value"),
     "tflite int8 io without static": (Q + ["--io-dtype", "int8", "--output", "a.tflite"], 2,
                                       "--io-dtype int8 needs a full-integer LiteRT file"),
-    "tflite weight only": (Q[:4] + ["weight_only"] + Q[5:] + ["--output", "a.tflite"], 2,
-                           "LiteRT has no form for weight-only layers"),
+    "tflite weight only asym": (Q[:4] + ["weight_only", "--bits", "4", "--weight-scheme", "asym"] + Q[5:]
+                                + ["--output", "a.tflite"], 2, "LiteRT's integer weights have no zero points"),
+    "tflite weight only group 16": (Q[:4] + ["weight_only", "--bits", "4", "--group-size", "16"] + Q[5:]
+                                    + ["--output", "a.tflite"], 2, "not --group-size 16"),
     "bench batch past memory": (["bench", "cnn.onnx", "--batch", "100000000000"], 2, "TiB of memory, more than"),
     "bench shape past memory": (["bench", "cnn.onnx", "--shape", "x=1000000000000x1x8x8"], 2,
                                 "TiB of memory, more than"),

@@ -91,3 +91,20 @@ def test_decoder_feeds_fill_in_an_empty_cache_and_a_full_mask(hf_dirs, mixq_main
     logits, *present = session.run(None, feeds)
     step = decoder_feeds(session, np.zeros((2, 1), np.int64), past=present)
     assert step["attention_mask"].shape == (2, 4) and session.run(None, step)[1].shape == (2, 2, 4, 16)
+
+
+@pytest.mark.nightly
+def test_int4_causal_lm_to_tflite_is_a_litert_kv_cache_decoder(mixq_main, hf_dirs):
+    from mixq.export.tflite import inspect_tflite, litert_available
+
+    if not litert_available():
+        pytest.skip("LiteRT extra not installed")
+    code, out, err = mixq_main("quantize", "--hf", "llama", "--hf-task", "causal-lm", "--mode", "weight_only",
+                               "--bits", "4", "--output", "llama_w4.tflite", cwd=hf_dirs)
+    assert code == 0, err
+    assert "llama_w4.tflite: LiteRT key/value-cache decoder with 2 layers" in out
+    sidecar = json.loads((hf_dirs / "llama_w4.mixq.json").read_text())
+    assert sidecar["decoder"]["cache_len"] == 64 and sidecar["decoder"]["signatures"] == ["prefill", "decode"]
+    assert "int4" in inspect_tflite(hf_dirs / "llama_w4.tflite").size_by_dtype
+    tokens = mixq.generate_tflite(hf_dirs / "llama_w4.tflite", torch.tensor([[1, 5, 7]]), 4)
+    assert tokens.shape == (1, 7)

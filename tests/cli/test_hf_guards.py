@@ -70,9 +70,9 @@ def test_an_example_shape_past_memory_is_refused(mixq_main, hf_dirs):
                                                "1000000000,16", "--output", "bad.onnx"], "TiB of memory, more than")
 
 
-def test_a_key_value_cache_decoder_to_tflite_is_refused_before_loading(mixq_main, hf_dirs):
+def test_a_dynamic_range_decoder_to_tflite_is_refused_before_loading(mixq_main, hf_dirs):
     assert_one_line_error(mixq_main, hf_dirs, ["quantize", "--hf", "llama", "--hf-task", "causal-lm", "--mode",
-                                               "dynamic", "--output", "bad.tflite"], "has no .tflite form",
+                                               "dynamic", "--output", "bad.tflite"], "not --mode dynamic",
                           output="bad.tflite")
 
 

@@ -1,6 +1,7 @@
 """The commands' export through the output's format (``mixq.export.backend``): for ONNX, ``mixq.export_onnx``
 (outputs named like the model's), or for ``--hf-task causal-lm`` the key/value-cache decoder
-(``mixq.export_decoder_onnx``); a failure at export (a shape the model cannot be traced at) reported as one line."""
+(``mixq.export_decoder_onnx``, or ``mixq.export_decoder_tflite`` for a .tflite output); a failure at export (a
+shape the model cannot be traced at) reported as one line."""
 
 from __future__ import annotations
 
@@ -61,8 +62,14 @@ def export_model(model: nn.Module, example: Any, output: Path, args: argparse.Na
 def decoder_info(path: Path, args: argparse.Namespace) -> dict[str, Any] | None:
     """For the sidecar: the layout of the key/value-cache decoder ``path`` (see
     ``mixq.export.onnx.decoder.decoder_layout``) when the command wrote one, else None; printed as one line."""
-    if not exports_decoder(args) or path.suffix != ".onnx":
+    if not exports_decoder(args) or path.suffix not in (".onnx", ".tflite"):
         return None
+    if path.suffix == ".tflite":
+        from mixq.export.tflite.decoder_run import decoder_layout_tflite, describe_decoder_tflite
+
+        layout = decoder_layout_tflite(path)
+        print(f"{path.name}: {describe_decoder_tflite(layout)}")
+        return layout
     import onnx
 
     from mixq.export.onnx.decoder import decoder_layout, describe_decoder

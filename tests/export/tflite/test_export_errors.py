@@ -57,9 +57,9 @@ def test_op_litert_cannot_express_names_the_layer_and_keeps_the_old_file(tmp_pat
 
 
 @needs_litert
-def test_layer_without_a_litert_form_is_named(tmp_path):
-    qmodel = mixq.quantize(_mlp(), "weight_only", bits=4, group_size=16)
-    with pytest.raises(ExportError, match=r"layer '0' \(WeightOnlyLinear\) has no LiteRT form"):
+def test_a_weight_only_grid_litert_cannot_hold_is_named(tmp_path):
+    qmodel = mixq.quantize(_mlp(), "weight_only", bits=4, group_size=16, symmetric=False)
+    with pytest.raises(ExportError, match=r"layer '0' has zero points \(asymmetric grid\)"):
         mixq.export_tflite(qmodel, torch.randn(1, 8), tmp_path / "m.tflite")
 
 

@@ -22,13 +22,17 @@ class TFLiteFormat(Format):
 
     name, suffix, title, noun = "tflite", ".tflite", "LiteRT", "a LiteRT file"
     file_hint = "pass a .tflite file, e.g. one written by mixq quantize --format tflite"
-    options = ("io_dtype", "nhwc")
+    options = ("io_dtype", "nhwc", "decoder")
     install_hint = INSTALL_HINT
 
     def available(self) -> bool:
         return litert_available()
 
     def export(self, model: Any, example_inputs: Any, path: str | os.PathLike, **options: Any) -> Path:
+        if options.pop("decoder", False):  # a causal LM with a key/value cache (export_decoder_tflite)
+            from mixq.export.tflite.decoder import export_decoder_tflite
+
+            return export_decoder_tflite(model, path)
         from mixq.export.tflite.export import export_tflite
 
         return export_tflite(model, example_inputs, path, **options)

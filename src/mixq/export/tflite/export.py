@@ -4,6 +4,8 @@
   models included: integer attention MatMuls; a Linear whose output mixq keeps float runs as a float
   FULLY_CONNECTED on its int8 input grid and weights, see ``QuantConfig.float_outputs``);
 * ``mode="dynamic"`` -> dynamic-range: int8 weights (mixq's), activations quantized by the kernels at run time;
+* ``mode="weight_only"`` -> mixq's int8 per-channel / int4 weights in LiteRT's integer-weight layers
+  (``weight_only``; a causal LM with a key/value cache goes through ``export_decoder_tflite``);
 * ``mode="fp16"`` -> float16 weights, float32 compute;
 * a float model -> float32.
 """
@@ -34,6 +36,7 @@ from mixq.export.tflite.lowering import (
     lowering_of,
 )
 from mixq.export.tflite.recipes import apply_recipe
+from mixq.export.tflite.weight_only import WeightOnlyWeights, refuse_weight_only, store_weight_only
 from mixq.messages import first_line
 from mixq.quant.calibration import describe
 from mixq.quant.finiteness import check_finite
@@ -212,6 +215,7 @@ def export_tflite(
     if kwargs and (nhwc or io_dtype != "float32"):
         raise ValueError("nhwc=True and integer io_dtype take positional example inputs (images, features), not a "
                          "dict of named inputs")
+    refuse_weight_only(model)
     lowered, modes = lower(model)
     mode = _litert_mode(model, modes)
     if io_dtype != "float32" and mode != "full_integer":
@@ -233,8 +237,10 @@ def export_tflite(
             content = convert_to_tflite(module, file_args, kwargs, quantized=mode == "full_integer",
                                                   float_io=io_dtype == "float32", dynamic_batch=dynamic_batch)
             weights = _layer_weights(lowered, args, kwargs)  # dynamic-range / float16 / full-integer hybrid layers
-            if weights:
+            if weights and mode != "weight_only":
                 content = apply_recipe(content, "dynamic_range" if mode == "full_integer" else mode, weights)
+            if mode == "weight_only":
+                content = store_weight_only(content, [m for m in lowered.modules() if isinstance(m, WeightOnlyWeights)])
             if io_dtype != "float32":
                 content = integer_io(content, in_q, out_q, io_dtype)
             error = check_file(content, feeds, expected, mode, reference)

@@ -6,7 +6,8 @@ QAT-learned) parameters, weights ``float -> quantize_per_channel -> dequantize_p
 dequantize of a stored int8 tensor), and the float bias, which the converter quantizes to int32 at
 ``x_scale * w_scale`` exactly as mixq does. The float weight is mixq's int8 weight times its scale, so the converter's
 quantize gives mixq's int8 values back. Dynamic-range and float16 layers lower to float layers holding mixq's
-dequantized / upcast weights; ``recipes`` then stores those weights as int8 / float16. An int8 embedding keeps its
+dequantized / upcast weights; ``recipes`` then stores those weights as int8 / float16. Weight-only layers lower to
+float layers holding mixq's codes times scales, stored back as integers by ``weight_only``. An int8 embedding keeps its
 int8 table in any file (GATHER, CAST, MUL by the per-row scale).
 
 A new quantized layer kind adds one ``@lowers(...)`` function here.
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixq.export.tflite.weight_only import WeightOnlyWeights
 from mixq.quant.fusion import set_submodule
 from mixq.quant.modules import (
     DynamicQuantizedConv,
@@ -33,12 +35,14 @@ from mixq.quant.modules import (
     QuantizedEmbedding,
     QuantizedLinear,
     QuantizedMatMul,
+    WeightOnlyLinear,
 )
 from mixq.quant.modules.conv_args import ConvGeometry
 
 INT8_MIN, INT8_MAX = -128, 127
 WEIGHT_MIN, WEIGHT_MAX = -127, 127  # LiteRT's int8 weights are symmetric, zero point 0
-LITERT_MODES = ("full_integer", "dynamic_range", "float16", "float32")  # LiteRT file kinds, not mixq.quant.spec.MODES
+# LiteRT file kinds, not mixq.quant.spec.MODES
+LITERT_MODES = ("full_integer", "dynamic_range", "weight_only", "float16", "float32")
 
 
 @dataclass(frozen=True)
@@ -242,6 +246,7 @@ def _static_linear(m: QuantizedLinear) -> nn.Module:
 lowers(QuantizedAdd, "full_integer")(QDQAdd)
 lowers(QuantizedMatMul, "full_integer")(QDQMatMul)
 lowers(QuantizedEmbedding, None)(Int8Embedding)
+lowers(WeightOnlyLinear, "weight_only")(WeightOnlyWeights)
 
 
 @lowers(DynamicQuantizedLinear, "dynamic_range")

@@ -1,0 +1,190 @@
+"""A Llama-style decoder (hidden 1024, the LLM benchmark's weight-dominated model) on LiteRT: mixq int4 GPTQ
+``.tflite`` vs LiteRT fp32 vs litert-torch's own int4 recipe for generative models (what ``export_hf``'s
+``quantize_model`` does with the recipe name ``dynamic_wi4b64_afp32``: ai-edge-quantizer's min-max int4 in blocks
+of 64 on the fp32 file; ``export_lib`` itself does not import next to transformers 5.25, so its three lines are
+repeated here).
+
+Per variant: file size, decode-step time (one token on a cache of ``--cache`` positions, at position
+``--position``, variants interleaved round by round; XNNPACK, 2 threads), prefill time, and greedy-token agreement
+of ``generate_tflite`` with the PyTorch model the file stands for (mixq's simulation for mixq's file, fp32 for
+the others) over a few prompts.
+
+    PYTHONPATH=src python benchmarks/tflite_decoder.py [--out benchmarks/results]
+
+The weights are random (as in the LLM benchmark's speed part): only speed, size and agreement are measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from llm_latency import BIG, big_model  # noqa: E402
+
+import mixq  # noqa: E402
+from mixq.export.tflite.decoder_run import TFLiteDecoderSession  # noqa: E402
+
+GROUP = 64
+PEER_RECIPE = "dynamic_wi4b64_afp32"
+
+
+def _machine() -> dict[str, Any]:
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+    return {"cpu_flags": [f for f in wanted if f in flags], "cores": os.cpu_count(), "load": os.getloadavg()}
+
+
+def _prompts(count: int, length: int, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (1, length), generator=gen) for _ in range(count)]
+
+
+def build(tmp: Path, cache: int, prefill: int) -> tuple[dict[str, Path], dict[str, torch.nn.Module], dict]:
+    """The three files and the PyTorch model each stands for; export seconds."""
+    fp32 = big_model()
+    calib = _prompts(4, 64, seed=1)
+    start = time.perf_counter()
+    method = mixq.WeightMethod("gptq")
+    int4 = mixq.quantize(big_model(), "weight_only", bits=4, group_size=GROUP, method=method, calib_data=calib,
+                         progress=False)
+    seconds = {"gptq_quantize": time.perf_counter() - start}
+    print(f"GPTQ w4 g{GROUP}: {seconds['gptq_quantize']:.0f} s", flush=True)
+    paths = {"fp32": tmp / "fp32.tflite", "mixq_int4_gptq": tmp / "mixq_int4.tflite"}
+    for name, model in (("fp32", fp32), ("mixq_int4_gptq", int4)):
+        start = time.perf_counter()
+        mixq.export_decoder_tflite(model, paths[name], cache_len=cache, prefill_len=prefill)
+        seconds[f"export_{name}"] = time.perf_counter() - start
+        print(f"exported {name}: {paths[name].stat().st_size / 1e6:.1f} MB", flush=True)
+    start = time.perf_counter()
+    peer = tmp / f"litert_{PEER_RECIPE}.tflite"
+    litert_recipe(paths["fp32"], peer)
+    seconds["litert_recipe"] = time.perf_counter() - start
+    paths[f"litert_{PEER_RECIPE}"] = peer
+    refs = {"fp32": fp32, "mixq_int4_gptq": int4, f"litert_{PEER_RECIPE}": fp32}
+    return paths, refs, seconds
+
+
+def litert_recipe(source: Path, target: Path) -> None:
+    """litert-torch's ``export_lib.quantize_model(source, PEER_RECIPE)``, written to ``target``."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    qt = quantizer.Quantizer(str(source))
+    qt.load_quantization_recipe(getattr(recipe, PEER_RECIPE)())
+    qt.quantize().export_model(str(target), overwrite=True)
+
+
+def agreement(paths: dict[str, Path], refs: dict[str, torch.nn.Module], prompts: list[torch.Tensor],
+              new: int) -> dict[str, dict[str, Any]]:
+    """Greedy tokens of each file vs its PyTorch model: prompts fully equal, and new tokens equal before the
+    first difference (averaged)."""
+    out = {}
+    for name, path in paths.items():
+        session = TFLiteDecoderSession(path)
+        same, prefix = 0, []
+        for ids in prompts:
+            want = mixq.generate_torch(refs[name], ids, new)[0, ids.shape[1]:]
+            got = mixq.generate_tflite(session, ids, new)[0, ids.shape[1]:]
+            diff = (want != got).nonzero()
+            prefix.append(int(diff[0]) if len(diff) else new)
+            same += int(len(diff) == 0)
+        out[name] = {"prompts_equal": same, "prompts": len(prompts), "mean_equal_prefix": float(np.mean(prefix)),
+                     "new_tokens": new}
+        print(f"{name}: {same}/{len(prompts)} prompts generate the same {new} tokens", flush=True)
+    return out
+
+
+def timing(paths: dict[str, Path], position: int, rounds: int, steps: int, threads: int) -> dict[str, dict]:
+    """Median decode-step and prefill ms, variants interleaved round by round."""
+    sessions = {k: TFLiteDecoderSession(p, threads) for k, p in paths.items()}
+    rng = np.random.default_rng(0)
+    history = rng.integers(0, 256, position).tolist()
+    chunk = rng.integers(0, 256, next(iter(sessions.values())).prefill_len).tolist()
+    times: dict[str, dict[str, list[float]]] = {k: {"decode": [], "prefill": []} for k in sessions}
+    for s in sessions.values():
+        s.prefill(history)
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            s.position = position
+            s.decode(1)  # warm-up
+            start = time.perf_counter()
+            for _ in range(steps):
+                s.position = position
+                s.decode(1)
+            times[k]["decode"].append((time.perf_counter() - start) * 1e3 / steps)
+            start = time.perf_counter()
+            s.position = 0
+            s.prefill(chunk)
+            times[k]["prefill"].append((time.perf_counter() - start) * 1e3)
+    return {k: {m: statistics.median(v) for m, v in d.items()} for k, d in times.items()}
+
+
+def run_decoder(out: Path | None = None, *, cache: int = 256, prefill: int = 32, position: int = 128,
+                rounds: int = 7, steps: int = 8, threads: int = 2, prompts: int = 4, new: int = 24) -> dict:
+    """The whole decoder comparison; writes ``tflite_decoder.{json,md}`` under ``out`` when given."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths, refs, seconds = build(Path(tmp), cache, prefill)
+        sizes = {k: p.stat().st_size / 1e6 for k, p in paths.items()}
+        agree = agreement(paths, refs, _prompts(prompts, 16), new)
+        speed = timing(paths, position, rounds, steps, threads)
+    result = {"model": BIG, "vocab": 256, "cache_len": cache, "prefill_len": prefill, "position": position,
+              "group_size": GROUP, "threads": threads, "rounds": rounds, "machine": _machine(), "seconds": seconds,
+              "variants": {k: {"mb": sizes[k], **speed[k], **agree[k]} for k in paths}}
+    fp32 = result["variants"]["fp32"]
+    for v in result["variants"].values():
+        v["decode_vs_fp32"], v["size_vs_fp32"] = v["decode"] / fp32["decode"], v["mb"] / fp32["mb"]
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "tflite_decoder.json").write_text(json.dumps(result, indent=2))
+        (out / "tflite_decoder.md").write_text(markdown(result))
+    return result
+
+
+def markdown(result: dict) -> str:
+    m = result["model"]
+    lines = [
+        "# Llama-style decoder on LiteRT (benchmarks/tflite_decoder.py)", "",
+        f"hidden {m['hidden']}, {m['layers']} layers, intermediate {m['intermediate']}, {m['heads']} heads, vocab "
+        f"{result['vocab']}, random weights; cache {result['cache_len']} positions, prefill {result['prefill_len']} "
+        f"tokens; decode step at position {result['position']}; XNNPACK {result['threads']} threads, median of "
+        f"{result['rounds']} interleaved rounds. CPU flags {result['machine']['cpu_flags']}, "
+        f"{result['machine']['cores']} cores shared, load {tuple(round(x, 1) for x in result['machine']['load'])}.",
+        "Command: `PYTHONPATH=src python benchmarks/tflite_decoder.py`.", "",
+        "| variant | file MB | x fp32 | decode ms | x fp32 | prefill ms | greedy tokens equal to its PyTorch model |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, v in result["variants"].items():
+        lines.append(f"| {name} | {v['mb']:.1f} | {v['size_vs_fp32']:.3f} | {v['decode']:.2f} | "
+                     f"{v['decode_vs_fp32']:.2f} | {v['prefill']:.1f} | {v['prompts_equal']}/{v['prompts']} prompts "
+                     f"x {v['new_tokens']} tokens (mean equal prefix {v['mean_equal_prefix']:.1f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    result = run_decoder(args.out, rounds=args.rounds)
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""Weight-only layers for LiteRT: the lowered layer holds mixq's integer codes and scales (blockwise scales rounded
+as the file stores them), what LiteRT cannot hold is refused, and an MLP's file runs mixq's int4 codes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("litert_torch", reason="the LiteRT extra is not installed: pip install 'mixq[litert]'")
+
+import mixq  # noqa: E402
+from mixq.export.tflite.lowering import lower  # noqa: E402
+from mixq.export.tflite.weight_only import (  # noqa: E402
+    WeightOnlyWeights,
+    file_scale,
+    refusal,
+    row_quantized_activations,
+)
+from mixq.quant.modules import WeightOnlyLinear  # noqa: E402
+from mixq.quant.spec import QuantSpec  # noqa: E402
+
+
+def _layer(bits: int, group: int | None, k: int = 64, symmetric: bool = True) -> WeightOnlyLinear:
+    torch.manual_seed(0)
+    spec = QuantSpec(bits=bits, granularity="per_group" if group else "per_channel", group_size=group,
+                     symmetric=symmetric)
+    return WeightOnlyLinear(nn.Linear(k, 24), spec)
+
+
+@pytest.mark.parametrize(("bits", "group"), [(8, None), (4, None), (4, 32), (3, 64)], ids=["int8", "int4-channel",
+                                                                                          "int4-g32", "int3-g64"])
+def test_the_lowered_layer_holds_mixqs_codes_and_scales(bits, group):
+    m = _layer(bits, group)
+    lowered = WeightOnlyWeights(m)
+    x = torch.randn(3, 64)
+    expected = m(x)
+    assert lowered.codes.abs().max() <= 2 ** (bits - 1) - 1
+    if group is None or group >= 64:  # per-channel: float32 scales, the very weights mixq multiplies by
+        assert lowered.block == 0
+        torch.testing.assert_close(lowered(x), expected, rtol=0, atol=1e-5)
+    else:  # blockwise: the same codes times the bfloat16-rounded scales
+        assert lowered.block == group
+        scale = file_scale(m.scales.reshape(24, -1))
+        assert torch.equal(lowered.scale, scale)
+        assert float((scale / m.scales.reshape(24, -1) - 1).abs().max()) <= 2 ** -8
+
+
+@pytest.mark.parametrize(("layer", "message"), [
+    (lambda: _layer(4, 32, symmetric=False), "zero points"),
+    (lambda: _layer(8, 32), "8-bit groups"),
+    (lambda: _layer(4, 16), "group size 16"),
+    (lambda: _layer(4, 32, k=80), "not a whole number of 32-column groups"),
+])
+def test_grids_litert_cannot_hold_are_refused(layer, message):
+    assert message in refusal(layer())
+
+
+def test_row_quantized_activations_round_each_row_on_its_own_int8_grid():
+    model = nn.Sequential(_layer(8, None))
+    x = torch.randn(2, 64) * torch.tensor([[1.0], [100.0]])
+    with row_quantized_activations(model):
+        y = model(x)
+    steps = (x.amax(-1) - x.amin(-1)) / 255
+    assert torch.allclose(y, model(x), atol=float(steps.max()) * 64)  # a rounding, not another layer
+    assert not torch.equal(y, model(x))
+
+
+def test_a_weight_only_mlp_exports_with_int4_codes(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 8))
+    q = mixq.quantize(model, "weight_only", bits=4, group_size=32, progress=False)
+    path = mixq.export_tflite(q, torch.randn(1, 64), tmp_path / "mlp_int4.tflite")
+    assert "int4" in mixq.inspect_tflite(path).size_by_dtype
+    x = torch.randn(4, 64)
+    got = mixq.TFLiteRunner(path)(x)
+    lowered, _ = lower(q)
+    with row_quantized_activations(lowered), torch.no_grad():
+        ref = lowered(x).numpy()  # int4 codes, bfloat16 scales, activations rounded per row: what XNNPACK runs
+        sim = q(x).numpy()
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert np.abs(got - sim).max() > 1e-4 * np.abs(ref).max()  # mixq's simulation rounds neither
