@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from mixq.export.tflite import lowering
+from mixq.export.tflite.weight_only import WeightOnlyWeights
 from mixq.quant.modules import (
     DynamicQuantizedConv,
     DynamicQuantizedLinear,
@@ -20,6 +21,7 @@ from mixq.quant.modules import (
     QuantizedEmbedding,
     QuantizedLinear,
     QuantizedMatMul,
+    WeightOnlyLinear,
 )
 from mixq.quant.primitives import dequantize
 from mixq.quant.spec import DEFAULT_WEIGHT, QuantConfig
@@ -101,6 +103,8 @@ CASES: dict[type, list[Case]] = {
                      lowering.Float16Weights, "float16")],
     Float16Conv: [("conv", lambda: Float16Conv.from_float(_conv(), QuantConfig("fp16")), _image,
                    lowering.Float16Weights, "float16")],
+    WeightOnlyLinear: [("int8-per-channel", lambda: WeightOnlyLinear.from_float(_linear(), QuantConfig("weight_only")),
+                        _rows, WeightOnlyWeights, "weight_only")],
     QuantizedEmbedding: [("table", lambda: QuantizedEmbedding.from_float(_embedding(), QuantConfig("dynamic")), _ids,
                           lowering.Int8Embedding, None)],  # None: an int8 table fits a file of any mode
 }
@@ -129,6 +133,8 @@ def test_lowering_keeps_mixqs_numbers(make, inputs, lowered_class, mode):
         assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5)
     elif mode == "full_integer":  # Q/DQ in float vs mixq's integer kernel: at most one output step apart
         assert torch.all((got - ref).abs() <= float(model.op.y_scale) * (1 + 1e-4))
+    elif mode == "weight_only":  # mixq's integer codes times their scales, in a float Linear
+        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6)
     elif mode in ("float16", None):  # the same upcast weights (float16, or int8 rows times their scales)
         assert torch.equal(got, ref)
     else:  # dynamic range: the float layer holds mixq's int8 weight times its scale, exactly
