@@ -85,11 +85,12 @@ def table(rows: list[dict[str, Any]], modes: list[str]) -> list[str]:
 
 
 def totals(rows: list[dict[str, Any]], modes: list[str]) -> list[str]:
-    lines = ["| mode | ✓ | refused | ✗ | ✓ share |", "|---|---:|---:|---:|---:|"]
+    lines = ["| mode | ✓ | refused | ✗ | not run | ✓ share of those run |", "|---|---:|---:|---:|---:|---:|"]
     for m in modes:
         counts = {s: sum(r["status"].get(m) == s for r in rows) for s in MARK}
-        lines.append(f"| {m} | {counts['ok']} | {counts['refused']} | {counts['fail']} | "
-                     f"{counts['ok'] / max(len(rows), 1):.0%} |")
+        ran = sum(counts.values())
+        lines.append(f"| {m} | {counts['ok']} | {counts['refused']} | {counts['fail']} | {len(rows) - ran} | "
+                     f"{counts['ok'] / max(ran, 1):.0%} |")
     return lines
 
 
@@ -152,12 +153,16 @@ def merge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             into[key].update(row[key])
         if into["int8_time_vs_fp32"] is None:
             into["int8_time_vs_fp32"], into["timed_mode"] = row["int8_time_vs_fp32"], row["timed_mode"]
+    for case in CASES:  # architectures no part ran: a row of "–"
+        merged.setdefault(case.name, {"case": case.name, "family": case.family, "int8_time_vs_fp32": None,
+                                      "timed_mode": None, "status": {}, "cells": {}, "metrics": {}})
     order = [c.name for c in CASES]
     return sorted(merged.values(), key=lambda r: order.index(r["case"]))
 
 
 def write(out: Path, info: dict[str, Any], rows: list[dict[str, Any]], modes: list[str]) -> None:
     """The Markdown table ``<out>.md`` (totals, then one row per architecture)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     md = ["# Conformance zoo", "", f"`benchmarks/zoo.py` on {info['cpu']} ({info['logical_cpus']} logical CPUs, "
           f"load average {', '.join(f'{x:.1f}' for x in info['load_average'])} at the end; shared machine, so the "
           f"speed column is noisy), ORT {info['onnxruntime']}, torch {info['torch']}, transformers "
