@@ -209,6 +209,13 @@ def ordered(names: Sequence[str], arrays: Mapping[str, Any] | Sequence[Any]) -> 
     return list(arrays)
 
 
+def named_feeds(names: Sequence[str], arrays: Mapping[str, Any] | Sequence[Any]) -> dict[str, np.ndarray]:
+    """``arrays`` (tensors or arrays) as numpy arrays keyed by ``names`` (see :func:`ordered`): the feeds of a
+    runtime whose sessions take a dict by input name (ONNX Runtime, OpenVINO)."""
+    values = [v.detach().numpy() if hasattr(v, "detach") else np.asarray(v) for v in ordered(names, arrays)]
+    return dict(zip(names, values, strict=False))
+
+
 def register_format(cls: F) -> F:
     """Class decorator: make format ``cls`` known by its ``name`` and ``suffix``."""
     _FORMATS[cls.name] = cls()

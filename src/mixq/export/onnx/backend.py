@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from mixq.export.backend import Format, Runtime, ordered, register_format, register_runtime
+from mixq.export.backend import Format, Runtime, named_feeds, register_format, register_runtime
 
 
 @register_format
@@ -62,9 +62,7 @@ class OrtRuntime(Runtime):
         return [i.name for i in session.get_inputs()]
 
     def feeds(self, session: Any, arrays: Mapping[str, Any] | Sequence[Any]) -> dict[str, np.ndarray]:
-        names = self.input_names(session)
-        values = [v.detach().numpy() if hasattr(v, "detach") else np.asarray(v) for v in ordered(names, arrays)]
-        return dict(zip(names, values, strict=False))
+        return named_feeds(self.input_names(session), arrays)
 
     def run(self, session: Any, feeds: Any) -> list[np.ndarray]:
         return list(session.run(None, feeds))

@@ -29,8 +29,6 @@ from mixq.export.errors import ExportError
 from mixq.export.onnx.decoder import CachedDecoder, _cache_shape
 from mixq.export.onnx.decoder_checks import check_causal_lm
 from mixq.messages import first_line
-from mixq.quant.finiteness import check_finite
-from mixq.quant.modules.observed import refuse_observed
 from mixq.report.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -154,19 +152,11 @@ def export_decoder_tflite(model: nn.Module, path: str | os.PathLike, *, cache_le
 
     Example: ``mixq.export_decoder_tflite(mixq.quantize(lm, "weight_only", bits=4), "lm_int4.tflite")``.
     """
-    from mixq.export.tflite.converter import captured_output, require_litert
+    from mixq.export.tflite.converter import captured_output
+    from mixq.export.tflite.export import checked_target
     from mixq.export.tflite.lowering import lower
 
-    require_litert()
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    refuse_observed(model, "export")
-    check_finite(model, "export")
-    target = Path(path)
-    if target.suffix != ".tflite":
-        raise ValueError(f"the output path should end in .tflite, got {str(target)!r}")
-    if not target.parent.exists():
-        raise FileNotFoundError(f"output directory {str(target.parent)!r} does not exist; create it first")
+    target = checked_target(model, path)
     cache_len = _check_sizes(model, cache_len, prefill_len)
     prefill_len = min(prefill_len, cache_len)
     mode = refuse_layers(model)

@@ -171,6 +171,22 @@ def _layer_weights(lowered: nn.Module, args: tuple, kwargs: dict) -> list[np.nda
     return [m.weight.numpy() for m in lowered.modules() if isinstance(m, kinds) and id(m) in called]
 
 
+def checked_target(model: nn.Module, path: str | os.PathLike) -> Path:
+    """The output path of a LiteRT export, after the checks every one makes first: LiteRT installed, a float
+    (converted, finite) model, a ``.tflite`` path in an existing directory."""
+    require_litert()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    refuse_observed(model, "export")
+    check_finite(model, "export")
+    target = Path(path)
+    if target.suffix != ".tflite":
+        raise ValueError(f"the output path should end in .tflite, got {str(target)!r}")
+    if not target.parent.exists():
+        raise FileNotFoundError(f"output directory {str(target.parent)!r} does not exist; create it first")
+    return target
+
+
 def export_tflite(
     model: nn.Module,
     example_inputs: Any,
@@ -200,16 +216,7 @@ def export_tflite(
 
     Example: ``mixq.export_tflite(qmodel, torch.randn(1, 3, 32, 32), "model.tflite")``.
     """
-    require_litert()
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    refuse_observed(model, "export")
-    check_finite(model, "export")
-    target = Path(path)
-    if target.suffix != ".tflite":
-        raise ValueError(f"the output path should end in .tflite, got {str(target)!r}")
-    if not target.parent.exists():
-        raise FileNotFoundError(f"output directory {str(target.parent)!r} does not exist; create it first")
+    target = checked_target(model, path)
     io_dtype = io_dtype_name(io_dtype, IO_DTYPES)
     args, kwargs = _as_inputs(example_inputs)
     if kwargs and (nhwc or io_dtype != "float32"):
