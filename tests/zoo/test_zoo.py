@@ -32,8 +32,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("vit", "fp16"): "pixel_values cast to the fp16 weight's dtype: RuntimeError Input type (Half) and bias type "
                      "(float) should be the same",
     ("deit", "fp16"): "pixel_values cast to the fp16 weight's dtype (as ViT)",
-    ("swin", "dynamic"): "export: torch.onnx cannot decompose Swin's window reshape with a symbolic batch axis (the "
-                         "fp32 model fails the same way); static mode's captured graph exports",
     ("deberta-v2", "static"): "export_onnx fails on the quantized DeBERTa-v2 (ExportError: Failed to export)",
     ("deberta-v2", "dynamic"): "export_onnx fails on the quantized DeBERTa-v2 (ExportError: Failed to export)",
     ("t5-encoder", "static"): "quantize: AttributeError: 'ObservedLayer' object has no attribute 'weight' (T5's "
@@ -48,6 +46,17 @@ KNOWN: dict[tuple[str, str], str] = {
                                     "PyTorch (AttributeError; cause not isolated)",
     ("efficientnet", "static"): "silently altered: relative error vs fp32 0.32, cause not isolated (depthwise "
                                 "convs, SiLU, squeeze-excite)",
+    # found by the first nightly run on the merged main (2026-12-06): HF models in the modes the zoo had not run
+    ("deberta-v2", "weight_only"): "export: the quantized DebertaV2Model does not run on the example in PyTorch",
+    ("deberta-v2", "qat"): "prepare_qat: AttributeError: 'QATEmbedding' object has no attribute 'weight'",
+    ("t5-encoder", "weight_only"): "export: the quantized T5EncoderModel does not run on the example in PyTorch",
+    ("t5-encoder", "fp16"): "export: the quantized T5EncoderModel does not run on the example in PyTorch",
+    ("t5-encoder", "qat"): "prepare_qat: AttributeError: 'QATLayer' object has no attribute 'weight' (T5 reads "
+                           "self.wo.weight.dtype)",
+    ("mobilenet-v2", "weight_only"): "export: the quantized model does not run on the example in PyTorch",
+    ("mobilenet-v2", "fp16"): "export: the quantized model does not run on the example in PyTorch",
+    ("mobilenet-v2", "qat"): "prepare_qat: AttributeError: 'QATLayer' object has no attribute 'stride' (HF's TF "
+                             "padding reads conv.stride)",
 }
 
 
