@@ -114,3 +114,11 @@ def test_a_module_called_with_keyword_inputs_is_captured(mode):
     x = _calib(2)[1]
     with torch.no_grad():
         assert (qmodel(x) - model(x)).norm() / model(x).norm() < 0.05
+
+
+def test_qat_from_a_grafted_static_model_keeps_its_shared_scales():
+    torch.manual_seed(0)
+    qmodel = mixq.quantize(Residual().eval(), "static", calib_data=_calib(), progress=False)
+    qat = mixq.prepare_qat(qmodel)
+    note = next(n for n in qat.mixq_qat_plan.notes if n.startswith("started from a calibrated static model"))
+    assert "(0 inputs share" not in note, note  # graph mode's sharing survives under the user's class

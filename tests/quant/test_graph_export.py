@@ -39,7 +39,7 @@ def bert_static(reduce_range):
 
 def test_bert_takes_the_export_path_with_integer_attention(bert_static):
     bert, qmodel = bert_static
-    assert isinstance(qmodel, type(bert)) and qmodel.config is bert.config or qmodel.config == bert.config
+    assert isinstance(qmodel, type(bert)) and qmodel.config.hidden_size == bert.config.hidden_size
     notes = " ".join(qmodel.mixq_summary.notes)
     assert "torch.fx could not trace" in notes and "graph mode (torch.export)" in notes
     assert "eager implementation" in notes  # sdpa -> eager, so the MatMuls exist
