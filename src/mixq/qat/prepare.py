@@ -180,7 +180,7 @@ def _prepare_static(model: nn.Module, cfg: QATConfig, summary: QuantizationSumma
             layers += 1
         set_submodule(model, name, new)
         summary.add(name, type(q).__name__, "quantized", "fake-quantized for training, from the calibrated model")
-    shared = share_observers(model) if isinstance(model, fx.GraphModule) else 0
+    shared = share_observers(model) if isinstance(getattr(model, "graph", None), fx.Graph) else 0  # graph mode
     summary.notes.append(f"started from a calibrated static model: {layers} layers and {adds} adds keep its "
                          f"activation scales ({shared} inputs share their producer's)")
     return model

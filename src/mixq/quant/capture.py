@@ -16,6 +16,7 @@ in place of the parameters it is computed from.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torch.export import Dim
+from torch.utils._pytree import tree_map
 
 from mixq.messages import first_line
 from mixq.quant.calibration import Batch, call_checked
@@ -213,12 +215,18 @@ def _capture(module: nn.Module, args: tuple, kwargs: dict) -> tuple[fx.GraphModu
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            program = torch.export.export(module, args, kwargs, strict=False, dynamic_shapes=(
-                tuple(spec(a) for a in args), {k: spec(v) for k, v in kwargs.items()}) if kwargs else
-                tuple(spec(a) for a in args))
+            program = torch.export.export(module, args, kwargs, strict=False,
+                                          dynamic_shapes=_shapes_by_name(module, args, kwargs, spec))
             return _plain(program.module(), f"Captured{type(module).__name__}"), ""
     except Exception as err:  # noqa: BLE001  (any failure: the module stays float, with this reason)
         return None, f"{type(err).__name__}: {first_line(err, limit=160)}"
+
+
+def _shapes_by_name(module: nn.Module, args: tuple, kwargs: dict, spec: Callable[[Any], Any]) -> tuple | dict:
+    """``torch.export``'s ``dynamic_shapes`` for one call: a dict by parameter name (``*args`` as a tuple,
+    ``**kwargs`` as a dict), each input's tensors (in tuples, lists, dicts) given ``spec``."""
+    bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    return {name: tree_map(spec, value) for name, value in bound.arguments.items()}
 
 
 def _plain(gm: fx.GraphModule, name: str) -> fx.GraphModule:

@@ -15,10 +15,11 @@ import copy
 from collections.abc import Mapping
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from mixq.pretrained import mark_saveable
 from mixq.quant.fusion import relu_module, saturation_clamps, set_submodule
+from mixq.quant.graft import graft
 from mixq.quant.modules import (
     DynamicQuantizedConv,
     FloatAdd,
@@ -209,6 +210,10 @@ def convert_prepared(prepared: Prepared, config: QuantConfig | None = None,
                              "slower than float Conv on x86 CPUs (6x on ResNet-18 in benchmarks/bench_ptq.py); "
                              "use mode='static' for CNNs, or runtime='ort' to keep them float where they are slower")
     summary.sort_by(model)
+    if prepared.home is not None and isinstance(model, fx.GraphModule):
+        model = graft(model, prepared.home)
+        summary.notes.append(f"the result is a {type(model).__name__}, a subclass of the model's own "
+                             f"{prepared.home[0].__name__} whose forward is the quantized graph")
     model.mixq_summary = summary
     model.mixq_config = config
     return mark_saveable(model)

@@ -21,11 +21,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from mixq.quant.calibration import Batch, call_checked, run_batches
 from mixq.quant.capture import capture_compute
 from mixq.quant.fusion import apply_fusions, calls_from_graph, find_fusions, set_submodule, trace_calls
+from mixq.quant.graft import Home, home_of
 from mixq.quant.graph import apply_graph_mode, trace
 from mixq.quant.graph_export import NO_NAN_GUARD, export_friendly, export_graph, returns_cache
 from mixq.quant.modules import ObservedLayer
@@ -61,6 +62,7 @@ class Prepared:
     qparams_cache: dict[tuple[str, ObserverSpec], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     weight_params: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    home: Home | None = None
 
     @property
     def targets(self) -> list[str]:
@@ -83,6 +85,7 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
     conversion can derive min-max, percentile, MSE and entropy ranges.
     """
     qmodel = copy.deepcopy(model).eval()
+    home = home_of(qmodel)
     summary = QuantizationSummary(config.mode)
 
     def static(name: str) -> bool:
@@ -155,7 +158,8 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
     if not exported and any(config.choice(n).mode == "dynamic" for n in plain):
         summary.notes += export_friendly(qmodel, NO_NAN_GUARD)[0]  # on the copy, kept: the file runs what it runs
     return Prepared(qmodel, config, observed, adds, plain, summary, {n: specs[n] for n in observed + adds},
-                    input_shapes={n: shapes[n] for n in targets if n in shapes})
+                    input_shapes={n: shapes[n] for n in targets if n in shapes},
+                    home=home if isinstance(qmodel, fx.GraphModule) else None)
 
 
 def calibrate(prepared: Prepared, batches: Iterable[Batch], *, progress: bool = True,

@@ -102,7 +102,7 @@ def _tokens(batch: int, seq: int, seed: int) -> dict[str, torch.Tensor]:
 def test_bert_file_matches_the_simulation(bert, tmp_path, mode, reduce_range):
     qmodel = mixq.quantize(bert, mode, calib_data=[_tokens(4, 16, s) for s in range(3)], progress=False,
                            reduce_range=reduce_range)
-    assert (type(qmodel).__name__ == "GraphModule") == (mode == "static")  # static BERT runs in graph mode
+    assert isinstance(qmodel, type(bert))  # static BERT runs in graph mode, under its own class
     path = mixq.export_onnx(qmodel, _tokens(2, 16, 0), tmp_path / f"bert_{mode}.onnx")
     for batch, seq in [(3, 20), (1, 7)]:  # one file: symbolic batch and sequence
         inputs = _tokens(batch, seq, 9)

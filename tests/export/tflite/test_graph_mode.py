@@ -45,7 +45,7 @@ def test_pooler_only_keeps_the_last_hidden_state_exact(bert, tmp_path):
     model, example, calib = bert
     qmodel = mixq.quantize(model, "static", calib_data=calib, exclude=["embeddings", "encoder"], float_outputs=False,
                            progress=False)  # an int8 pooler: a quantize right after the CLS token's select
-    assert isinstance(qmodel, fx.GraphModule) and qmodel.pooler.dense.y_scale is not None
+    assert isinstance(qmodel, type(model)) and qmodel.pooler.dense.y_scale is not None
     path = mixq.export_tflite(qmodel, example, tmp_path / "pooler.tflite")
     errors = _errors(qmodel, path, example)
     # the pooler's input grid (calibrated on the CLS token) must not round the whole hidden state, a float output
@@ -114,7 +114,8 @@ def test_the_self_check_refuses_a_file_whose_quantize_moved_onto_the_sliced_tens
     torch.manual_seed(0)
     qmodel = mixq.quantize(Pooled().eval(), "static", calib_data=[_pooled_inputs(k) for k in range(4)],
                            exclude=["body", "norm"], float_outputs=False, progress=False)
-    assert isinstance(qmodel, fx.GraphModule) and qmodel.head.y_scale is not None  # int8 in and out
+    assert isinstance(qmodel, Pooled) and isinstance(qmodel.graph, fx.Graph)
+    assert qmodel.head.y_scale is not None  # int8 in and out
     example = _pooled_inputs(9)
     path = mixq.export_tflite(qmodel, example, tmp_path / "fenced.tflite")
     got = file_outputs(path.read_bytes(), {"args_0": example})
