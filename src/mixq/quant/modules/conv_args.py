@@ -21,6 +21,18 @@ def conv_nd(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride:
     return conv(x, w, bias, stride, padding, dilation, groups)
 
 
+def integer_padding(conv: nn.Conv1d | nn.Conv2d) -> list[int] | None:
+    """The convolution's padding as one symmetric integer per spatial axis: ``padding='valid'`` is 0 and
+    ``padding='same'`` is ``dilation * (kernel - 1) / 2`` where that is a whole number (odd kernels); None where
+    ``'same'`` pads asymmetrically (an even kernel: PyTorch puts the extra row and column at the end)."""
+    if not isinstance(conv.padding, str):
+        return list(conv.padding)  # type: ignore[arg-type]
+    if conv.padding == "valid":
+        return [0] * len(conv.kernel_size)
+    totals = [d * (k - 1) for k, d in zip(conv.kernel_size, conv.dilation, strict=True)]
+    return None if any(t % 2 for t in totals) else [t // 2 for t in totals]
+
+
 @dataclass(frozen=True)
 class ConvGeometry:
     """Stride, explicit symmetric padding, dilation and groups of a convolution."""
@@ -32,7 +44,11 @@ class ConvGeometry:
 
     @classmethod
     def of(cls, conv: nn.Conv1d | nn.Conv2d) -> ConvGeometry:
-        return cls(list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)  # type: ignore[arg-type]
+        padding = integer_padding(conv)
+        if padding is None:
+            raise ValueError(f"padding={conv.padding!r} pads {type(conv).__name__} asymmetrically (an even kernel); "
+                             "pad the input with F.pad and give the convolution padding=0 to quantize it")
+        return cls(list(conv.stride), padding, list(conv.dilation), conv.groups)  # type: ignore[arg-type]
 
     def apply(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return conv_nd(x, w, bias, self.stride, self.padding, self.dilation, self.groups)
@@ -61,8 +77,9 @@ def unsupported_conv_reason(conv: nn.Module) -> str | None:
     """Why this convolution can't be quantized (None when it can)."""
     if conv.padding_mode != "zeros":
         return f"padding_mode={conv.padding_mode!r} (only 'zeros' maps onto the integer kernels)"
-    if isinstance(conv.padding, str):
-        return f"padding={conv.padding!r}; give explicit integer padding to quantize this layer"
+    if integer_padding(conv) is None:
+        return (f"padding={conv.padding!r} with kernel {tuple(conv.kernel_size)} pads asymmetrically; pad the input "
+                "with F.pad and give the convolution padding=0 to quantize it")
     return None
 
 
