@@ -14,10 +14,24 @@ from mixq.quant.spec import QuantConfig, QuantSpec
 from mixq.quant.weights import float_bias, quantize_weight
 
 
+def onnx_pads(padding: list[int], dims: int) -> list[int]:
+    """ONNX ``pads`` (all begins, then all ends) of a padding that is symmetric (``dims`` values) or already
+    begin/end (``2 * dims`` values)."""
+    return list(padding) if len(padding) == 2 * dims else list(padding) * 2
+
+
 def conv_nd(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride: list[int], padding: list[int],
             dilation: list[int], groups: int) -> torch.Tensor:
-    """``F.conv1d`` or ``F.conv2d``, chosen by the weight's rank."""
-    conv = F.conv1d if w.dim() == 3 else F.conv2d
+    """``F.conv1d`` or ``F.conv2d``, chosen by the weight's rank. ``padding`` is one value per spatial axis, or
+    ONNX-style begins then ends (``2 * dims`` values: TF-"same" padding folded into the convolution); zeros are
+    padded, which for the integer kernels' zero-point-centred input is the zero point, as ONNX Runtime pads."""
+    conv, dims = (F.conv1d if w.dim() == 3 else F.conv2d), w.dim() - 2
+    if len(padding) == 2 * dims:
+        begin, end = list(padding[:dims]), list(padding[dims:])
+        if begin != end:
+            x = F.pad(x, [p for axis in reversed(range(dims)) for p in (begin[axis], end[axis])])
+            begin = [0] * dims
+        padding = begin
     return conv(x, w, bias, stride, padding, dilation, groups)
 
 
@@ -35,7 +49,8 @@ def integer_padding(conv: nn.Conv1d | nn.Conv2d) -> list[int] | None:
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    """Stride, explicit symmetric padding, dilation and groups of a convolution."""
+    """Stride, explicit padding (symmetric: one value per axis; or begins then ends, ``mixq_pads``: a zero pad
+    that graph mode folded into the convolution), dilation and groups of a convolution."""
 
     stride: list[int]
     padding: list[int]
@@ -44,7 +59,7 @@ class ConvGeometry:
 
     @classmethod
     def of(cls, conv: nn.Conv1d | nn.Conv2d) -> ConvGeometry:
-        padding = integer_padding(conv)
+        padding = getattr(conv, "mixq_pads", None) or integer_padding(conv)
         if padding is None:
             raise ValueError(f"padding={conv.padding!r} pads {type(conv).__name__} asymmetrically (an even kernel); "
                              "pad the input with F.pad and give the convolution padding=0 to quantize it")
