@@ -36,7 +36,7 @@ def test_zero_pads_fold_into_the_convolutions_and_nothing_changes(tmp_path):
     model = PaddedNet().eval()
     data = [torch.randn(2, 3, 16, 16) for _ in range(4)]
     q = mixq.quantize(model, "static", calib_data=data, progress=False)
-    assert any("2 zero pads folded" in n for n in q.mixq_summary.notes), q.mixq_summary.notes
+    assert any("2 zero pads merged" in n for n in q.mixq_summary.notes), q.mixq_summary.notes
     path = mixq.export_onnx(q, data[0], tmp_path / "padded.onnx")
     graph = onnx.load(str(path)).graph
     assert "Pad" not in {n.op_type for n in graph.node}

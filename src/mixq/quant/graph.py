@@ -360,9 +360,9 @@ def apply_graph_mode(model: nn.Module, make_observer: Callable[[str], Observer],
         notes.append(f"graph mode (torch.export): {len(matmuls)} activation MatMuls and {len(adds)} adds "
                      f"quantized, {scales} constant factors (attention's 1/sqrt(d)) folded into their MatMul's "
                      f"output scale, {relus} more ReLUs fused, {shared} inputs share their producer's scale, "
-                     f"{floats} Linear outputs stay float (no integer kernel reads them), {pads} zero pads folded "
+                     f"{floats} Linear outputs stay float (no integer kernel reads them), {pads} zero pads merged "
                      "into their convolution")
         return graph, matmuls + adds
     notes.append(f"graph mode (torch.fx): {len(adds)} adds quantized, {relus} more ReLUs fused, {shared} "
-                 f"inputs share their producer's scale, {pads} zero pads folded into their convolution")
+                 f"inputs share their producer's scale, {pads} zero pads merged into their convolution")
     return (graph, adds) if adds or relus or pads else (model, [])
