@@ -25,6 +25,7 @@ from torch import fx, nn
 
 from mixq.messages import first_line
 from mixq.quant.fusion import relu_bound
+from mixq.quant.modules.conv_args import integer_padding
 from mixq.quant.modules.observed import ObservedAdd, ObservedLayer, ObservedMatMul
 from mixq.quant.observers import Observer
 
@@ -120,6 +121,63 @@ def fuse_relus(gm: fx.GraphModule) -> int:
             fused += 1
     gm.recompile()
     return fused
+
+
+_PAD_MODULES = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d)
+_PAD_FUNCTIONS = {F.pad, aten.constant_pad_nd.default, aten.pad.default}
+
+
+def _zero_pad(gm: fx.GraphModule, node: object) -> list[int] | None:
+    """The ``F.pad``-order amounts of ``node`` when it pads its input with zeros (ZeroPad / ConstantPad(0) modules,
+    ``F.pad`` / ATen constant pads), else None."""
+    if not isinstance(node, fx.Node):
+        return None
+    module = _module(gm, node)
+    if isinstance(module, _PAD_MODULES):
+        plain = type(module).forward is nn.modules.padding._ConstantPadNd.forward  # not a subclass's own forward
+        return list(module.padding) if plain and module.value == 0 else None
+    if node.op != "call_function" or node.target not in _PAD_FUNCTIONS or len(node.args) < 2:
+        return None
+    names = ("mode", "value") if node.target is not aten.constant_pad_nd.default else ("value",)
+    extra = dict(zip(names, node.args[2:], strict=False)) | dict(node.kwargs)
+    if extra.get("mode", "constant") != "constant" or extra.get("value") not in (None, 0, 0.0):
+        return None
+    pad = node.args[1]
+    return list(pad) if isinstance(pad, (list, tuple)) and all(type(p) is int for p in pad) else None
+
+
+def fold_pads(gm: fx.GraphModule) -> int:
+    """Fold a zero pad whose only reader is an observed convolution into that convolution's padding (TF-"same"
+    padding written as ``ZeroPad2d`` or ``F.pad`` before a ``padding=0`` conv): the runtime then pads the
+    quantized input inside its integer kernel (ONNX ``Conv`` ``pads`` hold begins and ends separately) instead of
+    running a float ``Pad`` between a DequantizeLinear and a QuantizeLinear. The convolution computes the same:
+    symmetric amounts become its ``padding``, asymmetric ones its ``mixq_pads`` (begins, then ends). Returns how
+    many pads were folded."""
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    folded = 0
+    for node in list(gm.graph.nodes):
+        observed = _module(gm, node)
+        conv = observed.layer if isinstance(observed, ObservedLayer) else None
+        if not isinstance(conv, (nn.Conv1d, nn.Conv2d)) or conv.padding_mode != "zeros" or calls[node.target] != 1:
+            continue
+        dims, pad_node = conv.weight.dim() - 2, node.args[0] if node.args else None
+        amounts, own = _zero_pad(gm, pad_node), integer_padding(conv)
+        if (amounts is None or own is None or len(amounts) != 2 * dims or min(amounts) < 0
+                or getattr(conv, "mixq_pads", None) or len(pad_node.users) != 1):  # type: ignore[union-attr]
+            continue
+        begin = [own[a] + amounts[2 * (dims - 1 - a)] for a in range(dims)]  # F.pad lists the last axis first
+        end = [own[a] + amounts[2 * (dims - 1 - a) + 1] for a in range(dims)]
+        conv.padding = tuple(begin) if begin == end else (0,) * dims
+        if begin != end:
+            conv.mixq_pads = begin + end
+        node.args = (pad_node.args[0], *node.args[1:])  # type: ignore[union-attr]
+        gm.graph.erase_node(pad_node)  # type: ignore[arg-type]
+        folded += 1
+    gm.recompile()
+    return folded
 
 
 def _is_float(node: object) -> bool:
@@ -291,6 +349,7 @@ def apply_graph_mode(model: nn.Module, make_observer: Callable[[str], Observer],
         notes.append(f"torch.fx could not trace the model ({why}); quantized layer by layer, so "
                      "elementwise ops between layers stay float")
         return model, []
+    pads = fold_pads(graph)
     relus = fuse_relus(graph)
     matmuls = quantize_matmuls(graph, make_observer) if exported else []
     scales = fold_matmul_scales(graph) if matmuls else 0
@@ -301,8 +360,9 @@ def apply_graph_mode(model: nn.Module, make_observer: Callable[[str], Observer],
         notes.append(f"graph mode (torch.export): {len(matmuls)} activation MatMuls and {len(adds)} adds "
                      f"quantized, {scales} constant factors (attention's 1/sqrt(d)) folded into their MatMul's "
                      f"output scale, {relus} more ReLUs fused, {shared} inputs share their producer's scale, "
-                     f"{floats} Linear outputs stay float (no integer kernel reads them)")
+                     f"{floats} Linear outputs stay float (no integer kernel reads them), {pads} zero pads merged "
+                     "into their convolution")
         return graph, matmuls + adds
     notes.append(f"graph mode (torch.fx): {len(adds)} adds quantized, {relus} more ReLUs fused, {shared} "
-                 "inputs share their producer's scale")
-    return (graph, adds) if adds or relus else (model, [])
+                 f"inputs share their producer's scale, {pads} zero pads merged into their convolution")
+    return (graph, adds) if adds or relus or pads else (model, [])

@@ -34,7 +34,7 @@ __all__ = ["NO_NAN_GUARD", "export_friendly", "export_graph", "returns_cache"]
 aten = torch.ops.aten
 # ATen calls that are one layer: the argument holding the weight, and how many leading arguments are its inputs
 _LAYER_CALLS = {aten.linear.default: (1, 1), aten.conv1d.default: (1, 1), aten.conv2d.default: (1, 1),
-                aten.embedding.default: (0, 1)}
+                aten.conv1d.padding: (1, 1), aten.conv2d.padding: (1, 1), aten.embedding.default: (0, 1)}
 
 
 def _hf_models(model: nn.Module) -> list[nn.Module]:

@@ -30,6 +30,7 @@ from typing import Any
 from torch import nn
 
 from mixq.quant.cpu import cpu_flags
+from mixq.quant.modules.conv_args import integer_padding
 
 CACHE_FORMAT = 1
 log = logging.getLogger(__name__)
@@ -91,9 +92,10 @@ def _dims(values: tuple[int, ...]) -> str:
 def kernel_of(layer: nn.Module, input_shape: tuple[int, ...], mode: str, activation: str = "uint8") -> Kernel | None:
     """The ``Kernel`` a float ``layer`` (Conv1d/Conv2d or Linear) runs at ``input_shape`` in ``mode``; None for
     other layers (they are not timed)."""
-    if isinstance(layer, (nn.Conv1d, nn.Conv2d)) and not isinstance(layer.padding, str):
+    padding = integer_padding(layer) if isinstance(layer, (nn.Conv1d, nn.Conv2d)) else None
+    if padding is not None:
         return Kernel("conv", mode, tuple(input_shape), layer.out_channels, tuple(layer.kernel_size),
-                      tuple(layer.stride), tuple(layer.padding), tuple(layer.dilation), layer.groups,
+                      tuple(layer.stride), tuple(padding), tuple(layer.dilation), layer.groups,
                       layer.bias is not None, activation)
     if isinstance(layer, nn.Linear) and input_shape:
         tokens = 1

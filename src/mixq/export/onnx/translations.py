@@ -27,6 +27,7 @@ from onnxscript import opset18 as op
 
 import mixq.quant.kernels  # noqa: F401  (registers torch.ops.mixq)
 from mixq.export.onnx.contrib_ops import MatMulIntegerToFloat, MatMulNBits
+from mixq.quant.modules.conv_args import onnx_pads
 
 _TABLE: dict[str, Callable] = {}
 
@@ -56,7 +57,7 @@ def _per_channel(t, ndim: int):
 def qconv(x, x_scale, x_zp, w_q, w_scale, bias_q, y_scale, y_zp, stride, padding, dilation, groups, relu):
     xd = _qdq(x, x_scale, x_zp)
     wd = op.DequantizeLinear(w_q, w_scale, axis=0)
-    attrs = dict(strides=stride, pads=list(padding) * 2, dilations=dilation, group=groups)
+    attrs = dict(strides=stride, pads=onnx_pads(padding, len(stride)), dilations=dilation, group=groups)
     if bias_q is None:
         y = op.Conv(xd, wd, **attrs)
     else:
@@ -104,7 +105,8 @@ def dynamic_linear(x, w_t, w_scale, bias):
 def dynamic_conv(x, w_q, w_scale, bias, stride, padding, dilation, groups):
     xq, x_scale, x_zp = op.DynamicQuantizeLinear(x)
     ndim = len(stride) + 2
-    acc = op.ConvInteger(xq, w_q, x_zp, strides=stride, pads=list(padding) * 2, dilations=dilation, group=groups)
+    acc = op.ConvInteger(xq, w_q, x_zp, strides=stride, pads=onnx_pads(padding, len(stride)), dilations=dilation,
+                          group=groups)
     y = op.Mul(op.Cast(acc, to=FLOAT.dtype), _per_channel(op.Mul(x_scale, w_scale), ndim))
     return y if bias is None else op.Add(y, _per_channel(bias, ndim))
 

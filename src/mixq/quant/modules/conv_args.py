@@ -14,16 +14,43 @@ from mixq.quant.spec import QuantConfig, QuantSpec
 from mixq.quant.weights import float_bias, quantize_weight
 
 
+def onnx_pads(padding: list[int], dims: int) -> list[int]:
+    """ONNX ``pads`` (all begins, then all ends) of a padding that is symmetric (``dims`` values) or already
+    begin/end (``2 * dims`` values)."""
+    return list(padding) if len(padding) == 2 * dims else list(padding) * 2
+
+
 def conv_nd(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride: list[int], padding: list[int],
             dilation: list[int], groups: int) -> torch.Tensor:
-    """``F.conv1d`` or ``F.conv2d``, chosen by the weight's rank."""
-    conv = F.conv1d if w.dim() == 3 else F.conv2d
+    """``F.conv1d`` or ``F.conv2d``, chosen by the weight's rank. ``padding`` is one value per spatial axis, or
+    ONNX-style begins then ends (``2 * dims`` values: TF-"same" padding folded into the convolution); zeros are
+    padded, which for the integer kernels' zero-point-centred input is the zero point, as ONNX Runtime pads."""
+    conv, dims = (F.conv1d if w.dim() == 3 else F.conv2d), w.dim() - 2
+    if len(padding) == 2 * dims:
+        begin, end = list(padding[:dims]), list(padding[dims:])
+        if begin != end:
+            x = F.pad(x, [p for axis in reversed(range(dims)) for p in (begin[axis], end[axis])])
+            begin = [0] * dims
+        padding = begin
     return conv(x, w, bias, stride, padding, dilation, groups)
+
+
+def integer_padding(conv: nn.Conv1d | nn.Conv2d) -> list[int] | None:
+    """The convolution's padding as one symmetric integer per spatial axis: ``padding='valid'`` is 0 and
+    ``padding='same'`` is ``dilation * (kernel - 1) / 2`` where that is a whole number (odd kernels); None where
+    ``'same'`` pads asymmetrically (an even kernel: PyTorch puts the extra row and column at the end)."""
+    if not isinstance(conv.padding, str):
+        return list(conv.padding)  # type: ignore[arg-type]
+    if conv.padding == "valid":
+        return [0] * len(conv.kernel_size)
+    totals = [d * (k - 1) for k, d in zip(conv.kernel_size, conv.dilation, strict=True)]
+    return None if any(t % 2 for t in totals) else [t // 2 for t in totals]
 
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    """Stride, explicit symmetric padding, dilation and groups of a convolution."""
+    """Stride, explicit padding (symmetric: one value per axis; or begins then ends, ``mixq_pads``: a zero pad
+    that graph mode folded into the convolution), dilation and groups of a convolution."""
 
     stride: list[int]
     padding: list[int]
@@ -32,7 +59,11 @@ class ConvGeometry:
 
     @classmethod
     def of(cls, conv: nn.Conv1d | nn.Conv2d) -> ConvGeometry:
-        return cls(list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)  # type: ignore[arg-type]
+        padding = getattr(conv, "mixq_pads", None) or integer_padding(conv)
+        if padding is None:
+            raise ValueError(f"padding={conv.padding!r} pads {type(conv).__name__} asymmetrically (an even kernel); "
+                             "pad the input with F.pad and give the convolution padding=0 to quantize it")
+        return cls(list(conv.stride), padding, list(conv.dilation), conv.groups)  # type: ignore[arg-type]
 
     def apply(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return conv_nd(x, w, bias, self.stride, self.padding, self.dilation, self.groups)
@@ -61,8 +92,9 @@ def unsupported_conv_reason(conv: nn.Module) -> str | None:
     """Why this convolution can't be quantized (None when it can)."""
     if conv.padding_mode != "zeros":
         return f"padding_mode={conv.padding_mode!r} (only 'zeros' maps onto the integer kernels)"
-    if isinstance(conv.padding, str):
-        return f"padding={conv.padding!r}; give explicit integer padding to quantize this layer"
+    if integer_padding(conv) is None:
+        return (f"padding={conv.padding!r} with kernel {tuple(conv.kernel_size)} pads asymmetrically; pad the input "
+                "with F.pad and give the convolution padding=0 to quantize it")
     return None
 
 

@@ -8,6 +8,7 @@ Runtime keeps the integer chain unbroken.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mixq.quant.observers import Observer
@@ -37,6 +38,10 @@ class ObservedLayer(nn.Module):
         self.shared_input = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = getattr(self.layer, "mixq_pads", None)  # a zero pad graph mode folded in (``fold_pads``)
+        if pads:
+            dims = len(pads) // 2
+            x = F.pad(x, [p for axis in reversed(range(dims)) for p in (pads[axis], pads[dims + axis])])
         if not self.shared_input:
             self.input_observer(x)
         y = self.layer(x)

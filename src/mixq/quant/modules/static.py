@@ -73,6 +73,9 @@ class QuantizedConv(_StaticBase):
     def to_float(self) -> nn.Conv1d | nn.Conv2d:
         """A float convolution holding the dequantized weight and bias (QAT starting from a calibrated model)."""
         w, g = dequantize(self.weight, self.w_scale, axis=0), self.geometry
+        if len(g.padding) != len(g.stride):
+            raise ValueError(f"this convolution's padding {g.padding} (begins, ends) is asymmetric, which nn.Conv2d "
+                             "cannot hold; start QAT from the float model instead of the calibrated one")
         cls = nn.Conv1d if w.dim() == 3 else nn.Conv2d
         layer = cls(w.shape[1] * g.groups, w.shape[0], tuple(w.shape[2:]), stride=tuple(g.stride),
                     padding=tuple(g.padding), dilation=tuple(g.dilation), groups=g.groups, bias=self.bias is not None)
