@@ -16,6 +16,10 @@ Thresholds:
   path, errors add in quadrature to at most ~10%. So 0.15 (SQNR 16.5 dB) is int8 noise on these random-weight
   models, while the silent alterations issue 18 found (a dropped subclass ``forward``) gave 23% and 71%. Weight-only
   int8 rounds only weights (per channel: ~0.1% per layer): 0.03. fp16 rounds weights to 11 bits: 0.01.
+  Some random-weight models amplify any small noise far more (0.1% at MobileNetV2's first conv moves its logits
+  5.8%): over the floor, a static/dynamic/QAT result still counts as int8 noise when its error is within
+  ``PEER_MARGIN`` (1.5x) of ONNX Runtime's own quantizer's on the same fp32 file, which quantizes the graph's
+  operators and cannot alter a model by its class names; a silent alteration exceeds both.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from tests.zoo.cases import Batch, Case
 MODES = ("static", "dynamic", "weight_only", "fp16", "qat")
 FP32_FLOOR = {"static": 0.15, "dynamic": 0.15, "qat": 0.15, "weight_only": 0.03, "fp16": 0.01}
 SIM_COS, SIM_ARGMAX = 0.999, 0.99
+PEER_MARGIN = 1.5  # over the fixed floor, an error within 1.5x ONNX Runtime's quantizer's on the same model is noise
 _REFUSALS = (ValueError, TypeError, NotImplementedError)
 
 
@@ -182,4 +187,44 @@ def _check_file(case: Case, model: nn.Module, qmodel: nn.Module, example: Batch,
     if out.sim_cos < SIM_COS or out.sim_argmax < SIM_ARGMAX:
         out.fail(f"simulation != runtime: cos {out.sim_cos:.4f}, argmax agreement {out.sim_argmax:.3f}")
     elif out.fp32_rel > FP32_FLOOR[out.mode]:
-        out.fail(f"altered: relative error vs fp32 {out.fp32_rel:.3f} > {FP32_FLOOR[out.mode]} (int8 noise)")
+        peer = peer_error(case, model, example, out.mode, path.with_name(f"{case.name}-{out.mode}-peer"))
+        if peer is None or out.fp32_rel > PEER_MARGIN * peer:
+            out.fail(f"altered: relative error vs fp32 {out.fp32_rel:.3f} > {FP32_FLOOR[out.mode]} (int8 noise)"
+                     + ("" if peer is None else f" and > {PEER_MARGIN}x ONNX Runtime's quantizer's {peer:.3f}"))
+        else:
+            out.notes.append(f"relative error vs fp32 {out.fp32_rel:.3f} is over the {FP32_FLOOR[out.mode]} floor, "
+                             f"but within {PEER_MARGIN}x ONNX Runtime's quantizer's {peer:.3f} on the same model: "
+                             "the model amplifies int8 noise")
+
+
+def peer_error(case: Case, model: nn.Module, example: Batch, mode: str, stem: Path) -> float | None:
+    """The relative error vs fp32 of ONNX Runtime's own quantizer (``quantize_static``, QDQ, per-channel; or
+    ``quantize_dynamic``) on the fp32 file of the same model, at the zoo's two shapes: the noise floor of int8 on
+    this model from a tool that quantizes the ONNX graph's operators and so cannot alter a model by class name.
+    None where there is no such peer (weight-only, fp16) or it fails."""
+    if mode not in ("static", "dynamic", "qat"):
+        return None
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fp32 = mixq.export_onnx(model, example, stem.with_suffix(".fp32.onnx"))
+            peer = stem.with_suffix(".onnx")
+            if mode == "dynamic":
+                quantize_dynamic(fp32, peer, per_channel=True, weight_type=QuantType.QInt8)
+            else:
+                session = ort_session(fp32)
+                chunks = iter([feeds(session, case.inputs(0, seed)) for seed in range(4)])
+                reader = type("Reader", (), {"get_next": lambda self: next(chunks, None)})()
+                quantize_static(fp32, peer, reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            session = ort_session(peer)
+            errors = []
+            for shape in (0, 1):
+                batch = case.inputs(shape, 100 + shape)
+                got, ref = session.run(None, feeds(session, batch))[0], call(model, batch).numpy()
+                errors.append(float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30)))
+    except Exception:  # noqa: BLE001  (no peer measurement: the fixed floor alone decides)
+        return None
+    return max(errors)
