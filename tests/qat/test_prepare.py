@@ -53,7 +53,7 @@ def test_eval_mode_equals_the_converted_model_exactly(bits, per_channel, learnab
     assert {r.name for r in qmodel.mixq_summary.quantized} == {"conv", "conv2", "head"}
     assert qmodel.mixq_config.mode == "static" and qmodel.mixq_config.weight.bits == bits
     limit = 2 ** (bits - 1) - 1
-    assert int(qmodel.conv.weight.abs().max()) <= limit and qmodel.conv.weight.dtype == torch.int8
+    assert int(qmodel.conv.qweight.abs().max()) <= limit and qmodel.conv.qweight.dtype == torch.int8
 
 
 def test_conv_batchnorm_relu_are_fused_and_the_batchnorm_trains():
