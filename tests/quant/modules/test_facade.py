@@ -123,6 +123,8 @@ def test_weight_is_dequantized_on_access_not_stored():
     assert layer.weight is not layer.weight  # computed each time, never cached
     torch.testing.assert_close(layer.weight, layer.qweight.float() * layer.w_scale.reshape(-1, 1, 1))
     assert (layer.stride, layer.padding, layer.kernel_size, layer.in_channels) == ((2,), (1,), (3,), 4)
+    with pytest.raises(AttributeError, match="quantize it again"):
+        layer.weight = torch.zeros(6, 4, 3)
 
 
 def test_state_dicts_saved_with_the_int8_weight_as_weight_still_load():
@@ -151,3 +153,13 @@ def test_wrappers_answer_from_the_float_layer():
     assert conv.weight is conv.layer.weight and conv.stride == (2, 2) and conv.kernel_size == (3, 3)
     with pytest.raises(AttributeError):
         conv.no_such_attribute  # noqa: B018
+
+
+def test_the_bench_guard_still_finds_an_int8_position_table(tmp_path):
+    from mixq.cli.bench_checks import position_rows
+
+    model = nn.Sequential()
+    model.add_module("position_embeddings", nn.Embedding(12, 4))
+    qmodel = mixq.quantize(model, "dynamic")
+    path = mixq.export_onnx(qmodel, torch.arange(3).reshape(1, 3), tmp_path / "table.onnx")
+    assert position_rows(path) == 12  # stored as position_embeddings.qweight

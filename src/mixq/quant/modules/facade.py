@@ -10,7 +10,11 @@ Model code reads attributes of its own layers, not only their outputs: Hugging F
   have, whatever the storage: int8, 4-bit, float16), the float layer's shape, on the same device. It is dequantized
   from the stored weight on each access (never cached: no second copy of the model), with the exporters' own
   dequantize ops, so code that only reads ``weight.dtype`` leaves nothing in a captured graph and code that
-  computes with it reads the integer (or float16) weight through DequantizeLinear (Cast).
+  computes with it reads the integer (or float16) weight through DequantizeLinear (Cast). It is a view for
+  reading: assigning it raises, and writing into the returned tensor changes nothing.
+
+A static convolution's ``bias`` stays what its kernel adds (int32, on the input times weight scale); float16 layers'
+``bias`` is float16.
 
 ``FloatFacade`` is the base of the quantized modules (they hold no float layer); ``Delegating`` is the mixin of the
 wrappers that hold the float layer as ``self.layer`` (calibration's ``ObservedLayer``, the QAT layers), which
@@ -59,6 +63,11 @@ class FloatFacade(nn.Module):
     def weight(self) -> torch.Tensor:
         """The float32 weight this layer computes with, dequantized on access (see the module docstring)."""
         return self.float_weight()
+
+    @weight.setter
+    def weight(self, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__}.weight is dequantized from the stored weight on each access and "
+                             "cannot be assigned; change the float model's weight and quantize it again")
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         for old, new in self.renamed.items():
