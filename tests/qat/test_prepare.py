@@ -53,7 +53,7 @@ def test_eval_mode_equals_the_converted_model_exactly(bits, per_channel, learnab
     assert {r.name for r in qmodel.mixq_summary.quantized} == {"conv", "conv2", "head"}
     assert qmodel.mixq_config.mode == "static" and qmodel.mixq_config.weight.bits == bits
     limit = 2 ** (bits - 1) - 1
-    assert int(qmodel.conv.weight.abs().max()) <= limit and qmodel.conv.weight.dtype == torch.int8
+    assert int(qmodel.conv.qweight.abs().max()) <= limit and qmodel.conv.qweight.dtype == torch.int8
 
 
 def test_conv_batchnorm_relu_are_fused_and_the_batchnorm_trains():
@@ -268,3 +268,20 @@ def test_depthwise_separable_block_converts_exactly():
     with torch.no_grad():
         assert torch.equal(qat.eval()(x), convert(qat)(x))
     assert "quantized weights" not in str(qat.mixq_qat_plan).splitlines()[0]  # no sizes before conversion
+
+
+def test_weight_normed_layers_train_their_parametrization_and_convert_exactly():
+    """Wav2Vec2's positional convolution is weight-normed (``torch.nn.utils.parametrizations.weight_norm``): QAT
+    trains its ``original0``/``original1`` and converts like any convolution."""
+    model = ConvNet1d().eval()
+    nn.utils.parametrizations.weight_norm(model.conv2, dim=2)
+    qat = prepare_qat(model, example_inputs=_batches(1)[0])
+    qat.train()
+    loss = sum(qat(x).square().mean() for x in _batches(2))
+    loss.backward()
+    assert qat.conv2.layer.parametrizations.weight.original1.grad is not None
+    qmodel = convert(qat.eval())
+    x = _batches(1, seed=3)[0]
+    with torch.no_grad():
+        assert torch.equal(qat(x), qmodel(x))
+    assert qmodel.conv2.qweight.dtype == torch.int8

@@ -115,7 +115,7 @@ def test_embedding_table_is_int8_per_row_within_half_a_step():
         embedding.weight[3] *= 100  # one outlier row must not cost the other rows precision
     qmodel = mixq.quantize(nn.Sequential(embedding), "dynamic")
     layer = qmodel[0]
-    assert layer.weight.dtype == torch.int8 and layer.w_scale.shape == (50,)
+    assert layer.qweight.dtype == torch.int8 and layer.w_scale.shape == (50,)
     ids = torch.arange(50).reshape(5, 10)
     err = (qmodel(ids) - embedding(ids)).abs().detach()
     assert torch.all(err <= layer.w_scale[ids].unsqueeze(-1) / 2 + 1e-7)

@@ -13,7 +13,9 @@ import numpy as np
 
 from mixq.cli.errors import CliError
 
-_POSITION_TABLES = ("position_embeddings.weight", "wpe.weight", "embed_positions.weight")
+# float tables, and mixq's int8 ones (``QuantizedEmbedding.qweight``)
+_POSITION_TABLES = tuple(f"{table}.{kind}" for table in ("position_embeddings", "wpe", "embed_positions")
+                         for kind in ("weight", "qweight"))
 
 
 def _agree(inputs: Sequence[Any], shapes: dict[str, tuple[int, ...]], option: str) -> None:

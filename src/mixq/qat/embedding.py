@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixq.quant.modules.embedding import QuantizedEmbedding, per_row_spec
+from mixq.quant.modules.facade import Delegating
 from mixq.quant.modules.registry import register_qat_module
 from mixq.quant.primitives import fake_quantize
 from mixq.quant.spec import QuantConfig, QuantSpec
@@ -17,9 +18,10 @@ from mixq.quant.weights import weight_scale
 
 
 @register_qat_module(nn.Embedding)
-class QATEmbedding(nn.Module):
+class QATEmbedding(Delegating, nn.Module):
     """``nn.Embedding`` whose table is fake-quantized per row in training (straight-through gradients); in eval mode
-    exactly the ``QuantizedEmbedding`` it converts to. Lookups have no activation range, so nothing is observed."""
+    exactly the ``QuantizedEmbedding`` it converts to. Lookups have no activation range, so nothing is observed.
+    ``weight`` and the table's other attributes are the float embedding's."""
 
     mixq_leaf = True  # graph mode keeps it as one module
     learnable, relu, bn, has_data = False, False, None, True
@@ -34,14 +36,22 @@ class QATEmbedding(nn.Module):
         self.layer = layer
         self.spec = per_row_spec(weight_spec)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The table as this layer computes with it, for models that read it whole (DeBERTa's relative positions):
+        fake-quantized in training, the converted table's ``weight`` in eval mode (so eval equals ``convert``)."""
+        if not self.training:
+            return self.to_quantized().weight
+        w = self.layer.weight
+        scale = weight_scale(w, self.spec, axis=0)
+        return fake_quantize(w, scale, torch.zeros(scale.shape, dtype=torch.int8), 0, self.spec.qmin, self.spec.qmax)
+
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self.to_quantized()(indices)
-        w = self.layer.weight
-        scale = weight_scale(w, self.spec, axis=0)
-        w_q = fake_quantize(w, scale, torch.zeros(scale.shape, dtype=torch.int8), 0, self.spec.qmin, self.spec.qmax)
         e = self.layer
-        return F.embedding(indices, w_q, e.padding_idx, e.max_norm, e.norm_type, e.scale_grad_by_freq, e.sparse)
+        return F.embedding(indices, self.weight, e.padding_idx, e.max_norm, e.norm_type, e.scale_grad_by_freq,
+                           e.sparse)
 
     def to_quantized(self) -> QuantizedEmbedding:
         """The deployed table: int8 rows with the min-max scale of each row."""

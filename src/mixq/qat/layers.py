@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from mixq.qat.fake_quantizer import FakeQuantizer
 from mixq.quant.fusion import batchnorm_affine, folded_weight_bias, relu_module, saturation_clamps
@@ -35,9 +36,20 @@ _BN = nn.BatchNorm1d | nn.BatchNorm2d
 
 
 def with_parameters(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
-    """A shallow copy of ``layer`` (same geometry and forward) computing with ``weight`` and ``bias`` instead."""
-    proxy = copy.copy(layer)
+    """A shallow copy of ``layer`` (same geometry and forward) computing with ``weight`` and ``bias`` instead.
+
+    A parametrized layer (``weight_norm``: Wav2Vec2's positional convolution) is copied as its plain class without
+    the parametrizations (``copy.copy`` refuses parametrized modules), so ``weight`` is the tensor given, which the
+    caller computed from the parametrization (the layer's own ``weight``)."""
+    cls = type(layer)
+    modules = layer._modules
+    if parametrize.is_parametrized(layer):
+        cls = cls.__bases__[0]  # parametrize derives a class from the layer's own
+        modules = {k: m for k, m in modules.items() if k != "parametrizations"}
+    proxy = cls.__new__(cls)
+    proxy.__dict__.update(layer.__dict__)
     proxy._parameters = {"weight": weight, "bias": bias}
+    proxy._modules = dict(modules)
     return proxy
 
 
@@ -156,9 +168,8 @@ class QATLayer(ObservedLayer):
         """The float layer with its BatchNorm folded (for layers that never ran during training)."""
         with torch.no_grad():
             w, b = self.folded()
-            layer = copy.deepcopy(self.layer)
-            layer.weight = nn.Parameter(w.detach().clone())
-            layer.bias = None if b is None else nn.Parameter(b.detach().clone())
+            bias = None if b is None else nn.Parameter(b.detach().clone())
+            layer = copy.deepcopy(with_parameters(self.layer, nn.Parameter(w.detach().clone()), bias))
         return nn.Sequential(layer, relu_module(self.relu_max)) if self.relu else layer
 
     def extra_repr(self) -> str:

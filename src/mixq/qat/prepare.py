@@ -24,6 +24,7 @@ from mixq.quant.calibration import Batch, call_checked
 from mixq.quant.capture import capture_compute
 from mixq.quant.fusion import calls_from_graph, detach_fusions, find_fusions, set_submodule, trace_calls
 from mixq.quant.graph import apply_graph_mode, share_observers
+from mixq.quant.graph_export import NO_NAN_GUARD, export_friendly
 from mixq.quant.modules import QuantizedAdd
 from mixq.quant.modules.registry import adapt_in_place, kind_name, qat_class, quantized_classes
 from mixq.quant.observers import make_observer
@@ -127,6 +128,7 @@ def _capture(model: nn.Module, cfg: QATConfig, example_inputs: Batch | None, sum
 
 def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | None,
                    summary: QuantizationSummary) -> nn.Module:
+    summary.notes += export_friendly(model, NO_NAN_GUARD)[0]  # the same function; its file exports at any batch
     _capture(model, cfg, example_inputs, summary)
     fusions = _find_fusions(model, example_inputs, cfg, summary.notes)
     relu_layers, batchnorms = detach_fusions(model, fusions)

@@ -61,7 +61,8 @@ def returns_cache(model: nn.Module, probe: Batch, output: Any = None) -> bool:
 
 INTEGER_ATTENTION = "so its MatMuls can run as integer kernels"
 NO_NAN_GUARD = ("so the exported attention needs no NaN guard (sdpa's ONNX form runs IsNaN and Where over every "
-                "attention probability)")
+                "attention probability) and exports with a symbolic batch axis (torch.onnx cannot decompose T5's and "
+                "Swin's sdpa form with one)")
 
 
 def export_friendly(model: nn.Module, why: str = INTEGER_ATTENTION) -> tuple[list[str], Callable[[], None]]:

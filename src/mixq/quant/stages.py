@@ -155,7 +155,7 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
                                         untraceable=fx_why, float_outputs=config.float_outputs)
         if export_failed:
             summary.notes.append(f"graph mode through torch.export not used: {export_failed}")
-    if not exported and any(config.choice(n).mode == "dynamic" for n in plain):
+    if not exported and any(config.choice(n).mode != "static" for n in plain):  # dynamic, weight-only, fp16
         summary.notes += export_friendly(qmodel, NO_NAN_GUARD)[0]  # on the copy, kept: the file runs what it runs
     return Prepared(qmodel, config, observed, adds, plain, summary, {n: specs[n] for n in observed + adds},
                     input_shapes={n: shapes[n] for n in targets if n in shapes},

@@ -36,7 +36,7 @@ def test_tiny_bert_exports_and_agrees_with_the_simulation(bert, tmp_path, mode):
     if mode == "dynamic":
         assert all(op.input_types[1] == "int8" for op in fcs), info
         assert any(op.input_types[:1] == ("int8",) for op in info.ops if op.op_type.startswith("GATHER")), info
-        stored = qmodel.embeddings.word_embeddings.weight.numel() + sum(
+        stored = qmodel.embeddings.word_embeddings.qweight.numel() + sum(
             m.weight_t.numel() for m in qmodel.modules() if type(m).__name__ == "DynamicQuantizedLinear")
         assert info.size_by_dtype["int8"]["bytes"] >= stored, info.size_by_dtype  # the table and weights as int8
     else:

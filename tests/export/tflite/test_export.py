@@ -129,8 +129,8 @@ def test_dynamic_range_file_stores_mixqs_int8_weights(case):
     for m in qmodel.modules():
         if type(m).__name__ == "DynamicQuantizedLinear":
             expected[tuple(m.w_scale.tolist())] = m.weight_t.t().numpy()
-        elif type(m).__name__ == "DynamicQuantizedConv" and m.weight.shape[1] > 1:  # depthwise stays float
-            expected[tuple(m.w_scale.tolist())] = m.weight.numpy()
+        elif type(m).__name__ == "DynamicQuantizedConv" and m.qweight.shape[1] > 1:  # depthwise stays float
+            expected[tuple(m.w_scale.tolist())] = m.qweight.numpy()
     found = _int8_weights(case["files"]["dynamic_range"])
     assert len(found) == len(expected)
     for scales, q in expected.items():

@@ -91,7 +91,7 @@ def test_qat_learned_scales_and_weights_are_stored_exactly(tmp_path):
     for layer in _layers(qmodel):
         scale = layer.w_scale.numpy().astype(np.float32)
         assert scale.tobytes() in stored, f"{type(layer).__name__}: learned weight scales not in the file"
-        q = layer.weight.numpy() if isinstance(layer, QuantizedConv) else layer.weight_t.t().numpy()
+        q = layer.qweight.numpy() if isinstance(layer, QuantizedConv) else layer.weight_t.t().numpy()
         w = stored[scale.tobytes()]
         assert np.array_equal(w.reshape(w.shape[0], -1), np.moveaxis(q, 1, -1).reshape(q.shape[0], -1)), \
             "int8 weights differ from mixq's"

@@ -138,14 +138,14 @@ def test_lowering_keeps_mixqs_numbers(make, inputs, lowered_class, mode):
     elif mode in ("float16", None):  # the same upcast weights (float16, or int8 rows times their scales)
         assert torch.equal(got, ref)
     else:  # dynamic range: the float layer holds mixq's int8 weight times its scale, exactly
-        q = model.op.weight_t.t() if hasattr(model.op, "weight_t") else model.op.weight
+        q = model.op.weight_t.t() if hasattr(model.op, "weight_t") else model.op.qweight
         assert torch.equal(lowered.op.weight, dequantize(q, model.op.w_scale.reshape(-1), axis=0))
 
 
 def test_full_integer_weights_are_on_mixqs_grid():
     qconv = QuantizedConv(_conv(), DEFAULT_WEIGHT, U8, OUT)
     lowered = lowering.QDQConv(qconv)
-    assert torch.equal(lowered.weight(), dequantize(qconv.weight, qconv.w_scale, axis=0))
+    assert torch.equal(lowered.weight(), dequantize(qconv.qweight, qconv.w_scale, axis=0))
     assert lowered.x_q.zero_point == 0 and lowered.x_q.scale == pytest.approx(0.02)  # uint8 128 -> int8 0
 
 

@@ -111,7 +111,7 @@ def float_activations(model: nn.Module) -> Iterator[None]:
         return torch.relu(y) if getattr(m, "relu", False) else y
 
     def conv(m: nn.Module, inp: tuple, out: torch.Tensor) -> torch.Tensor:
-        w = m.weight.float() * m.w_scale.reshape(-1, *[1] * (m.weight.dim() - 1))
+        w = m.qweight.float() * m.w_scale.reshape(-1, *[1] * (m.qweight.dim() - 1))
         return m.geometry.apply(inp[0], w, m.bias)
 
     hooks = [m.register_forward_hook(linear if hasattr(m, "weight_t") else conv)

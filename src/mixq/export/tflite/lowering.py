@@ -126,7 +126,7 @@ class QDQConv(nn.Module):
         super().__init__()
         self.x_q = ActivationQParams(m.x_scale, m.x_zp)
         self.y_q = ActivationQParams(m.y_scale, m.y_zp)
-        self.weight = PerChannelWeight(m.weight, m.w_scale)
+        self.weight = PerChannelWeight(m.qweight, m.w_scale)
         bias = None if m.bias is None else m.bias.to(torch.float64) * (m.x_scale * m.w_scale).to(torch.float64)
         self.register_buffer("bias", None if bias is None else bias.to(torch.float32))
         self.geometry, self.relu = m.geometry, m.relu
@@ -228,7 +228,7 @@ class Int8Embedding(nn.Module):
 
     def __init__(self, m: QuantizedEmbedding) -> None:
         super().__init__()
-        self.register_buffer("weight", m.weight.detach().clone())
+        self.register_buffer("weight", m.qweight.detach().clone())
         self.register_buffer("scale", m.w_scale.detach().to(torch.float32).reshape(-1).clone())
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
@@ -257,18 +257,18 @@ def _dynamic_linear(m: DynamicQuantizedLinear) -> nn.Module:
 
 @lowers(DynamicQuantizedConv, "dynamic_range")
 def _dynamic_conv(m: DynamicQuantizedConv) -> nn.Module:
-    scale = m.w_scale.reshape(-1).expand(m.weight.shape[0])
-    return DynamicRangeWeights(_dequantized(m.weight, scale, 0), m.bias, m.geometry)
+    scale = m.w_scale.reshape(-1).expand(m.qweight.shape[0])
+    return DynamicRangeWeights(_dequantized(m.qweight, scale, 0), m.bias, m.geometry)
 
 
 @lowers(Float16Linear, "float16")
 def _float16_linear(m: Float16Linear) -> nn.Module:
-    return Float16Weights(m.weight, m.bias, None)
+    return Float16Weights(m.weight_fp16, m.bias, None)
 
 
 @lowers(Float16Conv, "float16")
 def _float16_conv(m: Float16Conv) -> nn.Module:
-    return Float16Weights(m.weight, m.bias, m.geometry)
+    return Float16Weights(m.weight_fp16, m.bias, m.geometry)
 
 
 def lower(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:

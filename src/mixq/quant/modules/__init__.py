@@ -1,7 +1,8 @@
 """Quantized replacements for float layers, one file per mode, plus the observed wrapper used in calibration.
 
 Each quantized class registers itself against the float types it replaces (``registry.register_qmodule``);
-importing this package registers them all.
+importing this package registers them all. Each shows model code the face of the layer it replaced: its
+hyper-parameters and a float32 ``weight`` (``facade``).
 """
 
 from mixq.quant.modules.dynamic import DynamicQuantizedConv, DynamicQuantizedLinear

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixq.quant.modules.facade import FloatFacade
 from mixq.quant.modules.registry import register_check
 from mixq.quant.spec import QuantConfig, QuantSpec
 from mixq.quant.weights import float_bias, quantize_weight
@@ -69,8 +70,11 @@ class ConvGeometry:
         return conv_nd(x, w, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-class Int8WeightConv(nn.Module):
-    """Base of the dynamic and weight-only convolutions: per-channel int8 weight, float32 scale and bias."""
+class Int8WeightConv(FloatFacade):
+    """Base of the dynamic and weight-only convolutions: per-channel int8 weight (``qweight``), float32 scale and
+    bias; ``weight`` is the float32 dequantization (``facade``)."""
+
+    renamed = {"weight": "qweight"}
 
     @classmethod
     def from_float(cls, conv: nn.Conv1d | nn.Conv2d, config: QuantConfig) -> Int8WeightConv:
@@ -79,13 +83,19 @@ class Int8WeightConv(nn.Module):
     def __init__(self, conv: nn.Conv1d | nn.Conv2d, spec: QuantSpec) -> None:
         super().__init__()
         q, scale = quantize_weight(conv.weight, spec, axis=0)
-        self.register_buffer("weight", q)
+        self.register_buffer("qweight", q)
         self.register_buffer("w_scale", scale)
         self.register_buffer("bias", float_bias(conv))
         self.geometry = ConvGeometry.of(conv)
+        self.expose(conv)
+
+    def float_weight(self) -> torch.Tensor:
+        from mixq.quant import kernels as ops  # kernels imports this module
+
+        return ops.dequantize_weight(self.qweight, self.w_scale, 0)
 
     def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, {self.geometry}"
+        return f"{tuple(self.qweight.shape)}, {self.geometry}"
 
 
 def unsupported_conv_reason(conv: nn.Module) -> str | None:

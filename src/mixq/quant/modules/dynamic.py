@@ -7,13 +7,14 @@ from torch import nn
 
 from mixq.quant import kernels as ops
 from mixq.quant.modules.conv_args import Int8WeightConv
+from mixq.quant.modules.facade import FloatFacade
 from mixq.quant.modules.registry import register_qmodule
 from mixq.quant.spec import QuantConfig, QuantSpec
 from mixq.quant.weights import float_bias, quantize_weight
 
 
 @register_qmodule(nn.Linear, "dynamic")
-class DynamicQuantizedLinear(nn.Module):
+class DynamicQuantizedLinear(FloatFacade):
     """Linear layer running as ONNX Runtime's DynamicQuantizeMatMul. No calibration needed.
 
     Example: ``DynamicQuantizedLinear(nn.Linear(768, 768), DEFAULT_WEIGHT)``.
@@ -29,6 +30,10 @@ class DynamicQuantizedLinear(nn.Module):
         self.register_buffer("weight_t", q.t().contiguous())
         self.register_buffer("w_scale", w_scale)
         self.register_buffer("bias", float_bias(linear))
+        self.expose(linear)
+
+    def float_weight(self) -> torch.Tensor:
+        return ops.dequantize_weight(self.weight_t, self.w_scale, 1).t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.dynamic_linear(x, self.weight_t, self.w_scale, self.bias)
@@ -44,4 +49,4 @@ class DynamicQuantizedConv(Int8WeightConv):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.geometry
-        return ops.dynamic_conv(x, self.weight, self.w_scale, self.bias, g.stride, g.padding, g.dilation, g.groups)
+        return ops.dynamic_conv(x, self.qweight, self.w_scale, self.bias, g.stride, g.padding, g.dilation, g.groups)

@@ -11,11 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixq.quant.modules.facade import Delegating
 from mixq.quant.observers import Observer
 
 
-class ObservedLayer(nn.Module):
-    """Float layer + input/output observers (+ the ReLU fused into it, applied before the output observer).
+class ObservedLayer(Delegating, nn.Module):
+    """Float layer + input/output observers (+ the ReLU fused into it, applied before the output observer). Model
+    code reading the layer's ``weight`` or hyper-parameters (``stride``, ...) reads the wrapped layer's.
 
     ``relu_max``: the fused ReLU's upper bound (ReLU6: 6); the observer then sees the clamped output, so the output
     range ends at or below it and the quantized layer's saturation reproduces the clamp.

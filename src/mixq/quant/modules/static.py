@@ -7,6 +7,7 @@ from torch import nn
 
 from mixq.quant import kernels as ops
 from mixq.quant.modules.conv_args import ConvGeometry
+from mixq.quant.modules.facade import FloatFacade
 from mixq.quant.modules.registry import register_qmodule
 from mixq.quant.primitives import dequantize
 from mixq.quant.spec import QuantConfig, QuantSpec
@@ -23,7 +24,7 @@ def _float_copy(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | Non
     return layer
 
 
-class _StaticBase(nn.Module):
+class _StaticBase(FloatFacade):
     relu_max: float | None = None
 
     @classmethod
@@ -50,29 +51,36 @@ class QuantizedConv(_StaticBase):
     """Conv1d/Conv2d (BatchNorm and ReLU already folded in) running as ONNX Runtime's QLinearConv.
 
     Example: ``QuantizedConv(conv, DEFAULT_WEIGHT, (x_scale, x_zp), (y_scale, y_zp), relu=True)``. ``w_scale``
-    overrides the min-max weight scale (QAT's learned scales).
+    overrides the min-max weight scale (QAT's learned scales). The int8 weight is ``qweight``; ``weight`` is its
+    float32 dequantization (``facade``).
     """
+
+    renamed = {"weight": "qweight"}
 
     def __init__(self, conv: nn.Conv1d | nn.Conv2d, weight_spec: QuantSpec, x_qparams: QParams,
                  y_qparams: QParams, relu: bool = False, w_scale: torch.Tensor | None = None) -> None:
         super().__init__()
         self._set_activation_qparams(x_qparams, y_qparams)
         q, w_scale = quantize_weight(conv.weight, weight_spec, axis=0, scale=w_scale)
-        self.register_buffer("weight", q)
+        self.register_buffer("qweight", q)
         self.register_buffer("w_scale", w_scale)
         bias = None if conv.bias is None else quantize_bias(conv.bias, self.x_scale, w_scale)
         self.register_buffer("bias", bias)
         self.geometry = ConvGeometry.of(conv)
         self.relu = relu
+        self.expose(conv)
+
+    def float_weight(self) -> torch.Tensor:
+        return ops.dequantize_weight(self.qweight, self.w_scale, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.geometry
-        return ops.qconv(x, self.x_scale, self.x_zp, self.weight, self.w_scale, self.bias, self.y_scale, self.y_zp,
+        return ops.qconv(x, self.x_scale, self.x_zp, self.qweight, self.w_scale, self.bias, self.y_scale, self.y_zp,
                          g.stride, g.padding, g.dilation, g.groups, self.relu)
 
     def to_float(self) -> nn.Conv1d | nn.Conv2d:
         """A float convolution holding the dequantized weight and bias (QAT starting from a calibrated model)."""
-        w, g = dequantize(self.weight, self.w_scale, axis=0), self.geometry
+        w, g = dequantize(self.qweight, self.w_scale, axis=0), self.geometry
         if len(g.padding) != len(g.stride):
             raise ValueError(f"this convolution's padding {g.padding} (begins, ends) is asymmetric, which nn.Conv2d "
                              "cannot hold; start QAT from the float model instead of the calibrated one")
@@ -83,7 +91,7 @@ class QuantizedConv(_StaticBase):
         return _float_copy(layer, w, bias)
 
     def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, {self.geometry}, relu={self.relu}"
+        return f"{tuple(self.qweight.shape)}, {self.geometry}, relu={self.relu}"
 
 
 @register_qmodule(nn.Linear, "static")
@@ -103,6 +111,10 @@ class QuantizedLinear(_StaticBase):
         self.register_buffer("w_scale", w_scale)
         self.register_buffer("bias", float_bias(linear))
         self.relu = relu
+        self.expose(linear)
+
+    def float_weight(self) -> torch.Tensor:
+        return ops.dequantize_weight(self.weight_t, self.w_scale, 1).t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.qlinear(x, self.x_scale, self.x_zp, self.weight_t, self.w_scale, self.bias, self.y_scale,

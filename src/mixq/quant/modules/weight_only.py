@@ -7,9 +7,10 @@ from torch import nn
 
 from mixq.quant import kernels as ops
 from mixq.quant.modules.conv_args import Int8WeightConv
+from mixq.quant.modules.facade import FloatFacade
 from mixq.quant.modules.registry import register_qmodule
 from mixq.quant.spec import QuantConfig, QuantSpec
-from mixq.quant.weight_only.grid import Grid, pack_matmul_nbits
+from mixq.quant.weight_only.grid import Grid, pack_matmul_nbits, unpack_matmul_nbits
 from mixq.quant.weight_only.layers import in_out_features, weight_matrix
 from mixq.quant.weights import float_bias
 
@@ -29,7 +30,7 @@ def grid_of(spec: QuantSpec, in_features: int) -> Grid:
 
 
 @register_qmodule(nn.Linear, "weight_only")
-class WeightOnlyLinear(nn.Module):
+class WeightOnlyLinear(FloatFacade):
     """Linear layer (``nn.Linear`` or GPT-2's ``Conv1D``) with 2/3/4/8-bit group-wise weights, running as ONNX
     Runtime's MatMulNBits (zero points for asymmetric grids; 3-bit codes in the 4-bit layout).
 
@@ -64,6 +65,10 @@ class WeightOnlyLinear(nn.Module):
         self.register_buffer("scales", scale.reshape(-1).to(torch.float32).contiguous())
         self.register_buffer("zero_points", zero_points)
         self.register_buffer("bias", float_bias(linear))
+        self.expose(linear)
+
+    def float_weight(self) -> torch.Tensor:
+        return unpack_matmul_nbits(self.packed, self.scales, self.zero_points, self.bits, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.matmul_nbits(x, self.packed, self.scales, self.zero_points, self.bias, self.in_features,
@@ -88,4 +93,4 @@ class WeightOnlyConv(Int8WeightConv):
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.geometry.apply(x, ops.dequantize_weight(self.weight, self.w_scale, 0), self.bias)
+        return self.geometry.apply(x, ops.dequantize_weight(self.qweight, self.w_scale, 0), self.bias)

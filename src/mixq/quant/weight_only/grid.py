@@ -106,9 +106,11 @@ def _pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def _unpack_rows(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """The ``bits``-wide codes of each byte, lowest first. Division and remainder rather than shift and mask: the
+    same integers, and ONNX can express them when a model reading a layer's ``weight`` traces this."""
     per_byte = 8 // bits
-    shifts = torch.arange(per_byte, dtype=torch.int32) * bits
-    v = (packed.to(torch.int32).unsqueeze(-1) >> shifts) & (2**bits - 1)
+    divisors = 2 ** (torch.arange(per_byte, dtype=torch.int32) * bits)
+    v = torch.remainder(torch.div(packed.to(torch.int32).unsqueeze(-1), divisors, rounding_mode="floor"), 2**bits)
     return v.reshape(*packed.shape[:-1], -1)[..., :count]
 
 
