@@ -36,7 +36,7 @@ from mixq.quant.calibration import Batch, call_model, run_batches
 from mixq.quant.fusion import trace_calls
 from mixq.quant.planning import excluded
 from mixq.quant.primitives import choose_qparams, dequantize, quantize
-from mixq.quant.spec import QuantConfig
+from mixq.quant.spec import SMOOTH_LAYERNORM, QuantConfig
 from mixq.quant.weights import quantize_weight
 
 logger = logging.getLogger(__name__)
@@ -327,12 +327,17 @@ def smooth(model: nn.Module, alpha: float | str, config: QuantConfig, probe: Bat
            progress: bool = True) -> tuple[nn.Module, list[str]]:
     """A smoothed copy of ``model`` (``model`` is not modified) and notes for the summary.
 
-    ``alpha`` is a number in [0, 1] or ``"auto"``; ``batches`` give the activation statistics. Groups that fold
-    exactly are folded; the others whose consumers are all static are smoothed in those consumers' quantization
-    (``explicit_groups``). When there is neither, the copy is unchanged and no notes are returned.
+    ``alpha`` is a number in [0, 1], ``"auto"`` or ``"layernorm"`` (``"auto"`` if a LayerNorm feeds one of the
+    candidate Linears, else ``model`` itself is returned untouched); ``batches`` give the activation statistics.
+    Groups that fold exactly are folded; the others whose consumers are all static are smoothed in those consumers'
+    quantization (``explicit_groups``). When there is neither, the copy is unchanged and no notes are returned.
     """
     smoothed = copy.deepcopy(model).eval()
     candidates = [g for g in candidate_groups(smoothed, probe) if _wanted(g, config)]
+    if alpha == SMOOTH_LAYERNORM:  # the static default: "auto", on models where a LayerNorm feeds Linears
+        if not any(_is_norm(smoothed.get_submodule(g.producer)) for g in candidates):
+            return model, []
+        alpha = "auto"
     exact = verify(smoothed, candidates, probe)
     unfolded = [g for g in candidates if all(g is not e for e in exact)]
     groups = exact + explicit_groups(unfolded, config)
