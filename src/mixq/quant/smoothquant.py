@@ -46,6 +46,10 @@ _MIN = 1e-5  # floor for channel maxima, so a dead channel gets a finite scale
 _ROWS_PER_BATCH, _MAX_ROWS = 128, 1024  # calibration rows kept per group for alpha="auto"
 _INT8_MODES = ("static", "dynamic")
 _TOLERANCE = 1e-4  # relative change of a module output that counts as "changed" in fold verification
+# the static default ("layernorm") smooths a group only when its largest input-channel maximum is at least this
+# many times the median channel's: one per-tensor int8 grid then spends 2 bits or more of its range on a few
+# outlier channels (all-MiniLM-L6-v2: 3-21; a random-weight model's channels: 1.3-2.7)
+OUTLIER_SPREAD = 4.0
 
 
 @dataclass
@@ -260,6 +264,11 @@ def _collect(model: nn.Module, groups: list[SmoothGroup], batches: Iterable[Batc
             h.remove()
 
 
+def spread(x_absmax: torch.Tensor) -> float:
+    """Largest input-channel maximum over the median channel's (how far outlier channels stretch the range)."""
+    return float(x_absmax.max() / x_absmax.median().clamp_min(_MIN))
+
+
 def smoothing_scale(x_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: float) -> torch.Tensor:
     """``max|X_j|**alpha / max|W_j|**(1 - alpha)`` per input channel ``j`` (floored, so never 0 or inf)."""
     x, w = x_absmax.clamp_min(_MIN), w_absmax.clamp_min(_MIN)
@@ -334,7 +343,8 @@ def smooth(model: nn.Module, alpha: float | str, config: QuantConfig, probe: Bat
     """
     smoothed = copy.deepcopy(model).eval()
     candidates = [g for g in candidate_groups(smoothed, probe) if _wanted(g, config)]
-    if alpha == SMOOTH_LAYERNORM:  # the static default: "auto", on models where a LayerNorm feeds Linears
+    outliers_only = alpha == SMOOTH_LAYERNORM  # the static default: "auto" on outlier groups of transformers
+    if outliers_only:
         if not any(_is_norm(smoothed.get_submodule(g.producer)) for g in candidates):
             return model, []
         alpha = "auto"
@@ -348,6 +358,9 @@ def smooth(model: nn.Module, alpha: float | str, config: QuantConfig, probe: Bat
     for group in groups:
         if group.x_absmax is None:
             continue  # never reached by the calibration data
+        if outliers_only and spread(group.x_absmax) < OUTLIER_SPREAD:
+            group.rows.clear()
+            continue
         w = _weight(smoothed, group)
         if alpha == "auto":
             rows = torch.cat(group.rows)
@@ -371,6 +384,8 @@ def smooth(model: nn.Module, alpha: float | str, config: QuantConfig, probe: Bat
                  + (f": {lines}" if lines else "")
                  + (f"; {unused} candidate pairs could not be folded exactly and have a non-static consumer"
                     if unused > 0 else "")
-                 + ("; alpha 'auto' kept the rest unsmoothed (no alpha lowered their int8 error)"
+                 + ((f"; the rest have no outlier channels (largest channel maximum < {OUTLIER_SPREAD:g}x the "
+                     "median's) or no alpha lowered their int8 error" if outliers_only else
+                     "; alpha 'auto' kept the rest unsmoothed (no alpha lowered their int8 error)")
                     if alpha == "auto" and len(done) < len(groups) else ""))
     return smoothed, notes
