@@ -91,8 +91,8 @@ def test_exported_graph_gains_only_the_unfoldable_groups_muls(planted, tmp_path)
 
 
 def test_unfoldable_smoothing_keeps_the_float_function_and_matches_onnx(tmp_path):
-    """Post-LN BERT (LayerNorms also feed residual adds, a GELU before the FFN's second Linear): static mode's
-    default smooths inside the int8 layers; the file computes what the simulation does."""
+    """Post-LN BERT (LayerNorms also feed residual adds, a GELU before the FFN's second Linear): the groups that
+    cannot fold are smoothed inside their int8 layers, and the file computes what the simulation does."""
     transformers = pytest.importorskip("transformers")
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
@@ -101,7 +101,7 @@ def test_unfoldable_smoothing_keeps_the_float_function_and_matches_onnx(tmp_path
     bert = transformers.BertModel(config, add_pooling_layer=False).eval()
     calib = [{"input_ids": torch.randint(0, 200, (4, 16)), "attention_mask": torch.ones(4, 16, dtype=torch.long)}
              for _ in range(2)]
-    qmodel = mixq.quantize(bert, "static", calib_data=calib, progress=False)
+    qmodel = mixq.quantize(bert, "static", calib_data=calib, smoothquant="auto", progress=False)
     note = [n for n in qmodel.mixq_summary.notes if n.startswith("smoothquant:")][0]
     assert "in the int8 layer" in note, note
     smoothed = [m for m in qmodel.modules() if getattr(m, "x_smooth", None) is not None]
