@@ -115,7 +115,8 @@ def nncf_file(fp32: Path, calib: list[dict[str, np.ndarray]], out: Path, transfo
 
 def mixq_files(model: nn.Module, calib: list[Any], example: Any, out: Path, modes: list[tuple[str, str, Any]],
                ) -> tuple[dict[str, Path], dict[str, nn.Module]]:
-    """mixq's files: one per (label, mode, smoothquant) in ``modes``; also the quantized PyTorch models."""
+    """mixq's files: one per (label, mode, smoothquant) in ``modes`` (``"layernorm"`` is static mode's default);
+    also the quantized PyTorch models."""
     files, models = {}, {}
     for label, mode, smooth in modes:
         qmodel = mixq.quantize(model, mode, calib_data=calib, smoothquant=smooth, progress=False)

@@ -16,7 +16,7 @@ from mixq.cli.sidecar import write_sidecar
 from mixq.export.backend import Format, format_for, formats, get_format, get_runtime, runtimes
 from mixq.export.onnx.export import MIN_OPSET
 from mixq.quant.observers import observer_names
-from mixq.quant.spec import MODES, QuantConfig
+from mixq.quant.spec import MODES, SMOOTH_LAYERNORM, QuantConfig
 from mixq.quant.weight_only.methods import method_names
 from mixq.report.files import StagedOutputs
 
@@ -34,7 +34,7 @@ EPILOG = """examples:
 FORMAT_OPTIONS = {"io_dtype": ("--io-dtype", "float32"), "nhwc": ("--nhwc", False)}  # format-specific flags
 FLOAT_MODE = "fp32"  # no quantization: the float model exported as it is
 _QUANT_OPTIONS = (("--observer", "observer", None), ("--bits", "bits", 8), ("--group-size", "group_size", None),
-                  ("--exclude", "exclude", ""), ("--smoothquant", "smoothquant", None),
+                  ("--exclude", "exclude", ""), ("--smoothquant", "smoothquant", SMOOTH_LAYERNORM),
                   ("--method", "method", "rtn"), ("--weight-scheme", "weight_scheme", "sym"),
                   ("--weights-granularity", "weights_granularity", None), ("--reduce-range", "reduce_range", "auto"),
                   ("--runtime", "runtime", None), ("--runtime-aware", "runtime_aware", "on"))
@@ -71,9 +71,10 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="static/dynamic: off keeps every layer int8 even where its int8 kernel is slower on the "
                         "runtime (default on)")
     p.add_argument("--exclude", default="", metavar="NAMES", help="comma-separated layer name patterns to keep float")
-    p.add_argument("--smoothquant", type=_alpha, default=None, metavar="ALPHA|auto",
+    p.add_argument("--smoothquant", type=_alpha, default=SMOOTH_LAYERNORM, metavar="ALPHA|auto|layernorm|off",
                    help="static/dynamic: SmoothQuant before quantizing (alpha in [0, 1], or 'auto' per layer); "
-                        "needs --calib")
+                        "needs --calib; default 'layernorm': 'auto' in static mode on models where a LayerNorm "
+                        "feeds Linears (transformers), off otherwise")
     p.add_argument("--output", required=True, metavar="MODEL.onnx", help="ONNX or .tflite file to write")
     p.add_argument("--opset", type=int, default=None, metavar="N",
                    help="onnx only: the ONNX opset to write (>= 13; default: the exporter's)")
@@ -99,14 +100,17 @@ def _reduce_range(args: argparse.Namespace) -> bool:
     return needed
 
 
-def _alpha(text: str) -> float | str:
-    """``--smoothquant`` value: ``auto`` or a number (range checked by ``mixq.quantize``)."""
-    if text == "auto":
+def _alpha(text: str) -> float | str | None:
+    """``--smoothquant`` value: ``auto``, ``layernorm``, ``off`` or a number (range checked by ``mixq.quantize``)."""
+    if text in ("auto", SMOOTH_LAYERNORM):
         return text
+    if text == "off":
+        return None
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'auto', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], 'auto', 'layernorm' or 'off', got "
+                                         f"{text!r}") from None
 
 
 def _runtime(args: argparse.Namespace, fmt: Format) -> dict[str, object]:

@@ -39,6 +39,7 @@ class VariantResult:
     build_seconds: float
     integer_kernels: dict[str, int] = field(default_factory=dict)
     float_compute: dict[str, int] = field(default_factory=dict)
+    runtime_kernels: dict[str, int] | None = None  # what the chosen runtime compiled (OpenVINO), by precision
     summary: Any = None  # QuantizationSummary for quantized variants
     accuracy_delta_pp: float = 0.0
 
@@ -83,6 +84,7 @@ def evaluate_variant(ctx: DemoContext, variant: Variant) -> VariantResult:
         sqnr_db_vs_fp32=sqnr_db(_fp32_logits(ctx), ort_logits), latency=latency, build_seconds=build_seconds,
         integer_kernels=dict(sorted(kernels["ort_integer_kernels"].items())),
         float_compute=dict(sorted(kernels["ort_float_compute"].items())),
+        runtime_kernels=runtime.kernel_counts(session),
         summary=getattr(model, "mixq_summary", None),
     )
     if ctx.results:

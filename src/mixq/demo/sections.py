@@ -155,14 +155,20 @@ def autoquant_section(ctx: DemoContext) -> Section:
 
 
 def kernels_section(ctx: DemoContext) -> Section:
-    """What ONNX Runtime runs for each variant, and mixq's per-layer summaries."""
-    table = Table(["variant", "integer kernels after ORT optimisation", "float compute kernels"],
-                  [[r.variant, format_op_counts(r.integer_kernels), format_op_counts(r.float_compute)]
-                   for r in ctx.results])
-    blocks = [table] + [Code(f"{r.variant}:\n{r.summary}") for r in ctx.results if r.summary is not None]
+    """What ONNX Runtime runs for each variant (and the chosen runtime, where it reports its compiled kernels and
+    their precision, e.g. OpenVINO), and mixq's per-layer summaries."""
+    shown = any(r.runtime_kernels is not None for r in ctx.results)
+    runtime = ctx.settings.backend.display
+    heads = ["variant", "integer kernels after ORT optimisation", "float compute kernels"]
+    heads += [f"compute kernels on {runtime} (precision)"] if shown else []
+    rows = [[r.variant, format_op_counts(r.integer_kernels), format_op_counts(r.float_compute)]
+            + ([format_op_counts(r.runtime_kernels or {})] if shown else []) for r in ctx.results]
+    blocks = [Table(heads, rows)] + [Code(f"{r.variant}:\n{r.summary}") for r in ctx.results if r.summary is not None]
     data = {r.variant: {"integer_kernels": r.integer_kernels, "float_compute": r.float_compute}
-            for r in ctx.results}
-    return Section("What ONNX Runtime runs, and what mixq quantized", "kernels", blocks, data=data)
+            | ({"runtime_kernels": r.runtime_kernels} if shown else {}) for r in ctx.results}
+    title = f"What ONNX Runtime and {runtime} run" if shown else "What ONNX Runtime runs"
+    title += ", and what mixq quantized"
+    return Section(title, "kernels", blocks, data=data)
 
 
 SECTIONS: list[Callable[[DemoContext], Section]] = [

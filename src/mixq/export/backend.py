@@ -137,6 +137,12 @@ class Runtime(ABC):
         """The float precision ``session`` computes in when the runtime picks it (OpenVINO), else None."""
         return None
 
+    def kernel_counts(self, session: Any) -> dict[str, int] | None:
+        """``{"<kernel> <precision>": count}`` for the compute kernels ``session`` compiled to, where the runtime
+        reports them (OpenVINO: ``"FullyConnected u8"``); None where the file's inspection already says it (ORT's
+        optimised graph, see ``Format.inspect``)."""
+        return None
+
     def available(self) -> bool:
         """Whether the runtime is installed (checked without importing it)."""
         return True

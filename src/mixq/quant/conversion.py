@@ -124,6 +124,7 @@ def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ra
                                                             y_q, relu=relu, relu_max=relu_max)
             detail = f"static w:{config.weight} a:{config.activation} ({choice.observer.name})"
             detail += (f", {_relu_name(relu_max)} fused" if relu else "") + (", float output" if float_out else "")
+            detail += ", SmoothQuant scales in its input" if observed.smooth is not None else ""
             summary.add(name, kind, "quantized", detail, before, module_bytes(new))
             if not saturation_clamps(y_q, relu_max, config.activation.qmax):  # the grid does not end at the bound
                 new = nn.Sequential(new, relu_module(relu_max))

@@ -302,8 +302,8 @@ def share_observers(gm: fx.GraphModule) -> int:
     shared = 0
     for node in gm.graph.nodes:
         consumer = _module(gm, node)
-        if not isinstance(consumer, _OBSERVED):
-            continue
+        if not isinstance(consumer, _OBSERVED) or getattr(consumer, "smooth", None) is not None:
+            continue  # a smoothed input (x / s) is not its producer's output
         for index, arg in enumerate(node.args[:1 if isinstance(consumer, ObservedLayer) else 2]):
             producer = _source(gm, arg)
             if producer is not None:

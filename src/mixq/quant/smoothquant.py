@@ -11,7 +11,11 @@ A fold is only exact when the producer's output reaches nothing but the smoothed
 also feeds a residual add, as in post-LN BERT, cannot be folded) through channel-preserving ops (attention's
 ``probs @ V`` keeps V's channels; ReLU is positively homogeneous; GELU is not). mixq therefore proposes pairs from
 the model's real dataflow (one probe forward pass) and *verifies* each fold numerically with random scales before
-using it; pairs that fail stay unsmoothed and the summary says so.
+using it. Where a fold is not exact and every consumer is a static layer, the division moves into the consumers'
+own quantization instead (``explicit``): the float weights stay as they are and each consumer records ``s`` as
+``mixq_smooth``; its quantized form stores ``W * s`` and multiplies its input by ``1 / s`` before quantizing it (one
+elementwise Mul in the exported graph, as NNCF's SmoothQuant inserts), so the float function is still unchanged.
+Other pairs that fail stay unsmoothed and the summary says so.
 
 ``alpha`` (0..1) is how much of the difficulty moves to the weights. ``alpha="auto"`` picks it per smoothed group
 from a grid (0.0 .. 1.0 in steps of 0.1, plus no smoothing at all) by the error of the group's int8 output on
@@ -32,7 +36,7 @@ from mixq.quant.calibration import Batch, call_model, run_batches
 from mixq.quant.fusion import trace_calls
 from mixq.quant.planning import excluded
 from mixq.quant.primitives import choose_qparams, dequantize, quantize
-from mixq.quant.spec import QuantConfig
+from mixq.quant.spec import SMOOTH_LAYERNORM, QuantConfig
 from mixq.quant.weights import quantize_weight
 
 logger = logging.getLogger(__name__)
@@ -42,6 +46,10 @@ _MIN = 1e-5  # floor for channel maxima, so a dead channel gets a finite scale
 _ROWS_PER_BATCH, _MAX_ROWS = 128, 1024  # calibration rows kept per group for alpha="auto"
 _INT8_MODES = ("static", "dynamic")
 _TOLERANCE = 1e-4  # relative change of a module output that counts as "changed" in fold verification
+# the static default ("layernorm") smooths a group only when its largest input-channel maximum is at least this
+# many times the median channel's: one per-tensor int8 grid then spends 2 bits or more of its range on a few
+# outlier channels (all-MiniLM-L6-v2: 3-21; a random-weight model's channels: 1.3-2.7)
+OUTLIER_SPREAD = 4.0
 
 
 @dataclass
@@ -51,6 +59,8 @@ class SmoothGroup:
     producer: str
     consumers: tuple[str, ...]
     alpha: float | None = None  # chosen alpha; None: left unsmoothed
+    shared_input: bool = True  # the consumers read one tensor (False: paired only by width with the producer)
+    explicit: bool = False  # not foldable: the consumers' quantized forms divide their input (``mixq_smooth``)
     x_absmax: torch.Tensor | None = field(default=None, repr=False)
     rows: list[torch.Tensor] = field(default_factory=list, repr=False)
 
@@ -93,7 +103,8 @@ def candidate_groups(model: nn.Module, probe: Batch) -> list[SmoothGroup]:
             continue
         if counts.get(key[0], 0) == 1 and c.name not in groups.get(key, []):
             groups.setdefault(key, []).append(c.name)
-    return [SmoothGroup(producer, tuple(consumers)) for (producer, _), consumers in groups.items()]
+    return [SmoothGroup(producer, tuple(consumers), shared_input=key is not None)
+            for (producer, key), consumers in groups.items()]
 
 
 def fold(model: nn.Module, group: SmoothGroup, scale: torch.Tensor) -> None:
@@ -253,6 +264,11 @@ def _collect(model: nn.Module, groups: list[SmoothGroup], batches: Iterable[Batc
             h.remove()
 
 
+def spread(x_absmax: torch.Tensor) -> float:
+    """Largest input-channel maximum over the median channel's (how far outlier channels stretch the range)."""
+    return float(x_absmax.max() / x_absmax.median().clamp_min(_MIN))
+
+
 def smoothing_scale(x_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: float) -> torch.Tensor:
     """``max|X_j|**alpha / max|W_j|**(1 - alpha)`` per input channel ``j`` (floored, so never 0 or inf)."""
     x, w = x_absmax.clamp_min(_MIN), w_absmax.clamp_min(_MIN)
@@ -292,16 +308,49 @@ def _wanted(group: SmoothGroup, config: QuantConfig) -> bool:
     return any(not excluded(n, config.exclude) and config.choice(n).mode in _INT8_MODES for n in group.consumers)
 
 
+def _all_static(group: SmoothGroup, config: QuantConfig) -> bool:
+    return all(not excluded(n, config.exclude) and config.choice(n).mode == "static" for n in group.consumers)
+
+
+def explicit_groups(groups: list[SmoothGroup], config: QuantConfig) -> list[SmoothGroup]:
+    """Groups that could not be folded but whose consumers are all static: each smooths in its consumers'
+    quantization (``explicit``). Consumers paired only by width may read different tensors: one group each."""
+    out = []
+    for group in groups:
+        if _all_static(group, config):
+            parts = [group.consumers] if group.shared_input else [(n,) for n in group.consumers]
+            out += [SmoothGroup(group.producer, part, explicit=True) for part in parts]
+    return out
+
+
+def _apply(model: nn.Module, group: SmoothGroup, scale: torch.Tensor) -> None:
+    """Fold ``scale`` (an exact group) or record it on the consumers (``mixq_smooth``, an explicit group)."""
+    if not group.explicit:
+        fold(model, group, scale)
+        return
+    for name in group.consumers:
+        model.get_submodule(name).mixq_smooth = scale.detach().to(torch.float32).clone()
+
+
 def smooth(model: nn.Module, alpha: float | str, config: QuantConfig, probe: Batch, batches: Iterable[Batch], *,
            progress: bool = True) -> tuple[nn.Module, list[str]]:
     """A smoothed copy of ``model`` (``model`` is not modified) and notes for the summary.
 
-    ``alpha`` is a number in [0, 1] or ``"auto"``; ``batches`` give the activation statistics. When no
-    norm->Linear or Linear->Linear pair can be folded exactly, a warning is logged and the copy is unchanged.
+    ``alpha`` is a number in [0, 1], ``"auto"`` or ``"layernorm"`` (``"auto"`` if a LayerNorm feeds one of the
+    candidate Linears, else ``model`` itself is returned untouched); ``batches`` give the activation statistics.
+    Groups that fold exactly are folded; the others whose consumers are all static are smoothed in those consumers'
+    quantization (``explicit_groups``). When there is neither, the copy is unchanged and no notes are returned.
     """
     smoothed = copy.deepcopy(model).eval()
     candidates = [g for g in candidate_groups(smoothed, probe) if _wanted(g, config)]
-    groups = verify(smoothed, candidates, probe)
+    outliers_only = alpha == SMOOTH_LAYERNORM  # the static default: "auto" on outlier groups of transformers
+    if outliers_only:
+        if not any(_is_norm(smoothed.get_submodule(g.producer)) for g in candidates):
+            return model, []
+        alpha = "auto"
+    exact = verify(smoothed, candidates, probe)
+    unfolded = [g for g in candidates if all(g is not e for e in exact)]
+    groups = exact + explicit_groups(unfolded, config)
     if not groups:
         return smoothed, []
     _collect(smoothed, groups, batches, alpha == "auto", progress)
@@ -309,6 +358,9 @@ def smooth(model: nn.Module, alpha: float | str, config: QuantConfig, probe: Bat
     for group in groups:
         if group.x_absmax is None:
             continue  # never reached by the calibration data
+        if outliers_only and spread(group.x_absmax) < OUTLIER_SPREAD:
+            group.rows.clear()
+            continue
         w = _weight(smoothed, group)
         if alpha == "auto":
             rows = torch.cat(group.rows)
@@ -319,15 +371,21 @@ def smooth(model: nn.Module, alpha: float | str, config: QuantConfig, probe: Bat
         else:
             group.alpha = float(alpha)
         if group.alpha is not None:
-            fold(smoothed, group, smoothing_scale(group.x_absmax, w.abs().amax(dim=0), group.alpha))
+            _apply(smoothed, group, smoothing_scale(group.x_absmax, w.abs().amax(dim=0), group.alpha))
     done = [g for g in groups if g.alpha is not None]
     lines = ", ".join(f"{g.producer} -> {'/'.join(c.rpartition('.')[2] for c in g.consumers)} "
-                      f"(alpha {g.alpha:.1f})" for g in done)
-    notes.append(f"smoothquant: {len(done)} of {len(candidates)} candidate pairs smoothed"
+                      f"(alpha {g.alpha:.1f}{', in the int8 layer' if g.explicit else ''})" for g in done)
+    inside = sum(g.explicit for g in done)
+    unused = sum(not _all_static(g, config) for g in unfolded)
+    notes.append(f"smoothquant: {len(done)} of {len(groups)} smoothable groups smoothed"
+                 + (f" ({inside} not foldable into their producer, e.g. a LayerNorm that also feeds a residual add "
+                    "or a GELU output: their static layers multiply the input by 1/s before quantizing it)"
+                    if inside else "")
                  + (f": {lines}" if lines else "")
-                 + (f"; {len(candidates) - len(groups)} could not be folded exactly (the activation also feeds "
-                    "another op, e.g. a residual add, or passes a non-homogeneous op such as GELU)"
-                    if len(candidates) > len(groups) else "")
-                 + ("; alpha 'auto' kept the rest unsmoothed (no alpha lowered their int8 error)"
+                 + (f"; {unused} candidate pairs could not be folded exactly and have a non-static consumer"
+                    if unused > 0 else "")
+                 + ((f"; the rest have no outlier channels (largest channel maximum < {OUTLIER_SPREAD:g}x the "
+                     "median's) or no alpha lowered their int8 error" if outliers_only else
+                     "; alpha 'auto' kept the rest unsmoothed (no alpha lowered their int8 error)")
                     if alpha == "auto" and len(done) < len(groups) else ""))
     return smoothed, notes

@@ -242,12 +242,17 @@ def _changed(spec: QuantSpec, default: QuantSpec, prefix: str = "") -> str:
     return ", ".join(parts)
 
 
+# the static default: SmoothQuant with per-group alpha ("auto") on models where a LayerNorm feeds Linears
+# (transformers, whose activations carry outlier channels); nothing on other models, and off in other modes
+SMOOTH_LAYERNORM = "layernorm"
+
+
 def _alpha(alpha: object) -> float | str | None:
-    """A valid ``smoothquant`` value: a number in [0, 1] (as float), ``"auto"`` or None."""
-    if alpha is None or alpha == "auto":
+    """A valid ``smoothquant`` value: a number in [0, 1] (as float), ``"auto"``, ``"layernorm"`` or None."""
+    if alpha is None or alpha in ("auto", SMOOTH_LAYERNORM):
         return alpha  # type: ignore[return-value]
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise TypeError(f"smoothquant must be a number in [0, 1], 'auto' or None, got {alpha!r}")
+        raise TypeError(f"smoothquant must be a number in [0, 1], 'auto', 'layernorm' or None, got {alpha!r}")
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"smoothquant alpha must be in [0, 1] (0.5 balances activations and weights; larger moves "
                          f"more of the outliers into the weights), got {alpha}")
@@ -262,7 +267,9 @@ class QuantConfig:
     ``observer`` (None: min-max) calibrates static layers; a config without static layers keeps None.
     ``overrides`` give layers their own precision; when several match a layer, the last one wins. ``exclude``
     wins over ``overrides``: excluded layers are not planned at all. ``smoothquant`` (static and dynamic modes) is
-    SmoothQuant's migration strength alpha in [0, 1], or ``"auto"`` (see ``mixq.quantize``). ``runtime`` names the
+    SmoothQuant's migration strength alpha in [0, 1], ``"auto"``, ``"layernorm"`` (``"auto"`` where a LayerNorm
+    feeds Linears; the default of static mode with float outputs, None elsewhere) or None (off; see
+    ``mixq.quantize``). ``runtime`` names the
     runtime the model is quantized for (``"ort"``); with it, static and dynamic layers whose int8 kernel is slower
     than float there stay float (``mixq.quant.runtime_precision``) unless ``runtime_aware=False``. ``float_outputs``
     (static graph mode through torch.export): True leaves a Linear's output float where no integer kernel reads it
@@ -281,7 +288,7 @@ class QuantConfig:
     fold_batchnorm: bool = True
     overrides: tuple[LayerOverride, ...] = ()
     method: WeightMethod = field(default_factory=WeightMethod)
-    smoothquant: float | str | None = None
+    smoothquant: float | str | None = SMOOTH_LAYERNORM
     runtime: str | None = None
     runtime_aware: bool = True
     float_outputs: bool = True
@@ -314,6 +321,8 @@ class QuantConfig:
         if self.observer is not None and not isinstance(self.observer, ObserverSpec):
             raise TypeError(f"observer must be an ObserverSpec, got {type(self.observer).__name__}")
         object.__setattr__(self, "smoothquant", _alpha(self.smoothquant))
+        if self.smoothquant == SMOOTH_LAYERNORM and (self.mode != "static" or not self.float_outputs):
+            object.__setattr__(self, "smoothquant", None)  # the default applies to static mode's ONNX files
         if not isinstance(self.runtime_aware, bool):
             raise TypeError(f"runtime_aware must be True or False, got {self.runtime_aware!r}")
         if self.runtime is not None:
@@ -380,7 +389,7 @@ class QuantConfig:
                      group_size: int | None = None, per_channel: bool = True, activation_dtype: str = "uint8",
                      reduce_range: bool = False, symmetric: bool = True, method: str | WeightMethod = "rtn",
                      exclude: Iterable[str] = (), overrides: Iterable[LayerOverride] = (),
-                     smoothquant: float | str | None = None, runtime: str | None = None,
+                     smoothquant: float | str | None = SMOOTH_LAYERNORM, runtime: str | None = None,
                      runtime_aware: bool = True, float_outputs: bool = True) -> QuantConfig:
         """Build a config from ``mixq.quantize``'s keyword options; the config's own validation refuses an option
         that no layer would use (``observer`` without static layers, ``bits`` in fp16 mode, ...).

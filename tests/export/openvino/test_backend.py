@@ -128,3 +128,15 @@ def test_default_precision_is_reported_and_f32_is_what_check_uses(tmp_path):
     assert plain.check(model, path, _rows(8, 1)) <= 1e-5  # f32 whatever the default: bf16 would be ~1e-2
     (out,) = plain.run(session, plain.feeds(session, {"input": _rows(8, 1)}))
     np.testing.assert_allclose(out, model(_rows(8, 1)).detach().numpy(), atol=0.05, rtol=0.05)
+
+
+def test_kernel_counts_name_each_compiled_kernel_and_its_precision(tmp_path):
+    """What the demo's kernel section shows for OpenVINO; ONNX Runtime's kernels come from the file's inspection."""
+    model = _mlp()
+    qmodel = mixq.quantize(model, "static", calib_data=[_rows(16, s) for s in range(3)], progress=False)
+    path = mixq.export_onnx(qmodel, _rows(2, 9), tmp_path / "static.onnx")
+    (_, ), session = _run(path, [_rows(4, 7)])
+    counts = F32.kernel_counts(session)
+    assert sum(n for k, n in counts.items() if k.endswith((" u8", " i8"))) == integer_kernels(session) == 3, counts
+    ort = get_runtime("ort")
+    assert ort.kernel_counts(ort.session(path, 1)) is None

@@ -42,6 +42,11 @@ class OpenVINORuntime(Runtime):
     def precision(self, session: Any) -> str | None:
         return session.precision_ran
 
+    def kernel_counts(self, session: Any) -> dict[str, int]:
+        from mixq.export.openvino.inspection import kernel_precisions
+
+        return {f"{kind} {precision}": n for (kind, precision), n in sorted(kernel_precisions(session).items())}
+
     def input_names(self, session: Any) -> list[str]:
         return [i.name for i in session.get_inputs()]
 

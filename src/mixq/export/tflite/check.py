@@ -107,7 +107,8 @@ def float_activations(model: nn.Module) -> Iterator[None]:
     weights (dequantized) on float activations: the reference both the file and mixq's simulation round from."""
 
     def linear(m: nn.Module, inp: tuple, out: torch.Tensor) -> torch.Tensor:
-        y = F.linear(inp[0], (m.weight_t.float() * m.w_scale.reshape(1, -1)).t(), m.bias)
+        x = inp[0] if getattr(m, "x_smooth", None) is None else inp[0] * m.x_smooth
+        y = F.linear(x, (m.weight_t.float() * m.w_scale.reshape(1, -1)).t(), m.bias)
         return torch.relu(y) if getattr(m, "relu", False) else y
 
     def conv(m: nn.Module, inp: tuple, out: torch.Tensor) -> torch.Tensor:

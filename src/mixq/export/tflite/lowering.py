@@ -145,10 +145,11 @@ class QDQLinear(nn.Module):
         self.y_q = ActivationQParams(m.y_scale, m.y_zp)
         self.weight = PerChannelWeight(m.weight_t.t(), m.w_scale)
         self.register_buffer("bias", None if m.bias is None else m.bias.clone())
+        self.register_buffer("x_smooth", m.x_smooth)  # SmoothQuant's 1 / s, a float MUL before the input grid
         self.relu = m.relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(self.x_q(x), self.weight(), self.bias)
+        y = F.linear(self.x_q(x if self.x_smooth is None else x * self.x_smooth), self.weight(), self.bias)
         return self.y_q(F.relu(y) if self.relu else y)
 
 
@@ -164,10 +165,11 @@ class HybridLinear(nn.Module):
         super().__init__()
         scale = m.w_scale.reshape(-1).expand(m.weight_t.shape[1])
         self.dense = DynamicRangeWeights(_dequantized(m.weight_t.t(), scale, 0), m.bias, None)
+        self.register_buffer("x_smooth", m.x_smooth)  # SmoothQuant's 1 / s, a float MUL before the kernel
         self.relu = m.relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.dense(x)
+        y = self.dense(x if self.x_smooth is None else x * self.x_smooth)
         return F.relu(y) if self.relu else y
 
 

@@ -20,7 +20,9 @@ class ObservedLayer(Delegating, nn.Module):
     code reading the layer's ``weight`` or hyper-parameters (``stride``, ...) reads the wrapped layer's.
 
     ``relu_max``: the fused ReLU's upper bound (ReLU6: 6); the observer then sees the clamped output, so the output
-    range ends at or below it and the quantized layer's saturation reproduces the clamp.
+    range ends at or below it and the quantized layer's saturation reproduces the clamp. A layer with SmoothQuant
+    scales in its quantization (``mixq_smooth``, ``mixq.quant.smoothquant``) has its input observed as ``x / s``,
+    the tensor its quantized form quantizes; such an input never shares its producer's scale.
     """
 
     def __init__(self, layer: nn.Module, input_observer: Observer, output_observer: Observer,
@@ -34,6 +36,11 @@ class ObservedLayer(Delegating, nn.Module):
         self.shared_input = False
         self.float_output = False  # graph mode: no integer kernel reads the output, so it is not requantized
 
+    @property
+    def smooth(self) -> torch.Tensor | None:
+        """The per-input-channel SmoothQuant scale ``s`` the quantized layer divides its input by, if any."""
+        return getattr(self.layer, "mixq_smooth", None)
+
     def share_input(self, index: int, observer: Observer) -> None:
         """Use the producer's output observer for this input (index 0: the only input)."""
         self.input_observer = observer
@@ -45,7 +52,8 @@ class ObservedLayer(Delegating, nn.Module):
             dims = len(pads) // 2
             x = F.pad(x, [p for axis in reversed(range(dims)) for p in (pads[axis], pads[dims + axis])])
         if not self.shared_input:
-            self.input_observer(x)
+            smooth = self.smooth
+            self.input_observer(x if smooth is None else x / smooth)
         y = self.layer(x)
         if self.relu:
             y = torch.relu(y) if self.relu_max is None else y.clamp(0.0, self.relu_max)

@@ -100,16 +100,22 @@ class QuantizedLinear(_StaticBase):
 
     The int8 weight is stored transposed (``[in, out]``) so the exported MatMul reads it without a Transpose.
     ``y_qparams=None`` keeps the output float (graph mode, when no integer kernel reads it): no requantization.
+    A float layer carrying SmoothQuant scales ``s`` (``mixq_smooth``, set where they cannot be folded into the
+    producer) gives ``W * s`` as int8 weight and ``x_smooth = 1 / s``: the input is multiplied by it (one Mul in
+    the exported graph) before it is quantized, so ``(x / s) @ (W * s).T`` computes the float layer's ``x @ W.T``.
     """
 
     def __init__(self, linear: nn.Linear, weight_spec: QuantSpec, x_qparams: QParams, y_qparams: QParams | None,
                  relu: bool = False, w_scale: torch.Tensor | None = None) -> None:
         super().__init__()
         self._set_activation_qparams(x_qparams, y_qparams)
-        q, w_scale = quantize_weight(linear.weight, weight_spec, axis=0, scale=w_scale)
+        smooth = getattr(linear, "mixq_smooth", None)
+        weight = linear.weight if smooth is None else linear.weight.detach() * smooth
+        q, w_scale = quantize_weight(weight, weight_spec, axis=0, scale=w_scale)
         self.register_buffer("weight_t", q.t().contiguous())
         self.register_buffer("w_scale", w_scale)
         self.register_buffer("bias", float_bias(linear))
+        self.register_buffer("x_smooth", None if smooth is None else (1.0 / smooth).to(torch.float32))
         self.relu = relu
         self.expose(linear)
 
@@ -117,18 +123,24 @@ class QuantizedLinear(_StaticBase):
         return ops.dequantize_weight(self.weight_t, self.w_scale, 1).t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.x_smooth is not None:
+            x = x * self.x_smooth
         return ops.qlinear(x, self.x_scale, self.x_zp, self.weight_t, self.w_scale, self.bias, self.y_scale,
                            self.y_zp, self.relu)
 
     def to_float(self) -> nn.Linear:
-        """A float ``nn.Linear`` holding the dequantized weight and the bias."""
+        """A float ``nn.Linear`` holding the dequantized weight (SmoothQuant scales divided back out) and the
+        bias."""
         w = dequantize(self.weight_t.t(), self.w_scale, axis=0)
+        if self.x_smooth is not None:
+            w = w * self.x_smooth
         return _float_copy(nn.Linear(w.shape[1], w.shape[0], bias=self.bias is not None), w, self.bias)
 
     def extra_repr(self) -> str:
         k, n = self.weight_t.shape
         out = ", float output" if self.y_scale is None else ""
-        return f"in_features={k}, out_features={n}, relu={self.relu}{out}"
+        smooth = ", smoothed input" if self.x_smooth is not None else ""
+        return f"in_features={k}, out_features={n}, relu={self.relu}{out}{smooth}"
 
 
 class QuantizedAdd(_StaticBase):
