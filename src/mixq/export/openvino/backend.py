@@ -27,6 +27,7 @@ class OpenVINORuntime(Runtime):
     name, format, title = "openvino", "onnx", "OpenVINO"
     install_hint = INSTALL_HINT
     options = {"precision": PRECISIONS}
+    fuses_input_scale = True
 
     def available(self) -> bool:
         return importlib.util.find_spec("openvino") is not None
