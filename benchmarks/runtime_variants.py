@@ -113,13 +113,14 @@ def nncf_file(fp32: Path, calib: list[dict[str, np.ndarray]], out: Path, transfo
     return path
 
 
-def mixq_files(model: nn.Module, calib: list[Any], example: Any, out: Path, modes: list[tuple[str, str, Any]],
+def mixq_files(model: nn.Module, calib: list[Any], example: Any, out: Path, modes: list[tuple],
                ) -> tuple[dict[str, Path], dict[str, nn.Module]]:
-    """mixq's files: one per (label, mode, smoothquant) in ``modes`` (``"layernorm"`` is static mode's default);
-    also the quantized PyTorch models."""
+    """mixq's files: one per (label, mode, smoothquant[, runtime]) in ``modes`` (``"layernorm"`` is static mode's
+    default; ``runtime`` the one the file is quantized for, e.g. ``"openvino"``); also the quantized PyTorch models."""
     files, models = {}, {}
-    for label, mode, smooth in modes:
-        qmodel = mixq.quantize(model, mode, calib_data=calib, smoothquant=smooth, progress=False)
+    for label, mode, smooth, *runtime in modes:
+        options = {"runtime": runtime[0]} if runtime else {}
+        qmodel = mixq.quantize(model, mode, calib_data=calib, smoothquant=smooth, progress=False, **options)
         files[label] = mixq.export_onnx(qmodel, example, out / f"{label.replace(' ', '_')}.onnx")
         models[label] = qmodel
     return files, models
