@@ -81,3 +81,32 @@ def test_a_weight_only_mlp_exports_with_int4_codes(tmp_path):
         sim = q(x).numpy()
     assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
     assert np.abs(got - sim).max() > 1e-4 * np.abs(ref).max()  # mixq's simulation rounds neither
+
+
+def test_constants_past_256_kib_keep_mixqs_codes_and_scales(tmp_path):
+    """ai-edge-quantizer writes a model whose constants pass 256 KiB with the data after the flatbuffer (buffers
+    addressed by offset); rewritten without moving that data inline, the file's scales and biases were garbage
+    and its outputs non-finite (the int4 Llama decoder at hidden 1024). 512 x 1024 int4 codes take 256 KiB."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from mixq.export.tflite.converter import convert_to_tflite
+    from mixq.export.tflite.weight_only import store_weight_only
+
+    torch.manual_seed(0)
+    q = mixq.quantize(nn.Sequential(nn.Linear(512, 1024)), "weight_only", bits=4, group_size=64, progress=False)
+    lowered, _ = lower(q)
+    layer = lowered[0]
+    float_file = convert_to_tflite(lowered, (torch.randn(1, 512),), {}, quantized=False, float_io=True,
+                                   dynamic_batch=False)
+    content = store_weight_only(float_file, [layer])
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    stored = [np.asarray(b.data, dtype=np.uint8) for b in model.buffers if b.data is not None]
+    assert not any(b.offset for b in model.buffers)
+    assert layer.scale.to(torch.float16).numpy().view(np.uint8).tobytes() in {s.tobytes() for s in stored}
+    path = tmp_path / "wide_int4.tflite"
+    path.write_bytes(content)
+    x = torch.randn(2, 512)
+    with row_quantized_activations(lowered), torch.no_grad():
+        ref = lowered(x).numpy()
+    got = mixq.TFLiteRunner(path)(x)
+    assert np.isfinite(got).all() and np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()

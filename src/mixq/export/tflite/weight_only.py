@@ -160,11 +160,12 @@ def _weight_tensors(model: object, layers: list[WeightOnlyWeights]) -> dict[tupl
 def store_weight_only(float_model: bytes, layers: list[WeightOnlyWeights]) -> bytes:
     """``float_model`` with the FULLY_CONNECTED weights holding ``layers``' values stored as their integer codes
     and scales (every subgraph: a prefill/decode file has two); a layer not found is refused."""
-    from ai_edge_litert.tools import flatbuffer_utils
     from ai_edge_quantizer import quantizer
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils
 
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(float_model))
+    from mixq.export.tflite.flatbuffer import read_flatbuffer, write_flatbuffer
+
+    model = read_flatbuffer(float_model)
     where = _weight_tensors(model, layers)
     missing = len(layers) - len(set(where.values()))
     if missing:
@@ -177,10 +178,10 @@ def store_weight_only(float_model: bytes, layers: list[WeightOnlyWeights]) -> by
                 scopes[tfl_flatbuffer_utils.get_op_scope(op, graph.tensors)] = layers[where[(g, op.inputs[1])]]
     qt = quantizer.Quantizer(float_model)
     qt.load_quantization_recipe(_recipe(list(scopes.items())))
-    quantized = flatbuffer_utils.convert_bytearray_to_object(bytearray(qt.quantize().quantized_model))
+    quantized = read_flatbuffer(qt.quantize().quantized_model)  # constants past 256 KiB come after the flatbuffer
     for (g, index), k in where.items():
         _overwrite(quantized, quantized.subgraphs[g], index, layers[k])
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(quantized))
+    return write_flatbuffer(quantized)
 
 
 def _overwrite(model: object, graph: object, index: int, layer: WeightOnlyWeights) -> None:
