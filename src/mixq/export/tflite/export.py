@@ -162,6 +162,8 @@ def _layer_weights(lowered: nn.Module, args: tuple, kwargs: dict) -> list[np.nda
     requires a gradient, and the layers whose zero gets none are dead."""
     kinds = (DynamicRangeWeights, Float16Weights)
     layers = [m for m in lowered.modules() if isinstance(m, kinds)]
+    if not layers:
+        return []
     probes = {id(m): torch.zeros((), requires_grad=True) for m in layers}
     hooks = [m.register_forward_hook(lambda mod, inp, out: out + probes[id(mod)]) for m in layers]
     try:
