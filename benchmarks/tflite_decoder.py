@@ -56,29 +56,38 @@ def _prompts(count: int, length: int, seed: int = 0) -> list[torch.Tensor]:
     return [torch.randint(0, 256, (1, length), generator=gen) for _ in range(count)]
 
 
-def build(tmp: Path, cache: int, prefill: int) -> tuple[dict[str, Path], dict[str, torch.nn.Module], dict]:
-    """The three files and the PyTorch model each stands for; export seconds."""
+def build(tmp: Path, cache: int, prefill: int, method: str = "gptq"
+          ) -> tuple[dict[str, Path], dict[str, torch.nn.Module], dict, dict[str, str]]:
+    """The three files and the PyTorch model each stands for; export seconds; the variants whose export failed
+    (name -> the error's first line: reported, not fatal)."""
     fp32 = big_model()
     calib = _prompts(4, 64, seed=1)
     start = time.perf_counter()
-    method = mixq.WeightMethod("gptq")
-    int4 = mixq.quantize(big_model(), "weight_only", bits=4, group_size=GROUP, method=method, calib_data=calib,
-                         progress=False)
-    seconds = {"gptq_quantize": time.perf_counter() - start}
-    print(f"GPTQ w4 g{GROUP}: {seconds['gptq_quantize']:.0f} s", flush=True)
-    paths = {"fp32": tmp / "fp32.tflite", "mixq_int4_gptq": tmp / "mixq_int4.tflite"}
-    for name, model in (("fp32", fp32), ("mixq_int4_gptq", int4)):
+    int4 = mixq.quantize(big_model(), "weight_only", bits=4, group_size=GROUP, method=mixq.WeightMethod(method),
+                         calib_data=calib, progress=False)
+    seconds = {f"{method}_quantize": time.perf_counter() - start}
+    print(f"{method.upper()} w4 g{GROUP}: {seconds[f'{method}_quantize']:.0f} s", flush=True)
+    int4_name = f"mixq_int4_{method}"
+    paths, failed = {}, {}
+    for name, model in (("fp32", fp32), (int4_name, int4)):
         start = time.perf_counter()
-        mixq.export_decoder_tflite(model, paths[name], cache_len=cache, prefill_len=prefill)
+        try:
+            paths[name] = mixq.export_decoder_tflite(model, tmp / f"{name}.tflite", cache_len=cache,
+                                                     prefill_len=prefill)
+        except mixq.ExportError as err:
+            failed[name] = str(err).splitlines()[0]
+            print(f"{name}: export refused: {failed[name]}", flush=True)
+            continue
         seconds[f"export_{name}"] = time.perf_counter() - start
         print(f"exported {name}: {paths[name].stat().st_size / 1e6:.1f} MB", flush=True)
-    start = time.perf_counter()
-    peer = tmp / f"litert_{PEER_RECIPE}.tflite"
-    litert_recipe(paths["fp32"], peer)
-    seconds["litert_recipe"] = time.perf_counter() - start
-    paths[f"litert_{PEER_RECIPE}"] = peer
-    refs = {"fp32": fp32, "mixq_int4_gptq": int4, f"litert_{PEER_RECIPE}": fp32}
-    return paths, refs, seconds
+    if "fp32" in paths:
+        start = time.perf_counter()
+        peer = tmp / f"litert_{PEER_RECIPE}.tflite"
+        litert_recipe(paths["fp32"], peer)
+        seconds["litert_recipe"] = time.perf_counter() - start
+        paths[f"litert_{PEER_RECIPE}"] = peer
+    refs = {"fp32": fp32, int4_name: int4, f"litert_{PEER_RECIPE}": fp32}
+    return paths, refs, seconds, failed
 
 
 def litert_recipe(source: Path, target: Path) -> None:
@@ -136,19 +145,22 @@ def timing(paths: dict[str, Path], position: int, rounds: int, steps: int, threa
 
 
 def run_decoder(out: Path | None = None, *, cache: int = 256, prefill: int = 32, position: int = 128,
-                rounds: int = 7, steps: int = 8, threads: int = 2, prompts: int = 4, new: int = 24) -> dict:
+                rounds: int = 7, steps: int = 8, threads: int = 2, prompts: int = 4, new: int = 24,
+                method: str = "gptq") -> dict:
     """The whole decoder comparison; writes ``tflite_decoder.{json,md}`` under ``out`` when given."""
     with tempfile.TemporaryDirectory() as tmp:
-        paths, refs, seconds = build(Path(tmp), cache, prefill)
+        paths, refs, seconds, failed = build(Path(tmp), cache, prefill, method)
         sizes = {k: p.stat().st_size / 1e6 for k, p in paths.items()}
         agree = agreement(paths, refs, _prompts(prompts, 16), new)
         speed = timing(paths, position, rounds, steps, threads)
     result = {"model": BIG, "vocab": 256, "cache_len": cache, "prefill_len": prefill, "position": position,
-              "group_size": GROUP, "threads": threads, "rounds": rounds, "machine": _machine(), "seconds": seconds,
-              "variants": {k: {"mb": sizes[k], **speed[k], **agree[k]} for k in paths}}
-    fp32 = result["variants"]["fp32"]
+              "group_size": GROUP, "method": method, "threads": threads, "rounds": rounds, "machine": _machine(),
+              "seconds": seconds, "variants": {k: {"mb": sizes[k], **speed[k], **agree[k]} for k in paths},
+              "failed": failed}
+    fp32 = result["variants"].get("fp32")
     for v in result["variants"].values():
-        v["decode_vs_fp32"], v["size_vs_fp32"] = v["decode"] / fp32["decode"], v["mb"] / fp32["mb"]
+        if fp32 is not None:
+            v["decode_vs_fp32"], v["size_vs_fp32"] = v["decode"] / fp32["decode"], v["mb"] / fp32["mb"]
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "tflite_decoder.json").write_text(json.dumps(result, indent=2))
@@ -156,7 +168,7 @@ def run_decoder(out: Path | None = None, *, cache: int = 256, prefill: int = 32,
     return result
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict, command: str = "PYTHONPATH=src python benchmarks/tflite_decoder.py") -> str:
     m = result["model"]
     lines = [
         "# Llama-style decoder on LiteRT (benchmarks/tflite_decoder.py)", "",
@@ -165,14 +177,17 @@ def markdown(result: dict) -> str:
         f"tokens; decode step at position {result['position']}; XNNPACK {result['threads']} threads, median of "
         f"{result['rounds']} interleaved rounds. CPU flags {result['machine']['cpu_flags']}, "
         f"{result['machine']['cores']} cores shared, load {tuple(round(x, 1) for x in result['machine']['load'])}.",
-        "Command: `PYTHONPATH=src python benchmarks/tflite_decoder.py`.", "",
+        f"Command: `{command}`.", "",
         "| variant | file MB | x fp32 | decode ms | x fp32 | prefill ms | greedy tokens equal to its PyTorch model |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, v in result["variants"].items():
-        lines.append(f"| {name} | {v['mb']:.1f} | {v['size_vs_fp32']:.3f} | {v['decode']:.2f} | "
-                     f"{v['decode_vs_fp32']:.2f} | {v['prefill']:.1f} | {v['prompts_equal']}/{v['prompts']} prompts "
-                     f"x {v['new_tokens']} tokens (mean equal prefix {v['mean_equal_prefix']:.1f}) |")
+        lines.append(f"| {name} | {v['mb']:.1f} | {v.get('size_vs_fp32', float('nan')):.3f} | {v['decode']:.2f} | "
+                     f"{v.get('decode_vs_fp32', float('nan')):.2f} | {v['prefill']:.1f} | {v['prompts_equal']}/"
+                     f"{v['prompts']} prompts x {v['new_tokens']} tokens (mean equal prefix "
+                     f"{v['mean_equal_prefix']:.1f}) |")
+    for name, why in result.get("failed", {}).items():
+        lines.append(f"| {name} | export refused: {why} | | | | | |")
     return "\n".join(lines) + "\n"
 
 

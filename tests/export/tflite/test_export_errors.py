@@ -107,3 +107,26 @@ def test_a_dynamic_range_layer_the_forward_never_calls_is_not_looked_for(tmp_pat
     path = mixq.export_tflite(qmodel, torch.randn(1, 8), tmp_path / "m.tflite")
     fcs = [op for op in mixq.inspect_tflite(path).ops if op.op_type == "FULLY_CONNECTED"]
     assert [op.input_types[1] for op in fcs] == ["int8"]
+
+
+class WithDroppedOutput(nn.Module):
+    """A layer that runs but whose output nothing returns (all-MiniLM-L6-v2's pooler under a wrapper returning
+    ``last_hidden_state``): the converter removes it, so it is not looked for either."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.pooler = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        self.pooler(torch.tanh(y))  # computed, then dropped
+        return y
+
+
+@needs_litert
+def test_a_dynamic_range_layer_whose_output_is_dropped_is_not_looked_for(tmp_path):
+    qmodel = mixq.quantize(WithDroppedOutput().eval(), "dynamic")
+    path = mixq.export_tflite(qmodel, torch.randn(1, 8), tmp_path / "m.tflite")
+    fcs = [op for op in mixq.inspect_tflite(path).ops if op.op_type == "FULLY_CONNECTED"]
+    assert [op.input_types[1] for op in fcs] == ["int8"]

@@ -93,6 +93,9 @@ CASES: dict[type, list[Case]] = {
                       ("float-output", lambda: QuantizedLinear(_linear(), DEFAULT_WEIGHT, U8, None), _rows,
                        lowering.HybridLinear, "full_integer")],
     QuantizedMatMul: [("uint8-int8", lambda: QuantizedMatMul(U8, I8), _matmul_pair, lowering.QDQMatMul,
+                       "full_integer"),
+                      # graph mode folds attention's 1/sqrt(d) into alpha: the lowering must keep it
+                      ("alpha", lambda: QuantizedMatMul(U8, I8, alpha=0.125), _matmul_pair, lowering.QDQMatMul,
                        "full_integer")],
     QuantizedAdd: [("uint8", lambda: QuantizedAdd(U8, I8, OUT), _pair, lowering.QDQAdd, "full_integer")],
     DynamicQuantizedLinear: [("linear", lambda: DynamicQuantizedLinear.from_float(_linear(), QuantConfig("dynamic")),

@@ -81,3 +81,51 @@ def test_a_weight_only_mlp_exports_with_int4_codes(tmp_path):
         sim = q(x).numpy()
     assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
     assert np.abs(got - sim).max() > 1e-4 * np.abs(ref).max()  # mixq's simulation rounds neither
+
+
+def test_constants_past_256_kib_keep_mixqs_codes_and_scales(tmp_path):
+    """ai-edge-quantizer writes a model whose constants pass 256 KiB with the data after the flatbuffer (buffers
+    addressed by offset); rewritten without moving that data inline, the file's scales and biases were garbage
+    and its outputs non-finite (the int4 Llama decoder at hidden 1024). 512 x 1024 int4 codes take 256 KiB."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from mixq.export.tflite.converter import convert_to_tflite
+    from mixq.export.tflite.weight_only import store_weight_only
+
+    torch.manual_seed(0)
+    q = mixq.quantize(nn.Sequential(nn.Linear(512, 1024)), "weight_only", bits=4, group_size=64, progress=False)
+    lowered, _ = lower(q)
+    layer = lowered[0]
+    float_file = convert_to_tflite(lowered, (torch.randn(1, 512),), {}, quantized=False, float_io=True,
+                                   dynamic_batch=False)
+    content = store_weight_only(float_file, [layer])
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    stored = [np.asarray(b.data, dtype=np.uint8) for b in model.buffers if b.data is not None]
+    assert not any(b.offset for b in model.buffers)
+    assert layer.scale.to(torch.float16).numpy().view(np.uint8).tobytes() in {s.tobytes() for s in stored}
+    path = tmp_path / "wide_int4.tflite"
+    path.write_bytes(content)
+    x = torch.randn(2, 512)
+    with row_quantized_activations(lowered), torch.no_grad():
+        ref = lowered(x).numpy()
+    got = mixq.TFLiteRunner(path)(x)
+    assert np.isfinite(got).all() and np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_the_reference_rounds_rows_on_a_grid_as_xnnpack_does(tmp_path):
+    """Rows already on a grid close to XNNPACK's per-row int8 grid (an int8 embedding row, normalized: the int4
+    Llama decoder at hidden 1024) sit on rounding ties; XNNPACK multiplies by 255 / range where a division by
+    range / 255 rounded many of them the other way (0.1% RMS on one layer, 3% on the decoder's logits)."""
+    torch.manual_seed(0)
+    q = mixq.quantize(nn.Sequential(nn.Linear(1024, 64)), "weight_only", bits=4, group_size=64, progress=False)
+    codes = torch.randint(-127, 128, (8, 1024)).float()
+    codes[:, 0], codes[:, 1] = -127, 127
+    x = (codes * torch.rand(8, 1) * 0.1)[None]
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)  # an RMSNorm of int8 embedding rows
+    path = mixq.export_tflite(q, x, tmp_path / "grid.tflite")
+    lowered, _ = lower(q)
+    with row_quantized_activations(lowered), torch.no_grad():
+        ref = lowered(x).numpy()
+    got = mixq.TFLiteRunner(path)(x)
+    rows_off = (np.abs(got - ref).max(-1) > 1e-5 * np.abs(ref).max()).sum()
+    assert rows_off <= 1  # 7 of the 8 rows to float32 rounding; the division rounded most rows differently

@@ -197,16 +197,18 @@ def _convert(lowered: nn.Module, cache_len: int, prefill_len: int) -> bytes:
     return store_weight_only(content, layers) if layers else content
 
 
-def _logits(model: nn.Module, prompt: torch.Tensor, steps: int) -> list[np.ndarray]:
-    """Next-token logits of ``model`` after ``prompt`` and after each of ``steps`` greedy tokens (PyTorch, with
-    the cache: the loop of ``generate_torch``)."""
+def _logits(model: nn.Module, prompt: torch.Tensor, steps: int, tokens: list[int] | None = None
+            ) -> list[np.ndarray]:
+    """Next-token logits of ``model`` after ``prompt`` and after each of ``steps`` next tokens (PyTorch, with the
+    cache: the loop of ``generate_torch``): its own greedy tokens, or ``tokens`` when given (so that two models
+    whose near-tied logits pick different tokens are still compared on the same sequence)."""
     wrapper = CachedDecoder(model.eval())
     mask, out = torch.ones_like(prompt), []
     with torch.no_grad():
         logits, *past = wrapper(prompt, mask, *wrapper.empty_past(1))
-        for _ in range(steps + 1):
+        for step in range(steps + 1):
             out.append(logits[0, -1].numpy())
-            token = logits[:, -1:].argmax(-1)
+            token = logits[:, -1:].argmax(-1) if tokens is None else torch.tensor([[tokens[step]]])
             mask = torch.cat([mask, torch.ones_like(token)], dim=1)
             logits, *past = wrapper(token, mask, *past)
     return out
@@ -226,11 +228,12 @@ def check_decoder(content: bytes, model: nn.Module, lowered: nn.Module, steps: i
     vocab = int(getattr(model.config, "vocab_size", 2))
     prompt = torch.arange(3, 3 + min(5, session.prefill_len), dtype=torch.long)[None] % vocab
     simulated = _logits(model, prompt, steps)
+    tokens = [int(np.argmax(want)) for want in simulated]  # the file and the reference follow the simulation's
     with row_quantized_activations(lowered):
-        reference = _logits(lowered, prompt, steps)
+        reference = _logits(lowered, prompt, steps, tokens)
     got = [session.prefill(prompt[0].tolist())]
-    for want in simulated[:-1]:  # the file follows the simulation's greedy tokens
-        got.append(session.decode(int(np.argmax(want))))
+    for token in tokens[:-1]:
+        got.append(session.decode(token))
     worst = max(disagreement(g, r) for g, r in zip(got, reference, strict=True))
     if not np.isfinite(worst) or worst > TOLERANCE:
         raise ExportError(f"the converted decoder's logits are {worst:.1%} relative RMS off mixq's model with "

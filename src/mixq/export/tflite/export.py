@@ -155,20 +155,29 @@ def _simulated(model: nn.Module, args: tuple, kwargs: dict, nhwc: bool) -> dict[
 
 
 def _layer_weights(lowered: nn.Module, args: tuple, kwargs: dict) -> list[np.ndarray]:
-    """The float weights of the lowered dynamic-range / float16 layers that the example runs, which ``recipes``
-    finds in the file (a layer the forward pass never calls, e.g. a pooler whose output is dropped, is not in it)."""
+    """The float weights of the lowered dynamic-range / float16 layers whose output reaches a model output on the
+    example, which ``recipes`` finds in the file. A layer the forward pass never calls, or whose output is dropped
+    (a Hugging Face pooler computed and then discarded by a wrapper returning ``last_hidden_state``), is not in the
+    file: the converter removes dead code. Reaching is autograd's: each layer's output gets a zero added that
+    requires a gradient, and the layers whose zero gets none are dead."""
     kinds = (DynamicRangeWeights, Float16Weights)
-    ran: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: ran.append(mod))
-             for m in lowered.modules() if isinstance(m, kinds)]
+    layers = [m for m in lowered.modules() if isinstance(m, kinds)]
+    if not layers:
+        return []
+    probes = {id(m): torch.zeros((), requires_grad=True) for m in layers}
+    hooks = [m.register_forward_hook(lambda mod, inp, out: out + probes[id(mod)]) for m in layers]
     try:
-        with torch.no_grad():
-            lowered(*args, **kwargs)
+        with torch.enable_grad():
+            outs = lowered(*args, **kwargs)
+            leaves = [t for t in torch.utils._pytree.tree_leaves(dict(outs) if isinstance(outs, Mapping) else outs)
+                      if isinstance(t, torch.Tensor) and t.requires_grad]
+            total = sum(t.float().sum() for t in leaves)
+            grads = torch.autograd.grad(total, list(probes.values()), allow_unused=True) if leaves else []
     finally:
         for h in hooks:
             h.remove()
-    called = {id(m) for m in ran}
-    return [m.weight.numpy() for m in lowered.modules() if isinstance(m, kinds) and id(m) in called]
+    live = {key for key, g in zip(probes, grads, strict=False) if g is not None}
+    return [m.weight.numpy() for m in layers if id(m) in live]
 
 
 def checked_target(model: nn.Module, path: str | os.PathLike) -> Path:

@@ -56,9 +56,10 @@ def integer_io(content: bytes, in_q: list[ActivationQParams], out_q: list[Activa
                io_dtype: str) -> bytes:
     """``content`` (converted with integer I/O) checked against mixq's grids, and turned to uint8 I/O if asked."""
     from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
 
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    from mixq.export.tflite.flatbuffer import read_flatbuffer, write_flatbuffer
+
+    model = read_flatbuffer(content)
     graph = model.subgraphs[0]
     for kind, indices, grids in (("input", graph.inputs, in_q), ("output", graph.outputs, out_q)):
         for k, (index, q) in enumerate(zip(indices, grids, strict=True)):
@@ -80,4 +81,4 @@ def integer_io(content: bytes, in_q: list[ActivationQParams], out_q: list[Activa
     for signature in model.signatureDefs or []:
         for entry in [*signature.inputs, *signature.outputs]:
             entry.tensorIndex = renamed.get(entry.tensorIndex, entry.tensorIndex)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return write_flatbuffer(model)

@@ -175,15 +175,17 @@ class HybridLinear(nn.Module):
 
 class QDQMatMul(nn.Module):
     """``QuantizedMatMul`` for LiteRT: both activations on their int8 grids, float product (attention's Q·Kᵀ and
-    probabilities·V)."""
+    probabilities·V) times ``alpha`` (attention's 1/√d, which graph mode folds into the MatMul: a float MUL)."""
 
     def __init__(self, m: QuantizedMatMul) -> None:
         super().__init__()
         self.a_q = ActivationQParams(m.x_scale, m.x_zp)
         self.b_q = ActivationQParams(m.b_scale, m.b_zp)
+        self.alpha = float(m.alpha)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(self.a_q(a), self.b_q(b))
+        y = torch.matmul(self.a_q(a), self.b_q(b))
+        return y if self.alpha == 1.0 else y * self.alpha
 
 
 class QDQAdd(nn.Module):

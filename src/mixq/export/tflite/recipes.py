@@ -89,13 +89,14 @@ def matched_scopes(float_model: bytes, weights: Sequence[np.ndarray]) -> tuple[l
     litert-torch names constants after module paths, or ``arith.constant12`` once it has folded them.
     """
     from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils
+
+    from mixq.export.tflite.flatbuffer import read_flatbuffer
 
     wanted: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     for k, w in enumerate(weights):
         wanted.setdefault(w.size, []).append((k, profile(w), np.asarray(w, dtype=np.float64)))
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(float_model))
+    model = read_flatbuffer(float_model)
     graph = model.subgraphs[0]
     seen: dict[int, set[int]] = {}
 

@@ -97,21 +97,31 @@ class WeightOnlyWeights(nn.Module):
         return f"int{self.bits}, {'per-channel' if self.block == 0 else f'blocks of {self.block}'}"
 
 
+def xnnpack_row_rounding(x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded to int8 per row (last dimension) and back, in XNNPACK's float arithmetic
+    (``xnn_f32_qd8_asymmetric_quantization_params``): the range widened to hold 0, ``inv = 255 / range``, the zero
+    point taken from the end with the smaller error and rounded, ``q = round(x * inv) + zero`` (ties to even),
+    ``(q - zero) / inv``. Dividing by ``range / 255`` instead moves values that sit on a tie: a row on a grid close
+    to that one (an int8 embedding row, normalized) then rounds differently in many places."""
+    lo = torch.clamp(x.amin(-1, keepdim=True), max=0.0)
+    hi = torch.clamp(x.amax(-1, keepdim=True), min=0.0)
+    inv = torch.where(hi > lo, 255.0 / (hi - lo), torch.ones_like(hi))
+    lo_inv, hi_inv = lo * inv, hi * inv
+    zero = torch.where((-128 + lo_inv) + (127 + hi_inv) > 0, -128 - lo_inv, 127 - hi_inv)
+    zero = torch.round(torch.clamp(zero, -128, 127))
+    q = torch.clamp(torch.round(x * inv + zero), -128, 127)
+    return (q - zero) / inv
+
+
 @contextlib.contextmanager
 def row_quantized_activations(model: nn.Module) -> Iterator[None]:
     """Within the block, every weight-only layer of ``model`` (mixq's, or lowered) first rounds its input to int8
-    per row the way XNNPACK's integer-weight kernels do (asymmetric, the range widened to hold 0, 255 steps, ties
-    to even). With the lowered model (blockwise scales rounded as the file stores them) this is what the file
-    computes, to float32 rounding: the reference a LiteRT weight-only file is checked against."""
+    per row the way XNNPACK's integer-weight kernels do (:func:`xnnpack_row_rounding`). With the lowered model
+    (blockwise scales rounded as the file stores them) this is what the file computes, to float32 rounding: the
+    reference a LiteRT weight-only file is checked against."""
 
     def rounded(module: nn.Module, args: tuple) -> tuple:
-        x = args[0]
-        lo = torch.clamp(x.amin(-1, keepdim=True), max=0.0)
-        hi = torch.clamp(x.amax(-1, keepdim=True), min=0.0)
-        scale = torch.where(hi > lo, (hi - lo) / 255, torch.ones_like(hi))
-        zero = torch.clamp(torch.round(-128 - lo / scale), -128, 127)
-        q = torch.clamp(torch.round(x / scale) + zero, -128, 127)
-        return ((q - zero) * scale, *args[1:])
+        return (xnnpack_row_rounding(args[0]), *args[1:])
 
     kinds = (WeightOnlyLinear, WeightOnlyWeights)
     hooks = [m.register_forward_pre_hook(rounded) for m in model.modules() if isinstance(m, kinds)]
@@ -160,11 +170,12 @@ def _weight_tensors(model: object, layers: list[WeightOnlyWeights]) -> dict[tupl
 def store_weight_only(float_model: bytes, layers: list[WeightOnlyWeights]) -> bytes:
     """``float_model`` with the FULLY_CONNECTED weights holding ``layers``' values stored as their integer codes
     and scales (every subgraph: a prefill/decode file has two); a layer not found is refused."""
-    from ai_edge_litert.tools import flatbuffer_utils
     from ai_edge_quantizer import quantizer
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils
 
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(float_model))
+    from mixq.export.tflite.flatbuffer import read_flatbuffer, write_flatbuffer
+
+    model = read_flatbuffer(float_model)
     where = _weight_tensors(model, layers)
     missing = len(layers) - len(set(where.values()))
     if missing:
@@ -177,10 +188,10 @@ def store_weight_only(float_model: bytes, layers: list[WeightOnlyWeights]) -> by
                 scopes[tfl_flatbuffer_utils.get_op_scope(op, graph.tensors)] = layers[where[(g, op.inputs[1])]]
     qt = quantizer.Quantizer(float_model)
     qt.load_quantization_recipe(_recipe(list(scopes.items())))
-    quantized = flatbuffer_utils.convert_bytearray_to_object(bytearray(qt.quantize().quantized_model))
+    quantized = read_flatbuffer(qt.quantize().quantized_model)  # constants past 256 KiB come after the flatbuffer
     for (g, index), k in where.items():
         _overwrite(quantized, quantized.subgraphs[g], index, layers[k])
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(quantized))
+    return write_flatbuffer(quantized)
 
 
 def _overwrite(model: object, graph: object, index: int, layer: WeightOnlyWeights) -> None:
