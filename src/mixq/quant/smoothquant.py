@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from mixq.quant.calibration import Batch, call_model, run_batches
+from mixq.quant.calibration import Batch, call_checked, call_model, run_batches
 from mixq.quant.fusion import trace_calls
 from mixq.quant.planning import excluded
 from mixq.quant.primitives import choose_qparams, dequantize, quantize
@@ -78,7 +78,7 @@ def candidate_groups(model: nn.Module, probe: Batch) -> list[SmoothGroup]:
     try:  # the dataflow is the same on one sample
         calls = trace_calls(model, lambda m: call_model(m, _first(probe)))
     except Exception:  # noqa: BLE001  (inputs that are not batch-first)
-        calls = trace_calls(model, lambda m: call_model(m, probe))
+        calls = trace_calls(model, lambda m: call_checked(m, probe))  # a batch the model cannot take: one line
     counts: dict[str, int] = {}
     for c in calls:
         counts[c.name] = counts.get(c.name, 0) + 1
