@@ -98,13 +98,19 @@ def _sole_relu_user(gm: fx.GraphModule, node: fx.Node, bounded: bool = False) ->
     return users[0] if fusable and (bounded or upper is None) else None
 
 
-def fuse_relus(gm: fx.GraphModule) -> int:
-    """Fold a ReLU call (or a ReLU6 / hardtanh(0, hi): ``relu_max``) that is the only reader of an observed layer's
-    output into that layer."""
+def _module_calls(gm: fx.GraphModule) -> dict[str, int]:
+    """How many times the graph calls each module (a module called once can take a fused op)."""
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+            calls[node.target] = calls.get(node.target, 0) + 1  # type: ignore[index]
+    return calls
+
+
+def fuse_relus(gm: fx.GraphModule) -> int:
+    """Fold a ReLU call (or a ReLU6 / hardtanh(0, hi): ``relu_max``) that is the only reader of an observed layer's
+    output into that layer."""
+    calls = _module_calls(gm)
     fused = 0
     for node in list(gm.graph.nodes):
         layer = _module(gm, node)
@@ -153,10 +159,7 @@ def fold_pads(gm: fx.GraphModule) -> int:
     running a float ``Pad`` between a DequantizeLinear and a QuantizeLinear. The convolution computes the same:
     symmetric amounts become its ``padding``, asymmetric ones its ``mixq_pads`` (begins, then ends). Returns how
     many pads were folded."""
-    calls: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = _module_calls(gm)
     folded = 0
     for node in list(gm.graph.nodes):
         observed = _module(gm, node)
