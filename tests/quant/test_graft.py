@@ -122,3 +122,13 @@ def test_qat_from_a_grafted_static_model_keeps_its_shared_scales():
     qat = mixq.prepare_qat(qmodel)
     note = next(n for n in qat.mixq_qat_plan.notes if n.startswith("started from a calibrated static model"))
     assert "(0 inputs share" not in note, note  # graph mode's sharing survives under the user's class
+
+
+def test_pickling_the_whole_grafted_model_fails_loudly():
+    """Its class is made per model: it must never unpickle as the float class with a quantized state."""
+    import io
+    import pickle
+
+    qmodel = mixq.quantize(Residual().eval(), "static", calib_data=_calib(), progress=False)
+    with pytest.raises(pickle.PicklingError, match="QuantizedResidual"):
+        torch.save(qmodel, io.BytesIO())
