@@ -5,6 +5,7 @@ kinds whose int8 kernels run at very different speeds (stem, depthwise, pointwis
 from __future__ import annotations
 
 import torch
+from ptq_models import settle_batchnorm
 from torch import nn
 
 # (expansion, output channels, repeats, first stride) per stage, as MobileNetV2 (width 1.0)
@@ -53,15 +54,4 @@ class MobileNetV2(nn.Module):
 def make_mobilenet(image: int = 224, seed: int = 0) -> nn.Module:
     """MobileNetV2 with random weights and BatchNorm statistics set from random images (so folding is not a no-op)."""
     torch.manual_seed(seed)
-    model = MobileNetV2()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None
-            nn.init.uniform_(m.weight, 0.5, 1.5)
-            nn.init.uniform_(m.bias, -0.1, 0.1)
-    model.train()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(4, 3, image, image, generator=g))
-    return model.eval()
+    return settle_batchnorm(MobileNetV2(), image, seed, rounds=3, batch=4)

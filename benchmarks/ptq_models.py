@@ -103,10 +103,9 @@ def _params(model: nn.Module) -> str:
     return f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M"
 
 
-def make_cnn(image: int, seed: int = 0) -> Workload:
-    """ResNet-18 with random weights; BatchNorm statistics are set from random images so folding is non-trivial."""
-    torch.manual_seed(seed)
-    model = ResNet18()
+def settle_batchnorm(model: nn.Module, image: int, seed: int, rounds: int, batch: int) -> nn.Module:
+    """``model`` in eval mode with random BatchNorm affine parameters and running statistics averaged over ``rounds``
+    batches of random images (seeded by ``seed + 1``), so folding BatchNorm into a conv is not the identity."""
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = None  # cumulative average over the warm-up batches
@@ -115,9 +114,15 @@ def make_cnn(image: int, seed: int = 0) -> Workload:
     model.train()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for _ in range(4):
-            model(torch.randn(8, 3, image, image, generator=g))
-    model.eval()
+        for _ in range(rounds):
+            model(torch.randn(batch, 3, image, image, generator=g))
+    return model.eval()
+
+
+def make_cnn(image: int, seed: int = 0) -> Workload:
+    """ResNet-18 with random weights; BatchNorm statistics are set from random images so folding is non-trivial."""
+    torch.manual_seed(seed)
+    model = settle_batchnorm(ResNet18(), image, seed, rounds=4, batch=8)
     return Workload("cnn", model, f"ResNet-18 ({_params(model)} params), 3x{image}x{image} random images", image=image)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from ptq_models import settle_batchnorm
 from torch import nn
 
 import mixq
@@ -57,18 +58,7 @@ class MobileNet(nn.Module):
 def make_mobilenet(image: int, seed: int = 0) -> nn.Module:
     """Random weights; BatchNorm statistics gathered from random images, so folding them is not the identity."""
     torch.manual_seed(seed)
-    model = MobileNet()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None
-            nn.init.uniform_(m.weight, 0.5, 1.5)
-            nn.init.uniform_(m.bias, -0.1, 0.1)
-    model.train()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(8, 3, image, image, generator=g))
-    return model.eval()
+    return settle_batchnorm(MobileNet(), image, seed, rounds=3, batch=8)
 
 
 class Reader:
