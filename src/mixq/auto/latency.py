@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from mixq.quant.calibration import Batch, call_model
+from mixq.quant.capture import first_call_inputs
 
 MARGIN = 0.03
 PAIRS = 15
@@ -78,16 +79,7 @@ def paired(run_a: Callable[[], Any], run_b: Callable[[], Any], pairs: int = PAIR
 
 def layer_inputs(model: nn.Module, names: list[str], example: Batch) -> dict[str, torch.Tensor]:
     """The input each layer in ``names`` receives when ``model`` runs ``example`` (first call)."""
-    seen: dict[str, torch.Tensor] = {}
-    handles = [model.get_submodule(n).register_forward_pre_hook(
-        lambda m, a, n=n: None if n in seen else seen.__setitem__(n, a[0].detach())) for n in names]
-    try:
-        with torch.no_grad():
-            call_model(model, example)
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
+    return {n: args[0].detach() for n, (args, _) in first_call_inputs(model, names, example, call_model).items()}
 
 
 def signature(layer: nn.Module, x: torch.Tensor) -> tuple:

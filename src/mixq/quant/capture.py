@@ -32,7 +32,7 @@ from mixq.quant.fusion import set_submodule
 from mixq.quant.modules.registry import adapter_of, is_quantizable, kind_name
 from mixq.quant.planning import excluded
 
-__all__ = ["capture_compute"]
+__all__ = ["capture_compute", "first_call_inputs"]
 
 aten = torch.ops.aten
 Builder = Callable[[fx.Node, torch.Tensor, torch.Tensor | None], nn.Module | None]
@@ -262,14 +262,16 @@ def _trains_alike(child: nn.Module) -> bool:
     return stateless and not any(isinstance(m, nn.modules.dropout._DropoutNd) for m in child.modules())
 
 
-def _inputs(model: nn.Module, names: list[str], probe: Batch) -> dict[str, tuple[tuple, dict]]:
-    """The first call's inputs of each named module during one forward pass of ``probe``."""
+def first_call_inputs(model: nn.Module, names: list[str], probe: Batch,
+                      call: Callable[[nn.Module, Batch], Any] = call_checked) -> dict[str, tuple[tuple, dict]]:
+    """The first call's ``(args, kwargs)`` of each named module during one forward pass of ``probe`` (run by
+    ``call``: by default a batch the model cannot take is refused in one line)."""
     seen: dict[str, tuple[tuple, dict]] = {}
     hooks = [model.get_submodule(n).register_forward_pre_hook(
         lambda m, a, k, n=n: seen.setdefault(n, (a, k)) and None, with_kwargs=True) for n in names]
     try:
         with torch.no_grad():
-            call_checked(model, probe)
+            call(model, probe)
     finally:
         for hook in hooks:
             hook.remove()
@@ -286,7 +288,7 @@ def capture_compute(model: nn.Module, probe: Batch | None, notes: list[str], exc
         return {}
     if probe is None:
         return {n: "pass example_inputs (or calib_data) so mixq can capture what its forward computes" for n in names}
-    inputs = _inputs(model, names, probe)
+    inputs = first_call_inputs(model, names, probe)
     failed: dict[str, str] = {}
     for name in names:
         module = model.get_submodule(name)
