@@ -197,6 +197,16 @@ def _check_file(case: Case, model: nn.Module, qmodel: nn.Module, example: Batch,
                              "the model amplifies int8 noise")
 
 
+class _Reader:
+    """ONNX Runtime's ``CalibrationDataReader`` over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.items = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.items, None)
+
+
 def peer_error(case: Case, model: nn.Module, example: Batch, mode: str, stem: Path) -> float | None:
     """The relative error vs fp32 of ONNX Runtime's own quantizer (``quantize_static``, QDQ, per-channel; or
     ``quantize_dynamic``) on the fp32 file of the same model, at the zoo's two shapes: the noise floor of int8 on
@@ -215,8 +225,7 @@ def peer_error(case: Case, model: nn.Module, example: Batch, mode: str, stem: Pa
                 quantize_dynamic(fp32, peer, per_channel=True, weight_type=QuantType.QInt8)
             else:
                 session = ort_session(fp32)
-                chunks = iter([feeds(session, case.inputs(0, seed)) for seed in range(4)])
-                reader = type("Reader", (), {"get_next": lambda self: next(chunks, None)})()
+                reader = _Reader([feeds(session, case.inputs(0, seed)) for seed in range(4)])
                 quantize_static(fp32, peer, reader, quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
             session = ort_session(peer)

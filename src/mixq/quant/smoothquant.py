@@ -362,9 +362,9 @@ def smooth(model: nn.Module, alpha: float | str, config: QuantConfig, probe: Bat
         alpha = "auto"
     exact = verify(smoothed, candidates, probe)
     unfolded = [g for g in candidates if all(g is not e for e in exact)]
+    explicit = explicit_groups(unfolded, config)
     in_layer = not outliers_only or _runtime_fuses_scale(config)  # the default smooths in int8 layers only there
-    skipped = [] if in_layer else explicit_groups(unfolded, config)
-    groups = exact + (explicit_groups(unfolded, config) if in_layer else [])
+    groups, skipped = (exact + explicit, []) if in_layer else (exact, explicit)
     if not groups:
         return smoothed, _not_in_layer(skipped)
     _collect(smoothed, groups, batches, alpha == "auto", progress)
