@@ -57,7 +57,7 @@ class ObservedLayer(Delegating, nn.Module):
         y = self.layer(x)
         if self.relu:
             y = torch.relu(y) if self.relu_max is None else y.clamp(0.0, self.relu_max)
-        return self.output_observer(y)
+        return y if self.float_output else self.output_observer(y)  # a float output gets no grid: nothing to see
 
 
 def _is_float_tensor(value: object) -> bool:

@@ -24,9 +24,8 @@ class MinMaxObserver(Observer):
         self.register_buffer("max_val", torch.tensor(float("-inf")))
 
     def _observe(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
-        if self.has_data:
-            lo, hi = torch.minimum(lo, self.min_val), torch.maximum(hi, self.max_val)
-        self.min_val, self.max_val = lo, hi
+        # the buffers start at (+inf, -inf), so the first batch needs no branch (and no host sync to ask)
+        self.min_val, self.max_val = torch.minimum(lo, self.min_val), torch.maximum(hi, self.max_val)
 
     def calculate_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.min_val, self.max_val
