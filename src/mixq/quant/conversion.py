@@ -103,6 +103,16 @@ def _relu_name(relu_max: float | None) -> str:
     return "relu" if relu_max is None else f"relu clamped at {relu_max:g}"
 
 
+def _rounds_float_output_rows(config: QuantConfig) -> bool:
+    """Whether the runtime the model is quantized for runs a float-output static Linear as a hybrid kernel that
+    rounds its input per row at run time (LiteRT), so the simulation does too."""
+    if config.runtime is None:
+        return False
+    from mixq.export.backend import get_runtime  # the registry: imports no runtime library
+
+    return get_runtime(config.runtime).rounds_float_output_rows
+
+
 def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,
                    summary: QuantizationSummary, weight_params: dict[str, GroupParams],
                    keep_float: Mapping[str, str] | None = None) -> None:
@@ -122,8 +132,11 @@ def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ra
             y_q = None if float_out else ranges.of(observed.output_observer, name)
             new = qmodule_class(layer, "static").from_float(layer, config, ranges.of(observed.input_observer, name),
                                                             y_q, relu=relu, relu_max=relu_max)
+            if float_out and _rounds_float_output_rows(config):  # only Linears keep a float output
+                new.rows = True
             detail = f"static w:{config.weight} a:{config.activation} ({choice.observer.name})"
             detail += (f", {_relu_name(relu_max)} fused" if relu else "") + (", float output" if float_out else "")
+            detail += f" (input rounded per row, as {config.runtime} runs it)" if getattr(new, "rows", False) else ""
             detail += ", SmoothQuant scales in its input" if observed.smooth is not None else ""
             summary.add(name, kind, "quantized", detail, before, module_bytes(new))
             if not saturation_clamps(y_q, relu_max, config.activation.qmax):  # the grid does not end at the bound

@@ -92,6 +92,41 @@ def _(x, x_scale, x_zp, w_t, w_scale, bias, y_scale, y_zp, relu):
     return x.new_empty((*x.shape[:-1], w_t.shape[1]))
 
 
+def row_rounding(x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded to int8 per row (last dimension) and back, in XNNPACK's float arithmetic
+    (``xnn_f32_qd8_asymmetric_quantization_params``), as LiteRT's hybrid and integer-weight kernels quantize their
+    input at run time: the range widened to hold 0, ``inv = 255 / range``, the zero point taken from the end with
+    the smaller error and rounded, ``q = round(x * inv) + zero`` (ties to even), ``(q - zero) / inv``. Dividing by
+    ``range / 255`` instead moves values that sit on a tie: a row on a grid close to that one (an int8 embedding
+    row, normalized) then rounds differently in many places."""
+    lo = torch.clamp(x.amin(-1, keepdim=True), max=0.0)
+    hi = torch.clamp(x.amax(-1, keepdim=True), min=0.0)
+    inv = torch.where(hi > lo, 255.0 / (hi - lo), torch.ones_like(hi))
+    lo_inv, hi_inv = lo * inv, hi * inv
+    zero = torch.where((-128 + lo_inv) + (127 + hi_inv) > 0, -128 - lo_inv, 127 - hi_inv)
+    zero = torch.round(torch.clamp(zero, -128, 127))
+    q = torch.clamp(torch.round(x * inv + zero), -128, 127)
+    return (q - zero) / inv
+
+
+@torch.library.custom_op("mixq::qlinear_rows", mutates_args=())
+def qlinear_rows(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+                 relu: bool) -> torch.Tensor:
+    """Static int8 linear layer with a float output, as LiteRT runs it (its hybrid FULLY_CONNECTED, XNNPACK's
+    qd8-f32-qc8w kernel): the input quantized per row at run time (:func:`row_rounding`), not on a calibrated
+    grid; int8 weights ``w_t`` (``[in, out]``) with per-channel ``w_scale``; float bias and output."""
+    w = w_t.to(torch.float32) * w_scale.reshape(1, -1)
+    y = torch.matmul(row_rounding(x), w)
+    if bias is not None:
+        y = y + bias
+    return torch.relu(y) if relu else y
+
+
+@qlinear_rows.register_fake
+def _(x, w_t, w_scale, bias, relu):
+    return x.new_empty((*x.shape[:-1], w_t.shape[1]))
+
+
 @torch.library.custom_op("mixq::qmatmul", mutates_args=())
 def qmatmul(a: torch.Tensor, a_scale: torch.Tensor, a_zp: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
             b_zp: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:

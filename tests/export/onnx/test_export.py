@@ -159,3 +159,29 @@ def test_failed_export_keeps_an_existing_file(tmp_path):
         mixq.export_onnx(_net(), torch.randn(2, 3), target)
     assert target.read_bytes() == b"previous good model"
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+class _Head(nn.Module):
+    """Two Linears whose outputs graph mode keeps float: ``body`` is read through a select, ``head`` is the output
+    (the shape branch keeps torch.fx out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = nn.Linear(8, 8), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.body(x))
+        return self.head(h[:, 0] if h.shape[1] > 1 else h.squeeze(1))
+
+
+def test_a_model_quantized_for_litert_is_refused_in_one_line(tmp_path):
+    torch.manual_seed(0)
+    calib = [torch.randn(2, 3, 8) for _ in range(4)]
+    qmodel = mixq.quantize(_Head().eval(), "static", calib_data=calib, runtime="litert", progress=False)
+    assert qmodel.head.y_scale is None and qmodel.head.rows  # rounds its input per row, as LiteRT does
+    with pytest.raises(mixq.ExportError, match=r"^layer 'body' \(2 in all\) was quantized for LiteRT[^\n]*$"):
+        mixq.export_onnx(qmodel, calib[0], tmp_path / "litert.onnx")
+    assert not (tmp_path / "litert.onnx").exists()
+    ort = mixq.quantize(_Head().eval(), "static", calib_data=calib, progress=False)  # the default: ONNX Runtime's
+    assert not ort.head.rows
+    mixq.export_onnx(ort, calib[0], tmp_path / "ort.onnx")

@@ -3,6 +3,8 @@ a quantize after a slice must keep its grid on the slice, not move onto the tens
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import fx, nn
@@ -87,6 +89,31 @@ def test_float_output_linears_run_as_hybrid_kernels(bert, tmp_path):
     assert sum(op.input_types[:2] == ("int8", "int8") for op in fcs) == 3 * LAYERS, fcs  # query, key, value
     errors = _errors(qmodel, path, example)  # the hybrid kernels round their inputs again, on a per-row grid
     assert max(errors.values()) <= 2 * TOLERANCE, errors
+
+
+def test_quantized_for_litert_the_simulation_computes_what_the_file_does(bert, tmp_path):
+    """``runtime='litert'``: the float-output Linears simulate LiteRT's hybrid kernel (input rounded per row at run
+    time), so the file and the simulation agree on inputs they were not calibrated on, closer than a model quantized
+    for ONNX Runtime (input on one calibrated grid per tensor) does."""
+    model, example, calib = bert
+    qmodel = mixq.quantize(model, "static", calib_data=calib, runtime="litert", progress=False)
+    rows = [m for m in qmodel.modules() if isinstance(m, QuantizedLinear) and m.y_scale is None]
+    assert len(rows) == 3 * LAYERS + 1 and all(m.rows for m in rows)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*quantized for ONNX Runtime")  # not said of this model
+        path = mixq.export_tflite(qmodel, example, tmp_path / "bert_litert.tflite")
+    fcs = [op for op in mixq.inspect_tflite(path).ops if op.op_type == "FULLY_CONNECTED"]
+    int8 = sum(op.input_types[:2] == ("int8", "int8") for op in fcs)
+    hybrid = sum(op.input_types[:2] == ("float32", "int8") for op in fcs)
+    assert (int8, hybrid, len(fcs)) == (3 * LAYERS, len(rows), 6 * LAYERS + 1), fcs
+    ort = mixq.quantize(model, "static", calib_data=calib, progress=False)
+    with pytest.warns(UserWarning, match=r"7 static Linears .*quantized for ONNX Runtime.*runtime='litert'"):
+        ort_path = mixq.export_tflite(ort, example, tmp_path / "bert_ort.tflite")
+    for seed in (100, 101, 102):  # held-out inputs
+        errors = _errors(qmodel, path, _tokens(seed))
+        ort_errors = _errors(ort, ort_path, _tokens(seed))
+        assert max(errors.values()) <= TOLERANCE / 10, errors  # a tenth of a step RMS: the same roundings
+        assert max(errors.values()) < max(ort_errors.values()), (errors, ort_errors)
 
 
 class Pooled(nn.Module):

@@ -51,6 +51,7 @@ class LiteRTRuntime(Runtime):
     name, format, title = "litert", "tflite", "LiteRT"
     named_inputs = False
     install_hint = INSTALL_HINT
+    rounds_float_output_rows = True
 
     def available(self) -> bool:
         return litert_available()

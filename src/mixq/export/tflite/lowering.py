@@ -158,7 +158,8 @@ class HybridLinear(nn.Module):
     MatMulIntegerToFloat). LiteRT's int8 FULLY_CONNECTED has no float output, so it runs as LiteRT's hybrid kernel:
     mixq's int8 weight (stored as int8 by ``recipes``, found by its values), float input and output. That kernel
     quantizes its input itself at run time (XNNPACK: one grid per row, never coarser than mixq's one per tensor)
-    and takes no input grid, so mixq's is not used; the export's check allows for it (``mixq.export.tflite.check``).
+    and takes no input grid, so mixq's is not used: a model quantized for LiteRT (``runtime='litert'``,
+    ``QuantizedLinear.rows``) simulates that rounding; the export's check allows for it (``mixq.export.tflite.check``).
     """
 
     def __init__(self, m: QuantizedLinear) -> None:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixq.quant.kernels import row_rounding
 from mixq.quant.modules import WeightOnlyLinear
 from mixq.quant.weight_only.grid import _unpack_rows
 
@@ -97,31 +98,15 @@ class WeightOnlyWeights(nn.Module):
         return f"int{self.bits}, {'per-channel' if self.block == 0 else f'blocks of {self.block}'}"
 
 
-def xnnpack_row_rounding(x: torch.Tensor) -> torch.Tensor:
-    """``x`` rounded to int8 per row (last dimension) and back, in XNNPACK's float arithmetic
-    (``xnn_f32_qd8_asymmetric_quantization_params``): the range widened to hold 0, ``inv = 255 / range``, the zero
-    point taken from the end with the smaller error and rounded, ``q = round(x * inv) + zero`` (ties to even),
-    ``(q - zero) / inv``. Dividing by ``range / 255`` instead moves values that sit on a tie: a row on a grid close
-    to that one (an int8 embedding row, normalized) then rounds differently in many places."""
-    lo = torch.clamp(x.amin(-1, keepdim=True), max=0.0)
-    hi = torch.clamp(x.amax(-1, keepdim=True), min=0.0)
-    inv = torch.where(hi > lo, 255.0 / (hi - lo), torch.ones_like(hi))
-    lo_inv, hi_inv = lo * inv, hi * inv
-    zero = torch.where((-128 + lo_inv) + (127 + hi_inv) > 0, -128 - lo_inv, 127 - hi_inv)
-    zero = torch.round(torch.clamp(zero, -128, 127))
-    q = torch.clamp(torch.round(x * inv + zero), -128, 127)
-    return (q - zero) / inv
-
-
 @contextlib.contextmanager
 def row_quantized_activations(model: nn.Module) -> Iterator[None]:
     """Within the block, every weight-only layer of ``model`` (mixq's, or lowered) first rounds its input to int8
-    per row the way XNNPACK's integer-weight kernels do (:func:`xnnpack_row_rounding`). With the lowered model
+    per row the way XNNPACK's integer-weight kernels do (``mixq.quant.kernels.row_rounding``). With the lowered model
     (blockwise scales rounded as the file stores them) this is what the file computes, to float32 rounding: the
     reference a LiteRT weight-only file is checked against."""
 
     def rounded(module: nn.Module, args: tuple) -> tuple:
-        return (xnnpack_row_rounding(args[0]), *args[1:])
+        return (row_rounding(args[0]), *args[1:])
 
     kinds = (WeightOnlyLinear, WeightOnlyWeights)
     hooks = [m.register_forward_pre_hook(rounded) for m in model.modules() if isinstance(m, kinds)]

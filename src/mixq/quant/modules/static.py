@@ -100,6 +100,9 @@ class QuantizedLinear(_StaticBase):
 
     The int8 weight is stored transposed (``[in, out]``) so the exported MatMul reads it without a Transpose.
     ``y_qparams=None`` keeps the output float (graph mode, when no integer kernel reads it): no requantization.
+    ``rows=True`` (a float output, quantized for a runtime whose kernel for it rounds the input per row at run time:
+    LiteRT's hybrid FULLY_CONNECTED) rounds the input as that kernel does (``kernels.qlinear_rows``) instead of on
+    the calibrated input grid.
     A float layer carrying SmoothQuant scales ``s`` (``mixq_smooth``, set where they cannot be folded into the
     producer) gives ``W * s`` as int8 weight and ``x_smooth = 1 / s``: the input is multiplied by it (one Mul in
     the exported graph) before it is quantized, so ``(x / s) @ (W * s).T`` computes the float layer's ``x @ W.T``.
@@ -117,6 +120,7 @@ class QuantizedLinear(_StaticBase):
         self.register_buffer("bias", float_bias(linear))
         self.register_buffer("x_smooth", None if smooth is None else (1.0 / smooth).to(torch.float32))
         self.relu = relu
+        self.rows = False
         self.expose(linear)
 
     def float_weight(self) -> torch.Tensor:
@@ -125,6 +129,8 @@ class QuantizedLinear(_StaticBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.x_smooth is not None:
             x = x * self.x_smooth
+        if self.rows:
+            return ops.qlinear_rows(x, self.weight_t, self.w_scale, self.bias, self.relu)
         return ops.qlinear(x, self.x_scale, self.x_zp, self.weight_t, self.w_scale, self.bias, self.y_scale,
                            self.y_zp, self.relu)
 
@@ -139,8 +145,16 @@ class QuantizedLinear(_StaticBase):
     def extra_repr(self) -> str:
         k, n = self.weight_t.shape
         out = ", float output" if self.y_scale is None else ""
+        out += " (input rounded per row at run time)" if self.rows else ""
         smooth = ", smoothed input" if self.x_smooth is not None else ""
         return f"in_features={k}, out_features={n}, relu={self.relu}{out}{smooth}"
+
+
+def float_output_linears(model: nn.Module) -> dict[str, bool]:
+    """``{name: rows}`` of ``model``'s static Linears with a float output: whether each rounds its input per row
+    (quantized for LiteRT, ``QuantizedLinear.rows``) or on its calibrated grid (ONNX Runtime's
+    MatMulIntegerToFloat)."""
+    return {name: m.rows for name, m in model.named_modules() if isinstance(m, QuantizedLinear) and m.y_scale is None}
 
 
 class QuantizedAdd(_StaticBase):
