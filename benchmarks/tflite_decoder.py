@@ -99,22 +99,33 @@ def litert_recipe(source: Path, target: Path) -> None:
     qt.quantize().export_model(str(target), overwrite=True)
 
 
+def top2_gap(model: torch.nn.Module, ids: torch.Tensor) -> float:
+    """How far apart the PyTorch model's two largest next-token logits after ``ids`` are, in logit standard
+    deviations (a random model's are nearly tied: any rounding flips them)."""
+    with torch.no_grad():
+        logits = model(ids).logits[0, -1]
+    top = torch.topk(logits, 2).values
+    return float((top[0] - top[1]) / logits.std())
+
+
 def agreement(paths: dict[str, Path], refs: dict[str, torch.nn.Module], prompts: list[torch.Tensor],
               new: int) -> dict[str, dict[str, Any]]:
-    """Greedy tokens of each file vs its PyTorch model: prompts fully equal, and new tokens equal before the
-    first difference (averaged)."""
+    """Greedy tokens of each file vs its PyTorch model: prompts fully equal, new tokens equal before the first
+    difference (averaged), and the PyTorch model's top-2 gap (``top2_gap``) where each prompt parts."""
     out = {}
     for name, path in paths.items():
         session = TFLiteDecoderSession(path)
-        same, prefix = 0, []
+        same, prefix, gaps = 0, [], []
         for ids in prompts:
             want = mixq.generate_torch(refs[name], ids, new)[0, ids.shape[1]:]
             got = mixq.generate_tflite(session, ids, new)[0, ids.shape[1]:]
             diff = (want != got).nonzero()
             prefix.append(int(diff[0]) if len(diff) else new)
             same += int(len(diff) == 0)
+            if len(diff):
+                gaps.append(top2_gap(refs[name], torch.cat([ids[0], want[:prefix[-1]]])[None]))
         out[name] = {"prompts_equal": same, "prompts": len(prompts), "mean_equal_prefix": float(np.mean(prefix)),
-                     "new_tokens": new}
+                     "new_tokens": new, "parting_top2_gaps": gaps}
         print(f"{name}: {same}/{len(prompts)} prompts generate the same {new} tokens", flush=True)
     return out
 
@@ -168,6 +179,11 @@ def run_decoder(out: Path | None = None, *, cache: int = 256, prefill: int = 32,
     return result
 
 
+def _gaps(variant: dict) -> str:
+    gaps = variant.get("parting_top2_gaps")
+    return f"; parted where its top-2 logits were {', '.join(f'{g:.3f}' for g in gaps)} std apart" if gaps else ""
+
+
 def markdown(result: dict, command: str = "PYTHONPATH=src python benchmarks/tflite_decoder.py") -> str:
     m = result["model"]
     lines = [
@@ -185,7 +201,7 @@ def markdown(result: dict, command: str = "PYTHONPATH=src python benchmarks/tfli
         lines.append(f"| {name} | {v['mb']:.1f} | {v.get('size_vs_fp32', float('nan')):.3f} | {v['decode']:.2f} | "
                      f"{v.get('decode_vs_fp32', float('nan')):.2f} | {v['prefill']:.1f} | {v['prompts_equal']}/"
                      f"{v['prompts']} prompts x {v['new_tokens']} tokens (mean equal prefix "
-                     f"{v['mean_equal_prefix']:.1f}) |")
+                     f"{v['mean_equal_prefix']:.1f}){_gaps(v)} |")
     for name, why in result.get("failed", {}).items():
         lines.append(f"| {name} | export refused: {why} | | | | | |")
     return "\n".join(lines) + "\n"

@@ -94,18 +94,21 @@ def _(x, x_scale, x_zp, w_t, w_scale, bias, y_scale, y_zp, relu):
 
 def row_rounding(x: torch.Tensor) -> torch.Tensor:
     """``x`` rounded to int8 per row (last dimension) and back, in XNNPACK's float arithmetic
-    (``xnn_f32_qd8_asymmetric_quantization_params``), as LiteRT's hybrid and integer-weight kernels quantize their
-    input at run time: the range widened to hold 0, ``inv = 255 / range``, the zero point taken from the end with
-    the smaller error and rounded, ``q = round(x * inv) + zero`` (ties to even), ``(q - zero) / inv``. Dividing by
-    ``range / 255`` instead moves values that sit on a tie: a row on a grid close to that one (an int8 embedding
-    row, normalized) then rounds differently in many places."""
+    (``xnn_f32_qd8_asymmetric_quantization_params`` and the ``f32-qd8-vcvt`` kernels), as LiteRT's hybrid and
+    integer-weight kernels quantize their input at run time: the range widened to hold 0, ``inv = 255 / range``
+    (one IEEE division: PyTorch's ``255.0 / t`` is ``t.reciprocal() * 255``, two roundings), the zero point taken
+    from the end with the smaller error and rounded, ``q = round(x * inv) + zero`` (ties to even; the integer zero
+    point is added after rounding: ``round(x * inv + zero)`` loses the low bits of ``x * inv`` in the addition),
+    ``(q - zero) / inv``. A row on a grid close to XNNPACK's (an int8 embedding row, normalized) has many values on
+    ties, which any other order of these roundings moves."""
     lo = torch.clamp(x.amin(-1, keepdim=True), max=0.0)
     hi = torch.clamp(x.amax(-1, keepdim=True), min=0.0)
-    inv = torch.where(hi > lo, 255.0 / (hi - lo), torch.ones_like(hi))
+    span = hi - lo
+    inv = torch.where(hi > lo, torch.full_like(span, 255.0).div(span), torch.ones_like(hi))
     lo_inv, hi_inv = lo * inv, hi * inv
     zero = torch.where((-128 + lo_inv) + (127 + hi_inv) > 0, -128 - lo_inv, 127 - hi_inv)
     zero = torch.round(torch.clamp(zero, -128, 127))
-    q = torch.clamp(torch.round(x * inv + zero), -128, 127)
+    q = torch.clamp(torch.round(x * inv) + zero, -128, 127)
     return (q - zero) / inv
 
 

@@ -156,3 +156,52 @@ def test_int8_and_float_decoders_generate_the_same_tokens(tmp_path, bits):
         assert [kind for kind, _ in _file_weights(path)] == ["INT8"] * 15
     prompt = torch.randint(0, VOCAB, (1, 6))
     assert torch.equal(mixq.generate_tflite(path, prompt, 10), mixq.generate_torch(qlm, prompt, 10))
+
+
+def _random_int4(hidden: int = 512) -> torch.nn.Module:
+    """An untrained 2-layer Llama (hidden ``hidden``), RTN int4 in groups of 32: its int8 embedding rows, normalized,
+    put many of the first layer's inputs on XNNPACK's rounding ties."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=128)
+    return mixq.quantize(transformers.LlamaForCausalLM(config).eval(), "weight_only", bits=4, group_size=32,
+                         progress=False)
+
+
+def test_last_bit_changes_move_the_row_rounded_decoder_past_the_tolerance():
+    """Why a decoder file is not checked step for step against mixq's row-rounded model: moving that model's
+    activations by 1e-7 relative (the last bit, as LiteRT's RMSNorm differs from PyTorch's) flips rounding ties,
+    and two layers later its logits are more than TOLERANCE away from where they were."""
+    from mixq.export.tflite.check import TOLERANCE, disagreement
+    from mixq.export.tflite.lowering import lower
+    from mixq.export.tflite.weight_only import row_quantized_activations
+
+    lowered = lower(_random_int4())[0]
+    ids = torch.arange(3, 8)[None]
+    with row_quantized_activations(lowered), torch.no_grad():
+        rounded = lowered(ids).logits.numpy()
+        hooks = [m.register_forward_pre_hook(lambda m, a: (a[0] * (1 + 1e-7 * (2 * torch.rand(a[0].shape) - 1)),),
+                                             prepend=True)  # before the rounding
+                 for m in lowered.modules() if isinstance(m, WeightOnlyWeights)]
+        moved = lowered(ids).logits.numpy()
+        for h in hooks:
+            h.remove()
+    assert disagreement(moved, rounded) > TOLERANCE
+
+
+@pytest.mark.nightly  # one decoder conversion: ~30 s on 2 cores
+def test_a_decoder_whose_rounding_ties_fall_apart_exports_and_a_wrong_one_is_refused(tmp_path):
+    """A 2-layer int4 decoder that LiteRT runs correctly but whose last-bit float differences flip rounding ties:
+    refused before (2.1% RMS off the row-rounded model, tolerance 1.6%); exported now. The same check still
+    refuses the file against a model with one layer's weights negated."""
+    from mixq.export.errors import ExportError
+    from mixq.export.tflite.decoder import check_decoder
+    from mixq.export.tflite.lowering import lower
+
+    qlm = _random_int4()
+    path = mixq.export_decoder_tflite(qlm, tmp_path / "lm.tflite", cache_len=32, prefill_len=8)
+    wrong = lower(qlm)[0]
+    wrong.model.layers[1].mlp.down_proj.weight.neg_()
+    with pytest.raises(ExportError, match="relative RMS off mixq's weights at float activations"):
+        check_decoder(path.read_bytes(), qlm, wrong)

@@ -26,6 +26,17 @@ one step of 255 over that range is ``4 / 255`` (1.6%) of the RMS.
   apart upstream (an int8 layer's requantization) can round a step apart in it: real MiniLM's one-layer
   ``last_hidden_state`` was 2.6% RMS off such a simulation; those files are compared the same way.
 
+* Weight-only decoders (``decoder.check_decoder``) round every integer-weight layer's input row to int8 in the
+  file, and mixq rounds the same rows in the same arithmetic (``mixq.quant.kernels.row_rounding``: an int4 layer
+  fed the same rows matches XNNPACK on every element). Through a stack of layers that rounding is not continuous:
+  the file's float operators differ from PyTorch's in the last bit (LiteRT's int8 embedding + RMSNorm differs from
+  PyTorch's by 1 ulp on 48 of 96 rows), a last-bit change on a rounding tie moves a value one step, the next layer
+  then rounds a different row, and after a layer or two the two sides round independently. Moving the activations of
+  mixq's own row-rounded 2-layer decoder (hidden 1024) by 1e-7 relative moves its logits by 2.7-3.1% RMS, as far
+  as the file is from it and further than ``TOLERANCE``. So a decoder file is compared as a dynamic-range file is:
+  with mixq's weights at float activations, allowed the row-rounded model's own disagreement with that reference
+  plus ``TOLERANCE`` (:func:`allowed`).
+
 A file that is off by a wrong weight, a wrong scale or a dropped operation disagrees by tens of percent and is
 refused. The check sees only the example inputs: an error they do not exercise passes it (a tiny random BERT's
 QAT file ran GELU and TANH in int8 and still matched on its example, its logits a few steps from zero), so give
@@ -91,6 +102,12 @@ def disagreement(got: np.ndarray, want: np.ndarray) -> float:
     return diff / norm if norm > 0 else diff
 
 
+def allowed(rounded: np.ndarray, reference: np.ndarray) -> float:
+    """The largest disagreement with ``reference`` (float activations) accepted from a file that rounds activations at
+    run time: ``rounded``'s (mixq's model rounding them) own disagreement with it plus ``TOLERANCE``."""
+    return TOLERANCE + disagreement(rounded, reference)
+
+
 def _rounds_at_run_time(m: nn.Module) -> bool:
     """Layers whose LiteRT kernel quantizes its input at run time on its own grid: dynamic-range layers, and static
     Linears with a float output (LiteRT's hybrid kernel, ``lowering.HybridLinear``)."""
@@ -150,7 +167,7 @@ def check_file(content: bytes, inputs: Mapping[str, torch.Tensor], expected: Map
     bound = dict.fromkeys(worst, TOLERANCE)
     if reference is not None:
         worst = {name: disagreement(got[name], ref.reshape(got[name].shape)) for name, ref in reference.items()}
-        bound = {name: TOLERANCE + disagreement(expected[name], ref) for name, ref in reference.items()}
+        bound = {name: allowed(expected[name], ref) for name, ref in reference.items()}
     name = max(worst, key=lambda k: worst[k] - bound[k])
     if worst[name] > bound[name]:
         against = "mixq's simulation" if reference is None else "mixq's weights at float activations"
