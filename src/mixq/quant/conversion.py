@@ -30,6 +30,7 @@ from mixq.quant.modules import (
     QuantizedAdd,
     QuantizedMatMul,
 )
+from mixq.quant.modules.observed import unfold_pad
 from mixq.quant.modules.registry import kind_name, qmodule_class, refusal
 from mixq.quant.modules.weight_only import GroupParams
 from mixq.quant.observers import Observer, make_observer
@@ -116,6 +117,12 @@ def _with_relu(module: nn.Module, relu: bool, relu_max: float | None = None) -> 
     return nn.Sequential(module, relu_module(relu_max)) if relu else module
 
 
+def _float_layer(layer: nn.Module, relu: bool, relu_max: float | None) -> nn.Module:
+    """A layer that stays float as it computed before preparation: with the zero pad graph mode folded into it
+    back in front, and the ReLU fused into it back behind."""
+    return _with_relu(unfold_pad(layer), relu, relu_max)
+
+
 def _relu_name(relu_max: float | None) -> str:
     return "relu" if relu_max is None else f"relu clamped at {relu_max:g}"
 
@@ -152,7 +159,7 @@ def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ra
                          "prepare it as static (or with observe_all=True)")
     if reason is not None:
         summary.add(name, kind, "float", reason)
-        set_submodule(model, name, _with_relu(layer, relu, relu_max))
+        set_submodule(model, name, _float_layer(layer, relu, relu_max))
         return
     extra = {"params": weight_params[name]} if name in weight_params else {}
     new = qmodule_class(layer, choice.mode).from_float(layer, config, **extra)

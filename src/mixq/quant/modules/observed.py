@@ -7,12 +7,36 @@ Runtime keeps the integer chain unbroken.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mixq.quant.modules.facade import Delegating
 from mixq.quant.observers import Observer
+
+
+def folded_pad(layer: nn.Module) -> list[int] | None:
+    """The ``F.pad`` amounts (last axis first) of the zero pad graph mode folded into ``layer`` (its ``mixq_pads``,
+    begins then ends per axis; see ``mixq.quant.graph.fold_pads``), or None."""
+    pads = getattr(layer, "mixq_pads", None)
+    if not pads:
+        return None
+    dims = len(pads) // 2
+    return [p for axis in reversed(range(dims)) for p in (pads[axis], pads[dims + axis])]
+
+
+def unfold_pad(layer: nn.Module) -> nn.Module:
+    """``layer`` computing in float what it computed before graph mode folded a zero pad into it: the pad back in
+    front of a copy without ``mixq_pads`` (parameters shared, ``layer`` itself unchanged); ``layer`` if none."""
+    amounts = folded_pad(layer)
+    if amounts is None:
+        return layer
+    pad = (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)[len(amounts) // 2 - 1](tuple(amounts), 0.0)
+    plain = copy.copy(layer)
+    del plain.mixq_pads
+    return nn.Sequential(pad, plain)
 
 
 class ObservedLayer(Delegating, nn.Module):
@@ -47,10 +71,9 @@ class ObservedLayer(Delegating, nn.Module):
         self.shared_input = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = getattr(self.layer, "mixq_pads", None)  # a zero pad graph mode folded in (``fold_pads``)
-        if pads:
-            dims = len(pads) // 2
-            x = F.pad(x, [p for axis in reversed(range(dims)) for p in (pads[axis], pads[dims + axis])])
+        amounts = folded_pad(self.layer)  # a zero pad graph mode folded in (``fold_pads``)
+        if amounts is not None:
+            x = F.pad(x, amounts)
         if not self.shared_input:
             smooth = self.smooth
             self.input_observer(x if smooth is None else x / smooth)
