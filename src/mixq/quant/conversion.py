@@ -18,6 +18,7 @@ import torch
 from torch import fx, nn
 
 from mixq.pretrained import mark_saveable
+from mixq.quant.bias_correction import corrected
 from mixq.quant.fusion import relu_module, saturation_clamps, set_submodule
 from mixq.quant.graft import graft
 from mixq.quant.modules import (
@@ -40,6 +41,7 @@ from mixq.quant.stages import Prepared
 from mixq.quant.summary import QuantizationSummary, module_bytes
 
 QParams = tuple[torch.Tensor, torch.Tensor]
+_CORRECTED = (nn.Conv1d, nn.Conv2d, nn.Linear)  # the layers bias correction knows the weight layout of
 # a calibrated range that saturates more than this share of its tensor's calibration values is reported: clipping
 # methods (percentile, MSE, entropy) cut well under 0.1 % of the values of the distributions they were made for
 CLIPPED_SHARE_LIMIT = 0.01
@@ -127,6 +129,19 @@ def _relu_name(relu_max: float | None) -> str:
     return "relu" if relu_max is None else f"relu clamped at {relu_max:g}"
 
 
+def _bias_corrected(observed: ObservedLayer, config: QuantConfig, name: str) -> nn.Module:
+    """The layer to quantize: with ``config.bias_correction``, a copy whose bias absorbs the mean shift of weight
+    rounding (``mixq.quant.bias_correction``; not where SmoothQuant scales its input)."""
+    layer = observed.layer
+    if not config.bias_correction or observed.smooth is not None or not isinstance(layer, _CORRECTED):
+        return layer
+    mean = observed.input_mean()
+    if mean is None:
+        raise ValueError(f"bias_correction needs each layer's input means from calibration, but {name!r} was "
+                         "prepared without them: prepare with a config that has bias_correction=True")
+    return corrected(layer, config.weight, mean)
+
+
 def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,
                    summary: QuantizationSummary, weight_params: dict[str, GroupParams],
                    keep_float: Mapping[str, str] | None = None) -> None:
@@ -144,11 +159,13 @@ def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ra
             reason = "never executed during calibration"
         else:
             y_q = None if float_out else ranges.of(observed.output_observer, name)
+            layer = _bias_corrected(observed, config, name)
             new = qmodule_class(layer, "static").from_float(layer, config, ranges.of(observed.input_observer, name),
                                                             y_q, relu=relu, relu_max=relu_max)
             detail = f"static w:{config.weight} a:{config.activation} ({choice.observer.name})"
             detail += (f", {_relu_name(relu_max)} fused" if relu else "") + (", float output" if float_out else "")
             detail += ", SmoothQuant scales in its input" if observed.smooth is not None else ""
+            detail += ", bias corrected" if layer is not observed.layer else ""
             summary.add(name, kind, "quantized", detail, before, module_bytes(new))
             if not saturation_clamps(y_q, relu_max, config.activation.qmax):  # the grid does not end at the bound
                 new = nn.Sequential(new, relu_module(relu_max))

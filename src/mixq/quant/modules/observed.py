@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixq.quant.bias_correction import channel_sum
 from mixq.quant.modules.facade import Delegating
 from mixq.quant.observers import Observer
 
@@ -46,11 +47,12 @@ class ObservedLayer(Delegating, nn.Module):
     ``relu_max``: the fused ReLU's upper bound (ReLU6: 6); the observer then sees the clamped output, so the output
     range ends at or below it and the quantized layer's saturation reproduces the clamp. A layer with SmoothQuant
     scales in its quantization (``mixq_smooth``, ``mixq.quant.smoothquant``) has its input observed as ``x / s``,
-    the tensor its quantized form quantizes; such an input never shares its producer's scale.
+    the tensor its quantized form quantizes; such an input never shares its producer's scale. ``track_mean`` also
+    sums each input channel (after a folded pad) for bias correction (``input_mean``).
     """
 
     def __init__(self, layer: nn.Module, input_observer: Observer, output_observer: Observer,
-                 relu: bool = False, relu_max: float | None = None) -> None:
+                 relu: bool = False, relu_max: float | None = None, track_mean: bool = False) -> None:
         super().__init__()
         self.layer = layer
         self.input_observer = input_observer
@@ -59,6 +61,22 @@ class ObservedLayer(Delegating, nn.Module):
         self.relu_max = relu_max
         self.shared_input = False
         self.float_output = False  # graph mode: no integer kernel reads the output, so it is not requantized
+        self.track_mean = track_mean
+        if track_mean:
+            self.register_buffer("input_sum", torch.zeros(0, dtype=torch.float64))
+            self.register_buffer("input_count", torch.tensor(0.0, dtype=torch.float64))
+
+    def input_mean(self) -> torch.Tensor | None:
+        """Each input channel's mean over the calibration data, or None when not tracked (or nothing ran)."""
+        if not self.track_mean or float(self.input_count) == 0.0:
+            return None
+        return self.input_sum / self.input_count
+
+    def _track(self, x: torch.Tensor) -> None:
+        channel_dim = -1 if isinstance(self.layer, nn.Linear) else 1
+        sums = channel_sum(x, channel_dim)
+        self.input_sum = sums if self.input_sum.numel() == 0 else self.input_sum + sums
+        self.input_count += x.numel() / x.shape[channel_dim]
 
     @property
     def smooth(self) -> torch.Tensor | None:
@@ -74,6 +92,8 @@ class ObservedLayer(Delegating, nn.Module):
         amounts = folded_pad(self.layer)  # a zero pad graph mode folded in (``fold_pads``)
         if amounts is not None:
             x = F.pad(x, amounts)
+        if self.track_mean:
+            self._track(x)
         if not self.shared_input:
             smooth = self.smooth
             self.input_observer(x if smooth is None else x / smooth)
