@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -187,24 +188,29 @@ def litert_latency(paths: dict[str, Path], rounds: int, runs: int) -> dict[str, 
 def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     torch.set_num_threads(THREADS)
     model, images = load_model(), photos()
-    x = crops(images, args.per_image, seed=0)
+    x = crops(images, args.per_image, seed=args.eval_seed)
     calib = list(crops(images, args.calib_per_image, seed=1).split(8))
     with torch.no_grad():
         ref = torch.cat([model(b) for b in x.split(8)]).numpy()
     start = time.perf_counter()
     qmodel = mixq.quantize(model, "static", calib_data=calib, progress=False)
     seconds = {"mixq quantize": time.perf_counter() - start}
+    corrected = mixq.quantize(model, "static", calib_data=calib, progress=False, bias_correction=True)
     with torch.no_grad():
         sim = torch.cat([qmodel(b) for b in x.split(8)]).numpy()
+        sim_bc = torch.cat([corrected(b) for b in x.split(8)]).numpy()
     files = {"fp32": export_fp32(model, x[:1], tmp / "fp32.onnx"),
-             "mixq static": mixq.export_onnx(qmodel, x[:1], tmp / "mixq.onnx")}
+             "mixq static": mixq.export_onnx(qmodel, x[:1], tmp / "mixq.onnx"),
+             "mixq static, bias_correction=True": mixq.export_onnx(corrected, x[:1], tmp / "mixq_bc.onnx")}
     start = time.perf_counter()
     files["ORT quantize_static"] = ort_quantize_static(files["fp32"], calib, tmp / "ort_qdq.onnx")
     seconds["ORT quantize_static"] = time.perf_counter() - start
     rows = {f"ORT: {k}": {**agreement(run_ort(p, x), ref), "size_mb": p.stat().st_size / 1e6}
             for k, p in files.items()}
     mixq_ort = run_ort(files["mixq static"], x)
+    bc_ort = run_ort(files["mixq static, bias_correction=True"], x)
     rows["PyTorch: mixq simulation"] = agreement(sim, ref)
+    rows["PyTorch: mixq simulation, bias_correction=True"] = agreement(sim_bc, ref)
     print(json.dumps(rows, indent=1))  # noqa: T201
     errors: dict[str, str] = {}
 
@@ -217,13 +223,15 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             print(f"{label} failed: {errors[label]}")  # noqa: T201
             return None
 
-    tfl = {"fp32": attempt("LiteRT fp32 export", lambda: mixq.export_tflite(model, x[:1], tmp / "fp32.tflite")),
-           "mixq full-integer": attempt("mixq export_tflite",
-                                        lambda: mixq.export_tflite(qmodel, x[:1], tmp / "mixq_int8.tflite"))}
-    start = time.perf_counter()
-    tfl["litert-torch PT2E"] = attempt("litert-torch PT2E",
-                                       lambda: pt2e_peer(model, calib, x[:1], tmp / "pt2e_int8.tflite"))
-    seconds["litert-torch PT2E (calibrate + convert)"] = time.perf_counter() - start
+    tfl: dict[str, Path | None] = {}
+    if not args.skip_litert:
+        tfl["fp32"] = attempt("LiteRT fp32 export", lambda: mixq.export_tflite(model, x[:1], tmp / "fp32.tflite"))
+        tfl["mixq full-integer"] = attempt("mixq export_tflite",
+                                           lambda: mixq.export_tflite(qmodel, x[:1], tmp / "mixq_int8.tflite"))
+        start = time.perf_counter()
+        tfl["litert-torch PT2E"] = attempt("litert-torch PT2E",
+                                           lambda: pt2e_peer(model, calib, x[:1], tmp / "pt2e_int8.tflite"))
+        seconds["litert-torch PT2E (calibrate + convert)"] = time.perf_counter() - start
     tfl = {k: p for k, p in tfl.items() if p is not None}
     for k, p in tfl.items():
         logits = mixq.TFLiteRunner(p, threads=THREADS)(x)
@@ -237,17 +245,23 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         rows[k].update(v)
     return {"rows": rows, "seconds": seconds, "images": len(x), "photos": len(images), "calibration_images":
             sum(len(b) for b in calib), "sim_vs_ort_argmax": float((sim.argmax(1) == mixq_ort.argmax(1)).mean()),
+            "sim_vs_ort_argmax_bias_correction": float((sim_bc.argmax(1) == bc_ort.argmax(1)).mean()),
+            "eval_seed": args.eval_seed,
+            "flips": {k: round((1 - v["top1_agreement"]) * len(x)) for k, v in rows.items()},
             "summary_notes": qmodel.mixq_summary.notes, "errors": errors}
 
 
 def markdown(result: dict[str, Any]) -> str:
+    """The results table; ``result["notes"]`` (added by hand to the JSON, e.g. another crop seed's run) follow it."""
     rows = result["rows"]
+    args = f" {result['args']}" if result.get("args") else ""
     lines = [f"Device: {result['device']}. CPU flags: {', '.join(result['flags'])}. Load average before/after: "
              f"{result['load'][0]:.1f} / {result['load'][1]:.1f} (a shared machine: latencies are noisy; compare "
              "rows of one table, timed interleaved).", "",
              f"EfficientNet-Lite0 (ImageNet-pretrained, pip package), {result['images']} crops/flips of "
-             f"{result['photos']} packaged photos, calibrated on {result['calibration_images']} other crops. "
-             "Agreement is with the fp32 PyTorch model's predictions.", "",
+             f"{result['photos']} packaged photos (crop seed {result['eval_seed']}; one crop = "
+             f"{1 / result['images']:.3f} of top-1), calibrated on {result['calibration_images']} other crops "
+             "(seed 1). Agreement is with the fp32 PyTorch model's predictions.", "",
              "| runtime: file | top-1 agreement | top-5 overlap | size MB | batch 1 ms | batch 8 ms |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, row in rows.items():
@@ -256,8 +270,10 @@ def markdown(result: dict[str, Any]) -> str:
         cells += [f"{row[k]:.1f}" if k in row else "" for k in ("batch1_ms", "batch8_ms")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [f"\nFailed: {label}: {err}" for label, err in result["errors"].items()]
-    lines += ["", f"mixq simulation vs its ONNX file in ORT, argmax agreement: {result['sim_vs_ort_argmax']:.3f}.",
-              "", "Command: `PYTHONPATH=src .venv/bin/python benchmarks/bench_pretrained_cnn.py`", ""]
+    lines += ["", f"mixq simulation vs its ONNX file in ORT, argmax agreement: {result['sim_vs_ort_argmax']:.3f} "
+              f"(bias_correction=True: {result['sim_vs_ort_argmax_bias_correction']:.3f}).",
+              *[f"\n{note}" for note in result.get("notes", [])],
+              "", f"Command: `PYTHONPATH=src .venv/bin/python benchmarks/bench_pretrained_cnn.py{args}`", ""]
     return "\n".join(lines)
 
 
@@ -265,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-image", type=int, default=16, help="evaluation crops per photo (default 16)")
     parser.add_argument("--calib-per-image", type=int, default=4, help="calibration crops per photo (default 4)")
+    parser.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation crops (default 0; "
+                        "calibration crops use seed 1)")
+    parser.add_argument("--skip-litert", action="store_true", help="measure ONNX Runtime only (no LiteRT files)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     parser.add_argument("--runs", type=int, default=10, help="timed calls per file and round (default 10)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write pretrained_cnn.{md,json}")
@@ -274,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU flags: {flags}; load average {load_before:.1f}")  # noqa: T201
     with tempfile.TemporaryDirectory() as tmp:
         result = measure(args, Path(tmp))
+    result["args"] = " ".join(argv if argv is not None else sys.argv[1:])
     result.update(device=f"cpu ({platform.machine()}), torch {torch.__version__}, {THREADS} threads", flags=flags,
                   load=[load_before, os.getloadavg()[0]])
     text = markdown(result)

@@ -165,6 +165,7 @@ def test_eval_fn_failing_only_on_quantized_models_names_the_config(outlier_case)
     (dict(objective="speed"), ValueError, "objective must be one of latency, size, accuracy"),
     (dict(max_evals=1), ValueError, "max_evals must be >= 2"),
     (dict(config=mixq.make_config("dynamic")), ValueError, "static config"),
+    (dict(config=mixq.make_config("static", bias_correction=True)), ValueError, "does not apply bias_correction"),
 ])
 def test_bad_arguments(outlier_case, kwargs, error, match):
     model, batches, eval_fn = outlier_case

@@ -89,3 +89,21 @@ def test_a_static_layer_that_was_not_observed_is_refused():
     prepared = calibrated(QuantConfig("dynamic"))
     with pytest.raises(ValueError, match="was not observed during calibration"):
         convert_prepared(prepared, QuantConfig("static"))
+
+
+def test_a_range_that_clips_a_large_share_of_its_values_is_reported_by_name():
+    import warnings
+
+    import mixq
+
+    data = batches()
+    clipping = QuantConfig("static", observer=ObserverSpec("percentile", percentile=90.0))  # cuts 10 % each side
+    with pytest.warns(UserWarning, match=r"clip a large share") as caught:
+        qmodel = mixq.quantize(small_net(), clipping, calib_data=data, progress=False)
+    assert "\n  0 (input): the 'percentile' range [" in str(caught[0].message)  # one line per tensor, by name
+    assert qmodel.mixq_summary.clipped and all("'percentile' range" in line for line in qmodel.mixq_summary.clipped)
+    assert any(line.startswith("0 (input): ") for line in qmodel.mixq_summary.clipped)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # min-max clips nothing: no warning
+        plain = mixq.quantize(small_net(), "static", calib_data=data, progress=False)
+    assert plain.mixq_summary.clipped == []

@@ -50,3 +50,30 @@ def test_zero_pads_fold_into_the_convolutions_and_nothing_changes(tmp_path):
     assert np.abs(sim - runtime).max() <= float(q.head.y_scale) + 1e-6  # at most one output step
     sqnr = 10 * np.log10((ref**2).mean() / ((sim - ref) ** 2).mean())
     assert sqnr > 25, f"SQNR {sqnr:.1f} dB"
+
+
+
+@pytest.mark.parametrize("pattern", ["depthwise", "*"])
+def test_a_convolution_kept_float_after_calibration_still_pads_as_the_pad_it_absorbed(pattern):
+    # prepared (and the pad folded) as static, converted with the convolution float: what autoquantize's fp32
+    # reference and rungs, and runtime-aware precision, do. The folded pad lives on the convolution (mixq_pads);
+    # kept float it must still apply it, or it silently computes a shifted, smaller output (EfficientNet-Lite0's
+    # depthwise convolutions kept float: logit SQNR 17 dB -> -3.5 dB)
+    from mixq.quant.conversion import convert_prepared
+    from mixq.quant.spec import LayerOverride, QuantConfig
+    from mixq.quant.stages import calibrate, prepare
+
+    torch.manual_seed(0)
+    model = PaddedNet().eval()
+    data = [torch.randn(2, 3, 16, 16) for _ in range(3)]
+    prepared = prepare(model, QuantConfig("static"), data[0])
+    calibrate(prepared, data, progress=False)
+    q = convert_prepared(prepared, QuantConfig("static", overrides=(LayerOverride(pattern, "fp32"),)))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ref, out = model(x), q(x)
+    assert out.shape == ref.shape
+    if pattern == "*":
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)  # nothing quantized: the float model
+    else:
+        assert 10 * torch.log10(ref.pow(2).mean() / (out - ref).pow(2).mean()) > 25

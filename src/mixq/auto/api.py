@@ -70,6 +70,10 @@ def _check(model: nn.Module, max_drop: float, objective: str, max_evals: int, se
     if config.mode != "static" or config.overrides:
         raise ValueError("config must be a static config without overrides (autoquantize chooses the per-layer "
                          "precisions); keep layers float with exclude=[...]")
+    if config.bias_correction:
+        raise ValueError("autoquantize does not apply bias_correction yet (its per-layer configs are built without "
+                         "it); pass dataclasses.replace(result.config, bias_correction=True) to mixq.quantize "
+                         "instead")
     if not observer_class(config.observer.name).capabilities.autoquant:
         usable = observer_names(autoquant=True)
         raise ValueError(f"autoquantize gathers histogram statistics once and cannot use the "

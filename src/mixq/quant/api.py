@@ -52,6 +52,14 @@ def _refuse_runtime_without_data(cfg: QuantConfig, kernel_costs: object, calib_d
                          "example_inputs (or calib_data); pass one, or runtime_aware=False")
 
 
+def _warn_clipped(clipped: list[str]) -> None:
+    """One warning, a line per tensor, when calibrated ranges saturate a large share of their calibration values."""
+    if clipped:
+        warnings.warn(f"{len(clipped)} calibrated activation range(s) clip a large share of their calibration values, "
+                      "which can cost much or all of the accuracy; compare with observer='minmax' (or exclude those "
+                      "layers):\n  " + "\n  ".join(clipped), stacklevel=3)
+
+
 def make_config(mode: str = "static", **options: Any) -> QuantConfig:
     """``QuantConfig.from_options``: a validated config from ``quantize``'s keyword options (``observer``,
     ``bits``, ``group_size``, ...); an option that no layer would use is refused, never ignored.
@@ -205,6 +213,7 @@ def quantize(
     keep_float, runtime_notes = runtime_float_layers(prepared, cfg, kernel_costs)
     qmodel = convert_prepared(prepared, keep_float=keep_float)
     qmodel.mixq_summary.notes[:0] = notes + runtime_notes
+    _warn_clipped(qmodel.mixq_summary.clipped)
     if not qmodel.mixq_summary.quantized:
         warnings.warn(f"nothing in {type(model).__name__} could be quantized; returning it in float (its "
                       ".mixq_summary says why for each layer)", stacklevel=2)

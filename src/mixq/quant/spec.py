@@ -274,7 +274,9 @@ class QuantConfig:
     than float there stay float (``mixq.quant.runtime_precision``) unless ``runtime_aware=False``. ``float_outputs``
     (static graph mode through torch.export): True leaves a Linear's output float where no integer kernel reads it
     (ONNX Runtime's MatMulIntegerToFloat); False rounds every static Linear's output to its calibrated int8 grid,
-    which LiteRT's int8 FULLY_CONNECTED needs (``mixq quantize --format tflite`` sets it).
+    which LiteRT's int8 FULLY_CONNECTED needs (``mixq quantize --format tflite`` sets it). ``bias_correction``
+    (static): each static Conv/Linear's bias absorbs the mean output shift its weight rounding causes on the
+    calibration inputs, ``(W_q - W) . E[x]`` (``mixq.quant.bias_correction``); the float model is unchanged.
     ``QuantConfig.from_options`` builds one from ``quantize``'s keyword options.
     Example: ``QuantConfig("static", observer=ObserverSpec("percentile"), exclude=("head",),
     overrides=(LayerOverride("fc2", "fp16"),))``.
@@ -292,6 +294,7 @@ class QuantConfig:
     runtime: str | None = None
     runtime_aware: bool = True
     float_outputs: bool = True
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -323,6 +326,8 @@ class QuantConfig:
         object.__setattr__(self, "smoothquant", _alpha(self.smoothquant))
         if self.smoothquant == SMOOTH_LAYERNORM and (self.mode != "static" or not self.float_outputs):
             object.__setattr__(self, "smoothquant", None)  # the default applies to static mode's ONNX files
+        if not isinstance(self.bias_correction, bool):
+            raise TypeError(f"bias_correction must be True or False, got {self.bias_correction!r}")
         if not isinstance(self.runtime_aware, bool):
             raise TypeError(f"runtime_aware must be True or False, got {self.runtime_aware!r}")
         if self.runtime is not None:
@@ -358,6 +363,9 @@ class QuantConfig:
         if not self.runtime_aware and self.runtime is None:
             raise ValueError("runtime_aware=False has no effect without a runtime: precision is only runtime-aware "
                              "when runtime= names one (e.g. runtime='ort'); drop it")
+        if self.bias_correction and "static" not in modes:
+            raise ValueError(f"bias_correction=True has no effect in {self.mode} mode: it corrects static layers' "
+                             "biases from calibration means; drop it or choose mode='static'")
         if not self.float_outputs and "static" not in modes:
             raise ValueError(f"float_outputs=False has no effect in {self.mode} mode: it gives static layers int8 "
                              "outputs; drop it or choose mode='static'")
@@ -390,7 +398,8 @@ class QuantConfig:
                      reduce_range: bool = False, symmetric: bool = True, method: str | WeightMethod = "rtn",
                      exclude: Iterable[str] = (), overrides: Iterable[LayerOverride] = (),
                      smoothquant: float | str | None = SMOOTH_LAYERNORM, runtime: str | None = None,
-                     runtime_aware: bool = True, float_outputs: bool = True) -> QuantConfig:
+                     runtime_aware: bool = True, float_outputs: bool = True,
+                     bias_correction: bool = False) -> QuantConfig:
         """Build a config from ``mixq.quantize``'s keyword options; the config's own validation refuses an option
         that no layer would use (``observer`` without static layers, ``bits`` in fp16 mode, ...).
 
@@ -398,7 +407,8 @@ class QuantConfig:
         unless given; ``per_channel=False`` gives static and dynamic layers one weight scale per tensor;
         ``reduce_range=True`` keeps 8-bit static/dynamic weights within 7 bits; ``activation_dtype`` is static
         mode's ``"uint8"`` (default) or ``"int8"``; ``runtime``/``runtime_aware``: runtime-aware precision;
-        ``float_outputs=False`` gives every static Linear an int8 output (see ``QuantConfig``).
+        ``float_outputs=False`` gives every static Linear an int8 output; ``bias_correction=True`` corrects static
+        layers' biases for the mean shift of weight rounding (see ``QuantConfig``).
         Example: ``QuantConfig.from_options("weight_only", bits=4)``.
         """
         if reduce_range:
@@ -415,7 +425,7 @@ class QuantConfig:
                    observer=None if observer is None else ObserverSpec(observer), exclude=exclude,  # type: ignore
                    overrides=tuple(overrides), method=WeightMethod(method) if isinstance(method, str) else method,
                    smoothquant=smoothquant, runtime=runtime, runtime_aware=runtime_aware,
-                   float_outputs=float_outputs)
+                   float_outputs=float_outputs, bias_correction=bias_correction)
 
     @property
     def modes(self) -> frozenset[str]:
@@ -460,6 +470,7 @@ class QuantConfig:
             runtime=data.get("runtime"),
             runtime_aware=data.get("runtime_aware", True),
             float_outputs=data.get("float_outputs", True),
+            bias_correction=data.get("bias_correction", False),
         )
 
 

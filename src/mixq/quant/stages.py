@@ -143,7 +143,8 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
         obs_in = make_observer(spec, config.activation, name=f"{name} (input)")
         obs_out = make_observer(spec, config.activation, name=f"{name} (output)")
         set_submodule(qmodel, name, ObservedLayer(qmodel.get_submodule(name), obs_in, obs_out,
-                                                  relu=name in relu_layers, relu_max=relu_layers.get(name)))
+                                                  relu=name in relu_layers, relu_max=relu_layers.get(name),
+                                                  track_mean=config.bias_correction))
     adds: list[str] = []
     if observed:
         def add_observer(label: str) -> nn.Module:

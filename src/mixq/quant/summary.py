@@ -28,11 +28,16 @@ class LayerReport:
 
 @dataclass
 class QuantizationSummary:
-    """Per-layer table of a quantization run; ``print(summary)`` shows it, ``to_dict()`` serialises it."""
+    """Per-layer table of a quantization run; ``print(summary)`` shows it, ``to_dict()`` serialises it.
+
+    ``clipped`` holds one line per activation tensor whose calibrated range saturates a large share of its
+    calibration values (``mixq.quantize`` also warns with them): such a range can silently cost all accuracy.
+    """
 
     mode: str
     layers: list[LayerReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    clipped: list[str] = field(default_factory=list)
 
     def add(self, name: str, kind: str, status: str, detail: str, before: int = 0, after: int = 0) -> None:
         self.layers.append(LayerReport(name, kind, status, detail, before, after))
@@ -51,7 +56,8 @@ class QuantizationSummary:
         self.layers.sort(key=lambda r: order.get(r.name, len(order)))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "layers": [asdict(r) for r in self.layers], "notes": list(self.notes)}
+        return {"mode": self.mode, "layers": [asdict(r) for r in self.layers], "notes": list(self.notes),
+                "clipped": list(self.clipped)}
 
     def __str__(self) -> str:
         before = sum(r.bytes_before for r in self.quantized)
@@ -65,4 +71,5 @@ class QuantizationSummary:
         lines.append(f"  {'layer':<{width}}  {'type':<{kind_w}}  {'status':<9}  detail")
         lines += [f"  {r.name:<{width}}  {r.kind:<{kind_w}}  {r.status:<9}  {r.detail}" for r in self.layers]
         lines += [f"  note: {n}" for n in self.notes]
+        lines += [f"  clipped: {c}" for c in self.clipped]
         return "\n".join(lines)

@@ -235,3 +235,53 @@ def test_entropy_falls_back_to_minmax_when_the_histogram_is_coarser_than_the_gri
     obs = EntropyObserver(ACT, bins=128)  # 128 bins cannot resolve 256 levels
     obs(x)
     assert [float(v) for v in obs.calculate_range()] == [float(x.min()), float(x.max())]
+
+
+def _relu6_mostly_zeros(zeros: float, n: int = 200_000) -> torch.Tensor:
+    """ReLU6-like outputs: a share ``zeros`` of exact zeros, the rest a half-normal that saturates at 6 now and then
+    (as EfficientNet-Lite0's depthwise convolutions give)."""
+    g = _gen(11)
+    x = (torch.randn(n, generator=g).abs() * 1.5).clamp(max=6.0)
+    x[torch.rand(n, generator=g) < zeros] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("zeros", [0.3, 0.7, 0.9])
+def test_entropy_keeps_the_range_of_relu6_outputs_that_are_mostly_zeros(zeros, spec):
+    # exact zeros are exact on every grid; counted as spread over their bin they used to pull the range to the
+    # narrowest candidate (0.75 of 6 here), clipping a sixth of the values
+    x = _relu6_mostly_zeros(zeros)
+    obs = EntropyObserver(spec)
+    for chunk in x.chunk(4):
+        obs(chunk)
+    lo, hi = (float(v) for v in obs.calculate_range())
+    nonzero = x[x > 0].numpy()
+    assert lo == 0.0 and hi > np.percentile(nonzero, 99.9)
+    assert obs.clipped_share(*obs.calculate_qparams()) < 1e-3
+
+
+def test_zero_count_survives_widening_and_leaves_the_nonzero_histogram_exact():
+    obs = PercentileObserver(ACT, bins=64)
+    batches = [torch.tensor([0.0, 0.0, 0.5, 1.0]), torch.tensor([0.0, -3.0, 7.0, 0.25]), torch.zeros(5)]
+    for b in batches:
+        obs(b)
+    x = torch.cat(batches)
+    assert float(obs.zero_count) == float((x == 0).sum())
+    edges = obs.bin_edges()
+    nonzero = x[x != 0].to(torch.float64)
+    expected = torch.histogram(nonzero, bins=edges.clone()).hist
+    assert torch.equal(obs.nonzero_histogram(), expected)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_clipped_share_matches_the_share_of_saturated_values(spec):
+    x = torch.randn(50_000, generator=_gen(12))
+    obs = PercentileObserver(spec)
+    obs(x)
+    for lo, hi in [(-1.0, 1.0), (-2.0, 0.5), (0.0, 3.0), (float(x.min()), float(x.max()))]:
+        scale, zp = _qparams(torch.tensor(lo), torch.tensor(hi), spec)
+        grid_lo, grid_hi = (spec.qmin - float(zp) - 0.5) * float(scale), (spec.qmax - float(zp) + 0.5) * float(scale)
+        exact = float(((x < grid_lo) | (x > grid_hi)).double().mean())
+        assert obs.clipped_share(scale, zp) == pytest.approx(exact, abs=2e-4)
+    assert MinMaxObserver(spec).clipped_share(torch.tensor(1.0), torch.tensor(0)) is None

@@ -7,12 +7,37 @@ Runtime keeps the integer chain unbroken.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixq.quant.bias_correction import channel_sum
 from mixq.quant.modules.facade import Delegating
 from mixq.quant.observers import Observer
+
+
+def folded_pad(layer: nn.Module) -> list[int] | None:
+    """The ``F.pad`` amounts (last axis first) of the zero pad graph mode folded into ``layer`` (its ``mixq_pads``,
+    begins then ends per axis; see ``mixq.quant.graph.fold_pads``), or None."""
+    pads = getattr(layer, "mixq_pads", None)
+    if not pads:
+        return None
+    dims = len(pads) // 2
+    return [p for axis in reversed(range(dims)) for p in (pads[axis], pads[dims + axis])]
+
+
+def unfold_pad(layer: nn.Module) -> nn.Module:
+    """``layer`` computing in float what it computed before graph mode folded a zero pad into it: the pad back in
+    front of a copy without ``mixq_pads`` (parameters shared, ``layer`` itself unchanged); ``layer`` if none."""
+    amounts = folded_pad(layer)
+    if amounts is None:
+        return layer
+    pad = (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)[len(amounts) // 2 - 1](tuple(amounts), 0.0)
+    plain = copy.copy(layer)
+    del plain.mixq_pads
+    return nn.Sequential(pad, plain)
 
 
 class ObservedLayer(Delegating, nn.Module):
@@ -22,11 +47,12 @@ class ObservedLayer(Delegating, nn.Module):
     ``relu_max``: the fused ReLU's upper bound (ReLU6: 6); the observer then sees the clamped output, so the output
     range ends at or below it and the quantized layer's saturation reproduces the clamp. A layer with SmoothQuant
     scales in its quantization (``mixq_smooth``, ``mixq.quant.smoothquant``) has its input observed as ``x / s``,
-    the tensor its quantized form quantizes; such an input never shares its producer's scale.
+    the tensor its quantized form quantizes; such an input never shares its producer's scale. ``track_mean`` also
+    sums each input channel (after a folded pad) for bias correction (``input_mean``).
     """
 
     def __init__(self, layer: nn.Module, input_observer: Observer, output_observer: Observer,
-                 relu: bool = False, relu_max: float | None = None) -> None:
+                 relu: bool = False, relu_max: float | None = None, track_mean: bool = False) -> None:
         super().__init__()
         self.layer = layer
         self.input_observer = input_observer
@@ -35,6 +61,22 @@ class ObservedLayer(Delegating, nn.Module):
         self.relu_max = relu_max
         self.shared_input = False
         self.float_output = False  # graph mode: no integer kernel reads the output, so it is not requantized
+        self.track_mean = track_mean
+        if track_mean:
+            self.register_buffer("input_sum", torch.zeros(0, dtype=torch.float64))
+            self.register_buffer("input_count", torch.tensor(0.0, dtype=torch.float64))
+
+    def input_mean(self) -> torch.Tensor | None:
+        """Each input channel's mean over the calibration data, or None when not tracked (or nothing ran)."""
+        if not self.track_mean or float(self.input_count) == 0.0:
+            return None
+        return self.input_sum / self.input_count
+
+    def _track(self, x: torch.Tensor) -> None:
+        channel_dim = -1 if isinstance(self.layer, nn.Linear) else 1
+        sums = channel_sum(x, channel_dim)
+        self.input_sum = sums if self.input_sum.numel() == 0 else self.input_sum + sums
+        self.input_count += x.numel() / x.shape[channel_dim]
 
     @property
     def smooth(self) -> torch.Tensor | None:
@@ -47,10 +89,11 @@ class ObservedLayer(Delegating, nn.Module):
         self.shared_input = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = getattr(self.layer, "mixq_pads", None)  # a zero pad graph mode folded in (``fold_pads``)
-        if pads:
-            dims = len(pads) // 2
-            x = F.pad(x, [p for axis in reversed(range(dims)) for p in (pads[axis], pads[dims + axis])])
+        amounts = folded_pad(self.layer)  # a zero pad graph mode folded in (``fold_pads``)
+        if amounts is not None:
+            x = F.pad(x, amounts)
+        if self.track_mean:
+            self._track(x)
         if not self.shared_input:
             smooth = self.smooth
             self.input_observer(x if smooth is None else x / smooth)

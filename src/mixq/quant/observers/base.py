@@ -162,5 +162,10 @@ class Observer(nn.Module):
         return choose_qparams(lo, hi, spec.torch_dtype, symmetric=spec.symmetric, bits=spec.bits,
                               narrow=spec.narrow_range and spec.symmetric)
 
+    def clipped_share(self, scale: torch.Tensor, zero_point: torch.Tensor) -> float | None:
+        """The share of the observed values that ``(scale, zero_point)`` saturates (beyond half a step past the
+        grid's ends), or None when the statistics cannot tell (a range observer keeps no distribution)."""
+        return None
+
     def extra_repr(self) -> str:
         return f"spec={self.spec}, axis={self.axis}, batches={int(self.num_batches)}"

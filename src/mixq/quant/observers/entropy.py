@@ -43,7 +43,10 @@ class EntropyObserver(HistogramObserver):
     are added to the end bins), merges them into as many groups as the integer grid has levels (``qmax - qmin
     + 1``), expands the groups back over their non-empty bins and measures KL(P || Q); the minimum wins. A
     candidate must span at least as many bins as levels (otherwise quantization is invisible at the
-    histogram's resolution); if none does, the full min-max range is returned.
+    histogram's resolution); if none does, the full min-max range is returned. Exact zeros are left out of P and
+    Q (``nonzero_histogram``): every candidate represents 0 exactly, while the histogram would count them as
+    spread over the bin they share with small values; on ReLU6 outputs that are mostly zeros this spread alone
+    used to pick the narrowest candidate (a range of 0.75 instead of 6 on EfficientNet-Lite0, and top-1 0.0).
 
     Candidates shrink the range ``[min(min, 0), max(max, 0)]`` toward 0 by a common factor, so non-negative
     data (after ReLU) keep their lower end at 0 and only the upper tail is searched, while signed data clip
@@ -61,11 +64,11 @@ class EntropyObserver(HistogramObserver):
     def calculate_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         lo_full = torch.clamp(self.min_val, max=0.0)
         hi_full = torch.clamp(self.max_val, min=0.0)
-        hist = self.histogram.numpy()
+        hist = self.nonzero_histogram().numpy()  # 0 is exact on every grid: only the other values can lose
         start, width, n = float(self.hist_min), float(self.bin_width), self.bins
         span = float(hi_full - lo_full)
         levels_full = float(self.spec.qmax - self.spec.qmin + 1)
-        if span <= 0.0:
+        if span <= 0.0 or hist.sum() <= 0.0:
             return self.min_val, self.max_val
         best, best_kl = None, float("inf")
         for f in np.linspace(1.0, 0.0, _MAX_CANDIDATES, endpoint=False):

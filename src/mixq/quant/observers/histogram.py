@@ -7,6 +7,10 @@ smears counts across bins (a count is always inside the bin that holds it), at t
 a widening, the data span at least about half of the bins. We chose exactness over resolution because
 re-binning by proportional overlap approximates anew at every widening and its error accumulates over many
 calibration batches.
+
+Exact zeros are also counted apart (``zero_count``): 0 is on every quantization grid (its zero point), so a
+search over clipping ranges can leave them out of its error (ReLU/ReLU6 outputs are often mostly zeros, which a
+histogram cannot tell from the small values sharing their bin).
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ _PLACEHOLDER_RELATIVE_WIDTH = 2.0**-20
 
 
 class HistogramObserver(Observer):
-    """Base class: a float64 histogram of everything observed (per tensor only) plus the exact min and max.
+    """Base class: a float64 histogram of everything observed (per tensor only), the exact min and max, and the
+    number of exact zeros.
 
-    Subclasses implement ``calculate_range()`` from ``histogram``, ``bin_edges()`` and
+    Subclasses implement ``calculate_range()`` from ``histogram``, ``bin_edges()``, ``zero_count`` and
     ``min_val``/``max_val``. All statistics are buffers of fixed shape, so ``state_dict`` round-trips into an
     observer built with the same ``bins`` (default 2048, the ``ObserverSpec`` default).
     """
@@ -50,6 +55,7 @@ class HistogramObserver(Observer):
         self.register_buffer("bin_width", torch.tensor(0.0, dtype=torch.float64))
         self.register_buffer("min_val", torch.tensor(float("inf")))
         self.register_buffer("max_val", torch.tensor(float("-inf")))
+        self.register_buffer("zero_count", torch.tensor(0.0, dtype=torch.float64))
 
     def _observe(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
         if self.has_data:
@@ -66,6 +72,19 @@ class HistogramObserver(Observer):
         idx = x.to(torch.float64).sub_(self.hist_min).div_(self.bin_width).floor_()  # in place: one float64 copy
         idx = idx.clamp_(0, self.bins - 1).to(torch.int64).flatten()
         self.histogram += torch.bincount(idx, minlength=self.bins).to(torch.float64)
+        self.zero_count += x.numel() - torch.count_nonzero(x)
+
+    def zero_bin(self) -> int:
+        """The index of the bin that holds 0 (the nearest end bin when 0 is outside the histogram's range)."""
+        index = math.floor((0.0 - float(self.hist_min)) / float(self.bin_width))
+        return min(max(index, 0), self.bins - 1)
+
+    def nonzero_histogram(self) -> torch.Tensor:
+        """``histogram`` without the exact zeros (taken out of the bin that holds 0)."""
+        hist = self.histogram.clone()
+        i = self.zero_bin()
+        hist[i] -= torch.minimum(self.zero_count, hist[i])
+        return hist
 
     def _widen(self, lo: float, hi: float) -> None:
         """Widen the range to cover ``[lo, hi]`` by merging whole old bins (see the module docstring)."""
@@ -81,6 +100,22 @@ class HistogramObserver(Observer):
         self.histogram.copy_(merged)
         self.hist_min.fill_(new_start)
         self.bin_width.fill_(width * factor)
+
+    def clipped_share(self, scale: torch.Tensor, zero_point: torch.Tensor) -> float | None:
+        """Share of the observed counts beyond the grid's saturation points, read off the histogram (uniform
+        density inside a bin, each bin cut to the exact ``[min_val, max_val]``)."""
+        step, zp = float(scale), float(zero_point)
+        lo, hi = (self.spec.qmin - zp - 0.5) * step, (self.spec.qmax - zp + 0.5) * step
+        if lo <= float(self.min_val) and hi >= float(self.max_val):
+            return 0.0
+        edges = self.bin_edges()
+        a = edges[:-1].clamp(min=float(self.min_val))
+        b = torch.maximum(edges[1:].clamp(max=float(self.max_val)), a)
+        width = (b - a).clamp(min=1e-300)
+        outside = ((b - hi).clamp(min=0.0) + (lo - a).clamp(min=0.0)).clamp(max=width) / width
+        empty = b <= a  # a bin squeezed to a point (the data's extreme): all in or all out
+        outside = torch.where(empty, ((a > hi) | (a < lo)).to(torch.float64), outside)
+        return float((self.histogram * outside).sum() / self.histogram.sum().clamp(min=1.0))
 
     def bin_edges(self) -> torch.Tensor:
         """The ``bins + 1`` edges of the histogram (float64)."""

@@ -1,0 +1,48 @@
+"""Bias correction: take the mean shift that weight rounding causes out of a static layer's bias.
+
+Rounding a layer's weights to int8 moves each output channel's mean by ``(W_q - W) . E[x]``, the same for every
+input on average; on layers whose inputs have a large mean (ReLU/ReLU6 outputs) these shifts are systematic and
+add up through a network. As in Nagel et al., "Data-Free Quantization Through Weight Equalization and Bias
+Correction" (2019), empirical form, and NNCF's fast bias correction, ``E[x]`` is each input channel's mean over
+the calibration data (gathered by ``ObservedLayer`` while calibrating, after any folded zero pad) and the bias
+absorbs the shift. The float model is unchanged; only the static layer's (int32) bias moves.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from mixq.quant.spec import QuantSpec
+from mixq.quant.weights import quantize_weight
+
+
+def channel_sum(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """Per-channel sum of ``x`` (float64) along ``channel_dim`` (1 for convolutions, -1 for Linear)."""
+    return x.detach().to(torch.float64).movedim(channel_dim, 0).reshape(x.shape[channel_dim], -1).sum(1)
+
+
+def weight_shift(layer: nn.Module, spec: QuantSpec, input_mean: torch.Tensor) -> torch.Tensor:
+    """``(W_q - W) . E[x]`` per output channel: the mean shift rounding ``layer``'s weight per ``spec`` causes,
+    for inputs whose per-channel mean is ``input_mean`` (grouped convolutions read their group's channels)."""
+    w = layer.weight.detach().to(torch.float64)
+    q, scale = quantize_weight(layer.weight, spec, axis=0)
+    scale = scale.to(torch.float64).reshape(-1, *([1] * (w.dim() - 1))) if scale.dim() else scale.double()
+    error = (q.to(torch.float64) * scale - w).reshape(w.shape[0], w.shape[1], -1).sum(2)  # [out, in per group]
+    groups = getattr(layer, "groups", 1)
+    mean = input_mean.to(torch.float64).reshape(groups, -1).repeat_interleave(w.shape[0] // groups, dim=0)
+    return (error * mean).sum(1)
+
+
+def corrected(layer: nn.Module, spec: QuantSpec, input_mean: torch.Tensor) -> nn.Module:
+    """A copy of ``layer`` (sharing its weight) whose bias is ``bias - weight_shift``; ``layer`` itself if it has
+    no bias."""
+    if getattr(layer, "bias", None) is None:
+        return layer
+    shift = weight_shift(layer, spec, input_mean).to(layer.bias.dtype)
+    fixed = copy.copy(layer)
+    fixed._parameters = dict(layer._parameters)  # a shallow copy shares the dict: give the copy its own
+    fixed.bias = nn.Parameter(layer.bias.detach() - shift, requires_grad=False)
+    return fixed
