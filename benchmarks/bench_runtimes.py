@@ -230,8 +230,20 @@ def main() -> None:
                  f"{results['seconds']} s")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "runtimes.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / "runtimes.md").write_text("\n".join(lines) + "\n")
+    write_markdown(args.out / "runtimes.md", lines)
     print("\n".join(lines))
+
+
+TITLE = "# Runtimes: mixq's files on ONNX Runtime and OpenVINO (issue 19)"
+
+
+def write_markdown(path: Path, lines: list[str]) -> None:
+    """Put this run on top of ``path`` as a dated section, keeping the earlier runs (and the notes written under
+    them) below it: the file is a log of runs on different machines, not one table."""
+    earlier = path.read_text() if path.exists() else ""
+    earlier = earlier.removeprefix(TITLE).lstrip("\n")
+    section = [f"## Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "", *lines, ""]
+    path.write_text("\n".join([TITLE, "", *section, earlier]).rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":
