@@ -82,6 +82,7 @@ class _Ranges:
         self.paths = {id(m): n for n, m in model.named_modules() if isinstance(m, Observer)}
         self.cache = prepared.qparams_cache
         self.clipping: dict[str, str] = {}  # observer path -> a line naming the tensor and what its range clips
+        self.checked: set[tuple] = set()  # cache keys whose range was checked for clipping
 
     def of(self, observer: Observer, reader: str) -> QParams:
         """Parameters for ``observer`` as read by layer ``reader``. A tensor's observer belongs to its producer when
@@ -93,7 +94,9 @@ class _Ranges:
         if key not in self.cache:
             source = observer if wanted == self.built[builder] else derive_observer(observer, wanted)
             self.cache[key] = source.calculate_qparams()
-        self._check_clipping(observer, wanted, self.cache[key])
+        if key not in self.checked:  # a shared tensor is read by several layers: one check per range
+            self.checked.add(key)
+            self._check_clipping(observer, wanted, self.cache[key])
         return self.cache[key]
 
     def _check_clipping(self, observer: Observer, spec: ObserverSpec, qparams: QParams) -> None:
@@ -172,11 +175,12 @@ def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ra
             layer = _bias_corrected(observed, config, name)
             new = qmodule_class(layer, "static").from_float(layer, config, ranges.of(observed.input_observer, name),
                                                             y_q, relu=relu, relu_max=relu_max)
-            if float_out and _rounds_float_output_rows(config):  # only Linears keep a float output
+            rows = float_out and _rounds_float_output_rows(config)  # only Linears keep a float output
+            if rows:
                 new.rows = True
             detail = f"static w:{config.weight} a:{config.activation} ({choice.observer.name})"
             detail += (f", {_relu_name(relu_max)} fused" if relu else "") + (", float output" if float_out else "")
-            detail += f" (input rounded per row, as {config.runtime} runs it)" if getattr(new, "rows", False) else ""
+            detail += f" (input rounded per row, as {config.runtime} runs it)" if rows else ""
             detail += ", SmoothQuant scales in its input" if observed.smooth is not None else ""
             detail += ", bias corrected" if layer is not observed.layer else ""
             summary.add(name, kind, "quantized", detail, before, module_bytes(new))

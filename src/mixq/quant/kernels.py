@@ -118,8 +118,7 @@ def qlinear_rows(x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor, bias
     """Static int8 linear layer with a float output, as LiteRT runs it (its hybrid FULLY_CONNECTED, XNNPACK's
     qd8-f32-qc8w kernel): the input quantized per row at run time (:func:`row_rounding`), not on a calibrated
     grid; int8 weights ``w_t`` (``[in, out]``) with per-channel ``w_scale``; float bias and output."""
-    w = w_t.to(torch.float32) * w_scale.reshape(1, -1)
-    y = torch.matmul(row_rounding(x), w)
+    y = torch.matmul(row_rounding(x), dequantize(w_t, w_scale, axis=1))
     if bias is not None:
         y = y + bias
     return torch.relu(y) if relu else y

@@ -101,14 +101,6 @@ class WithUnusedLayer(nn.Module):
         return self.fc(x)
 
 
-@needs_litert
-def test_a_dynamic_range_layer_the_forward_never_calls_is_not_looked_for(tmp_path):
-    qmodel = mixq.quantize(WithUnusedLayer().eval(), "dynamic")
-    path = mixq.export_tflite(qmodel, torch.randn(1, 8), tmp_path / "m.tflite")
-    fcs = [op for op in mixq.inspect_tflite(path).ops if op.op_type == "FULLY_CONNECTED"]
-    assert [op.input_types[1] for op in fcs] == ["int8"]
-
-
 class WithDroppedOutput(nn.Module):
     """A layer that runs but whose output nothing returns (all-MiniLM-L6-v2's pooler under a wrapper returning
     ``last_hidden_state``): the converter removes it, so it is not looked for either."""
@@ -125,8 +117,9 @@ class WithDroppedOutput(nn.Module):
 
 
 @needs_litert
-def test_a_dynamic_range_layer_whose_output_is_dropped_is_not_looked_for(tmp_path):
-    qmodel = mixq.quantize(WithDroppedOutput().eval(), "dynamic")
+@pytest.mark.parametrize("model_class", [WithUnusedLayer, WithDroppedOutput], ids=["never-called", "output-dropped"])
+def test_a_dynamic_range_layer_missing_from_the_file_is_not_looked_for(tmp_path, model_class):
+    qmodel = mixq.quantize(model_class().eval(), "dynamic")
     path = mixq.export_tflite(qmodel, torch.randn(1, 8), tmp_path / "m.tflite")
     fcs = [op for op in mixq.inspect_tflite(path).ops if op.op_type == "FULLY_CONNECTED"]
     assert [op.input_types[1] for op in fcs] == ["int8"]
