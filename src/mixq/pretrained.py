@@ -15,7 +15,6 @@ with random weights.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import json
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from mixq.quant.calibration import Batch, batch_args, call_model
+from mixq.quant.graft import copy_model
 
 CONFIG, WEIGHTS, EXAMPLE = "config.json", "mixq_model.safetensors", "mixq_example.safetensors"
 QUANT_METHOD = "mixq"
@@ -182,7 +182,7 @@ def from_pretrained(directory: str | os.PathLike, *, model: nn.Module | None = N
     if recipe.get("quant_method") != QUANT_METHOD:
         raise LoadError(f"{str(source)!r} does not hold a mixq model (quantization_config.quant_method is "
                         f"{recipe.get('quant_method')!r}); load it with transformers")
-    float_model = copy.deepcopy(model).eval() if model is not None else _float_model(config, source)
+    float_model = copy_model(model).eval() if model is not None else _float_model(config, source)
     example = _load_example(source / EXAMPLE, recipe["example"])
     qmodel = _rebuild(float_model, recipe, example)
     try:

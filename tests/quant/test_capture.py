@@ -117,3 +117,76 @@ def test_a_model_with_captured_modules_saves_and_loads_bit_for_bit(wild, tmp_pat
     again = mixq.from_pretrained(tmp_path / "q", model=WildNet().eval())
     assert isinstance(again, WildNet)
     assert torch.equal(again(batches[1]), qmodel(batches[1]))
+
+
+class RootComputeNet(nn.Module):
+    """Computes with its *own* parameters: ``F.conv2d`` into a BatchNorm submodule, then ``x @ W``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Parameter(torch.randn(8, 3, 3, 3) * 0.2)
+        self.bn = nn.BatchNorm2d(8)
+        self.proj = nn.Parameter(torch.randn(8, 10) * 0.3)
+        self.pos = nn.Parameter(torch.randn(1, 8, 1, 1) * 0.1)  # added, not computed with: stays as it is
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn(F.conv2d(x, self.stem, padding=1)) + self.pos)
+        return x.mean((2, 3)) @ self.proj
+
+
+@pytest.fixture(scope="module")
+def root_net():
+    torch.manual_seed(0)
+    model = RootComputeNet().eval()
+    model.bn.running_mean.uniform_(-0.2, 0.2)
+    model.bn.running_var.uniform_(0.5, 2.0)
+    return model, [torch.randn(8, 3, 12, 12, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "weight_only", "fp16", "static"])
+def test_the_models_own_compute_is_quantized_and_the_model_keeps_its_class(root_net, mode, tmp_path, ort_run):
+    model, batches = root_net
+    qmodel = mixq.quantize(model, mode, calib_data=batches, progress=False)
+    layers = {r.name: r.status for r in qmodel.mixq_summary.layers if not r.name.startswith("mixq_add")}
+    assert layers == {"mixq_conv2d_0": "quantized", "mixq_matmul_0": "quantized"}  # bn folded, pos left as it is
+    assert any("the model's own forward (RootComputeNet) captured" in n for n in qmodel.mixq_summary.notes)
+    assert isinstance(qmodel, RootComputeNet)
+    x = torch.randn(5, 3, 12, 12)
+    with torch.no_grad():
+        ref, y = model(x), qmodel(x)
+    assert _relative_error(y, ref) < (0.005 if mode == "fp16" else 0.05)
+    path = mixq.export_onnx(qmodel, x, tmp_path / f"{mode}.onnx")
+    np.testing.assert_allclose(ort_run(path, x)[0], y.numpy(), atol=1e-4)
+
+
+def test_a_batchnorm_after_captured_compute_is_folded_into_it(root_net):
+    model, batches = root_net
+    qmodel = mixq.quantize(model, "static", calib_data=batches, progress=False)
+    assert "folded bn into mixq_conv2d_0" in qmodel.mixq_summary.notes
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in qmodel.modules())
+
+
+def test_a_root_captured_model_saves_and_loads_bit_for_bit(root_net, tmp_path):
+    model, batches = root_net
+    qmodel = mixq.quantize(model, "dynamic", example_inputs=batches[0], progress=False)
+    mixq.save_pretrained(qmodel, tmp_path / "q", example_inputs=batches[0][:2])
+    again = mixq.from_pretrained(tmp_path / "q", model=RootComputeNet().eval())
+    assert torch.equal(again(batches[1]), qmodel(batches[1]))
+
+
+def test_without_inputs_the_models_own_compute_is_named_as_staying_float(root_net):
+    model, _ = root_net
+    qmodel = mixq.quantize(model, "fp16", progress=False)
+    assert any("the model's own parameters (stem, proj, pos) stay float" in n for n in qmodel.mixq_summary.notes)
+
+
+def test_qat_names_the_models_own_compute_it_leaves_float(root_net):
+    model, batches = root_net
+    qat = mixq.prepare_qat(model, example_inputs=batches[0])
+    assert any("the model's own parameters (stem, proj, pos) stay float" in n for n in qat.mixq_qat_plan.notes)
+
+
+def test_copying_a_captured_model_raises_no_torch_deprecation_warning(root_net, recwarn):
+    model, batches = root_net
+    mixq.quantize(model, "static", calib_data=batches, progress=False)
+    assert not [w for w in recwarn if "LeafSpec" in str(w.message)]

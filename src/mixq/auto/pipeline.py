@@ -10,7 +10,6 @@ the base config, the options, the evaluator, the target, the calibration and the
 
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -31,6 +30,7 @@ from mixq.auto.sensitivity import quantized_layer
 from mixq.quant.api import quantize
 from mixq.quant.calibration import Batch
 from mixq.quant.conversion import convert_prepared
+from mixq.quant.graft import copy_model
 from mixq.quant.modules import ObservedMatMul
 from mixq.quant.spec import ObserverSpec, QuantConfig
 from mixq.quant.stages import Prepared, prepare
@@ -311,7 +311,7 @@ def choose(ctx: Context, outcome: Outcome, int8_metric: float,
         model = ctx.convert(outcome.assignment)
         choice = Choice(model, model.mixq_config, outcome.metric, outcome.assignment)
     else:
-        choice = Choice(copy.deepcopy(ctx.model).eval(), None, outcome.metric, outcome.assignment)
+        choice = Choice(copy_model(ctx.model).eval(), None, outcome.metric, outcome.assignment)
     ctx.report.precisions = ctx.labels(outcome.assignment)
     if not ctx.target.meets(choice.metric) and train_fn is not None:
         qat = qat_fallback.try_qat(ctx.model, train_fn, ctx.example, ctx.evaluate, ctx.report.notes)
@@ -366,7 +366,7 @@ def _compare_variants(ctx: Context, meters: Meters, choice: Choice) -> Choice:
         mean = f", mean time ratio {ratio:.2f}" if len(shapes) > 1 else ""
         report.notes.append(f"int8 does not make this model faster on {meters.runtime.title} here "
                             f"({timings}{mean}): the whole model stays float")
-        choice = Choice(copy.deepcopy(ctx.model).eval(), None, report.baseline)
+        choice = Choice(copy_model(ctx.model).eval(), None, report.baseline)
         metrics["chosen"] = report.baseline
         report.precisions = {n: "fp32" for n in ctx.ladders}
         times["chosen"] = times["fp32"]

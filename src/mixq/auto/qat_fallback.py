@@ -6,7 +6,6 @@ with ``train_fn``, converted and evaluated once, and kept when it scores higher 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +13,7 @@ from torch import nn
 
 from mixq.auto.evaluation import BudgetExhausted, Evaluator
 from mixq.qat import convert, prepare_qat
+from mixq.quant.graft import copy_model
 
 
 class TrainFnError(RuntimeError):
@@ -27,7 +27,7 @@ def try_qat(model: nn.Module, train_fn: Callable[[nn.Module], Any], example_inpu
     if evaluate.left < 1:
         notes.append("train_fn was given but the evaluation budget was spent; QAT was skipped")
         return None
-    qat_model = prepare_qat(copy.deepcopy(model), example_inputs=example_inputs, weight_bits=8)
+    qat_model = prepare_qat(copy_model(model), example_inputs=example_inputs, weight_bits=8)
     try:
         train_fn(qat_model)
     except Exception as err:

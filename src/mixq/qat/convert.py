@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 from torch import nn
@@ -14,6 +13,7 @@ from mixq.qat.fake_quantizer import FakeQuantizer
 from mixq.qat.layers import QATAdd, QATLayer
 from mixq.qat.prepare import is_prepared
 from mixq.quant.fusion import set_submodule
+from mixq.quant.graft import copy_model
 from mixq.quant.modules import FloatAdd
 from mixq.quant.modules.registry import kind_name, quantized_classes
 from mixq.quant.summary import QuantizationSummary, module_bytes
@@ -53,7 +53,7 @@ def convert(model: nn.Module) -> nn.Module:
     cfg = getattr(model, "mixq_qat", None) or QATConfig(  # attributes do not survive copying a GraphModule
         layers[0].weight_spec if layers else QATConfig().weight, learnable_scales=any(m.learnable for m in layers))
     plan = getattr(model, "mixq_qat_plan", None) or QuantizationSummary("qat")
-    qmodel = copy.deepcopy(model).eval()
+    qmodel = copy_model(model).eval()
     summary = QuantizationSummary("static (QAT)", notes=list(plan.notes))
     summary.layers += [r for r in plan.layers if r.status != "quantized"]
     found = [(n, m) for n, m in qmodel.named_modules() if isinstance(m, (QATLayer, QATAdd, QATEmbedding))]

@@ -8,7 +8,6 @@ consumer shares its producer's quantizer), so ``mixq.convert`` yields the same k
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Iterable
 
@@ -21,8 +20,9 @@ from mixq.qat.fake_quantizer import FakeQuantizer
 from mixq.qat.layers import QATAdd, QATLayer
 from mixq.qat.outputs import output_layers
 from mixq.quant.calibration import Batch, call_checked
-from mixq.quant.capture import capture_compute
+from mixq.quant.capture import capture_compute, root_weights
 from mixq.quant.fusion import calls_from_graph, detach_fusions, find_fusions, set_submodule, trace_calls
+from mixq.quant.graft import copy_model
 from mixq.quant.graph import apply_graph_mode, share_observers
 from mixq.quant.graph_export import NO_NAN_GUARD, export_friendly
 from mixq.quant.modules import QuantizedAdd
@@ -124,6 +124,11 @@ def _capture(model: nn.Module, cfg: QATConfig, example_inputs: Batch | None, sum
     finally:
         model.train(training)
     summary.notes += [f"{name} stays float: {why}" for name, why in failed.items()]
+    own = root_weights(model)
+    if own:
+        summary.notes.append(f"the model's own parameters ({', '.join(own)}) stay float wherever its forward computes "
+                             "with them: QAT captures submodules only; move that compute into a submodule (or use "
+                             "mixq.quantize, which captures the model's own forward too)")
 
 
 def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | None,
@@ -230,7 +235,7 @@ def prepare_qat(
                          "(prepare_qat takes the float model, once)")
     cfg = config or _make_config(weight_bits, activation_bits, per_channel, learnable_scales, observer,
                                  freeze_observers_after, freeze_bn_after, exclude, float_outputs)
-    qat = copy.deepcopy(model)
+    qat = copy_model(model)
     summary = QuantizationSummary("qat")
     if any(isinstance(m, _static_classes()) for m in qat.modules()):
         qat = _prepare_static(qat, cfg, summary)

@@ -32,7 +32,7 @@ from mixq.quant.fusion import set_submodule
 from mixq.quant.modules.registry import adapter_of, is_quantizable, kind_name
 from mixq.quant.planning import excluded
 
-__all__ = ["capture_compute", "first_call_inputs"]
+__all__ = ["capture_compute", "capture_root", "first_call_inputs", "root_weights"]
 
 aten = torch.ops.aten
 Builder = Callable[[fx.Node, torch.Tensor, torch.Tensor | None], nn.Module | None]
@@ -155,11 +155,40 @@ def _transposed_param(gm: fx.GraphModule, node: Any) -> nn.Parameter | None:
     return value if isinstance(value, nn.Parameter) and value.dim() == 2 else None
 
 
+def _batchnorm_child(node: fx.Node, module: nn.Module) -> str | None:
+    """The BatchNorm submodule of ``module`` this eval-mode ``batch_norm`` call is, so it stays a module that
+    Conv+BN folding sees (else it would run as an unfolded float op after the quantized conv)."""
+    if node.op != "call_function" or node.target != aten.batch_norm.default or node.args[5] is not False:
+        return None
+    stack = list(node.meta.get("nn_module_stack", {}).values())
+    path = stack[-1][0] if stack else ""
+    try:
+        child = module.get_submodule(path) if path else None
+    except AttributeError:
+        return None
+    return path if isinstance(child, nn.modules.batchnorm._BatchNorm) else None
+
+
+def _call_module(gm: fx.GraphModule, node: fx.Node, path: str, layer: nn.Module, x: Any) -> None:
+    """Replace ``node`` by a call of ``layer`` (set at ``path`` in ``gm``) on ``x``."""
+    set_submodule(gm, path, layer)
+    with gm.graph.inserting_before(node):
+        call = gm.graph.call_module(path, (x,))
+    call.meta = dict(node.meta)
+    node.replace_all_uses_with(call)
+    gm.graph.erase_node(node)
+
+
 def _rewrite(gm: fx.GraphModule, module: nn.Module, owner: str, trainable: bool) -> tuple[list[str], str]:
     """Turn compute calls on parameters into ``call_module`` nodes; returns (new layer names, why not or "")."""
     memo: dict[fx.Node, Any] = {}
     made: list[str] = []
     for node in list(gm.graph.nodes):
+        batchnorm = _batchnorm_child(node, module)
+        if batchnorm is not None:
+            _call_module(gm, node, batchnorm, module.get_submodule(batchnorm), node.args[0])
+            made.append(batchnorm)
+            continue
         spec = _OPS.get(node.target) if node.op == "call_function" else None
         if spec is None or len(node.args) <= max(spec[1], spec[2]):
             continue
@@ -188,12 +217,7 @@ def _rewrite(gm: fx.GraphModule, module: nn.Module, owner: str, trainable: bool)
                 continue
             path = _new_name(op, made)
             layer.mixq_kind = f"{kind_name(module)} ({op})"
-        set_submodule(gm, path, layer)
-        with gm.graph.inserting_before(node):
-            call = gm.graph.call_module(path, (node.args[x_index],))
-        call.meta = dict(node.meta)
-        node.replace_all_uses_with(call)
-        gm.graph.erase_node(node)
+        _call_module(gm, node, path, layer, node.args[x_index])
         made.append(path)
     if all(not n.startswith("mixq_") for n in made):
         return [], ""  # only registered layers inside: the module is left as it is
@@ -239,6 +263,10 @@ def _plain(gm: fx.GraphModule, name: str) -> fx.GraphModule:
     return plain
 
 
+def _owns_weights(m: nn.Module) -> bool:
+    return any(p.dim() >= 2 for p in m.parameters(recurse=False))
+
+
 def _candidates(model: nn.Module, exclude: tuple[str, ...]) -> list[str]:
     """Modules (not the model itself, not torch.nn's own) that own a weight-shaped parameter but are no registered
     layer kind, outermost first."""
@@ -248,7 +276,7 @@ def _candidates(model: nn.Module, exclude: tuple[str, ...]) -> list[str]:
             continue
         if type(m).__module__.startswith("torch.") or is_quantizable(m) or adapter_of(m) is not None:
             continue
-        if any(p.dim() >= 2 for p in m.parameters(recurse=False)):
+        if _owns_weights(m):
             found.append(name)
     return found
 
@@ -312,3 +340,40 @@ def capture_compute(model: nn.Module, probe: Batch | None, notes: list[str], exc
         notes.append(f"{name} ({kind_name(module)}) captured with torch.export: {', '.join(made)} quantized as "
                      "what its forward computes")
     return failed
+
+
+def root_weights(model: nn.Module) -> list[str]:
+    """Names of the weight-shaped parameters the model itself owns (not its submodules), when the model is no
+    registered layer: its own ``forward`` may compute with them (``F.conv2d(x, self.w)``)."""
+    if type(model).__module__.startswith("torch.") or is_quantizable(model) or adapter_of(model) is not None:
+        return []
+    return [n for n, p in model.named_parameters(recurse=False) if p.dim() >= 2]
+
+
+def capture_root(model: nn.Module, probe: Batch | None, notes: list[str]) -> nn.Module:
+    """``model``, or its ``torch.export`` capture with the compute on its *own* parameters as plain layers (see
+    :func:`capture_compute`, which covers submodules). A submodule is replaced in its parent; the model itself
+    cannot be, so the caller puts the returned graph module back under the model's class (``mixq.quant.graft``).
+    Where it cannot be captured, ``notes`` says which of its parameters any compute stays float with."""
+    own = root_weights(model)
+    if not own:
+        return model
+    names = ", ".join(own)
+    if probe is None:
+        notes.append(f"the model's own parameters ({names}) stay float wherever its forward computes with them: "
+                     "pass example_inputs (or calib_data) so mixq can capture that compute")
+        return model
+    args, kwargs = first_call_inputs(model, [""], probe)[""]
+    gm, why = _capture(model, args, kwargs)
+    made: list[str] = []
+    if gm is not None:
+        made, why = _rewrite(gm, model, "", trainable=False)
+    if gm is None or why:
+        notes.append(f"the model's own parameters ({names}) stay float wherever its forward computes with them: "
+                     + (f"torch.export could not capture it ({why})" if gm is None else why))
+        return model
+    if not any(n.startswith("mixq_") for n in made):
+        return model  # its own parameters feed no compute mixq quantizes (e.g. a position table)
+    notes.append(f"the model's own forward ({kind_name(model)}) captured with torch.export: "
+                 f"{', '.join(n for n in made if n.startswith('mixq_'))} quantized as what it computes")
+    return gm

@@ -20,7 +20,7 @@ from torch import fx, nn
 from mixq.pretrained import mark_saveable
 from mixq.quant.bias_correction import corrected
 from mixq.quant.fusion import relu_module, saturation_clamps, set_submodule
-from mixq.quant.graft import graft
+from mixq.quant.graft import copy_model, graft
 from mixq.quant.modules import (
     DynamicQuantizedConv,
     FloatAdd,
@@ -250,7 +250,7 @@ def convert_prepared(prepared: Prepared, config: QuantConfig | None = None,
     layers to the reason they stay float whatever the config says (runtime-aware precision's choice)."""
     keep_float = keep_float or {}
     config = config or prepared.config
-    model = copy.deepcopy(prepared.model)
+    model = copy_model(prepared.model)
     if hasattr(prepared.model, "config") and not hasattr(model, "config"):  # a GraphModule's copy drops it
         model.config = prepared.model.config
     summary = copy.deepcopy(prepared.summary)

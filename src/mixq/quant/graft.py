@@ -15,15 +15,28 @@ loudly; ``mixq.save_pretrained`` (or a ``state_dict``) is the way to save it.
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+import warnings
+from typing import Any, TypeVar
 
 from torch import fx, nn
 
-__all__ = ["Home", "graft", "home_of"]
+__all__ = ["Home", "copy_model", "graft", "home_of"]
 
 # what every nn.Module keeps in its __dict__ (parameters, buffers, submodules, hooks, flags): never carried over
 _MODULE_STATE = frozenset(vars(nn.Module()))
 Home = tuple[type, dict[str, Any]]
+M = TypeVar("M", bound=nn.Module)
+
+
+def copy_model(model: M) -> M:
+    """A deep copy of ``model``. A graph module captured by ``torch.export`` holds pytree specs whose copy makes
+    torch warn about its own deprecated ``LeafSpec`` on every copy; that warning says nothing to a user, so it is
+    silenced here (only it)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                category=FutureWarning)
+        return copy.deepcopy(model)
 
 
 def home_of(model: nn.Module) -> Home | None:

@@ -24,7 +24,6 @@ cached calibration rows: activations quantized per tensor as the mode does, weig
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from torch import nn
 
 from mixq.quant.calibration import Batch, call_checked, call_model, run_batches
 from mixq.quant.fusion import trace_calls
+from mixq.quant.graft import copy_model
 from mixq.quant.planning import excluded
 from mixq.quant.primitives import choose_qparams, dequantize, quantize
 from mixq.quant.spec import SMOOTH_LAYERNORM, QuantConfig
@@ -353,7 +353,7 @@ def smooth(model: nn.Module, alpha: float | str, config: QuantConfig, probe: Bat
     when ``config.runtime`` folds the input Mul into its quantization (OpenVINO; ONNX Runtime runs it as a pass).
     When there is neither, the copy is unchanged and no notes are returned.
     """
-    smoothed = copy.deepcopy(model).eval()
+    smoothed = copy_model(model).eval()
     candidates = [g for g in candidate_groups(smoothed, probe) if _wanted(g, config)]
     outliers_only = alpha == SMOOTH_LAYERNORM  # the static default: "auto" on outlier groups of transformers
     if outliers_only:

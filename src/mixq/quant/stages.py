@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,9 +23,9 @@ import torch
 from torch import fx, nn
 
 from mixq.quant.calibration import Batch, call_checked, run_batches
-from mixq.quant.capture import capture_compute
+from mixq.quant.capture import capture_compute, capture_root
 from mixq.quant.fusion import apply_fusions, calls_from_graph, find_fusions, set_submodule, trace_calls
-from mixq.quant.graft import Home, home_of
+from mixq.quant.graft import Home, copy_model, home_of
 from mixq.quant.graph import apply_graph_mode, trace
 from mixq.quant.graph_export import NO_NAN_GUARD, export_friendly, export_graph, returns_cache
 from mixq.quant.modules import ObservedLayer
@@ -84,7 +83,7 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
     static later; ``collect`` builds every observer from that one (histogram-based) spec, from whose statistics
     conversion can derive min-max, percentile, MSE and entropy ranges.
     """
-    qmodel = copy.deepcopy(model).eval()
+    qmodel = copy_model(model).eval()
     home = home_of(qmodel)
     summary = QuantizationSummary(config.mode)
 
@@ -93,6 +92,7 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
 
     for name, why in capture_compute(qmodel, probe, summary.notes, config.exclude).items():
         summary.notes.append(f"{name} ({kind_name(qmodel.get_submodule(name))}) stays float: {why}")
+    qmodel = capture_root(qmodel, probe, summary.notes)
     relu_layers: dict[str, float | None] = {}
     probe_outputs: list[object] = []  # kept for the graph-mode choice below (no second forward pass)
     shapes: dict[str, tuple[int, ...]] = {}

@@ -15,7 +15,6 @@ A new quantized layer kind adds one ``@lowers(...)`` function here.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from torch import nn
 
 from mixq.export.tflite.weight_only import WeightOnlyWeights
 from mixq.quant.fusion import set_submodule
+from mixq.quant.graft import copy_model
 from mixq.quant.modules import (
     DynamicQuantizedConv,
     DynamicQuantizedLinear,
@@ -283,7 +283,7 @@ def lower(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
     """
     import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers torch.ops.quantized_decomposed)
 
-    lowered = copy.deepcopy(model).eval()
+    lowered = copy_model(model).eval()
     modes: dict[str, str] = {}
     for name, module in list(lowered.named_modules()):
         rule = lowering_of(module)
