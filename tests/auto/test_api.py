@@ -3,6 +3,7 @@ quantizes the rest, well-behaved models cost no extra evaluations, and bad input
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
@@ -52,6 +53,26 @@ def test_the_chosen_config_reproduces_the_model_through_quantize(outlier_case, o
     with torch.no_grad():
         assert torch.equal(again(x), result.model(x))
     assert mixq.QuantConfig.from_dict(json.loads(json.dumps(result.config.to_dict()))) == result.config
+
+
+@pytest.mark.parametrize("option", [dict(bias_correction=True), dict(smoothquant=0.5)])
+def test_every_option_of_the_config_reaches_the_chosen_model(outlier_case, option):
+    model, batches, _ = outlier_case
+    result = _auto(outlier_case, config=dataclasses.replace(FAST, **option))
+    assert all(getattr(result.config, k) == v for k, v in option.items())
+    assert result.model.mixq_config == result.config
+    again = mixq.quantize(model, calib_data=batches, config=result.config, progress=False)
+    without = mixq.quantize(model, calib_data=batches, config=dataclasses.replace(result.config, **{
+        k: getattr(FAST, k) for k in option}), progress=False)
+    x = batches[0]
+    with torch.no_grad():
+        assert torch.equal(again(x), result.model(x))
+        assert not torch.equal(without(x), result.model(x))  # the option changed what the chosen model computes
+
+
+def test_the_configs_runtime_reaches_the_chosen_model(outlier_case):
+    result = _auto(outlier_case, config=dataclasses.replace(FAST, runtime="litert", runtime_aware=False))
+    assert result.config.runtime == "litert" and result.model.mixq_config.runtime == "litert"
 
 
 def test_same_inputs_same_choice(outlier_case, outlier_result):
@@ -165,7 +186,7 @@ def test_eval_fn_failing_only_on_quantized_models_names_the_config(outlier_case)
     (dict(objective="speed"), ValueError, "objective must be one of latency, size, accuracy"),
     (dict(max_evals=1), ValueError, "max_evals must be >= 2"),
     (dict(config=mixq.make_config("dynamic")), ValueError, "static config"),
-    (dict(config=mixq.make_config("static", bias_correction=True)), ValueError, "does not apply bias_correction"),
+    (dict(config=mixq.make_config("static", runtime="ort")), ValueError, "runtime_aware=True, which autoquantize"),
 ])
 def test_bad_arguments(outlier_case, kwargs, error, match):
     model, batches, eval_fn = outlier_case
@@ -329,3 +350,18 @@ def test_graph_mode_matmuls_are_ranked_from_cached_inputs_and_chosen(monkeypatch
     assert whole == []  # every module, MatMuls included, was measured on its cached inputs
     assert set(matmuls) <= set(result.report.precisions)
     assert result.report.met and cosine(result.model) >= result.report.required
+
+
+def test_default_smoothquant_on_a_layernorm_model_is_what_the_chosen_config_reproduces():
+    from tests.quant.tiny_transformer import data, plant_outliers, trained
+
+    model = trained(steps=20)
+    plant_outliers(model)
+    x, y = data(64, seed=1)
+    batches = [x[i:i + 16] for i in range(0, 64, 16)]
+    result = autoquantize(model, batches, lambda m: (m(x).argmax(1) == y).float().mean().item(), max_drop=1.0,
+                          objective="accuracy", measure=False, config=FAST)
+    assert any("smooth" in n.lower() for n in result.report.notes)  # the LayerNorm default applied
+    again = mixq.quantize(model, calib_data=batches, config=result.config, progress=False)
+    with torch.no_grad():
+        assert torch.equal(again(x), result.model(x))

@@ -37,6 +37,7 @@ from mixq.quant.calibration import Batch
 from mixq.quant.finiteness import check_finite
 from mixq.quant.observers import observer_class, observer_names
 from mixq.quant.planning import split_first
+from mixq.quant.smoothquant import smooth
 from mixq.quant.spec import QuantConfig
 
 OBJECTIVES = ("latency", "size", "accuracy")
@@ -70,15 +71,24 @@ def _check(model: nn.Module, max_drop: float, objective: str, max_evals: int, se
     if config.mode != "static" or config.overrides:
         raise ValueError("config must be a static config without overrides (autoquantize chooses the per-layer "
                          "precisions); keep layers float with exclude=[...]")
-    if config.bias_correction:
-        raise ValueError("autoquantize does not apply bias_correction yet (its per-layer configs are built without "
-                         "it); pass dataclasses.replace(result.config, bias_correction=True) to mixq.quantize "
-                         "instead")
+    if config.runtime is not None and config.runtime_aware:
+        raise ValueError(f"config has runtime={config.runtime!r} with runtime_aware=True, which autoquantize does not "
+                         "apply (it times the layers itself on its runtime= argument); pass runtime_aware=False in "
+                         "the config, so its runtime only sets how the simulation computes")
     if not observer_class(config.observer.name).capabilities.autoquant:
         usable = observer_names(autoquant=True)
         raise ValueError(f"autoquantize gathers histogram statistics once and cannot use the "
                          f"{config.observer.name!r} observer; use the {', '.join(usable[:-1])} or {usable[-1]} "
                          "observer")
+
+
+def _smoothed(model: nn.Module, config: QuantConfig, probe: Batch, batches: Iterable[Batch],
+              progress: bool) -> tuple[nn.Module, list[str]]:
+    """``model`` with the config's SmoothQuant applied as ``mixq.quantize`` applies it (so ``result.config``
+    reproduces the chosen model), and its notes; ``batches`` must be re-readable (the caller keeps a list)."""
+    if config.smoothquant is None:
+        return model, []
+    return smooth(model, config.smoothquant, config, probe, batches, progress=progress)
 
 
 def _runtime(name: str, timed: bool) -> Any:
@@ -157,16 +167,20 @@ def autoquantize(
     options = Options(objective, max_evals, sensitivity_evals, sensitivity_batches, min_gain_db, progress)
     evaluate = Evaluator(eval_fn, max_evals)
     probe, batches = split_first(calib_data)
+    if base.smoothquant is not None:
+        batches = list(batches)  # read twice: SmoothQuant's statistics, then calibration
     example = probe if example_inputs is None else example_inputs
     shapes = deploy_examples(example, deploy_shapes) if timed_at_all else []
     target = Target.of(evaluate(model, "fp32"), max_drop, relative)
     seconds: dict[str, float] = {}
     with timed(seconds, "calibration"):
-        calibration = pipeline.calibrate(model, base, options, probe, batches)
+        smoothed, smooth_notes = _smoothed(model, base, probe, batches, progress)
+        calibration = pipeline.calibrate(smoothed, base, options, probe, batches)
     with timed(seconds, "sensitivity"):
         sensitivity = analyse(calibration.prepared, base, calibration.ladders, calibration.kept)
     report = AutoQuantReport(objective, float(max_drop), relative, target.baseline, target.required, False, 0.0, 0,
                              max_evals, sensitivity, seconds=seconds)
+    report.notes += smooth_notes
     ctx = Context(model, base, options, evaluate, target, example, calibration, report)
     int8_metric = pipeline.check_all_int8(ctx)
     report.runtime = meter_runtime.display

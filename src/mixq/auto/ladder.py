@@ -11,6 +11,7 @@ fp32.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 from dataclasses import dataclass
 
@@ -57,17 +58,14 @@ def ladder(kind: str, objective: str, base: ObserverSpec, fast_floats: tuple[str
 def build_config(base: QuantConfig, ladders: dict[str, list[Rung]], assignment: dict[str, int]) -> QuantConfig:
     """``base`` with one override per layer whose rung is not the first of its ladder (module order kept)."""
     overrides = tuple(ladders[name][i].override(name) for name, i in assignment.items() if i > 0)
-    return QuantConfig(base.mode, base.weight, base.activation, base.observer, base.exclude, base.fold_batchnorm,
-                       base.overrides + overrides)
+    return dataclasses.replace(base, overrides=base.overrides + overrides)
 
 
 def only(base: QuantConfig, name: str, rung: Rung) -> QuantConfig:
     """``base`` with every layer fp32 except ``name`` at ``rung``: that layer's error alone."""
-    return QuantConfig(base.mode, base.weight, base.activation, base.observer, base.exclude, base.fold_batchnorm,
-                       base.overrides + (LayerOverride("*", "fp32"), rung.override(name)))
+    return dataclasses.replace(base, overrides=base.overrides + (LayerOverride("*", "fp32"), rung.override(name)))
 
 
 def everything_float(base: QuantConfig) -> QuantConfig:
     """``base`` with every layer fp32 (the fp32 reference, BatchNorm folded as in the quantized candidates)."""
-    return QuantConfig(base.mode, base.weight, base.activation, base.observer, base.exclude, base.fold_batchnorm,
-                       base.overrides + (LayerOverride("*", "fp32"),))
+    return dataclasses.replace(base, overrides=base.overrides + (LayerOverride("*", "fp32"),))
