@@ -19,7 +19,10 @@ Thresholds:
   Some random-weight models amplify any small noise far more (0.1% at MobileNetV2's first conv moves its logits
   5.8%): over the floor, a static/dynamic/QAT result still counts as int8 noise when its error is within
   ``PEER_MARGIN`` (1.5x) of ONNX Runtime's own quantizer's on the same fp32 file, which quantizes the graph's
-  operators and cannot alter a model by its class names; a silent alteration exceeds both.
+  operators and cannot alter a model by its class names; a silent alteration exceeds both. Weight-only and fp16
+  have no such quantizer: their peer is the float model itself with its Linear/Conv weights rounded in place as
+  the mode stores them (its own forwards kept), e.g. a random-weight MobileNetV2 turns a +-0.05% weight
+  perturbation into 5% output error.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ FP32_FLOOR = {"static": 0.15, "dynamic": 0.15, "qat": 0.15, "weight_only": 0.03,
 SIM_COS, SIM_ARGMAX = 0.999, 0.99
 PEER_MARGIN = 1.5  # over the fixed floor, an error within 1.5x ONNX Runtime's quantizer's on the same model is noise
 _REFUSALS = (ValueError, TypeError, NotImplementedError)
+_PEER = {"static": "ONNX Runtime's quantizer", "dynamic": "ONNX Runtime's quantizer", "qat": "ONNX Runtime's quantizer",
+         "weight_only": "the float model with its own weights rounded in place",
+         "fp16": "the float model with its own weights rounded in place"}
 
 
 @dataclass
@@ -190,11 +196,11 @@ def _check_file(case: Case, model: nn.Module, qmodel: nn.Module, example: Batch,
         peer = peer_error(case, model, example, out.mode, path.with_name(f"{case.name}-{out.mode}-peer"))
         if peer is None or out.fp32_rel > PEER_MARGIN * peer:
             out.fail(f"altered: relative error vs fp32 {out.fp32_rel:.3f} > {FP32_FLOOR[out.mode]} (int8 noise)"
-                     + ("" if peer is None else f" and > {PEER_MARGIN}x ONNX Runtime's quantizer's {peer:.3f}"))
+                     + ("" if peer is None else f" and > {PEER_MARGIN}x {_PEER[out.mode]}'s {peer:.3f}"))
         else:
             out.notes.append(f"relative error vs fp32 {out.fp32_rel:.3f} is over the {FP32_FLOOR[out.mode]} floor, "
-                             f"but within {PEER_MARGIN}x ONNX Runtime's quantizer's {peer:.3f} on the same model: "
-                             "the model amplifies int8 noise")
+                             f"but within {PEER_MARGIN}x {_PEER[out.mode]}'s {peer:.3f}: the model amplifies "
+                             "rounding noise")
 
 
 class _Reader:
@@ -211,7 +217,10 @@ def peer_error(case: Case, model: nn.Module, example: Batch, mode: str, stem: Pa
     """The relative error vs fp32 of ONNX Runtime's own quantizer (``quantize_static``, QDQ, per-channel; or
     ``quantize_dynamic``) on the fp32 file of the same model, at the zoo's two shapes: the noise floor of int8 on
     this model from a tool that quantizes the ONNX graph's operators and so cannot alter a model by class name.
-    None where there is no such peer (weight-only, fp16) or it fails."""
+    Weight-only and fp16 have no such quantizer: their peer is :func:`rounded_weights_error`. None where the peer
+    fails."""
+    if mode in ("weight_only", "fp16"):
+        return rounded_weights_error(case, model, mode)
     if mode not in ("static", "dynamic", "qat"):
         return None
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -236,4 +245,30 @@ def peer_error(case: Case, model: nn.Module, example: Batch, mode: str, stem: Pa
                 errors.append(float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30)))
     except Exception:  # noqa: BLE001  (no peer measurement: the fixed floor alone decides)
         return None
+    return max(errors)
+
+
+def _rounded(weight: torch.Tensor, mode: str) -> torch.Tensor:
+    """``weight`` as ``mode`` stores it: float16, or int8 symmetric per output channel (round half to even)."""
+    if mode == "fp16":
+        return weight.half().float()
+    scale = weight.abs().flatten(1).amax(1).clamp_min(1e-12) / 127
+    scale = scale.reshape(-1, *[1] * (weight.dim() - 1))
+    return torch.round(weight / scale).clamp(-127, 127) * scale
+
+
+def rounded_weights_error(case: Case, model: nn.Module, mode: str) -> float:
+    """The relative error vs fp32 of the float model itself (its own classes and ``forward``s) with every Linear and
+    Conv weight rounded in place as weight-only int8 (per channel) or fp16 store it: this model's amplification
+    of that rounding alone. A quantized copy that drops or alters what a layer computes is far beyond it."""
+    rounded = case.build()
+    with torch.no_grad():
+        for m in rounded.modules():
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                m.weight.copy_(_rounded(m.weight, mode))
+    errors = []
+    for shape in (0, 1):
+        batch = case.inputs(shape, 100 + shape)
+        got, ref = call(rounded, batch).numpy(), call(model, batch).numpy()
+        errors.append(float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30)))
     return max(errors)
