@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -125,3 +126,51 @@ def test_shared_relu_module_is_fused_per_call_site(tmp_path):
     assert ops["QLinearConv"] == 2 and ops["QLinearAdd"] == 1 and ops["Relu"] == 0 and ops["Add"] == 0, ops
     with torch.no_grad():
         assert (qmodel(calib[0]) - model(calib[0])).abs().median() <= 2 * float(qmodel.conv2.y_scale)
+
+
+
+class _Chain(nn.Module):
+    """conv -> conv straight (the first one's output is the second one's input), behind control flow torch.fx cannot
+    trace: on values (torch.export cannot capture it either) or on a shape (QAT then goes layer by layer)."""
+
+    def __init__(self, on_values: bool):
+        super().__init__()
+        self.on_values = on_values
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        if (x.sum() > -1e9) if self.on_values else (x.shape[-1] > 1):
+            return torch.sigmoid(self.b(self.a(x)))
+        return x
+
+
+def _batches():
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(4, 3, 8, 8, generator=g) for _ in range(4)]
+
+
+def _layer_by_layer_shares(notes: list[str]) -> bool:
+    return any("quantized layer by layer" in n and "(1 inputs share their producer's scale)" in n for n in notes)
+
+
+def test_static_layer_by_layer_consumers_share_their_producers_grid():
+    batches = _batches()
+    qmodel = mixq.quantize(_Chain(on_values=True).eval(), "static", calib_data=batches[:3], progress=False)
+    assert _layer_by_layer_shares(qmodel.mixq_summary.notes)
+    assert qmodel.b.x_scale == qmodel.a.y_scale and qmodel.b.x_zp == qmodel.a.y_zp
+
+
+def test_qat_layer_by_layer_consumers_share_their_producers_grid_so_ort_computes_the_simulation(tmp_path, ort_run):
+    batches = _batches()
+    qat = mixq.prepare_qat(_Chain(on_values=False).eval(), example_inputs=batches[0])
+    assert _layer_by_layer_shares(qat.mixq_qat_plan.notes)
+    qat.train()
+    for x in batches[:3]:
+        qat(x)
+    qmodel = mixq.convert(qat.eval())
+    assert qmodel.b.x_scale == qmodel.a.y_scale and qmodel.b.x_zp == qmodel.a.y_zp
+    path = mixq.export_onnx(qmodel, batches[3], tmp_path / "chain.onnx")
+    with torch.no_grad():
+        sim = qmodel(batches[3]).numpy()
+    # two grids on one tensor would be one rounding on a third grid in ONNX Runtime (DoubleQDQPairsRemover)
+    np.testing.assert_allclose(ort_run(path, batches[3])[0], sim, atol=1e-6)

@@ -151,7 +151,10 @@ def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | Non
         set_submodule(model, name, new)
         bn = f" + {type(batchnorms[name]).__name__}" if name in batchnorms else ""
         summary.add(name, kind_name(layer), "quantized", f"fake-quantized for training, {new.describe()}{bn}")
-    model, adds = apply_graph_mode(model, lambda name: _quantizer(cfg, name), summary.notes, add_cls=QATAdd)
+    # in train mode, where fake quantizers observe (on a copy: the model's ranges and BatchNorm stay as they are)
+    probe = None if example_inputs is None else (lambda m: call_checked(m.train(), example_inputs))
+    model, adds = apply_graph_mode(model, lambda name: _quantizer(cfg, name), summary.notes, add_cls=QATAdd,
+                                   probe=probe)
     _requantize_read_outputs(model, summary)
     for name in adds:
         summary.add(name, "add", "quantized", "fake-quantized for training")

@@ -315,6 +315,50 @@ def share_observers(gm: fx.GraphModule) -> int:
     return shared
 
 
+def share_observers_eager(model: nn.Module, run: Callable[[nn.Module], object]) -> int:
+    """Layer by layer (no graph): point each observed input that *is* an observed producer's output tensor at that
+    producer's output observer, found in one forward pass (``run``) of a copy, so calibration leaves the model's
+    observers alone. Without it the tensor is rounded twice, on the producer's grid and then on the consumer's,
+    and ONNX Runtime merges such a Q -> DQ -> Q -> DQ chain into one rounding on a third grid
+    (``DoubleQDQPairsRemover``): the file would not compute what the simulation does. Returns how many share."""
+    from mixq.quant.graft import copy_model
+
+    twin = copy_model(model)
+    names = {id(m): n for n, m in twin.named_modules() if isinstance(m, _OBSERVED)}
+    produced: dict[int, str] = {}
+    read: dict[str, list[int]] = {}
+    alive: list[object] = []  # tensors stay alive, so their ids are not reused during the pass
+
+    def before(module: nn.Module, args: tuple) -> None:
+        alive.append(args)
+        read.setdefault(names[id(module)], [id(a) for a in args if isinstance(a, torch.Tensor)])
+
+    def after(module: nn.Module, args: tuple, output: object) -> None:
+        alive.append(output)
+        if isinstance(output, torch.Tensor) and not getattr(module, "float_output", False):
+            produced.setdefault(id(output), names[id(module)])
+
+    hooks = [h for m in twin.modules() if id(m) in names
+             for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    try:
+        with torch.no_grad():
+            run(twin)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    shared = 0
+    for name, inputs in read.items():
+        consumer = model.get_submodule(name)
+        if getattr(consumer, "smooth", None) is not None:
+            continue  # a smoothed input (x / s) is not its producer's output
+        for index, key in enumerate(inputs[:1 if isinstance(consumer, ObservedLayer) else 2]):
+            producer = produced.get(key)
+            if producer is not None and producer != name:
+                consumer.share_input(index, model.get_submodule(producer).output_observer)
+                shared += 1
+    return shared
+
+
 def keep_float_outputs(gm: fx.GraphModule) -> int:
     """Mark observed Linear layers whose output no observed module reads (its observer is shared with no consumer)
     as ``float_output``: they are converted without requantizing their output. Returns how many."""
@@ -331,7 +375,8 @@ def keep_float_outputs(gm: fx.GraphModule) -> int:
 
 def apply_graph_mode(model: nn.Module, make_observer: Callable[[str], Observer], notes: list[str],
                      add_cls: type[ObservedAdd] = ObservedAdd, exported: bool = False,
-                     untraceable: str = "", float_outputs: bool = True) -> tuple[nn.Module, list[str]]:
+                     untraceable: str = "", float_outputs: bool = True,
+                     probe: Callable[[nn.Module], object] | None = None) -> tuple[nn.Module, list[str]]:
     """Trace a model whose layers are already wrapped (``ObservedLayer``), then fuse ReLU call sites, turn adds into
     ``add_cls`` and share observers along the dataflow. Returns ``(model or its graph module, add names)`` and
     appends to ``notes`` what was done, or why tracing failed (the model is then returned unchanged).
@@ -340,7 +385,9 @@ def apply_graph_mode(model: nn.Module, make_observer: Callable[[str], Observer],
     two activations are quantized too (their names are returned with the adds), adds only where an integer kernel
     reads the sum, and Linear outputs no integer kernel reads stay float. ``untraceable``: why ``torch.fx`` failed
     on this model, when the caller already tried (it is not traced again). ``float_outputs=False``: exported
-    graphs keep every Linear's output on its int8 grid too (what LiteRT's int8 kernels need).
+    graphs keep every Linear's output on its int8 grid too (what LiteRT's int8 kernels need). ``probe`` (one
+    forward pass) lets a model quantized layer by layer share observers along the tensors that go straight from one
+    layer into the next (:func:`share_observers_eager`).
     """
     if exported:
         graph: fx.GraphModule | None = model  # type: ignore[assignment]
@@ -349,8 +396,9 @@ def apply_graph_mode(model: nn.Module, make_observer: Callable[[str], Observer],
     else:
         graph, why = trace(model)
     if graph is None:
+        shared = share_observers_eager(model, probe) if probe is not None else 0
         notes.append(f"torch.fx could not trace the model ({why}); quantized layer by layer, so "
-                     "elementwise ops between layers stay float")
+                     f"elementwise ops between layers stay float ({shared} inputs share their producer's scale)")
         return model, []
     pads = fold_pads(graph)
     relus = fuse_relus(graph)

@@ -153,7 +153,8 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
             return make_observer(specs[owner], config.activation, name=label)
 
         qmodel, adds = apply_graph_mode(qmodel, add_observer, summary.notes, exported=exported,
-                                        untraceable=fx_why, float_outputs=config.float_outputs)
+                                        untraceable=fx_why, float_outputs=config.float_outputs,
+                                        probe=None if probe is None else lambda m: call_checked(m, probe))
         if export_failed:
             summary.notes.append(f"graph mode through torch.export not used: {export_failed}")
     if not exported and any(config.choice(n).mode != "static" for n in plain):  # dynamic, weight-only, fp16
