@@ -38,10 +38,12 @@ def _static_classes() -> tuple[type, ...]:
     return (*[c for c in quantized_classes("static") if hasattr(c, "to_float")], QuantizedAdd)
 
 
+_QAT_TYPES = (QATLayer, QATAdd, QATEmbedding, FakeQuantizer)
+
+
 def is_prepared(model: nn.Module) -> bool:
     """True for a model returned by ``prepare_qat`` (and not yet converted)."""
-    qat_types = (QATLayer, QATAdd, QATEmbedding, FakeQuantizer)
-    return hasattr(model, "mixq_qat") or any(isinstance(m, qat_types) for m in model.modules())
+    return hasattr(model, "mixq_qat") or any(isinstance(m, _QAT_TYPES) for m in model.modules())
 
 
 def _make_config(weight_bits: int, activation_bits: int, per_channel: bool, learnable_scales: bool, observer: str,
@@ -151,13 +153,22 @@ def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | Non
         set_submodule(model, name, new)
         bn = f" + {type(batchnorms[name]).__name__}" if name in batchnorms else ""
         summary.add(name, kind_name(layer), "quantized", f"fake-quantized for training, {new.describe()}{bn}")
-    # in train mode, where fake quantizers observe (on a copy: the model's ranges and BatchNorm stay as they are)
-    probe = None if example_inputs is None else (lambda m: call_checked(m.train(), example_inputs))
+    probe = None if example_inputs is None else (lambda m: call_checked(_observing(m), example_inputs))
     model, adds = apply_graph_mode(model, lambda name: _quantizer(cfg, name), summary.notes, add_cls=QATAdd,
                                    probe=probe)
     _requantize_read_outputs(model, summary)
     for name in adds:
         summary.add(name, "add", "quantized", "fake-quantized for training")
+    return model
+
+
+def _observing(model: nn.Module) -> nn.Module:
+    """``model`` (a copy) in eval mode, where dropout passes its input through as the same tensor, but with its
+    QAT layers in training mode, where they observe (with no range yet they cannot quantize)."""
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, _QAT_TYPES):
+            m.train()
     return model
 
 
