@@ -57,6 +57,7 @@ from torch import nn
 from mixq.export.errors import ExportError
 
 TOLERANCE = 4 / 255
+LAST_BIT = 1e-7  # float32's last bit, relative (2**-23 = 1.2e-7)
 
 
 def named_outputs(outs: Any) -> dict[str, np.ndarray]:
@@ -106,6 +107,29 @@ def allowed(rounded: np.ndarray, reference: np.ndarray) -> float:
     """The largest disagreement with ``reference`` (float activations) accepted from a file that rounds activations at
     run time: ``rounded``'s (mixq's model rounding them) own disagreement with it plus ``TOLERANCE``."""
     return TOLERANCE + disagreement(rounded, reference)
+
+
+@contextlib.contextmanager
+def last_bit_moves(model: nn.Module, seed: int = 0) -> Iterator[None]:
+    """Within the block, the input of every layer of ``model`` that rounds it per row (quantized for LiteRT,
+    ``float_output_linears``) first moves by up to ``LAST_BIT`` relative, at random (seeded): how far the model's
+    outputs move then is how far last-bit differences of a runtime's float operators can move them through rounding
+    ties, which a file that rounds the same rows may be off it by."""
+    from mixq.quant.modules.rows import float_output_linears
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def moved(module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        return (x * (1 + LAST_BIT * (2 * torch.rand(x.shape, generator=gen) - 1)), *args[1:])
+
+    hooks = [model.get_submodule(name).register_forward_pre_hook(moved)
+             for name, rows in float_output_linears(model).items() if rows]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def _rounds_at_run_time(m: nn.Module) -> bool:
