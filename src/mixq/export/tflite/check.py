@@ -35,7 +35,10 @@ one step of 255 over that range is ``4 / 255`` (1.6%) of the RMS.
   mixq's own row-rounded 2-layer decoder (hidden 1024) by 1e-7 relative moves its logits by 2.7-3.1% RMS, as far
   as the file is from it and further than ``TOLERANCE``. So a decoder file is compared as a dynamic-range file is:
   with mixq's weights at float activations, allowed the row-rounded model's own disagreement with that reference
-  plus ``TOLERANCE`` (:func:`allowed`).
+  plus ``TOLERANCE`` (:func:`allowed`). A decoder quantized for LiteRT (``runtime="litert"``) computes what the file
+  does itself, so the file is also compared with it, allowed what moving that model's row-rounded inputs in the
+  last bit moves it (:func:`last_bit_moves`) plus ``TOLERANCE``: ~0 on a trained decoder, whose file was 2e-7 off,
+  ~3% on a random one whose rows sit on ties (its file 2% off).
 
 A file that is off by a wrong weight, a wrong scale or a dropped operation disagrees by tens of percent and is
 refused. The check sees only the example inputs: an error they do not exercise passes it (a tiny random BERT's
