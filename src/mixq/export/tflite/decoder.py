@@ -147,21 +147,23 @@ def export_decoder_tflite(model: nn.Module, path: str | os.PathLike, *, cache_le
     ``cache_len`` positions (default 256, or the model's position table if smaller; attention runs over the whole
     cache, so a longer one makes each step slower; the layout is in the module docstring); ``mixq.generate_tflite``
     runs it. mixq's weight-only layers become LiteRT integer-weight layers (``mixq.export.tflite.weight_only``:
-    int8 per-channel, int4 per-channel or in blocks of 32-256). Before the file replaces ``path``, a prompt is run
-    through it and through mixq's PyTorch model: logits further from mixq's weights at float activations than mixq's
-    model rounding activations as LiteRT does, plus 4/255 relative RMS, refuse it (``ExportError``,
-    :func:`check_decoder`).
+    int8 per-channel, int4 per-channel or in blocks of 32-256); quantized with ``runtime="litert"``, mixq's model
+    computes what those layers do (one warning says so of a model quantized without it). Before the file replaces
+    ``path``, a prompt is run through it and through mixq's PyTorch model: logits further from mixq's weights at
+    float activations than mixq's model rounding activations as LiteRT does, plus 4/255 relative RMS, refuse it
+    (``ExportError``, :func:`check_decoder`; a model quantized for LiteRT is also compared with itself).
 
-    Example: ``mixq.export_decoder_tflite(mixq.quantize(lm, "weight_only", bits=4), "lm_int4.tflite")``.
+    Example: ``mixq.export_decoder_tflite(mixq.quantize(lm, "weight_only", bits=4, runtime="litert"), "lm.tflite")``.
     """
     from mixq.export.tflite.converter import captured_output
-    from mixq.export.tflite.export import checked_target
+    from mixq.export.tflite.export import checked_target, say_hybrids_differ
     from mixq.export.tflite.lowering import lower
 
     target = checked_target(model, path)
     cache_len = _check_sizes(model, cache_len, prefill_len)
     prefill_len = min(prefill_len, cache_len)
     mode = refuse_layers(model)
+    say_hybrids_differ(model)
     check_causal_lm(CachedDecoder(model.eval()), model)
     log_text: list[str] = []
     try:
