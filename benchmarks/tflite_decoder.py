@@ -229,7 +229,8 @@ def markdown(result: dict, command: str = "PYTHONPATH=src python benchmarks/tfli
               "whole sequence each step (the same arithmetic, another float summation order). With random weights "
               "the logits are nearly flat, and a model that rounds activations per row (mixq's int4, quantized "
               "for LiteRT) turns last-bit float differences into percent-level logit differences through rounding "
-              "ties, so its greedy tokens part from themselves: no file can agree more than that."]
+              "ties, so its greedy tokens part from themselves at near-ties; a file, whose float operators differ "
+              "from PyTorch's in the last bit, parts from it at such ties too."]
     return "\n".join(lines) + "\n"
 
 
