@@ -200,6 +200,9 @@ def verdicts(minilm: dict[str, Any] | None, decoder: dict[str, Any] | None) -> l
         equal = None if v is None else v["prompts_equal"] / v["prompts"]
         say(f"decoder int4 {decoder['method']}: prompts whose greedy tokens equal its PyTorch model's", equal,
             None if v is None else equal == 1.0)
+        if v is not None and "self_prompts_equal" in v:
+            lines.append(f"  (that PyTorch model repeats its own tokens without its cache, another float order, on "
+                         f"{v['self_prompts_equal']}/{v['prompts']} prompts)")
         for text, key, want in (("decoder int4: decode step x LiteRT fp32 <= 0.5", "decode_vs_fp32", 0.5),
                                 ("decoder int4: file size x fp32 <= 0.2", "size_vs_fp32", 0.2)):
             value = None if v is None else v.get(key)

@@ -20,8 +20,9 @@ def _quantized(mode: str):
         qat = mixq.prepare_qat(model, example_inputs=example)
         qat(**example).logits.sum().backward()
         return mixq.convert(qat.eval()), example
-    options = {"static": {"calib_data": [example]}, "weight_only": {"bits": 4, "group_size": 16}}.get(mode, {})
-    return mixq.quantize(model, mode, progress=False, **options), example
+    options = {"static": {"calib_data": [example]}, "weight_only": {"bits": 4, "group_size": 16},
+               "weight_only_litert": {"bits": 4, "group_size": 16, "runtime": "litert"}}.get(mode, {})
+    return mixq.quantize(model, mode.removesuffix("_litert"), progress=False, **options), example
 
 
 def _assert_identical(a: torch.nn.Module, b: torch.nn.Module, example) -> None:
@@ -33,12 +34,14 @@ def _assert_identical(a: torch.nn.Module, b: torch.nn.Module, example) -> None:
         assert torch.equal(a(**example).logits, b(**example).logits)
 
 
-@pytest.mark.parametrize("mode", ["dynamic", "static", "weight_only", "fp16", "qat"])
+@pytest.mark.parametrize("mode", ["dynamic", "static", "weight_only", "weight_only_litert", "fp16", "qat"])
 def test_round_trip_is_bit_exact(mode, tmp_path):
     qmodel, example = _quantized(mode)
     mixq.save_pretrained(qmodel, tmp_path / "q", example_inputs=example)
     loaded = mixq.from_pretrained(tmp_path / "q")
     _assert_identical(qmodel, loaded, example)
+    rows = {m.rows for m in loaded.modules() if isinstance(m, mixq.quant.modules.WeightOnlyLinear)}
+    assert rows == ({mode == "weight_only_litert"} if mode.startswith("weight_only") else set())  # LiteRT's rows
     assert loaded.mixq_config == qmodel.mixq_config
     assert json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]["quant_method"] == "mixq"
 

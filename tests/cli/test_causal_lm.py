@@ -105,6 +105,7 @@ def test_int4_causal_lm_to_tflite_is_a_litert_kv_cache_decoder(mixq_main, hf_dir
     assert "llama_w4.tflite: LiteRT key/value-cache decoder with 2 layers" in out
     sidecar = json.loads((hf_dirs / "llama_w4.mixq.json").read_text())
     assert sidecar["decoder"]["cache_len"] == 64 and sidecar["decoder"]["signatures"] == ["prefill", "decode"]
+    assert sidecar["config"]["runtime"] == "litert"  # quantized to compute as LiteRT's kernels do
     assert "int4" in inspect_tflite(hf_dirs / "llama_w4.tflite").size_by_dtype
     tokens = mixq.generate_tflite(hf_dirs / "llama_w4.tflite", torch.tensor([[1, 5, 7]]), 4)
     assert tokens.shape == (1, 7)

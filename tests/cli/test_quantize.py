@@ -61,3 +61,18 @@ def test_runtime_options_are_checked_before_the_model_loads(mixq_main, user_dir)
     code, out, err = mixq_main("quantize", "--model", "nets:broken", "--mode", "fp16", "--runtime-aware", "off",
                                "--output", "x.onnx", cwd=user_dir)
     assert code == 2 and "runtime_aware=False has no effect without a runtime" in err, err
+
+
+def test_weight_only_is_quantized_for_the_format_runtime_where_it_changes_the_layers():
+    """LiteRT's integer-weight kernels round activations per row, so a .tflite weight-only model is quantized for
+    it by default; ONNX Runtime's MatMulNBits keeps them float, so an .onnx one names no runtime."""
+    import argparse
+
+    from mixq.cli.quantize import _runtime
+    from mixq.export.backend import get_format
+
+    args = argparse.Namespace(runtime=None, mode="weight_only", runtime_aware="on")
+    assert _runtime(args, get_format("tflite"))["runtime"] == "litert"
+    assert _runtime(args, get_format("onnx"))["runtime"] is None
+    assert _runtime(argparse.Namespace(runtime=None, mode="fp16", runtime_aware="on"), get_format("tflite"))[
+        "runtime"] is None

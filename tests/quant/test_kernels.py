@@ -121,6 +121,18 @@ def test_row_rounding_puts_each_row_on_its_own_int8_grid_holding_zero():
     assert torch.equal(kernels.row_rounding(torch.zeros(2, 5)), torch.zeros(2, 5))  # an all-zero row stays zero
 
 
+def test_matmul_nbits_rows_rounds_the_input_per_row_then_multiplies_by_the_nbit_weights():
+    from mixq.quant.weight_only.grid import Grid, pack_matmul_nbits
+
+    grid, w, bias = Grid(4, 16), torch.randn(8, 48), torch.randn(8)
+    scale, zero = grid.params(w)
+    packed, zp, bits = pack_matmul_nbits(grid, grid.quantize_matrix(w, scale, zero), zero)
+    x = torch.randn(2, 5, 48) * torch.tensor([1.0, 30.0]).view(2, 1, 1)
+    got = kernels.matmul_nbits_rows(x, packed, scale.reshape(-1), zp, bias, 48, bits, 16)
+    assert torch.equal(got, F.linear(kernels.row_rounding(x), grid.dequantize_matrix(w, scale, zero), bias))
+    assert not torch.equal(got, kernels.matmul_nbits(x, packed, scale.reshape(-1), zp, bias, 48, bits, 16))
+
+
 def test_qlinear_rows_rounds_the_input_per_row_then_multiplies_in_float():
     x = torch.randn(3, 5, 16) * torch.tensor([1.0, 30.0, 0.1]).view(3, 1, 1)  # one row spans an outlier range
     w_q, w_scale = _weights((8, 16))

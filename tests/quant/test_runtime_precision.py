@@ -116,12 +116,22 @@ def test_dynamic_convs_slower_than_float_export_no_conv_integer(no_timing, tmp_p
     ({"mode": "fp16", "runtime": "ort"}, "runtime='ort' has no effect in fp16 mode"),
     ({"mode": "dynamic", "runtime": "ort"}, "needs example_inputs"),
     ({"kernel_costs": {}}, "kernel_costs has no effect without runtime-aware precision"),
-], ids=["unknown", "aware-without-runtime", "not-bool", "fp16", "no-probe", "table-without-runtime"])
+    ({"mode": "weight_only", "runtime": "ort"}, r"runtime='ort' has no effect in weight_only mode.*\(litert\)"),
+    ({"mode": "weight_only", "runtime": "litert", "kernel_costs": {}}, "kernel_costs has no effect"),
+], ids=["unknown", "aware-without-runtime", "not-bool", "fp16", "no-probe", "table-without-runtime",
+        "weight-only-for-ort", "weight-only-table"])
 def test_runtime_options_are_refused_before_any_work(no_timing, options, message):
     mode = options.pop("mode", "static")
     data = {"calib_data": [_x()]} if mode == "static" else {}
     with pytest.raises((ValueError, TypeError), match=message):
         mixq.quantize(MobileBlock().eval(), mode, progress=False, **data, **options)
+
+
+def test_weight_only_for_litert_times_nothing_and_needs_no_data():
+    """A runtime shapes weight-only layers' arithmetic only (LiteRT's per-row rounding), never their precision."""
+    qmodel = mixq.quantize(nn.Sequential(nn.Linear(64, 8)), "weight_only", bits=4, group_size=32, runtime="litert",
+                           progress=False)
+    assert qmodel[0].rows and not any("runtime-aware" in n for n in qmodel.mixq_summary.notes)
 
 
 def test_the_runtime_round_trips_through_the_config_dict():

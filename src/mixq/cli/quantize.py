@@ -65,8 +65,10 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="static/dynamic 8-bit: 7-bit weights, which x86 CPUs without VNNI need (their uint8 x int8 "
                         "kernels saturate); auto: on where this CPU lacks VNNI (default auto)")
     p.add_argument("--runtime", choices=sorted(r.name for r in runtimes()), default=None,
-                   help="static/dynamic: the runtime the file is for (default: the format's, ort for .onnx); layers "
-                        "whose int8 kernel is slower than float there stay float (timed here once per shape, cached)")
+                   help="static/dynamic/weight_only: the runtime the file is for (default: the format's, ort for "
+                        ".onnx, litert for .tflite); static/dynamic layers whose int8 kernel is slower than float "
+                        "there stay float (timed here once per shape, cached); litert: layers compute as its "
+                        "kernels do")
     p.add_argument("--runtime-aware", choices=("on", "off"), default="on",
                    help="static/dynamic: off keeps every layer int8 even where its int8 kernel is slower on the "
                         "runtime (default on)")
@@ -115,14 +117,16 @@ def _alpha(text: str) -> float | str | None:
 
 def _runtime(args: argparse.Namespace, fmt: Format) -> dict[str, object]:
     """``runtime``/``runtime_aware`` for the config: ``--runtime`` (which must run ``fmt``'s files), by default the
-    format's runtime in the static and dynamic modes; other modes get none unless asked (the config refuses it)."""
+    format's runtime in the modes it changes (``Runtime.affects``: static and dynamic; weight_only for LiteRT, whose
+    kernels round activations per row); other modes get none unless asked (the config refuses it)."""
     if args.runtime is not None and get_runtime(args.runtime).format != fmt.name:
         names = ", ".join(r.name for r in runtimes() if r.format == fmt.name)
         raise CliError(f"--runtime {args.runtime} does not run {fmt.title} files",
                        f"pass a runtime for {fmt.title} ({names}) or leave --runtime out")
     runtime = args.runtime
-    if runtime is None and args.mode in ("static", "dynamic"):
-        runtime = next(r.name for r in runtimes() if r.format == fmt.name)
+    default = next(r for r in runtimes() if r.format == fmt.name)
+    if runtime is None and default.affects(args.mode):
+        runtime = default.name
     return {"runtime": runtime, "runtime_aware": args.runtime_aware == "on"}
 
 

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 import numpy as np
 
 if TYPE_CHECKING:
+    import torch
+
     from mixq.quant.runtime_costs import Kernel, KernelCost
 
 # a new backend adds its module here; a format's first registered runtime is its default
@@ -109,11 +111,22 @@ class Runtime(ABC):
     # FakeQuantize), so static mode's default SmoothQuant also smooths inside int8 layers for it; ONNX Runtime runs
     # that Mul as a separate pass (1.10x the whole MiniLM file's time at batch 32)
     fuses_input_scale: ClassVar[bool] = False
-    # runs a static Linear whose output stays float (graph mode: no integer kernel reads it) as a hybrid kernel that
-    # quantizes its input per row at run time (LiteRT: XNNPACK's qd8 FULLY_CONNECTED), not on the calibrated grid
-    # (ONNX Runtime's MatMulIntegerToFloat); a model quantized for it simulates that rounding
-    # (``mixq.quant.kernels.qlinear_rows``)
+    # runs a Linear with integer weights and a float output as a kernel that quantizes its input per row at run
+    # time (LiteRT: XNNPACK's qd8 FULLY_CONNECTED kernels): a static Linear whose output stays float (graph mode: no
+    # integer kernel reads it), not on the calibrated grid (ONNX Runtime's MatMulIntegerToFloat), and a weight-only
+    # Linear, whose activations ONNX Runtime's MatMulNBits keeps float; a model quantized for it simulates that
+    # rounding (``mixq.quant.kernels.qlinear_rows``, ``matmul_nbits_rows``)
     rounds_float_output_rows: ClassVar[bool] = False
+
+    def affects(self, mode: str) -> bool:
+        """Whether quantizing for this runtime changes layers of ``mode``: static and dynamic layers follow its kernel
+        speeds (runtime-aware precision), weight-only layers its arithmetic where it rounds their input per row."""
+        return mode in ("static", "dynamic") or (mode == "weight_only" and self.rounds_float_output_rows)
+
+    def stored_scales(self, scales: torch.Tensor) -> torch.Tensor:
+        """A weight-only layer's scales (float32 ``[out_features, groups]``) as this runtime's files hold them, which
+        a model quantized for it computes with: unchanged by default."""
+        return scales
 
     @property
     def display(self) -> str:

@@ -44,10 +44,10 @@ def _refuse_runtime_without_data(cfg: QuantConfig, kernel_costs: object, calib_d
                                  example_inputs: object) -> None:
     """Runtime-aware precision times layers at the shapes a probe batch gives them: refuse it without one, and a
     cost table without a runtime."""
-    if kernel_costs is not None and (cfg.runtime is None or not cfg.runtime_aware):
+    if kernel_costs is not None and not cfg.precision_by_runtime:
         raise ValueError("kernel_costs has no effect without runtime-aware precision: pass runtime= (e.g. 'ort') or "
                          "drop kernel_costs")
-    if cfg.runtime is not None and cfg.runtime_aware and calib_data is None and example_inputs is None:
+    if cfg.precision_by_runtime and calib_data is None and example_inputs is None:
         raise ValueError(f"runtime={cfg.runtime!r} times each layer at the shape it sees, which needs "
                          "example_inputs (or calib_data); pass one, or runtime_aware=False")
 

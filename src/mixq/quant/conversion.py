@@ -135,11 +135,8 @@ def _relu_name(relu_max: float | None) -> str:
 def _rounds_float_output_rows(config: QuantConfig) -> bool:
     """Whether the runtime the model is quantized for runs a float-output static Linear as a hybrid kernel that
     rounds its input per row at run time (LiteRT), so the simulation does too."""
-    if config.runtime is None:
-        return False
-    from mixq.export.backend import get_runtime  # the registry: imports no runtime library
-
-    return get_runtime(config.runtime).rounds_float_output_rows
+    runtime = config.target_runtime()
+    return runtime is not None and runtime.rounds_float_output_rows
 
 
 def _bias_corrected(observed: ObservedLayer, config: QuantConfig, name: str) -> nn.Module:

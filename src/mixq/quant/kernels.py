@@ -192,6 +192,21 @@ def _(x, packed, scales, zero_points, bias, in_features, bits, block_size):
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
 
+@torch.library.custom_op("mixq::matmul_nbits_rows", mutates_args=())
+def matmul_nbits_rows(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None,
+                      bias: torch.Tensor | None, in_features: int, bits: int, block_size: int) -> torch.Tensor:
+    """Weight-only linear layer as LiteRT runs it (XNNPACK's qd8-f32-qb4w / qc4w / qc8w kernels): the input
+    quantized per row at run time (:func:`row_rounding`), times the integer weights with ``scales`` as the file
+    stores them (the layer rounds them so when quantized for LiteRT); float bias and output."""
+    w = unpack_matmul_nbits(packed, scales, zero_points, bits, in_features)
+    return F.linear(row_rounding(x), w, bias)
+
+
+@matmul_nbits_rows.register_fake
+def _(x, packed, scales, zero_points, bias, in_features, bits, block_size):
+    return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+
 @torch.library.custom_op("mixq::dequantize_weight", mutates_args=())
 def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, axis: int) -> torch.Tensor:
     """Per-channel int8 weight -> float (ONNX: DequantizeLinear), for weight-only layers."""

@@ -11,11 +11,14 @@ import fnmatch
 import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mixq.quant.primitives import qrange
+
+if TYPE_CHECKING:
+    from mixq.export.backend import Runtime
 
 MODES = ("static", "dynamic", "weight_only", "fp16")
 LAYER_MODES = (*MODES, "fp32")  # what a per-layer override may ask for; "fp32" keeps the layer float
@@ -357,9 +360,15 @@ class QuantConfig:
         if self.method != WeightMethod() and "weight_only" not in modes:
             raise ValueError(f"method={self.method.name!r} has no effect in {self.mode} mode: it chooses weight_only "
                              "weights; use mode='weight_only' or drop it")
-        if self.runtime is not None and not modes & _INT8_MODES:
+        runtime = self.target_runtime()
+        if runtime is not None and not any(runtime.affects(m) for m in modes):
+            from mixq.export.backend import runtimes
+
+            rows = ", ".join(r.name for r in runtimes() if r.affects("weight_only"))
             raise ValueError(f"runtime={self.runtime!r} has no effect in {self.mode} mode: runtime-aware precision "
-                             "chooses between int8 and float for static and dynamic layers; drop it")
+                             "chooses between int8 and float for static and dynamic layers, and only a runtime whose "
+                             f"integer-weight kernels round activations per row ({rows}) changes weight_only layers; "
+                             "drop it")
         if not self.runtime_aware and self.runtime is None:
             raise ValueError("runtime_aware=False has no effect without a runtime: precision is only runtime-aware "
                              "when runtime= names one (e.g. runtime='ort'); drop it")
@@ -438,6 +447,19 @@ class QuantConfig:
             if override.matches(name):
                 return LayerChoice(override.mode, override.observer or self.observer or ObserverSpec())
         return LayerChoice(self.mode, self.observer or ObserverSpec())
+
+    def target_runtime(self) -> Runtime | None:
+        """The registered runtime the model is quantized for (``runtime``), None without one."""
+        if self.runtime is None:
+            return None
+        from mixq.export.backend import get_runtime  # the registry: imports no runtime library
+
+        return get_runtime(self.runtime)
+
+    @property
+    def precision_by_runtime(self) -> bool:
+        """Whether runtime-aware precision times this config's static and dynamic layers on ``runtime``."""
+        return self.runtime is not None and self.runtime_aware and bool(self.modes & _INT8_MODES)
 
     @property
     def needs_calibration(self) -> bool:

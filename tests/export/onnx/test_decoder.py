@@ -95,3 +95,15 @@ def test_bad_attention_masks_are_refused(gpt2, mask, message):
 def test_a_model_without_a_decoder_config_is_refused(tmp_path):
     with pytest.raises(TypeError, match="pass a Hugging Face causal LM"):
         mixq.export_decoder_onnx(torch.nn.Linear(4, 4), tmp_path / "x.onnx")
+
+
+def test_a_decoder_quantized_for_litert_is_refused_in_one_line(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    qlm = mixq.quantize(transformers.LlamaForCausalLM(config).eval(), "weight_only", bits=4, group_size=32,
+                        runtime="litert", progress=False)
+    with pytest.raises(mixq.ExportError, match=r"^layer 'model.layers.0.self_attn.q_proj' \(8 in all\) was "
+                                               r"quantized for LiteRT[^\n]*$"):
+        mixq.export_decoder_onnx(qlm, tmp_path / "lm.onnx")
+    assert not (tmp_path / "lm.onnx").exists()

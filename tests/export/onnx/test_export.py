@@ -185,3 +185,15 @@ def test_a_model_quantized_for_litert_is_refused_in_one_line(tmp_path):
     ort = mixq.quantize(_Head().eval(), "static", calib_data=calib, progress=False)  # the default: ONNX Runtime's
     assert not ort.head.rows
     mixq.export_onnx(ort, calib[0], tmp_path / "ort.onnx")
+
+
+def test_a_weight_only_model_quantized_for_litert_is_refused_in_one_line(tmp_path):
+    """Its weight-only Linears round their input per row (and hold bfloat16 block scales), as LiteRT's kernels do;
+    MatMulNBits keeps the input float, so the file could not compute what the model does."""
+    model, x = _net(), _x()
+    litert = mixq.quantize(model, "weight_only", bits=4, group_size=32, runtime="litert", progress=False)
+    with pytest.raises(mixq.ExportError, match=r"^layer '3' \(2 in all\) was quantized for LiteRT[^\n]*$"):
+        mixq.export_onnx(litert, x, tmp_path / "litert.onnx")
+    assert not (tmp_path / "litert.onnx").exists()
+    mixq.export_onnx(mixq.quantize(model, "weight_only", bits=4, group_size=32, progress=False), x,
+                     tmp_path / "ort.onnx")

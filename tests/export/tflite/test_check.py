@@ -13,7 +13,7 @@ pytest.importorskip("litert_torch", reason="the LiteRT extra is not installed: p
 import mixq  # noqa: E402
 from mixq.export import ExportError  # noqa: E402
 from mixq.export.tflite import lowering  # noqa: E402
-from mixq.export.tflite.check import disagreement, float_activations  # noqa: E402
+from mixq.export.tflite.check import disagreement, float_activations, last_bit_moves  # noqa: E402
 
 
 def test_disagreement_is_relative_rms():
@@ -33,6 +33,22 @@ def test_float_activations_is_the_dynamic_model_without_activation_rounding():
         sim = qmodel(x)
     assert not torch.equal(ref, sim)
     assert disagreement(sim.numpy(), ref.numpy()) < 0.02  # int8 activation rounding only
+
+
+def test_last_bit_moves_moves_only_the_inputs_of_layers_that_round_rows_and_only_in_the_last_bit():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+    litert = mixq.quantize(model, "weight_only", bits=4, group_size=32, runtime="litert", progress=False)
+    seen: list[torch.Tensor] = []
+    x = torch.randn(4, 64)
+    with torch.no_grad(), last_bit_moves(litert):
+        litert[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))  # runs after the move
+        litert(x)
+    relative = (seen[0] - x).abs() / x.abs()
+    assert 0 < float(relative.max()) <= 2 * 2**-23  # a float32 ulp or so
+    default = mixq.quantize(model, "weight_only", bits=4, group_size=32, progress=False)
+    with torch.no_grad(), last_bit_moves(default):
+        assert torch.equal(default(x), default(x))  # nothing rounds rows: nothing moves
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "fp16"])

@@ -4,6 +4,8 @@ before any conversion."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -158,7 +160,7 @@ def test_int8_and_float_decoders_generate_the_same_tokens(tmp_path, bits):
     assert torch.equal(mixq.generate_tflite(path, prompt, 10), mixq.generate_torch(qlm, prompt, 10))
 
 
-def _random_int4(hidden: int = 512) -> torch.nn.Module:
+def _random_int4(hidden: int = 512, runtime: str | None = None) -> torch.nn.Module:
     """An untrained 2-layer Llama (hidden ``hidden``), RTN int4 in groups of 32: its int8 embedding rows, normalized,
     put many of the first layer's inputs on XNNPACK's rounding ties."""
     torch.manual_seed(0)
@@ -166,7 +168,7 @@ def _random_int4(hidden: int = 512) -> torch.nn.Module:
                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                       max_position_embeddings=128)
     return mixq.quantize(transformers.LlamaForCausalLM(config).eval(), "weight_only", bits=4, group_size=32,
-                         progress=False)
+                         runtime=runtime, progress=False)
 
 
 def test_last_bit_changes_move_the_row_rounded_decoder_past_the_tolerance():
@@ -191,17 +193,53 @@ def test_last_bit_changes_move_the_row_rounded_decoder_past_the_tolerance():
 
 
 @pytest.mark.nightly  # one decoder conversion: ~30 s on 2 cores
-def test_a_decoder_whose_rounding_ties_fall_apart_exports_and_a_wrong_one_is_refused(tmp_path):
+@pytest.mark.parametrize("runtime", [None, "litert"], ids=["for-ort", "for-litert"])
+def test_a_decoder_whose_rounding_ties_fall_apart_exports_and_a_wrong_one_is_refused(tmp_path, runtime):
     """A 2-layer int4 decoder that LiteRT runs correctly but whose last-bit float differences flip rounding ties:
-    refused before (2.1% RMS off the row-rounded model, tolerance 1.6%); exported now. The same check still
+    refused before (2.1% RMS off the row-rounded model, tolerance 1.6%); exported now, also when quantized for
+    LiteRT (~2% off that model, which moves ~3% when its activations move in the last bit). The same check still
     refuses the file against a model with one layer's weights negated."""
     from mixq.export.errors import ExportError
     from mixq.export.tflite.decoder import check_decoder
     from mixq.export.tflite.lowering import lower
 
-    qlm = _random_int4()
-    path = mixq.export_decoder_tflite(qlm, tmp_path / "lm.tflite", cache_len=32, prefill_len=8)
+    qlm = _random_int4(runtime=runtime)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        path = mixq.export_decoder_tflite(qlm, tmp_path / "lm.tflite", cache_len=32, prefill_len=8)
+    warned = any("quantized for ONNX Runtime" in str(w.message) for w in said)
+    assert warned == (runtime is None)  # the file rounds rows the model quantized for ONNX Runtime does not
     wrong = lower(qlm)[0]
     wrong.model.layers[1].mlp.down_proj.weight.neg_()
     with pytest.raises(ExportError, match="relative RMS off mixq's weights at float activations"):
         check_decoder(path.read_bytes(), qlm, wrong)
+
+
+@pytest.mark.nightly  # one decoder conversion: ~30 s on 2 cores
+def test_a_decoder_quantized_for_litert_is_checked_against_the_simulation_itself(tmp_path):
+    """Quantized for LiteRT (bfloat16 block scales, input rows rounded as XNNPACK rounds them), mixq's model is the
+    file's arithmetic: the file's logits are within float32 rounding of it (a model at float activations is a
+    percent or two off) and its greedy tokens are the file's. The check then compares the file with that model
+    itself, so a model with one layer negated is refused even though the file matches its lowered weights."""
+    import copy
+
+    from mixq.export.errors import ExportError
+    from mixq.export.tflite.decoder import _logits, check_decoder, computes_as_litert
+    from mixq.export.tflite.decoder_run import TFLiteDecoderSession
+    from mixq.export.tflite.lowering import lower
+
+    qlm = mixq.quantize(_llama(steps=60), "weight_only", bits=4, group_size=32, runtime="litert", progress=False)
+    assert computes_as_litert(qlm)
+    path = mixq.export_decoder_tflite(qlm, tmp_path / "lm.tflite", cache_len=32, prefill_len=8)
+    lowered = lower(qlm)[0]
+    assert check_decoder(path.read_bytes(), qlm, lowered) <= 1e-5
+    prompt = torch.arange(3, 8)[None]
+    file_logits = TFLiteDecoderSession(path).prefill(prompt[0].tolist())
+    float_activations = _logits(lowered, prompt, 0)[0]
+    assert np.linalg.norm(file_logits - float_activations) > 1e-3 * np.linalg.norm(float_activations)
+    prompt = torch.randint(0, VOCAB, (2, 11))
+    assert torch.equal(mixq.generate_tflite(path, prompt, 12), mixq.generate_torch(qlm, prompt, 12))
+    wrong = copy.deepcopy(qlm)
+    wrong.model.layers[1].mlp.down_proj.scales.neg_()
+    with pytest.raises(ExportError, match="off mixq's model, which computes as LiteRT does"):
+        check_decoder(path.read_bytes(), wrong, lowered)

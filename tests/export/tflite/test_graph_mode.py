@@ -107,7 +107,8 @@ def test_quantized_for_litert_the_simulation_computes_what_the_file_does(bert, t
     hybrid = sum(op.input_types[:2] == ("float32", "int8") for op in fcs)
     assert (int8, hybrid, len(fcs)) == (3 * LAYERS, len(rows), 6 * LAYERS + 1), fcs
     ort = mixq.quantize(model, "static", calib_data=calib, progress=False)
-    with pytest.warns(UserWarning, match=r"7 static Linears .*quantized for ONNX Runtime.*runtime='litert'"):
+    with pytest.warns(UserWarning, match=r"7 Linears with integer weights and a float output .*quantized for "
+                                         r"ONNX Runtime.*runtime='litert'"):
         ort_path = mixq.export_tflite(ort, example, tmp_path / "bert_ort.tflite")
     for seed in (100, 101, 102):  # held-out inputs
         errors = _errors(qmodel, path, _tokens(seed))

@@ -3,6 +3,8 @@ as the file stores them), what LiteRT cannot hold is refused, and an MLP's file 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -81,6 +83,32 @@ def test_a_weight_only_mlp_exports_with_int4_codes(tmp_path):
         sim = q(x).numpy()
     assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
     assert np.abs(got - sim).max() > 1e-4 * np.abs(ref).max()  # mixq's simulation rounds neither
+
+
+@pytest.mark.parametrize(("bits", "group"), [(4, 32), (4, None), (8, None)], ids=["int4-g32", "int4-channel", "int8"])
+def test_quantized_for_litert_the_simulation_is_the_files_arithmetic(tmp_path, bits, group):
+    """``runtime="litert"``: mixq's weight-only layers hold the scales the file holds and round their input per row
+    as XNNPACK does, so the file's outputs equal the simulation's to float32 rounding, on inputs of any range."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 8))
+    q = mixq.quantize(model, "weight_only", bits=bits, group_size=group, runtime="litert", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # quantized for LiteRT: no warning that the file computes otherwise
+        path = mixq.export_tflite(q, torch.randn(1, 64), tmp_path / "mlp.tflite")
+    x = torch.randn(6, 64) * torch.logspace(-2, 2, 6).unsqueeze(1)
+    got = mixq.TFLiteRunner(path)(x)
+    with torch.no_grad():
+        sim = q(x).numpy()
+        float_activations = lower(q)[0](x).numpy()
+    peak = np.abs(sim).max(-1, keepdims=True)
+    assert (np.abs(got - sim) <= 1e-5 * peak).all()  # every row, to float32 rounding
+    assert (np.abs(got - float_activations).max(-1) > 1e-4 * peak[:, 0]).all()  # which float activations are not
+
+
+def test_a_weight_only_model_for_onnx_runtime_warns_that_the_file_computes_otherwise(tmp_path):
+    q = mixq.quantize(nn.Sequential(nn.Linear(64, 8)), "weight_only", bits=4, group_size=32, progress=False)
+    with pytest.warns(UserWarning, match=r"1 Linears with integer weights .*quantized for ONNX Runtime"):
+        mixq.export_tflite(q, torch.randn(1, 64), tmp_path / "ort.tflite")
 
 
 def test_constants_past_256_kib_keep_mixqs_codes_and_scales(tmp_path):

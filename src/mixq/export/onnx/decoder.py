@@ -21,7 +21,7 @@ from torch import nn
 
 from mixq.export.errors import ExportError
 from mixq.export.onnx.decoder_checks import check_causal_lm, check_generation, open_session, stamp
-from mixq.export.onnx.export import check_target, finalize, trace_to_onnx
+from mixq.export.onnx.export import check_target, finalize, refuse_row_rounding, trace_to_onnx
 from mixq.quant.finiteness import check_finite
 from mixq.quant.modules.observed import refuse_observed
 from mixq.report.files import atomic_path
@@ -92,6 +92,7 @@ def export_decoder_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int
 
     refuse_observed(model, "export")
     check_finite(model, "export")
+    refuse_row_rounding(model)
     target = check_target(path)
     wrapper = CachedDecoder(model.eval())
     check_causal_lm(wrapper, model)

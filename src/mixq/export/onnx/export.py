@@ -21,7 +21,7 @@ from mixq.quant import dynamic_shapes as axes
 from mixq.quant.calibration import describe
 from mixq.quant.finiteness import check_finite
 from mixq.quant.modules.observed import refuse_observed
-from mixq.quant.modules.static import float_output_linears
+from mixq.quant.modules.rows import float_output_linears
 from mixq.report.files import atomic_path, check_writable
 
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
@@ -179,9 +179,9 @@ def _half_io(graph: Any) -> None:
     graph.node.extend(nodes)
 
 
-def _refuse_row_rounding(model: nn.Module) -> None:
-    """A model quantized for LiteRT has Linears that round their input per row at run time: no ONNX Runtime
-    kernel computes that, so the file could not compute what the model does."""
+def refuse_row_rounding(model: nn.Module) -> None:
+    """A model quantized for LiteRT has Linears (static with a float output, weight-only) that round their input
+    per row at run time: no ONNX Runtime kernel computes that, so the file could not compute what the model does."""
     rows = [name for name, per_row in float_output_linears(model).items() if per_row]
     if rows:
         raise ExportError(f"layer {rows[0]!r} ({len(rows)} in all) was quantized for LiteRT (runtime='litert'): it "
@@ -222,7 +222,7 @@ def export_onnx(
 
     refuse_observed(model, "export")
     check_finite(model, "export")
-    _refuse_row_rounding(model)
+    refuse_row_rounding(model)
     target = check_target(path)
     io_dtype = io_dtype_name(io_dtype, IO_DTYPES)
     if opset is not None and opset < MIN_OPSET:

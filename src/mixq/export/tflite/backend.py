@@ -56,6 +56,13 @@ class LiteRTRuntime(Runtime):
     def available(self) -> bool:
         return litert_available()
 
+    def stored_scales(self, scales: Any) -> Any:
+        """Blockwise scales as the file stores them (bfloat16, ``weight_only.file_scale``); one scale per output
+        channel stays float32."""
+        from mixq.export.tflite.weight_only import file_scale
+
+        return scales if scales.shape[-1] == 1 else file_scale(scales)
+
     def session(self, path: str | os.PathLike, threads: int | None = None) -> Any:
         from mixq.export.tflite.interpreter import LiteRTSession
 

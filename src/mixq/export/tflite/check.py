@@ -35,7 +35,10 @@ one step of 255 over that range is ``4 / 255`` (1.6%) of the RMS.
   mixq's own row-rounded 2-layer decoder (hidden 1024) by 1e-7 relative moves its logits by 2.7-3.1% RMS, as far
   as the file is from it and further than ``TOLERANCE``. So a decoder file is compared as a dynamic-range file is:
   with mixq's weights at float activations, allowed the row-rounded model's own disagreement with that reference
-  plus ``TOLERANCE`` (:func:`allowed`).
+  plus ``TOLERANCE`` (:func:`allowed`). A decoder quantized for LiteRT (``runtime="litert"``) computes what the file
+  does itself, so the file is also compared with it, allowed what moving that model's row-rounded inputs in the
+  last bit moves it (:func:`last_bit_moves`) plus ``TOLERANCE``: ~0 on a trained decoder, whose file was 2e-7 off,
+  ~3% on a random one whose rows sit on ties (its file 2% off).
 
 A file that is off by a wrong weight, a wrong scale or a dropped operation disagrees by tens of percent and is
 refused. The check sees only the example inputs: an error they do not exercise passes it (a tiny random BERT's
@@ -57,6 +60,7 @@ from torch import nn
 from mixq.export.errors import ExportError
 
 TOLERANCE = 4 / 255
+LAST_BIT = 1e-7  # float32's last bit, relative (2**-23 = 1.2e-7)
 
 
 def named_outputs(outs: Any) -> dict[str, np.ndarray]:
@@ -106,6 +110,29 @@ def allowed(rounded: np.ndarray, reference: np.ndarray) -> float:
     """The largest disagreement with ``reference`` (float activations) accepted from a file that rounds activations at
     run time: ``rounded``'s (mixq's model rounding them) own disagreement with it plus ``TOLERANCE``."""
     return TOLERANCE + disagreement(rounded, reference)
+
+
+@contextlib.contextmanager
+def last_bit_moves(model: nn.Module, seed: int = 0) -> Iterator[None]:
+    """Within the block, the input of every layer of ``model`` that rounds it per row (quantized for LiteRT,
+    ``float_output_linears``) first moves by up to ``LAST_BIT`` relative, at random (seeded): how far the model's
+    outputs move then is how far last-bit differences of a runtime's float operators can move them through rounding
+    ties, which a file that rounds the same rows may be off it by."""
+    from mixq.quant.modules.rows import float_output_linears
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def moved(module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        return (x * (1 + LAST_BIT * (2 * torch.rand(x.shape, generator=gen) - 1)), *args[1:])
+
+    hooks = [model.get_submodule(name).register_forward_pre_hook(moved)
+             for name, rows in float_output_linears(model).items() if rows]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def _rounds_at_run_time(m: nn.Module) -> bool:

@@ -147,21 +147,23 @@ def export_decoder_tflite(model: nn.Module, path: str | os.PathLike, *, cache_le
     ``cache_len`` positions (default 256, or the model's position table if smaller; attention runs over the whole
     cache, so a longer one makes each step slower; the layout is in the module docstring); ``mixq.generate_tflite``
     runs it. mixq's weight-only layers become LiteRT integer-weight layers (``mixq.export.tflite.weight_only``:
-    int8 per-channel, int4 per-channel or in blocks of 32-256). Before the file replaces ``path``, a prompt is run
-    through it and through mixq's PyTorch model: logits further from mixq's weights at float activations than mixq's
-    model rounding activations as LiteRT does, plus 4/255 relative RMS, refuse it (``ExportError``,
-    :func:`check_decoder`).
+    int8 per-channel, int4 per-channel or in blocks of 32-256); quantized with ``runtime="litert"``, mixq's model
+    computes what those layers do (one warning says so of a model quantized without it). Before the file replaces
+    ``path``, a prompt is run through it and through mixq's PyTorch model: logits further from mixq's weights at
+    float activations than mixq's model rounding activations as LiteRT does, plus 4/255 relative RMS, refuse it
+    (``ExportError``, :func:`check_decoder`; a model quantized for LiteRT is also compared with itself).
 
-    Example: ``mixq.export_decoder_tflite(mixq.quantize(lm, "weight_only", bits=4), "lm_int4.tflite")``.
+    Example: ``mixq.export_decoder_tflite(mixq.quantize(lm, "weight_only", bits=4, runtime="litert"), "lm.tflite")``.
     """
     from mixq.export.tflite.converter import captured_output
-    from mixq.export.tflite.export import checked_target
+    from mixq.export.tflite.export import checked_target, say_hybrids_differ
     from mixq.export.tflite.lowering import lower
 
     target = checked_target(model, path)
     cache_len = _check_sizes(model, cache_len, prefill_len)
     prefill_len = min(prefill_len, cache_len)
     mode = refuse_layers(model)
+    say_hybrids_differ(model)
     check_causal_lm(CachedDecoder(model.eval()), model)
     log_text: list[str] = []
     try:
@@ -216,14 +218,42 @@ def _logits(model: nn.Module, prompt: torch.Tensor, steps: int, tokens: list[int
     return out
 
 
+def _file_logits(session: Any, prompt: torch.Tensor, tokens: list[int]) -> list[np.ndarray]:
+    """The file's next-token logits after ``prompt`` and after each of ``tokens`` but the last (as ``_logits``)."""
+    got = [session.prefill(prompt[0].tolist())]
+    for token in tokens[:-1]:
+        got.append(session.decode(token))
+    if not all(np.isfinite(g).all() for g in got):
+        raise ExportError("the converted decoder produced non-finite logits; nothing was written")
+    return got
+
+
+def _worst(pairs: Any) -> tuple[float, float]:
+    """The (disagreement, bound) pair furthest past its bound (or closest to it)."""
+    return max(pairs, key=lambda pair: pair[0] - pair[1])
+
+
+def computes_as_litert(model: nn.Module) -> bool:
+    """Whether ``model`` has weight-only Linears and every one rounds its input per row as LiteRT's kernels do, with
+    the scales the file holds (quantized with ``runtime="litert"``): mixq's simulation is then the file's
+    arithmetic, to float32 rounding."""
+    from mixq.quant.modules import WeightOnlyLinear
+
+    rows = [m.rows for m in model.modules() if isinstance(m, WeightOnlyLinear)]
+    return bool(rows) and all(rows)
+
+
 def check_decoder(content: bytes, model: nn.Module, lowered: nn.Module, steps: int = 3) -> float:
     """Run a short prompt and ``steps`` greedy tokens through the file and through mixq's model; refuse a file
     whose logits are further from the ``lowered`` model at float activations (blockwise scales rounded as the file
     stores them) than that model with activations rounded as LiteRT rounds them (``row_quantized_activations``)
     is, plus ``TOLERANCE`` (``check.allowed``: the file rounds the same rows, but a last-bit difference of its float
     operators on a rounding tie makes it round later layers independently; see ``mixq.export.tflite.check``).
-    Returns the largest disagreement with mixq's own simulation."""
-    from mixq.export.tflite.check import TOLERANCE, allowed, disagreement
+    A model quantized for LiteRT (:func:`computes_as_litert`) computes what the file does, so the file must also be
+    as close to it as the model is to itself with its activations moved in the last bit (``check.last_bit_moves``),
+    plus ``TOLERANCE``: on a trained decoder, whose rows seldom sit on rounding ties, that is ``TOLERANCE`` and the
+    file is ~1e-7 off. Returns the largest disagreement with mixq's own simulation."""
+    from mixq.export.tflite.check import TOLERANCE, allowed, disagreement, last_bit_moves
     from mixq.export.tflite.decoder_run import TFLiteDecoderSession
     from mixq.export.tflite.weight_only import row_quantized_activations
 
@@ -235,15 +265,20 @@ def check_decoder(content: bytes, model: nn.Module, lowered: nn.Module, steps: i
     reference = _logits(lowered, prompt, steps, tokens)
     with row_quantized_activations(lowered):
         rounded = _logits(lowered, prompt, steps, tokens)
-    got = [session.prefill(prompt[0].tolist())]
-    for token in tokens[:-1]:
-        got.append(session.decode(token))
-    if not all(np.isfinite(g).all() for g in got):
-        raise ExportError("the converted decoder produced non-finite logits; nothing was written")
-    worst, bound = max(((disagreement(g, f), allowed(r, f)) for g, r, f in zip(got, rounded, reference, strict=True)),
-                       key=lambda pair: pair[0] - pair[1])
+    got = _file_logits(session, prompt, tokens)
+    worst, bound = _worst((disagreement(g, f), allowed(r, f)) for g, r, f in zip(got, rounded, reference, strict=True))
     if worst > bound:
         raise ExportError(f"the converted decoder's logits are {worst:.1%} relative RMS off mixq's weights at float "
                           f"activations, where mixq's model with activations rounded as LiteRT rounds them is "
                           f"{bound - TOLERANCE:.1%} off (tolerance {bound:.1%}); nothing was written")
+    if computes_as_litert(model):
+        with last_bit_moves(model):
+            moved = _logits(model, prompt, steps, tokens)
+        worst, bound = _worst((disagreement(g, w), allowed(m, w)) for g, m, w in zip(got, moved, simulated,
+                                                                                     strict=True))
+        if worst > bound:
+            raise ExportError(f"the converted decoder's logits are {worst:.2g} relative RMS off mixq's model, which "
+                              "computes as LiteRT does and moves "
+                              f"{bound - TOLERANCE:.2g} when its activations change in the last bit (tolerance "
+                              f"{bound:.2g}); nothing was written")
     return max(disagreement(g, w) for g, w in zip(got, simulated, strict=True))

@@ -42,7 +42,7 @@ from mixq.quant.calibration import describe
 from mixq.quant.finiteness import check_finite
 from mixq.quant.modules.observed import refuse_observed
 from mixq.quant.modules.registry import quantized_classes
-from mixq.quant.modules.static import float_output_linears
+from mixq.quant.modules.rows import float_output_linears
 from mixq.report.files import atomic_path
 
 IO_DTYPES = ("float32", "int8", "uint8")  # export_tflite's io_dtype names (mixq.export.inputs)
@@ -197,15 +197,16 @@ def checked_target(model: nn.Module, path: str | os.PathLike) -> Path:
     return target
 
 
-def _say_hybrids_differ(model: nn.Module) -> None:
-    """One warning when static Linears with a float output were quantized for ONNX Runtime (input on a calibrated
-    grid): LiteRT's hybrid kernel rounds their input per row instead, so the file is not what mixq simulates."""
+def say_hybrids_differ(model: nn.Module) -> None:
+    """One warning when Linears with integer weights and a float output (static ones whose output stays float,
+    weight-only ones) were quantized for ONNX Runtime (input on a calibrated grid, or float): LiteRT's kernels
+    round their input per row instead, so the file is not what mixq simulates."""
     grid = [name for name, per_row in float_output_linears(model).items() if not per_row]
     if grid:
-        warnings.warn(f"{len(grid)} static Linears ({grid[0]!r}, ...) keep a float output and were quantized for "
-                      "ONNX Runtime: LiteRT runs them as hybrid kernels that round their input per row, which "
-                      "mixq's simulation of this model does not; quantize with runtime='litert' for a file that "
-                      "computes what mixq simulates", stacklevel=3)
+        warnings.warn(f"{len(grid)} Linears with integer weights and a float output ({grid[0]!r}, ...) were "
+                      "quantized for ONNX Runtime: LiteRT runs them as kernels that round their input per row, "
+                      "which mixq's simulation of this model does not; quantize with runtime='litert' for a file "
+                      "that computes what mixq simulates", stacklevel=3)
 
 
 def export_tflite(
@@ -244,7 +245,7 @@ def export_tflite(
         raise ValueError("nhwc=True and integer io_dtype take positional example inputs (images, features), not a "
                          "dict of named inputs")
     refuse_weight_only(model)
-    _say_hybrids_differ(model)
+    say_hybrids_differ(model)
     lowered, modes = lower(model)
     mode = _litert_mode(model, modes)
     if io_dtype != "float32" and mode != "full_integer":

@@ -5,9 +5,11 @@
   64, 128 or 256 -> int4 blockwise (qd8-f32-qb4w).
 
 What changes: LiteRT's integer-weight kernels quantize each activation row to int8 at run time (mixq's weight-only
-simulation keeps activations float), and a blockwise scale is stored as bfloat16 (7-bit mantissa; ai-edge-quantizer
-writes it as float16): :class:`WeightOnlyWeights` rounds mixq's group scales that way, so the lowered model, the
-file and its check use the same weights. Per-channel scales stay float32. The integer codes are mixq's, bit for
+simulation keeps activations float unless the model was quantized for LiteRT, ``runtime="litert"``: then it rounds
+them as XNNPACK does, ``WeightOnlyLinear.rows``), and a blockwise scale is stored as bfloat16 (7-bit mantissa;
+ai-edge-quantizer writes it as float16): :class:`WeightOnlyWeights` rounds mixq's group scales that way (a model
+quantized for LiteRT holds them so already, ``LiteRTRuntime.stored_scales``), so the lowered model, the file and
+its check use the same weights. Per-channel scales stay float32. The integer codes are mixq's, bit for
 bit: ai-edge-quantizer writes the layout (a recipe per layer), then :func:`store_weight_only` overwrites its
 codes and scales with mixq's (its min-max would re-derive a different scale for a GPTQ group whose codes do not
 reach the grid's end).
@@ -101,15 +103,16 @@ class WeightOnlyWeights(nn.Module):
 @contextlib.contextmanager
 def row_quantized_activations(model: nn.Module) -> Iterator[None]:
     """Within the block, every weight-only layer of ``model`` (mixq's, or lowered) first rounds its input to int8
-    per row the way XNNPACK's integer-weight kernels do (``mixq.quant.kernels.row_rounding``). With the lowered model
-    (blockwise scales rounded as the file stores them) this is what the file computes, to float32 rounding: the
-    reference a LiteRT weight-only file is checked against."""
+    per row the way XNNPACK's integer-weight kernels do (``mixq.quant.kernels.row_rounding``; a layer quantized for
+    LiteRT already does). With the lowered model (blockwise scales rounded as the file stores them) this is what
+    the file computes, to float32 rounding."""
 
     def rounded(module: nn.Module, args: tuple) -> tuple:
         return (row_rounding(args[0]), *args[1:])
 
     kinds = (WeightOnlyLinear, WeightOnlyWeights)
-    hooks = [m.register_forward_pre_hook(rounded) for m in model.modules() if isinstance(m, kinds)]
+    hooks = [m.register_forward_pre_hook(rounded) for m in model.modules()
+             if isinstance(m, kinds) and not getattr(m, "rows", False)]
     try:
         yield
     finally:

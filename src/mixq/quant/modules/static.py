@@ -150,13 +150,6 @@ class QuantizedLinear(_StaticBase):
         return f"in_features={k}, out_features={n}, relu={self.relu}{out}{smooth}"
 
 
-def float_output_linears(model: nn.Module) -> dict[str, bool]:
-    """``{name: rows}`` of ``model``'s static Linears with a float output: whether each rounds its input per row
-    (quantized for LiteRT, ``QuantizedLinear.rows``) or on its calibrated grid (ONNX Runtime's
-    MatMulIntegerToFloat)."""
-    return {name: m.rows for name, m in model.named_modules() if isinstance(m, QuantizedLinear) and m.y_scale is None}
-
-
 class QuantizedAdd(_StaticBase):
     """Elementwise ``a + b`` (+ ReLU) on quantized tensors, running as ONNX Runtime's QLinearAdd.
 
