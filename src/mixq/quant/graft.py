@@ -15,13 +15,15 @@ loudly; ``mixq.save_pretrained`` (or a ``state_dict``) is the way to save it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from torch import fx, nn
 
-__all__ = ["Home", "copy_model", "graft", "home_of"]
+__all__ = ["Home", "copy_model", "graft", "home_of", "no_leafspec_warning"]
 
 # what every nn.Module keeps in its __dict__ (parameters, buffers, submodules, hooks, flags): never carried over
 _MODULE_STATE = frozenset(vars(nn.Module()))
@@ -29,13 +31,19 @@ Home = tuple[type, dict[str, Any]]
 M = TypeVar("M", bound=nn.Module)
 
 
-def copy_model(model: M) -> M:
-    """A deep copy of ``model``. A graph module captured by ``torch.export`` holds pytree specs whose copy makes
-    torch warn about its own deprecated ``LeafSpec`` on every copy; that warning says nothing to a user, so it is
-    silenced here (only it)."""
+@contextlib.contextmanager
+def no_leafspec_warning() -> Iterator[None]:
+    """Silence torch's warning about its own deprecated ``LeafSpec``, which copying a graph module captured by
+    ``torch.export`` (its pytree specs) raises on every copy and which says nothing to a user (only that one)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                                 category=FutureWarning)
+        yield
+
+
+def copy_model(model: M) -> M:
+    """A deep copy of ``model`` (without torch's ``LeafSpec`` warning: :func:`no_leafspec_warning`)."""
+    with no_leafspec_warning():
         return copy.deepcopy(model)
 
 

@@ -144,6 +144,7 @@ def convert_to_tflite(module: torch.nn.Module, args: tuple, kwargs: dict, *, qua
     ``quantized`` turns quantize/dequantize pairs into int8 kernels; ``float_io`` keeps float32 graph inputs and
     outputs around them. With ``dynamic_batch`` the first dimension of every input is resizable at run time.
     """
+    from mixq.quant.graft import no_leafspec_warning
     from mixq.quiet import import_quietly
 
     litert_torch = import_quietly("litert_torch")
@@ -157,6 +158,6 @@ def convert_to_tflite(module: torch.nn.Module, args: tuple, kwargs: dict, *, qua
     if quantized:
         module = _fenced(module, args, kwargs, shapes)
     settings = _converter_settings("STATIC", strict=float_io) if quantized else contextlib.nullcontext()
-    with settings, _constants_by_value():
+    with settings, _constants_by_value(), no_leafspec_warning():  # litert-torch copies exported programs
         converted = litert_torch.convert(module, args, kwargs or None, dynamic_shapes=shapes)
     return converted.model_content()
