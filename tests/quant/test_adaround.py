@@ -3,6 +3,8 @@ the exported file computes what the simulation does."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,9 @@ from torch import nn
 
 import mixq
 from mixq.quant.adaround import GramAccumulator, adaround_codes, dequantized, output_error
+from mixq.quant.conversion import convert_prepared
 from mixq.quant.spec import DEFAULT_WEIGHT, QuantSpec
+from mixq.quant.stages import calibrate, prepare, round_weights
 from mixq.quant.weights import quantize_weight
 
 LAYERS = {
@@ -130,3 +134,19 @@ def test_adaround_with_bias_correction_corrects_for_the_adarounded_weights():
     for a, b in zip(both.modules(), rounded.modules(), strict=True):
         if hasattr(a, "qweight"):
             assert torch.equal(a.qweight, b.qweight)  # bias correction moves biases only
+
+
+def test_round_weights_keeps_codes_on_the_prepared_model_and_frees_the_gram_matrices():
+    model, calib = _net(), _batches(3, 0)
+    config = mixq.make_config("static", adaround=True)
+    prepared = prepare(model, config, calib[0])
+    calibrate(prepared, calib, progress=False)
+    assert round_weights(prepared, progress=False) == len(prepared.observed) == len(prepared.rounded)
+    assert all(prepared.model.get_submodule(n).input_gram() is None for n in prepared.observed)
+    nearest = convert_prepared(prepared, dataclasses.replace(config, adaround=False))  # the codes are not used
+    plain = mixq.quantize(model, "static", calib_data=calib, progress=False)
+    for a, b in zip(nearest.modules(), plain.modules(), strict=True):
+        if hasattr(a, "qweight"):
+            assert torch.equal(a.qweight, b.qweight)
+    with pytest.raises(ValueError, match="AdaRound codes were chosen for weights"):
+        convert_prepared(prepared, mixq.make_config("static", adaround=True, per_channel=False))
