@@ -7,9 +7,12 @@ round-to-nearest's do); only the codes change, each by at most one step from ``f
 a Conv/Linear is a quadratic form in the weight error, ``sum_o dW_o G dW_o^T`` with ``G = E[x x^T]`` the Gram
 matrix of the layer's input patches (per group for grouped convolutions), so calibration keeps one ``K x K``
 matrix per group (``GramAccumulator``: memory bounded by the layer's fan-in, whatever the amount of data, and every
-calibration position counts) and the optimisation never touches activations again. The rounding variable follows
-the paper: a rectified sigmoid ``h(V)`` relaxed between down (0) and up (1), Adam on the output error plus
-``lambda * sum(1 - |2h - 1|^beta)`` with ``beta`` annealed from 20 to 2 after a warm-up without it, so every
+calibration position counts) and the optimisation never touches activations again; it runs on a factor ``F`` with
+``F F^T = G`` (directions with no energy dropped, so a layer seen on few rows, like a classifier on a few dozen
+pooled vectors, costs as many columns as rows) plus GPTQ's damping ``d |dW|^2``, which keeps such a layer from
+fitting its few calibration inputs alone. The rounding variable follows the paper: a rectified sigmoid ``h(V)``
+relaxed between down (0) and up (1), Adam on the output error (in units of round-to-nearest's) plus
+``lambda * mean(1 - |2h - 1|^beta)`` with ``beta`` annealed from 20 to 2 after a warm-up without it, so every
 ``h`` ends at 0 or 1. The result is never worse than round-to-nearest on the layer's calibration error: if it
 were, the nearest codes are kept.
 """
