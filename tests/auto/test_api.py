@@ -187,6 +187,7 @@ def test_eval_fn_failing_only_on_quantized_models_names_the_config(outlier_case)
     (dict(max_evals=1), ValueError, "max_evals must be >= 2"),
     (dict(config=mixq.make_config("dynamic")), ValueError, "static config"),
     (dict(config=mixq.make_config("static", runtime="ort")), ValueError, "runtime_aware=True, which autoquantize"),
+    (dict(config=mixq.make_config("static", adaround=True)), ValueError, "does not apply adaround"),
 ])
 def test_bad_arguments(outlier_case, kwargs, error, match):
     model, batches, eval_fn = outlier_case

@@ -60,6 +60,8 @@ UNUSED = {
     "int8 activations in dynamic mode": (dict(mode="dynamic", activation_dtype="int8"),
                                          lambda: QuantConfig("dynamic", activation=INT8_ACT),
                                          "activation_dtype='int8' has no effect in dynamic mode"),
+    "adaround in dynamic mode": (dict(mode="dynamic", adaround=True), lambda: QuantConfig("dynamic", adaround=True),
+                                 "adaround=True has no effect in dynamic mode"),
     "method in dynamic mode": (dict(mode="dynamic", method="gptq"),
                                lambda: QuantConfig("dynamic", method=WeightMethod("gptq")),
                                "method='gptq' has no effect in dynamic mode"),
@@ -97,7 +99,7 @@ def test_an_option_no_layer_would_use_is_refused_as_keywords_and_as_a_config(key
 SAMPLES = {"observer": "mse", "bits": 4, "group_size": 32, "per_channel": False, "activation_dtype": "int8",
            "reduce_range": True, "symmetric": False, "method": "gptq", "exclude": ["0"],
            "overrides": [LayerOverride("0", "fp32")], "smoothquant": 0.5, "runtime": "ort", "runtime_aware": False,
-           "float_outputs": False, "bias_correction": True}
+           "float_outputs": False, "bias_correction": True, "adaround": True}
 
 
 def test_every_option_has_a_sample():

@@ -75,6 +75,10 @@ def _check(model: nn.Module, max_drop: float, objective: str, max_evals: int, se
         raise ValueError(f"config has runtime={config.runtime!r} with runtime_aware=True, which autoquantize does not "
                          "apply (it times the layers itself on its runtime= argument); pass runtime_aware=False in "
                          "the config, so its runtime only sets how the simulation computes")
+    if config.adaround:
+        raise ValueError("autoquantize does not apply adaround yet (its per-layer configs are converted from one "
+                         "calibration without the rounding stage); pass dataclasses.replace(result.config, "
+                         "adaround=True) to mixq.quantize instead")
     if not observer_class(config.observer.name).capabilities.autoquant:
         usable = observer_names(autoquant=True)
         raise ValueError(f"autoquantize gathers histogram statistics once and cannot use the "

@@ -18,7 +18,7 @@ from mixq.quant.planning import excluded, split_first
 from mixq.quant.runtime_precision import CostTable, runtime_float_layers
 from mixq.quant.smoothquant import smooth
 from mixq.quant.spec import OPTIONS, SMOOTH_LAYERNORM, QuantConfig
-from mixq.quant.stages import calibrate, prepare
+from mixq.quant.stages import calibrate, prepare, round_weights
 from mixq.quant.weight_only.calibrate import calibrate_weights
 
 
@@ -133,7 +133,8 @@ def quantize(
 
     What to do is one ``QuantConfig``: ``quantize(model, config, calib_data=...)`` (or ``config=config``), or a
     mode and keyword options (``observer``, ``bits``, ``group_size``, ``per_channel``, ``activation_dtype``,
-    ``reduce_range``, ``symmetric``, ``method``, ``exclude``, ``overrides``, ``smoothquant``), from which
+    ``reduce_range``, ``symmetric``, ``method``, ``exclude``, ``overrides``, ``smoothquant``, ``bias_correction``,
+    ``adaround``), from which
     ``QuantConfig.from_options`` builds the same config; an option given beside a config is refused. The other
     arguments are the data: ``calib_data``, ``example_inputs``, ``max_calib_batches`` (read at most that many
     calibration batches) and ``progress``.
@@ -208,6 +209,8 @@ def quantize(
     prepared = prepare(model, cfg, probe)
     if prepared.observed:
         calibrate(prepared, batches, progress=progress, max_batches=max_calib_batches)  # type: ignore[arg-type]
+        if cfg.adaround:
+            round_weights(prepared, progress=progress)
     if cfg.method.needs_data:
         calibrate_weights(prepared, batches, progress=progress)  # type: ignore[arg-type]
     keep_float, runtime_notes = runtime_float_layers(prepared, cfg, kernel_costs)

@@ -24,24 +24,29 @@ def channel_sum(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
     return x.detach().to(torch.float64).movedim(channel_dim, 0).reshape(x.shape[channel_dim], -1).sum(1)
 
 
-def weight_shift(layer: nn.Module, spec: QuantSpec, input_mean: torch.Tensor) -> torch.Tensor:
+def weight_shift(layer: nn.Module, spec: QuantSpec, input_mean: torch.Tensor,
+                 quantized: torch.Tensor | None = None) -> torch.Tensor:
     """``(W_q - W) . E[x]`` per output channel: the mean shift rounding ``layer``'s weight per ``spec`` causes,
-    for inputs whose per-channel mean is ``input_mean`` (grouped convolutions read their group's channels)."""
+    for inputs whose per-channel mean is ``input_mean`` (grouped convolutions read their group's channels).
+    ``quantized``: the dequantized weight ``W_q`` when it is not round-to-nearest's (AdaRound's)."""
     w = layer.weight.detach().to(torch.float64)
-    q, scale = quantize_weight(layer.weight, spec, axis=0)
-    scale = scale.to(torch.float64).reshape(-1, *([1] * (w.dim() - 1))) if scale.dim() else scale.double()
-    error = (q.to(torch.float64) * scale - w).reshape(w.shape[0], w.shape[1], -1).sum(2)  # [out, in per group]
+    if quantized is None:
+        q, scale = quantize_weight(layer.weight, spec, axis=0)
+        scale = scale.to(torch.float64).reshape(-1, *([1] * (w.dim() - 1))) if scale.dim() else scale.double()
+        quantized = q.to(torch.float64) * scale
+    error = (quantized.to(torch.float64) - w).reshape(w.shape[0], w.shape[1], -1).sum(2)  # [out, in per group]
     groups = getattr(layer, "groups", 1)
     mean = input_mean.to(torch.float64).reshape(groups, -1).repeat_interleave(w.shape[0] // groups, dim=0)
     return (error * mean).sum(1)
 
 
-def corrected(layer: nn.Module, spec: QuantSpec, input_mean: torch.Tensor) -> nn.Module:
+def corrected(layer: nn.Module, spec: QuantSpec, input_mean: torch.Tensor,
+              quantized: torch.Tensor | None = None) -> nn.Module:
     """A copy of ``layer`` (sharing its weight) whose bias is ``bias - weight_shift``; ``layer`` itself if it has
     no bias."""
     if getattr(layer, "bias", None) is None:
         return layer
-    shift = weight_shift(layer, spec, input_mean).to(layer.bias.dtype)
+    shift = weight_shift(layer, spec, input_mean, quantized).to(layer.bias.dtype)
     fixed = copy.copy(layer)
     fixed._parameters = dict(layer._parameters)  # a shallow copy shares the dict: give the copy its own
     fixed.bias = nn.Parameter(layer.bias.detach() - shift, requires_grad=False)

@@ -18,6 +18,7 @@ import torch
 from torch import fx, nn
 
 from mixq.pretrained import mark_saveable
+from mixq.quant.adaround import dequantized, on_grid
 from mixq.quant.bias_correction import corrected
 from mixq.quant.fusion import relu_module, saturation_clamps, set_submodule
 from mixq.quant.graft import copy_model, graft
@@ -139,9 +140,11 @@ def _rounds_float_output_rows(config: QuantConfig) -> bool:
     return runtime is not None and runtime.rounds_float_output_rows
 
 
-def _bias_corrected(observed: ObservedLayer, config: QuantConfig, name: str) -> nn.Module:
+def _bias_corrected(observed: ObservedLayer, config: QuantConfig, name: str,
+                    quantized: torch.Tensor | None) -> nn.Module:
     """The layer to quantize: with ``config.bias_correction``, a copy whose bias absorbs the mean shift of weight
-    rounding (``mixq.quant.bias_correction``; not where SmoothQuant scales its input)."""
+    rounding (``mixq.quant.bias_correction``; not where SmoothQuant scales its input). ``quantized``: the
+    dequantized weight when AdaRound chose it (None: round to nearest)."""
     layer = observed.layer
     if not config.bias_correction or observed.smooth is not None or not isinstance(layer, _CORRECTED):
         return layer
@@ -149,12 +152,23 @@ def _bias_corrected(observed: ObservedLayer, config: QuantConfig, name: str) -> 
     if mean is None:
         raise ValueError(f"bias_correction needs each layer's input means from calibration, but {name!r} was "
                          "prepared without them: prepare with a config that has bias_correction=True")
-    return corrected(layer, config.weight, mean)
+    return corrected(layer, config.weight, mean, quantized)
+
+
+def _static_float_layer(observed: ObservedLayer, config: QuantConfig, name: str,
+                        rounded: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[nn.Module, torch.Tensor | None]:
+    """The float layer a static layer is built from, and its weight scale (None: min-max): bias corrected per
+    config, and with its weight on the codes AdaRound chose (``rounded``, from ``round_weights``) if any."""
+    if rounded is None:
+        return _bias_corrected(observed, config, name, None), None
+    codes, scale = rounded
+    return on_grid(_bias_corrected(observed, config, name, dequantized(codes, scale)), codes, scale), scale
 
 
 def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,
                    summary: QuantizationSummary, weight_params: dict[str, GroupParams],
-                   keep_float: Mapping[str, str] | None = None) -> None:
+                   keep_float: Mapping[str, str] | None = None,
+                   rounded: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
     module = model.get_submodule(name)
     observed = module if isinstance(module, ObservedLayer) else None
     layer, relu = (observed.layer, observed.relu) if observed else (module, False)
@@ -169,9 +183,9 @@ def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ra
             reason = "never executed during calibration"
         else:
             y_q = None if float_out else ranges.of(observed.output_observer, name)
-            layer = _bias_corrected(observed, config, name)
+            layer, w_scale = _static_float_layer(observed, config, name, (rounded or {}).get(name))
             new = qmodule_class(layer, "static").from_float(layer, config, ranges.of(observed.input_observer, name),
-                                                            y_q, relu=relu, relu_max=relu_max)
+                                                            y_q, relu=relu, relu_max=relu_max, w_scale=w_scale)
             rows = float_out and _rounds_float_output_rows(config)  # only Linears keep a float output
             if rows:
                 new.rows = True
@@ -179,7 +193,8 @@ def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ra
             detail += (f", {_relu_name(relu_max)} fused" if relu else "") + (", float output" if float_out else "")
             detail += f" (input rounded per row, as {config.runtime} runs it)" if rows else ""
             detail += ", SmoothQuant scales in its input" if observed.smooth is not None else ""
-            detail += ", bias corrected" if layer is not observed.layer else ""
+            detail += ", AdaRound weights" if w_scale is not None else ""
+            detail += ", bias corrected" if layer.bias is not observed.layer.bias else ""
             summary.add(name, kind, "quantized", detail, before, module_bytes(new))
             if not saturation_clamps(y_q, relu_max, config.activation.qmax):  # the grid does not end at the bound
                 new = nn.Sequential(new, relu_module(relu_max))
@@ -247,6 +262,10 @@ def convert_prepared(prepared: Prepared, config: QuantConfig | None = None,
     layers to the reason they stay float whatever the config says (runtime-aware precision's choice)."""
     keep_float = keep_float or {}
     config = config or prepared.config
+    rounded = prepared.rounded if config.adaround else {}
+    if rounded and config.weight != prepared.config.weight:
+        raise ValueError(f"the AdaRound codes were chosen for weights {prepared.config.weight}, not {config.weight}; "
+                         "prepare and round with this config's weight spec")
     model = copy_model(prepared.model)
     if hasattr(prepared.model, "config") and not hasattr(model, "config"):  # a GraphModule's copy drops it
         model.config = prepared.model.config
@@ -255,7 +274,7 @@ def convert_prepared(prepared: Prepared, config: QuantConfig | None = None,
     static = {n for n in prepared.observed + prepared.adds if config.choice(n).mode == "static" and n not in keep_float}
     ranges = _Ranges(prepared, config, static, model)
     for name in prepared.targets:
-        _convert_layer(model, name, config, ranges, summary, prepared.weight_params, keep_float)
+        _convert_layer(model, name, config, ranges, summary, prepared.weight_params, keep_float, rounded)
     for name in prepared.adds:
         convert_graph_op(model, name, config, ranges, summary)
     summary.clipped = list(ranges.clipping.values())

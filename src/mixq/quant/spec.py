@@ -280,6 +280,9 @@ class QuantConfig:
     which LiteRT's int8 FULLY_CONNECTED needs (``mixq quantize --format tflite`` sets it). ``bias_correction``
     (static): each static Conv/Linear's bias absorbs the mean output shift its weight rounding causes on the
     calibration inputs, ``(W_q - W) . E[x]`` (``mixq.quant.bias_correction``); the float model is unchanged.
+    ``adaround`` (static): each static Conv/Linear rounds its weights up or down by AdaRound, minimising its output
+    error on the calibration inputs instead of rounding to nearest (``mixq.quant.adaround``; same scales, so the
+    exported file has the same operators); it costs an optimisation per layer after calibration.
     ``QuantConfig.from_options`` builds one from ``quantize``'s keyword options.
     Example: ``QuantConfig("static", observer=ObserverSpec("percentile"), exclude=("head",),
     overrides=(LayerOverride("fc2", "fp16"),))``.
@@ -298,6 +301,7 @@ class QuantConfig:
     runtime_aware: bool = True
     float_outputs: bool = True
     bias_correction: bool = False
+    adaround: bool = False
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -331,6 +335,8 @@ class QuantConfig:
             object.__setattr__(self, "smoothquant", None)  # the default applies to static mode's ONNX files
         if not isinstance(self.bias_correction, bool):
             raise TypeError(f"bias_correction must be True or False, got {self.bias_correction!r}")
+        if not isinstance(self.adaround, bool):
+            raise TypeError(f"adaround must be True or False, got {self.adaround!r}")
         if not isinstance(self.runtime_aware, bool):
             raise TypeError(f"runtime_aware must be True or False, got {self.runtime_aware!r}")
         if self.runtime is not None:
@@ -375,6 +381,10 @@ class QuantConfig:
         if self.bias_correction and "static" not in modes:
             raise ValueError(f"bias_correction=True has no effect in {self.mode} mode: it corrects static layers' "
                              "biases from calibration means; drop it or choose mode='static'")
+        if self.adaround and "static" not in modes:
+            raise ValueError(f"adaround=True has no effect in {self.mode} mode: it rounds static layers' weights "
+                             "from calibration inputs; drop it or choose mode='static' (weight_only has "
+                             "method='gptq')")
         if not self.float_outputs and "static" not in modes:
             raise ValueError(f"float_outputs=False has no effect in {self.mode} mode: it gives static layers int8 "
                              "outputs; drop it or choose mode='static'")
@@ -408,7 +418,7 @@ class QuantConfig:
                      exclude: Iterable[str] = (), overrides: Iterable[LayerOverride] = (),
                      smoothquant: float | str | None = SMOOTH_LAYERNORM, runtime: str | None = None,
                      runtime_aware: bool = True, float_outputs: bool = True,
-                     bias_correction: bool = False) -> QuantConfig:
+                     bias_correction: bool = False, adaround: bool = False) -> QuantConfig:
         """Build a config from ``mixq.quantize``'s keyword options; the config's own validation refuses an option
         that no layer would use (``observer`` without static layers, ``bits`` in fp16 mode, ...).
 
@@ -417,7 +427,8 @@ class QuantConfig:
         ``reduce_range=True`` keeps 8-bit static/dynamic weights within 7 bits; ``activation_dtype`` is static
         mode's ``"uint8"`` (default) or ``"int8"``; ``runtime``/``runtime_aware``: runtime-aware precision;
         ``float_outputs=False`` gives every static Linear an int8 output; ``bias_correction=True`` corrects static
-        layers' biases for the mean shift of weight rounding (see ``QuantConfig``).
+        layers' biases for the mean shift of weight rounding, ``adaround=True`` rounds their weights by AdaRound
+        (see ``QuantConfig``).
         Example: ``QuantConfig.from_options("weight_only", bits=4)``.
         """
         if reduce_range:
@@ -434,7 +445,7 @@ class QuantConfig:
                    observer=None if observer is None else ObserverSpec(observer), exclude=exclude,  # type: ignore
                    overrides=tuple(overrides), method=WeightMethod(method) if isinstance(method, str) else method,
                    smoothquant=smoothquant, runtime=runtime, runtime_aware=runtime_aware,
-                   float_outputs=float_outputs, bias_correction=bias_correction)
+                   float_outputs=float_outputs, bias_correction=bias_correction, adaround=adaround)
 
     @property
     def modes(self) -> frozenset[str]:
@@ -493,6 +504,7 @@ class QuantConfig:
             runtime_aware=data.get("runtime_aware", True),
             float_outputs=data.get("float_outputs", True),
             bias_correction=data.get("bias_correction", False),
+            adaround=data.get("adaround", False),
         )
 
 

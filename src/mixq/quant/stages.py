@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
+from tqdm.auto import tqdm
 
+from mixq.quant import adaround
 from mixq.quant.calibration import Batch, call_checked, run_batches
 from mixq.quant.capture import capture_compute, capture_root
 from mixq.quant.fusion import apply_fusions, calls_from_graph, find_fusions, set_submodule, trace_calls
@@ -48,7 +50,9 @@ class Prepared:
     can derive another observer's ranges from the same statistics instead of calibrating again. ``weight_params``
     holds the (scale, zero point) per group that a weight-only method (GPTQ, AWQ) chose for a layer, whose float
     weight it has already moved onto that grid. ``input_shapes``: the input shape each layer saw in the probe pass
-    (its first call), which runtime-aware precision times its kernels at.
+    (its first call), which runtime-aware precision times its kernels at. ``rounded`` holds the int8 weight codes
+    and scale ``round_weights`` (AdaRound) chose for a static layer, which conversion uses instead of rounding to
+    nearest.
     """
 
     model: nn.Module
@@ -62,6 +66,7 @@ class Prepared:
     weight_params: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     home: Home | None = None
+    rounded: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def targets(self) -> list[str]:
@@ -142,9 +147,10 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
         spec = specs[name] = spec_of(name)
         obs_in = make_observer(spec, config.activation, name=f"{name} (input)")
         obs_out = make_observer(spec, config.activation, name=f"{name} (output)")
-        set_submodule(qmodel, name, ObservedLayer(qmodel.get_submodule(name), obs_in, obs_out,
-                                                  relu=name in relu_layers, relu_max=relu_layers.get(name),
-                                                  track_mean=config.bias_correction))
+        layer = qmodel.get_submodule(name)
+        set_submodule(qmodel, name, ObservedLayer(layer, obs_in, obs_out, relu=name in relu_layers,
+                                                  relu_max=relu_layers.get(name), track_mean=config.bias_correction,
+                                                  track_gram=config.adaround and adaround.supports(layer)))
     adds: list[str] = []
     if observed:
         def add_observer(label: str) -> nn.Module:
@@ -169,3 +175,17 @@ def calibrate(prepared: Prepared, batches: Iterable[Batch], *, progress: bool = 
     """Run calibration batches through the prepared model's observers; returns how many batches ran."""
     prepared.qparams_cache.clear()  # ranges derived from earlier statistics are stale now
     return run_batches(prepared.model, batches, progress=progress, max_batches=max_batches)
+
+
+def round_weights(prepared: Prepared, *, progress: bool = True,
+                  settings: adaround.AdaRoundSettings = adaround.DEFAULT_SETTINGS) -> int:
+    """AdaRound every calibrated static layer whose input Gram matrix calibration gathered (``config.adaround``;
+    not layers whose input SmoothQuant scales): their codes go to ``prepared.rounded`` and the Gram matrix is
+    freed. Returns how many layers were rounded."""
+    todo = [(n, m) for n in prepared.observed if isinstance(m := prepared.model.get_submodule(n), ObservedLayer)
+            and m.input_gram() is not None]
+    for name, observed in tqdm(todo, desc="adaround layers", disable=not progress, leave=False):
+        prepared.rounded[name] = adaround.adaround_codes(observed.layer.weight, observed.input_gram(),
+                                                         prepared.config.weight, settings)
+        observed.gram = None
+    return len(todo)

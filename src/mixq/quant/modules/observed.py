@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixq.quant.adaround import GramAccumulator
 from mixq.quant.bias_correction import channel_sum
 from mixq.quant.modules.facade import Delegating
 from mixq.quant.observers import Observer
@@ -48,11 +49,13 @@ class ObservedLayer(Delegating, nn.Module):
     range ends at or below it and the quantized layer's saturation reproduces the clamp. A layer with SmoothQuant
     scales in its quantization (``mixq_smooth``, ``mixq.quant.smoothquant``) has its input observed as ``x / s``,
     the tensor its quantized form quantizes; such an input never shares its producer's scale. ``track_mean`` also
-    sums each input channel (after a folded pad) for bias correction (``input_mean``).
+    sums each input channel (after a folded pad) for bias correction (``input_mean``); ``track_gram`` accumulates
+    the Gram matrix of the layer's input patches for AdaRound (``input_gram``).
     """
 
     def __init__(self, layer: nn.Module, input_observer: Observer, output_observer: Observer,
-                 relu: bool = False, relu_max: float | None = None, track_mean: bool = False) -> None:
+                 relu: bool = False, relu_max: float | None = None, track_mean: bool = False,
+                 track_gram: bool = False) -> None:
         super().__init__()
         self.layer = layer
         self.input_observer = input_observer
@@ -65,12 +68,17 @@ class ObservedLayer(Delegating, nn.Module):
         if track_mean:
             self.register_buffer("input_sum", torch.zeros(0, dtype=torch.float64))
             self.register_buffer("input_count", torch.tensor(0.0, dtype=torch.float64))
+        self.gram = GramAccumulator() if track_gram else None
 
     def input_mean(self) -> torch.Tensor | None:
         """Each input channel's mean over the calibration data, or None when not tracked (or nothing ran)."""
         if not self.track_mean or float(self.input_count) == 0.0:
             return None
         return self.input_sum / self.input_count
+
+    def input_gram(self) -> torch.Tensor | None:
+        """``E[x x^T]`` of the layer's input patches per group (``mixq.quant.adaround``), or None when not tracked."""
+        return None if self.gram is None or self.gram.rows == 0 else self.gram.result()
 
     def _track(self, x: torch.Tensor) -> None:
         channel_dim = -1 if isinstance(self.layer, nn.Linear) else 1
@@ -94,6 +102,8 @@ class ObservedLayer(Delegating, nn.Module):
             x = F.pad(x, amounts)
         if self.track_mean:
             self._track(x)
+        if self.gram is not None and self.smooth is None:
+            self.gram.add(self.layer, x)
         if not self.shared_input:
             smooth = self.smooth
             self.input_observer(x if smooth is None else x / smooth)
