@@ -113,6 +113,16 @@ def top2_gap(model: torch.nn.Module, ids: torch.Tensor) -> float:
     return float((top[0] - top[1]) / logits.std())
 
 
+def path_gaps(model: torch.nn.Module, ids: torch.Tensor, new: int) -> list[float]:
+    """``top2_gap`` at each of the ``new`` greedy steps of ``model`` after ``ids`` (one forward of the whole
+    sequence): how far from a tie each next-token choice is."""
+    seq = mixq.generate_torch(model, ids, new)
+    with torch.no_grad():
+        logits = model(seq).logits[0, ids.shape[1] - 1:-1]
+    top = torch.topk(logits, 2).values
+    return ((top[:, 0] - top[:, 1]) / logits.std(-1)).tolist()
+
+
 def generate_without_cache(model: torch.nn.Module, ids: torch.Tensor, new: int) -> torch.Tensor:
     """Greedy tokens of ``model`` recomputing the whole sequence at each step: what ``generate_torch`` computes,
     in another float summation order (attention over the full sequence instead of the cache)."""
@@ -170,10 +180,14 @@ def trained_agreement(tmp: Path, *, steps: int = TRAINED_STEPS, prompts: int = 8
     paths = {k: mixq.export_decoder_tflite(m, tmp / f"trained_{k}.tflite", cache_len=prompt_len + new,
                                            prefill_len=prompt_len) for k, m in (("fp32", model), (name, int4))}
     ids = [w[None, :prompt_len] for w in windows(held, prompts, seed=3)]
+    agree = agreement(paths, refs := {"fp32": model, name: int4}, ids, new)
+    for k, v in agree.items():
+        gaps = [g for one in ids for g in path_gaps(refs[k], one, new)]
+        v["path_top2_gap_median"], v["path_top2_gap_min"] = float(np.median(gaps)), float(min(gaps))
     c = model.config
     return {"model": {"hidden": c.hidden_size, "layers": c.num_hidden_layers, "intermediate": c.intermediate_size,
                       "heads": c.num_attention_heads}, "train": info, "steps": steps, "prompt_len": prompt_len,
-            "group_size": GROUP, "method": method, "variants": agreement(paths, {"fp32": model, name: int4}, ids, new)}
+            "group_size": GROUP, "method": method, "variants": agree}
 
 
 def timing(paths: dict[str, Path], position: int, rounds: int, steps: int, threads: int) -> dict[str, dict]:
@@ -252,11 +266,12 @@ def trained_markdown(trained: dict) -> list[str]:
              f"heads; {how}), int4 {trained['method']} in groups of {trained['group_size']} quantized for LiteRT; "
              f"{first['prompts']} held-out prompts of {trained['prompt_len']} bytes, {first['new_tokens']} new "
              f"tokens each, cache {trained['prompt_len'] + first['new_tokens']} positions.", "",
-             "| variant | greedy tokens equal to its PyTorch model | that model without its cache |", "|---|---|---|"]
+             "| variant | greedy tokens equal to its PyTorch model | that model without its cache | its top-2 logit "
+             "gap along its greedy tokens, std: median (min) |", "|---|---|---|---|"]
     for name, v in trained["variants"].items():
         lines.append(f"| {name} | {v['prompts_equal']}/{v['prompts']} prompts x {v['new_tokens']} tokens (mean "
                      f"equal prefix {v['mean_equal_prefix']:.1f}){_gaps(v)} | {v['self_prompts_equal']}/"
-                     f"{v['prompts']} |")
+                     f"{v['prompts']} | {v['path_top2_gap_median']:.3f} ({v['path_top2_gap_min']:.3f}) |")
     return lines
 
 
