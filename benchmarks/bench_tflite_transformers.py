@@ -18,7 +18,8 @@ PyTorch model each file stands for; and greedy tokens of mixq's int4 and fp32 fi
 model's next tokens are near-ties that last-bit float differences flip.
 
 Both parts run in one process and write ``tflite_transformers.{json,md}`` (default ``benchmarks/results``).
-About 10 minutes on 2 quiet cores (most of it GPTQ and the two decoder conversions)::
+About 10 minutes on 2 quiet cores (most of it GPTQ and the decoder conversions), plus the byte model's training
+on a first run (1500 steps, ~3 min quiet; cached, and shared with bench_llm.py)::
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_tflite_transformers.py
 """
