@@ -201,7 +201,7 @@ def verdicts(minilm: dict[str, Any] | None, decoder: dict[str, Any] | None) -> l
     if decoder is not None:
         name = f"mixq_int4_{decoder['method']}"
         trained = decoder.get("trained")
-        v = (trained or decoder)["variants"].get(name)
+        v = (trained or decoder).get("variants", {}).get(name)
         which = "the trained hidden-128 model" if trained else "the random model (near-ties)"
         equal = None if v is None else v["prompts_equal"] / v["prompts"]
         say(f"decoder int4 {decoder['method']}: prompts whose greedy tokens equal its PyTorch model's ({which})",
@@ -210,7 +210,7 @@ def verdicts(minilm: dict[str, Any] | None, decoder: dict[str, Any] | None) -> l
             lines.append(f"  ({v['prompts_equal']}/{v['prompts']} prompts x {v['new_tokens']} tokens; that PyTorch "
                          f"model repeats its own tokens without its cache, another float order, on "
                          f"{v['self_prompts_equal']}/{v['prompts']} prompts)")
-        v = decoder["variants"].get(name)
+        v = decoder.get("variants", {}).get(name)
         for text, key, want in (("decoder int4: decode step x LiteRT fp32 <= 0.5", "decode_vs_fp32", 0.5),
                                 ("decoder int4: file size x fp32 <= 0.2", "size_vs_fp32", 0.2)):
             value = None if v is None else v.get(key)

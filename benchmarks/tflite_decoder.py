@@ -320,9 +320,12 @@ def main() -> int:
                         help="training steps of the trained model (cached per count; fewer train faster; 0 skips it)")
     parser.add_argument("--trained-only", action="store_true", help="leave out the random hidden-1024 model")
     args = parser.parse_args()
-    result = run_decoder(args.out, rounds=args.rounds, trained_steps=args.trained_steps,
-                         random=not args.trained_only)
-    print(markdown(result))
+    result = run_decoder(None, rounds=args.rounds, trained_steps=args.trained_steps, random=not args.trained_only)
+    text = markdown(result, " ".join(["PYTHONPATH=src python benchmarks/tflite_decoder.py", *sys.argv[1:]]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "tflite_decoder.json").write_text(json.dumps(result, indent=2))
+    (args.out / "tflite_decoder.md").write_text(text)
+    print(text)
     return 0
 
 
