@@ -13,10 +13,13 @@ rounds (every file once per round), XNNPACK, ``--threads`` threads, as a ratio t
 ``run_decoder``: a Llama-style decoder (hidden 1024, 4 layers, random weights, ``benchmarks/tflite_decoder.py``)
 with a key/value cache: LiteRT fp32, mixq int4 GPTQ (groups of 64) and litert-torch's own int4 recipe
 (``dynamic_wi4b64_afp32``); file size, decode-step and prefill time (interleaved rounds), greedy tokens vs the
-PyTorch model each file stands for.
+PyTorch model each file stands for; and greedy tokens of mixq's int4 and fp32 files of a trained byte-level Llama
+(hidden 128, ``--trained-steps``, cached under ``benchmarks/.cache``), which the done-when line reads: a random
+model's next tokens are near-ties that last-bit float differences flip.
 
 Both parts run in one process and write ``tflite_transformers.{json,md}`` (default ``benchmarks/results``).
-About 10 minutes on 2 quiet cores (most of it GPTQ and the two decoder conversions)::
+About 10 minutes on 2 quiet cores (most of it GPTQ and the decoder conversions), plus the byte model's training
+on a first run (1500 steps, ~3 min quiet; cached, and shared with bench_llm.py)::
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_tflite_transformers.py
 """
@@ -169,11 +172,12 @@ def _run_minilm(seq: int, calib: int, evals: int, threads: int, rounds: int, run
             "rows": rows}
 
 
-def run_decoder(threads: int = 2, rounds: int = 7, method: str = "gptq") -> dict[str, Any]:
+def run_decoder(threads: int = 2, rounds: int = 7, method: str = "gptq", trained_steps: int = 1500
+                ) -> dict[str, Any]:
     """The decoder-LM half: ``tflite_decoder.run_decoder`` (its files, timing and agreement) in this process."""
     from tflite_decoder import run_decoder as run
 
-    return run(None, rounds=rounds, threads=threads, method=method)
+    return run(None, rounds=rounds, threads=threads, method=method, trained_steps=trained_steps)
 
 
 def verdicts(minilm: dict[str, Any] | None, decoder: dict[str, Any] | None) -> list[str]:
@@ -196,13 +200,17 @@ def verdicts(minilm: dict[str, Any] | None, decoder: dict[str, Any] | None) -> l
             say(text, value, None if value is None else (value >= want if low else value <= want))
     if decoder is not None:
         name = f"mixq_int4_{decoder['method']}"
-        v = decoder["variants"].get(name)
+        trained = decoder.get("trained")
+        v = (trained or decoder).get("variants", {}).get(name)
+        which = "the trained hidden-128 model" if trained else "the random model (near-ties)"
         equal = None if v is None else v["prompts_equal"] / v["prompts"]
-        say(f"decoder int4 {decoder['method']}: prompts whose greedy tokens equal its PyTorch model's", equal,
-            None if v is None else equal == 1.0)
-        if v is not None and "self_prompts_equal" in v:
-            lines.append(f"  (that PyTorch model repeats its own tokens without its cache, another float order, on "
+        say(f"decoder int4 {decoder['method']}: prompts whose greedy tokens equal its PyTorch model's ({which})",
+            equal, None if v is None else equal == 1.0)
+        if v is not None:
+            lines.append(f"  ({v['prompts_equal']}/{v['prompts']} prompts x {v['new_tokens']} tokens; that PyTorch "
+                         f"model repeats its own tokens without its cache, another float order, on "
                          f"{v['self_prompts_equal']}/{v['prompts']} prompts)")
+        v = decoder.get("variants", {}).get(name)
         for text, key, want in (("decoder int4: decode step x LiteRT fp32 <= 0.5", "decode_vs_fp32", 0.5),
                                 ("decoder int4: file size x fp32 <= 0.2", "size_vs_fp32", 0.2)):
             value = None if v is None else v.get(key)
@@ -241,6 +249,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=10, help="timed invokes per MiniLM file per round")
     parser.add_argument("--decoder-method", choices=["gptq", "rtn", "awq"], default="gptq")
+    parser.add_argument("--trained-steps", type=int, default=1500,
+                        help="training steps of the decoder part's trained model (cached; fewer train faster)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="directory for the JSON and Markdown")
     parser.add_argument("--note", default="", help="a line put under the title (e.g. 'loaded machine')")
     args = parser.parse_args()
@@ -250,7 +260,8 @@ def main() -> int:
     command = "PYTHONPATH=src python benchmarks/bench_tflite_transformers.py " + " ".join(
         f"--{k} {v}" for k, v in (("part", args.part), ("seq", args.seq), ("calib", args.calib),
                                   ("eval", args.eval), ("threads", args.threads), ("rounds", args.rounds),
-                                  ("runs", args.runs), ("decoder-method", args.decoder_method)))
+                                  ("runs", args.runs), ("decoder-method", args.decoder_method),
+                                  ("trained-steps", args.trained_steps)))
     print(f"CPU: {cpu_flags()}; load average {os.getloadavg()[0]:.1f}", flush=True)
     start = time.perf_counter()
     minilm = decoder = None
@@ -264,7 +275,7 @@ def main() -> int:
     if args.part in ("decoder", "all"):
         from tflite_decoder import markdown
 
-        decoder = run_decoder(args.threads, args.rounds, args.decoder_method)
+        decoder = run_decoder(args.threads, args.rounds, args.decoder_method, args.trained_steps)
         text.append("#" + markdown(decoder, command))
         print(text[-1], flush=True)
     text += ["## Done-when criteria of issue 21 (this run)", "", *verdicts(minilm, decoder), "",
