@@ -335,11 +335,16 @@ def _apply(model: nn.Module, group: SmoothGroup, scale: torch.Tensor) -> None:
 def _runtime_fuses_scale(config: QuantConfig) -> bool:
     """Whether the runtime the model is quantized for folds an input Mul into its quantization (OpenVINO) rather
     than running it as an extra pass (ONNX Runtime, the default target)."""
+    return _runtime_says(config, "fuses_input_scale")
+
+
+def _runtime_says(config: QuantConfig, flag: str) -> bool:
+    """A ``Runtime`` class flag of the runtime the model is quantized for (False without one)."""
     if config.runtime is None:
         return False
     from mixq.export.backend import get_runtime
 
-    return get_runtime(config.runtime).fuses_input_scale
+    return bool(getattr(get_runtime(config.runtime), flag))
 
 
 def smooth(model: nn.Module, alpha: float | str, config: QuantConfig, probe: Batch, batches: Iterable[Batch], *,
@@ -351,7 +356,8 @@ def smooth(model: nn.Module, alpha: float | str, config: QuantConfig, probe: Bat
     Groups that fold exactly are folded; the others whose consumers are all static are smoothed in those consumers'
     quantization (``explicit_groups``): always for a number or ``"auto"``, and for the ``"layernorm"`` default only
     when ``config.runtime`` folds the input Mul into its quantization (OpenVINO; ONNX Runtime runs it as a pass).
-    When there is neither, the copy is unchanged and no notes are returned.
+    For a runtime whose default smooths every group (``Runtime.smooths_every_group``: LiteRT), ``"layernorm"`` is
+    ``"auto"`` on a model with a LayerNorm. When there is neither, the copy is unchanged and no notes are returned.
     """
     smoothed = copy_model(model).eval()
     candidates = [g for g in candidate_groups(smoothed, probe) if _wanted(g, config)]
@@ -360,6 +366,7 @@ def smooth(model: nn.Module, alpha: float | str, config: QuantConfig, probe: Bat
         if not any(_is_norm(smoothed.get_submodule(g.producer)) for g in candidates):
             return model, []
         alpha = "auto"
+        outliers_only = not _runtime_says(config, "smooths_every_group")  # LiteRT: every group "auto" smooths
     exact = verify(smoothed, candidates, probe)
     unfolded = [g for g in candidates if all(g is not e for e in exact)]
     explicit = explicit_groups(unfolded, config)

@@ -270,8 +270,9 @@ class QuantConfig:
     ``observer`` (None: min-max) calibrates static layers; a config without static layers keeps None.
     ``overrides`` give layers their own precision; when several match a layer, the last one wins. ``exclude``
     wins over ``overrides``: excluded layers are not planned at all. ``smoothquant`` (static and dynamic modes) is
-    SmoothQuant's migration strength alpha in [0, 1], ``"auto"``, ``"layernorm"`` (``"auto"`` where a LayerNorm
-    feeds Linears; the default of static mode with float outputs, None elsewhere) or None (off; see
+    SmoothQuant's migration strength alpha in [0, 1], ``"auto"``, ``"layernorm"`` (``"auto"`` on the outlier groups
+    where a LayerNorm feeds Linears, on every group for LiteRT; the default of static mode with float outputs, None
+    elsewhere) or None (off; see
     ``mixq.quantize``). ``runtime`` names the
     runtime the model is quantized for (``"ort"``); with it, static and dynamic layers whose int8 kernel is slower
     than float there stay float (``mixq.quant.runtime_precision``) unless ``runtime_aware=False``. ``float_outputs``

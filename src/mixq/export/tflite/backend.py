@@ -52,6 +52,7 @@ class LiteRTRuntime(Runtime):
     named_inputs = False
     install_hint = INSTALL_HINT
     rounds_float_output_rows = True
+    smooths_every_group = True
 
     def available(self) -> bool:
         return litert_available()
