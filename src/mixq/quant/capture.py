@@ -179,7 +179,7 @@ def _call_module(gm: fx.GraphModule, node: fx.Node, path: str, layer: nn.Module,
     gm.graph.erase_node(node)
 
 
-def _rewrite(gm: fx.GraphModule, module: nn.Module, owner: str, trainable: bool) -> tuple[list[str], str]:
+def _rewrite(gm: fx.GraphModule, module: nn.Module, trainable: bool) -> tuple[list[str], str]:
     """Turn compute calls on parameters into ``call_module`` nodes; returns (new layer names, why not or "")."""
     memo: dict[fx.Node, Any] = {}
     made: list[str] = []
@@ -253,6 +253,17 @@ def _shapes_by_name(module: nn.Module, args: tuple, kwargs: dict, spec: Callable
     return {name: tree_map(spec, value) for name, value in bound.arguments.items()}
 
 
+def _captured(module: nn.Module, args: tuple, kwargs: dict, trainable: bool
+              ) -> tuple[fx.GraphModule | None, list[str], str]:
+    """``(graph module, layers made, "")`` for ``module`` captured on one call's inputs with its compute on weights
+    as plain layers; ``(None, [], "")`` when it computes nothing mixq quantizes, ``(None, [], why)`` on failure."""
+    gm, why = _capture(module, args, kwargs)
+    if gm is None:
+        return None, [], f"torch.export could not capture it ({why})"
+    made, why = _rewrite(gm, module, trainable)
+    return (gm if made and not why else None), made, why
+
+
 def _plain(gm: fx.GraphModule, name: str) -> fx.GraphModule:
     """A plain ``GraphModule`` running ``gm``'s graph (the exported program's module refuses ``train()``, which QAT
     and users call on the whole model); the input/output specs its pytree code reads come along."""
@@ -263,7 +274,10 @@ def _plain(gm: fx.GraphModule, name: str) -> fx.GraphModule:
     return plain
 
 
-def _owns_weights(m: nn.Module) -> bool:
+def _computes_outside_layers(m: nn.Module) -> bool:
+    """Whether ``m`` (not torch.nn's own, no registered layer kind) owns a weight-shaped parameter itself."""
+    if type(m).__module__.startswith("torch.") or is_quantizable(m) or adapter_of(m) is not None:
+        return False
     return any(p.dim() >= 2 for p in m.parameters(recurse=False))
 
 
@@ -274,9 +288,7 @@ def _candidates(model: nn.Module, exclude: tuple[str, ...]) -> list[str]:
     for name, m in model.named_modules():
         if not name or any(name.startswith(f"{f}.") for f in found) or excluded(name, exclude):
             continue
-        if type(m).__module__.startswith("torch.") or is_quantizable(m) or adapter_of(m) is not None:
-            continue
-        if _owns_weights(m):
+        if _computes_outside_layers(m):
             found.append(name)
     return found
 
@@ -327,15 +339,11 @@ def capture_compute(model: nn.Module, probe: Batch | None, notes: list[str], exc
             failed[name] = ("QAT captures only modules whose children are registered layers or stateless "
                             "(padding, activations)")
             continue
-        gm, why = _capture(module, *inputs[name])
-        made: list[str] = []
-        if gm is not None:
-            made, why = _rewrite(gm, module, name, trainable)
-        if gm is None or why:
-            failed[name] = f"torch.export could not capture it ({why})" if gm is None else why
-            continue
-        if not made:
-            continue  # no compute on its weights that mixq quantizes (e.g. a position table): left as it is
+        gm, made, why = _captured(module, *inputs[name], trainable)
+        if why:
+            failed[name] = why
+        if gm is None:
+            continue  # failed, or no compute on its weights that mixq quantizes (a position table): left as it is
         set_submodule(model, name, gm)
         notes.append(f"{name} ({kind_name(module)}) captured with torch.export: {', '.join(made)} quantized as "
                      "what its forward computes")
@@ -345,7 +353,7 @@ def capture_compute(model: nn.Module, probe: Batch | None, notes: list[str], exc
 def root_weights(model: nn.Module) -> list[str]:
     """Names of the weight-shaped parameters the model itself owns (not its submodules), when the model is no
     registered layer: its own ``forward`` may compute with them (``F.conv2d(x, self.w)``)."""
-    if type(model).__module__.startswith("torch.") or is_quantizable(model) or adapter_of(model) is not None:
+    if not _computes_outside_layers(model):
         return []
     return [n for n, p in model.named_parameters(recurse=False) if p.dim() >= 2]
 
@@ -363,17 +371,11 @@ def capture_root(model: nn.Module, probe: Batch | None, notes: list[str]) -> nn.
         notes.append(f"the model's own parameters ({names}) stay float wherever its forward computes with them: "
                      "pass example_inputs (or calib_data) so mixq can capture that compute")
         return model
-    args, kwargs = first_call_inputs(model, [""], probe)[""]
-    gm, why = _capture(model, args, kwargs)
-    made: list[str] = []
-    if gm is not None:
-        made, why = _rewrite(gm, model, "", trainable=False)
-    if gm is None or why:
-        notes.append(f"the model's own parameters ({names}) stay float wherever its forward computes with them: "
-                     + (f"torch.export could not capture it ({why})" if gm is None else why))
-        return model
-    if not any(n.startswith("mixq_") for n in made):
-        return model  # its own parameters feed no compute mixq quantizes (e.g. a position table)
+    gm, made, why = _captured(model, *first_call_inputs(model, [""], probe)[""], trainable=False)
+    if why:
+        notes.append(f"the model's own parameters ({names}) stay float wherever its forward computes with them: {why}")
+    if gm is None:
+        return model  # failed, or its own parameters feed no compute mixq quantizes (e.g. a position table)
     notes.append(f"the model's own forward ({kind_name(model)}) captured with torch.export: "
                  f"{', '.join(n for n in made if n.startswith('mixq_'))} quantized as what it computes")
     return gm

@@ -302,16 +302,21 @@ def _source(gm: fx.GraphModule, node: object) -> nn.Module | None:
 
 def share_observers(gm: fx.GraphModule) -> int:
     """Point each observed input at its producer's output observer; returns how many inputs now share."""
+    return sum(_share_inputs(consumer, node.args, lambda arg: _source(gm, arg)) for node in gm.graph.nodes
+               if isinstance(consumer := _module(gm, node), _OBSERVED))
+
+
+def _share_inputs(consumer: nn.Module, inputs: tuple | list, producer_of: Callable[[object], nn.Module | None]
+                  ) -> int:
+    """Point ``consumer``'s observed inputs at their producers' output observers; returns how many now share."""
+    if getattr(consumer, "smooth", None) is not None:
+        return 0  # a smoothed input (x / s) is not its producer's output
     shared = 0
-    for node in gm.graph.nodes:
-        consumer = _module(gm, node)
-        if not isinstance(consumer, _OBSERVED) or getattr(consumer, "smooth", None) is not None:
-            continue  # a smoothed input (x / s) is not its producer's output
-        for index, arg in enumerate(node.args[:1 if isinstance(consumer, ObservedLayer) else 2]):
-            producer = _source(gm, arg)
-            if producer is not None:
-                consumer.share_input(index, producer.output_observer)
-                shared += 1
+    for index, value in enumerate(inputs[:1 if isinstance(consumer, ObservedLayer) else 2]):
+        producer = producer_of(value)
+        if producer is not None and producer is not consumer:
+            consumer.share_input(index, producer.output_observer)
+            shared += 1
     return shared
 
 
@@ -346,17 +351,11 @@ def share_observers_eager(model: nn.Module, run: Callable[[nn.Module], object]) 
     finally:
         for hook in hooks:
             hook.remove()
-    shared = 0
-    for name, inputs in read.items():
-        consumer = model.get_submodule(name)
-        if getattr(consumer, "smooth", None) is not None:
-            continue  # a smoothed input (x / s) is not its producer's output
-        for index, key in enumerate(inputs[:1 if isinstance(consumer, ObservedLayer) else 2]):
-            producer = produced.get(key)
-            if producer is not None and producer != name:
-                consumer.share_input(index, model.get_submodule(producer).output_observer)
-                shared += 1
-    return shared
+    def producer_of(key: object) -> nn.Module | None:
+        name = produced.get(key)  # type: ignore[call-overload]
+        return None if name is None else model.get_submodule(name)
+
+    return sum(_share_inputs(model.get_submodule(name), inputs, producer_of) for name, inputs in read.items())
 
 
 def keep_float_outputs(gm: fx.GraphModule) -> int:
