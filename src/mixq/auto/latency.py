@@ -97,7 +97,7 @@ def compare_layer(float_layer: nn.Module, int8_layer: nn.Module, x: torch.Tensor
     fmt = get_format(rt.format)
     sessions = []
     for label, layer in (("fp32", float_layer), ("int8", int8_layer)):
-        path = fmt.export(layer, x, folder / f"layer_{tag}_{label}{fmt.suffix}")
+        path = fmt.export(layer, x, folder / f"layer_{tag}_{label}{fmt.suffix}", runtime=runtime)
         session = rt.session(path, threads)
         feeds = rt.feeds(session, [x])
         sessions.append(lambda s=session, f=feeds: s.run(None, f))

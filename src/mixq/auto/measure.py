@@ -74,7 +74,8 @@ class OrtMeter:
         """Export ``model`` once per ``label`` (a label measured again reuses its file)."""
         if label not in self._paths:
             self._paths[label] = self.format.export(model, self.example_inputs,
-                                                    Path(self._tmp.name) / f"m{self.exports}{self.format.suffix}")
+                                                    Path(self._tmp.name) / f"m{self.exports}{self.format.suffix}",
+                                                    runtime=self.runtime.label)
             self.exports += 1
         return self._paths[label]
 

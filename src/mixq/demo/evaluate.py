@@ -67,7 +67,7 @@ def evaluate_variant(ctx: DemoContext, variant: Variant) -> VariantResult:
     x_test, y_test = ctx.data["x_test"], ctx.data["y_test"].numpy()
     runtime = get_runtime(ctx.settings.runtime)
     fmt = get_format(runtime.format)
-    path = fmt.export(model, ctx.example, ctx.out / f"{variant.file_stem}{fmt.suffix}")
+    path = fmt.export(model, ctx.example, ctx.out / f"{variant.file_stem}{fmt.suffix}", runtime=runtime.label)
     session = runtime.session(path, ctx.settings.threads)
     (ort_logits,) = runtime.run(session, runtime.feeds(session, [x_test]))
     with torch.no_grad():

@@ -77,7 +77,9 @@ class Format(ABC):
 
     @abstractmethod
     def export(self, model: Any, example_inputs: Any, path: str | os.PathLike, **options: Any) -> Path:
-        """Write ``model`` to ``path`` (checked, atomic); ``ExportError`` when it cannot be written."""
+        """Write ``model`` to ``path`` (checked, atomic); ``ExportError`` when it cannot be written. Every format
+        takes ``runtime=`` (a runtime name): the runtime the file is written for, which may choose among equivalent
+        forms of a graph (None: the model's quantization runtime where it runs this format, else the default)."""
 
     @abstractmethod
     def inspect(self, path: str | os.PathLike) -> Inspection:
@@ -122,6 +124,11 @@ class Runtime(ABC):
     # range, which one outlier channel coarsens for the whole row (all-MiniLM-L6-v2: file vs simulation cos 0.99775
     # -> 0.99905, simulation vs fp32 0.99767 -> 0.99802, for 1.03x the file's time on XNNPACK at batch 1)
     smooths_every_group: ClassVar[bool] = False
+
+    def floors_masked_softmax(self) -> bool:
+        """Whether files written for this runtime floor masked Softmax inputs (``mixq.export.onnx.softmax``): its
+        Softmax runs rows whose ``exp`` underflows markedly slower on this machine. Outputs are unchanged."""
+        return False
 
     def affects(self, mode: str) -> bool:
         """Whether quantizing for this runtime changes layers of ``mode``: static and dynamic layers follow its kernel
@@ -305,6 +312,22 @@ def runtimes() -> list[Runtime]:
     """Every registered runtime, in registration order."""
     _load()
     return list(_RUNTIMES.values())
+
+
+def file_runtime(model: Any, fmt: str, runtime: str | None = None) -> Runtime:
+    """The runtime a ``fmt`` file of ``model`` is written for: ``runtime`` (``ValueError`` unless it runs ``fmt``
+    files), else the runtime ``model`` was quantized for (``mixq_config.runtime``) where it runs ``fmt``, else the
+    format's default runtime."""
+    if runtime is not None:
+        chosen = get_runtime(runtime)
+        if chosen.format != fmt:
+            raise ValueError(f"runtime {runtime!r} runs {chosen.format} files, not {fmt} files; pass one of "
+                             f"{', '.join(r.name for r in runtimes() if r.format == fmt)}")
+        return chosen
+    quantized_for = getattr(getattr(model, "mixq_config", None), "runtime", None)
+    if quantized_for and get_runtime(quantized_for).format == fmt:
+        return get_runtime(quantized_for)
+    return next(r for r in runtimes() if r.format == fmt)
 
 
 def format_for(path: str | os.PathLike, default: str | None = "onnx") -> Format:

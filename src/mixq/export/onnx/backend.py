@@ -28,7 +28,7 @@ class OnnxFormat(Format):
         if decoder:
             from mixq.export.onnx.decoder import export_decoder_onnx
 
-            return export_decoder_onnx(model, path, opset=options.get("opset"))
+            return export_decoder_onnx(model, path, opset=options.get("opset"), runtime=options.get("runtime"))
         from mixq.export.onnx.export import export_onnx
 
         return export_onnx(model, example_inputs, path, **options)
@@ -66,6 +66,12 @@ class OrtRuntime(Runtime):
 
     def run(self, session: Any, feeds: Any) -> list[np.ndarray]:
         return list(session.run(None, feeds))
+
+    def floors_masked_softmax(self) -> bool:
+        """Where the CPU computes denormals slowly (``mixq.export.onnx.softmax.underflow_is_slow``, once a process)."""
+        from mixq.export.onnx.softmax import underflow_is_slow
+
+        return underflow_is_slow()
 
     def time_kernel(self, kernel: Any, threads: int = 1) -> Any:
         """QLinearConv / MatMulIntegerToFloat / ConvInteger ... against Conv / MatMul (``kernel_timing``)."""

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mixq.export.backend import file_runtime
 from mixq.export.errors import ExportError
 from mixq.export.onnx.decoder_checks import check_causal_lm, check_generation, open_session, stamp
 from mixq.export.onnx.export import check_target, finalize, refuse_row_rounding, trace_to_onnx
@@ -78,13 +79,15 @@ class CachedDecoder(nn.Module):
         return ["input_ids", "attention_mask"] + [f"past.{n}" for n in kv], ["logits"] + [f"present.{n}" for n in kv]
 
 
-def export_decoder_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int | None = None) -> Path:
+def export_decoder_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int | None = None,
+                        runtime: str | None = None) -> Path:
     """Export a (quantized) Hugging Face causal LM as a key/value-cache decoder ONNX Runtime runs step by step.
 
     Inputs ``input_ids [batch, sequence]``, ``attention_mask [batch, total_sequence]`` (past + sequence) and the
     cache ``past.{i}.key/value [batch, kv_heads, past_sequence, head_dim]``; outputs ``logits`` and
     ``present.{i}.key/value``. The file is written to a temporary name, loaded by ONNX Runtime as a check, and
-    only then renamed to ``path``.
+    only then renamed to ``path``. ``runtime``: as ``export_onnx``'s (causal masks are floored for ONNX Runtime
+    on CPUs that compute denormals slowly).
     Example: ``mixq.export_decoder_onnx(mixq.quantize(lm, "weight_only", bits=4), "lm_int4.onnx")``.
     """
     import onnx
@@ -94,6 +97,7 @@ def export_decoder_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int
     check_finite(model, "export")
     refuse_row_rounding(model)
     target = check_target(path)
+    floor_softmax = file_runtime(model, "onnx", runtime).floors_masked_softmax()
     wrapper = CachedDecoder(model.eval())
     check_causal_lm(wrapper, model)
     ids, mask = torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 7, dtype=torch.long)
@@ -107,7 +111,7 @@ def export_decoder_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int
     try:
         with atomic_path(target) as tmp:
             proto = trace_to_onnx(wrapper, (ids, mask, *past), opset=opset, dynamic_shapes=shapes,
-                                  input_names=inputs, output_names=outputs)
+                                  input_names=inputs, output_names=outputs, floor_softmax=floor_softmax)
             finalize(proto)
             stamp(proto, model.config)
             onnx.save(proto, tmp)

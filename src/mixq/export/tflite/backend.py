@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from mixq.export.backend import Format, Runtime, ordered, register_format, register_runtime
+from mixq.export.backend import Format, Runtime, file_runtime, ordered, register_format, register_runtime
 from mixq.export.tflite.converter import INSTALL_HINT, litert_available
 
 
@@ -29,6 +29,7 @@ class TFLiteFormat(Format):
         return litert_available()
 
     def export(self, model: Any, example_inputs: Any, path: str | os.PathLike, **options: Any) -> Path:
+        file_runtime(model, self.name, options.pop("runtime", None))  # LiteRT is the only one: a check
         if options.pop("decoder", False):  # a causal LM with a key/value cache (export_decoder_tflite)
             from mixq.export.tflite.decoder import export_decoder_tflite
 
