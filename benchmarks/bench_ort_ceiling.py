@@ -7,13 +7,15 @@ order rotated; median per variant), at batch 1 and 32, sequence 128; speed-up is
 variant's. Variants:
 
 * ``fp32``: ``mixq.export_onnx`` of the float model (its attention stays ``sdpa``, whose ONNX form carries an
-  IsNaN + Where NaN guard); ``fp32 eager``: the same model switched to eager attention first (no guard), the
-  fastest float file here; both with residual LayerNorms kept off ``SkipLayerNormalization``.
+  IsNaN + Where NaN guard); ``fp32 eager``: the same model switched to eager attention first (no guard); both with
+  residual LayerNorms kept off ``SkipLayerNormalization`` and, on CPUs that compute denormals slowly, masked
+  Softmax inputs floored (``mixq.export.onnx.softmax``). ``fp32 plain``: the ``fp32`` file without either of
+  mixq's rewrites, as a plain ``torch.onnx.export`` writes it: the file a user has.
 * ``mixq static`` (graph mode, integer attention, 1/√d folded) and ``mixq dynamic`` (eager attention).
 * ``ORT quantize_dynamic`` (per-channel) of each fp32 file: ONNX Runtime's own quantizer.
 * ``(SLN fused)``: the same file with mixq's Unsqueeze/Squeeze around each residual LayerNorm removed, so ONNX
-  Runtime fuses ``SkipLayerNormalization`` as it did before; ``+ no SLN fusion`` rows run a file in a session
-  with ``disabled_optimizers=["SkipLayerNormFusion"]`` instead.
+  Runtime fuses ``SkipLayerNormalization`` as it did before; ``(no Softmax floor)``: with the Softmax floors
+  removed.
 
 Fidelity: mean cosine of mean-pooled embeddings to the PyTorch fp32 model's, over ``--eval`` sentences.
 ``--profile`` adds ONNX Runtime's per-operator time shares (``enable_profiling``) at batch 32.
@@ -46,8 +48,6 @@ import mixq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_transformers import cpu_flags, load_minilm, pooled, sentences  # noqa: E402
 
-NO_SLN = ["SkipLayerNormFusion"]
-
 
 def session(path: Path, threads: int, spin: bool, disabled: list[str] | None = None,
             profile: str | None = None) -> Any:
@@ -76,6 +76,22 @@ def fused_again(path: Path, out: Path) -> Path:
     for node in kept:
         node.input[:] = [lifted.get(i, i) for i in node.input]
         node.output[:] = [squeezed.get(o, o) for o in node.output]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    onnx.save(model, str(out))
+    return out
+
+
+def unfloored(path: Path, out: Path) -> Path:
+    """``path`` without mixq's Softmax floors (each Softmax reads its masked scores again)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    floor = [n for n in model.graph.node if n.name.startswith("mixq_softmax_floor")]
+    restored = {n.output[0]: n.input[0] for n in floor if n.op_type == "Max"}
+    kept = [n for n in model.graph.node if not n.name.startswith("mixq_softmax_floor")]
+    for node in kept:
+        node.input[:] = [restored.get(i, i) for i in node.input]
     del model.graph.node[:]
     model.graph.node.extend(kept)
     onnx.save(model, str(out))
@@ -165,34 +181,43 @@ def main() -> None:
         out = work / f"ort_dynamic_{base.replace(' ', '_')}.onnx"
         quantize_dynamic(files[base], out, per_channel=True, weight_type=QuantType.QInt8)
         files[f"ORT quantize_dynamic of {base}"] = out
-    for name in ("fp32", "mixq static", "mixq dynamic"):
-        files[f"{name} (SLN fused)"] = fused_again(files[name], work / f"{name.replace(' ', '_')}_fused.onnx")
+    files["mixq static (SLN fused)"] = fused_again(files["mixq static"], work / "mixq_static_fused.onnx")
+    for name in ("mixq static", "mixq dynamic"):
+        files[f"{name} (no Softmax floor)"] = unfloored(files[name], work / f"{name.replace(' ', '_')}_unfloored.onnx")
+    files["fp32 plain"] = unfloored(fused_again(files["fp32"], work / "fp32_fused.onnx"), work / "fp32_plain.onnx")
 
     with torch.no_grad():
         reference = pooled(model(**{k: torch.from_numpy(v) for k, v in evals.items()}), evals["attention_mask"])
     cos = {name: float((embeddings(f, evals, args.threads) * reference).sum(1).mean()) for name, f in files.items()}
     variants = {name: (f, []) for name, f in files.items()}
-    variants["mixq static (SLN fused) + no SLN fusion"] = (files["mixq static (SLN fused)"], NO_SLN)
-    variants["fp32 (SLN fused) + no SLN fusion"] = (files["fp32 (SLN fused)"], NO_SLN)
     ops = {name: collections.Counter(n.op_type for n in onnx.load(str(f)).graph.node) for name, f in files.items()}
     rows: dict[str, dict[str, Any]] = {name: {"cos": round(cos[name.split(" + ")[0]], 4)} for name in variants}
     for batch in (1, 32):
         median = time_variants(variants, evals, batch, args.threads, args.spin, args.rounds)
         for name in variants:
             rows[name][f"b{batch}_ms"] = round(median[name], 2)
-            for base in ("fp32", "fp32 eager"):
+            for base in ("fp32", "fp32 plain"):
                 rows[name][f"b{batch}_vs_{base}"] = round(median[base] / median[name], 2)
         print(f"batch {batch}: " + ", ".join(f"{n} {median[n]:.1f} ms" for n in variants), flush=True)
+    unpadded = {"input_ids": np.random.default_rng(0).integers(1000, 20000, evals["input_ids"].shape),
+                "attention_mask": np.ones_like(evals["attention_mask"])}
+    floor_cost = {name: variants[name] for name in ("fp32", "fp32 plain", "mixq static",
+                                                    "mixq static (no Softmax floor)")}
+    for batch in (1, 32):  # the floor's cost where nothing is masked: every sequence 128 real tokens
+        median = time_variants(floor_cost, unpadded, batch, args.threads, args.spin, args.rounds)
+        for name in floor_cost:
+            rows[name][f"unpadded_b{batch}_ms"] = round(median[name], 2)
+        print(f"no padding, batch {batch}: " + ", ".join(f"{n} {median[n]:.1f} ms" for n in floor_cost), flush=True)
     profiles = {}
     if args.profile:
-        for name in ("fp32 eager", "mixq static", "mixq static (SLN fused)", "mixq dynamic",
+        for name in ("fp32 plain", "fp32 eager", "mixq static", "mixq static (no Softmax floor)", "mixq dynamic",
                      "ORT quantize_dynamic of fp32 eager"):
             profiles[name] = op_shares(files[name], evals, args.threads, args.spin, [], work)
             print(f"profile {name}: {profiles[name]}", flush=True)
     result = {"cpu": flags, "threads": args.threads, "seq": args.seq, "rounds": args.rounds, "spin": args.spin,
               "load_average_end": round(os.getloadavg()[0], 1), "onnxruntime": onnxruntime.__version__,
               "rows": rows, "profiles": profiles,
-              "nodes": {n: {k: c[k] for k in ("IsNaN", "Where", "Mul", "Unsqueeze")} for n, c in ops.items()}}
+              "nodes": {n: {k: c[k] for k in ("IsNaN", "Where", "Mul", "Unsqueeze", "Max")} for n, c in ops.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ort_ceiling.json").write_text(json.dumps(result, indent=1))
     markdown = table(result, " ".join(sys.argv[1:]))
@@ -207,11 +232,16 @@ def table(result: dict[str, Any], argv: str) -> str:
              f"{result['onnxruntime']}, {result['rounds']} interleaved rounds, spin-waiting "
              f"{'on' if result['spin'] else 'off'}; load average {result['load_average_end']} at the end.", "",
              "| variant | cos to PyTorch fp32 | b1 ms | b32 ms | speed-up vs fp32, b1 / b32 | "
-             "vs fp32 eager, b1 / b32 |", "|---|---:|---:|---:|---:|---:|"]
+             "vs fp32 plain, b1 / b32 |", "|---|---:|---:|---:|---:|---:|"]
     for name, row in result["rows"].items():
         lines.append(f"| {name} | {row['cos']:.4f} | {row['b1_ms']:.1f} | {row['b32_ms']:.1f} | "
                      f"{row['b1_vs_fp32']:.2f}x / {row['b32_vs_fp32']:.2f}x | "
-                     f"{row['b1_vs_fp32 eager']:.2f}x / {row['b32_vs_fp32 eager']:.2f}x |")
+                     f"{row['b1_vs_fp32 plain']:.2f}x / {row['b32_vs_fp32 plain']:.2f}x |")
+    unpadded = {name: row for name, row in result["rows"].items() if "unpadded_b1_ms" in row}
+    if unpadded:
+        lines += ["", "With no padding (every sequence 128 real tokens: nothing masked, the floor only costs), ms "
+                  "at b1 / b32: " + "; ".join(f"{name} {row['unpadded_b1_ms']:.1f} / {row['unpadded_b32_ms']:.1f}"
+                                               for name, row in unpadded.items())]
     if result["profiles"]:
         lines += ["", "Share of kernel time per operator at batch 32 (ONNX Runtime profiler):", ""]
         lines += [f"- {name}: " + ", ".join(f"{op} {pct}%" for op, pct in shares.items())

@@ -7,7 +7,9 @@ fp32's median over the job's. Sessions are what a user writes: ``mixq.export.bac
 threads)`` (ONNX Runtime: threads set, default optimisation; OpenVINO: threads, latency hint, and the precision
 hint: ``default`` is OpenVINO's choice, bf16 on CPUs with bf16 instructions; ``f32`` forces float32). NNCF's int8
 model (``nncf.quantize`` on the OpenVINO model, transformer preset for MiniLM) is an OpenVINO IR file, run with the
-same options. Fidelity: MiniLM, the mean (and lowest) cosine between each job's mean-pooled sentence embeddings and
+same options. Each runtime runs the files written for it (``export_onnx(runtime=)``): on a CPU that computes
+denormals slowly the ONNX Runtime files floor masked Softmax inputs, which OpenVINO's files do not (its fused
+attention would lose); ``fp32, no Softmax floor | ort`` is the fp32 file without the floor. Fidelity: MiniLM, the mean (and lowest) cosine between each job's mean-pooled sentence embeddings and
 fp32 PyTorch's, on evaluation sentences disjoint from the calibration ones; the CNN (random weights, random
 images), the cosine between its logits and fp32 PyTorch's.
 
@@ -104,13 +106,14 @@ def minilm(args: argparse.Namespace, work: Path) -> tuple[dict[str, dict[str, Pa
     torch_calib = [{k: torch.from_numpy(v) for k, v in c.items()} for c in chunks]
     example = {k: v[:1] for k, v in torch_calib[0].items()}
     fp32 = mixq.export_onnx(model, example, work / "minilm_fp32.onnx")
+    fp32_ov = mixq.export_onnx(model, example, work / "minilm_fp32_openvino.onnx", runtime="openvino")
     # static's default smooths (smoothquant="layernorm"): for ORT (the default target) only where the scale folds
     # exactly, for OpenVINO (runtime="openvino") also inside int8 layers; the row without it is the recipe before
     modes = [("mixq static", "static", "layernorm"), ("mixq static for OpenVINO", "static", "layernorm", "openvino"),
              ("mixq static, no SmoothQuant", "static", None), ("mixq dynamic", "dynamic", None)]
-    mixq_paths, _ = mixq_files(model, torch_calib, example, work, modes)
+    mixq_paths, _ = mixq_files(model, torch_calib, example, work, modes, also_for="openvino")
     ort = ort_files(fp32, chunks, work, transformer=True)
-    nncf = nncf_file(fp32, chunks, work, transformer=True)
+    nncf = nncf_file(fp32_ov, chunks, work, transformer=True)
     with torch.no_grad():
         reference = pooled(torch.cat([model(**{k: torch.from_numpy(v[i:i + 32]) for k, v in evals.items()})
                                       for i in range(0, args.eval, 32)]), evals["attention_mask"])
@@ -119,7 +122,7 @@ def minilm(args: argparse.Namespace, work: Path) -> tuple[dict[str, dict[str, Pa
         cos = (pooled(hidden, evals["attention_mask"]) * reference).sum(1)
         return float(cos.mean()), float(cos.min())
 
-    return _jobs(fp32, mixq_paths, ort, nncf), evals, fidelity, "input_ids"
+    return _jobs(fp32, mixq_paths, ort, nncf, fp32_ov), evals, fidelity, "input_ids"
 
 
 def cnn(args: argparse.Namespace, work: Path) -> tuple[dict[str, dict[str, Path | str]], Any, Any, Any]:
@@ -146,14 +149,22 @@ def cnn(args: argparse.Namespace, work: Path) -> tuple[dict[str, dict[str, Path 
     return _jobs(fp32, mixq_paths, ort, nncf), {name: images.numpy()}, fidelity, name
 
 
-def _jobs(fp32: Path, mixq_paths: dict[str, Path], ort: dict[str, Path], nncf: Path) -> dict[str, dict]:
+def _jobs(fp32: Path, mixq_paths: dict[str, Path], ort: dict[str, Path], nncf: Path,
+          fp32_ov: Path | None = None) -> dict[str, dict]:
+    """ONNX Runtime runs the files written for it; OpenVINO those written for it (``"<label> @openvino"``, and
+    ``fp32_ov``) where they differ, under the ORT file's label."""
+    fp32_ov = fp32_ov or fp32
     jobs: dict[str, dict[str, Path | str]] = {"fp32 | ort": {"file": fp32, "runtime": "ort"}}
+    if fp32_ov != fp32:
+        jobs["fp32, no Softmax floor | ort"] = {"file": fp32_ov, "runtime": "ort"}
     jobs.update({f"{k} | ort": {"file": p, "runtime": "ort"} for k, p in ort.items()})
-    jobs.update({f"{k} | ort": {"file": p, "runtime": "ort"} for k, p in mixq_paths.items()})
+    own = {k: p for k, p in mixq_paths.items() if " @" not in k}
+    jobs.update({f"{k} | ort": {"file": p, "runtime": "ort"} for k, p in own.items()})
     for runtime in OV_RUNTIMES:
-        jobs[f"fp32 | {runtime}"] = {"file": fp32, "runtime": runtime}
+        jobs[f"fp32 | {runtime}"] = {"file": fp32_ov, "runtime": runtime}
         jobs[f"NNCF int8 | {runtime}"] = {"file": nncf, "runtime": runtime}
-        jobs.update({f"{k} | {runtime}": {"file": p, "runtime": runtime} for k, p in mixq_paths.items()})
+        jobs.update({f"{k} | {runtime}": {"file": mixq_paths.get(f"{k} @openvino", p), "runtime": runtime}
+                     for k, p in own.items()})
     return jobs
 
 

@@ -104,13 +104,18 @@ def nncf_file(fp32: Path, calib: list[dict[str, np.ndarray]], out: Path, transfo
 
 
 def mixq_files(model: nn.Module, calib: list[Any], example: Any, out: Path, modes: list[tuple],
-               ) -> tuple[dict[str, Path], dict[str, nn.Module]]:
+               also_for: str | None = None) -> tuple[dict[str, Path], dict[str, nn.Module]]:
     """mixq's files: one per (label, mode, smoothquant[, runtime]) in ``modes`` (``"layernorm"`` is static mode's
-    default; ``runtime`` the one the file is quantized for, e.g. ``"openvino"``); also the quantized PyTorch models."""
+    default; ``runtime`` the one the file is quantized for, e.g. ``"openvino"``); also the quantized PyTorch models.
+    ``also_for`` (a runtime name): each model quantized for another runtime is exported for it too, as
+    ``"<label> @<runtime>"`` (an ONNX Runtime file may hold forms OpenVINO runs slower: ``export_onnx(runtime=)``)."""
     files, models = {}, {}
     for label, mode, smooth, *runtime in modes:
         options = {"runtime": runtime[0]} if runtime else {}
         qmodel = mixq.quantize(model, mode, calib_data=calib, smoothquant=smooth, progress=False, **options)
         files[label] = mixq.export_onnx(qmodel, example, out / f"{label.replace(' ', '_')}.onnx")
+        if also_for and runtime[:1] != [also_for]:
+            files[f"{label} @{also_for}"] = mixq.export_onnx(
+                qmodel, example, out / f"{label.replace(' ', '_')}_{also_for}.onnx", runtime=also_for)
         models[label] = qmodel
     return files, models
