@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 import mixq
+from mixq.report.latency import settle
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_transformers import cpu_flags, load_minilm, pooled, sentences  # noqa: E402
@@ -118,6 +119,7 @@ def time_variants(variants: dict[str, tuple[Path, list[str]]], tokens: dict[str,
     names = list(variants)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
+            settle(sessions[name], feeds[name])  # the previous variant's spinning threads park (untimed call)
             for _ in range(runs):
                 start = time.perf_counter()
                 sessions[name].run(None, feeds[name])

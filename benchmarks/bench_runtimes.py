@@ -9,9 +9,11 @@ hint: ``default`` is OpenVINO's choice, bf16 on CPUs with bf16 instructions; ``f
 model (``nncf.quantize`` on the OpenVINO model, transformer preset for MiniLM) is an OpenVINO IR file, run with the
 same options. Each runtime runs the files written for it (``export_onnx(runtime=)``): on a CPU that computes
 denormals slowly the ONNX Runtime files floor masked Softmax inputs, which OpenVINO's files do not (its fused
-attention would lose); ``fp32, no Softmax floor | ort`` is the fp32 file without the floor. Fidelity: MiniLM, the mean (and lowest) cosine between each job's mean-pooled sentence embeddings and
-fp32 PyTorch's, on evaluation sentences disjoint from the calibration ones; the CNN (random weights, random
-images), the cosine between its logits and fp32 PyTorch's.
+attention would lose); ``fp32, no Softmax floor | ort`` is the fp32 file without the floor. Before a job's calls
+in a round, ``mixq.report.latency.settle`` lets the previous job's spin-waiting threads park. Fidelity: MiniLM, the
+mean (and lowest) cosine between each job's mean-pooled sentence embeddings and fp32 PyTorch's, on evaluation
+sentences disjoint from the calibration ones; the CNN (random weights, random images), the cosine between its
+logits and fp32 PyTorch's.
 
 Usage::
 
@@ -40,6 +42,7 @@ from runtime_variants import make_mobilenet, mixq_files, nncf_file, ort_files  #
 
 import mixq  # noqa: E402
 from mixq.export.backend import get_runtime  # noqa: E402
+from mixq.report.latency import settle  # noqa: E402
 
 OV_RUNTIMES = ("openvino:default", "openvino:f32")
 
@@ -82,6 +85,7 @@ def time_jobs(jobs: dict[str, tuple[Any, dict[str, np.ndarray]]], rounds: int, r
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             session, feeds = jobs[name]
+            settle(session, feeds)  # the previous job's spinning threads park; this one's wake (untimed)
             for _ in range(runs):
                 start = time.perf_counter()
                 session.run(None, feeds)

@@ -28,8 +28,9 @@ def test_rounds_interleave_every_job_and_split_the_runs():
     jobs = {k: (Recorder(k, log), feeds) for k in ("a", "b", "c")}
     out = measure_interleaved(jobs, runs=7, warmup=2, rounds=3)
     assert log[:6] == ["a", "a", "b", "b", "c", "c"]  # warm-up, per job
-    timed = log[6:]
-    assert timed == ["a"] * 3 + ["b"] * 3 + ["c"] * 3 + ["a", "a", "b", "b", "c", "c"] * 2  # 3 + 2 + 2 = 7 runs
+    timed = log[6:]  # each job's calls in a round follow one untimed settling call
+    assert timed == ["a"] * 4 + ["b"] * 4 + ["c"] * 4 + ["a"] * 3 + ["b"] * 3 + ["c"] * 3 + ["a"] * 3 + ["b"] * 3 + [
+        "c"] * 3  # 3 + 2 + 2 = 7 timed runs per job
     assert list(out) == ["a", "b", "c"]
     assert all(isinstance(v, Latency) and v.runs == 7 and v.batch == 4 and 0 <= v.median_ms <= v.p90_ms
                for v in out.values())
@@ -41,7 +42,8 @@ def test_a_failing_job_is_reported_and_the_others_are_timed(fail_at):
     jobs = {k: (Recorder(k, log, fail_at if k == "b" else None), {}) for k in ("a", "b")}
     out = measure_interleaved(jobs, runs=4, warmup=1, rounds=2)
     assert isinstance(out["b"], RuntimeError) and "b broke" in str(out["b"])
-    assert isinstance(out["a"], Latency) and out["a"].runs == 4 and log.count("a") == 5
+    assert isinstance(out["a"], Latency) and out["a"].runs == 4
+    assert log.count("a") == 1 + 4 + (fail_at == 4)  # one settling call, in the round b was still timed in
 
 
 def test_runs_must_be_positive():
@@ -54,7 +56,9 @@ def test_tick_follows_every_call_warm_up_included():
     ticks: list[int] = []
     jobs = {k: (Recorder(k, log), {}) for k in ("a", "b")}
     measure_interleaved(jobs, runs=4, warmup=2, rounds=2, tick=lambda: ticks.append(len(log)))
-    assert ticks == list(range(1, 13))  # 2 jobs x (2 warm-up + 4 timed), one tick after each call
+    # 2 jobs x (2 warm-up + 4 timed), one tick after each; the settling call before each job's calls in a round
+    # (one per job and round) is not ticked
+    assert len(ticks) == 12 and ticks[:4] == [1, 2, 3, 4] and ticks[4:6] == [6, 7] and len(log) == 16
 
 
 def test_probe_times_one_call_each_and_reports_failures():
@@ -94,6 +98,6 @@ def test_runs_picked_after_the_warm_up_from_its_last_calls():
 
     out = measure_interleaved(jobs, runs=pick, warmup=2, rounds=2)
     assert len(seen) == 1 and set(seen[0]) == {"a", "b"} and all(v >= 0 for v in seen[0].values())
-    assert all(v.runs == 3 for v in out.values()) and log.count("a") == 5
+    assert all(v.runs == 3 for v in out.values()) and log.count("a") == 2 + 3 + 2  # warm-up, timed, settling
     with pytest.raises(ValueError, match="runs must be >= 1, got 0"):
         measure_interleaved(jobs, runs=lambda warm: 0, warmup=0)

@@ -13,6 +13,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 K = TypeVar("K", bound=Hashable)
+# Interleaved timing switches between sessions, and each session's idle threads spin-wait for a while after a call
+# (ONNX Runtime's default): for the next session's first calls they compete for the cores. On 2 cores a 1.8 ms
+# fp32 CNN call measured 6-7 ms right after another session's calls. Before a job's calls in a round, mixq waits
+# this long (the other threads park) and makes one untimed call (its own threads wake), which gives the numbers a
+# session alone in its process gives (within 5-10%, /work/dbg19b/cnntime4.py).
+SETTLE_S = 0.02
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
                 "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
 
@@ -78,11 +84,20 @@ def measure_latency(session: Any, feeds: dict[str, np.ndarray], runs: int = 50, 
     return Latency(int(batch), float(np.median(times)), float(np.percentile(times, 90)), runs)
 
 
+def settle(session: Any, feeds: Any) -> None:
+    """Let other sessions' spinning threads park, then wake ``session``'s own with one untimed call (see
+    ``SETTLE_S``); call it before timing a session right after another one ran."""
+    time.sleep(SETTLE_S)
+    session.run(None, feeds)
+
+
 def measure_interleaved(jobs: Mapping[K, tuple[Any, Mapping[Any, np.ndarray]]],
                         runs: int | Callable[[dict[K, float]], int] = 50, warmup: int = 5, rounds: int = 5, *,
                         tick: Callable[[], object] | None = None) -> dict[K, Latency | Exception]:
     """Time several ``(session, feeds)`` jobs side by side: warm each up, then ``rounds`` rounds that each run every
-    job in turn (``runs`` timed calls per job in all), so machine load and clock drift hit every job alike.
+    job in turn (``runs`` timed calls per job in all), so machine load and clock drift hit every job alike. With
+    several jobs each job's calls in a round follow :func:`settle` (a pause and one untimed call), so one job's
+    spin-waiting threads do not slow the next one down.
 
     A job whose warm-up or a timed call raises maps to that exception (the others are timed on); the rest map to
     their median and 90th-percentile latency. ``runs`` may be a function that picks the count after the warm-up,
@@ -117,6 +132,8 @@ def measure_interleaved(jobs: Mapping[K, tuple[Any, Mapping[Any, np.ndarray]]],
         calls = runs // rounds + (r < runs % rounds)
         for key, (session, feeds) in list(live.items()):
             try:
+                if len(live) > 1:
+                    settle(session, feeds)
                 for _ in range(calls):
                     start = time.perf_counter()
                     session.run(None, feeds)
