@@ -225,7 +225,7 @@ def export_onnx(
     ``runtime`` names the runtime the file is for (``"ort"`` or ``"openvino"``; default: the one the model was
     quantized for, else ONNX Runtime). For ONNX Runtime on a CPU that computes denormals slowly (Intel), masked
     attention Softmax inputs are floored so their ``exp`` does not underflow (``mixq.export.onnx.softmax``: the
-    same outputs, 1.3x faster on a padded int8 MiniLM batch, 5-12% slower with no padding at all); OpenVINO files
+    same outputs, 1.26x faster on a padded int8 MiniLM, 11-18% slower with no padding at all); OpenVINO files
     are not, since OpenVINO fuses attention into its own kernel.
 
     Example: ``mixq.export_onnx(qmodel, torch.randn(1, 3, 32, 32), "model.onnx")``.

@@ -17,7 +17,7 @@ stays a NaN (ONNX Runtime's ``Max`` propagates it).
 
 Whether the slow path exists is measured once per process on this machine (:func:`underflow_is_slow`: the same
 Softmax on masked and on floored rows); where it does not (AMD EPYC: no denormal penalty), the file is left as it
-is, since the floor costs one pass over the scores (5-9% of an int8 MiniLM with no padding on the Xeon).
+is, since the floor costs one pass over the scores (11-18% of an int8 MiniLM with no padding on the Xeon).
 OpenVINO fuses attention into its own kernel, which the floor would break: files exported for it are not floored.
 """
 
