@@ -124,10 +124,21 @@ def test_export_floors_for_onnx_runtime_where_this_cpu_needs_it(tmp_path, monkey
     np.testing.assert_allclose(got, model(x, mask).detach().numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize(("slow", "asked", "floored"), [(True, False, 0), (False, True, 1)])
+def test_softmax_floor_overrides_the_machines_choice(tmp_path, monkeypatch, slow, asked, floored):
+    monkeypatch.setattr(softmax, "underflow_is_slow", lambda: slow)
+    path = mixq.export_onnx(MaskedAttention().eval(), (torch.randn(1, SEQ, DIM), torch.ones(1, SEQ)),
+                            tmp_path / "attention.onnx", softmax_floor=asked)
+    assert _floor_nodes(path) == floored
+
+
 def test_a_runtime_for_another_format_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="runs tflite files, not onnx"):
         mixq.export_onnx(MaskedAttention(), (torch.randn(1, SEQ, DIM), torch.ones(1, SEQ)),
                          tmp_path / "a.onnx", runtime="litert")
+    with pytest.raises(TypeError, match="softmax_floor must be True, False or None"):
+        mixq.export_onnx(MaskedAttention(), (torch.randn(1, SEQ, DIM), torch.ones(1, SEQ)),
+                         tmp_path / "a.onnx", softmax_floor="yes")
     assert not list(tmp_path.iterdir())
 
 

@@ -28,7 +28,8 @@ class OnnxFormat(Format):
         if decoder:
             from mixq.export.onnx.decoder import export_decoder_onnx
 
-            return export_decoder_onnx(model, path, opset=options.get("opset"), runtime=options.get("runtime"))
+            return export_decoder_onnx(model, path, opset=options.get("opset"), runtime=options.get("runtime"),
+                                       softmax_floor=options.get("softmax_floor"))
         from mixq.export.onnx.export import export_onnx
 
         return export_onnx(model, example_inputs, path, **options)

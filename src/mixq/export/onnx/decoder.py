@@ -19,10 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mixq.export.backend import file_runtime
 from mixq.export.errors import ExportError
 from mixq.export.onnx.decoder_checks import check_causal_lm, check_generation, open_session, stamp
-from mixq.export.onnx.export import check_target, finalize, refuse_row_rounding, trace_to_onnx
+from mixq.export.onnx.export import check_target, finalize, refuse_row_rounding, softmax_floor_for, trace_to_onnx
 from mixq.quant.finiteness import check_finite
 from mixq.quant.modules.observed import refuse_observed
 from mixq.report.files import atomic_path
@@ -80,14 +79,14 @@ class CachedDecoder(nn.Module):
 
 
 def export_decoder_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int | None = None,
-                        runtime: str | None = None) -> Path:
+                        runtime: str | None = None, softmax_floor: bool | None = None) -> Path:
     """Export a (quantized) Hugging Face causal LM as a key/value-cache decoder ONNX Runtime runs step by step.
 
     Inputs ``input_ids [batch, sequence]``, ``attention_mask [batch, total_sequence]`` (past + sequence) and the
     cache ``past.{i}.key/value [batch, kv_heads, past_sequence, head_dim]``; outputs ``logits`` and
     ``present.{i}.key/value``. The file is written to a temporary name, loaded by ONNX Runtime as a check, and
-    only then renamed to ``path``. ``runtime``: as ``export_onnx``'s (causal masks are floored for ONNX Runtime
-    on CPUs that compute denormals slowly).
+    only then renamed to ``path``. ``runtime`` and ``softmax_floor``: as ``export_onnx``'s (causal
+    masks are floored for ONNX Runtime on CPUs that compute denormals slowly).
     Example: ``mixq.export_decoder_onnx(mixq.quantize(lm, "weight_only", bits=4), "lm_int4.onnx")``.
     """
     import onnx
@@ -97,7 +96,7 @@ def export_decoder_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int
     check_finite(model, "export")
     refuse_row_rounding(model)
     target = check_target(path)
-    floor_softmax = file_runtime(model, "onnx", runtime).floors_masked_softmax()
+    floor_softmax = softmax_floor_for(model, runtime, softmax_floor)
     wrapper = CachedDecoder(model.eval())
     check_causal_lm(wrapper, model)
     ids, mask = torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 7, dtype=torch.long)

@@ -184,6 +184,15 @@ def _half_io(graph: Any) -> None:
     graph.node.extend(nodes)
 
 
+def softmax_floor_for(model: nn.Module, runtime: str | None, softmax_floor: bool | None) -> bool:
+    """Whether the file floors masked Softmax inputs: ``softmax_floor`` where given, else as the file's runtime
+    decides on this machine (``Runtime.floors_masked_softmax``). The runtime is checked either way."""
+    if softmax_floor is not None and not isinstance(softmax_floor, bool):
+        raise TypeError(f"softmax_floor must be True, False or None, got {softmax_floor!r}")
+    target = file_runtime(model, "onnx", runtime)
+    return target.floors_masked_softmax() if softmax_floor is None else softmax_floor
+
+
 def refuse_row_rounding(model: nn.Module) -> None:
     """A model quantized for LiteRT has Linears (static with a float output, weight-only) that round their input
     per row at run time: no ONNX Runtime kernel computes that, so the file could not compute what the model does."""
@@ -205,6 +214,7 @@ def export_onnx(
     output_names: list[str] | None = None,
     io_dtype: str | torch.dtype = "float32",
     runtime: str | None = None,
+    softmax_floor: bool | None = None,
 ) -> Path:
     """Export ``model`` (quantized by mixq or plain float) to ``path`` and return the path.
 
@@ -226,7 +236,8 @@ def export_onnx(
     quantized for, else ONNX Runtime). For ONNX Runtime on a CPU that computes denormals slowly (Intel), masked
     attention Softmax inputs are floored so their ``exp`` does not underflow (``mixq.export.onnx.softmax``: the
     same outputs, 1.26x faster on a padded int8 MiniLM, 11-18% slower with no padding at all); OpenVINO files
-    are not, since OpenVINO fuses attention into its own kernel.
+    are not, since OpenVINO fuses attention into its own kernel. ``softmax_floor=True`` / ``False`` decides it
+    instead (e.g. ``False`` for a service that never pads or masks).
 
     Example: ``mixq.export_onnx(qmodel, torch.randn(1, 3, 32, 32), "model.onnx")``.
     """
@@ -241,7 +252,7 @@ def export_onnx(
         raise ValueError(f"opset {opset} cannot express per-channel QuantizeLinear/DequantizeLinear; "
                          f"use opset >= {MIN_OPSET} (or leave it unset)")
     check_writable(target.parent, fix="export to a directory you can write to")
-    floor_softmax = file_runtime(model, "onnx", runtime).floors_masked_softmax()
+    floor_softmax = softmax_floor_for(model, runtime, softmax_floor)
     args, kwargs = example_args(example_inputs, "export_onnx")
     model = model.eval()
     spec, export_args, export_kwargs, named = _shape_plan(model, dynamic_shapes, args, kwargs)
