@@ -29,14 +29,16 @@ def export_model(model: nn.Module, example: Any, output: Path, args: argparse.Na
     """Write ``model`` to ``output`` in ``fmt`` (default ONNX), passing the command's options the format takes:
     for ONNX, with ``--hf`` the outputs are named like the model's (``last_hidden_state``, ``logits``...), and a
     causal LM (``--hf-task causal-lm``) is written as the key/value-cache decoder ONNX Runtime generates with token
-    by token (symbolic batch, sequence and past length); for LiteRT, ``--io-dtype`` and ``--nhwc``."""
+    by token (symbolic batch, sequence and past length), and ``--softmax-floor``; for LiteRT, ``--io-dtype`` and
+    ``--nhwc``."""
     import mixq
     from mixq.quant.calibration import describe
 
     fmt = fmt or get_format("onnx")
     decoder = exports_decoder(args) and "decoder" in fmt.options
     given = {"decoder": decoder, "opset": getattr(args, "opset", None),
-             "io_dtype": getattr(args, "io_dtype", "float32"), "nhwc": getattr(args, "nhwc", False)}
+             "io_dtype": getattr(args, "io_dtype", "float32"), "nhwc": getattr(args, "nhwc", False),
+             "softmax_floor": {"auto": None, "on": True, "off": False}[getattr(args, "softmax_floor", "auto")]}
     try:
         return fmt.export(model, example, output, **{k: v for k, v in given.items() if k in fmt.options})
     except mixq.ExportError as err:

@@ -21,7 +21,7 @@ class OnnxFormat(Format):
 
     name, suffix, title, noun = "onnx", ".onnx", "ONNX", "an ONNX model"
     file_hint = "pass an ONNX model file, e.g. one written by mixq quantize or mixq.export_onnx"
-    options = ("decoder", "opset")  # the CLI flags this format takes (the export names outputs itself)
+    options = ("decoder", "opset", "softmax_floor")  # the CLI flags it takes (the export names outputs itself)
 
     def export(self, model: Any, example_inputs: Any, path: str | os.PathLike, *, decoder: bool = False,
                **options: Any) -> Path:
