@@ -13,7 +13,7 @@ from mixq.cli.formatting import HelpFormatter
 from mixq.cli.loading import add_model_options, input_files, load_inputs
 from mixq.cli.refusals import check_model, check_tflite_options
 from mixq.cli.sidecar import write_sidecar
-from mixq.export.backend import Format, format_for, formats, get_format, get_runtime, runtimes
+from mixq.export.backend import Format, format_for, format_runtimes, formats, get_format, get_runtime, runtimes
 from mixq.export.onnx.export import MIN_OPSET
 from mixq.quant.observers import observer_names
 from mixq.quant.spec import MODES, SMOOTH_LAYERNORM, QuantConfig
@@ -125,11 +125,11 @@ def _runtime(args: argparse.Namespace, fmt: Format) -> dict[str, object]:
     format's runtime in the modes it changes (``Runtime.affects``: static and dynamic; weight_only for LiteRT, whose
     kernels round activations per row); other modes get none unless asked (the config refuses it)."""
     if args.runtime is not None and get_runtime(args.runtime).format != fmt.name:
-        names = ", ".join(r.name for r in runtimes() if r.format == fmt.name)
+        names = ", ".join(r.name for r in format_runtimes(fmt.name))
         raise CliError(f"--runtime {args.runtime} does not run {fmt.title} files",
                        f"pass a runtime for {fmt.title} ({names}) or leave --runtime out")
     runtime = args.runtime
-    default = next(r for r in runtimes() if r.format == fmt.name)
+    default = format_runtimes(fmt.name)[0]
     if runtime is None and default.affects(args.mode):
         runtime = default.name
     return {"runtime": runtime, "runtime_aware": args.runtime_aware == "on"}

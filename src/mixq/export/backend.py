@@ -314,6 +314,11 @@ def runtimes() -> list[Runtime]:
     return list(_RUNTIMES.values())
 
 
+def format_runtimes(fmt: str) -> list[Runtime]:
+    """The runtimes that run ``fmt`` files (a format name), its default first."""
+    return [r for r in runtimes() if r.format == fmt]
+
+
 def file_runtime(model: Any, fmt: str, runtime: str | None = None) -> Runtime:
     """The runtime a ``fmt`` file of ``model`` is written for: ``runtime`` (``ValueError`` unless it runs ``fmt``
     files), else the runtime ``model`` was quantized for (``mixq_config.runtime``) where it runs ``fmt``, else the
@@ -322,12 +327,12 @@ def file_runtime(model: Any, fmt: str, runtime: str | None = None) -> Runtime:
         chosen = get_runtime(runtime)
         if chosen.format != fmt:
             raise ValueError(f"runtime {runtime!r} runs {chosen.format} files, not {fmt} files; pass one of "
-                             f"{', '.join(r.name for r in runtimes() if r.format == fmt)}")
+                             f"{', '.join(r.name for r in format_runtimes(fmt))}")
         return chosen
     quantized_for = getattr(getattr(model, "mixq_config", None), "runtime", None)
-    if quantized_for and get_runtime(quantized_for).format == fmt:
-        return get_runtime(quantized_for)
-    return next(r for r in runtimes() if r.format == fmt)
+    if quantized_for and (chosen := get_runtime(quantized_for)).format == fmt:
+        return chosen
+    return format_runtimes(fmt)[0]
 
 
 def format_for(path: str | os.PathLike, default: str | None = "onnx") -> Format:
@@ -347,10 +352,10 @@ def runtime_for(path: str | os.PathLike, default: str | None = "onnx", runtime: 
     :func:`format_for`). ``ValueError`` in one line when ``runtime`` cannot run the file's format."""
     fmt = format_for(path, default)
     if runtime is None:
-        return next(r for r in runtimes() if r.format == fmt.name)
+        return format_runtimes(fmt.name)[0]
     chosen = get_runtime(runtime)
     if chosen.format != fmt.name:
-        able = ", ".join(r.name for r in runtimes() if r.format == fmt.name)
+        able = ", ".join(r.name for r in format_runtimes(fmt.name))
         raise ValueError(f"runtime {chosen.name!r} runs {get_format(chosen.format).suffix} files, not "
                          f"{Path(path).name}; {fmt.suffix} files run on: {able}")
     return chosen
@@ -359,4 +364,4 @@ def runtime_for(path: str | os.PathLike, default: str | None = "onnx", runtime: 
 def runtimes_for(path: str | os.PathLike, default: str | None = "onnx") -> list[Runtime]:
     """Every installed runtime of ``path``'s format, each setting of :meth:`Runtime.variants` (``--runtime all``)."""
     fmt = format_for(path, default)
-    return [v for r in runtimes() if r.format == fmt.name and r.available() for v in r.variants()]
+    return [v for r in format_runtimes(fmt.name) if r.available() for v in r.variants()]
