@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mixq
-from mixq.quant.bias_correction import weight_shift
+from mixq.quant.bias_correction import channel_sum, weight_shift
 from mixq.quant.spec import DEFAULT_WEIGHT, QuantConfig, QuantSpec
 from mixq.quant.weights import quantize_weight
 
@@ -70,3 +70,40 @@ def test_bias_correction_is_a_static_option():
         QuantConfig("dynamic", bias_correction=True)
     config = mixq.make_config("static", bias_correction=True)
     assert QuantConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(("shape", "dim"), [((4, 6, 5, 5), 1), ((4, 7, 6), -1), ((3, 6), -1), ((2, 5, 9), 1)],
+                         ids=["conv2d", "tokens", "rows", "conv1d"])
+def test_channel_sum_is_the_float64_sum_over_every_other_axis(shape, dim):
+    x = torch.rand(shape) + 10  # a large mean: float32 summing in another order would show in the last digits only
+    expected = x.double().movedim(dim, -1).reshape(-1, x.shape[dim]).sum(0)
+    torch.testing.assert_close(channel_sum(x, dim), expected, rtol=1e-7, atol=0)
+
+
+def _conv_then_linear() -> nn.Sequential:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5)).eval()
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] *= 40  # per-tensor weights: the other weights get few steps and round far
+        model[3].weight[0, 0] *= 40
+    return model
+
+
+@pytest.mark.parametrize(("setting", "conv", "linear"), [(None, True, False), (True, True, True),
+                                                         (False, False, False)], ids=["default", "on", "off"])
+def test_by_default_convolutions_are_corrected_and_linear_layers_are_not(setting, conv, linear):
+    model = _conv_then_linear()
+    calib = [torch.rand(8, 4, 6, 6) for _ in range(3)]
+    options = {"calib_data": calib, "progress": False, "per_channel": False}
+    off = mixq.quantize(model, "static", bias_correction=False, **options)
+    q = mixq.quantize(model, "static", **options, **({} if setting is None else {"bias_correction": setting}))
+    layers = {r.name: r.detail for r in q.mixq_summary.layers}
+    assert ("bias corrected" in layers["0"], "bias corrected" in layers["3"]) == (conv, linear), layers
+    biases = {name: m.bias for name, m in q.named_modules() if hasattr(m, "bias") and name in ("0", "3")}
+    plain = {name: m.bias for name, m in off.named_modules() if hasattr(m, "bias") and name in ("0", "3")}
+    assert [not torch.equal(biases[n], plain[n]) for n in ("0", "3")] == [conv, linear]
+
+
+def test_bias_correction_must_be_none_true_or_false():
+    with pytest.raises(TypeError, match="bias_correction must be None"):
+        QuantConfig("static", bias_correction="conv")

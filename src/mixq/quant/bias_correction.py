@@ -6,6 +6,12 @@ add up through a network. As in Nagel et al., "Data-Free Quantization Through We
 Correction" (2019), empirical form, and NNCF's fast bias correction, ``E[x]`` is each input channel's mean over
 the calibration data (gathered by ``ObservedLayer`` while calibrating, after any folded zero pad) and the bias
 absorbs the shift. The float model is unchanged; only the static layer's (int32) bias moves.
+
+By default (``bias_correction=None``) only convolutions are corrected: on the ImageNet-pretrained EfficientNet-Lite0
+(``benchmarks/bench_pretrained_cnn.py``) it lifts top-1 agreement with fp32 from 0.914 / 0.875 to 0.930 / 0.945
+(two crop sets, stem kept float for ONNX Runtime), while on all-MiniLM-L6-v2's Linear layers it changes nothing that
+matters (mean pooled cos 0.9923 either way), so transformer files stay as they were. ``True`` corrects Linear
+layers too, ``False`` nothing.
 """
 
 from __future__ import annotations
@@ -18,10 +24,25 @@ from torch import nn
 from mixq.quant.spec import QuantSpec
 from mixq.quant.weights import quantize_weight
 
+CORRECTABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)  # the layers whose weight layout bias correction knows
+_BY_DEFAULT = (nn.Conv1d, nn.Conv2d)
+
+
+def corrects(setting: bool | None, layer: nn.Module) -> bool:
+    """Whether a static ``layer`` is bias corrected under ``bias_correction=setting`` (None: the default, which
+    corrects convolutions only; True: every Conv/Linear; False: none)."""
+    return isinstance(layer, CORRECTABLE if setting else _BY_DEFAULT) if setting is not False else False
+
 
 def channel_sum(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    """Per-channel sum of ``x`` (float64) along ``channel_dim`` (1 for convolutions, -1 for Linear)."""
-    return x.detach().to(torch.float64).movedim(channel_dim, 0).reshape(x.shape[channel_dim], -1).sum(1)
+    """Per-channel sum of ``x`` along ``channel_dim`` (1 for convolutions, -1 for Linear): summed per sample in
+    ``x``'s dtype (one image's pixels or one sequence's tokens), then across samples in float64, which costs a
+    fraction of a forward where a float64 copy of every input cost more than the layer."""
+    x = x.detach()
+    dim = channel_dim % x.dim()
+    inner = [d for d in range(1, x.dim()) if d != dim]
+    per_sample = x.sum(inner) if inner else x
+    return per_sample.movedim(dim if dim == 0 else 1, -1).reshape(-1, x.shape[dim]).sum(0, dtype=torch.float64)
 
 
 def weight_shift(layer: nn.Module, spec: QuantSpec, input_mean: torch.Tensor,

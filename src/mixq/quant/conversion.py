@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from mixq.pretrained import mark_saveable
 from mixq.quant.adaround import dequantized, on_grid
-from mixq.quant.bias_correction import corrected
+from mixq.quant.bias_correction import corrected, corrects
 from mixq.quant.fusion import relu_module, saturation_clamps, set_submodule
 from mixq.quant.graft import copy_model, graft
 from mixq.quant.modules import (
@@ -42,7 +42,6 @@ from mixq.quant.stages import Prepared
 from mixq.quant.summary import QuantizationSummary, module_bytes
 
 QParams = tuple[torch.Tensor, torch.Tensor]
-_CORRECTED = (nn.Conv1d, nn.Conv2d, nn.Linear)  # the layers bias correction knows the weight layout of
 # a calibrated range that saturates more than this share of its tensor's calibration values is reported: clipping
 # methods (percentile, MSE, entropy) cut well under 0.1 % of the values of the distributions they were made for
 CLIPPED_SHARE_LIMIT = 0.01
@@ -146,10 +145,12 @@ def _bias_corrected(observed: ObservedLayer, config: QuantConfig, name: str,
     rounding (``mixq.quant.bias_correction``; not where SmoothQuant scales its input). ``quantized``: the
     dequantized weight when AdaRound chose it (None: round to nearest)."""
     layer = observed.layer
-    if not config.bias_correction or observed.smooth is not None or not isinstance(layer, _CORRECTED):
+    if observed.smooth is not None or not corrects(config.bias_correction, layer):
         return layer
     mean = observed.input_mean()
     if mean is None:
+        if observed.track_mean:
+            return layer  # tracked, but no calibration batch reached the layer: nothing to correct with
         raise ValueError(f"bias_correction needs each layer's input means from calibration, but {name!r} was "
                          "prepared without them: prepare with a config that has bias_correction=True")
     return corrected(layer, config.weight, mean, quantized)

@@ -279,8 +279,9 @@ class QuantConfig:
     (static graph mode through torch.export): True leaves a Linear's output float where no integer kernel reads it
     (ONNX Runtime's MatMulIntegerToFloat); False rounds every static Linear's output to its calibrated int8 grid,
     which LiteRT's int8 FULLY_CONNECTED needs (``mixq quantize --format tflite`` sets it). ``bias_correction``
-    (static): each static Conv/Linear's bias absorbs the mean output shift its weight rounding causes on the
-    calibration inputs, ``(W_q - W) . E[x]`` (``mixq.quant.bias_correction``); the float model is unchanged.
+    (static): a static layer's bias absorbs the mean output shift its weight rounding causes on the calibration
+    inputs, ``(W_q - W) . E[x]`` (``mixq.quant.bias_correction``; the float model is unchanged): None (default) on
+    convolutions, True on every Conv/Linear, False on none.
     ``adaround`` (static): each static Conv/Linear rounds its weights up or down by AdaRound, minimising its output
     error on the calibration inputs instead of rounding to nearest (``mixq.quant.adaround``; same scales, so the
     exported file has the same operators); it costs an optimisation per layer after calibration.
@@ -301,7 +302,7 @@ class QuantConfig:
     runtime: str | None = None
     runtime_aware: bool = True
     float_outputs: bool = True
-    bias_correction: bool = False
+    bias_correction: bool | None = None
     adaround: bool = False
 
     def __post_init__(self) -> None:
@@ -334,8 +335,9 @@ class QuantConfig:
         object.__setattr__(self, "smoothquant", _alpha(self.smoothquant))
         if self.smoothquant == SMOOTH_LAYERNORM and (self.mode != "static" or not self.float_outputs):
             object.__setattr__(self, "smoothquant", None)  # the default applies to static mode's ONNX files
-        if not isinstance(self.bias_correction, bool):
-            raise TypeError(f"bias_correction must be True or False, got {self.bias_correction!r}")
+        if self.bias_correction is not None and not isinstance(self.bias_correction, bool):
+            raise TypeError(f"bias_correction must be None (convolutions, the default), True or False, got "
+                            f"{self.bias_correction!r}")
         if not isinstance(self.adaround, bool):
             raise TypeError(f"adaround must be True or False, got {self.adaround!r}")
         if not isinstance(self.runtime_aware, bool):
@@ -419,7 +421,7 @@ class QuantConfig:
                      exclude: Iterable[str] = (), overrides: Iterable[LayerOverride] = (),
                      smoothquant: float | str | None = SMOOTH_LAYERNORM, runtime: str | None = None,
                      runtime_aware: bool = True, float_outputs: bool = True,
-                     bias_correction: bool = False, adaround: bool = False) -> QuantConfig:
+                     bias_correction: bool | None = None, adaround: bool = False) -> QuantConfig:
         """Build a config from ``mixq.quantize``'s keyword options; the config's own validation refuses an option
         that no layer would use (``observer`` without static layers, ``bits`` in fp16 mode, ...).
 
@@ -427,9 +429,9 @@ class QuantConfig:
         unless given; ``per_channel=False`` gives static and dynamic layers one weight scale per tensor;
         ``reduce_range=True`` keeps 8-bit static/dynamic weights within 7 bits; ``activation_dtype`` is static
         mode's ``"uint8"`` (default) or ``"int8"``; ``runtime``/``runtime_aware``: runtime-aware precision;
-        ``float_outputs=False`` gives every static Linear an int8 output; ``bias_correction=True`` corrects static
-        layers' biases for the mean shift of weight rounding, ``adaround=True`` rounds their weights by AdaRound
-        (see ``QuantConfig``).
+        ``float_outputs=False`` gives every static Linear an int8 output; ``bias_correction`` corrects static
+        layers' biases for the mean shift of weight rounding (None: convolutions; True: Linear too),
+        ``adaround=True`` rounds their weights by AdaRound (see ``QuantConfig``).
         Example: ``QuantConfig.from_options("weight_only", bits=4)``.
         """
         if reduce_range:

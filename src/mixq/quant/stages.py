@@ -23,7 +23,7 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from mixq.quant import adaround
+from mixq.quant import adaround, bias_correction
 from mixq.quant.calibration import Batch, call_checked, run_batches
 from mixq.quant.capture import capture_compute, capture_root
 from mixq.quant.fusion import apply_fusions, calls_from_graph, find_fusions, set_submodule, trace_calls
@@ -149,7 +149,8 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
         obs_out = make_observer(spec, config.activation, name=f"{name} (output)")
         layer = qmodel.get_submodule(name)
         set_submodule(qmodel, name, ObservedLayer(layer, obs_in, obs_out, relu=name in relu_layers,
-                                                  relu_max=relu_layers.get(name), track_mean=config.bias_correction,
+                                                  relu_max=relu_layers.get(name),
+                                                  track_mean=bias_correction.corrects(config.bias_correction, layer),
                                                   track_gram=config.adaround and adaround.supports(layer)))
     adds: list[str] = []
     if observed:
