@@ -132,3 +132,43 @@ def test_pickling_the_whole_grafted_model_fails_loudly():
     qmodel = mixq.quantize(Residual().eval(), "static", calib_data=_calib(), progress=False)
     with pytest.raises(pickle.PicklingError, match="QuantizedResidual"):
         torch.save(qmodel, io.BytesIO())
+
+
+def test_a_call_binds_as_the_original_forward_binds_it():
+    """Calibrated on keyword batches whose order is not the forward's, a positional call means what it means to
+    the original model, or is refused in one line; before, ``q(ids, mask)`` fed the mask in as token types."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                     intermediate_size=64, type_vocab_size=2)
+    torch.manual_seed(0)
+    bert = transformers.BertForSequenceClassification(config).eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 64, (2, 8), generator=g)
+    types = torch.zeros_like(ids)
+    types[:, 4:] = 1
+    qmodel = mixq.quantize(bert, "static", calib_data=[{"input_ids": ids, "token_type_ids": types}], progress=False)
+    with torch.no_grad():
+        by_name = qmodel(input_ids=ids, token_type_ids=types).logits
+        assert torch.equal(qmodel(ids, None, types).logits, by_name)  # forward(input_ids, attention_mask, types)
+        assert torch.equal(qmodel(ids, token_type_ids=types, output_hidden_states=None).logits, by_name)
+        with pytest.raises(TypeError, match="pass token_type_ids too"):
+            qmodel(ids, torch.ones_like(ids))
+        with pytest.raises(TypeError, match="without attention_mask: leave it out"):
+            qmodel(ids, torch.ones_like(ids), types)
+        with pytest.raises(TypeError, match="without output_hidden_states"):
+            qmodel(ids, token_type_ids=types, output_hidden_states=True)
+        with pytest.raises(TypeError, match="without token_types"):  # its forward takes **kwargs
+            qmodel(ids, token_type_ids=types, token_types=types)
+
+
+def test_a_positionally_captured_graph_takes_its_input_by_name_too():
+    torch.manual_seed(0)
+    model = Residual().eval()
+    qmodel = mixq.quantize(model, "static", calib_data=_calib(), progress=False)
+    x = _calib(1)[0]
+    with torch.no_grad():
+        assert torch.equal(qmodel(x=x), qmodel(x))
+    with pytest.raises(TypeError, match="pass x too"):
+        qmodel(None)
+    with pytest.raises(TypeError, match=r"Residual.forward: .*unexpected keyword argument 'y'"):
+        qmodel(x, y=x)

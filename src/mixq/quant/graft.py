@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import inspect
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+import torch
 from torch import fx, nn
 
-__all__ = ["Home", "copy_model", "graft", "home_of", "no_leafspec_warning"]
+__all__ = ["Home", "bound_forward", "copy_model", "graft", "home_of", "no_leafspec_warning"]
 
 # what every nn.Module keeps in its __dict__ (parameters, buffers, submodules, hooks, flags): never carried over
 _MODULE_STATE = frozenset(vars(nn.Module()))
@@ -55,12 +58,73 @@ def home_of(model: nn.Module) -> Home | None:
     return type(model), {k: v for k, v in vars(model).items() if k not in _MODULE_STATE}
 
 
+def _graph_inputs(cls: type, run_graph: Callable[..., Any]) -> tuple[inspect.Signature, list[str]] | None:
+    """The model class's ``forward`` signature and the captured graph's input names, when every graph input is a
+    named parameter of that ``forward`` (None: calls go to the graph as they are)."""
+    try:
+        original, graph = inspect.signature(cls.forward), inspect.signature(run_graph)
+    except (TypeError, ValueError):
+        return None
+    params = list(graph.parameters.values())[1:]  # after self
+    kinds = {p.kind for p in original.parameters.values()}
+    if (inspect.Parameter.VAR_POSITIONAL in kinds or any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)
+            or not all(p.name in original.parameters for p in params)):
+        return None
+    return original, [p.name for p in params]
+
+
+def _is_default(original: inspect.Signature, name: str, value: Any) -> bool:
+    """Whether ``value`` for ``name`` is what the graph was captured with when the call left it out: None, or
+    the parameter's own (non-tensor) default."""
+    if value is None:
+        return True
+    param = original.parameters.get(name)
+    return (param is not None and param.default is not inspect.Parameter.empty
+            and not isinstance(value, torch.Tensor) and type(value) is type(param.default) and value == param.default)
+
+
+def bound_forward(cls: type, run_graph: Callable[..., Any]) -> Callable[..., Any]:
+    """``forward`` of ``Quantized<Class>``: a call is bound as ``cls.forward`` binds it (positional arguments by the
+    original's parameter order, so ``q(ids, mask)`` means what it means to the original even when the graph was
+    captured from keyword batches in another order) and handed to the graph by name. An input the graph was
+    captured with and the call leaves out, or one the call sets that the graph was captured without, is refused in
+    one line: the captured graph cannot compute what the original ``forward`` does with them."""
+    found = _graph_inputs(cls, run_graph)
+    if found is None:
+        return run_graph
+    original, names = found
+    var_keyword = next((p.name for p in original.parameters.values() if p.kind is p.VAR_KEYWORD), None)
+    model = cls.__name__
+
+    @functools.wraps(run_graph)
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        try:
+            given = dict(original.bind(self, *args, **kwargs).arguments)
+        except TypeError as err:
+            raise TypeError(f"{model}.forward: {err}") from None
+        given.pop(next(iter(original.parameters)))  # self
+        given.update(given.pop(var_keyword, None) or {})
+        missing = [n for n in names if given.get(n) is None]
+        if missing:
+            raise TypeError(f"quantized {model} runs the graph captured from its calibration inputs "
+                            f"({', '.join(names)}): pass {', '.join(missing)} too (a captured graph cannot fill in "
+                            "what the original forward computes for a missing input)")
+        extra = [n for n, v in given.items() if n not in names and not _is_default(original, n, v)]
+        if extra:
+            raise TypeError(f"quantized {model} runs the graph captured from its calibration inputs "
+                            f"({', '.join(names)}), without {', '.join(extra)}: leave it out, or quantize with "
+                            "calibration batches that pass it")
+        return run_graph(self, **{n: given[n] for n in names})
+
+    return forward
+
+
 def graft(gm: fx.GraphModule, home: Home) -> nn.Module:
     """An instance of ``Quantized<Class>`` (a subclass of the model's class) holding ``gm``'s state and running its
     graph as ``forward``, with the model's plain attributes."""
     cls, attributes = home
     quantized = type(f"Quantized{cls.__name__}", (cls,), {
-        "forward": type(gm).forward,
+        "forward": bound_forward(cls, type(gm).forward),
         "graph": property(lambda self: self._graph, doc="The quantized graph that forward runs (torch.fx)."),
         "__doc__": f"{cls.__name__} quantized by mixq: its forward is the captured, quantized graph "
                    "(mixq.quant.graft).",
