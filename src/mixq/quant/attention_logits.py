@@ -189,9 +189,11 @@ def logit_gains(model: nn.Module, probe: Batch, layers: list[str]) -> Gains:
     return probe_gains(model, probe, layers)[0]
 
 
-def sharp_layers(gains: Gains, steps: Mapping[str, float], limit: float = MAX_STEP_NATS) -> dict[str, str]:
+def sharp_layers(gains: Gains, steps: Mapping[str, float], limit: float | None = None) -> dict[str, str]:
     """The layers whose output grid step (``steps``: the calibrated scale of each layer's output) moves the
-    attention logits it feeds by more than ``limit`` nats, each with the reason it stays float."""
+    attention logits it feeds by more than ``limit`` nats (default :data:`MAX_STEP_NATS`), each with the reason it
+    stays float."""
+    limit = MAX_STEP_NATS if limit is None else limit
     sharp = {}
     for name, gain in gains.items():
         move = gain * steps.get(name, 0.0)
