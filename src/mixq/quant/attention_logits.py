@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import operator
+import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from mixq.messages import first_line
 from mixq.quant.calibration import Batch, call_model
 from mixq.quant.modules.observed import ObservedMatMul
 
@@ -72,20 +74,31 @@ class _Gains(TorchFunctionMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.gains: dict[int, tuple[torch.Tensor, Gains, bool]] = {}  # id -> (tensor kept alive, gains, logits)
+        # id -> (a weak reference to the tensor, its gains, whether it holds logits); an entry leaves with its
+        # tensor, so the pass keeps no activation alive and a reused id never inherits gains
+        self.gains: dict[int, tuple[weakref.ref, Gains, bool]] = {}
         self.found: Gains = {}
         self.ranges: dict[str, tuple[float, float]] = {}  # each layer's output range in the probe pass
 
     def mark(self, tensor: object, name: str) -> None:
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
             return
-        self.gains[id(tensor)] = (tensor, {name: 1.0}, False)
+        self._set(tensor, {name: 1.0}, False)
         low, high = self.ranges.get(name, (0.0, 0.0))  # the range a min-max grid (holding 0) would cover
         self.ranges[name] = (min(low, float(tensor.amin())), max(high, float(tensor.amax())))
 
     def of(self, value: object) -> tuple[Gains, bool]:
         entry = self.gains.get(id(value)) if isinstance(value, torch.Tensor) else None
-        return (entry[1], entry[2]) if entry is not None and entry[0] is value else ({}, False)
+        return (entry[1], entry[2]) if entry is not None and entry[0]() is value else ({}, False)
+
+    def _set(self, tensor: torch.Tensor, gains: Gains, logits: bool) -> None:
+        key = id(tensor)
+
+        def forget(ref: weakref.ref) -> None:
+            if self.gains.get(key, (None,))[0] is ref:
+                del self.gains[key]
+
+        self.gains[key] = (weakref.ref(tensor, forget), gains, logits)
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -101,7 +114,7 @@ class _Gains(TorchFunctionMode):
         if gains and name not in _SOFTMAXES:
             for leaf in tree_leaves(out):
                 if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
-                    self.gains[id(leaf)] = (leaf, gains, logits)
+                    self._set(leaf, gains, logits)
         return out
 
     def _through(self, name: str, args: tuple) -> tuple[Gains, bool]:
@@ -129,6 +142,8 @@ class _Gains(TorchFunctionMode):
         if g_a and g_b:
             return {}, False  # a product of two carried tensors is not a logit MatMul
         carried, other, logits = (g_a, args[1], l_a) if g_a else (g_b, args[0], l_b)
+        if not isinstance(other, (torch.Tensor, int, float)) or isinstance(other, bool):
+            return {}, False
         if name in _DIVS:
             if not g_a:
                 return {}, False
@@ -187,6 +202,18 @@ def probe_gains(model: nn.Module, probe: Batch, layers: list[str]) -> tuple[Gain
 def logit_gains(model: nn.Module, probe: Batch, layers: list[str]) -> Gains:
     """:func:`probe_gains`'s gains alone."""
     return probe_gains(model, probe, layers)[0]
+
+
+def checked_gains(model: nn.Module, probe: Batch, layers: list[str],
+                  notes: list[str]) -> tuple[Gains, dict[str, tuple[float, float]]]:
+    """:func:`probe_gains`, or nothing with a note in ``notes`` saying why the logits were not checked (a forward
+    pass that fails under the tracking mode leaves every layer to the config)."""
+    try:
+        return probe_gains(model, probe, layers)
+    except Exception as err:  # noqa: BLE001  (the check is advisory: quantization goes on without it)
+        notes.append(f"attention logits not checked for int8 sensitivity ({type(err).__name__}: "
+                     f"{first_line(err, limit=160)}): every layer keeps the precision its config gives it")
+        return {}, {}
 
 
 def sharp_layers(gains: Gains, steps: Mapping[str, float], limit: float | None = None) -> dict[str, str]:

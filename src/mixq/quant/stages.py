@@ -24,7 +24,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from mixq.quant import adaround
-from mixq.quant.attention_logits import logit_gains
+from mixq.quant.attention_logits import checked_gains
 from mixq.quant.calibration import Batch, call_checked, run_batches
 from mixq.quant.capture import capture_compute, capture_root
 from mixq.quant.fusion import apply_fusions, calls_from_graph, find_fusions, set_submodule, trace_calls
@@ -126,7 +126,7 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
     adapt_in_place(qmodel, targets)
     observed = [n for n in targets if static(n) and _observable(qmodel.get_submodule(n))]
     plain = [n for n in targets if n not in observed]
-    gains = logit_gains(qmodel, probe, observed) if probe is not None and observed else {}
+    gains = checked_gains(qmodel, probe, observed, summary.notes)[0] if probe is not None and observed else {}
 
     def spec_of(name: str) -> ObserverSpec:
         return collect or config.choice(name).observer
