@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -95,3 +96,34 @@ def test_qat_keeps_the_same_layers_float():
     plan = mixq.prepare_qat(model, example_inputs=_inputs(0)).mixq_qat_plan
     assert {r.name for r in plan.skipped} == {"q", "k"}
     assert all("attention logits" in r.detail for r in plan.skipped)
+
+
+def test_graph_mode_keeps_the_qk_matmul_float_too_and_matches_onnx_runtime(reduce_range, tmp_path, ort_run):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    bert = transformers.BertModel(transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64)).eval()
+    attention = bert.encoder.layer[0].attention.self
+    with torch.no_grad():  # one int8 step of q or k moves the logits by ~2.5 nats
+        for layer in (attention.query, attention.key):
+            layer.weight.mul_(100.0)
+
+    def batch(seed: int, seq: int = 10) -> dict[str, torch.Tensor]:
+        ids = torch.randint(0, 100, (2, seq), generator=torch.Generator().manual_seed(seed))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    qmodel = mixq.quantize(bert, "static", calib_data=[batch(s) for s in range(4)], reduce_range=reduce_range,
+                           progress=False)
+    rows = {r.name: r for r in qmodel.mixq_summary.layers}
+    prefix = "encoder.layer.0.attention.self."
+    assert "graph mode (torch.export)" in " ".join(qmodel.mixq_summary.notes)
+    assert {n for n, r in rows.items() if r.status == "float" and n.startswith(prefix)} == {
+        f"{prefix}query", f"{prefix}key", f"{prefix}mixq_matmul_0"}  # Q·Kᵀ float; probabilities·V stays int8
+    assert rows[f"{prefix}mixq_matmul_1"].status == "quantized"
+    path = mixq.export_onnx(qmodel, batch(0), tmp_path / "bert.onnx")
+    x = batch(99, 13)
+    (hidden, *_) = ort_run(path, **x)
+    with torch.no_grad():
+        sim = qmodel(**x).last_hidden_state.numpy()
+    assert float(np.abs(hidden - sim).max()) <= 1e-3 * float(np.abs(sim).max())
