@@ -19,6 +19,7 @@ from mixq.qat.embedding import QATEmbedding
 from mixq.qat.fake_quantizer import FakeQuantizer
 from mixq.qat.layers import QATAdd, QATLayer
 from mixq.qat.outputs import output_layers
+from mixq.quant.attention_logits import checked_gains, sharp_layers
 from mixq.quant.calibration import Batch, call_checked
 from mixq.quant.capture import capture_compute, root_weights
 from mixq.quant.fusion import calls_from_graph, detach_fusions, find_fusions, set_submodule, trace_calls
@@ -133,6 +134,18 @@ def _capture(model: nn.Module, cfg: QATConfig, example_inputs: Batch | None, sum
                              "mixq.quantize, which captures the model's own forward too)")
 
 
+def _sharp_logit_layers(model: nn.Module, targets: list[str], example_inputs: Batch | None,
+                        cfg: QATConfig, notes: list[str]) -> dict[str, str]:
+    """The layers whose uint8 output step, over the range ``example_inputs`` gives them, would move the attention
+    logits they feed by more than a fraction of a nat (``mixq.quant.attention_logits``): they stay float, as
+    ``mixq.quantize`` leaves them after calibration."""
+    if example_inputs is None:
+        return {}
+    gains, ranges = checked_gains(model, example_inputs, targets, notes)
+    levels = cfg.activation.qmax - cfg.activation.qmin
+    return sharp_layers(gains, {name: (high - low) / levels for name, (low, high) in ranges.items()})
+
+
 def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | None,
                    summary: QuantizationSummary) -> nn.Module:
     summary.notes += export_friendly(model, NO_NAN_GUARD)[0]  # the same function; its file exports at any batch
@@ -142,6 +155,10 @@ def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | Non
     summary.notes += [f"{f.batchnorm} trains inside {f.layer} (folded at conversion)" for f in fusions if f.batchnorm]
     targets = plan(model, cfg.static_config(), summary, qat=True)
     adapt_in_place(model, targets)
+    sharp = _sharp_logit_layers(model, targets, example_inputs, cfg, summary.notes)
+    for name, why in sharp.items():
+        summary.add(name, kind_name(model.get_submodule(name)), "float", why)
+    targets = [name for name in targets if name not in sharp]
     outputs = _output_layers(model, targets, example_inputs, summary.notes) if cfg.float_outputs else set()
     for name in targets:
         layer = model.get_submodule(name)

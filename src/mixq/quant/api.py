@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from mixq.quant.attention_logits import sharp_logit_layers
 from mixq.quant.batch_keys import warn_unknown_keys
 from mixq.quant.calibration import Batch
 from mixq.quant.conversion import convert_prepared
@@ -214,6 +215,7 @@ def quantize(
     if cfg.method.needs_data:
         calibrate_weights(prepared, batches, progress=progress)  # type: ignore[arg-type]
     keep_float, runtime_notes = runtime_float_layers(prepared, cfg, kernel_costs)
+    keep_float = {**sharp_logit_layers(prepared), **keep_float}
     qmodel = convert_prepared(prepared, keep_float=keep_float)
     qmodel.mixq_summary.notes[:0] = notes + runtime_notes
     _warn_clipped(qmodel.mixq_summary.clipped)

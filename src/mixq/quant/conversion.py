@@ -215,9 +215,13 @@ def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ra
 
 
 def _convert_matmul(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,
-                    summary: QuantizationSummary) -> None:
+                    summary: QuantizationSummary, keep_float: Mapping[str, str] | None = None) -> None:
     observed: ObservedMatMul = model.get_submodule(name)
     choice = config.choice(name)
+    if name in (keep_float or {}):
+        set_submodule(model, name, FloatMatMul(observed.alpha))
+        summary.add(name, "matmul", "float", keep_float[name])  # type: ignore[index]
+        return
     if excluded(name, config.exclude) or choice.mode == "fp32":
         set_submodule(model, name, FloatMatMul(observed.alpha))
         summary.add(name, "matmul", "float", "excluded" if choice.mode != "fp32" else "kept fp32 by a per-layer "
@@ -234,7 +238,7 @@ def _convert_matmul(model: nn.Module, name: str, config: QuantConfig, ranges: _R
 
 
 def _convert_add(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,
-                 summary: QuantizationSummary) -> None:
+                 summary: QuantizationSummary, keep_float: Mapping[str, str] | None = None) -> None:
     observed: ObservedAdd = model.get_submodule(name)
     observers = (observed.a_observer, observed.b_observer, observed.output_observer)
     choice = config.choice(name)
@@ -250,10 +254,11 @@ def _convert_add(model: nn.Module, name: str, config: QuantConfig, ranges: _Rang
 
 
 def convert_graph_op(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,
-                     summary: QuantizationSummary) -> None:
-    """Convert graph-mode op ``name`` (an ``ObservedAdd`` or an ``ObservedMatMul``) in place."""
+                     summary: QuantizationSummary, keep_float: Mapping[str, str] | None = None) -> None:
+    """Convert graph-mode op ``name`` (an ``ObservedAdd`` or an ``ObservedMatMul``) in place; a MatMul in
+    ``keep_float`` stays float with that reason."""
     convert = _convert_matmul if isinstance(model.get_submodule(name), ObservedMatMul) else _convert_add
-    convert(model, name, config, ranges, summary)
+    convert(model, name, config, ranges, summary, keep_float)
 
 
 def convert_prepared(prepared: Prepared, config: QuantConfig | None = None,
@@ -277,7 +282,7 @@ def convert_prepared(prepared: Prepared, config: QuantConfig | None = None,
     for name in prepared.targets:
         _convert_layer(model, name, config, ranges, summary, prepared.weight_params, keep_float, rounded)
     for name in prepared.adds:
-        convert_graph_op(model, name, config, ranges, summary)
+        convert_graph_op(model, name, config, ranges, summary, keep_float)
     summary.clipped = list(ranges.clipping.values())
     if static and config.activation.torch_dtype == torch.int8:
         summary.notes.append("int8 activations: ONNX Runtime's x86 kernels are fastest with uint8 activations; "

@@ -24,6 +24,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from mixq.quant import adaround, bias_correction
+from mixq.quant.attention_logits import checked_gains
 from mixq.quant.calibration import Batch, call_checked, run_batches
 from mixq.quant.capture import capture_compute, capture_root
 from mixq.quant.fusion import apply_fusions, calls_from_graph, find_fusions, set_submodule, trace_calls
@@ -52,7 +53,9 @@ class Prepared:
     weight it has already moved onto that grid. ``input_shapes``: the input shape each layer saw in the probe pass
     (its first call), which runtime-aware precision times its kernels at. ``rounded`` holds the int8 weight codes
     and scale ``round_weights`` (AdaRound) chose for a static layer, which conversion uses instead of rounding to
-    nearest.
+    nearest. ``logit_gains``: for each observed layer whose output reaches attention logits (a Softmax through a
+    MatMul of two activations), how far one unit of error in one element of it moves a logit, in nats, measured in
+    the probe pass (``mixq.quant.attention_logits``).
     """
 
     model: nn.Module
@@ -67,6 +70,7 @@ class Prepared:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     home: Home | None = None
     rounded: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    logit_gains: dict[str, float] = field(default_factory=dict)
 
     @property
     def targets(self) -> list[str]:
@@ -122,6 +126,7 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
     adapt_in_place(qmodel, targets)
     observed = [n for n in targets if static(n) and _observable(qmodel.get_submodule(n))]
     plain = [n for n in targets if n not in observed]
+    gains = checked_gains(qmodel, probe, observed, summary.notes)[0] if probe is not None and observed else {}
 
     def spec_of(name: str) -> ObserverSpec:
         return collect or config.choice(name).observer
@@ -168,7 +173,7 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
         summary.notes += export_friendly(qmodel, NO_NAN_GUARD)[0]  # on the copy, kept: the file runs what it runs
     return Prepared(qmodel, config, observed, adds, plain, summary, {n: specs[n] for n in observed + adds},
                     input_shapes={n: shapes[n] for n in targets if n in shapes},
-                    home=home if isinstance(qmodel, fx.GraphModule) else None)
+                    home=home if isinstance(qmodel, fx.GraphModule) else None, logit_gains=gains)
 
 
 def calibrate(prepared: Prepared, batches: Iterable[Batch], *, progress: bool = True,
