@@ -127,7 +127,9 @@ def qat_section(ctx: DemoContext) -> Section:
         Text("mixq.prepare_qat copies the fp32 model with fake quantization on weights and activations (BatchNorm "
              "trains folded into its convolution), the same training loop fine-tunes it, and mixq.convert turns it "
              "into the static int8 model it simulated, bit for bit. With 4-bit weights and one scale per tensor, "
-             "post-training quantization loses accuracy; fine-tuning wins it back. Fine-tuning: "
+             "post-training quantization rounding to nearest loses accuracy; fine-tuning wins it back (the 4-bit PTQ "
+             "row is without bias correction, mixq's default for convolutions, which wins back much of that loss "
+             "without training). Fine-tuning: "
              + ", ".join(f"{r.label} {len(r.losses)} steps in {r.seconds:.1f} s" for r in runs) + "."),
         table], data={"pairs": pairs, "runs": [r.to_dict() for r in runs]})
 
