@@ -11,11 +11,14 @@ evaluation set, and other crops (another seed) the calibration set. Nothing is d
 Measured, against the fp32 PyTorch model's predictions: top-1 agreement and top-5 overlap (|top-5 ∩ fp32 top-5| / 5)
 of
 
-- ORT: mixq static (``mixq.quantize`` defaults -> ``export_onnx``; also with ``bias_correction=True`` and with
+- ORT: mixq static (``mixq.quantize`` defaults -> ``export_onnx``; also with ``runtime="ort"``, what ``mixq
+  quantize`` does for an ``.onnx`` file by default: layers whose int8 kernel timed slower alone stay float, with
+  ``bias_correction=False``, the default before convolutions were bias corrected, and with ``--adaround``
   ``adaround=True``) vs ORT ``quantize_static`` (QDQ, uint8 activations, int8 per-channel weights, MinMax) on the
   fp32 ONNX file, plus the fp32 file;
-- LiteRT: mixq full-integer (``export_tflite``) vs litert-torch's PT2E quantizer (symmetric per-channel int8,
-  calibrated on the same images), plus the fp32 file;
+- LiteRT: mixq full-integer for LiteRT (``runtime="litert", float_outputs=False`` -> ``export_tflite``, as ``mixq
+  quantize --format tflite`` does) vs litert-torch's PT2E quantizer (symmetric per-channel int8, calibrated on the
+  same images), plus the fp32 file;
 
 the mixq simulations vs their ONNX files in ORT (argmax agreement), each quantization's time, and latency
 (interleaved medians, 2 threads) at batch 1 and 8 in ORT and batch 1 in LiteRT (the .tflite files have a fixed
@@ -53,9 +56,11 @@ FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "camera.png"]
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
 THREADS = 2
-VARIANTS: dict[str, dict[str, bool]] = {  # mixq.quantize's options per row
-    "mixq static": {}, "mixq static, bias_correction=True": {"bias_correction": True},
-    "mixq static, adaround=True": {"adaround": True}}
+VARIANTS: dict[str, dict[str, Any]] = {  # mixq.quantize's options per row
+    "mixq static": {}, "mixq static, runtime='ort'": {"runtime": "ort"},
+    "mixq static, bias_correction=False": {"bias_correction": False}}
+ADAROUND = {"mixq static, adaround=True": {"adaround": True}}  # --adaround: minutes of learned rounding
+LITERT = {"runtime": "litert", "float_outputs": False}  # mixq quantize --format tflite's options
 
 
 def load_model() -> nn.Module:
@@ -198,7 +203,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     with torch.no_grad():
         ref = torch.cat([model(b) for b in x.split(8)]).numpy()
     seconds, qmodels, sims = {}, {}, {}
-    for label, options in VARIANTS.items():
+    for label, options in (VARIANTS | (ADAROUND if args.adaround else {})).items():
         start = time.perf_counter()
         qmodels[label] = mixq.quantize(model, "static", calib_data=calib, progress=False, **options)
         seconds[f"{label} quantize"] = time.perf_counter() - start
@@ -231,9 +236,11 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     tfl: dict[str, Path | None] = {}
     if not args.skip_litert:
         tfl["fp32"] = attempt("LiteRT fp32 export", lambda: mixq.export_tflite(model, x[:1], tmp / "fp32.tflite"))
-        plain = qmodels["mixq static"]
-        tfl["mixq full-integer"] = attempt("mixq export_tflite",
-                                           lambda: mixq.export_tflite(plain, x[:1], tmp / "mixq_int8.tflite"))
+        start = time.perf_counter()
+        tfl["mixq full-integer"] = attempt("mixq export_tflite", lambda: mixq.export_tflite(
+            mixq.quantize(model, "static", calib_data=calib, progress=False, **LITERT), x[:1],
+            tmp / "mixq_int8.tflite"))
+        seconds["mixq full-integer (quantize + convert)"] = time.perf_counter() - start
         start = time.perf_counter()
         tfl["litert-torch PT2E"] = attempt("litert-torch PT2E",
                                            lambda: pt2e_peer(model, calib, x[:1], tmp / "pt2e_int8.tflite"))
@@ -294,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation crops (default 0; "
                         "calibration crops use seed 1)")
     parser.add_argument("--skip-litert", action="store_true", help="measure ONNX Runtime only (no LiteRT files)")
+    parser.add_argument("--adaround", action="store_true", help="also a mixq static row with adaround=True "
+                        "(minutes of learned rounding)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     parser.add_argument("--runs", type=int, default=10, help="timed calls per file and round (default 10)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write pretrained_cnn.{md,json}")
