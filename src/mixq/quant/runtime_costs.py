@@ -32,7 +32,7 @@ from torch import nn
 from mixq.quant.cpu import cpu_flags
 from mixq.quant.modules.conv_args import integer_padding
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: a static kernel's float form is timed between int8 neighbours
 log = logging.getLogger(__name__)
 
 

@@ -120,9 +120,11 @@ def trace_to_onnx(model: nn.Module, args: tuple, *, kwargs: dict | None = None, 
                   dynamic_shapes: Any = None, input_names: list[str] | None = None,
                   output_names: list[str] | None = None, floor_softmax: bool = False) -> Any:
     """torch.export -> ONNX with mixq's lowering table, the exporter's clean-up and residual LayerNorms kept off
-    ONNX Runtime's slow ``SkipLayerNormalization`` (``mixq.export.onnx.layernorm``), quietly; with
+    ONNX Runtime's slow ``SkipLayerNormalization`` (``mixq.export.onnx.layernorm``), float layers between int8
+    ones kept float there (``mixq.export.onnx.float_layers``), quietly; with
     ``floor_softmax``, masked Softmax inputs floored off the denormal slow path (``mixq.export.onnx.softmax``).
     The ``ModelProto``. Shared by ``export_onnx`` and the key/value-cache decoder export."""
+    from mixq.export.onnx.float_layers import keep_float_layers_float
     from mixq.export.onnx.layernorm import keep_layernorm_unfused
     from mixq.export.onnx.softmax import floor_masked_softmax
     from mixq.export.onnx.translations import translation_table  # onnx/onnxscript are only imported when exporting
@@ -136,6 +138,7 @@ def trace_to_onnx(model: nn.Module, args: tuple, *, kwargs: dict | None = None, 
         _optimize(program)
     proto = program.model_proto
     keep_layernorm_unfused(proto)
+    keep_float_layers_float(proto)
     if floor_softmax and (floored := floor_masked_softmax(proto)):
         log.info("floored %d masked Softmax input(s): this CPU computes their underflowing exp slowly", floored)
     return proto
