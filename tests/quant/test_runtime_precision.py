@@ -34,7 +34,8 @@ def _table(model: MobileBlock, mode: str, stem: float, dw: float, pw: float) -> 
     """int8/float ratios per layer, keyed as the layers' kernels at the shapes ``_x()`` gives them."""
     shapes = {"stem": (2, 3, 16, 16), "dw": (2, 8, 8, 8), "pw": (2, 8, 8, 8)}
     ratios = {"stem": stem, "dw": dw, "pw": pw}
-    return {kernel_of(getattr(model, n), s, mode).key: (1.0, ratios[n]) for n, s in shapes.items()}
+    return {kernel_of(getattr(model, n), s, mode, float_input=n == "stem").key: (1.0, ratios[n])  # reads x itself
+            for n, s in shapes.items()}
 
 
 @pytest.fixture

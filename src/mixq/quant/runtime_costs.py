@@ -32,7 +32,7 @@ from torch import nn
 from mixq.quant.cpu import cpu_flags
 from mixq.quant.modules.conv_args import integer_padding
 
-CACHE_FORMAT = 2  # 2: a static kernel's float form is timed between int8 neighbours
+CACHE_FORMAT = 2  # 2: a static kernel's float form is timed as exported between int8 neighbours
 log = logging.getLogger(__name__)
 
 
@@ -41,7 +41,9 @@ class Kernel:
     """One layer's computation at one input shape: ``op`` ``"conv"`` or ``"linear"``, ``mode`` ``"static"``
     (integer activations in and out, as between int8 neighbours) or ``"dynamic"`` (float in and out, activations
     quantized per call), ``activation`` the static activation dtype. Convolutions carry their geometry; a Linear's
-    ``input_shape`` is ``(tokens, in_features)``."""
+    ``input_shape`` is ``(tokens, in_features)``. ``float_input`` (static): the layer reads a float tensor no int8
+    layer produced (the model's input, a float op's output), so its int8 form quantizes that input itself and its
+    float form reads it as it is."""
 
     op: str
     mode: str
@@ -54,6 +56,7 @@ class Kernel:
     groups: int = 1
     bias: bool = True
     activation: str = "uint8"
+    float_input: bool = False
 
     @property
     def key(self) -> str:
@@ -61,7 +64,7 @@ class Kernel:
         shape = "x".join(map(str, self.input_shape))
         geometry = (f" k{_dims(self.kernel)} s{_dims(self.stride)} p{_dims(self.padding)} d{_dims(self.dilation)} "
                     f"g{self.groups}" if self.op == "conv" else "")
-        act = f"/{self.activation}" if self.mode == "static" else ""
+        act = f"/{self.activation}{'/float-in' if self.float_input else ''}" if self.mode == "static" else ""
         return f"{self.op}/{self.mode}{act} {shape} o{self.out_channels}{geometry}{' bias' if self.bias else ''}"
 
     @property
@@ -89,20 +92,23 @@ def _dims(values: tuple[int, ...]) -> str:
     return "x".join(map(str, values))
 
 
-def kernel_of(layer: nn.Module, input_shape: tuple[int, ...], mode: str, activation: str = "uint8") -> Kernel | None:
-    """The ``Kernel`` a float ``layer`` (Conv1d/Conv2d or Linear) runs at ``input_shape`` in ``mode``; None for
-    other layers (they are not timed)."""
+def kernel_of(layer: nn.Module, input_shape: tuple[int, ...], mode: str, activation: str = "uint8",
+              float_input: bool = False) -> Kernel | None:
+    """The ``Kernel`` a float ``layer`` (Conv1d/Conv2d or Linear) runs at ``input_shape`` in ``mode``
+    (``float_input``: a static layer reading a float tensor, see ``Kernel``); None for other layers (they are not
+    timed)."""
+    float_input = float_input and mode == "static"
     padding = integer_padding(layer) if isinstance(layer, (nn.Conv1d, nn.Conv2d)) else None
     if padding is not None:
         return Kernel("conv", mode, tuple(input_shape), layer.out_channels, tuple(layer.kernel_size),
                       tuple(layer.stride), tuple(padding), tuple(layer.dilation), layer.groups,
-                      layer.bias is not None, activation)
+                      layer.bias is not None, activation, float_input)
     if isinstance(layer, nn.Linear) and input_shape:
         tokens = 1
         for d in input_shape[:-1]:
             tokens *= d
         return Kernel("linear", mode, (tokens, layer.in_features), layer.out_features, bias=layer.bias is not None,
-                      activation=activation)
+                      activation=activation, float_input=float_input)
     return None
 
 

@@ -27,10 +27,12 @@ CASES = {  # (layer, input shape, mode) -> the integer kernel ORT must run for t
 }
 
 
+@pytest.mark.parametrize("float_input", [False, True], ids=["int8 producer", "float input"])
 @pytest.mark.parametrize("layer, shape, mode, integer_op", list(CASES.values()), ids=list(CASES))
 def test_the_int8_form_runs_the_integer_kernel_and_the_float_form_does_not(tmp_path, layer, shape, mode,
-                                                                          integer_op):
-    kernel = kernel_of(layer, shape, mode)
+                                                                          integer_op, float_input):
+    kernel = kernel_of(layer, shape, mode, float_input=float_input)
+    assert kernel.float_input == (float_input and mode == "static")  # dynamic layers always read float
     rng = np.random.default_rng(0)
     for label, model in (("float", kernel_timing.float_model(kernel, rng)),
                          ("int8", kernel_timing.int8_model(kernel, rng))):

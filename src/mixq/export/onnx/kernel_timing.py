@@ -4,11 +4,12 @@ Each form is a tiny one-op graph (``onnx.helper``, weights random) at the kernel
 emits it and ORT fuses it:
 
 * static Conv: uint8 in -> DequantizeLinear -> Conv(DQ int8 weight, DQ int32 bias) -> QuantizeLinear -> uint8 out,
-  which ORT runs as ``QLinearConv`` (integer in and out: the layer between int8 neighbours);
+  which ORT runs as ``QLinearConv`` (integer in and out: the layer between int8 neighbours); a layer whose input
+  is a float tensor (``Kernel.float_input``: the model's input, a float op's output) quantizes it first;
 * static Linear: the same around MatMul (``QLinearMatMul``) without a bias, ``MatMulIntegerToFloat`` with one;
 * dynamic Linear / Conv: DynamicQuantizeLinear -> MatMulInteger / ConvInteger -> Cast -> Mul [-> Add];
-* float: Conv / MatMul [+ Add] on float32; for a static kernel between the same int8 neighbours, so with the
-  DequantizeLinear of its input and the QuantizeLinear of its output that a float layer there pays (a float
+* float: Conv / MatMul [+ Add] on float32; for a static kernel between the same neighbours, so with the
+  DequantizeLinear of an int8 input and the QuantizeLinear of its output that a float layer there pays (a float
   EfficientNet-Lite0 stem timed without them looked faster than its QLinearConv alone, and the whole file was 5-8 %
   slower at batch 8 with it float).
 
@@ -69,19 +70,21 @@ def float_model(kernel: Kernel, rng: np.random.Generator) -> Any:
         inits["w"] = np.ascontiguousarray(w.T)
         nodes = [helper.make_node("MatMul", ["x", "w"], ["m" if kernel.bias else "y"])]
         nodes += [helper.make_node("Add", ["m", "b"], ["y"])] if kernel.bias else []
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(kernel.input_shape))
     if kernel.mode != "static":
-        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(kernel.input_shape))
         return _model(nodes, [x], TensorProto.FLOAT, inits)
     dtype, zp = _ACT[kernel.activation]
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    inits |= {"xs": np.array(np.float32(0.05)), "xz": np.array(zp, dtype), "ys": np.array(np.float32(0.1)),
-              "yz": np.array(zp, dtype)}
-    for node in nodes:  # the float op reads the dequantized input and writes what is quantized
-        node.input[:] = ["xd" if i == "x" else i for i in node.input]
+    inits |= {"ys": np.array(np.float32(0.1)), "yz": np.array(zp, dtype)}
+    for node in nodes:  # the float op writes what is quantized for the int8 layer after it
         node.output[:] = ["yf" if o == "y" else o for o in node.output]
-    nodes = [helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]), *nodes,
-             helper.make_node("QuantizeLinear", ["yf", "ys", "yz"], ["y"])]
-    x = helper.make_tensor_value_info("xq", elem, list(kernel.input_shape))
+    nodes.append(helper.make_node("QuantizeLinear", ["yf", "ys", "yz"], ["y"]))
+    if not kernel.float_input:  # an int8 producer: the float op reads its output dequantized
+        inits |= {"xs": np.array(np.float32(0.05)), "xz": np.array(zp, dtype)}
+        for node in nodes[:-1]:
+            node.input[:] = ["xd" if i == "x" else i for i in node.input]
+        nodes.insert(0, helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]))
+        x = helper.make_tensor_value_info("xq", elem, list(kernel.input_shape))
     model = _model(nodes, [x], elem, inits)
     keep_float_layers_float(model)  # as the export keeps it float: ORT would quantize its weight otherwise
     return model
@@ -104,11 +107,16 @@ def _static(kernel: Kernel, rng: np.random.Generator) -> Any:
                                     "yz": np.array(zp, dtype)}
     x = helper.make_tensor_value_info("xq", elem, list(kernel.input_shape))
     quantize_out = helper.make_node("QuantizeLinear", ["yf", "ys", "yz"], ["y"])
+    quantize_in = []
+    if kernel.float_input:  # no int8 producer: the layer quantizes its float input itself
+        x = helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(np.dtype(np.float32)),
+                                          list(kernel.input_shape))
+        quantize_in = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"])]
     if kernel.op == "linear" and kernel.bias:
         inits["b"] = b
         node = helper.make_node("MatMulIntegerToFloat", ["xq", "wq", "xs", "ws", "xz", "", "b"], ["yf"],
                                 domain="com.microsoft")
-        return _model([node, quantize_out], [x], elem, inits)
+        return _model([*quantize_in, node, quantize_out], [x], elem, inits)
     nodes = [helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
              helper.make_node("DequantizeLinear", ["wq", "ws"], ["wd"], axis=0 if kernel.op == "conv" else 1)]
     if kernel.op == "conv":
@@ -121,7 +129,7 @@ def _static(kernel: Kernel, rng: np.random.Generator) -> Any:
         nodes.append(helper.make_node("Conv", inputs, ["yf"], **_conv_attrs(kernel)))
     else:
         nodes.append(helper.make_node("MatMul", ["xd", "wd"], ["yf"]))
-    return _model([*nodes, quantize_out], [x], elem, inits)
+    return _model([*quantize_in, *nodes, quantize_out], [x], elem, inits)
 
 
 def _dynamic(kernel: Kernel, rng: np.random.Generator) -> Any:
