@@ -104,7 +104,9 @@ def runtime_float_layers(prepared: Prepared, config: QuantConfig, costs: CostTab
                             "runtime_aware=False forces int8")
     timed = len({k.key for k in kernels.values()}) - len({k.key for k in untimed})
     notes = [f"runtime-aware precision for {runtime.title}: {len(slower)} of {len(kernels)} int8 layers stay float "
-             f"where their int8 kernel is slower ({timed} distinct kernel shapes, {source})"]
+             f"where their int8 kernel is slower ({timed} distinct kernel shapes, {source})"
+             + ("; a float layer among int8 ones rounds differently in each runtime, so the file matches the "
+                "simulation to float rounding there, not bit for bit" if slower else "")]
     if measured and _busy():  # logged, not in the summary: a rerun from the cache gives the same summary
         log.warning("mixq: runtime-aware precision timed %d kernels while this machine was busy (load average %.1f "
                     "on %d CPUs), so they may be noise; delete %s to time them again on a quiet machine", measured,
