@@ -31,7 +31,9 @@ _BY_DEFAULT = (nn.Conv1d, nn.Conv2d)
 def corrects(setting: bool | None, layer: nn.Module) -> bool:
     """Whether a static ``layer`` is bias corrected under ``bias_correction=setting`` (None: the default, which
     corrects convolutions only; True: every Conv/Linear; False: none)."""
-    return isinstance(layer, CORRECTABLE if setting else _BY_DEFAULT) if setting is not False else False
+    if setting is False:
+        return False
+    return isinstance(layer, CORRECTABLE if setting else _BY_DEFAULT)
 
 
 def channel_sum(x: torch.Tensor, channel_dim: int) -> torch.Tensor:

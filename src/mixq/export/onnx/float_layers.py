@@ -52,16 +52,17 @@ def _reaches_quantize(node: Any, consumers: dict[str, list[Any]], outputs: set[s
     return False
 
 
-def _input_channels(node: Any, weight: np.ndarray) -> int | None:
-    """How many channels ``node``'s input has along axis 1 (None where that axis is not the weight's)."""
+def _input_channels(node: Any, weight: tuple[int, ...]) -> int | None:
+    """How many channels ``node``'s input has along axis 1, from its ``weight`` shape (None where that axis is not
+    the weight's)."""
     if node.op_type == "Conv":
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        return int(weight.shape[1] * group)
+        return int(weight[1] * group)
     if node.op_type == "ConvTranspose":
-        return int(weight.shape[0])
+        return int(weight[0])
     trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
     trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-    return None if trans_a else int(weight.shape[0 if not trans_b else 1])
+    return None if trans_a else int(weight[1 if trans_b else 0])
 
 
 def _dequantized_source(name: str, producers: dict[str, Any],
@@ -99,7 +100,7 @@ def keep_float_layers_float(model: Any) -> int:
         scale, zero = (initializers.get(n) for n in (list(dq.input) + [""])[1:3])
         if scale is None or numpy_helper.to_array(scale).size != 1 or not _reaches_quantize(node, consumers, outputs):
             continue
-        channels = _input_channels(node, numpy_helper.to_array(weight))
+        channels = _input_channels(node, tuple(weight.dims))  # the shape only: no copy of the weight
         if channels is None:
             continue
         base = f"{node.name or node.output[0]}_mixq_float_input"
