@@ -238,7 +238,7 @@ def _convert_matmul(model: nn.Module, name: str, config: QuantConfig, ranges: _R
 
 
 def _convert_add(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,
-                 summary: QuantizationSummary, keep_float: Mapping[str, str] | None = None) -> None:
+                 summary: QuantizationSummary) -> None:
     observed: ObservedAdd = model.get_submodule(name)
     observers = (observed.a_observer, observed.b_observer, observed.output_observer)
     choice = config.choice(name)
@@ -257,8 +257,10 @@ def convert_graph_op(model: nn.Module, name: str, config: QuantConfig, ranges: _
                      summary: QuantizationSummary, keep_float: Mapping[str, str] | None = None) -> None:
     """Convert graph-mode op ``name`` (an ``ObservedAdd`` or an ``ObservedMatMul``) in place; a MatMul in
     ``keep_float`` stays float with that reason."""
-    convert = _convert_matmul if isinstance(model.get_submodule(name), ObservedMatMul) else _convert_add
-    convert(model, name, config, ranges, summary, keep_float)
+    if isinstance(model.get_submodule(name), ObservedMatMul):
+        _convert_matmul(model, name, config, ranges, summary, keep_float)
+    else:
+        _convert_add(model, name, config, ranges, summary)
 
 
 def convert_prepared(prepared: Prepared, config: QuantConfig | None = None,
