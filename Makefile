@@ -32,12 +32,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m mixq demo $(DEMO_ARGS)
 
+# One pytest-xdist worker per core (a test file stays on one worker, so its fixtures are built once); each worker
+# runs torch on one thread (tests/conftest.py). TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= 2
+
 test: $(LITERT_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # What make test leaves out to stay within minutes: the documentation's slow examples (LiteRT, HF, decoders, demo).
 test-nightly: $(LITERT_STAMP)
-	$(BIN)/python -m pytest -q -m nightly
+	$(BIN)/python -m pytest -q -m nightly -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
