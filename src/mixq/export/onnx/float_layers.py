@@ -122,5 +122,15 @@ def keep_float_layers_float(model: Any) -> int:
         for offset, new_node in enumerate(added):
             graph.node.insert(at + offset, new_node)
         node.input[0] = base
+        _drop_dead(graph, [dq, *chain], outputs)
         changed += 1
     return changed
+
+
+def _drop_dead(graph: Any, nodes: list[Any], outputs: set[str]) -> None:
+    """Remove those of ``nodes`` (a DequantizeLinear and the shape ops after it) that nothing reads any more: ONNX
+    Runtime runs a node whose output is unused, so the replaced path would cost a dequantize of the whole input."""
+    for node in reversed(nodes):
+        read = {name for other in graph.node for name in other.input} | outputs
+        if not any(out in read for out in node.output):
+            graph.node.remove(node)
