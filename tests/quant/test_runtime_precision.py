@@ -140,3 +140,90 @@ def test_the_runtime_round_trips_through_the_config_dict():
     assert mixq.QuantConfig.from_dict(config.to_dict()) == config
     assert mixq.QuantConfig.from_dict({**config.to_dict(), "runtime": None, "runtime_aware": True}).runtime is None
     np.testing.assert_equal(mixq.QuantConfig.from_dict(mixq.make_config("static").to_dict()).runtime_aware, True)
+
+
+@pytest.fixture
+def stem_slower_alone(monkeypatch, tmp_path):
+    """One-op timing (faked) finds only the stem slower in int8; the cache is this test's own."""
+    from mixq.quant.runtime_costs import KernelCost
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def timed(self, kernel, threads=1):
+        return KernelCost(1.0, 1.5 if kernel.input_shape[1] == 3 else 0.5)
+
+    monkeypatch.setattr(OrtRuntime, "time_kernel", timed)
+
+
+def _whole_model(monkeypatch, outcome):
+    """Replace the whole-model timing with ``outcome`` (a KernelCost, or an exception to raise); returns its calls."""
+    from mixq.quant import runtime_precision
+
+    calls = []
+
+    def timed(prepared, kept, candidates, example, runtime):
+        calls.append(sorted(candidates))
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(runtime_precision, "time_variants", timed)
+    return calls
+
+
+def _quantize_for_ort(model: nn.Module) -> nn.Module:
+    return mixq.quantize(model, "static", calib_data=[_x(), _x(seed=1)], progress=False, runtime="ort")
+
+
+def test_layers_slower_alone_stay_int8_when_the_whole_file_is_not_faster(stem_slower_alone, monkeypatch):
+    from mixq.quant.runtime_costs import KernelCost
+
+    calls = _whole_model(monkeypatch, KernelCost(float_ms=9.9, int8_ms=10.0))  # within the margin: not faster
+    model = MobileBlock().eval()
+    qmodel = _quantize_for_ort(model)
+    assert calls == [["stem"]]
+    assert {r.name: r.status for r in qmodel.mixq_summary.layers} == dict.fromkeys(("stem", "dw", "pw"), "quantized")
+    note = next(n for n in qmodel.mixq_summary.notes if "runtime-aware" in n)
+    assert "0 of 3" in note and "1 layers (stem) timed slower in int8 alone" in note and "9.90 ms" in note
+    again = _quantize_for_ort(model)  # the whole model's timing is cached with the kernels'
+    assert calls == [["stem"]] and again.mixq_summary.notes == qmodel.mixq_summary.notes
+
+
+def test_layers_slower_alone_stay_float_when_the_whole_file_is_faster(stem_slower_alone, monkeypatch):
+    from mixq.quant.runtime_costs import KernelCost
+
+    _whole_model(monkeypatch, KernelCost(float_ms=9.0, int8_ms=10.0))
+    qmodel = _quantize_for_ort(MobileBlock().eval())
+    assert {r.name: r.status for r in qmodel.mixq_summary.layers}["stem"] == "float"
+    assert any("1 of 3" in n and "the whole file is faster so (9.00 ms" in n for n in qmodel.mixq_summary.notes)
+
+
+def test_a_whole_file_that_cannot_be_timed_leaves_the_one_op_verdict_and_says_why(stem_slower_alone, monkeypatch):
+    _whole_model(monkeypatch, RuntimeError("cannot export this graph\nlong trace"))
+    qmodel = _quantize_for_ort(MobileBlock().eval())
+    assert {r.name: r.status for r in qmodel.mixq_summary.layers}["stem"] == "float"
+    assert any("not checked in the whole model (its file could not be timed: cannot export this graph)" in n
+               for n in qmodel.mixq_summary.notes)
+
+
+def test_the_whole_file_timing_exports_both_variants_and_times_them(monkeypatch):
+    from mixq.quant.api import _config
+    from mixq.quant.model_timing import time_variants
+    from mixq.quant.stages import calibrate, prepare
+
+    opened = []
+    session = OrtRuntime.session
+
+    def recording(self, path, threads=None):
+        opened.append((mixq.optimized_op_types(path), threads))
+        return session(self, path, threads)
+
+    monkeypatch.setattr(OrtRuntime, "session", recording)
+    prepared = prepare(MobileBlock().eval(), _config("static", None, {}), _x())
+    calibrate(prepared, [_x(), _x(seed=1)], progress=False)
+    cost = time_variants(prepared, {}, {"dw": "test"}, _x(), "ort")
+    assert cost.float_ms > 0 and cost.int8_ms > 0
+    (int8_ops, int8_threads), (float_ops, float_threads) = opened
+    assert int8_ops.get("QLinearConv") == 3 and "Conv" not in int8_ops, int8_ops
+    assert float_ops.get("QLinearConv") == 2 and float_ops.get("Conv") == 1, float_ops  # dw, float
+    assert int8_threads == float_threads == 1

@@ -222,6 +222,14 @@ class Runtime(ABC):
         runtime-aware precision (``mixq.quant.runtime_precision``) leaves layers as configured on the others."""
         raise NotImplementedError(f"{self.title} cannot time kernels (runtime-aware precision is not available)")
 
+    def example_feeds(self, session: Any, example_inputs: Any) -> Any:
+        """A PyTorch example batch (a tensor, a tuple of them, or keyword tensors) as ``session.run`` takes it."""
+        from mixq.quant.calibration import batch_args
+
+        args, kwargs = batch_args(example_inputs)
+        given = {k: v.detach().numpy() for k, v in kwargs.items()} or [a.detach().numpy() for a in args]
+        return self.feeds(session, given)
+
     def check(self, model: Any, path: str | os.PathLike, example_inputs: Any) -> float:
         """Simulation vs runtime: the largest ``|runtime - PyTorch|`` over the outputs on ``example_inputs``."""
         import torch
@@ -233,8 +241,7 @@ class Runtime(ABC):
             expected = model(*args, **kwargs)
         expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
         session = self.session(path, threads=1)
-        given = {k: v.detach().numpy() for k, v in kwargs.items()} or [a.detach().numpy() for a in args]
-        got = self.run(session, self.feeds(session, given))
+        got = self.run(session, self.example_feeds(session, example_inputs))
         return max(float(np.max(np.abs(np.asarray(g, np.float64) - e.detach().double().numpy())))
                    for g, e in zip(got, expected, strict=True))
 

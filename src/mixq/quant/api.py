@@ -214,8 +214,9 @@ def quantize(
             round_weights(prepared, progress=progress)
     if cfg.method.needs_data:
         calibrate_weights(prepared, batches, progress=progress)  # type: ignore[arg-type]
-    keep_float, runtime_notes = runtime_float_layers(prepared, cfg, kernel_costs)
-    keep_float = {**sharp_logit_layers(prepared), **keep_float}
+    sharp = sharp_logit_layers(prepared)
+    keep_float, runtime_notes = runtime_float_layers(prepared, cfg, kernel_costs, example=probe, kept=sharp)
+    keep_float = {**sharp, **keep_float}
     qmodel = convert_prepared(prepared, keep_float=keep_float)
     qmodel.mixq_summary.notes[:0] = notes + runtime_notes
     _warn_clipped(qmodel.mixq_summary.clipped)

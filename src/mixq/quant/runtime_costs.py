@@ -32,7 +32,7 @@ from torch import nn
 from mixq.quant.cpu import cpu_flags
 from mixq.quant.modules.conv_args import integer_padding
 
-CACHE_FORMAT = 2  # 2: a static kernel's float form is timed as exported between int8 neighbours
+CACHE_FORMAT = 3  # 2: a static kernel's float form is timed as exported between int8 neighbours; 3: in their layout
 log = logging.getLogger(__name__)
 
 
@@ -172,6 +172,11 @@ class KernelCosts:
 
     def get(self, kernel: Kernel) -> KernelCost | None:
         return self.table.get(kernel.key)
+
+    def record(self, key: str, cost: KernelCost) -> None:
+        """Add one measurement under ``key`` (e.g. a whole model's, ``mixq.quant.model_timing``) and save it."""
+        self.table[key] = cost
+        self.save()
 
     def measure(self, kernels: Iterable[Kernel], timer: Callable[[Kernel], KernelCost],
                 budget_s: float = 20.0) -> list[Kernel]:

@@ -3,6 +3,7 @@ real, and runtime-aware precision follows them (a small, fast measurement on thi
 
 from __future__ import annotations
 
+import platform
 import time
 
 import numpy as np
@@ -63,3 +64,27 @@ def test_quantize_keeps_float_exactly_the_layers_measured_slower(tmp_path, monke
         cost = cached.get(kernel_of(model.get_submodule(row.name), shapes[row.name], "dynamic"))
         assert cost is not None, row.name  # measured and written to the cache
         assert (row.status == "float") == int8_slower(cost), (row, cost)
+
+
+def _optimized_ops(model, tmp_path) -> list[str]:
+    import onnx
+
+    path = tmp_path / "optimized.onnx"
+    kernel_timing._session(model, 1, optimized_path=path)
+    return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="ORT's channels-last int8 convs: x86")
+@pytest.mark.parametrize("float_input", [False, True], ids=["int8 producer", "float input"])
+def test_static_convs_are_timed_in_the_layout_their_int8_neighbours_run(tmp_path, float_input):
+    """ORT runs a chain of int8 convs channels-last, so only a float layer among them pays Transposes: the int8 form
+    is the channels-last QLinearConv alone (plus the model input's transpose), the float form pays both ways."""
+    kernel = kernel_of(nn.Conv2d(8, 8, 3, padding=1, groups=8), (2, 8, 16, 16), "static", float_input=float_input)
+    assert kernel_timing.channels_last(kernel)
+    rng = np.random.default_rng(0)
+    int8_ops = _optimized_ops(kernel_timing.int8_model(kernel, rng), tmp_path)
+    float_ops = _optimized_ops(kernel_timing.float_model(kernel, rng), tmp_path)
+    assert int8_ops.count("Transpose") == int(float_input) and "QLinearConv" in int8_ops, int8_ops
+    assert float_ops.count("Transpose") == 2 - int(float_input) and "QLinearConv" not in float_ops, float_ops
+    assert not kernel_timing.channels_last(kernel_of(nn.Linear(8, 8), (4, 8), "static"))
+    assert not kernel_timing.channels_last(kernel_of(CONV, (1, 8, 8, 8), "dynamic"))

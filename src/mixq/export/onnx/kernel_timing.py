@@ -13,12 +13,22 @@ emits it and ORT fuses it:
   EfficientNet-Lite0 stem timed without them looked faster than its QLinearConv alone, and the whole file was 5-8 %
   slower at batch 8 with it float).
 
+Layout: where ORT runs a static conv's ``QLinearConv`` channels-last (its NHWC transformer, on x86), a chain of
+int8 layers stays channels-last and only its float boundaries pay a ``Transpose``. So there the int8 form is the
+channels-last ``QLinearConv`` alone (its input comes and its output goes channels-last), and the float form pays
+the Transposes from and back to its int8 neighbours' layout. A one-op graph in ORT's default layout would charge
+the int8 form two Transposes the model never runs and spare the float form the two it does: for 8x32x112x112
+uint8 codes a Transpose costs about as much as the depthwise conv itself.
+
 Both sessions run side by side in interleaved rounds; each form's fastest round is the ``KernelCost``.
 """
 
 from __future__ import annotations
 
+import functools
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,14 +95,86 @@ def float_model(kernel: Kernel, rng: np.random.Generator) -> Any:
             node.input[:] = ["xd" if i == "x" else i for i in node.input]
         nodes.insert(0, helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]))
         x = helper.make_tensor_value_info("xq", elem, list(kernel.input_shape))
+    if kernel.op == "conv" and channels_last(kernel):  # from and back to the int8 neighbours' layout
+        nodes[-1].output[:] = ["yq"]
+        nodes.append(helper.make_node("Transpose", ["yq"], ["y"], perm=_to_channels_last(kernel)))
+        if not kernel.float_input:
+            nodes[0].input[0] = "xt"
+            nodes.insert(0, helper.make_node("Transpose", ["xq"], ["xt"], perm=_to_channels_first(kernel)))
+            x = helper.make_tensor_value_info("xq", elem, _nhwc(kernel.input_shape))
     model = _model(nodes, [x], elem, inits)
     keep_float_layers_float(model)  # as the export keeps it float: ORT would quantize its weight otherwise
     return model
 
 
+def _nhwc(shape: tuple[int, ...]) -> list[int]:
+    return [shape[0], *shape[2:], shape[1]]
+
+
+def _to_channels_last(kernel: Kernel) -> list[int]:
+    rank = len(kernel.input_shape)
+    return [0, *range(2, rank), 1]
+
+
+def _to_channels_first(kernel: Kernel) -> list[int]:
+    rank = len(kernel.input_shape)
+    return [0, rank - 1, *range(1, rank - 1)]
+
+
+@functools.cache
+def _runs_channels_last(activation: str, spatial_dims: int) -> bool:
+    """True when this ORT rewrites a static conv of this activation dtype to a channels-last ``QLinearConv``
+    (read off the graph it optimizes the one-op int8 form into)."""
+    import onnx
+
+    kernel = Kernel("conv", "static", (1, 4, *[6] * spatial_dims), 4, (1,) * spatial_dims, (1,) * spatial_dims,
+                    (0,) * spatial_dims, (1,) * spatial_dims, activation=activation)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "optimized.onnx"
+        _session(_static(kernel, np.random.default_rng(0)), 1, optimized_path=path)
+        nodes = onnx.load(path).graph.node
+    return any(n.op_type == "QLinearConv" and any(a.name == "channels_last" and a.i == 1 for a in n.attribute)
+               for n in nodes)
+
+
+def channels_last(kernel: Kernel) -> bool:
+    """True when ORT runs ``kernel``'s int8 form channels-last (a static conv, see the module docstring)."""
+    return kernel.op == "conv" and kernel.mode == "static" and _runs_channels_last(kernel.activation,
+                                                                                   len(kernel.kernel))
+
+
 def int8_model(kernel: Kernel, rng: np.random.Generator) -> Any:
-    """The int8 form mixq exports for ``kernel`` (see the module docstring)."""
+    """The int8 form mixq exports for ``kernel``, as ORT runs it among int8 neighbours (see the module
+    docstring)."""
+    if channels_last(kernel):
+        return _static_channels_last(kernel, rng)
     return (_static if kernel.mode == "static" else _dynamic)(kernel, rng)
+
+
+def _static_channels_last(kernel: Kernel, rng: np.random.Generator) -> Any:
+    """The channels-last ``QLinearConv`` ORT rewrites a static conv into, reading and writing channels-last codes
+    (a float input is quantized and transposed first, as the model's first int8 layer does)."""
+    from onnx import TensorProto, helper
+
+    _, q, scale, b = _weights(kernel, rng)
+    dtype, zp = _ACT[kernel.activation]
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    x_scale = np.float32(0.05)
+    inits: dict[str, np.ndarray] = {"wq": q, "ws": scale, "wz": np.array(0, np.int8), "xs": np.array(x_scale),
+                                    "xz": np.array(zp, dtype), "ys": np.array(np.float32(0.1)),
+                                    "yz": np.array(zp, dtype)}
+    inputs = ["xq", "xs", "xz", "wq", "ws", "wz", "ys", "yz"]
+    if kernel.bias:
+        inits["bq"] = np.round(b / (x_scale * scale)).astype(np.int32)
+        inputs.append("bq")
+    nodes = [helper.make_node("QLinearConv", inputs, ["y"], domain="com.microsoft", channels_last=1,
+                              **_conv_attrs(kernel))]
+    x = helper.make_tensor_value_info("xq", elem, _nhwc(kernel.input_shape))
+    if kernel.float_input:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(kernel.input_shape))
+        nodes[:0] = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xf"]),
+                     helper.make_node("Transpose", ["xf"], ["xq"], perm=_to_channels_last(kernel))]
+    return _model(nodes, [x], elem, inits)
 
 
 def _static(kernel: Kernel, rng: np.random.Generator) -> Any:
@@ -156,11 +238,13 @@ def _dynamic(kernel: Kernel, rng: np.random.Generator) -> Any:
     return _model(nodes, [x], TensorProto.FLOAT, inits)
 
 
-def _session(model: Any, threads: int) -> Any:
+def _session(model: Any, threads: int, optimized_path: Path | None = None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
