@@ -19,6 +19,7 @@ Usage::
 
     PYTHONPATH=src python benchmarks/bench_runtimes.py            # ~15-30 min on 2 busy cores
     PYTHONPATH=src python benchmarks/bench_runtimes.py --quick    # fewer sentences and rounds
+    PYTHONPATH=src python benchmarks/bench_runtimes.py --quick --models cnn --profile   # + where the CNN's time goes
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+import ort_op_profile  # noqa: E402
 from bench_transformers import cpu_flags, load_minilm, pooled, sentences  # noqa: E402
 from runtime_variants import make_mobilenet, mixq_files, nncf_file, ort_files  # noqa: E402
 
@@ -203,6 +205,17 @@ def markdown(name: str, rows: dict[str, dict[str, Any]], batches: list[int]) -> 
     return lines + [""]
 
 
+def cnn_profile(jobs: dict[str, dict], images: dict[str, np.ndarray], batch: int, threads: int,
+                results: dict[str, Any]) -> list[str]:
+    """ORT's per-node profile of the CNN's fp32 and mixq static files at ``batch``, by node kind."""
+    feeds = {name: array[:batch] for name, array in images.items()}
+    fp32 = ort_op_profile.profile(Path(jobs["fp32 | ort"]["file"]), feeds, threads)
+    int8 = ort_op_profile.profile(Path(jobs["mixq static | ort"]["file"]), feeds, threads)
+    results["cnn_profile"] = {"batch": batch, "fp32": fp32, "mixq static": int8}
+    return ort_op_profile.markdown(fp32, int8, f"Where the CNN's time goes in ORT (profiler, batch {batch}, "
+                                   f"{threads} threads)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="64 sentences, 3 rounds, 160px images")
@@ -212,6 +225,8 @@ def main() -> None:
     p.add_argument("--cnn-batches", default="1,8")
     p.add_argument("--models", default="minilm,cnn")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--profile", action="store_true",
+                   help="also ORT's per-node profile of the CNN's fp32 and mixq static files (largest CNN batch)")
     args = p.parse_args()
     args.calib, args.eval = (32, 64) if args.quick else (128, 256)
     args.rounds = 3 if args.quick else 6
@@ -236,9 +251,12 @@ def main() -> None:
         batches = [int(b) for b in batches.split(",")]
         title = (f"all-MiniLM-L6-v2, seq {args.seq}, {args.eval} sentences" if name == "minilm"
                  else f"MobileNetV2-style CNN (random weights), 3x{args.image}x{args.image}")
-        rows = measure(name, build(args, work), batches, args)
+        built = build(args, work)
+        rows = measure(name, built, batches, args)
         results[name] = rows
         lines += markdown(title, rows, batches)
+        if args.profile and name == "cnn":
+            lines += cnn_profile(built[0], built[1], max(batches), args.threads, results)
     load = os.getloadavg()
     results["load_end"], results["seconds"] = load, round(time.perf_counter() - started)
     lines.append(f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; took "
