@@ -145,9 +145,10 @@ def _check_in_model(prepared: Prepared, config: QuantConfig, kernels: Mapping[st
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             return slower, f"; not checked in the whole model (its file could not be timed: {reason})"
         table.record(key, cost)
-    times = f"{cost.float_ms:.2f} ms with them float vs {cost.int8_ms:.2f} ms all int8, 1 thread"
+    them, layers = ("it", "layer") if len(slower) == 1 else ("them", "layers")
+    times = f"{cost.float_ms:.2f} ms with {them} float vs {cost.int8_ms:.2f} ms all int8, 1 thread"
     if faster_with_float(cost):
         return slower, f"; the whole file is faster so ({times})"
     names = ", ".join(sorted(slower)[:4]) + (", ..." if len(slower) > 4 else "")
-    return {}, (f"; {len(slower)} layers ({names}) timed slower in int8 alone, but the whole file was not faster "
-                f"with them float ({times}), so they stay int8")
+    return {}, (f"; {len(slower)} {layers} ({names}) timed slower in int8 alone, but the whole file was not faster "
+                f"with {them} float ({times}), so {'it stays' if len(slower) == 1 else 'they stay'} int8")
