@@ -227,3 +227,15 @@ def test_the_whole_file_timing_exports_both_variants_and_times_them(monkeypatch)
     assert int8_ops.get("QLinearConv") == 3 and "Conv" not in int8_ops, int8_ops
     assert float_ops.get("QLinearConv") == 2 and float_ops.get("Conv") == 1, float_ops  # dw, float
     assert int8_threads == float_threads == 1
+
+
+def test_a_model_too_large_to_export_twice_is_not_checked(stem_slower_alone, monkeypatch):
+    from mixq.quant import model_timing
+
+    calls = _whole_model(monkeypatch, AssertionError("timed"))
+    monkeypatch.setattr(model_timing, "MAX_PARAMETERS", 10)
+    model = MobileBlock().eval()
+    qmodel = _quantize_for_ort(model)
+    assert not calls and {r.name: r.status for r in qmodel.mixq_summary.layers}["stem"] == "float"
+    count = sum(p.numel() for p in model.parameters())
+    assert any(f"not checked in the whole model ({count:,} parameters" in n for n in qmodel.mixq_summary.notes)

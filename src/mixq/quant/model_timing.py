@@ -30,6 +30,8 @@ from mixq.quant.stages import Prepared
 FASTER_MARGIN = 1.03
 THREADS = 1  # as the kernels are timed (``KernelCosts`` records it): the quietest, most repeatable measurement
 TIMING_S = 3.0  # seconds of timed calls per file, split over interleaved rounds
+# larger models are not checked (two more exports would take minutes and their memory): the one-op verdict stands
+MAX_PARAMETERS = 150_000_000
 
 
 def model_key(kernels: Mapping[str, Kernel], candidates: Mapping[str, str]) -> str:
@@ -60,6 +62,12 @@ def time_variants(prepared: Prepared, keep_float: Mapping[str, str], candidates:
         per_run = (time.perf_counter() - start) / len(jobs)
         times = measure_interleaved(jobs, runs_within(TIMING_S, per_run, floor=6, cap=400), warmup=2, rounds=6)
     return KernelCost(times["float"].median_ms, times["int8"].median_ms)
+
+
+def too_large(prepared: Prepared) -> int | None:
+    """The model's parameter count when it is over ``MAX_PARAMETERS`` (too large to export twice), else None."""
+    count = sum(p.numel() for p in prepared.model.parameters())
+    return count if count > MAX_PARAMETERS else None
 
 
 def faster_with_float(cost: KernelCost) -> bool:

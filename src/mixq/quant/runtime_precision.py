@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 
 from mixq.quant.calibration import Batch
-from mixq.quant.model_timing import faster_with_float, model_key, time_variants
+from mixq.quant.model_timing import faster_with_float, model_key, time_variants, too_large
 from mixq.quant.modules import ObservedLayer
 from mixq.quant.runtime_costs import Kernel, KernelCost, KernelCosts, kernel_of
 from mixq.quant.spec import QuantConfig
@@ -139,6 +139,9 @@ def _check_in_model(prepared: Prepared, config: QuantConfig, kernels: Mapping[st
     if cost is None:
         if budget_s <= 0:
             return slower, "; not checked in the whole model (time budget spent on kernels)"
+        if (count := too_large(prepared)) is not None:
+            return slower, (f"; not checked in the whole model ({count:,} parameters: two more exports "
+                            "would take minutes)")
         try:
             cost = time_variants(prepared, kept, slower, example, config.runtime)
         except Exception as err:  # the one-op verdict stands; the note says why it was not checked
