@@ -110,6 +110,17 @@ def test_dynamic_convs_slower_than_float_export_no_conv_integer(no_timing, tmp_p
     assert OrtRuntime().check(qmodel, path, _x(3, seed=2)) <= 1e-5
 
 
+def test_dynamic_convs_int8_only_where_not_slower_are_not_warned_about(no_timing):
+    model = MobileBlock().eval()
+    table = _table(model, "dynamic", stem=6.0, dw=9.0, pw=0.8)  # the 1x1 conv's ConvInteger is faster here
+    aware = mixq.quantize(model, "dynamic", example_inputs=_x(), runtime="ort", kernel_costs=table)
+    assert [r.name for r in aware.mixq_summary.quantized] == ["pw"]
+    assert any("left int8 run as ConvInteger: runtime-aware precision found them no slower" in n
+               for n in aware.mixq_summary.notes)
+    plain = mixq.quantize(model, "dynamic", example_inputs=_x())
+    assert any("several times slower than float Conv" in n for n in plain.mixq_summary.notes)
+
+
 @pytest.mark.parametrize("options, message", [
     ({"runtime": "nope"}, "unknown runtime 'nope'"),
     ({"runtime_aware": False}, "runtime_aware=False has no effect without a runtime"),

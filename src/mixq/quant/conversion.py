@@ -166,6 +166,17 @@ def _static_float_layer(observed: ObservedLayer, config: QuantConfig, name: str,
     return on_grid(_bias_corrected(observed, config, name, dequantized(codes, scale)), codes, scale), scale
 
 
+def _dynamic_conv_note(config: QuantConfig) -> str:
+    """What the summary says about dynamic convolutions (``ConvInteger`` in ONNX): a warning, unless runtime-aware
+    precision already kept every one that runs slower float."""
+    if config.runtime is not None and config.runtime_aware:
+        return (f"the dynamic convolutions left int8 run as ConvInteger: runtime-aware precision found them no "
+                f"slower than float on {config.runtime} here, or too small to matter")
+    return ("dynamic convolutions run as ConvInteger, which ONNX Runtime executes several times slower than float "
+            "Conv on x86 CPUs (6x on ResNet-18 in benchmarks/bench_ptq.py); use mode='static' for CNNs, or "
+            "runtime='ort' to keep them float where they are slower")
+
+
 def _convert_layer(model: nn.Module, name: str, config: QuantConfig, ranges: _Ranges,
                    summary: QuantizationSummary, weight_params: dict[str, GroupParams],
                    keep_float: Mapping[str, str] | None = None,
@@ -290,9 +301,7 @@ def convert_prepared(prepared: Prepared, config: QuantConfig | None = None,
         summary.notes.append("int8 activations: ONNX Runtime's x86 kernels are fastest with uint8 activations; "
                              "with int8 some layers may fall back to float Conv and adds stay float")
     if any(isinstance(m, DynamicQuantizedConv) for m in model.modules()):
-        summary.notes.append("dynamic convolutions run as ConvInteger, which ONNX Runtime executes several times "
-                             "slower than float Conv on x86 CPUs (6x on ResNet-18 in benchmarks/bench_ptq.py); "
-                             "use mode='static' for CNNs, or runtime='ort' to keep them float where they are slower")
+        summary.notes.append(_dynamic_conv_note(config))
     summary.sort_by(model)
     if prepared.home is not None and isinstance(model, fx.GraphModule):
         model = graft(model, prepared.home)
