@@ -107,3 +107,21 @@ def test_by_default_convolutions_are_corrected_and_linear_layers_are_not(setting
 def test_bias_correction_must_be_none_true_or_false():
     with pytest.raises(TypeError, match="bias_correction must be None"):
         QuantConfig("static", bias_correction="conv")
+
+
+def test_a_weight_normalised_conv_is_corrected_without_copying_its_parametrization(tmp_path, ort_run):
+    """wav2vec2's positional conv is a weight_norm-parametrized Conv1d, which ``copy.copy`` refuses (it pickles)."""
+    torch.manual_seed(3)
+    conv = nn.utils.parametrizations.weight_norm(nn.Conv1d(8, 8, 3, padding=1, groups=2), dim=2)
+    model = nn.Sequential(nn.ReLU(), conv).eval()
+    calib = [torch.rand(4, 8, 16) for _ in range(2)]
+    corrected = mixq.quantize(model, "static", calib_data=calib, progress=False)
+    plain = mixq.quantize(model, "static", calib_data=calib, progress=False, bias_correction=False)
+    assert {r.name: r.detail for r in corrected.mixq_summary.layers}["1"].count("bias corrected") == 1
+    with torch.no_grad():
+        x = torch.rand(8, 8, 16)
+        reference, fixed, rounded = model(x), corrected(x), plain(x)
+    assert (fixed - reference).mean(dim=(0, 2)).abs().mean() < (rounded - reference).mean(dim=(0, 2)).abs().mean()
+    assert torch.equal(model(x), reference)  # the float model's bias untouched
+    path = mixq.export_onnx(corrected, x, tmp_path / "wn.onnx")
+    torch.testing.assert_close(torch.from_numpy(ort_run(path, x)[0]), fixed, atol=1e-5, rtol=1e-5)
