@@ -19,13 +19,13 @@ were, the nearest codes are kept.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixq.quant.modules.copies import plain_copy
 from mixq.quant.spec import QuantSpec
 from mixq.quant.weights import weight_scale
 
@@ -175,7 +175,6 @@ def dequantized(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 def on_grid(layer: nn.Module, codes: torch.Tensor, scale: torch.Tensor) -> nn.Module:
     """A copy of ``layer`` (other parameters shared) whose weight is ``codes * scale``: quantizing it with
     ``scale`` gives back ``codes`` exactly."""
-    moved = copy.copy(layer)
-    moved._parameters = dict(layer._parameters)  # a shallow copy shares the dict: give the copy its own
+    moved = plain_copy(layer)
     moved.weight = nn.Parameter(dequantized(codes, scale).to(layer.weight.dtype), requires_grad=False)
     return moved

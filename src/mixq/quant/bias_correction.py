@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
+from mixq.quant.modules.copies import plain_copy
 from mixq.quant.spec import QuantSpec
 from mixq.quant.weights import quantize_weight
 
@@ -66,12 +66,9 @@ def corrected(layer: nn.Module, spec: QuantSpec, input_mean: torch.Tensor,
               quantized: torch.Tensor | None = None) -> nn.Module:
     """A copy of ``layer`` (sharing its weight) whose bias is ``bias - weight_shift``; ``layer`` itself if it has
     no bias."""
-    if getattr(layer, "bias", None) is None or parametrize.is_parametrized(layer, "bias"):
-        return layer  # no bias, or one computed by a parametrization: nothing to move it with
+    if getattr(layer, "bias", None) is None:
+        return layer
     shift = weight_shift(layer, spec, input_mean, quantized).to(layer.bias.dtype)
-    # a shallow copy by hand: copy.copy pickles, which a parametrized layer (weight_norm) refuses
-    fixed = type(layer).__new__(type(layer))
-    fixed.__dict__.update(layer.__dict__)
-    fixed._parameters = dict(layer._parameters)  # its own dict, so the new bias does not reach ``layer``
+    fixed = plain_copy(layer)
     fixed.bias = nn.Parameter(layer.bias.detach() - shift, requires_grad=False)
     return fixed

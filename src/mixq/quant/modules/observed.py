@@ -7,14 +7,13 @@ Runtime keeps the integer chain unbroken.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mixq.quant.adaround import GramAccumulator
 from mixq.quant.bias_correction import channel_sum
+from mixq.quant.modules.copies import plain_copy
 from mixq.quant.modules.facade import Delegating
 from mixq.quant.observers import Observer
 
@@ -36,7 +35,7 @@ def unfold_pad(layer: nn.Module) -> nn.Module:
     if amounts is None:
         return layer
     pad = (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)[len(amounts) // 2 - 1](tuple(amounts), 0.0)
-    plain = copy.copy(layer)
+    plain = plain_copy(layer)
     del plain.mixq_pads
     return nn.Sequential(pad, plain)
 
