@@ -1,0 +1,83 @@
+"""Exact, fast counting of float32 values into equal-width bins whose edges are float64.
+
+The bins are ``[e[i], e[i + 1])`` with ``e = uniform_edges(start, width, bins)`` (``start + width * i``, in
+float64); values below ``e[1]`` count in bin 0 and values at or above ``e[bins - 1]`` in the last bin.
+``count_bins`` puts every value in exactly that bin, at about the cost of a few float32 passes:
+
+1. In float32, ``t = x / width - start / width + D`` for chunks that stay in cache; ``u = trunc(clamp(t))``.
+   ``D`` (``_margin``) exceeds the rounding error of ``t`` plus that of the float64 edges, so ``u`` is the
+   exact bin or the one above it; when ``D`` would reach 1/4 (a range that is narrow next to its distance
+   from 0, or a huge ``bins``) ``t`` is computed in float64 instead, where ``D`` is tiny.
+2. ``x < g[u]`` (``g``: each edge rounded *up* to float32, ``g[0] = -inf``) says which. For a float32 ``x``
+   and a float64 edge ``e``, ``x >= e`` exactly when ``x >= ceil32(e)`` (the least float32 ``>= e``), so this
+   float32 comparison is the float64 one. It is taken from the sign bit of ``x - g[u]``: float subtraction
+   keeps the sign of the exact difference and gives ``+0`` only for equal operands.
+
+Proof that ``u`` is the bin ``b`` or ``b + 1`` (``b`` before clamping: ``e[b] <= x < e[b + 1]``), with
+``p`` the precision (24 or 53), ``r = 2**-p * (1 + 2**-20)`` a bound on each relative rounding (double
+rounding float64 -> float32 included), ``A = max|x|`` and ``M = |start|``, all in bin widths: ``s = 1/w``
+and ``c = -start/w + D`` are rounded once each (relative ``r``), ``s * x`` and ``+ c`` once each (a fused
+multiply-add rounds once: the bound holds too). So ``|t - ((x - start)/w + D)| <= r*(M/w + D) +
+(2r + r**2)*A/w + r*(1 + 2r)*(M/w + A/w + D) <= 4r*((M + A)/w + D)``. Each edge ``fl(start + fl(w*i))`` is
+within ``2**-52 * (M + 2*bins*w)`` of ``start + w*i``, so ``b - eta <= (x - start)/w < b + 1 + eta`` with
+``eta = 2**(1-p) * (M/w + 2*bins)`` (bins widths). ``D = 2**(3-p) * ((M + A)/w + bins + 2)`` is at least
+``4r*((M + A)/w + 1) + eta`` (since ``D < 1/4``), hence ``t >= b`` and ``t < b + 1 + 2*D < b + 2``.
+Clamping ``t`` to ``[0, bins - 1]`` clamps ``u`` the same way; where clamping makes ``u`` differ from ``b``
+by one, ``x < e[u]`` holds; otherwise ``x >= e[u]`` (or ``u = 0``, where ``g[0] = -inf``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+_CHUNK = 1 << 16  # elements per pass: the chunk and its two scratch buffers stay in the L2 cache
+_PRECISION = {torch.float32: 24, torch.float64: 53}
+
+
+def uniform_edges(start: float, width: float, bins: int) -> torch.Tensor:
+    """The ``bins + 1`` float64 edges ``start + width * i`` (the one definition of the bins)."""
+    return start + width * torch.arange(bins + 1, dtype=torch.float64)
+
+
+def ceil_float32(values: torch.Tensor) -> torch.Tensor:
+    """Each float64 value rounded up to float32: the least float32 that is ``>=`` it."""
+    rounded = values.to(torch.float32)
+    up = torch.nextafter(rounded, torch.tensor(float("inf")))
+    return torch.where(rounded.to(torch.float64) < values, up, rounded)
+
+
+def _margin(start: float, width: float, bins: int, amax: float, dtype: torch.dtype) -> float:
+    """``D`` of the module docstring: the bin index computed in ``dtype`` is never below the exact one and
+    less than one above it."""
+    return 2.0 ** (3 - _PRECISION[dtype]) * ((abs(start) + amax) / width + bins + 2)
+
+
+def count_bins(x: torch.Tensor, start: float, width: float, bins: int, amax: float) -> tuple[torch.Tensor, int]:
+    """Counts of ``x`` (float32) in the ``bins`` bins of ``uniform_edges(start, width, bins)`` (int64, every
+    value in the bin that holds it, out-of-range values in the end bins) and the number of exact zeros (``+0``
+    or ``-0``). ``amax`` bounds ``|x|`` (its largest magnitude). Example: ``count_bins(torch.tensor([0.5, 1.5]),
+    0.0, 1.0, 2, 1.5) == (tensor([1, 1]), 0)``."""
+    flat = x.reshape(-1)
+    edges = uniform_edges(start, width, bins)
+    if _margin(start, width, bins, amax, torch.float64) >= 0.25:  # unreachable for float32 data: be exact anyway
+        index = torch.bucketize(flat, ceil_float32(edges[1:bins]), right=True)
+        return torch.bincount(index, minlength=bins), flat.numel() - int(torch.count_nonzero(flat))
+    upper = ceil_float32(edges[:bins])
+    upper[0] = float("-inf")
+    dtype = torch.float32 if _margin(start, width, bins, amax, torch.float32) < 0.25 else torch.float64
+    shift = torch.tensor(-start / width + _margin(start, width, bins, amax, dtype), dtype=dtype)
+    size = min(flat.numel(), _CHUNK)
+    scratch, edge = torch.empty(size, dtype=dtype), torch.empty(size)
+    index = torch.empty(size, dtype=torch.int32)
+    counts = torch.zeros(bins, dtype=torch.int64)
+    nonzero = 0
+    for chunk in flat.split(_CHUNK):
+        n = chunk.numel()
+        t, g, u = scratch[:n], edge[:n], index[:n]
+        torch.add(shift, chunk.to(dtype), alpha=1.0 / width, out=t).clamp_(0, bins - 1)
+        u.copy_(t)  # truncation: the floor, as t >= 0
+        torch.index_select(upper, 0, u, out=g)
+        u.add_(torch.sub(chunk, g, out=g).view(torch.int32).bitwise_right_shift_(31))  # -1 where x < g[u]
+        counts += torch.bincount(u, minlength=bins)
+        nonzero += int(torch.count_nonzero(torch.abs(chunk, out=g).view(torch.int32)))  # -0 has a sign bit
+    return counts, flat.numel() - nonzero
