@@ -11,7 +11,8 @@ float64); values below ``e[1]`` count in bin 0 and values at or above ``e[bins -
 2. ``x < g[u]`` (``g``: each edge rounded *up* to float32, ``g[0] = -inf``) says which. For a float32 ``x``
    and a float64 edge ``e``, ``x >= e`` exactly when ``x >= ceil32(e)`` (the least float32 ``>= e``), so this
    float32 comparison is the float64 one. It is taken from the sign bit of ``x - g[u]``: float subtraction
-   keeps the sign of the exact difference and gives ``+0`` only for equal operands.
+   keeps the sign of the exact difference (gradual underflow: a nonzero difference never rounds to 0), and
+   for equal operands gives ``+0`` except ``(-0) - (+0) = -0``, so an edge at 0 is stored as ``-0``.
 
 Proof that ``u`` is the bin ``b`` or ``b + 1`` (``b`` before clamping: ``e[b] <= x < e[b + 1]``), with
 ``p`` the precision (24 or 53), ``r = 2**-p * (1 + 2**-20)`` a bound on each relative rounding (double
@@ -30,7 +31,10 @@ from __future__ import annotations
 
 import torch
 
-_CHUNK = 1 << 16  # elements per pass: the chunk and its two scratch buffers stay in the L2 cache
+# elements per pass: the chunk and its scratch buffers stay in cache, and each op stays below torch's parallel
+# grain (32768), so it runs inline: an OpenMP fork per op per chunk costs more than it saves (far more when the
+# other cores are busy). A multiple of 16, so every chunk starts 64-byte aligned.
+_CHUNK = 32768 - 16
 _PRECISION = {torch.float32: 24, torch.float64: 53}
 
 
@@ -52,18 +56,21 @@ def _margin(start: float, width: float, bins: int, amax: float, dtype: torch.dty
     return 2.0 ** (3 - _PRECISION[dtype]) * ((abs(start) + amax) / width + bins + 2)
 
 
-def count_bins(x: torch.Tensor, start: float, width: float, bins: int, amax: float) -> tuple[torch.Tensor, int]:
-    """Counts of ``x`` (float32) in the ``bins`` bins of ``uniform_edges(start, width, bins)`` (int64, every
-    value in the bin that holds it, out-of-range values in the end bins) and the number of exact zeros (``+0``
-    or ``-0``). ``amax`` bounds ``|x|`` (its largest magnitude). Example: ``count_bins(torch.tensor([0.5, 1.5]),
-    0.0, 1.0, 2, 1.5) == (tensor([1, 1]), 0)``."""
+def count_bins(x: torch.Tensor, start: float, width: float, bins: int, lo: float,
+               hi: float) -> tuple[torch.Tensor, int]:
+    """Counts of ``x`` (float32, values in ``[lo, hi]``) in the ``bins`` bins of ``uniform_edges(start, width,
+    bins)`` (int64; every value in the bin that holds it, values beyond the ends in the end bins) and the number
+    of exact zeros (``+0`` or ``-0``). Example: ``count_bins(torch.tensor([0.5, 1.5]), 0.0, 1.0, 2, 0.5, 1.5)``
+    is ``(tensor([1, 1]), 0)``."""
     flat = x.reshape(-1)
     edges = uniform_edges(start, width, bins)
+    amax, zeros_possible = max(-lo, hi), lo <= 0.0 <= hi
     if _margin(start, width, bins, amax, torch.float64) >= 0.25:  # unreachable for float32 data: be exact anyway
         index = torch.bucketize(flat, ceil_float32(edges[1:bins]), right=True)
         return torch.bincount(index, minlength=bins), flat.numel() - int(torch.count_nonzero(flat))
     upper = ceil_float32(edges[:bins])
     upper[0] = float("-inf")
+    upper[upper == 0.0] = -0.0  # -0.0 - (+0.0) is -0.0, whose sign bit would say -0.0 < +0.0
     dtype = torch.float32 if _margin(start, width, bins, amax, torch.float32) < 0.25 else torch.float64
     shift = torch.tensor(-start / width + _margin(start, width, bins, amax, dtype), dtype=dtype)
     size = min(flat.numel(), _CHUNK)
@@ -79,5 +86,6 @@ def count_bins(x: torch.Tensor, start: float, width: float, bins: int, amax: flo
         torch.index_select(upper, 0, u, out=g)
         u.add_(torch.sub(chunk, g, out=g).view(torch.int32).bitwise_right_shift_(31))  # -1 where x < g[u]
         counts += torch.bincount(u, minlength=bins)
-        nonzero += int(torch.count_nonzero(torch.abs(chunk, out=g).view(torch.int32)))  # -0 has a sign bit
-    return counts, flat.numel() - nonzero
+        if zeros_possible:
+            nonzero += int(torch.count_nonzero(torch.abs(chunk, out=g).view(torch.int32)))  # -0 has a sign bit
+    return counts, flat.numel() - nonzero if zeros_possible else 0

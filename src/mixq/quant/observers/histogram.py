@@ -70,8 +70,7 @@ class HistogramObserver(Observer):
                 width = max(abs(float(lo)), 1.0) * _PLACEHOLDER_RELATIVE_WIDTH / self.bins
             self.hist_min.fill_(float(lo))
             self.bin_width.fill_(width)
-        counts, zeros = count_bins(x, float(self.hist_min), float(self.bin_width), self.bins,
-                                   max(-float(lo), float(hi)))
+        counts, zeros = count_bins(x, float(self.hist_min), float(self.bin_width), self.bins, float(lo), float(hi))
         self.histogram += counts
         self.zero_count += zeros
 
