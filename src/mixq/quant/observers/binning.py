@@ -29,6 +29,8 @@ by one, ``x < e[u]`` holds; otherwise ``x >= e[u]`` (or ``u = 0``, where ``g[0] 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # elements per pass: the chunk and its scratch buffers stay in cache, and each op stays below torch's parallel
@@ -56,6 +58,17 @@ def _margin(start: float, width: float, bins: int, amax: float, dtype: torch.dty
     return 2.0 ** (3 - _PRECISION[dtype]) * ((abs(start) + amax) / width + bins + 2)
 
 
+@functools.lru_cache(maxsize=256)  # a histogram's bins change only when it widens: reuse the table until then
+def _lower_edges(start: float, width: float, bins: int) -> torch.Tensor:
+    """``g`` of the module docstring: each bin's lower edge rounded up to float32, ``-inf`` for bin 0 (shared:
+    read only)."""
+    lower = ceil_float32(uniform_edges(start, width, bins)[:-1])
+    lower[0] = float("-inf")
+    lower[lower == 0.0] = -0.0  # -0.0 - (+0.0) is -0.0, whose sign bit would say -0.0 < +0.0
+    return lower
+
+
+@torch.inference_mode()  # the chunk loop is dispatch-bound: skip autograd's bookkeeping
 def count_bins(x: torch.Tensor, start: float, width: float, bins: int, lo: float,
                hi: float) -> tuple[torch.Tensor, int]:
     """Counts of ``x`` (float32, values in ``[lo, hi]``) in the ``bins`` bins of ``uniform_edges(start, width,
@@ -63,29 +76,28 @@ def count_bins(x: torch.Tensor, start: float, width: float, bins: int, lo: float
     of exact zeros (``+0`` or ``-0``). Example: ``count_bins(torch.tensor([0.5, 1.5]), 0.0, 1.0, 2, 0.5, 1.5)``
     is ``(tensor([1, 1]), 0)``."""
     flat = x.reshape(-1)
-    edges = uniform_edges(start, width, bins)
     amax, zeros_possible = max(-lo, hi), lo <= 0.0 <= hi
+    lower = _lower_edges(start, width, bins)
     if _margin(start, width, bins, amax, torch.float64) >= 0.25:  # unreachable for float32 data: be exact anyway
-        index = torch.bucketize(flat, ceil_float32(edges[1:bins]), right=True)
+        index = torch.bucketize(flat, lower[1:], right=True)
         return torch.bincount(index, minlength=bins), flat.numel() - int(torch.count_nonzero(flat))
-    upper = ceil_float32(edges[:bins])
-    upper[0] = float("-inf")
-    upper[upper == 0.0] = -0.0  # -0.0 - (+0.0) is -0.0, whose sign bit would say -0.0 < +0.0
     dtype = torch.float32 if _margin(start, width, bins, amax, torch.float32) < 0.25 else torch.float64
     shift = torch.tensor(-start / width + _margin(start, width, bins, amax, dtype), dtype=dtype)
+    scale = 1.0 / width
     size = min(flat.numel(), _CHUNK)
-    scratch, edge = torch.empty(size, dtype=dtype), torch.empty(size)
-    index = torch.empty(size, dtype=torch.int32)
+    buffers = torch.empty(size, dtype=dtype), torch.empty(size), torch.empty(size, dtype=torch.int32)
     counts = torch.zeros(bins, dtype=torch.int64)
     nonzero = 0
     for chunk in flat.split(_CHUNK):
-        n = chunk.numel()
-        t, g, u = scratch[:n], edge[:n], index[:n]
-        torch.add(shift, chunk.to(dtype), alpha=1.0 / width, out=t).clamp_(0, bins - 1)
-        u.copy_(t)  # truncation: the floor, as t >= 0
-        torch.index_select(upper, 0, u, out=g)
-        u.add_(torch.sub(chunk, g, out=g).view(torch.int32).bitwise_right_shift_(31))  # -1 where x < g[u]
-        counts += torch.bincount(u, minlength=bins)
+        t, g, u = buffers if chunk.numel() == size else (b[:chunk.numel()] for b in buffers)
+        g_bits = g.view(torch.int32)
+        torch.add(shift, chunk if dtype == torch.float32 else chunk.to(dtype), alpha=scale, out=t)
+        u.copy_(t.clamp_(0, bins - 1))  # truncation: the floor, as t >= 0
+        torch.index_select(lower, 0, u, out=g)
+        torch.sub(chunk, g, out=g)
+        torch.bitwise_right_shift(g_bits, 31, out=g_bits)  # -1 where x < g[u], else 0
+        counts += torch.bincount(u.add_(g_bits), minlength=bins)
         if zeros_possible:
-            nonzero += int(torch.count_nonzero(torch.abs(chunk, out=g).view(torch.int32)))  # -0 has a sign bit
-    return counts, flat.numel() - nonzero if zeros_possible else 0
+            torch.abs(chunk, out=g)  # -0 has a sign bit
+            nonzero += int(torch.count_nonzero(g_bits))
+    return counts, (flat.numel() - nonzero) if zeros_possible else 0

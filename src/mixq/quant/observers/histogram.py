@@ -8,6 +8,9 @@ a widening, the data span at least about half of the bins. We chose exactness ov
 re-binning by proportional overlap approximates anew at every widening and its error accumulates over many
 calibration batches.
 
+Each batch is counted by ``binning.count_bins``: every value in the bin whose float64 edges hold it (bin
+``i`` is ``[hist_min + i*w, hist_min + (i+1)*w)``, computed in float64), at the cost of a few float32 passes.
+
 Exact zeros are also counted apart (``zero_count``): 0 is on every quantization grid (its zero point), so a
 search over clipping ranges can leave them out of its error (ReLU/ReLU6 outputs are often mostly zeros, which a
 histogram cannot tell from the small values sharing their bin).
