@@ -1,4 +1,5 @@
-"""count_bins against a float64 reference: values on, just below and just above the float64 edges land exactly."""
+"""count_bins and the histogram observers against a float64 reference: values on, just below and just above the
+float64 edges land in the bin that holds them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mixq.quant.observers import PercentileObserver
 from mixq.quant.observers.binning import _CHUNK, _margin, ceil_float32, count_bins, uniform_edges
+from mixq.quant.spec import DEFAULT_ACTIVATION
 
 
 def _reference(x: torch.Tensor, start: float, width: float, bins: int) -> tuple[np.ndarray, int]:
@@ -75,3 +78,22 @@ def test_values_beyond_the_ends_go_to_the_end_bins():
     x = torch.tensor([-5.0, -1.0, 0.25, 1.0, 9.0])  # bins [0, 0.5), ..., [7.5, 8)
     counts, zeros = count_bins(x, 0.0, 0.5, 16, -5.0, 9.0)
     assert counts[0] == 3 and counts[2] == 1 and counts[15] == 1 and int(counts.sum()) == 5 and zeros == 0
+
+
+def test_histogram_observer_counts_values_on_its_edges_exactly():
+    obs = PercentileObserver(DEFAULT_ACTIVATION, bins=256)
+    gen = torch.Generator().manual_seed(3)
+    batches = [torch.randn(5000, generator=gen) * s + m for s, m in [(0.1, 0.0), (2.0, 1.0)]]  # widens once
+    for b in batches:
+        obs(b)
+    start, width = float(obs.hist_min), float(obs.bin_width)
+    edges = _adversarial(start, width, 256, seed=4)
+    batches.append(edges[(edges >= obs.min_val) & (edges <= obs.max_val)])  # inside the range: no widening
+    obs(batches[-1])
+    assert (float(obs.hist_min), float(obs.bin_width)) == (start, width)
+    x = torch.cat(batches)
+    expected, zeros = _reference(x, start, width, 256)
+    np.testing.assert_array_equal(obs.histogram.numpy(), expected)
+    assert float(obs.zero_count) == zeros
+    nonzero, _ = _reference(x[x != 0], start, width, 256)
+    np.testing.assert_array_equal(obs.nonzero_histogram().numpy(), nonzero)
