@@ -77,16 +77,16 @@ def count_bins(x: torch.Tensor, start: float, width: float, bins: int, lo: float
     is ``(tensor([1, 1]), 0)``."""
     flat = x.reshape(-1)
     amax, zeros_possible = max(-lo, hi), lo <= 0.0 <= hi
-    lower = _lower_edges(start, width, bins)
+    lower = _lower_edges(start, width, bins).to(flat.device)
     if _margin(start, width, bins, amax, torch.float64) >= 0.25:  # unreachable for float32 data: be exact anyway
         index = torch.bucketize(flat, lower[1:], right=True)
         return torch.bincount(index, minlength=bins), flat.numel() - int(torch.count_nonzero(flat))
     dtype = torch.float32 if _margin(start, width, bins, amax, torch.float32) < 0.25 else torch.float64
-    shift = torch.tensor(-start / width + _margin(start, width, bins, amax, dtype), dtype=dtype)
+    shift = torch.tensor(-start / width + _margin(start, width, bins, amax, dtype), dtype=dtype, device=flat.device)
     scale = 1.0 / width
     size = min(flat.numel(), _CHUNK)
-    buffers = torch.empty(size, dtype=dtype), torch.empty(size), torch.empty(size, dtype=torch.int32)
-    counts = torch.zeros(bins, dtype=torch.int64)
+    buffers = tuple(torch.empty(size, dtype=d, device=flat.device) for d in (dtype, torch.float32, torch.int32))
+    counts = torch.zeros(bins, dtype=torch.int64, device=flat.device)
     nonzero = 0
     for chunk in flat.split(_CHUNK):
         t, g, u = buffers if chunk.numel() == size else (b[:chunk.numel()] for b in buffers)
