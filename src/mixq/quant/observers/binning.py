@@ -14,17 +14,17 @@ float64); values below ``e[1]`` count in bin 0 and values at or above ``e[bins -
    keeps the sign of the exact difference (gradual underflow: a nonzero difference never rounds to 0), and
    for equal operands gives ``+0`` except ``(-0) - (+0) = -0``, so an edge at 0 is stored as ``-0``.
 
-Proof that ``u`` is the bin ``b`` or ``b + 1`` (``b`` before clamping: ``e[b] <= x < e[b + 1]``), with
-``p`` the precision (24 or 53), ``r = 2**-p * (1 + 2**-20)`` a bound on each relative rounding (double
-rounding float64 -> float32 included), ``A = max|x|`` and ``M = |start|``, all in bin widths: ``s = 1/w``
-and ``c = -start/w + D`` are rounded once each (relative ``r``), ``s * x`` and ``+ c`` once each (a fused
-multiply-add rounds once: the bound holds too). So ``|t - ((x - start)/w + D)| <= r*(M/w + D) +
-(2r + r**2)*A/w + r*(1 + 2r)*(M/w + A/w + D) <= 4r*((M + A)/w + D)``. Each edge ``fl(start + fl(w*i))`` is
-within ``2**-52 * (M + 2*bins*w)`` of ``start + w*i``, so ``b - eta <= (x - start)/w < b + 1 + eta`` with
-``eta = 2**(1-p) * (M/w + 2*bins)`` (bins widths). ``D = 2**(3-p) * ((M + A)/w + bins + 2)`` is at least
-``4r*((M + A)/w + 1) + eta`` (since ``D < 1/4``), hence ``t >= b`` and ``t < b + 1 + 2*D < b + 2``.
-Clamping ``t`` to ``[0, bins - 1]`` clamps ``u`` the same way; where clamping makes ``u`` differ from ``b``
-by one, ``x < e[u]`` holds; otherwise ``x >= e[u]`` (or ``u = 0``, where ``g[0] = -inf``).
+Proof that ``u`` is ``clamp(b)`` or ``clamp(b + 1)``, where ``b`` is the unclamped bin (``e[b] <= x <
+e[b + 1]``). Let ``p`` be the precision (24 or 53), ``r = 2**-p * (1 + 2**-20)`` a bound on each relative
+rounding (float64 then float32 included), ``A = max|x|``, ``M = |start|``, errors in bin widths. ``s = 1/w``
+and ``c = -start/w + D`` are rounded once each, ``s * x`` and ``+ c`` once each (a fused multiply-add rounds
+once: the bound holds too), so ``|t - ((x - start)/w + D)| <= r*(M/w + D) + (2r + r**2)*A/w + r*(1 + 2r)*(M/w
++ A/w + D) <= 4r*((M + A)/w + D)``. Each float64 edge ``fl(start + fl(w*i))`` is within ``eta = 2**-52 * (M/w +
+2*bins)`` widths of ``start + w*i``, so ``b - eta <= (x - start)/w < b + 1 + eta``. With ``D < 1/4``,
+``D = 2**(3-p) * ((M + A)/w + bins + 2) >= 4r*((M + A)/w + D) + eta``, hence ``b <= t < b + 1 + 2*D < b + 2``
+and ``floor(t)`` is ``b`` or ``b + 1``; clamping ``t`` to ``[0, bins - 1]`` clamps it the same way. If ``u =
+clamp(b + 1) != clamp(b)``, then ``u = b + 1 >= 1`` and ``x < e[u]``; if ``u = clamp(b)``, then ``u = 0``
+(``g[0] = -inf``) or ``x >= e[b] >= e[u]``. Either way ``u - [x < g[u]] = clamp(b)``.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _lower_edges(start: float, width: float, bins: int) -> torch.Tensor:
 @torch.inference_mode()  # the chunk loop is dispatch-bound: skip autograd's bookkeeping
 def count_bins(x: torch.Tensor, start: float, width: float, bins: int, lo: float,
                hi: float) -> tuple[torch.Tensor, int]:
-    """Counts of ``x`` (float32, values in ``[lo, hi]``) in the ``bins`` bins of ``uniform_edges(start, width,
+    """Counts of ``x`` (finite float32, values in ``[lo, hi]``) in the ``bins`` bins of ``uniform_edges(start, width,
     bins)`` (int64; every value in the bin that holds it, values beyond the ends in the end bins) and the number
     of exact zeros (``+0`` or ``-0``). Example: ``count_bins(torch.tensor([0.5, 1.5]), 0.0, 1.0, 2, 0.5, 1.5)``
     is ``(tensor([1, 1]), 0)``."""
