@@ -8,6 +8,9 @@ a widening, the data span at least about half of the bins. We chose exactness ov
 re-binning by proportional overlap approximates anew at every widening and its error accumulates over many
 calibration batches.
 
+Each batch is counted by ``binning.count_bins``: every value in the bin whose float64 edges hold it (bin
+``i`` is ``[hist_min + i*w, hist_min + (i+1)*w)``, computed in float64), at the cost of a few float32 passes.
+
 Exact zeros are also counted apart (``zero_count``): 0 is on every quantization grid (its zero point), so a
 search over clipping ranges can leave them out of its error (ReLU/ReLU6 outputs are often mostly zeros, which a
 histogram cannot tell from the small values sharing their bin).
@@ -20,6 +23,7 @@ import math
 import torch
 
 from mixq.quant.observers.base import Observer, ObserverCapabilities
+from mixq.quant.observers.binning import count_bins, uniform_edges
 from mixq.quant.spec import ObserverSpec, QuantSpec
 
 # a constant first batch gets a tiny placeholder bin width (relative to its value) until a wider batch arrives
@@ -69,15 +73,13 @@ class HistogramObserver(Observer):
                 width = max(abs(float(lo)), 1.0) * _PLACEHOLDER_RELATIVE_WIDTH / self.bins
             self.hist_min.fill_(float(lo))
             self.bin_width.fill_(width)
-        idx = x.to(torch.float64).sub_(self.hist_min).div_(self.bin_width).floor_()  # in place: one float64 copy
-        idx = idx.clamp_(0, self.bins - 1).to(torch.int64).flatten()
-        self.histogram += torch.bincount(idx, minlength=self.bins).to(torch.float64)
-        self.zero_count += x.numel() - torch.count_nonzero(x)
+        counts, zeros = count_bins(x, float(self.hist_min), float(self.bin_width), self.bins, float(lo), float(hi))
+        self.histogram += counts
+        self.zero_count += zeros
 
     def zero_bin(self) -> int:
         """The index of the bin that holds 0 (the nearest end bin when 0 is outside the histogram's range)."""
-        index = math.floor((0.0 - float(self.hist_min)) / float(self.bin_width))
-        return min(max(index, 0), self.bins - 1)
+        return int(torch.searchsorted(self.bin_edges()[1:-1], torch.tensor(0.0, dtype=torch.float64), right=True))
 
     def nonzero_histogram(self) -> torch.Tensor:
         """``histogram`` without the exact zeros (taken out of the bin that holds 0)."""
@@ -119,7 +121,7 @@ class HistogramObserver(Observer):
 
     def bin_edges(self) -> torch.Tensor:
         """The ``bins + 1`` edges of the histogram (float64)."""
-        return self.hist_min + self.bin_width * torch.arange(self.bins + 1, dtype=torch.float64)
+        return uniform_edges(float(self.hist_min), float(self.bin_width), self.bins)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, bins={self.bins}"

@@ -1,0 +1,99 @@
+"""count_bins and the histogram observers against a float64 reference: values on, just below and just above the
+float64 edges land in the bin that holds them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mixq.quant.observers import PercentileObserver
+from mixq.quant.observers.binning import _CHUNK, _margin, ceil_float32, count_bins, uniform_edges
+from mixq.quant.spec import DEFAULT_ACTIVATION
+
+
+def _reference(x: torch.Tensor, start: float, width: float, bins: int) -> tuple[np.ndarray, int]:
+    """Bin ``i`` holds ``edges[i] <= x < edges[i + 1]`` compared in float64; the end bins take the rest."""
+    edges = uniform_edges(start, width, bins).numpy()
+    index = np.searchsorted(edges, x.to(torch.float64).numpy(), side="right") - 1
+    return np.bincount(np.clip(index, 0, bins - 1), minlength=bins), int((x == 0).sum())
+
+
+def _adversarial(start: float, width: float, bins: int, seed: int, extra: int = 0) -> torch.Tensor:
+    """Every edge rounded to float32 both ways and its float32 neighbours, random values across the range,
+    both zeros, and ``extra`` more random values."""
+    edges = uniform_edges(start, width, bins)
+    up = ceil_float32(edges)
+    down = edges.to(torch.float32)
+    inf = torch.tensor(float("inf"))
+    near = torch.cat([up, down, torch.nextafter(up, -inf), torch.nextafter(down, inf)])
+    gen = torch.Generator().manual_seed(seed)
+    spread = (start + width * bins * torch.rand(bins + extra, generator=gen, dtype=torch.float64)).float()
+    x = torch.cat([near, spread, torch.tensor([0.0, -0.0])])
+    return x[torch.randperm(x.numel(), generator=gen)]
+
+
+def _check(x: torch.Tensor, start: float, width: float, bins: int) -> None:
+    counts, zeros = count_bins(x, start, width, bins, float(x.min()), float(x.max()))
+    expected, expected_zeros = _reference(x, start, width, bins)
+    np.testing.assert_array_equal(counts.numpy(), expected)
+    assert zeros == expected_zeros
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=st.floats(-1e4, 1e4), log_width=st.floats(-12.0, 2.0), bins=st.integers(16, 3000),
+       seed=st.integers(0, 2**16), zero_edge=st.booleans())
+def test_every_value_lands_in_the_float64_bin_that_holds_it(start, log_width, bins, seed, zero_edge):
+    width = 10.0**log_width
+    if zero_edge:  # a power-of-two width and a start a whole number of widths below 0: one edge is exactly 0
+        width = 2.0 ** round(log_width * 3.32)
+        start = -width * (seed % bins)
+    _check(_adversarial(start, width, bins, seed), start, width, bins)
+
+
+@pytest.mark.parametrize(("start", "width", "path"), [
+    pytest.param(-3.0, 6.0 / 2048, torch.float32, id="float32-index"),
+    pytest.param(1000.0, 1e-4, torch.float64, id="narrow-range-far-from-0-float64-index"),
+    pytest.param(1.0, 1e-15, None, id="narrower-than-float32-bucketize"),
+])
+def test_each_index_path_is_exact(start, width, path):
+    bins = 2048
+    x = _adversarial(start, width, bins, seed=1)
+    amax = float(x.abs().max())
+    uses = [d for d in (torch.float32, torch.float64) if _margin(start, width, bins, amax, d) < 0.25]
+    assert (uses[0] if uses else None) == path  # the case exercises the path it names
+    _check(x, start, width, bins)
+
+
+def test_counts_add_up_across_chunks_and_zeros_of_both_signs_count():
+    x = _adversarial(-1.0, 2.0 / 512, 512, seed=2, extra=3 * _CHUNK)
+    x[:1000] = 0.0
+    x[1000:1500] = -0.0
+    _check(x, -1.0, 2.0 / 512, 512)
+
+
+def test_values_beyond_the_ends_go_to_the_end_bins():
+    x = torch.tensor([-5.0, -1.0, 0.25, 1.0, 9.0])  # bins [0, 0.5), ..., [7.5, 8)
+    counts, zeros = count_bins(x, 0.0, 0.5, 16, -5.0, 9.0)
+    assert counts[0] == 3 and counts[2] == 1 and counts[15] == 1 and int(counts.sum()) == 5 and zeros == 0
+
+
+def test_histogram_observer_counts_values_on_its_edges_exactly():
+    obs = PercentileObserver(DEFAULT_ACTIVATION, bins=256)
+    gen = torch.Generator().manual_seed(3)
+    batches = [torch.randn(5000, generator=gen) * s + m for s, m in [(0.1, 0.0), (2.0, 1.0)]]  # widens once
+    for b in batches:
+        obs(b)
+    start, width = float(obs.hist_min), float(obs.bin_width)
+    edges = _adversarial(start, width, 256, seed=4)
+    batches.append(edges[(edges >= obs.min_val) & (edges <= obs.max_val)])  # inside the range: no widening
+    obs(batches[-1])
+    assert (float(obs.hist_min), float(obs.bin_width)) == (start, width)
+    x = torch.cat(batches)
+    expected, zeros = _reference(x, start, width, 256)
+    np.testing.assert_array_equal(obs.histogram.numpy(), expected)
+    assert float(obs.zero_count) == zeros
+    nonzero, _ = _reference(x[x != 0], start, width, 256)
+    np.testing.assert_array_equal(obs.nonzero_histogram().numpy(), nonzero)
