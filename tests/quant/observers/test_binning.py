@@ -97,3 +97,13 @@ def test_histogram_observer_counts_values_on_its_edges_exactly():
     assert float(obs.zero_count) == zeros
     nonzero, _ = _reference(x[x != 0], start, width, 256)
     np.testing.assert_array_equal(obs.nonzero_histogram().numpy(), nonzero)
+
+
+def test_small_tensors_take_the_search_and_count_the_same():
+    x = _adversarial(-2.0, 4.0 / 64, 64, seed=5)[:300]  # at most _SEARCHED values: one binary search each
+    _check(x, -2.0, 4.0 / 64, 64)
+
+
+def test_other_dtypes_are_refused():
+    with pytest.raises(TypeError, match="float32"):
+        count_bins(torch.zeros(4, dtype=torch.float64), 0.0, 1.0, 16, 0.0, 0.0)

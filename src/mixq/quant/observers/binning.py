@@ -38,6 +38,7 @@ import torch
 # models, both equal on 1 thread). A multiple of 16, so every chunk starts 64-byte aligned.
 _CHUNK = 1 << 17
 _PRECISION = {torch.float32: 24, torch.float64: 53}
+_SEARCHED = 512  # tensors this small are counted by ``bucketize`` (see ``count_bins``)
 
 
 def uniform_edges(start: float, width: float, bins: int) -> torch.Tensor:
@@ -75,10 +76,14 @@ def count_bins(x: torch.Tensor, start: float, width: float, bins: int, lo: float
     bins)`` (int64; every value in the bin that holds it, values beyond the ends in the end bins) and the number
     of exact zeros (``+0`` or ``-0``). Example: ``count_bins(torch.tensor([0.5, 1.5]), 0.0, 1.0, 2, 0.5, 1.5)``
     is ``(tensor([1, 1]), 0)``."""
+    if x.dtype != torch.float32:
+        raise TypeError(f"count_bins counts float32 values (the observers' data), got {x.dtype}")
     flat = x.reshape(-1)
     amax, zeros_possible = max(-lo, hi), lo <= 0.0 <= hi
     lower = _lower_edges(start, width, bins).to(flat.device)
-    if _margin(start, width, bins, amax, torch.float64) >= 0.25:  # unreachable for float32 data: be exact anyway
+    # one binary search per value: exact (the same comparisons), and cheaper than the chunk loop's fixed cost on
+    # a few values (10 vs 70 us on 16, equal near 1k); a float64 index only where float32 cannot carry the margin
+    if flat.numel() <= _SEARCHED or _margin(start, width, bins, amax, torch.float64) >= 0.25:
         index = torch.bucketize(flat, lower[1:], right=True)
         return torch.bincount(index, minlength=bins), flat.numel() - int(torch.count_nonzero(flat))
     dtype = torch.float32 if _margin(start, width, bins, amax, torch.float32) < 0.25 else torch.float64
