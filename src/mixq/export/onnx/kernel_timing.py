@@ -38,6 +38,7 @@ from mixq.quant.runtime_costs import Kernel, KernelCost
 
 _OPSET = 18
 _ACT = {"uint8": (np.uint8, 128), "int8": (np.int8, 0)}
+_X_SCALE = np.float32(0.05)  # the int8 input's scale (the output's is 0.1); any value gives the same kernels
 
 
 def _model(nodes: list, inputs: list, output_type: int, inits: dict[str, np.ndarray]) -> Any:
@@ -66,6 +67,16 @@ def _conv_attrs(kernel: Kernel) -> dict[str, Any]:
                 dilations=list(kernel.dilation), group=kernel.groups)
 
 
+def _activations(kernel: Kernel) -> tuple[int, dict[str, np.ndarray]]:
+    """The ONNX element type of ``kernel``'s int8 activations, and the scales and zero points of its input
+    (``xs``, ``xz``) and output (``ys``, ``yz``)."""
+    from onnx import helper
+
+    dtype, zp = _ACT[kernel.activation]
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), {
+        "xs": np.array(_X_SCALE), "xz": np.array(zp, dtype), "ys": np.array(np.float32(0.1)), "yz": np.array(zp, dtype)}
+
+
 def float_model(kernel: Kernel, rng: np.random.Generator) -> Any:
     """The float form: Conv, or MatMul [+ Add]; a static kernel's between int8 neighbours (int8 in and out through
     DequantizeLinear / QuantizeLinear), as a float layer among static ones is exported."""
@@ -83,14 +94,13 @@ def float_model(kernel: Kernel, rng: np.random.Generator) -> Any:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(kernel.input_shape))
     if kernel.mode != "static":
         return _model(nodes, [x], TensorProto.FLOAT, inits)
-    dtype, zp = _ACT[kernel.activation]
-    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    inits |= {"ys": np.array(np.float32(0.1)), "yz": np.array(zp, dtype)}
+    elem, qparams = _activations(kernel)
+    inits |= {"ys": qparams["ys"], "yz": qparams["yz"]}
     for node in nodes:  # the float op writes what is quantized for the int8 layer after it
         node.output[:] = ["yf" if o == "y" else o for o in node.output]
     nodes.append(helper.make_node("QuantizeLinear", ["yf", "ys", "yz"], ["y"]))
     if not kernel.float_input:  # an int8 producer: the float op reads its output dequantized
-        inits |= {"xs": np.array(np.float32(0.05)), "xz": np.array(zp, dtype)}
+        inits |= {"xs": qparams["xs"], "xz": qparams["xz"]}
         for node in nodes[:-1]:
             node.input[:] = ["xd" if i == "x" else i for i in node.input]
         nodes.insert(0, helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]))
@@ -157,15 +167,11 @@ def _static_channels_last(kernel: Kernel, rng: np.random.Generator) -> Any:
     from onnx import TensorProto, helper
 
     _, q, scale, b = _weights(kernel, rng)
-    dtype, zp = _ACT[kernel.activation]
-    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    x_scale = np.float32(0.05)
-    inits: dict[str, np.ndarray] = {"wq": q, "ws": scale, "wz": np.array(0, np.int8), "xs": np.array(x_scale),
-                                    "xz": np.array(zp, dtype), "ys": np.array(np.float32(0.1)),
-                                    "yz": np.array(zp, dtype)}
+    elem, qparams = _activations(kernel)
+    inits: dict[str, np.ndarray] = {"wq": q, "ws": scale, "wz": np.array(0, np.int8), **qparams}
     inputs = ["xq", "xs", "xz", "wq", "ws", "wz", "ys", "yz"]
     if kernel.bias:
-        inits["bq"] = np.round(b / (x_scale * scale)).astype(np.int32)
+        inits["bq"] = np.round(b / (_X_SCALE * scale)).astype(np.int32)
         inputs.append("bq")
     nodes = [helper.make_node("QLinearConv", inputs, ["y"], domain="com.microsoft", channels_last=1,
                               **_conv_attrs(kernel))]
@@ -181,12 +187,9 @@ def _static(kernel: Kernel, rng: np.random.Generator) -> Any:
     from onnx import helper
 
     _, q, scale, b = _weights(kernel, rng)
-    dtype, zp = _ACT[kernel.activation]
-    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    x_scale = np.float32(0.05)
+    elem, qparams = _activations(kernel)
     inits: dict[str, np.ndarray] = {"wq": q if kernel.op == "conv" else np.ascontiguousarray(q.T), "ws": scale,
-                                    "xs": np.array(x_scale), "xz": np.array(zp, dtype), "ys": np.array(np.float32(0.1)),
-                                    "yz": np.array(zp, dtype)}
+                                    **qparams}
     x = helper.make_tensor_value_info("xq", elem, list(kernel.input_shape))
     quantize_out = helper.make_node("QuantizeLinear", ["yf", "ys", "yz"], ["y"])
     quantize_in = []
@@ -204,7 +207,7 @@ def _static(kernel: Kernel, rng: np.random.Generator) -> Any:
     if kernel.op == "conv":
         inputs = ["xd", "wd"]
         if kernel.bias:
-            bias_scale = (x_scale * scale).astype(np.float32)
+            bias_scale = (_X_SCALE * scale).astype(np.float32)
             inits |= {"bq": np.round(b / bias_scale).astype(np.int32), "bs": bias_scale}
             nodes.append(helper.make_node("DequantizeLinear", ["bq", "bs"], ["bd"], axis=0))
             inputs.append("bd")
