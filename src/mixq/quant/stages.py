@@ -135,9 +135,10 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
     fx_why = trace(qmodel)[1] if observed and probe is not None else ""
     untraceable = bool(fx_why)
     if untraceable and returns_cache(qmodel, probe, probe_outputs[0] if probe_outputs else None):  # type: ignore
-        export_failed = ("it returns a key/value cache for generation, which one captured graph cannot carry; set "
-                         "model.config.use_cache = False before quantizing to get graph mode with integer attention "
-                         "for whole-sequence use")
+        export_failed = ("it returns a key/value cache for generation, which one captured graph cannot carry (and "
+                         "integer attention would quantize the whole float cache again at every generated token, "
+                         "slower than float); set model.config.use_cache = False before quantizing to get graph mode "
+                         "with integer attention for whole-sequence use")
     elif untraceable:  # torch.fx cannot: try torch.export
         switches, undo = export_friendly(qmodel)
         gm, export_failed = export_graph(qmodel, probe, targets)
