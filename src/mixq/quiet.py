@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import logging
 import warnings
 from collections.abc import Iterator
@@ -20,10 +21,15 @@ NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "transformers", "litert_torch
                  "tensorflow")
 
 
+# loggers that speak when torch.export fails on a model mixq then quantizes another way
+CAPTURE_LOGGERS = ("torch.fx.experimental.symbolic_shapes", "torch._export", "torch.export", "torch._dynamo")
+
+
 @contextlib.contextmanager
-def quiet_imports() -> Iterator[None]:
-    """Warnings and below from third-party loggers, and Python warnings, are dropped inside the block."""
-    loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
+def quiet_imports(names: tuple[str, ...] = NOISY_LOGGERS) -> Iterator[None]:
+    """Warnings and below from third-party loggers (``names``), and Python warnings, are dropped inside the
+    block."""
+    loggers = [logging.getLogger(name) for name in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -44,3 +50,11 @@ def import_quietly(*names: str) -> ModuleType:
     with quiet_imports():
         modules = [importlib.import_module(name) for name in names]
     return modules[0]
+
+
+@contextlib.contextmanager
+def quiet_capture() -> Iterator[None]:
+    """Around a ``torch.export`` call whose failure mixq reports in one line (and then quantizes another way):
+    torch's warnings and its own print of the partial graph (to stderr, hundreds of lines) are dropped."""
+    with quiet_imports(CAPTURE_LOGGERS), contextlib.redirect_stderr(io.StringIO()):
+        yield

@@ -131,16 +131,19 @@ def test_shared_relu_module_is_fused_per_call_site(tmp_path):
 
 class _Chain(nn.Module):
     """conv -> conv straight (the first one's output is the second one's input), behind control flow torch.fx cannot
-    trace: on values (torch.export cannot capture it either) or on a shape (QAT then goes layer by layer)."""
+    trace: on values (torch.export cannot capture it either, so static goes layer by layer) or on a shape
+    (torch.export captures it); ``train_scale`` scales the result in training only, a branch QAT's training-mode
+    capture would fix, so QAT goes layer by layer."""
 
-    def __init__(self, on_values: bool):
+    def __init__(self, on_values: bool, train_scale: float = 1.0):
         super().__init__()
-        self.on_values = on_values
+        self.on_values, self.train_scale = on_values, train_scale
         self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
 
     def forward(self, x):
         if (x.sum() > -1e9) if self.on_values else (x.shape[-1] > 1):
-            return torch.sigmoid(self.b(self.a(x)))
+            y = self.b(self.a(x))
+            return torch.sigmoid(y * self.train_scale if self.training else y)
         return x
 
 
@@ -153,6 +156,13 @@ def _layer_by_layer_shares(notes: list[str]) -> bool:
     return any("quantized layer by layer" in n and "(1 inputs share their producer's scale)" in n for n in notes)
 
 
+def test_qat_captures_with_torch_export_what_torch_fx_cannot_trace():
+    qat = mixq.prepare_qat(_Chain(on_values=False).eval(), example_inputs=_batches()[0])
+    notes = qat.mixq_qat_plan.notes
+    assert any("captured it with torch.export in training mode" in n for n in notes), notes
+    assert isinstance(qat, _Chain) and qat.b.shared_input  # the class kept; b reads a's grid along the graph
+
+
 def test_static_layer_by_layer_consumers_share_their_producers_grid():
     batches = _batches()
     qmodel = mixq.quantize(_Chain(on_values=True).eval(), "static", calib_data=batches[:3], progress=False)
@@ -162,7 +172,9 @@ def test_static_layer_by_layer_consumers_share_their_producers_grid():
 
 def test_qat_layer_by_layer_consumers_share_their_producers_grid_so_ort_computes_the_simulation(tmp_path, ort_run):
     batches = _batches()
-    qat = mixq.prepare_qat(_Chain(on_values=False).eval(), example_inputs=batches[0])
+    qat = mixq.prepare_qat(_Chain(on_values=False, train_scale=1.5).eval(), example_inputs=batches[0])
+    assert any("graph mode through torch.export not used: the training-mode graph in eval mode" in n
+               for n in qat.mixq_qat_plan.notes)
     assert _layer_by_layer_shares(qat.mixq_qat_plan.notes)
     qat.train()
     for x in batches[:3]:

@@ -10,11 +10,11 @@ from mixq.pretrained import mark_saveable
 from mixq.qat.config import QATConfig
 from mixq.qat.embedding import QATEmbedding
 from mixq.qat.fake_quantizer import FakeQuantizer
-from mixq.qat.layers import QATAdd, QATLayer
+from mixq.qat.layers import QATAdd, QATLayer, QATMatMul
 from mixq.qat.prepare import is_prepared
 from mixq.quant.fusion import set_submodule
 from mixq.quant.graft import copy_model
-from mixq.quant.modules import FloatAdd
+from mixq.quant.modules import FloatAdd, FloatMatMul
 from mixq.quant.modules.registry import kind_name, quantized_classes
 from mixq.quant.summary import QuantizationSummary, module_bytes
 
@@ -56,9 +56,16 @@ def convert(model: nn.Module) -> nn.Module:
     qmodel = copy_model(model).eval()
     summary = QuantizationSummary("static (QAT)", notes=list(plan.notes))
     summary.layers += [r for r in plan.layers if r.status != "quantized"]
-    found = [(n, m) for n, m in qmodel.named_modules() if isinstance(m, (QATLayer, QATAdd, QATEmbedding))]
+    found = [(n, m) for n, m in qmodel.named_modules() if isinstance(m, (QATLayer, QATAdd, QATMatMul, QATEmbedding))]
     for name, module in found:
         ran = module.has_data
+        if isinstance(module, QATMatMul):
+            set_submodule(qmodel, name, module.to_quantized() if ran else FloatMatMul(module.alpha))
+            if ran:
+                scaled = "" if module.alpha == 1.0 else f", x{module.alpha:.4g} folded into the output scale"
+                summary.add(name, "matmul", "quantized", f"static a:{cfg.activation} x a:{cfg.activation} (QAT), "
+                            f"float output{scaled}")
+            continue
         if isinstance(module, QATAdd):
             set_submodule(qmodel, name, module.to_quantized() if ran else FloatAdd(module.relu))
             if ran:

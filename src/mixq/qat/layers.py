@@ -20,14 +20,22 @@ import copy
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
 from mixq.qat.fake_quantizer import FakeQuantizer
 from mixq.quant.fusion import batchnorm_affine, folded_weight_bias, relu_module, saturation_clamps
-from mixq.quant.modules.observed import ObservedAdd, ObservedLayer, _is_float_tensor
+from mixq.quant.modules.observed import (
+    ObservedAdd,
+    ObservedLayer,
+    ObservedMatMul,
+    _is_float_tensor,
+    folded_pad,
+    unfold_pad,
+)
 from mixq.quant.modules.registry import qmodule_class, register_qat_module
-from mixq.quant.modules.static import QuantizedAdd
+from mixq.quant.modules.static import QuantizedAdd, QuantizedMatMul
 from mixq.quant.primitives import MIN_SCALE, along, fake_quantize, fake_quantize_lsq
 from mixq.quant.spec import QuantConfig, QuantSpec
 from mixq.quant.weights import weight_scale
@@ -130,6 +138,9 @@ class QATLayer(ObservedLayer):
         self.steps += 1
         if self.freeze_bn_after is not None and int(self.steps) > self.freeze_bn_after:
             self.bn_frozen.fill_(True)
+        amounts = folded_pad(self.layer)  # a zero pad graph mode folded in (``fold_pads``), as ObservedLayer pads
+        if amounts is not None:
+            x = F.pad(x, amounts)
         if not self.shared_input:
             x = self.input_observer(x)
         w, b = self.folded()
@@ -169,7 +180,7 @@ class QATLayer(ObservedLayer):
         with torch.no_grad():
             w, b = self.folded()
             bias = None if b is None else nn.Parameter(b.detach().clone())
-            layer = copy.deepcopy(with_parameters(self.layer, nn.Parameter(w.detach().clone()), bias))
+            layer = unfold_pad(copy.deepcopy(with_parameters(self.layer, nn.Parameter(w.detach().clone()), bias)))
         return nn.Sequential(layer, relu_module(self.relu_max)) if self.relu else layer
 
     def extra_repr(self) -> str:
@@ -200,3 +211,23 @@ class QATAdd(ObservedAdd):
     def to_quantized(self) -> QuantizedAdd:
         qparams = (o.calculate_qparams() for o in (self.a_observer, self.b_observer, self.output_observer))
         return QuantizedAdd(*qparams, relu=self.relu)
+
+
+class QATMatMul(ObservedMatMul):
+    """``(a @ b) * alpha`` of two fake-quantized activations (attention's Q·Kᵀ and probabilities·V in graph mode);
+    in eval mode exactly the ``QuantizedMatMul`` it converts to. Its output stays float, as in static mode."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self.to_quantized()(a, b)
+        a = a if self.shared[0] else self.a_observer(a)
+        b = b if self.shared[1] else self.b_observer(b)
+        y = torch.matmul(a, b)
+        return y if self.alpha == 1.0 else y * self.alpha
+
+    @property
+    def has_data(self) -> bool:
+        return self.a_observer.has_data and self.b_observer.has_data
+
+    def to_quantized(self) -> QuantizedMatMul:
+        return QuantizedMatMul(self.a_observer.calculate_qparams(), self.b_observer.calculate_qparams(), self.alpha)

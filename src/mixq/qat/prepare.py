@@ -9,23 +9,26 @@ consumer shares its producer's quantizer), so ``mixq.convert`` yields the same k
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import fx, nn
 
+from mixq.messages import first_line
 from mixq.qat.config import QATConfig
 from mixq.qat.embedding import QATEmbedding
 from mixq.qat.fake_quantizer import FakeQuantizer
-from mixq.qat.layers import QATAdd, QATLayer
+from mixq.qat.layers import QATAdd, QATLayer, QATMatMul
 from mixq.qat.outputs import output_layers
 from mixq.quant.attention_logits import checked_gains, sharp_layers
 from mixq.quant.calibration import Batch, call_checked
-from mixq.quant.capture import capture_compute, root_weights
+from mixq.quant.capture import capture_compute, first_call_inputs, root_weights
 from mixq.quant.fusion import calls_from_graph, detach_fusions, find_fusions, set_submodule, trace_calls
-from mixq.quant.graft import copy_model
-from mixq.quant.graph import apply_graph_mode, share_observers
-from mixq.quant.graph_export import NO_NAN_GUARD, export_friendly
+from mixq.quant.graft import Home, copy_model, graft, home_of
+from mixq.quant.graph import apply_graph_mode, share_observers, trace
+from mixq.quant.graph_export import NO_NAN_GUARD, export_friendly, export_graph, returns_cache
 from mixq.quant.modules import QuantizedAdd
 from mixq.quant.modules.registry import adapt_in_place, kind_name, qat_class, quantized_classes
 from mixq.quant.observers import make_observer
@@ -39,7 +42,7 @@ def _static_classes() -> tuple[type, ...]:
     return (*[c for c in quantized_classes("static") if hasattr(c, "to_float")], QuantizedAdd)
 
 
-_QAT_TYPES = (QATLayer, QATAdd, QATEmbedding, FakeQuantizer)
+_QAT_TYPES = (QATLayer, QATAdd, QATMatMul, QATEmbedding, FakeQuantizer)
 
 
 def is_prepared(model: nn.Module) -> bool:
@@ -108,7 +111,7 @@ def _output_layers(model: nn.Module, targets: list[str], example_inputs: Batch |
 def _requantize_read_outputs(model: nn.Module, summary: QuantizationSummary) -> None:
     """A model output that graph mode also feeds to another quantized op shares its grid with it: fake-quantize it."""
     read = {id(m.input_observer) for m in model.modules() if isinstance(m, QATLayer) and m.shared_input}
-    read |= {id(o) for m in model.modules() if isinstance(m, QATAdd)
+    read |= {id(o) for m in model.modules() if isinstance(m, (QATAdd, QATMatMul))
              for o, shared in zip((m.a_observer, m.b_observer), m.shared, strict=True) if shared}
     for name, m in model.named_modules():
         if isinstance(m, QATLayer) and m.float_output and id(m.output_observer) in read:
@@ -160,6 +163,9 @@ def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | Non
         summary.add(name, kind_name(model.get_submodule(name)), "float", why)
     targets = [name for name in targets if name not in sharp]
     outputs = _output_layers(model, targets, example_inputs, summary.notes) if cfg.float_outputs else set()
+    capture, fx_why = _export_for_training(model, targets, example_inputs, summary.notes)
+    if capture is not None and not capture.root:
+        model = capture.graph
     for name in targets:
         layer = model.get_submodule(name)
         new = qat_class(layer).prepare(
@@ -170,13 +176,104 @@ def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | Non
         set_submodule(model, name, new)
         bn = f" + {type(batchnorms[name]).__name__}" if name in batchnorms else ""
         summary.add(name, kind_name(layer), "quantized", f"fake-quantized for training, {new.describe()}{bn}")
-    probe = None if example_inputs is None else (lambda m: call_checked(_observing(m), example_inputs))
-    model, adds = apply_graph_mode(model, lambda name: _quantizer(cfg, name), summary.notes, add_cls=QATAdd,
-                                   probe=probe)
+    if capture is None:
+        probe = None if example_inputs is None else (lambda m: call_checked(_observing(m), example_inputs))
+        model, adds = apply_graph_mode(model, lambda name: _quantizer(cfg, name), summary.notes, add_cls=QATAdd,
+                                       untraceable=fx_why, probe=probe)
+    else:
+        model, adds = _graph_mode(model, capture, cfg, summary.notes)
     _requantize_read_outputs(model, summary)
     for name in adds:
-        summary.add(name, "add", "quantized", "fake-quantized for training")
+        kind = "matmul" if isinstance(model.get_submodule(name), QATMatMul) else "add"
+        summary.add(name, kind, "quantized", "fake-quantized for training")
     return model
+
+
+@dataclasses.dataclass
+class _Capture:
+    """Where QAT's graph mode captured the model: ``root`` ("" for the whole model) as ``graph``; ``home`` and
+    ``accepted`` put the graph back under the root's class (``mixq.quant.graft``)."""
+
+    root: str
+    graph: fx.GraphModule
+    home: Home | None = None
+    accepted: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _training_root(model: nn.Module) -> str:
+    """What QAT captures: a Hugging Face model's base model, so its task head and loss stay the model's own Python
+    and training calls can pass ``labels`` (a captured graph takes only the inputs it was captured with); else the
+    whole model ("")."""
+    base = getattr(model, "base_model", None) if hasattr(model, "base_model_prefix") else None
+    if not isinstance(base, nn.Module) or base is model:
+        return ""
+    return next((name for name, m in model.named_modules() if m is base), "")
+
+
+def _root_inputs(model: nn.Module, root: str, example_inputs: Batch) -> tuple[Batch, tuple | None, dict[str, Any]]:
+    """``(the root's tensor inputs as a keyword batch, its own call, its other non-None inputs)`` from the probe
+    forward pass (the whole model: ``example_inputs`` as they are)."""
+    if not root:
+        return example_inputs, None, {}
+    args, kwargs = first_call_inputs(model, [root], example_inputs).get(root, ((), {}))
+    given = dict(inspect.signature(model.get_submodule(root).forward).bind(*args, **kwargs).arguments)
+    for name, param in inspect.signature(model.get_submodule(root).forward).parameters.items():
+        if param.kind is param.VAR_KEYWORD:
+            given.update(given.pop(name, None) or {})
+    tensors = {n: v for n, v in given.items() if isinstance(v, torch.Tensor)}
+    others = {n: v for n, v in given.items() if v is not None and not isinstance(v, torch.Tensor)}
+    return tensors, (args, kwargs), others
+
+
+def _graph_mode(model: nn.Module, capture: _Capture, cfg: QATConfig, notes: list[str]) -> tuple[nn.Module, list[str]]:
+    """Graph mode's passes on the captured graph (QAT layers already in it); a captured root goes back into the
+    model under its own class. Returns ``(model, names of the adds and MatMuls made)``."""
+    prefix = f"{capture.root}." if capture.root else ""
+    graph, made = apply_graph_mode(capture.graph, lambda name: _quantizer(cfg, prefix + name), notes, add_cls=QATAdd,
+                                   matmul_cls=QATMatMul, exported=True, float_outputs=cfg.float_outputs)
+    if not capture.root:
+        return graph, made
+    set_submodule(model, capture.root, graft(graph, capture.home, capture.accepted))  # type: ignore[arg-type]
+    return model, [prefix + name for name in made]
+
+
+def _export_for_training(model: nn.Module, targets: list[str], example_inputs: Batch | None,
+                         notes: list[str]) -> tuple[_Capture | None, str]:
+    """``(capture or None, why torch.fx cannot trace the model)``: graph mode for QAT where torch.fx cannot trace
+    the model, as static quantization has it (integer attention MatMuls, adds, shared scales), the graph captured
+    in training mode and following train()/eval() (``mixq.quant.train_graph``). A captured root inside the model
+    is put in its place as a plain graph module until :func:`_prepare_float` grafts it back under its class."""
+    fx_why = trace(model)[1] if targets else ""
+    if not fx_why or example_inputs is None:
+        return None, fx_why
+    if returns_cache(model, example_inputs):
+        notes.append("graph mode through torch.export not used: the model returns a key/value cache for generation, "
+                     "which one captured graph cannot carry; set model.config.use_cache = False before prepare_qat "
+                     "for graph mode")
+        return None, fx_why
+    root = _training_root(model)
+    module = model.get_submodule(root) if root else model
+    prefix = f"{root}." if root else ""
+    inside = [t[len(prefix):] for t in targets if t.startswith(prefix)]
+    try:
+        probe, reference, others = _root_inputs(model, root, example_inputs)
+    except TypeError as err:
+        notes.append(f"graph mode through torch.export not used: {root} takes its inputs in a way mixq cannot "
+                     f"bind ({first_line(err)})")
+        return None, fx_why
+    gm, why = export_graph(module, probe, inside, training=True, reference=reference)
+    if gm is None:
+        notes.append(f"graph mode through torch.export not used: {why}")
+        return None, fx_why
+    what = f"its {root} ({type(module).__name__}; the task head and loss stay Python)" if root else "it"
+    notes.append(f"torch.fx could not trace the model ({fx_why}); captured {what} with torch.export in training "
+                 f"mode instead, its {gm.mixq_dropouts} dropouts following train()/eval() (checked against the model "
+                 "in both modes)")
+    if not root:
+        return _Capture("", gm), fx_why
+    capture = _Capture(root, gm, home_of(module), others)
+    set_submodule(model, root, gm)
+    return capture, fx_why
 
 
 def _observing(model: nn.Module) -> nn.Module:
@@ -274,7 +371,12 @@ def prepare_qat(
         raise ValueError(f"QAT can start from a float model or a static int8 one, not from a "
                          f"{qat.mixq_config.mode!r}-quantized model; pass the float model")
     else:
+        home = home_of(qat)
         qat = _prepare_float(qat, cfg, example_inputs, summary)
+        if isinstance(qat, fx.GraphModule) and home is not None:  # graph mode: back under the model's class
+            qat = graft(qat, home)
+            summary.notes.append(f"the QAT model is a {type(qat).__name__}, a subclass of the model's own "
+                                 f"{home[0].__name__} whose forward is the captured graph")
     for attr in ("mixq_summary", "mixq_config"):
         if hasattr(qat, attr):
             delattr(qat, attr)

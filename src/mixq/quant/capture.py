@@ -17,7 +17,6 @@ in place of the parameters it is computed from.
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -31,8 +30,9 @@ from mixq.quant.calibration import Batch, call_checked
 from mixq.quant.fusion import set_submodule
 from mixq.quant.modules.registry import adapter_of, is_quantizable, kind_name
 from mixq.quant.planning import excluded
+from mixq.quiet import quiet_capture
 
-__all__ = ["capture_compute", "capture_root", "first_call_inputs", "root_weights"]
+__all__ = ["capture_compute", "capture_root", "first_call_inputs", "plain_graph_module", "root_weights"]
 
 aten = torch.ops.aten
 Builder = Callable[[fx.Node, torch.Tensor, torch.Tensor | None], nn.Module | None]
@@ -237,11 +237,10 @@ def _capture(module: nn.Module, args: tuple, kwargs: dict) -> tuple[fx.GraphModu
 
     args, kwargs = tuple(grow(a) for a in args), {k: grow(v) for k, v in kwargs.items()}
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
+        with quiet_capture(), torch.no_grad():
             program = torch.export.export(module, args, kwargs, strict=False,
                                           dynamic_shapes=_shapes_by_name(module, args, kwargs, spec))
-            return _plain(program.module(), f"Captured{type(module).__name__}"), ""
+            return plain_graph_module(program.module(), f"Captured{type(module).__name__}"), ""
     except Exception as err:  # noqa: BLE001  (any failure: the module stays float, with this reason)
         return None, f"{type(err).__name__}: {first_line(err, limit=160)}"
 
@@ -264,7 +263,7 @@ def _captured(module: nn.Module, args: tuple, kwargs: dict, trainable: bool
     return (gm if made and not why else None), made, why
 
 
-def _plain(gm: fx.GraphModule, name: str) -> fx.GraphModule:
+def plain_graph_module(gm: fx.GraphModule, name: str) -> fx.GraphModule:
     """A plain ``GraphModule`` running ``gm``'s graph (the exported program's module refuses ``train()``, which QAT
     and users call on the whole model); the input/output specs its pytree code reads come along."""
     plain = fx.GraphModule(gm, gm.graph, name)

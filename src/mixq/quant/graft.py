@@ -20,7 +20,7 @@ import copy
 import functools
 import inspect
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import torch
@@ -83,12 +83,20 @@ def _is_default(original: inspect.Signature, name: str, value: Any) -> bool:
             and not isinstance(value, torch.Tensor) and type(value) is type(param.default) and value == param.default)
 
 
-def bound_forward(cls: type, run_graph: Callable[..., Any]) -> Callable[..., Any]:
+def _same(accepted: Mapping[str, Any] | None, name: str, value: Any) -> bool:
+    return accepted is not None and name in accepted and type(value) is type(accepted[name]) and (
+        value == accepted[name])
+
+
+def bound_forward(cls: type, run_graph: Callable[..., Any], accepted: Mapping[str, Any] | None = None
+                  ) -> Callable[..., Any]:
     """``forward`` of ``Quantized<Class>``: a call is bound as ``cls.forward`` binds it (positional arguments by the
     original's parameter order, so ``q(ids, mask)`` means what it means to the original even when the graph was
     captured from keyword batches in another order) and handed to the graph by name. An input the graph was
     captured with and the call leaves out, or one the call sets that the graph was captured without, is refused in
-    one line: the captured graph cannot compute what the original ``forward`` does with them."""
+    one line: the captured graph cannot compute what the original ``forward`` does with them. ``accepted``:
+    non-tensor inputs whose values the graph was checked to compute the same with (a parent model's
+    ``return_dict=True``), taken and dropped."""
     found = _graph_inputs(cls, run_graph)
     if found is None:
         return run_graph
@@ -109,7 +117,8 @@ def bound_forward(cls: type, run_graph: Callable[..., Any]) -> Callable[..., Any
             raise TypeError(f"quantized {model} runs the graph captured from its calibration inputs "
                             f"({', '.join(names)}): pass {', '.join(missing)} too (a captured graph cannot fill in "
                             "what the original forward computes for a missing input)")
-        extra = [n for n, v in given.items() if n not in names and not _is_default(original, n, v)]
+        extra = [n for n, v in given.items() if n not in names and not _is_default(original, n, v)
+                 and not _same(accepted, n, v)]
         if extra:
             raise TypeError(f"quantized {model} runs the graph captured from its calibration inputs "
                             f"({', '.join(names)}), without {', '.join(extra)}: leave it out, or quantize with "
@@ -119,12 +128,12 @@ def bound_forward(cls: type, run_graph: Callable[..., Any]) -> Callable[..., Any
     return forward
 
 
-def graft(gm: fx.GraphModule, home: Home) -> nn.Module:
+def graft(gm: fx.GraphModule, home: Home, accepted: Mapping[str, Any] | None = None) -> nn.Module:
     """An instance of ``Quantized<Class>`` (a subclass of the model's class) holding ``gm``'s state and running its
-    graph as ``forward``, with the model's plain attributes."""
+    graph as ``forward``, with the model's plain attributes (``accepted``: see :func:`bound_forward`)."""
     cls, attributes = home
     quantized = type(f"Quantized{cls.__name__}", (cls,), {
-        "forward": bound_forward(cls, type(gm).forward),
+        "forward": bound_forward(cls, type(gm).forward, accepted),
         "graph": property(lambda self: self._graph, doc="The quantized graph that forward runs (torch.fx)."),
         "__doc__": f"{cls.__name__} quantized by mixq: its forward is the captured, quantized graph "
                    "(mixq.quant.graft).",

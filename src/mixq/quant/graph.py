@@ -232,9 +232,10 @@ def quantize_adds(gm: fx.GraphModule, make_observer: Callable[[str], Observer],
     return names
 
 
-def quantize_matmuls(gm: fx.GraphModule, make_observer: Callable[[str], Observer]) -> list[str]:
-    """Replace MatMuls of two float activations (not of a parameter) with ``ObservedMatMul`` modules named
-    ``<owning module>.mixq_matmul_<k>``, so an exclude pattern for that module covers them too."""
+def quantize_matmuls(gm: fx.GraphModule, make_observer: Callable[[str], Observer],
+                     matmul_cls: type[ObservedMatMul] = ObservedMatMul) -> list[str]:
+    """Replace MatMuls of two float activations (not of a parameter) with ``matmul_cls`` (``ObservedMatMul``)
+    modules named ``<owning module>.mixq_matmul_<k>``, so an exclude pattern for that module covers them too."""
     names: list[str] = []
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in _MATMULS or len(node.args) != 2 or node.kwargs:
@@ -246,7 +247,7 @@ def quantize_matmuls(gm: fx.GraphModule, make_observer: Callable[[str], Observer
         owner = stack[-1][0] if stack else ""
         k = sum(n.startswith(f"{owner}.mixq_matmul_") for n in names) if owner else len(names)
         name = f"{owner}.mixq_matmul_{k}" if owner else f"mixq_matmul_{k}"
-        gm.add_submodule(name, ObservedMatMul(make_observer(f"{name} (a)"), make_observer(f"{name} (b)")))
+        gm.add_submodule(name, matmul_cls(make_observer(f"{name} (a)"), make_observer(f"{name} (b)")))
         with gm.graph.inserting_after(node):
             replacement = gm.graph.call_module(name, (a, b))
         replacement.meta = dict(node.meta)
@@ -373,7 +374,8 @@ def keep_float_outputs(gm: fx.GraphModule) -> int:
 
 
 def apply_graph_mode(model: nn.Module, make_observer: Callable[[str], Observer], notes: list[str],
-                     add_cls: type[ObservedAdd] = ObservedAdd, exported: bool = False,
+                     add_cls: type[ObservedAdd] = ObservedAdd, matmul_cls: type[ObservedMatMul] = ObservedMatMul,
+                     exported: bool = False,
                      untraceable: str = "", float_outputs: bool = True,
                      probe: Callable[[nn.Module], object] | None = None) -> tuple[nn.Module, list[str]]:
     """Trace a model whose layers are already wrapped (``ObservedLayer``), then fuse ReLU call sites, turn adds into
@@ -382,7 +384,8 @@ def apply_graph_mode(model: nn.Module, make_observer: Callable[[str], Observer],
 
     ``exported``: ``model`` is already a graph module captured by ``torch.export`` (``graph_export``); MatMuls of
     two activations are quantized too (their names are returned with the adds), adds only where an integer kernel
-    reads the sum, and Linear outputs no integer kernel reads stay float. ``untraceable``: why ``torch.fx`` failed
+    reads the sum, and Linear outputs no integer kernel reads stay float. ``add_cls`` / ``matmul_cls``: the modules
+    adds and MatMuls become (QAT passes its fake-quantizing ones). ``untraceable``: why ``torch.fx`` failed
     on this model, when the caller already tried (it is not traced again). ``float_outputs=False``: exported
     graphs keep every Linear's output on its int8 grid too (what LiteRT's int8 kernels need). ``probe`` (one
     forward pass) lets a model quantized layer by layer share observers along the tensors that go straight from one
@@ -401,7 +404,7 @@ def apply_graph_mode(model: nn.Module, make_observer: Callable[[str], Observer],
         return model, []
     pads = fold_pads(graph)
     relus = fuse_relus(graph)
-    matmuls = quantize_matmuls(graph, make_observer) if exported else []
+    matmuls = quantize_matmuls(graph, make_observer, matmul_cls) if exported else []
     scales = fold_matmul_scales(graph) if matmuls else 0
     adds = quantize_adds(graph, make_observer, add_cls, only_feeding_integer=exported)
     shared = share_observers(graph)

@@ -17,7 +17,6 @@ cached K and V again for one query row (``benchmarks/bench_decode_attention.py``
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +27,8 @@ from mixq.messages import first_line
 from mixq.quant.calibration import Batch, batch_args, call_model
 from mixq.quant.dynamic_shapes import default_axes, grow_unit_axes, torch_export_spec
 from mixq.quant.fusion import set_submodule
+from mixq.quant.train_graph import follow_mode
+from mixq.quiet import quiet_capture
 
 # what graph-mode capture gives mixq.quant.stages
 __all__ = ["NO_NAN_GUARD", "export_friendly", "export_graph", "returns_cache"]
@@ -137,24 +138,36 @@ def _restore_layers(gm: fx.GraphModule, model: nn.Module, targets: list[str]) ->
     return ""
 
 
-def export_graph(model: nn.Module, probe: Batch, targets: list[str]) -> tuple[fx.GraphModule | None, str]:
+def export_graph(model: nn.Module, probe: Batch, targets: list[str], training: bool = False,
+                 reference: tuple[tuple, dict] | None = None) -> tuple[fx.GraphModule | None, str]:
     """``(graph module, "")`` with ``targets`` as ``call_module`` nodes, or ``(None, why not)``. The graph module
     computes what ``model`` computes, takes the same inputs (batch and sequence axes symbolic) and keeps the
-    model's ``config`` attribute; ``model`` itself is only read."""
+    model's ``config`` attribute; ``model`` itself is only read.
+
+    ``training=True`` (QAT) captures the training-mode forward and makes it follow ``train()`` / ``eval()`` as the
+    model does (:func:`mixq.quant.train_graph.follow_mode`, checked against ``reference``: the model's own call
+    where ``probe`` holds only its tensors), or refuses."""
     args, kwargs = batch_args(probe)
     positional, keyword = default_axes(args, kwargs)
     args, kwargs = grow_unit_axes(args, kwargs, positional, keyword)
+    was_training = model.training
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
+        model.train(training)
+        with quiet_capture(), torch.no_grad():
             program = torch.export.export(model, args, kwargs, dynamic_shapes=torch_export_spec(
                 model, positional, keyword), strict=False)
             gm = program.module()
     except Exception as err:  # noqa: BLE001  (any export failure means: fall back to layer by layer)
         return None, f"{type(err).__name__}: {first_line(err, limit=200)}"
+    finally:
+        model.train(was_training)
     why = _restore_layers(gm, model, targets)
     if why:
         return None, why
+    if training:
+        gm, why = follow_mode(gm, model, probe, reference)
+        if gm is None:
+            return None, why
     if hasattr(model, "config"):
         gm.config = model.config
         if not getattr(gm.config, "architectures", None):  # as transformers' save_pretrained records it

@@ -1,0 +1,153 @@
+"""A graph captured in training mode that follows ``train()`` / ``eval()`` as the model it came from does (QAT).
+
+``torch.export`` records one mode: captured in training mode, a dropout is an ``aten.dropout(x, p, True)`` call
+that would keep dropping in eval mode, and a BatchNorm outside the quantized layers keeps using batch statistics.
+:func:`follow_mode` puts each of them back as a module (``nn.Dropout(p)``, the model's own BatchNorm), so the
+graph's mode switches them as the model's would, and refuses a graph holding any other operator that depends on
+the mode or on a random generator. Any other ``if self.training`` branch in the model's code was fixed to its
+training side at capture, so the result is checked against the model itself: in eval mode, and in training mode
+with the same random seed (the same dropout masks); a graph that differs in either is refused with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.utils._pytree import tree_leaves
+
+from mixq.quant.calibration import Batch, call_model
+from mixq.quant.capture import plain_graph_module
+from mixq.quant.fusion import set_submodule
+
+__all__ = ["follow_mode"]
+
+aten = torch.ops.aten
+_DROPOUTS = {aten.dropout.default, aten.dropout_.default}
+# operators whose result depends on the mode or on a random generator, beyond what follow_mode rewrites
+_MODE_DEPENDENT = ("bernoulli", "rand", "normal", "dropout", "native_batch_norm", "_batch_norm", "batch_norm",
+                   "instance_norm", "rrelu", "multinomial")
+
+
+def _owner(node: fx.Node) -> str:
+    stack = list(node.meta.get("nn_module_stack", {}).values())
+    return stack[-1][0] if stack else ""
+
+
+def _as_module(gm: fx.GraphModule, node: fx.Node, path: str, module: nn.Module, x: fx.Node) -> None:
+    set_submodule(gm, path, module)
+    with gm.graph.inserting_before(node):
+        call = gm.graph.call_module(path, (x,))
+    call.meta = dict(node.meta)
+    node.replace_all_uses_with(call)
+    gm.graph.erase_node(node)
+
+
+def _dropouts_as_modules(gm: fx.GraphModule) -> int:
+    """Each training-mode dropout call becomes an ``nn.Dropout(p)`` (``mixq_dropout_<k>``); returns how many."""
+    made = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in _DROPOUTS:
+            continue
+        x, p, train = (list(node.args) + [True])[:3]
+        if not train or not p:
+            node.replace_all_uses_with(x)
+            gm.graph.erase_node(node)
+            continue
+        _as_module(gm, node, f"mixq_dropout_{made}", nn.Dropout(float(p)), x)
+        made += 1
+    return made
+
+
+def _batchnorms_as_modules(gm: fx.GraphModule, model: nn.Module) -> str:
+    """Each training-mode ``batch_norm`` call becomes a call of the model's BatchNorm it came from; returns why
+    not, or ""."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target != aten.batch_norm.default:
+            continue
+        path = _owner(node)
+        try:
+            bn = model.get_submodule(path) if path else None
+        except AttributeError:
+            bn = None
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            return f"a batch_norm call outside any BatchNorm module ({path or 'the model itself'})"
+        _as_module(gm, node, path, bn, node.args[0])
+    return ""
+
+
+def _mode_dependent(gm: fx.GraphModule) -> str:
+    """The first operator left whose result depends on the mode or on randomness (or "")."""
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and any(word in str(node.target) for word in _MODE_DEPENDENT):
+            return f"{node.target} ({_owner(node) or 'the model itself'})"
+    return ""
+
+
+@contextmanager
+def _restored(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` and put its buffers (BatchNorm statistics) and mode back afterwards."""
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    mode = model.training
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name in buffers:
+                    b.copy_(buffers[name])
+        model.train(mode)
+
+
+def _outputs(module: nn.Module, call: Callable[[nn.Module], Any], training: bool, seed: int = 0
+             ) -> list[torch.Tensor]:
+    module.train(training)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        out: Any = call(module)
+    return [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def _differs(gm: fx.GraphModule, model: nn.Module, probe: Batch, reference: tuple[tuple, dict] | None) -> str:
+    """Where the graph computes something else than the model on ``probe`` ("" if nowhere): in eval mode, and in
+    training mode with the same random seed. ``reference``: the model's own call, when it was called with more
+    than ``probe`` holds (flags such as ``return_dict`` that the capture left at their defaults)."""
+    def call_reference(m: nn.Module) -> Any:
+        return call_model(m, probe) if reference is None else m(*reference[0], **reference[1])
+
+    for training in (False, True):
+        with _restored(model), _restored(gm):
+            expected = _outputs(model, call_reference, training)
+            got = _outputs(gm, lambda m: call_model(m, probe), training)
+        mode = "training" if training else "eval"
+        if len(expected) != len(got):
+            return f"in {mode} mode it returns {len(got)} tensors where the model returns {len(expected)}"
+        for i, (e, g) in enumerate(zip(expected, got, strict=True)):
+            if e.shape != g.shape or not torch.allclose(e, g, rtol=1e-4, atol=1e-5, equal_nan=True):
+                return f"in {mode} mode its output {i} differs from the model's (a branch on self.training?)"
+    return ""
+
+
+def follow_mode(gm: fx.GraphModule, model: nn.Module, probe: Batch,
+                reference: tuple[tuple, dict] | None = None) -> tuple[fx.GraphModule | None, str]:
+    """``(graph module, "")``: ``gm`` (captured from ``model`` in training mode) with its dropouts and BatchNorms as
+    modules, so ``train()`` / ``eval()`` switch them, checked against ``model`` in both modes on ``probe`` (against
+    ``model(*reference[0], **reference[1])`` where given); or ``(None, why not)``."""
+    gm = plain_graph_module(gm, f"Captured{type(model).__name__}")
+    dropouts = _dropouts_as_modules(gm)
+    why = _batchnorms_as_modules(gm, model)
+    if why:
+        return None, why
+    left = _mode_dependent(gm)
+    if left:
+        return None, f"the training-mode graph holds {left}, which mixq cannot switch with train()/eval()"
+    gm.graph.lint()
+    gm.recompile()
+    why = _differs(gm, model, probe, reference)
+    if why:
+        return None, f"the training-mode graph {why}"
+    gm.mixq_dropouts = dropouts
+    return gm, ""
