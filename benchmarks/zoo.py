@@ -30,7 +30,8 @@ from tests.zoo.cases import CASES  # noqa: E402
 from tests.zoo.conformance import MODES, Outcome, feeds, ort_session, run_case  # noqa: E402
 
 MARK = {"ok": "✓", "refused": "refused", "fail": "✗"}
-LEGEND = ("✓ q/n: q of n layers quantized (the rest left float with a reason), exported, ONNX Runtime runs it at two "
+LEGEND = ("✓ q/n path: q of n layers quantized (the rest left float with a reason) by graph mode through torch.export "
+          "or torch.fx, or layer by layer (path), exported, ONNX Runtime runs it at two "
           "shapes, simulation == runtime (cos >= 0.999, argmax >= 99%), error vs fp32 within int8 noise. refused: "
           "quantize refused in one line, or left every layer float (the summary's reason). ✗: anything else. "
           "Time: the int8 file (static, else dynamic) vs the fp32 file in ORT at batch 2, interleaved, lower is "
@@ -67,10 +68,25 @@ def speed(case, outcome: Outcome, directory: Path, threads: int) -> float | None
     return times["fp32"].median_ms / times["int8"].median_ms
 
 
+def path(notes: list[str]) -> str:
+    """Which path quantized the model, from its summary notes: graph mode through torch.export or torch.fx, else
+    layer by layer."""
+    if any(n.startswith("graph mode (torch.export)") for n in notes):
+        return "export"
+    return "fx" if any(n.startswith("graph mode (torch.fx)") for n in notes) else "layers"
+
+
 def _cell(o: Outcome) -> str:
-    if o.status == "ok":  # how many layers were quantized, of how many seen
-        return f"✓ {o.quantized}/{o.quantized + o.left_float}"
+    if o.status == "ok":  # how many layers were quantized, of how many seen, and by which path
+        return f"✓ {o.quantized}/{o.quantized + o.left_float} {path(o.notes)}"
     return f"{MARK[o.status]} ({o.reason.replace('|', '/')[:110]})"
+
+
+def _with_path(cell: str, metrics: dict[str, Any] | None) -> str:
+    """A ✓ cell of an older run gets its path from the notes it recorded."""
+    if not cell.startswith("✓") or cell.split()[-1] in ("export", "fx", "layers") or not metrics:
+        return cell
+    return f"{cell} {path(metrics.get('notes', []))}"
 
 
 def table(rows: list[dict[str, Any]], modes: list[str]) -> list[str]:
@@ -79,18 +95,21 @@ def table(rows: list[dict[str, Any]], modes: list[str]) -> list[str]:
     for row in rows:
         ratio = row["int8_time_vs_fp32"]
         shown = f"{1 / ratio:.2f}x" if ratio else "–"
-        lines.append(f"| {row['case']} | {row['family']} | " + " | ".join(row["cells"].get(m, "–") for m in modes)
-                     + f" | {shown} |")
+        cells = [_with_path(row["cells"].get(m, "–"), row["metrics"].get(m)) for m in modes]
+        lines.append(f"| {row['case']} | {row['family']} | " + " | ".join(cells) + f" | {shown} |")
     return lines
 
 
 def totals(rows: list[dict[str, Any]], modes: list[str]) -> list[str]:
-    lines = ["| mode | ✓ | refused | ✗ | not run | ✓ share of those run |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| mode | ✓ | refused | ✗ | not run | ✓ share of those run | ✓ through torch.export / torch.fx / layer "
+             "by layer |", "|---|---:|---:|---:|---:|---:|---:|"]
     for m in modes:
         counts = {s: sum(r["status"].get(m) == s for r in rows) for s in MARK}
         ran = sum(counts.values())
+        paths = [path((r["metrics"].get(m) or {}).get("notes", [])) for r in rows if r["status"].get(m) == "ok"]
         lines.append(f"| {m} | {counts['ok']} | {counts['refused']} | {counts['fail']} | {len(rows) - ran} | "
-                     f"{counts['ok'] / max(ran, 1):.0%} |")
+                     f"{counts['ok'] / max(ran, 1):.0%} | {paths.count('export')} / {paths.count('fx')} / "
+                     f"{paths.count('layers')} |")
     return lines
 
 

@@ -19,7 +19,9 @@ pytest.importorskip("transformers")
 # (case, mode) in make test (about a minute on 2 quiet cores): one encoder, one decoder and one CNN in a mode each,
 # and, in static mode, the hand-written blocks a class-name swap would silently alter
 # wav2vec2 static: an audio encoder whose positional conv is weight_norm-parametrized (a crash nightly alone caught)
+# mobilenet-v2 QAT: a CNN captured in training mode with TF-"same" pads folded into its QAT convolutions
 DEFAULT_RUNS = {("bert", "static"), ("llama", "dynamic"), ("resnet", "static"), ("wav2vec2", "static"),
+                ("mobilenet-v2", "qat"),
                 *((name, "static") for name in ("same-pad-conv", "functional-conv", "ws-conv", "permuting-linear",
                                                 "lora-linear", "relu6-mbconv"))}
 
