@@ -40,6 +40,31 @@ class _Noisy(_Block):
         return self.fc2(h + torch.rand_like(h) if self.training else h)
 
 
+class _DropPath(nn.Module):
+    """Stochastic depth as vision models write it: drops whole samples in training with torch.rand."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = torch.floor(torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype) + 1 - self.p)
+        return x / (1 - self.p) * keep
+
+
+class _Residual(_Block):
+    """A residual branch behind drop-path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc2, self.drop_path = nn.Linear(16, 8), _DropPath(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.fc2(torch.relu(self.fc1(x))))
+
+
 def _x(seed: int = 0) -> torch.Tensor:
     return torch.randn(4, 6, 8, generator=torch.Generator().manual_seed(seed))
 
@@ -94,3 +119,17 @@ def test_random_numbers_other_than_dropout_are_refused():
     gm, why = _capture(_Noisy())
     assert gm is None
     assert "rand" in why and "train()/eval()" in why
+
+
+def test_a_stateless_module_drawing_random_numbers_becomes_a_call_of_itself():
+    torch.manual_seed(0)
+    model = _Residual()
+    gm, why = _capture(model)
+    assert gm is not None, why
+    assert gm.mixq_dropouts == 1 and gm.get_submodule("drop_path") is model.drop_path
+    x = _x(1)
+    with torch.no_grad():
+        assert torch.equal(gm.eval()(x), model.eval()(x))
+        gm.train()
+        outputs = {bool(torch.equal(gm(x)[i], x[i])) for i in range(4) for _ in range(8)}
+    assert outputs == {True, False}  # some samples dropped (only the residual left), some kept

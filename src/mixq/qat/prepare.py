@@ -267,8 +267,8 @@ def _export_for_training(model: nn.Module, targets: list[str], example_inputs: B
         return None, fx_why
     what = f"its {root} ({type(module).__name__}; the task head and loss stay Python)" if root else "it"
     notes.append(f"torch.fx could not trace the model ({fx_why}); captured {what} with torch.export in training "
-                 f"mode instead, its {gm.mixq_dropouts} dropouts following train()/eval() (checked against the model "
-                 "in both modes)")
+                 f"mode instead, its {gm.mixq_dropouts} dropouts and drop-paths following train()/eval() (checked "
+                 "against the model in both modes)")
     if not root:
         return _Capture("", gm), fx_why
     capture = _Capture(root, gm, home_of(module), others)

@@ -2,9 +2,10 @@
 
 ``torch.export`` records one mode: captured in training mode, a dropout is an ``aten.dropout(x, p, True)`` call
 that would keep dropping in eval mode, and a BatchNorm outside the quantized layers keeps using batch statistics.
-:func:`follow_mode` puts each of them back as a module (``nn.Dropout(p)``, the model's own BatchNorm), so the
-graph's mode switches them as the model's would, and refuses a graph holding any other operator that depends on
-the mode or on a random generator. Any other ``if self.training`` branch in the model's code was fixed to its
+:func:`follow_mode` puts each of them back as a module (``nn.Dropout(p)``, the model's own BatchNorm, and the
+model's own module for a stateless one that draws random numbers, such as drop-path), so the graph's mode switches
+them as the model's would, and refuses a graph holding any other operator that depends on the mode or on a random
+generator. Any other ``if self.training`` branch in the model's code was fixed to its
 training side at capture, so the result is checked against the model itself: in eval mode, and in training mode
 with the same random seed (the same dropout masks); a graph that differs in either is refused with the reason.
 """
@@ -79,6 +80,53 @@ def _batchnorms_as_modules(gm: fx.GraphModule, model: nn.Module) -> str:
     return ""
 
 
+def _stack_paths(node: fx.Node) -> list[str]:
+    return [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
+
+
+def _stateless(model: nn.Module, path: str) -> nn.Module | None:
+    """The model's module at ``path`` when it holds no parameters, buffers or layers mixq quantizes (a drop-path
+    module), else None."""
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        return None
+    if next(module.parameters(), None) is not None or next(module.buffers(), None) is not None:
+        return None
+    return module
+
+
+def _random_module_as_call(gm: fx.GraphModule, model: nn.Module, node: fx.Node) -> bool:
+    """Replace the nodes of the stateless module ``node`` (a random or mode-dependent operator) belongs to (a
+    drop-path module drawing ``torch.rand`` in training) by one call of that module, when they read one tensor
+    from outside and give one back; returns whether it did."""
+    for path in reversed(_stack_paths(node)):
+        module = _stateless(model, path) if path else None
+        if module is None:
+            continue
+        inside = [n for n in gm.graph.nodes if path in _stack_paths(n)]
+        members = set(inside)
+        inputs = {a for n in inside for a in n.all_input_nodes if a not in members and a.op != "get_attr"
+                  and isinstance(a.meta.get("val"), torch.Tensor)}  # sizes of it read outside come from it
+        outputs = [n for n in inside if any(u not in members for u in n.users)]
+        if len(inputs) != 1 or len(outputs) != 1:
+            return False
+        set_submodule(gm, path, module)
+        with gm.graph.inserting_after(outputs[0]):
+            call = gm.graph.call_module(path, (next(iter(inputs)),))
+        call.meta = dict(outputs[0].meta)
+        outputs[0].replace_all_uses_with(call)
+        for n in reversed(inside):
+            gm.graph.erase_node(n)
+        return True
+    return False
+
+
+def _mode_dependent_node(gm: fx.GraphModule) -> fx.Node | None:
+    return next((n for n in gm.graph.nodes if n.op == "call_function"
+                 and any(word in str(n.target) for word in _MODE_DEPENDENT)), None)
+
+
 def _mode_dependent(gm: fx.GraphModule) -> str:
     """The first operator left whose result depends on the mode or on randomness (or "")."""
     for node in gm.graph.nodes:
@@ -141,13 +189,17 @@ def follow_mode(gm: fx.GraphModule, model: nn.Module, probe: Batch,
     why = _batchnorms_as_modules(gm, model)
     if why:
         return None, why
+    modules = 0
+    while (node := _mode_dependent_node(gm)) is not None and _random_module_as_call(gm, model, node):
+        modules += 1
     left = _mode_dependent(gm)
     if left:
         return None, f"the training-mode graph holds {left}, which mixq cannot switch with train()/eval()"
+    gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()
     why = _differs(gm, model, probe, reference)
     if why:
         return None, f"the training-mode graph {why}"
-    gm.mixq_dropouts = dropouts
+    gm.mixq_dropouts = dropouts + modules
     return gm, ""
