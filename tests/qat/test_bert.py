@@ -87,3 +87,29 @@ def test_a_task_model_trains_with_labels_through_its_captured_base_model(tmp_pat
         assert torch.equal(sim, qat(input_ids=ids).logits)
     path = mixq.export_onnx(qmodel, {"input_ids": ids[:2]}, tmp_path / "bert_cls_qat.onnx")
     np.testing.assert_allclose(ort_run(path, input_ids=ids)[0], sim.numpy(), atol=1e-5)
+
+
+def test_t5_attention_too_sharp_for_int8_stays_float_in_graph_mode_qat():
+    """T5 has no 1/sqrt(d): one int8 step of q or k moves its logits by >10 nats, so those projections stay float
+    (the attention-logit rule), and so does the Q·Kᵀ MatMul reading them, which would round them after all; the
+    probabilities·V MatMul trains fake-quantized. The same layers as static graph mode keeps float."""
+    from mixq.quant.modules import FloatMatMul, QuantizedMatMul
+    from tests.zoo.cases import CASES
+
+    case = {c.name: c for c in CASES}["t5-encoder"]
+    model, calib = case.build(), [case.inputs(0, seed) for seed in range(3)]
+    qat = mixq.prepare_qat(model, example_inputs=calib[0])
+    floats = {r.name: r.detail for r in qat.mixq_qat_plan.layers if r.status == "float"}
+    for block in range(2):
+        attention = f"encoder.block.{block}.layer.0.SelfAttention"
+        assert "nats" in floats[f"{attention}.q"] and "nats" in floats[f"{attention}.k"]
+        assert f"reads {attention}." in floats[f"{attention}.mixq_matmul_0"]
+        assert f"{attention}.mixq_matmul_1" not in floats
+    static = mixq.quantize(model, "static", calib_data=calib, progress=False)
+    qat.train()
+    for batch in calib:
+        qat(**batch)
+    converted = mixq.convert(qat.eval())
+    for name, m in static.named_modules():
+        if isinstance(m, (FloatMatMul, QuantizedMatMul)):
+            assert type(converted.get_submodule(name)) is type(m), name

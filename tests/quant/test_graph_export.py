@@ -204,3 +204,39 @@ def test_other_encoders_get_integer_attention_and_match_onnx_runtime(name, tmp_p
     with torch.no_grad():
         sim = qmodel(**x).last_hidden_state.numpy()
     assert np.abs(hidden - sim).max() <= 1e-4
+
+
+def test_a_layer_called_through_a_twin_with_its_tied_weight_is_restored():
+    """T5-style tying: ``shared`` and ``encoder.embed_tokens`` are two Embedding modules holding one weight, and the
+    model calls only the second. The capture puts the planned layer (``shared``) where its twin is called."""
+    from mixq.quant.graph_export import export_graph
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, shared: torch.nn.Embedding) -> None:
+            super().__init__()
+            self.embed_tokens = torch.nn.Embedding(50, 16)
+            self.embed_tokens.weight = shared.weight
+            self.fc = torch.nn.Linear(16, 4)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.embed_tokens(ids))
+
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.shared = torch.nn.Embedding(50, 16)
+            self.encoder = Encoder(self.shared)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.encoder(ids)
+
+    torch.manual_seed(0)
+    model = Tied().eval()
+    ids = torch.randint(0, 50, (2, 7))
+    gm, why = export_graph(model, ids, ["shared", "encoder.fc"])
+    assert gm is not None, why
+    called = [n.target for n in gm.graph.nodes if n.op == "call_module" and n.target != "_guards_fn"]
+    assert called == ["shared", "encoder.fc"]
+    assert torch.equal(gm(ids), model(ids))
+    model.encoder.embed_tokens = torch.nn.Embedding(50, 16, padding_idx=0)  # no longer a twin: another weight
+    assert export_graph(model, ids, ["shared", "encoder.fc"])[0] is None

@@ -27,9 +27,9 @@ from mixq.quant.calibration import Batch, call_checked
 from mixq.quant.capture import capture_compute, first_call_inputs, root_weights
 from mixq.quant.fusion import calls_from_graph, detach_fusions, find_fusions, set_submodule, trace_calls
 from mixq.quant.graft import Home, copy_model, graft, home_of
-from mixq.quant.graph import apply_graph_mode, share_observers, trace
+from mixq.quant.graph import apply_graph_mode, producer, share_observers, trace
 from mixq.quant.graph_export import NO_NAN_GUARD, export_friendly, export_graph, returns_cache
-from mixq.quant.modules import QuantizedAdd
+from mixq.quant.modules import FloatAdd, FloatMatMul, QuantizedAdd
 from mixq.quant.modules.registry import adapt_in_place, kind_name, qat_class, quantized_classes
 from mixq.quant.observers import make_observer
 from mixq.quant.planning import excluded, plan
@@ -163,7 +163,8 @@ def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | Non
         summary.add(name, kind_name(model.get_submodule(name)), "float", why)
     targets = [name for name in targets if name not in sharp]
     outputs = _output_layers(model, targets, example_inputs, summary.notes) if cfg.float_outputs else set()
-    capture, fx_why = _export_for_training(model, targets, example_inputs, summary.notes)
+    # the layers kept float for sharp logits become module calls too, so a MatMul reading one is found (_graph_mode)
+    capture, fx_why = _export_for_training(model, targets + list(sharp), example_inputs, summary.notes)
     if capture is not None and not capture.root:
         model = capture.graph
     for name in targets:
@@ -181,7 +182,7 @@ def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | Non
         model, adds = apply_graph_mode(model, lambda name: _quantizer(cfg, name), summary.notes, add_cls=QATAdd,
                                        untraceable=fx_why, probe=probe)
     else:
-        model, adds = _graph_mode(model, capture, cfg, summary.notes)
+        model, adds = _graph_mode(model, capture, cfg, summary, sharp)
     _requantize_read_outputs(model, summary)
     for name in adds:
         kind = "matmul" if isinstance(model.get_submodule(name), QATMatMul) else "add"
@@ -225,16 +226,47 @@ def _root_inputs(model: nn.Module, root: str, example_inputs: Batch) -> tuple[Ba
     return tensors, (args, kwargs), others
 
 
-def _graph_mode(model: nn.Module, capture: _Capture, cfg: QATConfig, notes: list[str]) -> tuple[nn.Module, list[str]]:
+def _float_reason(graph: fx.GraphModule, name: str, full: str, cfg: QATConfig, sharp: dict[str, str],
+                  prefix: str) -> str:
+    """Why graph op ``name`` (``full`` in the model) stays float, or "": ``exclude`` names it, or it is a MatMul
+    reading a layer the attention-logit rule keeps float (its int8 inputs would round that layer's output after
+    all), as static quantization decides."""
+    if excluded(full, cfg.exclude):
+        return "excluded"
+    if not isinstance(graph.get_submodule(name), QATMatMul):
+        return ""
+    node = next(n for n in graph.graph.nodes if n.op == "call_module" and n.target == name)
+    for arg in node.args[:2]:
+        source = producer(graph, arg)
+        for layer, why in sharp.items():
+            if layer.startswith(prefix) and source is graph.get_submodule(layer[len(prefix):]):
+                return f"it reads {layer}'s output, which stays float: {why}"
+    return ""
+
+
+def _graph_mode(model: nn.Module, capture: _Capture, cfg: QATConfig, summary: QuantizationSummary,
+                sharp: dict[str, str]) -> tuple[nn.Module, list[str]]:
     """Graph mode's passes on the captured graph (QAT layers already in it); a captured root goes back into the
-    model under its own class. Returns ``(model, names of the adds and MatMuls made)``."""
+    model under its own class. An add or MatMul ``exclude`` names, and a MatMul reading a layer ``sharp`` keeps
+    float, stay float. Returns ``(model, names of the adds and MatMuls that train fake-quantized)``."""
     prefix = f"{capture.root}." if capture.root else ""
-    graph, made = apply_graph_mode(capture.graph, lambda name: _quantizer(cfg, prefix + name), notes, add_cls=QATAdd,
-                                   matmul_cls=QATMatMul, exported=True, float_outputs=cfg.float_outputs)
-    if not capture.root:
-        return graph, made
-    set_submodule(model, capture.root, graft(graph, capture.home, capture.accepted))  # type: ignore[arg-type]
-    return model, [prefix + name for name in made]
+    graph, made = apply_graph_mode(capture.graph, lambda name: _quantizer(cfg, prefix + name), summary.notes,
+                                   add_cls=QATAdd, matmul_cls=QATMatMul, exported=True,
+                                   float_outputs=cfg.float_outputs)
+    kept = []
+    for name in made:
+        op = graph.get_submodule(name)
+        why = _float_reason(graph, name, prefix + name, cfg, sharp, prefix)
+        if why:
+            is_matmul = isinstance(op, QATMatMul)
+            set_submodule(graph, name, FloatMatMul(op.alpha) if is_matmul else FloatAdd(op.relu))
+            summary.add(prefix + name, "matmul" if is_matmul else "add", "float", why)
+        else:
+            kept.append(prefix + name)
+    if capture.root:
+        set_submodule(model, capture.root, graft(graph, capture.home, capture.accepted))  # type: ignore[arg-type]
+        return model, kept
+    return graph, kept
 
 
 def _export_for_training(model: nn.Module, targets: list[str], example_inputs: Batch | None,

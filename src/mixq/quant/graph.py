@@ -301,6 +301,19 @@ def _source(gm: fx.GraphModule, node: object) -> nn.Module | None:
     return None
 
 
+def producer(gm: fx.GraphModule, node: object) -> nn.Module | None:
+    """The module (any kind) whose output reaches ``node`` unchanged through value-preserving ops, if any."""
+    while isinstance(node, fx.Node):
+        passes = _passes(gm, node)
+        module = _module(gm, node)
+        if module is not None and not passes:
+            return module
+        if not passes or not node.args:
+            return None
+        node = node.args[0]
+    return None
+
+
 def share_observers(gm: fx.GraphModule) -> int:
     """Point each observed input at its producer's output observer; returns how many inputs now share."""
     return sum(_share_inputs(consumer, node.args, lambda arg: _source(gm, arg)) for node in gm.graph.nodes

@@ -93,27 +93,51 @@ def export_friendly(model: nn.Module, why: str = INTEGER_ATTENTION) -> tuple[lis
     return list(dict.fromkeys(notes)), restore
 
 
-def _layer_path(node: fx.Node, wanted: set[str]) -> str | None:
+def _layer_path(node: fx.Node, aliases: dict[str, str]) -> str | None:
     """The target layer an ATen layer call belongs to: the innermost module on its recorded module stack (tied
-    weights read through another layer's attribute), else the owner of its weight attribute."""
+    weights read through another layer's attribute), else the owner of its weight attribute. ``aliases``: every
+    name of each target (a layer registered at two paths, T5's ``shared`` and ``encoder.embed_tokens``) -> the
+    target's name."""
     spec = _LAYER_CALLS.get(node.target)  # type: ignore[arg-type]
     if node.op != "call_function" or spec is None or len(node.args) <= spec[0]:
         return None
     stack = list(node.meta.get("nn_module_stack", {}).values())
-    if stack and stack[-1][0] in wanted:
-        return stack[-1][0]
+    if stack and stack[-1][0] in aliases:
+        return aliases[stack[-1][0]]
     weight = node.args[spec[0]]
     if isinstance(weight, fx.Node) and weight.op == "get_attr" and str(weight.target).endswith(".weight"):
-        path = str(weight.target)[: -len(".weight")]
-        return path if path in wanted else None
+        return aliases.get(str(weight.target)[: -len(".weight")])
     return None
+
+
+def _twin_key(m: nn.Module) -> tuple | None:
+    """What makes two layers compute the same: their class, hyper-parameters and weight tensor (tied weights)."""
+    weight = getattr(m, "weight", None)
+    return (type(m), m.extra_repr(), id(weight)) if isinstance(weight, nn.Parameter) else None
+
+
+def _aliases(model: nn.Module, targets: list[str]) -> dict[str, str]:
+    """Every path each target layer is registered at in ``model``, and every path of a twin layer computing the
+    same with the same (tied) weight, as T5's ``encoder.embed_tokens`` does ``shared``'s -> the target's name."""
+    wanted = {id(model.get_submodule(t)): t for t in targets}
+    twins: dict[tuple, str] = {}
+    for t in targets:
+        key = _twin_key(model.get_submodule(t))
+        if key is not None:
+            twins.setdefault(key, t)
+    aliases = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        target = wanted.get(id(m)) or twins.get(_twin_key(m))  # type: ignore[arg-type]
+        if target is not None:
+            aliases[name] = target
+    return aliases
 
 
 def _restore_layers(gm: fx.GraphModule, model: nn.Module, targets: list[str]) -> str:
     """Replace each target layer's ATen call with a ``call_module`` of the original layer; returns why not, or ""."""
-    wanted, found = set(targets), set()
+    aliases, found = _aliases(model, targets), set()
     for node in list(gm.graph.nodes):
-        path = _layer_path(node, wanted)
+        path = _layer_path(node, aliases)
         if path is None:
             continue
         weight_index, inputs = _LAYER_CALLS[node.target]  # type: ignore[index]
@@ -124,12 +148,13 @@ def _restore_layers(gm: fx.GraphModule, model: nn.Module, targets: list[str]) ->
         node.replace_all_uses_with(call)
         gm.graph.erase_node(node)
         found.add(path)
-    missing = [t for t in targets if t not in found]
+    twins_found = {_twin_key(model.get_submodule(t)) for t in found} - {None}
+    missing = [t for t in targets if t not in found and _twin_key(model.get_submodule(t)) not in twins_found]
     if missing:
         return f"{missing[0]} is not called as one operator in the exported program"
     gm.graph.eliminate_dead_code()
     read = [str(n.target) for n in gm.graph.nodes if n.op == "get_attr" and n.users
-            and str(n.target).rpartition(".")[0] in wanted]
+            and str(n.target).rpartition(".")[0] in aliases]
     if read:
         return f"{read[0]} is also read outside its layer"
     for path in targets:
@@ -161,13 +186,13 @@ def export_graph(model: nn.Module, probe: Batch, targets: list[str], training: b
         return None, f"{type(err).__name__}: {first_line(err, limit=200)}"
     finally:
         model.train(was_training)
-    why = _restore_layers(gm, model, targets)
-    if why:
-        return None, why
     if training:
         gm, why = follow_mode(gm, model, probe, reference)
         if gm is None:
             return None, why
+    why = _restore_layers(gm, model, targets)
+    if why:
+        return None, why
     if hasattr(model, "config"):
         gm.config = model.config
         if not getattr(gm.config, "architectures", None):  # as transformers' save_pretrained records it
