@@ -94,6 +94,13 @@ def test_what_a_capture_reads_is_in_the_signature(model):
     assert capture_reuse.signature(model.same[0], (x.double(),), {}) != same[0]  # input dtype
 
 
+def test_tensors_sharing_memory_are_in_the_signature():
+    add = nn.Bilinear(4, 4, 2)
+    x, y = torch.randn(3, 4), torch.randn(3, 4)
+    assert capture_reuse.signature(add, (x, x), {}) != capture_reuse.signature(add, (x, y), {})
+    assert capture_reuse.signature(add, (x, y), {}) == capture_reuse.signature(add, (y, x), {})
+
+
 @pytest.mark.parametrize("change", ["hook", "forward", "tensor attribute"])
 def test_a_module_whose_capture_may_read_more_is_captured_alone(model, change):
     conv = model.same[0]

@@ -5,11 +5,13 @@ rebound to another instance's tensors.
 (about 50 ms each, warm; a pip package's same-padding ``Conv2d`` subclass is 49 captures in EfficientNet-Lite0).
 Non-strict ``torch.export`` runs the module's Python ``forward`` on fake tensors: the graph it records depends on
 the module tree's classes (their code), every non-tensor attribute, the names, shapes, dtypes and strides of its
-parameters and buffers (never their values, which are fake), and the inputs' structure, shapes, dtypes and
-non-tensor values. :func:`signature` is all of that as one hashable key, or None where anything in it is not plain
-data (a callable, a hook, a tensor attribute that is neither parameter nor buffer, a forward set on the instance):
-such a module is always captured alone. Two instances with one key record the same graph, so the second reuses
-the first's (:func:`rebound`: a copy of the graph reading the second instance's own parameters and buffers).
+parameters and buffers (never their values, which are fake), the inputs' structure, shapes, dtypes and non-tensor
+values, and which of all these tensors share memory. :func:`signature` is all of that as one hashable key, or None
+where anything in it is not plain data (a callable, a hook, a tensor attribute that is neither parameter nor
+buffer, a forward set on the instance): such a module is always captured alone. Two instances with one key record
+the same graph, so the second reuses the first's (:func:`rebound`: a copy of the graph reading the second
+instance's own parameters and buffers). What the key cannot see: a ``forward`` reading mutable global state, which
+would have to change between two captures of one ``quantize`` call to matter.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.utils._pytree import tree_leaves
 
 from mixq.quant.graft import no_leafspec_warning
 
@@ -76,9 +79,18 @@ def signature(module: nn.Module, args: tuple, kwargs: dict) -> Hashable | None:
         return None
     try:
         tree = tuple((name, _module_key(m)) for name, m in module.named_modules(remove_duplicate=False))
-        return tree, _value_key(args), _value_key(kwargs)
+        return tree, _value_key(args), _value_key(kwargs), _sharing(module, args, kwargs)
     except _NotPlain:
         return None
+
+
+def _sharing(module: nn.Module, args: tuple, kwargs: dict) -> tuple[int, ...]:
+    """Which of the module's parameters and buffers and the call's input tensors share memory (tied weights, one
+    tensor passed twice): for each, the index of the first one on the same storage."""
+    tensors = [t for m in module.modules() for t in [*m._parameters.values(), *m._buffers.values()]
+               if t is not None] + [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+    first: dict[int, int] = {}
+    return tuple(first.setdefault(t.untyped_storage().data_ptr(), i) for i, t in enumerate(tensors))
 
 
 def _tensor_at(module: nn.Module, target: str) -> torch.Tensor | None:
