@@ -172,3 +172,27 @@ def test_a_model_without_logits_skips_the_probe_pass_with_the_same_result(monkey
     x = torch.randn(2, 3, 16, 16)
     assert torch.equal(skipped(x), probed(x))
     assert skipped.mixq_summary.notes == probed.mixq_summary.notes
+
+
+def _helper_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(q @ k.transpose(-1, -2), dim=-1)
+
+
+def _wrapped_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return _helper_attention(q, k)  # the softmax is a call away
+
+
+torch.fx.wrap("_wrapped_attention")
+
+
+class _WrappedAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k = nn.Linear(D, D), nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _wrapped_attention(self.q(x), self.k(x))
+
+
+def test_a_softmax_inside_fx_wrapped_code_counts():
+    assert attention_logits.reads_logits(_WrappedAttention().eval())

@@ -237,34 +237,50 @@ def _functions_named(fn: object) -> Iterator[object]:
             yield f
 
 
-def _leaf_may_read(cls: type) -> bool:
-    """Whether a leaf module class (torch.nn's own: the trace does not enter it) may call a logit reader: one of
-    its methods, or a Python function one of them names, names one (e.g. ``nn.Softmax``, and
-    ``nn.MultiheadAttention`` through ``F.multi_head_attention_forward``). Two levels deep: torch.nn's forwards
-    call torch functions directly."""
-    methods = [f for c in cls.__mro__ if c not in (nn.Module, object) for f in vars(c).values()
-               if isinstance(f, types.FunctionType)]
-    return any(_names_reader(f) or any(_names_reader(g) for g in _functions_named(f)) for f in methods)
+def _in_torch(fn: object) -> bool:
+    return str(getattr(fn, "__module__", "")).startswith("torch")
+
+
+def _may_read(fn: object, seen: set[object]) -> bool:
+    """Whether the Python function ``fn`` may call a logit reader: its code names one, or a function it names may;
+    followed through code outside torch to any depth and one level into torch's own (whose functions call torch
+    functions, which tracking sees whole)."""
+    code = getattr(fn, "__code__", None)
+    if code is None or code in seen:
+        return False
+    seen.add(code)
+    if _names_reader(fn):
+        return True
+    return any(_names_reader(g) if _in_torch(fn) or _in_torch(g) else _may_read(g, seen)
+               for g in _functions_named(fn))
+
+
+def _leaf_may_read(cls: type, seen: set[object]) -> bool:
+    """Whether a leaf module class (torch.nn's own: the trace does not enter it) may call a logit reader through one
+    of its methods (e.g. ``nn.Softmax``, and ``nn.MultiheadAttention`` through ``F.multi_head_attention_forward``)."""
+    return any(_may_read(f, seen) for c in cls.__mro__ if c not in (nn.Module, object) for f in vars(c).values()
+               if isinstance(f, types.FunctionType))
 
 
 def reads_logits(model: nn.Module) -> bool:
     """Whether ``model``'s forward may call a Softmax or ``scaled_dot_product_attention``, the only calls at which
     :func:`probe_gains` records a gain. False only when a ``torch.fx`` trace of it records neither and neither
-    its leaf modules (torch.nn's own, :func:`_leaf_may_read`) nor opaque functions (``fx.wrap``) name one; True
+    its leaf modules (torch.nn's own) nor opaque functions (``fx.wrap``) may call one (:func:`_may_read`); True
     when the model does not trace. (The trace records the same top-level torch functions as the tracking
     mode sees: a function that dispatches on tensors, e.g. ``multi_head_attention_forward``, is one call to both.)"""
     try:
         graph = fx.Tracer().trace(model)
     except Exception:  # noqa: BLE001  (untraceable: probe it)
         return True
+    seen: set[object] = set()
     leaves = {type(model.get_submodule(str(n.target))) for n in graph.nodes if n.op == "call_module"}
     for node in graph.nodes:
         if node.op == "call_method" and node.target in _LOGIT_READERS:
             return True
         if node.op == "call_function" and (getattr(node.target, "__name__", "") in _LOGIT_READERS
-                                           or _names_reader(node.target)):  # fx.wrap'ed Python code
+                                           or _may_read(node.target, seen)):
             return True
-    return any(_leaf_may_read(cls) for cls in leaves)
+    return any(_leaf_may_read(cls, seen) for cls in leaves)
 
 
 def checked_gains(model: nn.Module, probe: Batch, layers: list[str],
