@@ -258,8 +258,17 @@ def _may_read(fn: object, seen: set[object]) -> bool:
 def _leaf_may_read(cls: type, seen: set[object]) -> bool:
     """Whether a leaf module class (torch.nn's own: the trace does not enter it) may call a logit reader through one
     of its methods (e.g. ``nn.Softmax``, and ``nn.MultiheadAttention`` through ``F.multi_head_attention_forward``)."""
-    return any(_may_read(f, seen) for c in cls.__mro__ if c not in (nn.Module, object) for f in vars(c).values()
-               if isinstance(f, types.FunctionType))
+    return any(_may_read(f, seen) for c in cls.__mro__ if c not in (nn.Module, object) for v in vars(c).values()
+               for f in _functions_of(v))
+
+
+def _functions_of(attr: object) -> list[object]:
+    """The Python functions a class attribute holds: a method, a static or class method, a property's accessors."""
+    if isinstance(attr, (staticmethod, classmethod)):
+        return [attr.__func__]
+    if isinstance(attr, property):
+        return [f for f in (attr.fget, attr.fset) if f is not None]
+    return [attr] if isinstance(attr, types.FunctionType) else []
 
 
 def reads_logits(model: nn.Module) -> bool:

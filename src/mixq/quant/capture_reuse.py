@@ -80,7 +80,7 @@ def signature(module: nn.Module, args: tuple, kwargs: dict) -> Hashable | None:
     try:
         tree = tuple((name, _module_key(m)) for name, m in module.named_modules(remove_duplicate=False))
         return tree, _value_key(args), _value_key(kwargs), _sharing(module, args, kwargs)
-    except _NotPlain:
+    except Exception:  # noqa: BLE001  (not plain data, or a tensor without strides or storage: captured alone)
         return None
 
 
