@@ -4,10 +4,11 @@ ImageNet-pretrained EfficientNet-Lite0 of ``bench_pretrained_cnn.py``, with its 
 Each measurement runs in a fresh subprocess, so the first call pays what a user's first call pays after importing
 the package (mixq: importing and warming up ``torch.export``, which it imports lazily; ORT: its session and
 calibration set-up); a second call in the same process is timed too ("warm"). Jobs alternate (mixq, ORT, mixq,
-...) for ``--rounds`` rounds, so load drifts hit every job alike; medians are printed. ``--compare SRC`` adds
-another mixq source tree (e.g. a checkout of main's ``src``) to the rotation, so a change is timed against its
-baseline in the same run. ORT quantizes the fp32 ONNX file that ``bench_pretrained_cnn.export_fp32`` writes
-(exported once, not timed), with its calibration session on ``--threads`` threads, as PyTorch runs on.
+...) for ``--rounds`` rounds, so load drifts hit every job alike; medians are printed, and minimums (on a shared
+machine, the run least slowed by others). ``--compare SRC`` adds another mixq source tree (e.g. a checkout of
+main's ``src``) to the rotation, so a change is timed against its baseline in the same run. ORT quantizes the fp32
+ONNX file that ``bench_pretrained_cnn.export_fp32`` writes (exported once, not timed), with its calibration session
+on ``--threads`` threads, as PyTorch runs on.
 
 Run: ``PYTHONPATH=src .venv/bin/python benchmarks/bench_quantize_time.py [--threads 1] [--rounds 3]`` (about 20 s
 per job on 2 loaded cores). Prints the CPU flags, load average and a Markdown table; ``--out FILE`` writes JSON.
@@ -124,12 +125,13 @@ def main(argv: list[str] | None = None) -> int:
             for label, src in jobs.items():
                 times[label].append(_run("ort" if label.startswith("ORT") else "mixq", src, args, fp32))
     load_after = os.getloadavg()[0]
-    lines = [f"| quantizer ({args.threads} threads) | first call s (median) | warm call s (median) | first calls |",
-             "|---|---:|---:|---|"]
+    lines = [f"| quantizer ({args.threads} threads) | first call s: median (min) | warm call s: median (min) | "
+             "first calls |", "|---|---:|---:|---|"]
     for label, runs in times.items():
-        first, warm = (statistics.median(r[k] for r in runs) for k in ("first", "warm"))
-        each = ", ".join(f"{r['first']:.2f}" for r in runs)
-        lines.append(f"| {label} | {first:.2f} | {warm:.2f} | {each} |")
+        first, warm = ([r[k] for r in runs] for k in ("first", "warm"))
+        each = ", ".join(f"{t:.2f}" for t in first)
+        lines.append(f"| {label} | {statistics.median(first):.2f} ({min(first):.2f}) | "
+                     f"{statistics.median(warm):.2f} ({min(warm):.2f}) | {each} |")
     print("\n".join(lines) + f"\n\nLoad average before/after: {load_before:.2f} / {load_after:.2f}")  # noqa: T201
     if args.out:
         args.out.write_text(json.dumps({"threads": args.threads, "flags": flags, "load": [load_before, load_after],
