@@ -127,3 +127,72 @@ def test_graph_mode_keeps_the_qk_matmul_float_too_and_matches_onnx_runtime(reduc
     with torch.no_grad():
         sim = qmodel(**x).last_hidden_state.numpy()
     assert float(np.abs(hidden - sim).max()) <= 1e-3 * float(np.abs(sim).max())
+
+
+class _Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) if x.sum() > 0 else -self.fc(x)  # control flow on values: torch.fx cannot trace it
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 8, 3, groups=8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 4)).eval()
+
+
+@pytest.mark.parametrize(("build", "reads"), [
+    (lambda: Attention(1.0), True), (lambda: Attention(1.0, sdpa=True), True),
+    (lambda: nn.Sequential(nn.Linear(D, D), nn.Softmax(-1)), True),  # a leaf module calling softmax
+    (lambda: nn.Sequential(nn.Linear(D, D), nn.MultiheadAttention(D, 2, batch_first=True)), True),
+    (lambda: nn.TransformerEncoderLayer(D, 2, batch_first=True), True),
+    (_Untraceable, True),  # cannot tell: probed
+    (_cnn, False), (lambda: nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.LayerNorm(D), nn.Linear(D, 4)), False),
+], ids=["matmul-softmax", "sdpa", "softmax-module", "mha-module", "encoder-layer", "untraceable", "cnn", "mlp"])
+def test_reads_logits_is_decided_from_the_graph(build, reads):
+    assert attention_logits.reads_logits(build().eval()) is reads
+
+
+def test_a_model_without_logits_skips_the_probe_pass_with_the_same_result(monkeypatch):
+    probes: list[int] = []
+    real = attention_logits.probe_gains
+    monkeypatch.setattr(attention_logits, "probe_gains", lambda *a: probes.append(1) or real(*a))
+    data = [torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    skipped = mixq.quantize(_cnn(), "static", calib_data=data, progress=False)
+    assert probes == []
+    monkeypatch.setattr(attention_logits, "reads_logits", lambda model: True)
+    probed = mixq.quantize(_cnn(), "static", calib_data=data, progress=False)
+    assert probes == [1]
+    a, b = skipped.state_dict(), probed.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(skipped(x), probed(x))
+    assert skipped.mixq_summary.notes == probed.mixq_summary.notes
+
+
+def _helper_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(q @ k.transpose(-1, -2), dim=-1)
+
+
+def _wrapped_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return _helper_attention(q, k)  # the softmax is a call away
+
+
+torch.fx.wrap("_wrapped_attention")
+
+
+class _WrappedAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k = nn.Linear(D, D), nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _wrapped_attention(self.q(x), self.k(x))
+
+
+def test_a_softmax_inside_fx_wrapped_code_counts():
+    assert attention_logits.reads_logits(_WrappedAttention().eval())

@@ -184,3 +184,22 @@ def test_for_litert_the_static_default_smooths_every_group_auto_finds_worth_it()
     ort, litert = smoothed(), smoothed(runtime="litert", runtime_aware=False)
     assert "fc1 -> fc2" not in ort and "no outlier channels" in ort  # outlier groups only, folded only
     assert "fc1 -> fc2" in litert and "in the int8 layer" in litert
+
+
+@pytest.mark.parametrize("norm", [False, True], ids=["no-norm", "layernorm"])
+def test_the_static_default_probes_only_models_with_a_norm(norm, monkeypatch):
+    from mixq.quant import smoothquant
+
+    probed: list[int] = []
+    monkeypatch.setattr(smoothquant, "candidate_groups", lambda *a: probed.append(1) or candidate_groups(*a))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16) if norm else nn.ReLU(), nn.Linear(16, 4)).eval()
+    calib = [torch.randn(4, 8, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    default = mixq.quantize(model, "static", calib_data=calib, progress=False)
+    assert probed == ([1] if norm else [])
+    plain = mixq.quantize(model, "static", calib_data=calib, progress=False, smoothquant=None)
+    a, b = default.state_dict(), plain.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)  # nothing to smooth in either
+    smoothing = [n for n in default.mixq_summary.notes if n.startswith("smoothquant")]
+    assert len(smoothing) == norm  # the probed model says what the pass found; the other claims no pass
+    assert [n for n in default.mixq_summary.notes if n not in smoothing] == plain.mixq_summary.notes

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import math
 import operator
+import types
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
@@ -205,10 +206,100 @@ def logit_gains(model: nn.Module, probe: Batch, layers: list[str]) -> Gains:
     return probe_gains(model, probe, layers)[0]
 
 
+_LOGIT_READERS = _SOFTMAXES | {"scaled_dot_product_attention"}  # where probe_gains records a gain
+
+
+def _code_names(code: types.CodeType) -> Iterator[str]:
+    """The names and string constants of ``code`` and of the code nested in it."""
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, str):
+            yield const
+        elif isinstance(const, types.CodeType):
+            yield from _code_names(const)
+
+
+def _names_reader(obj: object) -> bool:
+    """Whether a function's code (nested code included) names a logit reader."""
+    code = getattr(obj, "__code__", None)
+    return code is not None and not set(_code_names(code)).isdisjoint(_LOGIT_READERS)
+
+
+def _functions_named(fn: object) -> Iterator[object]:
+    """The Python functions ``fn``'s code names: globals, and attributes of the modules it names (``F.pad``)."""
+    code, scope = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
+    if code is None:
+        return
+    names = set(_code_names(code))
+    modules = [scope[n] for n in names if isinstance(scope.get(n), types.ModuleType)]
+    for f in [scope.get(n) for n in names] + [getattr(m, n, None) for m in modules for n in names]:
+        if isinstance(f, types.FunctionType):
+            yield f
+
+
+def _in_torch(fn: object) -> bool:
+    return str(getattr(fn, "__module__", "")).startswith("torch")
+
+
+def _may_read(fn: object, seen: set[object]) -> bool:
+    """Whether the Python function ``fn`` may call a logit reader: its code names one, or a function it names may;
+    followed through code outside torch to any depth and one level into torch's own (whose functions call torch
+    functions, which tracking sees whole)."""
+    code = getattr(fn, "__code__", None)
+    if code is None or code in seen:
+        return False
+    seen.add(code)
+    if _names_reader(fn):
+        return True
+    return any(_names_reader(g) if _in_torch(fn) or _in_torch(g) else _may_read(g, seen)
+               for g in _functions_named(fn))
+
+
+def _leaf_may_read(cls: type, seen: set[object]) -> bool:
+    """Whether a leaf module class (torch.nn's own: the trace does not enter it) may call a logit reader through one
+    of its methods (e.g. ``nn.Softmax``, and ``nn.MultiheadAttention`` through ``F.multi_head_attention_forward``)."""
+    return any(_may_read(f, seen) for c in cls.__mro__ if c not in (nn.Module, object) for v in vars(c).values()
+               for f in _functions_of(v))
+
+
+def _functions_of(attr: object) -> list[object]:
+    """The Python functions a class attribute holds: a method, a static or class method, a property's accessors."""
+    if isinstance(attr, (staticmethod, classmethod)):
+        return [attr.__func__]
+    if isinstance(attr, property):
+        return [f for f in (attr.fget, attr.fset) if f is not None]
+    return [attr] if isinstance(attr, types.FunctionType) else []
+
+
+def reads_logits(model: nn.Module) -> bool:
+    """Whether ``model``'s forward may call a Softmax or ``scaled_dot_product_attention``, the only calls at which
+    :func:`probe_gains` records a gain. False only when a ``torch.fx`` trace of it records neither and neither
+    its leaf modules (torch.nn's own) nor opaque functions (``fx.wrap``) may call one (:func:`_may_read`); True
+    when the model does not trace. (The trace records the same top-level torch functions as the tracking
+    mode sees: a function that dispatches on tensors, e.g. ``multi_head_attention_forward``, is one call to both.)"""
+    try:
+        graph = fx.Tracer().trace(model)
+    except Exception:  # noqa: BLE001  (untraceable: probe it)
+        return True
+    seen: set[object] = set()
+    leaves = {type(model.get_submodule(str(n.target))) for n in graph.nodes if n.op == "call_module"}
+    for node in graph.nodes:
+        if node.op == "call_method" and node.target in _LOGIT_READERS:
+            return True
+        if node.op == "call_function" and (getattr(node.target, "__name__", "") in _LOGIT_READERS
+                                           or _may_read(node.target, seen)):
+            return True
+    return any(_leaf_may_read(cls, seen) for cls in leaves)
+
+
 def checked_gains(model: nn.Module, probe: Batch, layers: list[str],
                   notes: list[str]) -> tuple[Gains, dict[str, tuple[float, float]]]:
     """:func:`probe_gains`, or nothing with a note in ``notes`` saying why the logits were not checked (a forward
-    pass that fails under the tracking mode leaves every layer to the config)."""
+    pass that fails under the tracking mode leaves every layer to the config). Without the probe pass where the
+    model reads no logits (:func:`reads_logits`): no gains, and the ranges (read only for layers with gains) are
+    not measured."""
+    if not reads_logits(model):
+        return {}, {}
     try:
         return probe_gains(model, probe, layers)
     except Exception as err:  # noqa: BLE001  (the check is advisory: quantization goes on without it)

@@ -10,6 +10,9 @@ here), becomes a plain ``nn.Linear`` / ``nn.Conv*d`` / ``nn.Embedding`` called a
 (a ``torch.fx.GraphModule`` computing exactly what the module's ``forward`` computes) replaces the module in the
 user's model, which keeps its class: every mode, QAT and the graph passes then see plain layers.
 
+Identical instances (same classes, non-tensor attributes, parameter and buffer shapes, input shapes: see
+``mixq.quant.capture_reuse``) are exported once; the others get a copy of that graph reading their own weights.
+
 QAT (``trainable=True``) only captures weights that are parameters themselves: a computed weight would be trained
 in place of the parameters it is computed from.
 """
@@ -17,7 +20,7 @@ in place of the parameters it is computed from.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
@@ -27,6 +30,7 @@ from torch.utils._pytree import tree_map
 
 from mixq.messages import first_line
 from mixq.quant.calibration import Batch, call_checked
+from mixq.quant.capture_reuse import reads_own_tensors, rebound, signature
 from mixq.quant.fusion import set_submodule
 from mixq.quant.modules.registry import adapter_of, is_quantizable, kind_name
 from mixq.quant.planning import excluded
@@ -252,13 +256,22 @@ def _shapes_by_name(module: nn.Module, args: tuple, kwargs: dict, spec: Callable
     return {name: tree_map(spec, value) for name, value in bound.arguments.items()}
 
 
-def _captured(module: nn.Module, args: tuple, kwargs: dict, trainable: bool
+def _captured(module: nn.Module, args: tuple, kwargs: dict, trainable: bool,
+              templates: dict[Hashable, fx.GraphModule] | None = None
               ) -> tuple[fx.GraphModule | None, list[str], str]:
     """``(graph module, layers made, "")`` for ``module`` captured on one call's inputs with its compute on weights
-    as plain layers; ``(None, [], "")`` when it computes nothing mixq quantizes, ``(None, [], why)`` on failure."""
-    gm, why = _capture(module, args, kwargs)
+    as plain layers; ``(None, [], "")`` when it computes nothing mixq quantizes, ``(None, [], why)`` on failure.
+    ``templates``: captures by ``capture_reuse.signature``, reused for (and extended by) identical instances."""
+    key = signature(module, args, kwargs) if templates is not None else None
+    gm = templates.get(key) if templates is not None and key is not None else None
     if gm is None:
-        return None, [], f"torch.export could not capture it ({why})"
+        gm, why = _capture(module, args, kwargs)
+        if gm is None:
+            return None, [], f"torch.export could not capture it ({why})"
+        if templates is not None and key is not None and reads_own_tensors(gm, module):
+            templates[key] = gm
+    if templates is not None and key in templates:  # the template stays unrewritten: this instance gets a copy
+        gm = rebound(templates[key], module, f"Captured{type(module).__name__}")
     made, why = _rewrite(gm, module, trainable)
     return (gm if made and not why else None), made, why
 
@@ -329,6 +342,7 @@ def capture_compute(model: nn.Module, probe: Batch | None, notes: list[str], exc
         return {n: "pass example_inputs (or calib_data) so mixq can capture what its forward computes" for n in names}
     inputs = first_call_inputs(model, names, probe)
     failed: dict[str, str] = {}
+    templates: dict[Hashable, fx.GraphModule] = {}
     for name in names:
         module = model.get_submodule(name)
         if name not in inputs:
@@ -338,7 +352,7 @@ def capture_compute(model: nn.Module, probe: Batch | None, notes: list[str], exc
             failed[name] = ("QAT captures only modules whose children are registered layers or stateless "
                             "(padding, activations)")
             continue
-        gm, made, why = _captured(module, *inputs[name], trainable)
+        gm, made, why = _captured(module, *inputs[name], trainable, templates)
         if why:
             failed[name] = why
         if gm is None:

@@ -359,9 +359,11 @@ def smooth(model: nn.Module, alpha: float | str, config: QuantConfig, probe: Bat
     For a runtime whose default smooths every group (``Runtime.smooths_every_group``: LiteRT), ``"layernorm"`` is
     ``"auto"`` on a model with a LayerNorm. When there is neither, the copy is unchanged and no notes are returned.
     """
+    outliers_only = alpha == SMOOTH_LAYERNORM  # the static default: "auto" on outlier groups of transformers
+    if outliers_only and not any(_is_norm(m) for m in model.modules()):
+        return model, []  # no norm can produce a candidate group: no copy, no probe pass
     smoothed = copy_model(model).eval()
     candidates = [g for g in candidate_groups(smoothed, probe) if _wanted(g, config)]
-    outliers_only = alpha == SMOOTH_LAYERNORM  # the static default: "auto" on outlier groups of transformers
     if outliers_only:
         if not any(_is_norm(smoothed.get_submodule(g.producer)) for g in candidates):
             return model, []
