@@ -36,7 +36,8 @@ from mixq.quant.modules.registry import adapter_of, is_quantizable, kind_name
 from mixq.quant.planning import excluded
 from mixq.quiet import quiet_capture
 
-__all__ = ["capture_compute", "capture_root", "first_call_inputs", "plain_graph_module", "root_weights"]
+__all__ = ["call_module_instead", "capture_compute", "capture_root", "first_call_inputs", "plain_graph_module",
+           "root_weights"]
 
 aten = torch.ops.aten
 Builder = Callable[[fx.Node, torch.Tensor, torch.Tensor | None], nn.Module | None]
@@ -173,7 +174,7 @@ def _batchnorm_child(node: fx.Node, module: nn.Module) -> str | None:
     return path if isinstance(child, nn.modules.batchnorm._BatchNorm) else None
 
 
-def _call_module(gm: fx.GraphModule, node: fx.Node, path: str, layer: nn.Module, x: Any) -> None:
+def call_module_instead(gm: fx.GraphModule, node: fx.Node, path: str, layer: nn.Module, x: Any) -> None:
     """Replace ``node`` by a call of ``layer`` (set at ``path`` in ``gm``) on ``x``."""
     set_submodule(gm, path, layer)
     with gm.graph.inserting_before(node):
@@ -190,7 +191,7 @@ def _rewrite(gm: fx.GraphModule, module: nn.Module, trainable: bool) -> tuple[li
     for node in list(gm.graph.nodes):
         batchnorm = _batchnorm_child(node, module)
         if batchnorm is not None:
-            _call_module(gm, node, batchnorm, module.get_submodule(batchnorm), node.args[0])
+            call_module_instead(gm, node, batchnorm, module.get_submodule(batchnorm), node.args[0])
             made.append(batchnorm)
             continue
         spec = _OPS.get(node.target) if node.op == "call_function" else None
@@ -221,7 +222,7 @@ def _rewrite(gm: fx.GraphModule, module: nn.Module, trainable: bool) -> tuple[li
                 continue
             path = _new_name(op, made)
             layer.mixq_kind = f"{kind_name(module)} ({op})"
-        _call_module(gm, node, path, layer, node.args[x_index])
+        call_module_instead(gm, node, path, layer, node.args[x_index])
         made.append(path)
     if all(not n.startswith("mixq_") for n in made):
         return [], ""  # only registered layers inside: the module is left as it is

@@ -21,7 +21,7 @@ from torch import fx, nn
 from torch.utils._pytree import tree_leaves
 
 from mixq.quant.calibration import Batch, call_model
-from mixq.quant.capture import plain_graph_module
+from mixq.quant.capture import call_module_instead, plain_graph_module
 from mixq.quant.fusion import set_submodule
 
 __all__ = ["follow_mode"]
@@ -38,15 +38,6 @@ def _owner(node: fx.Node) -> str:
     return stack[-1][0] if stack else ""
 
 
-def _as_module(gm: fx.GraphModule, node: fx.Node, path: str, module: nn.Module, x: fx.Node) -> None:
-    set_submodule(gm, path, module)
-    with gm.graph.inserting_before(node):
-        call = gm.graph.call_module(path, (x,))
-    call.meta = dict(node.meta)
-    node.replace_all_uses_with(call)
-    gm.graph.erase_node(node)
-
-
 def _dropouts_as_modules(gm: fx.GraphModule) -> int:
     """Each training-mode dropout call becomes an ``nn.Dropout(p)`` (``mixq_dropout_<k>``); returns how many."""
     made = 0
@@ -58,7 +49,7 @@ def _dropouts_as_modules(gm: fx.GraphModule) -> int:
             node.replace_all_uses_with(x)
             gm.graph.erase_node(node)
             continue
-        _as_module(gm, node, f"mixq_dropout_{made}", nn.Dropout(float(p)), x)
+        call_module_instead(gm, node, f"mixq_dropout_{made}", nn.Dropout(float(p)), x)
         made += 1
     return made
 
@@ -76,7 +67,7 @@ def _batchnorms_as_modules(gm: fx.GraphModule, model: nn.Module) -> str:
             bn = None
         if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
             return f"a batch_norm call outside any BatchNorm module ({path or 'the model itself'})"
-        _as_module(gm, node, path, bn, node.args[0])
+        call_module_instead(gm, node, path, bn, node.args[0])
     return ""
 
 
