@@ -16,6 +16,13 @@ ARGS = ["quantize", "--model", "nets:build", "--weights", "w.pt", "--mode", "sta
         "--output", "sig.onnx", "--runtime-aware", "off"]
 
 
+def _default_signals() -> None:
+    """The command starts as from a terminal: a test suite launched as a background job inherits SIGINT ignored
+    (POSIX), and the command would then rightly ignore the signal this test sends."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
                          ids=["SIGINT", "SIGTERM"])
 def test_signal_mid_export_leaves_everything_as_it_was(user_dir, tmp_path, sig, code, word):
@@ -27,16 +34,14 @@ def test_signal_mid_export_leaves_everything_as_it_was(user_dir, tmp_path, sig, 
     (work / "sig.mixq.json").write_text("{}")
     before = sorted(os.listdir(work))
     proc = subprocess.Popen([sys.executable, "-m", "mixq", *ARGS], cwd=work, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if any(n.startswith(".mixq-stage-") for n in os.listdir(work)):  # quantized; export_onnx is starting
             break
         time.sleep(0.005)
     assert proc.poll() is None, "the command ended before the export started: " + proc.stderr.read()[-2000:]
-    # inside the export (the staging directory lives until its files are in place); a short wait, because on a
-    # loaded machine this loop may notice the directory late and a tiny model's export then ends first
-    time.sleep(0.05)
+    time.sleep(0.3)  # well inside the export (its staging directory lives about 4 s)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     lines = [ln for ln in err.splitlines() if ln.strip() and "%|" not in ln]
