@@ -3,11 +3,13 @@ the directory as it was (the previous output untouched, no hidden temporary or s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,11 +18,18 @@ ARGS = ["quantize", "--model", "nets:build", "--weights", "w.pt", "--mode", "sta
         "--output", "sig.onnx", "--runtime-aware", "off"]
 
 
-def _default_signals() -> None:
+@contextlib.contextmanager
+def _signals_not_ignored() -> Iterator[None]:
     """The command starts as from a terminal: a test suite launched as a background job inherits SIGINT ignored
-    (POSIX), and the command would then rightly ignore the signal this test sends."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    (POSIX), which a child inherits too, and the command would then rightly ignore the signal this test sends."""
+    ignored = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is signal.SIG_IGN]
+    for sig in ignored:
         signal.signal(sig, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for sig in ignored:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
@@ -33,8 +42,9 @@ def test_signal_mid_export_leaves_everything_as_it_was(user_dir, tmp_path, sig, 
     (work / "sig.onnx").write_bytes(b"previous export")
     (work / "sig.mixq.json").write_text("{}")
     before = sorted(os.listdir(work))
-    proc = subprocess.Popen([sys.executable, "-m", "mixq", *ARGS], cwd=work, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
+    with _signals_not_ignored():
+        proc = subprocess.Popen([sys.executable, "-m", "mixq", *ARGS], cwd=work, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if any(n.startswith(".mixq-stage-") for n in os.listdir(work)):  # quantized; export_onnx is starting

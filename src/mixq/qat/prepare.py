@@ -217,8 +217,9 @@ def _root_inputs(model: nn.Module, root: str, example_inputs: Batch) -> tuple[Ba
     if not root:
         return example_inputs, None, {}
     args, kwargs = first_call_inputs(model, [root], example_inputs).get(root, ((), {}))
-    given = dict(inspect.signature(model.get_submodule(root).forward).bind(*args, **kwargs).arguments)
-    for name, param in inspect.signature(model.get_submodule(root).forward).parameters.items():
+    forward = inspect.signature(model.get_submodule(root).forward)
+    given = dict(forward.bind(*args, **kwargs).arguments)
+    for name, param in forward.parameters.items():
         if param.kind is param.VAR_KEYWORD:
             given.update(given.pop(name, None) or {})
     tensors = {n: v for n, v in given.items() if isinstance(v, torch.Tensor)}
