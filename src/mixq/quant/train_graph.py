@@ -120,10 +120,8 @@ def _mode_dependent_node(gm: fx.GraphModule) -> fx.Node | None:
 
 def _mode_dependent(gm: fx.GraphModule) -> str:
     """The first operator left whose result depends on the mode or on randomness (or "")."""
-    for node in gm.graph.nodes:
-        if node.op == "call_function" and any(word in str(node.target) for word in _MODE_DEPENDENT):
-            return f"{node.target} ({_owner(node) or 'the model itself'})"
-    return ""
+    node = _mode_dependent_node(gm)
+    return "" if node is None else f"{node.target} ({_owner(node) or 'the model itself'})"
 
 
 @contextmanager
