@@ -9,7 +9,12 @@ Thresholds:
 
 * simulation vs runtime: cosine >= 0.999 and argmax agreement (over the last axis) >= 99% at each shape. The
   PyTorch simulation and ONNX Runtime run the same integer arithmetic; only float ops (softmax, norms) may sum in
-  another order and move an activation across a rounding boundary.
+  another order and move an activation across a rounding boundary. Some random-weight quantized models amplify
+  that last bit past the threshold (EfficientNet in dynamic mode: one flipped code of 6144 at its first block's
+  projection grows to half the classifier's). There the check goes node by node instead: every quantize node fed
+  the runtime's own input must give mixq's codes bit for bit (``tests.zoo.quantize_nodes``), and the simulation
+  must move at least as far from itself under a one-ulp nudge of its input as it is from the runtime; the note
+  has both numbers.
 * quantized vs fp32 (no silent alteration): relative error ``|q - f| / |f|`` at most ``FP32_FLOOR[mode]``. A
   per-tensor 8-bit grid over a range R has a uniform rounding error of std R / (255 * sqrt(12)), about 0.1% of R,
   i.e. 1-3% relative error for activations whose range is 3-10x their rms; through ~10 requantized tensors on a
@@ -40,10 +45,12 @@ import mixq
 from mixq.messages import first_line
 from mixq.quant.cpu import int8_needs_reduce_range
 from tests.zoo.cases import Batch, Case
+from tests.zoo.quantize_nodes import quantize_nodes_match
 
 MODES = ("static", "dynamic", "weight_only", "fp16", "qat")
 FP32_FLOOR = {"static": 0.15, "dynamic": 0.15, "qat": 0.15, "weight_only": 0.03, "fp16": 0.01}
 SIM_COS, SIM_ARGMAX = 0.999, 0.99
+ULP_DRAWS = 8  # one-ulp nudges of the input per shape when the simulation and the runtime disagree
 PEER_MARGIN = 1.5  # over the fixed floor, an error within 1.5x ONNX Runtime's quantizer's on the same model is noise
 _REFUSALS = (ValueError, TypeError, NotImplementedError)
 _PEER = {"static": "ONNX Runtime's quantizer", "dynamic": "ONNX Runtime's quantizer", "qat": "ONNX Runtime's quantizer",
@@ -110,10 +117,14 @@ def _quantize(model: nn.Module, mode: str, calib: list[Batch]) -> nn.Module:
         return mixq.quantize(model, "dynamic", reduce_range=rr, example_inputs=calib[0])
     if mode in ("weight_only", "fp16"):
         return mixq.quantize(model, mode, example_inputs=calib[0])
-    qat = mixq.prepare_qat(model, example_inputs=calib[0])
+    # no optimizer step here, so QAT's ranges are a calibration: min-max over the batches. The moving average (the
+    # default, for training, where ranges follow the weights over hundreds of steps) would be about the first
+    # batch's range after four and clip by design (T5's v: grid top 66.7, values to 81.8; error 0.163), outside
+    # the floor's noise model; tests/qat and tests/quant/observers test it
+    qat = mixq.prepare_qat(model, example_inputs=calib[0], observer="minmax")
     mixq.freeze_batchnorm(qat)
     qat.train()
-    for batch in calib:  # activation ranges from the first batches, as in training (no optimizer step here)
+    for batch in calib:
         call(qat, batch)
     qmodel = mixq.convert(qat.eval())
     if not torch.equal(call(qat, calib[0]), call(qmodel, calib[0])):
@@ -191,8 +202,13 @@ def _check_file(case: Case, model: nn.Module, qmodel: nn.Module, example: Batch,
         out.sim_argmax = min(out.sim_argmax, _argmax_agreement(sim, runtime))
         out.fp32_rel = max(out.fp32_rel, float(np.linalg.norm(sim - ref) / max(np.linalg.norm(ref), 1e-30)))
     if out.sim_cos < SIM_COS or out.sim_argmax < SIM_ARGMAX:
-        out.fail(f"simulation != runtime: cos {out.sim_cos:.4f}, argmax agreement {out.sim_argmax:.3f}")
-    elif out.fp32_rel > FP32_FLOOR[out.mode]:
+        failed = f"simulation != runtime: cos {out.sim_cos:.4f}, argmax agreement {out.sim_argmax:.3f}"
+        explained = _amplified_last_bits(case, qmodel, session, out)
+        if not explained.startswith("the simulation moves"):
+            out.fail(f"{failed}{'; ' if explained else ''}{explained}")
+            return
+        out.notes.append(f"{failed}, but {explained}")
+    if out.fp32_rel > FP32_FLOOR[out.mode]:
         peer = peer_error(case, model, example, out.mode, path.with_name(f"{case.name}-{out.mode}-peer"))
         if peer is None or out.fp32_rel > PEER_MARGIN * peer:
             out.fail(f"altered: relative error vs fp32 {out.fp32_rel:.3f} > {FP32_FLOOR[out.mode]} (int8 noise)"
@@ -201,6 +217,56 @@ def _check_file(case: Case, model: nn.Module, qmodel: nn.Module, example: Batch,
             out.notes.append(f"relative error vs fp32 {out.fp32_rel:.3f} is over the {FP32_FLOOR[out.mode]} floor, "
                              f"but within {PEER_MARGIN}x {_PEER[out.mode]}'s {peer:.3f}: the model amplifies "
                              "rounding noise")
+
+
+def _nudged(batch: Batch, seed: int) -> Batch:
+    """``batch`` with every float element moved one ulp up or down (a fair coin each): what a float kernel's last
+    bit does; integer inputs (token ids, masks) are kept."""
+    g = torch.Generator().manual_seed(seed)
+
+    def nudge(t: torch.Tensor) -> torch.Tensor:
+        if not t.is_floating_point():
+            return t
+        up = torch.rand(t.shape, generator=g) < 0.5
+        return torch.nextafter(t, torch.where(up, torch.inf, -torch.inf).to(t.dtype))
+
+    return {k: nudge(v) for k, v in batch.items()} if isinstance(batch, dict) else nudge(batch)
+
+
+def ulp_sensitivity(case: Case, qmodel: nn.Module, draws: int = ULP_DRAWS) -> float | None:
+    """The lowest cosine between the simulation's output and its output on the same batch nudged by one ulp
+    (:func:`_nudged`), over ``draws`` nudges at each zoo shape: how far the quantized model itself moves when a
+    float op's last bit differs. None for a model with no float input to nudge."""
+    worst = None
+    for shape in (0, 1):
+        batch = case.inputs(shape, 100 + shape)
+        if not any(v.is_floating_point() for v in (batch.values() if isinstance(batch, dict) else [batch])):
+            return None
+        sim = call(qmodel, batch).numpy()
+        for seed in range(draws):
+            cos = _cos(sim, call(qmodel, _nudged(batch, seed)).numpy())
+            worst = cos if worst is None else min(worst, cos)
+    return worst
+
+
+def _amplified_last_bits(case: Case, qmodel: nn.Module, session, out: Outcome) -> str:
+    """Whether a simulation != runtime outcome is the model amplifying float ops' last bits rather than mixq
+    computing something else: every quantize node of the file, fed the runtime's own input, gives mixq's codes
+    (``tests.zoo.quantize_nodes``), and the simulation moves at least as far from itself under a one-ulp nudge of
+    its input as it is from the runtime. Returns what was found ("the simulation moves ..." when both hold)."""
+    checked = 0
+    for shape in (0, 1):
+        count, differ = quantize_nodes_match(out.path, feeds(session, case.inputs(shape, 100 + shape)))
+        if differ:
+            return f"quantize nodes on the runtime's own inputs differ from mixq's arithmetic: {differ[0]}"
+        checked = max(checked, count)
+    worst = ulp_sensitivity(case, qmodel)
+    if worst is None or worst > out.sim_cos:
+        moved = "it has no float input to nudge" if worst is None else f"a one-ulp nudge moves it only to {worst:.5f}"
+        return f"the runtime's difference is not explained by last-bit sensitivity ({moved})"
+    return (f"the simulation moves as far from itself (cos {worst:.5f}) when its input moves by one ulp, and all "
+            f"{checked} quantize nodes on the runtime's own inputs equal mixq's arithmetic bit for bit: the model "
+            "amplifies last-bit differences of float ops (the runtime's vs torch's), not a different computation")
 
 
 class _Reader:

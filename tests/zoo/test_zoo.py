@@ -25,23 +25,8 @@ DEFAULT_RUNS = {("bert", "static"), ("llama", "dynamic"), ("resnet", "static"), 
                 *((name, "static") for name in ("same-pad-conv", "functional-conv", "ws-conv", "permuting-linear",
                                                 "lora-linear", "relu6-mbconv"))}
 
-# (case, mode) -> what goes wrong today (found by the zoo; benchmarks/results/zoo.md has the whole table)
-# the tiny random-weight CNNs with many BatchNorm'd layers are chaotic: a perturbation far below one int8 step grows
-# tenfold or more by the logits (measured by injecting noise into the fp32 model)
-_CHAOTIC = "the random model amplifies int8-sized noise past the floor"
-KNOWN: dict[tuple[str, str], str] = {
-    ("t5-encoder", "qat"): "altered: relative error vs fp32 0.163 > 0.15 at the calibration shape: the 4 untrained "
-                           "batches' moving-average ranges clip (v: grid top 66.7, values to 81.8); with "
-                           "observer='minmax' 0.024 (its q and k, and the Q·Kᵀ MatMul reading them, stay float: "
-                           "their int8 step moves T5's unscaled logits by >10 nats)",
-    ("efficientnet", "dynamic"): _CHAOTIC + ": ONNX Runtime's Sigmoid (SiLU, squeeze-excite) differs from torch's by "
-                                 "1 ulp in 44% of elements; at shape (3, 32) that moves one of 6144 inputs of "
-                                 "blocks.0's projection across a rounding boundary, and the 1 flipped code grows to "
-                                 "486 of 960 at the classifier: cos 0.99899, 1 of 3 argmaxes. mixq's dynamic "
-                                 "scale/zero point/codes on ONNX Runtime's own inputs equal its "
-                                 "DynamicQuantizeLinear's at all 37 layers: the range arithmetic is already the "
-                                 "runtime's",
-}
+# (case, mode) -> what goes wrong today (found by the zoo; benchmarks/results/zoo.md has the whole table); none now
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _params() -> list:
