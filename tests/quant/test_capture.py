@@ -1,7 +1,7 @@
 """``mixq.quant.capture``: layers written in the wild (a Linear subclass that permutes its input, a
 weight-standardised Conv2d subclass, ``F.conv2d`` / ``x @ W`` on a module's own parameters, a LoRA-style wrapper)
-are captured with torch.export and quantized as what they compute, in every mode; the model keeps its class and its
-ONNX file computes what the simulation does."""
+are captured (torch.fx where it can trace them, else torch.export) and quantized as what they compute, in every mode;
+the model keeps its class and its ONNX file computes what the simulation does."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mixq
+from mixq.quant import capture
 
 
 class FlippedLinear(nn.Linear):
@@ -85,7 +86,7 @@ def test_wild_layers_are_quantized_as_they_compute(wild, mode, tmp_path, ort_run
     summary = qmodel.mixq_summary
     layers = [(r.name, r.status) for r in summary.layers if not r.name.startswith("mixq_add")]  # static's LoRA add
     assert layers == [(n, "quantized") for n in LAYERS]
-    assert any("flipped (FlippedLinear) captured with torch.export" in n for n in summary.notes)
+    assert any("flipped (FlippedLinear) captured with torch.fx" in n for n in summary.notes)
     x = torch.randn(5, 3, 12, 12)  # another batch size than the probe's
     with torch.no_grad():
         ref, y = model(x), qmodel(x)
@@ -93,6 +94,55 @@ def test_wild_layers_are_quantized_as_they_compute(wild, mode, tmp_path, ort_run
     assert isinstance(qmodel, WildNet)  # static graph mode too: the graph runs under the model's class
     path = mixq.export_onnx(qmodel, x, tmp_path / f"{mode}.onnx")
     np.testing.assert_allclose(ort_run(path, x)[0], y.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic", "qat"])
+def test_torch_fx_captures_quantize_as_torch_export_does(wild, mode, monkeypatch):
+    """The torch.fx capture (FlippedLinear, FunctionalConv; the computed weight and ``W.t()`` go to torch.export)
+    gives the model torch.export's capture gives, bit for bit."""
+    model, batches = wild
+
+    notes: list[str] = []
+
+    def quantized() -> nn.Module:
+        if mode == "qat":
+            qat = mixq.prepare_qat(model, example_inputs=batches[0])
+            notes[:] = qat.mixq_qat_plan.notes
+            return mixq.convert(qat.eval())
+        qmodel = mixq.quantize(model, mode, calib_data=batches, progress=False)
+        notes[:] = qmodel.mixq_summary.notes
+        return qmodel
+
+    fast = quantized()
+    assert sum("captured with torch.fx" in n for n in notes) == 2, notes
+    # lora (W.t()), and in PTQ conv (a computed weight, which QAT leaves to the parameters it is computed from)
+    assert sum("captured with torch.export" in n for n in notes) == (1 if mode == "qat" else 2), notes
+    monkeypatch.setattr(capture, "_traced", lambda *a: None)
+    slow = quantized()
+    a, b = fast.state_dict(), slow.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.randn(5, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(fast(x), slow(x))
+
+
+class ShapeDependent(nn.Module):
+    """Branches on its input's width: torch.fx cannot trace it (torch.export captures the branch taken)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight) if x.shape[-1] == 4 else x
+
+
+def test_what_torch_fx_cannot_trace_goes_to_torch_export():
+    x = torch.randn(3, 4)
+    assert capture._traced(ShapeDependent(), (x,), {}) is None
+    traced = capture._traced(FunctionalConv(4), (torch.randn(2, 4, 6, 6),), {})
+    assert traced is not None and any(n.target is torch.ops.aten.conv2d.default for n in traced.graph.nodes)
+    assert capture._traced(StandardisedConv(3, 4, 3), (torch.randn(2, 3, 6, 6),), {}) is None  # computed weight
 
 
 def test_a_computed_weight_is_folded_once_from_the_parameters(wild):

@@ -56,6 +56,7 @@ def model() -> nn.Module:
 
 
 def test_identical_instances_are_captured_once_with_the_same_result(model, monkeypatch):
+    monkeypatch.setattr(capture, "_traced", lambda *a: None)  # reuse is for torch.export captures, not torch.fx's
     captured = _counted(monkeypatch)
     shared = mixq.quantize(model, "static", calib_data=_data(), progress=False)
     assert len(captured) == 4  # stem, the three identical convs once, strided, wide

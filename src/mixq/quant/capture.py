@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torch.export import Dim
-from torch.utils._pytree import tree_map
+from torch.nn import functional as F
+from torch.utils._pytree import tree_flatten, tree_map
 
 from mixq.messages import first_line
 from mixq.quant.calibration import Batch, call_checked
@@ -231,6 +232,94 @@ def _rewrite(gm: fx.GraphModule, module: nn.Module, trainable: bool) -> tuple[li
     return made, ""
 
 
+# what a module's forward calls on its weights, as torch.fx records it -> the ATen overload torch.export records
+# (the same arguments in the same order; F.conv1d/F.conv2d are torch.conv1d/torch.conv2d)
+_FX_CALLS: dict[Any, tuple[Any, Any]] = {torch.conv1d: (aten.conv1d.default, aten.conv1d.padding),
+                                         torch.conv2d: (aten.conv2d.default, aten.conv2d.padding),
+                                         F.linear: (aten.linear.default, aten.linear.default),
+                                         torch.matmul: (aten.matmul.default, aten.matmul.default)}
+
+
+class _LayerLeafTracer(fx.Tracer):
+    """torch.fx's tracer keeping registered layers (and adapted ones) as module calls, as torch.nn's own are."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return super().is_leaf_module(m, qualname) or is_quantizable(m) or adapter_of(m) is not None
+
+
+def _as_aten(node: fx.Node) -> bool:
+    """Retarget a torch-level layer call to its ATen overload with every argument positional; False if not one."""
+    overloads = _FX_CALLS.get(node.target) if node.op == "call_function" else None
+    if overloads is None:
+        return False
+    schema = overloads[0]._schema.arguments
+    values = [*node.args, *[node.kwargs.get(a.name, a.default_value if a.has_default_value() else None)
+                            for a in schema[len(node.args):]]]
+    if len(values) != len(schema) or set(node.kwargs) - {a.name for a in schema}:
+        return False
+    padding = values[4] if len(values) > 4 and overloads[0] in (aten.conv1d.default, aten.conv2d.default) else 0
+    target = overloads[isinstance(padding, str)]
+    sizes = [a.N if isinstance(a.type, torch.ListType) else None for a in target._schema.arguments]
+    values = [[v] * n if n and isinstance(v, int) else list(v) if n and isinstance(v, tuple) else v
+              for v, n in zip(values, sizes, strict=True)]  # stride=2 -> [2, 2], as F.conv2d broadcasts it
+    node.target, node.args, node.kwargs = target, tuple(values), {}
+    return True
+
+
+def _weights_only_in_layer_calls(gm: fx.GraphModule) -> bool:
+    """Whether every weight-shaped tensor the graph reads (2-D or more) feeds only layer calls, as their weight:
+    then the layer calls are all the compute on weights there is, and nothing is left float unseen."""
+    for node in gm.graph.nodes:
+        value = _attr(gm, str(node.target)) if node.op == "get_attr" else None
+        if not (isinstance(value, torch.Tensor) and value.dim() >= 2):
+            continue
+        for user in node.users:
+            spec = _OPS.get(user.target) if user.op == "call_function" else None
+            if spec is None or len(user.args) <= spec[2] or user.args[spec[2]] is not node or node in (
+                    user.args[spec[1]], *user.args[spec[2] + 1:]):
+                return False
+    return True
+
+
+def _same_outputs(a: Any, b: Any) -> bool:
+    flat_a, flat_b = tree_flatten(a)[0], tree_flatten(b)[0]
+    return len(flat_a) == len(flat_b) and all(
+        torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in zip(flat_a, flat_b, strict=True))
+
+
+def _traced(module: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule | None:
+    """``module`` traced with ``torch.fx`` (milliseconds; ``torch.export`` takes a tenth of a second or more), its
+    ``F.conv1d`` / ``F.conv2d`` / ``F.linear`` / ``matmul`` calls as the ATen ops ``torch.export`` records, its
+    non-tensor inputs fixed to this call's. None where the trace fails, where the graph reads a weight-shaped tensor
+    in any other way (a computed weight, ``W.t()``), or where it does not compute exactly the module's output for
+    this call: ``torch.export`` then captures the module."""
+    try:
+        bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    except TypeError:
+        return None
+    bound.apply_defaults()
+    if any(not isinstance(v, torch.Tensor) and tree_flatten(v)[0] != [v] for v in bound.arguments.values()):
+        return None  # tensors inside containers, *args, **kwargs: torch.export binds those
+    concrete = {n: v for n, v in bound.arguments.items() if not isinstance(v, torch.Tensor)}
+    try:
+        graph = _LayerLeafTracer().trace(module, concrete_args=concrete)
+    except Exception:  # noqa: BLE001  (anything torch.fx cannot trace goes to torch.export)
+        return None
+    gm = fx.GraphModule(module, graph, f"Captured{type(module).__name__}")
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in _FX_CALLS and not _as_aten(node):
+            return None
+    gm.recompile()
+    if not _weights_only_in_layer_calls(gm):
+        return None
+    try:
+        with torch.no_grad():
+            same = _same_outputs(module(*args, **kwargs), gm(*args, **kwargs))
+    except Exception:  # noqa: BLE001
+        return None
+    return gm if same else None
+
+
 def _capture(module: nn.Module, args: tuple, kwargs: dict) -> tuple[fx.GraphModule | None, str]:
     """``module`` captured with ``torch.export`` on one call's inputs (every axis ``Dim.AUTO``; a batch axis of
     size 1 is repeated so it stays symbolic)."""
@@ -259,22 +348,28 @@ def _shapes_by_name(module: nn.Module, args: tuple, kwargs: dict, spec: Callable
 
 def _captured(module: nn.Module, args: tuple, kwargs: dict, trainable: bool,
               templates: dict[Hashable, fx.GraphModule] | None = None
-              ) -> tuple[fx.GraphModule | None, list[str], str]:
-    """``(graph module, layers made, "")`` for ``module`` captured on one call's inputs with its compute on weights
-    as plain layers; ``(None, [], "")`` when it computes nothing mixq quantizes, ``(None, [], why)`` on failure.
-    ``templates``: captures by ``capture_reuse.signature``, reused for (and extended by) identical instances."""
+              ) -> tuple[fx.GraphModule | None, list[str], str, str]:
+    """``(graph module, layers made, "", tool)`` for ``module`` captured on one call's inputs with its compute on
+    weights as plain layers, by ``tool`` (``torch.fx`` where :func:`_traced` can, else ``torch.export``);
+    ``(None, [], "", tool)`` when it computes nothing mixq quantizes, ``(None, [], why, tool)`` on failure.
+    ``templates``: ``torch.export`` captures by ``capture_reuse.signature``, reused for (and extended by) identical
+    instances."""
+    traced = _traced(module, args, kwargs)
+    if traced is not None:
+        made, why = _rewrite(traced, module, trainable)
+        return (traced if made and not why else None), made, why, "torch.fx"
     key = signature(module, args, kwargs) if templates is not None else None
     gm = templates.get(key) if templates is not None and key is not None else None
     if gm is None:
         gm, why = _capture(module, args, kwargs)
         if gm is None:
-            return None, [], f"torch.export could not capture it ({why})"
+            return None, [], f"torch.export could not capture it ({why})", "torch.export"
         if templates is not None and key is not None and reads_own_tensors(gm, module):
             templates[key] = gm
     if templates is not None and key in templates:  # the template stays unrewritten: this instance gets a copy
         gm = rebound(templates[key], module, f"Captured{type(module).__name__}")
     made, why = _rewrite(gm, module, trainable)
-    return (gm if made and not why else None), made, why
+    return (gm if made and not why else None), made, why, "torch.export"
 
 
 def plain_graph_module(gm: fx.GraphModule, name: str) -> fx.GraphModule:
@@ -353,13 +448,13 @@ def capture_compute(model: nn.Module, probe: Batch | None, notes: list[str], exc
             failed[name] = ("QAT captures only modules whose children are registered layers or stateless "
                             "(padding, activations)")
             continue
-        gm, made, why = _captured(module, *inputs[name], trainable, templates)
+        gm, made, why, tool = _captured(module, *inputs[name], trainable, templates)
         if why:
             failed[name] = why
         if gm is None:
             continue  # failed, or no compute on its weights that mixq quantizes (a position table): left as it is
         set_submodule(model, name, gm)
-        notes.append(f"{name} ({kind_name(module)}) captured with torch.export: {', '.join(made)} quantized as "
+        notes.append(f"{name} ({kind_name(module)}) captured with {tool}: {', '.join(made)} quantized as "
                      "what its forward computes")
     return failed
 
@@ -385,11 +480,11 @@ def capture_root(model: nn.Module, probe: Batch | None, notes: list[str]) -> nn.
         notes.append(f"the model's own parameters ({names}) stay float wherever its forward computes with them: "
                      "pass example_inputs (or calib_data) so mixq can capture that compute")
         return model
-    gm, made, why = _captured(model, *first_call_inputs(model, [""], probe)[""], trainable=False)
+    gm, made, why, tool = _captured(model, *first_call_inputs(model, [""], probe)[""], trainable=False)
     if why:
         notes.append(f"the model's own parameters ({names}) stay float wherever its forward computes with them: {why}")
     if gm is None:
         return model  # failed, or its own parameters feed no compute mixq quantizes (e.g. a position table)
-    notes.append(f"the model's own forward ({kind_name(model)}) captured with torch.export: "
+    notes.append(f"the model's own forward ({kind_name(model)}) captured with {tool}: "
                  f"{', '.join(n for n in made if n.startswith('mixq_'))} quantized as what it computes")
     return gm
