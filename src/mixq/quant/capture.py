@@ -1,9 +1,11 @@
-"""Quantize what a layer computes, whatever its class is called: per-submodule capture through ``torch.export``.
+"""Quantize what a layer computes, whatever its class is called: per-submodule capture (``torch.fx``, else
+``torch.export``).
 
 A module that holds weights but is no registered layer kind (a ``Linear`` subclass whose ``forward`` permutes its
 input, a weight-standardised ``Conv2d`` subclass, a module calling ``F.conv2d`` / ``F.linear`` / ``x @ W`` on its
-own parameters, a LoRA-style wrapper) is captured alone with ``torch.export`` on the inputs it received in the
-probe forward pass. In the captured ATen graph each ``linear`` / ``conv1d`` / ``conv2d`` / ``embedding`` /
+own parameters, a LoRA-style wrapper) is captured alone on the inputs it received in the probe forward pass: traced
+with ``torch.fx`` (milliseconds) where the trace reads its weights only as layer calls' weights and computes the
+module's exact output on that call, else with ``torch.export`` (a tenth of a second or more). In the captured graph each ``linear`` / ``conv1d`` / ``conv2d`` / ``embedding`` /
 ``matmul`` whose weight is a parameter, or is computed from parameters only (weight standardisation, folded once
 here), becomes a plain ``nn.Linear`` / ``nn.Conv*d`` / ``nn.Embedding`` called as one module
 (``<module>.mixq_<op>_<k>``); registered layers inside the module are put back as they are. The captured module
