@@ -5,12 +5,13 @@ A module that holds weights but is no registered layer kind (a ``Linear`` subcla
 input, a weight-standardised ``Conv2d`` subclass, a module calling ``F.conv2d`` / ``F.linear`` / ``x @ W`` on its
 own parameters, a LoRA-style wrapper) is captured alone on the inputs it received in the probe forward pass: traced
 with ``torch.fx`` (milliseconds) where the trace reads its weights only as layer calls' weights and computes the
-module's exact output on that call, else with ``torch.export`` (a tenth of a second or more). In the captured graph each ``linear`` / ``conv1d`` / ``conv2d`` / ``embedding`` /
-``matmul`` whose weight is a parameter, or is computed from parameters only (weight standardisation, folded once
-here), becomes a plain ``nn.Linear`` / ``nn.Conv*d`` / ``nn.Embedding`` called as one module
-(``<module>.mixq_<op>_<k>``); registered layers inside the module are put back as they are. The captured module
-(a ``torch.fx.GraphModule`` computing exactly what the module's ``forward`` computes) replaces the module in the
-user's model, which keeps its class: every mode, QAT and the graph passes then see plain layers.
+module's exact output on that call, else with ``torch.export`` (a tenth of a second or more). In the captured graph
+each ATen ``linear`` / ``conv1d`` / ``conv2d`` / ``embedding`` / ``matmul`` whose weight is a parameter, or is
+computed from parameters only (weight standardisation, folded once here), becomes a plain ``nn.Linear`` /
+``nn.Conv*d`` / ``nn.Embedding`` called as one module (``<module>.mixq_<op>_<k>``); registered layers inside the
+module are put back as they are. The captured module (a ``torch.fx.GraphModule`` computing exactly what the module's
+``forward`` computes) replaces the module in the user's model, which keeps its class: every mode, QAT and the graph
+passes then see plain layers.
 
 Identical instances (same classes, non-tensor attributes, parameter and buffer shapes, input shapes: see
 ``mixq.quant.capture_reuse``) are exported once; the others get a copy of that graph reading their own weights.
@@ -300,7 +301,8 @@ def _traced(module: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule | No
     except TypeError:
         return None
     bound.apply_defaults()
-    if any(not isinstance(v, torch.Tensor) and tree_flatten(v)[0] != [v] for v in bound.arguments.values()):
+    if any(v is not None and not isinstance(v, torch.Tensor) and tree_flatten(v)[0] != [v]
+           for v in bound.arguments.values()):
         return None  # tensors inside containers, *args, **kwargs: torch.export binds those
     concrete = {n: v for n, v in bound.arguments.items() if not isinstance(v, torch.Tensor)}
     try:
