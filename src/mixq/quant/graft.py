@@ -1,8 +1,9 @@
 """The quantized model stays the user's model: graph mode's result, put back under the model's own class.
 
 Graph mode (``mixq.quant.graph``, ``mixq.quant.graph_export``) quantizes a captured ``torch.fx.GraphModule`` of the
-whole model. Handing that back would drop what the user's class gives them: ``isinstance`` checks, ``config``,
-``save_pretrained``, ``generation_config`` and every other method. So the graph module's state (its submodules,
+whole model, or of a task model's base model (``mixq.quant.root_capture``). Handing that back would drop what the
+user's class gives them: ``isinstance`` checks, ``config``, ``save_pretrained``, ``generation_config`` and every
+other method. So the graph module's state (its submodules,
 parameters, buffers and generated code) is moved into an instance of a subclass of the model's own class,
 ``Quantized<Class>``, whose ``forward`` is the captured graph. The instance keeps the original model's plain
 attributes (``config`` and the like); methods that call ``forward`` (``generate`` does not apply: decoders with a
