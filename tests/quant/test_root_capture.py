@@ -108,3 +108,16 @@ def test_a_base_model_whose_graph_ignores_the_heads_flags_is_not_captured_alone(
     with torch.no_grad():
         ref, got = model(**x), qmodel(**x)
     assert (got - ref).norm() / ref.norm() < 0.05
+
+
+def test_qat_from_a_static_task_model_keeps_its_base_models_shared_scales():
+    """QAT starting from the calibrated model finds graph mode's scale sharing inside the grafted base model too."""
+    torch.manual_seed(0)
+    model = transformers.ResNetForImageClassification(transformers.ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic", num_labels=10)).eval()
+    g = torch.Generator().manual_seed(0)
+    calib = [{"pixel_values": torch.randn(2, 3, 32, 32, generator=g)} for _ in range(4)]
+    qmodel = mixq.quantize(model, "static", calib_data=calib, progress=False)
+    assert type(qmodel) is transformers.ResNetForImageClassification
+    note = next(n for n in mixq.prepare_qat(qmodel).mixq_qat_plan.notes if n.startswith("started from"))
+    assert "(0 inputs share" not in note, note

@@ -23,7 +23,7 @@ from mixq.quant.attention_logits import checked_gains, sharp_layers
 from mixq.quant.calibration import Batch, call_checked
 from mixq.quant.capture import capture_compute, root_weights
 from mixq.quant.fusion import calls_from_graph, detach_fusions, find_fusions, set_submodule, trace_calls
-from mixq.quant.graft import copy_model, graft, home_of
+from mixq.quant.graft import copy_model, graft, graph_modules, home_of
 from mixq.quant.graph import apply_graph_mode, producer, share_observers, trace
 from mixq.quant.graph_export import NO_NAN_GUARD, export_friendly, returns_cache
 from mixq.quant.modules import FloatAdd, FloatMatMul, QuantizedAdd
@@ -292,7 +292,7 @@ def _prepare_static(model: nn.Module, cfg: QATConfig, summary: QuantizationSumma
             layers += 1
         set_submodule(model, name, new)
         summary.add(name, type(q).__name__, "quantized", "fake-quantized for training, from the calibrated model")
-    shared = share_observers(model) if isinstance(getattr(model, "graph", None), fx.Graph) else 0  # graph mode
+    shared = sum(share_observers(graph) for graph in graph_modules(model))  # graph mode (the whole model or its base)
     summary.notes.append(f"started from a calibrated static model: {layers} layers and {adds} adds keep its "
                          f"activation scales ({shared} inputs share their producer's)")
     return model
