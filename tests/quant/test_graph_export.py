@@ -123,8 +123,9 @@ def test_a_decoder_without_cache_gets_graph_mode(tmp_path, ort_run, reduce_range
     calib = [{"input_ids": torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(s))}
              for s in range(3)]
     qmodel = mixq.quantize(llama, "static", calib_data=calib, reduce_range=reduce_range, progress=False)
-    assert isinstance(qmodel, type(llama)) and isinstance(qmodel.graph, fx.Graph)
+    assert type(qmodel) is type(llama) and isinstance(qmodel.model.graph, fx.Graph)  # its base model is the graph
     assert len([r for r in qmodel.mixq_summary.quantized if r.kind == "matmul"]) == 2 * 2
+    assert "float output" in next(r.detail for r in qmodel.mixq_summary.quantized if r.name == "lm_head")
     path = mixq.export_onnx(qmodel, calib[0], tmp_path / "llama.onnx")
     ids = torch.randint(0, 64, (3, 7), generator=torch.Generator().manual_seed(7))
     (logits, *_) = ort_run(path, input_ids=ids)

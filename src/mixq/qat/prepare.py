@@ -9,14 +9,11 @@ consumer shares its producer's quantizer), so ``mixq.convert`` yields the same k
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 from torch import fx, nn
 
-from mixq.messages import first_line
 from mixq.qat.config import QATConfig
 from mixq.qat.embedding import QATEmbedding
 from mixq.qat.fake_quantizer import FakeQuantizer
@@ -24,15 +21,16 @@ from mixq.qat.layers import QATAdd, QATLayer, QATMatMul
 from mixq.qat.outputs import output_layers
 from mixq.quant.attention_logits import checked_gains, sharp_layers
 from mixq.quant.calibration import Batch, call_checked
-from mixq.quant.capture import capture_compute, first_call_inputs, root_weights
+from mixq.quant.capture import capture_compute, root_weights
 from mixq.quant.fusion import calls_from_graph, detach_fusions, find_fusions, set_submodule, trace_calls
-from mixq.quant.graft import Home, copy_model, graft, home_of
+from mixq.quant.graft import copy_model, graft, graph_modules, home_of
 from mixq.quant.graph import apply_graph_mode, producer, share_observers, trace
-from mixq.quant.graph_export import NO_NAN_GUARD, export_friendly, export_graph, returns_cache
+from mixq.quant.graph_export import NO_NAN_GUARD, export_friendly, returns_cache
 from mixq.quant.modules import FloatAdd, FloatMatMul, QuantizedAdd
 from mixq.quant.modules.registry import adapt_in_place, kind_name, qat_class, quantized_classes
 from mixq.quant.observers import make_observer
 from mixq.quant.planning import excluded, plan
+from mixq.quant.root_capture import RootCapture, capture_graph, task_root
 from mixq.quant.spec import ObserverSpec, QuantSpec
 from mixq.quant.summary import QuantizationSummary
 
@@ -190,43 +188,6 @@ def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | Non
     return model
 
 
-@dataclasses.dataclass
-class _Capture:
-    """Where QAT's graph mode captured the model: ``root`` ("" for the whole model) as ``graph``; ``home`` and
-    ``accepted`` put the graph back under the root's class (``mixq.quant.graft``)."""
-
-    root: str
-    graph: fx.GraphModule
-    home: Home | None = None
-    accepted: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def _training_root(model: nn.Module) -> str:
-    """What QAT captures: a Hugging Face model's base model, so its task head and loss stay the model's own Python
-    and training calls can pass ``labels`` (a captured graph takes only the inputs it was captured with); else the
-    whole model ("")."""
-    base = getattr(model, "base_model", None) if hasattr(model, "base_model_prefix") else None
-    if not isinstance(base, nn.Module) or base is model:
-        return ""
-    return next((name for name, m in model.named_modules() if m is base), "")
-
-
-def _root_inputs(model: nn.Module, root: str, example_inputs: Batch) -> tuple[Batch, tuple | None, dict[str, Any]]:
-    """``(the root's tensor inputs as a keyword batch, its own call, its other non-None inputs)`` from the probe
-    forward pass (the whole model: ``example_inputs`` as they are)."""
-    if not root:
-        return example_inputs, None, {}
-    args, kwargs = first_call_inputs(model, [root], example_inputs).get(root, ((), {}))
-    forward = inspect.signature(model.get_submodule(root).forward)
-    given = dict(forward.bind(*args, **kwargs).arguments)
-    for name, param in forward.parameters.items():
-        if param.kind is param.VAR_KEYWORD:
-            given.update(given.pop(name, None) or {})
-    tensors = {n: v for n, v in given.items() if isinstance(v, torch.Tensor)}
-    others = {n: v for n, v in given.items() if v is not None and not isinstance(v, torch.Tensor)}
-    return tensors, (args, kwargs), others
-
-
 def _float_reason(graph: fx.GraphModule, name: str, full: str, cfg: QATConfig, sharp: dict[str, str],
                   prefix: str) -> str:
     """Why graph op ``name`` (``full`` in the model) stays float, or "": ``exclude`` names it, or it is a MatMul
@@ -245,12 +206,12 @@ def _float_reason(graph: fx.GraphModule, name: str, full: str, cfg: QATConfig, s
     return ""
 
 
-def _graph_mode(model: nn.Module, capture: _Capture, cfg: QATConfig, summary: QuantizationSummary,
+def _graph_mode(model: nn.Module, capture: RootCapture, cfg: QATConfig, summary: QuantizationSummary,
                 sharp: dict[str, str]) -> tuple[nn.Module, list[str]]:
     """Graph mode's passes on the captured graph (QAT layers already in it); a captured root goes back into the
     model under its own class. An add or MatMul ``exclude`` names, and a MatMul reading a layer ``sharp`` keeps
     float, stay float. Returns ``(model, names of the adds and MatMuls that train fake-quantized)``."""
-    prefix = f"{capture.root}." if capture.root else ""
+    prefix = capture.prefix
     graph, made = apply_graph_mode(capture.graph, lambda name: _quantizer(cfg, prefix + name), summary.notes,
                                    add_cls=QATAdd, matmul_cls=QATMatMul, exported=True,
                                    float_outputs=cfg.float_outputs)
@@ -264,18 +225,16 @@ def _graph_mode(model: nn.Module, capture: _Capture, cfg: QATConfig, summary: Qu
             summary.add(prefix + name, "matmul" if is_matmul else "add", "float", why)
         else:
             kept.append(prefix + name)
-    if capture.root:
-        set_submodule(model, capture.root, graft(graph, capture.home, capture.accepted))  # type: ignore[arg-type]
-        return model, kept
-    return graph, kept
+    return capture.put_back(model, graph), kept
 
 
 def _export_for_training(model: nn.Module, targets: list[str], example_inputs: Batch | None,
-                         notes: list[str]) -> tuple[_Capture | None, str]:
+                         notes: list[str]) -> tuple[RootCapture | None, str]:
     """``(capture or None, why torch.fx cannot trace the model)``: graph mode for QAT where torch.fx cannot trace
     the model, as static quantization has it (integer attention MatMuls, adds, shared scales), the graph captured
-    in training mode and following train()/eval() (``mixq.quant.train_graph``). A captured root inside the model
-    is put in its place as a plain graph module until :func:`_prepare_float` grafts it back under its class."""
+    in training mode and following train()/eval() (``mixq.quant.train_graph``). What is captured is a Hugging Face
+    task model's base model, else the whole model (``mixq.quant.root_capture``); a captured root inside the model
+    is put in its place as a plain graph module until :func:`_graph_mode` grafts it back under its class."""
     fx_why = trace(model)[1] if targets else ""
     if not fx_why or example_inputs is None:
         return None, fx_why
@@ -284,28 +243,13 @@ def _export_for_training(model: nn.Module, targets: list[str], example_inputs: B
                      "which one captured graph cannot carry; set model.config.use_cache = False before prepare_qat "
                      "for graph mode")
         return None, fx_why
-    root = _training_root(model)
-    module = model.get_submodule(root) if root else model
-    prefix = f"{root}." if root else ""
-    inside = [t[len(prefix):] for t in targets if t.startswith(prefix)]
-    try:
-        probe, reference, others = _root_inputs(model, root, example_inputs)
-    except TypeError as err:
-        notes.append(f"graph mode through torch.export not used: {root} takes its inputs in a way mixq cannot "
-                     f"bind ({first_line(err)})")
-        return None, fx_why
-    gm, why = export_graph(module, probe, inside, training=True, reference=reference)
-    if gm is None:
+    capture, why = capture_graph(model, task_root(model), targets, example_inputs, training=True)
+    if capture is None:
         notes.append(f"graph mode through torch.export not used: {why}")
         return None, fx_why
-    what = f"its {root} ({type(module).__name__}; the task head and loss stay Python)" if root else "it"
-    notes.append(f"torch.fx could not trace the model ({fx_why}); captured {what} with torch.export in training "
-                 f"mode instead, its {gm.mixq_dropouts} dropouts and drop-paths following train()/eval() (checked "
-                 "against the model in both modes)")
-    if not root:
-        return _Capture("", gm), fx_why
-    capture = _Capture(root, gm, home_of(module), others)
-    set_submodule(model, root, gm)
+    notes.append(f"torch.fx could not trace the model ({fx_why}); captured {capture.describe()} with torch.export in "
+                 f"training mode instead, its {capture.graph.mixq_dropouts} dropouts and drop-paths following "
+                 "train()/eval() (checked against the model in both modes)")
     return capture, fx_why
 
 
@@ -348,7 +292,7 @@ def _prepare_static(model: nn.Module, cfg: QATConfig, summary: QuantizationSumma
             layers += 1
         set_submodule(model, name, new)
         summary.add(name, type(q).__name__, "quantized", "fake-quantized for training, from the calibrated model")
-    shared = share_observers(model) if isinstance(getattr(model, "graph", None), fx.Graph) else 0  # graph mode
+    shared = sum(share_observers(graph) for graph in graph_modules(model))  # graph mode (the whole model or its base)
     summary.notes.append(f"started from a calibrated static model: {layers} layers and {adds} adds keep its "
                          f"activation scales ({shared} inputs share their producer's)")
     return model

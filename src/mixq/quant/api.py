@@ -156,8 +156,10 @@ def quantize(
     quantize residual adds and share scales along the dataflow (see ``mixq.quant.graph``); models ``torch.fx``
     cannot trace (Hugging Face transformers) are captured with ``torch.export`` instead, which also runs
     attention's MatMuls as integer kernels and keeps Linear outputs float where no integer kernel reads them (see
-    ``mixq.quant.graph_export``). The quantized graph then runs under the model's own class (``Quantized<Class>``,
-    a subclass keeping ``config`` and the class's methods; ``mixq.quant.graft``).
+    ``mixq.quant.graph_export``); for a Hugging Face task model that is its base model, so the head and its loss stay
+    the model's Python and ``labels`` work (``mixq.quant.root_capture``). The quantized graph then runs under the
+    captured module's own class (``Quantized<Class>``, a subclass keeping ``config`` and the class's methods;
+    ``mixq.quant.graft``).
 
     Modules that compute with their own weights outside a registered layer class (a ``nn.Linear`` subclass that
     overrides ``forward``, a weight-standardised convolution, ``F.conv2d`` / ``x @ W`` on a module's parameters)

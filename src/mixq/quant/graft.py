@@ -1,8 +1,9 @@
 """The quantized model stays the user's model: graph mode's result, put back under the model's own class.
 
 Graph mode (``mixq.quant.graph``, ``mixq.quant.graph_export``) quantizes a captured ``torch.fx.GraphModule`` of the
-whole model. Handing that back would drop what the user's class gives them: ``isinstance`` checks, ``config``,
-``save_pretrained``, ``generation_config`` and every other method. So the graph module's state (its submodules,
+whole model, or of a task model's base model (``mixq.quant.root_capture``). Handing that back would drop what the
+user's class gives them: ``isinstance`` checks, ``config``, ``save_pretrained``, ``generation_config`` and every
+other method. So the graph module's state (its submodules,
 parameters, buffers and generated code) is moved into an instance of a subclass of the model's own class,
 ``Quantized<Class>``, whose ``forward`` is the captured graph. The instance keeps the original model's plain
 attributes (``config`` and the like); methods that call ``forward`` (``generate`` does not apply: decoders with a
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 import torch
 from torch import fx, nn
 
-__all__ = ["Home", "bound_forward", "copy_model", "graft", "home_of", "no_leafspec_warning"]
+__all__ = ["Home", "bound_forward", "copy_model", "graft", "graph_modules", "home_of", "no_leafspec_warning"]
 
 # what every nn.Module keeps in its __dict__ (parameters, buffers, submodules, hooks, flags): never carried over
 _MODULE_STATE = frozenset(vars(nn.Module()))
@@ -126,6 +127,13 @@ def bound_forward(cls: type, run_graph: Callable[..., Any], accepted: Mapping[st
         return run_graph(self, **{n: given[n] for n in names})
 
     return forward
+
+
+def graph_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` whose forward is a graph-mode graph: ``model`` itself where it is one (a graph
+    module, or grafted whole), and every ``Quantized<Class>`` inside it (a task model's base model)."""
+    return [m for m in model.modules() if isinstance(getattr(m, "graph", None), fx.Graph)
+            and (m is model or type(m).__module__ == __name__)]
 
 
 def graft(gm: fx.GraphModule, home: Home, accepted: Mapping[str, Any] | None = None) -> nn.Module:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from mixq.messages import first_line
+from mixq.quant.eager_dataflow import share_inputs, share_observers_eager
 from mixq.quant.fusion import relu_bound
 from mixq.quant.modules.conv_args import integer_padding
 from mixq.quant.modules.observed import ObservedAdd, ObservedLayer, ObservedMatMul
@@ -316,60 +317,8 @@ def producer(gm: fx.GraphModule, node: object) -> nn.Module | None:
 
 def share_observers(gm: fx.GraphModule) -> int:
     """Point each observed input at its producer's output observer; returns how many inputs now share."""
-    return sum(_share_inputs(consumer, node.args, lambda arg: _source(gm, arg)) for node in gm.graph.nodes
+    return sum(share_inputs(consumer, node.args, lambda arg: _source(gm, arg)) for node in gm.graph.nodes
                if isinstance(consumer := _module(gm, node), _OBSERVED))
-
-
-def _share_inputs(consumer: nn.Module, inputs: tuple | list, producer_of: Callable[[object], nn.Module | None]
-                  ) -> int:
-    """Point ``consumer``'s observed inputs at their producers' output observers; returns how many now share."""
-    if getattr(consumer, "smooth", None) is not None:
-        return 0  # a smoothed input (x / s) is not its producer's output
-    shared = 0
-    for index, value in enumerate(inputs[:1 if isinstance(consumer, ObservedLayer) else 2]):
-        producer = producer_of(value)
-        if producer is not None and producer is not consumer:
-            consumer.share_input(index, producer.output_observer)
-            shared += 1
-    return shared
-
-
-def share_observers_eager(model: nn.Module, run: Callable[[nn.Module], object]) -> int:
-    """Layer by layer (no graph): point each observed input that *is* an observed producer's output tensor at that
-    producer's output observer, found in one forward pass (``run``) of a copy, so calibration leaves the model's
-    observers alone. Without it the tensor is rounded twice, on the producer's grid and then on the consumer's,
-    and ONNX Runtime merges such a Q -> DQ -> Q -> DQ chain into one rounding on a third grid
-    (``DoubleQDQPairsRemover``): the file would not compute what the simulation does. Returns how many share."""
-    from mixq.quant.graft import copy_model
-
-    twin = copy_model(model)
-    names = {id(m): n for n, m in twin.named_modules() if isinstance(m, _OBSERVED)}
-    produced: dict[int, str] = {}
-    read: dict[str, list[int]] = {}
-    alive: list[object] = []  # tensors stay alive, so their ids are not reused during the pass
-
-    def before(module: nn.Module, args: tuple) -> None:
-        alive.append(args)
-        read.setdefault(names[id(module)], [id(a) for a in args if isinstance(a, torch.Tensor)])
-
-    def after(module: nn.Module, args: tuple, output: object) -> None:
-        alive.append(output)
-        if isinstance(output, torch.Tensor) and not getattr(module, "float_output", False):
-            produced.setdefault(id(output), names[id(module)])
-
-    hooks = [h for m in twin.modules() if id(m) in names
-             for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
-    try:
-        with torch.no_grad():
-            run(twin)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    def producer_of(key: object) -> nn.Module | None:
-        name = produced.get(key)  # type: ignore[call-overload]
-        return None if name is None else model.get_submodule(name)
-
-    return sum(_share_inputs(model.get_submodule(name), inputs, producer_of) for name, inputs in read.items())
 
 
 def keep_float_outputs(gm: fx.GraphModule) -> int:
@@ -402,7 +351,7 @@ def apply_graph_mode(model: nn.Module, make_observer: Callable[[str], Observer],
     on this model, when the caller already tried (it is not traced again). ``float_outputs=False``: exported
     graphs keep every Linear's output on its int8 grid too (what LiteRT's int8 kernels need). ``probe`` (one
     forward pass) lets a model quantized layer by layer share observers along the tensors that go straight from one
-    layer into the next (:func:`share_observers_eager`).
+    layer into the next (:func:`mixq.quant.eager_dataflow.share_observers_eager`).
     """
     if exported:
         graph: fx.GraphModule | None = model  # type: ignore[assignment]

@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.utils._pytree import tree_leaves
 
 from mixq.messages import first_line
 from mixq.quant.calibration import Batch, batch_args, call_model
 from mixq.quant.dynamic_shapes import default_axes, grow_unit_axes, torch_export_spec
 from mixq.quant.fusion import set_submodule
-from mixq.quant.train_graph import follow_mode
+from mixq.quant.train_graph import follow_mode, mismatch
 from mixq.quiet import quiet_capture
 
 # what graph-mode capture gives mixq.quant.stages
@@ -163,6 +164,18 @@ def _restore_layers(gm: fx.GraphModule, model: nn.Module, targets: list[str]) ->
     return ""
 
 
+def _tensors(output: Any) -> list[torch.Tensor]:
+    return [t for t in tree_leaves(output) if isinstance(t, torch.Tensor)]
+
+
+def _differs_from(gm: fx.GraphModule, model: nn.Module, probe: Batch, reference: tuple[tuple, dict]) -> str:
+    """Where the graph, given ``probe`` (the tensors of the model's own call ``reference``), computes something
+    else than ``model(*reference[0], **reference[1])`` in eval mode, e.g. with a flag the call set ("" if nowhere)."""
+    with torch.no_grad():
+        why = mismatch(_tensors(model(*reference[0], **reference[1])), _tensors(call_model(gm, probe)))
+    return f"the captured graph {why} called as its parent calls it" if why else ""
+
+
 def export_graph(model: nn.Module, probe: Batch, targets: list[str], training: bool = False,
                  reference: tuple[tuple, dict] | None = None) -> tuple[fx.GraphModule | None, str]:
     """``(graph module, "")`` with ``targets`` as ``call_module`` nodes, or ``(None, why not)``. The graph module
@@ -171,7 +184,8 @@ def export_graph(model: nn.Module, probe: Batch, targets: list[str], training: b
 
     ``training=True`` (QAT) captures the training-mode forward and makes it follow ``train()`` / ``eval()`` as the
     model does (:func:`mixq.quant.train_graph.follow_mode`, checked against ``reference``: the model's own call
-    where ``probe`` holds only its tensors), or refuses."""
+    where ``probe`` holds only its tensors), or refuses; in eval mode a graph given a ``reference`` is checked
+    against it too."""
     args, kwargs = batch_args(probe)
     positional, keyword = default_axes(args, kwargs)
     args, kwargs = grow_unit_axes(args, kwargs, positional, keyword)
@@ -189,6 +203,10 @@ def export_graph(model: nn.Module, probe: Batch, targets: list[str], training: b
     if training:
         gm, why = follow_mode(gm, model, probe, reference)
         if gm is None:
+            return None, why
+    elif reference is not None:
+        why = _differs_from(gm, model, probe, reference)
+        if why:
             return None, why
     why = _restore_layers(gm, model, targets)
     if why:

@@ -27,14 +27,16 @@ from mixq.quant import adaround, bias_correction
 from mixq.quant.attention_logits import checked_gains
 from mixq.quant.calibration import Batch, call_checked, run_batches
 from mixq.quant.capture import capture_compute, capture_root
+from mixq.quant.eager_dataflow import head_dataflow
 from mixq.quant.fusion import apply_fusions, calls_from_graph, find_fusions, set_submodule, trace_calls
 from mixq.quant.graft import Home, copy_model, home_of
 from mixq.quant.graph import apply_graph_mode, trace
-from mixq.quant.graph_export import NO_NAN_GUARD, export_friendly, export_graph, returns_cache
+from mixq.quant.graph_export import NO_NAN_GUARD, export_friendly, returns_cache
 from mixq.quant.modules import ObservedLayer
 from mixq.quant.modules.registry import adapt_in_place, kind_name, qmodule_class
 from mixq.quant.observers import make_observer
 from mixq.quant.planning import excluded, plan
+from mixq.quant.root_capture import RootCapture, capture_graph, task_root
 from mixq.quant.spec import DEFAULT_WEIGHT, ObserverSpec, QuantConfig, WeightMethod
 from mixq.quant.summary import QuantizationSummary
 
@@ -131,7 +133,8 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
     def spec_of(name: str) -> ObserverSpec:
         return collect or config.choice(name).observer
 
-    exported, export_failed = False, ""
+    capture: RootCapture | None = None  # graph mode through torch.export: what it captured
+    export_failed = ""
     fx_why = trace(qmodel)[1] if observed and probe is not None else ""
     untraceable = bool(fx_why)
     if untraceable and returns_cache(qmodel, probe, probe_outputs[0] if probe_outputs else None):  # type: ignore
@@ -141,13 +144,13 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
                          "with integer attention for whole-sequence use")
     elif untraceable:  # torch.fx cannot: try torch.export
         switches, undo = export_friendly(qmodel)
-        gm, export_failed = export_graph(qmodel, probe, targets)
-        if gm is None:
+        capture, export_failed = _capture_graph(qmodel, targets, probe, summary.notes)  # type: ignore[arg-type]
+        if capture is None:
             undo()
         else:
-            qmodel, exported = gm, True
-            summary.notes += [f"torch.fx could not trace the model ({fx_why}); captured with torch.export instead",
-                              *switches]
+            qmodel = qmodel if capture.root else capture.graph
+            summary.notes += [f"torch.fx could not trace the model ({fx_why}); captured {capture.describe()} with "
+                              "torch.export instead", *switches]
     specs = {}
     for name in observed:
         spec = specs[name] = spec_of(name)
@@ -160,21 +163,56 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
                                                   track_gram=config.adaround and adaround.supports(layer)))
     adds: list[str] = []
     if observed:
-        def add_observer(label: str) -> nn.Module:
-            owner = label.split(" ")[0]  # "mixq_add_0 (a)" -> "mixq_add_0"
-            specs[owner] = spec_of(owner)
-            return make_observer(specs[owner], config.activation, name=label)
+        prefix = capture.prefix if capture else ""  # the graph's names in the model ("bert." for its base model)
 
-        qmodel, adds = apply_graph_mode(qmodel, add_observer, summary.notes, exported=exported,
-                                        untraceable=fx_why, float_outputs=config.float_outputs,
-                                        probe=None if probe is None else lambda m: call_checked(m, probe))
+        def add_observer(label: str) -> nn.Module:
+            owner = prefix + label.split(" ")[0]  # "mixq_add_0 (a)" -> "mixq_add_0"
+            specs[owner] = spec_of(owner)
+            return make_observer(specs[owner], config.activation, name=prefix + label)
+
+        graph, adds = apply_graph_mode(capture.graph if capture else qmodel, add_observer, summary.notes,
+                                       exported=capture is not None, untraceable=fx_why,
+                                       float_outputs=config.float_outputs,
+                                       probe=None if probe is None else lambda m: call_checked(m, probe))
+        adds = [prefix + name for name in adds]
+        qmodel = capture.put_back(qmodel, graph) if capture else graph  # type: ignore[arg-type]
+        if capture and capture.root:
+            _head_dataflow(qmodel, [n for n in observed if not n.startswith(prefix)], probe, config, summary.notes)
         if export_failed:
             summary.notes.append(f"graph mode through torch.export not used: {export_failed}")
-    if not exported and any(config.choice(n).mode != "static" for n in plain):  # dynamic, weight-only, fp16
+    if capture is None and any(config.choice(n).mode != "static" for n in plain):  # dynamic, weight-only, fp16
         summary.notes += export_friendly(qmodel, NO_NAN_GUARD)[0]  # on the copy, kept: the file runs what it runs
     return Prepared(qmodel, config, observed, adds, plain, summary, {n: specs[n] for n in observed + adds},
                     input_shapes={n: shapes[n] for n in targets if n in shapes},
                     home=home if isinstance(qmodel, fx.GraphModule) else None, logit_gains=gains)
+
+
+def _capture_graph(model: nn.Module, targets: list[str], probe: Batch, notes: list[str]
+                   ) -> tuple[RootCapture | None, str]:
+    """Graph mode's ``torch.export`` capture (``mixq.quant.root_capture``): a Hugging Face task model's base
+    model, so its head and loss stay the model's Python (``labels`` work), else the whole model; where the base
+    model cannot be captured alone, the whole model is tried too, as before base models were captured."""
+    root = task_root(model)
+    capture, why = capture_graph(model, root, targets, probe)
+    if capture is not None or not root:
+        return capture, why
+    capture, whole_why = capture_graph(model, "", targets, probe)
+    if capture is None:
+        return None, f"{why} ({root}); {whole_why} (the whole model)"
+    notes.append(f"{root} could not be captured alone ({why}), so the whole model was: its head is part of the "
+                 "graph and calls take only the inputs of the calibration batches")
+    return capture, ""
+
+
+def _head_dataflow(model: nn.Module, head: list[str], probe: Batch, config: QuantConfig, notes: list[str]) -> None:
+    """The observed layers of a task model's head, outside its captured base model, as graph mode treats them:
+    a Linear output no observed module reads stays float (``config.float_outputs``), an input that is another
+    observed layer's output shares its scale (``mixq.quant.eager_dataflow.head_dataflow``)."""
+    if not head:
+        return
+    shared, floats = head_dataflow(model, lambda m: call_checked(m, probe), head, config.float_outputs)
+    notes.append(f"the task head ({', '.join(head)}) runs as the model's own Python: {len(floats)} Linear outputs "
+                 f"stay float (no integer kernel reads them), {shared} inputs share their producer's scale")
 
 
 def calibrate(prepared: Prepared, batches: Iterable[Batch], *, progress: bool = True,

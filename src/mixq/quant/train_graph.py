@@ -24,7 +24,7 @@ from mixq.quant.calibration import Batch, call_model
 from mixq.quant.capture import call_module_instead, plain_graph_module
 from mixq.quant.fusion import set_submodule
 
-__all__ = ["follow_mode"]
+__all__ = ["follow_mode", "mismatch"]
 
 aten = torch.ops.aten
 _DROPOUTS = {aten.dropout.default, aten.dropout_.default}
@@ -148,6 +148,17 @@ def _outputs(module: nn.Module, call: Callable[[nn.Module], Any], training: bool
     return [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
+def mismatch(expected: list[torch.Tensor], got: list[torch.Tensor]) -> str:
+    """How a graph's output tensors ``got`` differ from the model's ``expected`` ("" where they agree to float
+    rounding)."""
+    if len(expected) != len(got):
+        return f"returns {len(got)} tensors where the model returns {len(expected)}"
+    for i, (e, g) in enumerate(zip(expected, got, strict=True)):
+        if e.shape != g.shape or not torch.allclose(e, g, rtol=1e-4, atol=1e-5, equal_nan=True):
+            return f"output {i} differs from the model's"
+    return ""
+
+
 def _differs(gm: fx.GraphModule, model: nn.Module, probe: Batch, reference: tuple[tuple, dict] | None) -> str:
     """Where the graph computes something else than the model on ``probe`` ("" if nowhere): in eval mode, and in
     training mode with the same random seed. ``reference``: the model's own call, when it was called with more
@@ -159,12 +170,9 @@ def _differs(gm: fx.GraphModule, model: nn.Module, probe: Batch, reference: tupl
         with _restored(model), _restored(gm):
             expected = _outputs(model, call_reference, training)
             got = _outputs(gm, lambda m: call_model(m, probe), training)
-        mode = "training" if training else "eval"
-        if len(expected) != len(got):
-            return f"in {mode} mode it returns {len(got)} tensors where the model returns {len(expected)}"
-        for i, (e, g) in enumerate(zip(expected, got, strict=True)):
-            if e.shape != g.shape or not torch.allclose(e, g, rtol=1e-4, atol=1e-5, equal_nan=True):
-                return f"in {mode} mode its output {i} differs from the model's (a branch on self.training?)"
+        why = mismatch(expected, got)
+        if why:
+            return f"in {'training' if training else 'eval'} mode {why} (a branch on self.training?)"
     return ""
 
 
