@@ -234,10 +234,33 @@ def test_a_layer_called_through_a_twin_with_its_tied_weight_is_restored():
     torch.manual_seed(0)
     model = Tied().eval()
     ids = torch.randint(0, 50, (2, 7))
-    gm, why = export_graph(model, ids, ["shared", "encoder.fc"])
-    assert gm is not None, why
+    gm, why, left = export_graph(model, ids, ["shared", "encoder.fc"])
+    assert gm is not None and not left, why
     called = [n.target for n in gm.graph.nodes if n.op == "call_module" and n.target != "_guards_fn"]
     assert called == ["shared", "encoder.fc"]
     assert torch.equal(gm(ids), model(ids))
     model.encoder.embed_tokens = torch.nn.Embedding(50, 16, padding_idx=0)  # no longer a twin: another weight
-    assert export_graph(model, ids, ["shared", "encoder.fc"])[0] is None
+    gm, why, left = export_graph(model, ids, ["shared", "encoder.fc"])
+    assert left == {"shared": "the captured graph never calls it"}  # stays float; the model never uses it
+
+
+def test_a_layer_whose_weight_is_read_directly_stays_float_in_graph_mode():
+    """DeBERTa-v2 reads its relative-position table as ``rel_embeddings.weight`` instead of calling the Embedding:
+    graph mode keeps that layer float (it computes as the model does) and quantizes the rest."""
+    from mixq.quant.graph_export import export_graph
+
+    class ReadsTable(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = torch.nn.Embedding(8, 16)
+            self.fc = torch.nn.Linear(16, 16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) @ self.table.weight.T
+
+    torch.manual_seed(0)
+    model, x = ReadsTable().eval(), torch.randn(3, 5, 16)
+    gm, why, left = export_graph(model, x, ["table", "fc"])
+    assert gm is not None, why
+    assert left == {"table": "the captured graph reads its weight directly instead of calling it as one layer"}
+    assert torch.equal(gm(x), model(x))

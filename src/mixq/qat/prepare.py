@@ -162,9 +162,14 @@ def _prepare_float(model: nn.Module, cfg: QATConfig, example_inputs: Batch | Non
     targets = [name for name in targets if name not in sharp]
     outputs = _output_layers(model, targets, example_inputs, summary.notes) if cfg.float_outputs else set()
     # the layers kept float for sharp logits become module calls too, so a MatMul reading one is found (_graph_mode)
+    kinds = {n: kind_name(model.get_submodule(n)) for n in targets}
     capture, fx_why = _export_for_training(model, targets + list(sharp), example_inputs, summary.notes)
     if capture is not None and not capture.root:
         model = capture.graph
+    for name, why in (capture.left_float if capture is not None else {}).items():
+        if name in kinds:  # not called as one layer in the graph: computes as the model does
+            summary.add(name, kinds[name], "float", why)
+    targets = [n for n in targets if capture is None or n not in capture.left_float]
     for name in targets:
         layer = model.get_submodule(name)
         new = qat_class(layer).prepare(

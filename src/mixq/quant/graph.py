@@ -32,7 +32,7 @@ from mixq.quant.observers import Observer
 
 aten = torch.ops.aten
 _ADDS = {operator.add, operator.iadd, torch.add, aten.add.Tensor}
-_MATMULS = {torch.matmul, operator.matmul, aten.matmul.default}
+_MATMULS = {torch.matmul, operator.matmul, aten.matmul.default, torch.bmm, aten.bmm.default}  # bmm: matmul of 3-D
 _MULS = {operator.mul, torch.mul, aten.mul.Tensor, aten.mul.Scalar}
 _RELU_FUNCTIONS = {torch.relu, F.relu, aten.relu.default}
 # clamps that are a ReLU with an upper bound when their lower bound is 0: (function, default min, default max)

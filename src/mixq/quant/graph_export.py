@@ -134,8 +134,10 @@ def _aliases(model: nn.Module, targets: list[str]) -> dict[str, str]:
     return aliases
 
 
-def _restore_layers(gm: fx.GraphModule, model: nn.Module, targets: list[str]) -> str:
-    """Replace each target layer's ATen call with a ``call_module`` of the original layer; returns why not, or ""."""
+def _restore_layers(gm: fx.GraphModule, model: nn.Module, targets: list[str]) -> tuple[str, dict[str, str]]:
+    """Replace each target layer's ATen call with a ``call_module`` of the original layer. Returns ``(why not or
+    "", {target left float: why})``: a target the program never calls as one operator (its weight read directly,
+    as DeBERTa-v2 reads its relative-position table, or not at all) stays float and computes as the model does."""
     aliases, found = _aliases(model, targets), set()
     for node in list(gm.graph.nodes):
         path = _layer_path(node, aliases)
@@ -150,18 +152,21 @@ def _restore_layers(gm: fx.GraphModule, model: nn.Module, targets: list[str]) ->
         gm.graph.erase_node(node)
         found.add(path)
     twins_found = {_twin_key(model.get_submodule(t)) for t in found} - {None}
-    missing = [t for t in targets if t not in found and _twin_key(model.get_submodule(t)) not in twins_found]
-    if missing:
-        return f"{missing[0]} is not called as one operator in the exported program"
+    missing = {t for t in targets if t not in found and _twin_key(model.get_submodule(t)) not in twins_found}
     gm.graph.eliminate_dead_code()
-    read = [str(n.target) for n in gm.graph.nodes if n.op == "get_attr" and n.users
-            and str(n.target).rpartition(".")[0] in aliases]
-    if read:
-        return f"{read[0]} is also read outside its layer"
+    read = {str(n.target): aliases[str(n.target).rpartition(".")[0]] for n in gm.graph.nodes
+            if n.op == "get_attr" and n.users and str(n.target).rpartition(".")[0] in aliases}
+    outside = [attr for attr, target in read.items() if target not in missing]
+    if outside:
+        return f"{outside[0]} is also read outside its layer", {}
+    read_directly = set(read.values())
+    left = {t: ("the captured graph reads its weight directly instead of calling it as one layer" if t in
+                read_directly else "the captured graph never calls it") for t in targets if t in missing}
     for path in targets:
-        set_submodule(gm, path, model.get_submodule(path))
+        if path not in left:
+            set_submodule(gm, path, model.get_submodule(path))
     gm.recompile()
-    return ""
+    return "", left
 
 
 def _tensors(output: Any) -> list[torch.Tensor]:
@@ -177,10 +182,11 @@ def _differs_from(gm: fx.GraphModule, model: nn.Module, probe: Batch, reference:
 
 
 def export_graph(model: nn.Module, probe: Batch, targets: list[str], training: bool = False,
-                 reference: tuple[tuple, dict] | None = None) -> tuple[fx.GraphModule | None, str]:
-    """``(graph module, "")`` with ``targets`` as ``call_module`` nodes, or ``(None, why not)``. The graph module
-    computes what ``model`` computes, takes the same inputs (batch and sequence axes symbolic) and keeps the
-    model's ``config`` attribute; ``model`` itself is only read.
+                 reference: tuple[tuple, dict] | None = None) -> tuple[fx.GraphModule | None, str, dict[str, str]]:
+    """``(graph module, "", left float)`` with ``targets`` as ``call_module`` nodes but those in ``left float``
+    (target -> why: the program does not call it as one layer, so it stays float), or ``(None, why not, {})``. The
+    graph module computes what ``model`` computes, takes the same inputs (batch and sequence axes symbolic) and keeps
+    the model's ``config`` attribute; ``model`` itself is only read.
 
     ``training=True`` (QAT) captures the training-mode forward and makes it follow ``train()`` / ``eval()`` as the
     model does (:func:`mixq.quant.train_graph.follow_mode`, checked against ``reference``: the model's own call
@@ -197,22 +203,22 @@ def export_graph(model: nn.Module, probe: Batch, targets: list[str], training: b
                 model, positional, keyword), strict=False)
             gm = program.module()
     except Exception as err:  # noqa: BLE001  (any export failure means: fall back to layer by layer)
-        return None, f"{type(err).__name__}: {first_line(err, limit=200)}"
+        return None, f"{type(err).__name__}: {first_line(err, limit=200)}", {}
     finally:
         model.train(was_training)
     if training:
         gm, why = follow_mode(gm, model, probe, reference)
         if gm is None:
-            return None, why
+            return None, why, {}
     elif reference is not None:
         why = _differs_from(gm, model, probe, reference)
         if why:
-            return None, why
-    why = _restore_layers(gm, model, targets)
+            return None, why, {}
+    why, left = _restore_layers(gm, model, targets)
     if why:
-        return None, why
+        return None, why, {}
     if hasattr(model, "config"):
         gm.config = model.config
         if not getattr(gm.config, "architectures", None):  # as transformers' save_pretrained records it
             gm.config.architectures = [type(model).__name__]  # (mixq.from_pretrained rebuilds the float model)
-    return gm, ""
+    return gm, "", left

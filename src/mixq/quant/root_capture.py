@@ -32,12 +32,14 @@ __all__ = ["RootCapture", "capture_graph", "task_root"]
 @dataclasses.dataclass
 class RootCapture:
     """Where graph mode captured the model: ``root`` ("" for the whole model) as ``graph``; ``home`` and
-    ``accepted`` put the graph back under the root's class (:func:`mixq.quant.graft.graft`)."""
+    ``accepted`` put the graph back under the root's class (:func:`mixq.quant.graft.graft`). ``left_float``: the
+    target layers (their names in the model) the graph does not call as one layer, which stay float, and why."""
 
     root: str
     graph: fx.GraphModule
     home: Home | None = None
     accepted: dict[str, Any] = dataclasses.field(default_factory=dict)
+    left_float: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def prefix(self) -> str:
@@ -98,13 +100,14 @@ def capture_graph(model: nn.Module, root: str, targets: list[str], probe: Batch,
         inputs, reference, others = _root_inputs(model, root, probe)
     except TypeError as err:
         return None, f"{root} takes its inputs in a way mixq cannot bind ({first_line(err)})"
-    gm, why = export_graph(module, inputs, inside, training=training, reference=reference)
+    gm, why, left = export_graph(module, inputs, inside, training=training, reference=reference)
     if gm is None:
         return None, why
+    left = {prefix + name: reason for name, reason in left.items()}
     if not root:
-        return RootCapture("", gm), ""
+        return RootCapture("", gm, left_float=left), ""
     if not training:  # the exported program's module refuses train() (the model's .eval() reaches it now) and
         gm = plain_graph_module(gm, f"Captured{type(module).__name__}")  # checks its inputs in a pre-hook
-    capture = RootCapture(root, gm, home_of(module), others)
+    capture = RootCapture(root, gm, home_of(module), others, left)
     set_submodule(model, root, gm)
     return capture, ""

@@ -144,6 +144,7 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
                          "with integer attention for whole-sequence use")
     elif untraceable:  # torch.fx cannot: try torch.export
         switches, undo = export_friendly(qmodel)
+        kinds = {n: kind_name(qmodel.get_submodule(n)) for n in targets}
         capture, export_failed = _capture_graph(qmodel, targets, probe, summary.notes)  # type: ignore[arg-type]
         if capture is None:
             undo()
@@ -151,6 +152,10 @@ def prepare(model: nn.Module, config: QuantConfig, probe: Batch | None, *, obser
             qmodel = qmodel if capture.root else capture.graph
             summary.notes += [f"torch.fx could not trace the model ({fx_why}); captured {capture.describe()} with "
                               "torch.export instead", *switches]
+            for name, why in capture.left_float.items():  # not called as one layer: computes as the model does
+                summary.add(name, kinds[name], "float", why)
+            observed = [n for n in observed if n not in capture.left_float]
+            plain = [n for n in plain if n not in capture.left_float]
     specs = {}
     for name in observed:
         spec = specs[name] = spec_of(name)

@@ -102,7 +102,17 @@ def test_model_reading_its_layers_quantizes_exports_and_stays_close(mode, tmp_pa
         assert not set(ops) & FLOAT_COMPUTE, ops
 
 
-@pytest.mark.parametrize("mode", ("static", "dynamic", "weight_only", "fp16"))
+def test_static_takes_graph_mode_with_the_table_read_whole_left_float(reduce_range):
+    """Static quantization captures this model with torch.export: the model's code (reading its layers) no longer
+    runs, its F.pad merges into the conv, and the table it reads whole (not called as a layer) stays float."""
+    summary = _quantize(_model(), "static", reduce_range).mixq_summary
+    assert any(n.startswith("graph mode (torch.export)") for n in summary.notes), summary.notes
+    table = next(r for r in summary.layers if r.name == "table")
+    assert (table.status, table.detail) == ("float", "the captured graph reads its weight directly instead of "
+                                                     "calling it as one layer")
+
+
+@pytest.mark.parametrize("mode", ("dynamic", "weight_only", "fp16"))  # the layer-by-layer modes: the model's code runs
 def test_quantized_layers_show_the_float_layers_attributes(mode, reduce_range):
     model = _model()
     qmodel = _quantize(model, mode, reduce_range)
