@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection
 import torch
 from torch import nn
 
+from mixq.quant.forward_hooks import run_hooked
 from mixq.quant.graft import copy_model
 from mixq.quant.modules.observed import ObservedAdd, ObservedLayer, ObservedMatMul
 
@@ -55,24 +56,17 @@ def _flow(model: nn.Module, run: Callable[[nn.Module], object]) -> _Flow:
     flow = _Flow({}, {}, {})
     alive: list[object] = []  # tensors stay alive, so their ids are not reused during the pass
 
-    def before(module: nn.Module, args: tuple) -> None:
+    def before(name: str, module: nn.Module, args: tuple) -> None:
         alive.append(args)
-        flow.read.setdefault(names[id(module)], [id(a) for a in args if isinstance(a, torch.Tensor)])
+        flow.read.setdefault(name, [id(a) for a in args if isinstance(a, torch.Tensor)])
 
-    def after(module: nn.Module, args: tuple, output: object) -> None:
+    def after(name: str, module: nn.Module, args: tuple, output: object) -> None:
         alive.append(output)
         if isinstance(output, torch.Tensor):
-            flow.outputs.setdefault(names[id(module)], []).append(id(output))
-            flow.produced.setdefault(id(output), names[id(module)])
+            flow.outputs.setdefault(name, []).append(id(output))
+            flow.produced.setdefault(id(output), name)
 
-    hooks = [h for m in twin.modules() if id(m) in names
-             for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
-    try:
-        with torch.no_grad():
-            run(twin)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    run_hooked(twin, [(names[id(m)], m) for m in twin.modules() if id(m) in names], run, before, after)
     return flow
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mixq.quant.forward_hooks import run_hooked
 from mixq.quant.modules.registry import kind_of
 from mixq.quant.primitives import along
 
@@ -84,7 +85,6 @@ def trace_calls(model: nn.Module, run: Callable[[nn.Module], object]) -> list[_C
     """Run ``run(model)`` once and record every leaf module call's input/output tensor identities."""
     calls: list[_Call] = []
     keep_alive: list[object] = []
-    handles = []
 
     def pre_hook(name, module, args):
         keep_alive.append(args)
@@ -99,16 +99,8 @@ def trace_calls(model: nn.Module, run: Callable[[nn.Module], object]) -> list[_C
                 call.output = _key(output)
                 break
 
-    for name, module in model.named_modules():
-        if name and not list(module.children()):
-            handles.append(module.register_forward_pre_hook(lambda m, a, n=name: pre_hook(n, m, a)))
-            handles.append(module.register_forward_hook(lambda m, a, o, n=name: post_hook(n, m, a, o)))
-    try:
-        with torch.no_grad():
-            run(model)
-    finally:
-        for h in handles:
-            h.remove()
+    leaves = [(name, module) for name, module in model.named_modules() if name and not list(module.children())]
+    run_hooked(model, leaves, run, pre_hook, post_hook)
     return calls
 
 
