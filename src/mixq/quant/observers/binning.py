@@ -37,7 +37,7 @@ passes over the chunk (``abs``, ``count_nonzero``).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -91,9 +91,10 @@ def count_bins(x: torch.Tensor, start: float, width: float, bins: int, lo: float
     of exact zeros (``+0`` or ``-0``). Example: ``count_bins(torch.tensor([0.5, 1.5]), 0.0, 1.0, 2, 0.5, 1.5)``
     is ``(tensor([1, 1]), 0)``.
 
-    With more than one torch thread the chunks are shared among that many worker threads (``_workers``), each
-    counting its own chunks with single-threaded ops: ``torch.bincount`` and ``index_select``, half of the work,
-    have no multithreaded CPU kernel, and torch releases the GIL inside each op. The counts are integers, so the
+    With more than one torch thread the chunks are shared among that many threads (``_workers``: this one and
+    pool threads), each taking the next chunk when done with one and counting it with single-threaded ops:
+    ``torch.bincount`` and ``index_select``, half of the work, have no multithreaded CPU kernel, and torch releases
+    the GIL inside each op. A thread slowed down (a busy core) takes fewer chunks. The counts are integers, so the
     result does not depend on how the chunks were shared."""
     if x.dtype != torch.float32:
         raise TypeError(f"count_bins counts float32 values (the observers' data), got {x.dtype}")
@@ -115,12 +116,13 @@ def count_bins(x: torch.Tensor, start: float, width: float, bins: int, lo: float
                        zeros_possible and not zeros_apart)
         workers = _workers(flat)
         chunks = flat.split(_CHUNK if workers == 1 else _INLINE_CHUNK)
-        # this thread counts one share of the chunks, ``workers - 1`` pool threads the others
-        parts = [_pool(workers - 1).submit(index.count, chunks[i::workers]) for i in range(1, workers)]
-        counts, nonzero = index.count(chunks[::workers])
-        for part in parts:
-            more = part.result()
-            counts, nonzero = counts + more[0], nonzero + more[1]
+        queue = deque(chunks)  # thread-safe pops: each chunk is counted once, by whichever thread is free
+        parts = [_pool(workers - 1).submit(index.count, queue, chunks[0].numel()) for _ in range(1, workers)]
+        counts, nonzero = index.count(queue, chunks[0].numel())
+        for part in parts:  # a pool thread that has not started yet (a busy machine) took nothing: not waited for
+            if not part.cancel():
+                more = part.result()
+                counts, nonzero = counts + more[0], nonzero + more[1]
         if zeros_apart:  # index 0 holds the zeros of bin 0
             zeros = int(counts[0])
             counts[1] += zeros
@@ -140,15 +142,19 @@ class _Index:
     bins: int
     count_nonzero: bool
 
-    def count(self, chunks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """Counts of ``chunks`` (equal sizes but maybe the last) by index (``bins + 1``), and how many are not 0
-        (when ``count_nonzero``)."""
+    def count(self, queue: deque[torch.Tensor], size: int) -> tuple[torch.Tensor, int]:
+        """Takes chunks (at most ``size`` values) from ``queue`` until it is empty: their counts by index
+        (``bins + 1``), and how many are not 0 (when ``count_nonzero``)."""
         with torch.inference_mode():  # per thread: a worker does not inherit the caller's mode
-            size, device, dtype = chunks[0].numel(), chunks[0].device, self.shift.dtype
+            device, dtype = self.lower.device, self.shift.dtype
             buffers = tuple(torch.empty(size, dtype=d, device=device) for d in (dtype, torch.float32, torch.int32))
             counts = torch.zeros(self.bins + 1, dtype=torch.int64, device=device)
             nonzero = 0
-            for chunk in chunks:
+            while True:
+                try:
+                    chunk = queue.popleft()
+                except IndexError:
+                    break
                 t, g, u = buffers if chunk.numel() == size else (b[:chunk.numel()] for b in buffers)
                 g_bits = g.view(torch.int32)
                 torch.add(self.shift, chunk if dtype == torch.float32 else chunk.to(dtype), alpha=self.scale, out=t)
