@@ -50,7 +50,7 @@ _CHUNK = 1 << 17
 # a worker thread's chunks: below torch's 32768-element grain, so each op runs inline in the worker instead of
 # starting torch's own threads from it (which would oversubscribe the cores)
 _INLINE_CHUNK = (1 << 15) - 16
-_MIN_CHUNKS_PER_WORKER = 2
+_MIN_CHUNKS_PER_WORKER = 16
 _PRECISION = {torch.float32: 24, torch.float64: 53}
 _SEARCHED = 512  # tensors this small are counted by ``bucketize`` (see ``count_bins``)
 
@@ -170,8 +170,9 @@ class _Index:
 
 
 def _workers(flat: torch.Tensor) -> int:
-    """How many threads count ``flat``: torch's CPU threads for a tensor of several inline chunks per thread, else
-    one (handing chunks to a thread costs about 50 us)."""
+    """How many threads count ``flat``: torch's CPU threads for a tensor of at least ``_MIN_CHUNKS_PER_WORKER``
+    inline chunks per thread, else one (at 2 threads on a loaded machine, tensors of 131k-524k values, the tiny
+    BERT's, counted slower shared: more, smaller chunks and a thread hand-off per tensor)."""
     if flat.device.type != "cpu":
         return 1
     return max(1, min(torch.get_num_threads(), flat.numel() // (_MIN_CHUNKS_PER_WORKER * _INLINE_CHUNK)))
