@@ -5,12 +5,16 @@ Usage::
     git show main:src/mixq/quant/observers/binning.py > /tmp/binning_main.py
     PYTHONPATH=src .venv/bin/python benchmarks/bench_count_bins.py /tmp/binning_main.py
     PYTHONPATH=src .venv/bin/python benchmarks/bench_count_bins.py /tmp/binning_main.py --threads 1
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_count_bins.py /tmp/binning_main.py --count-bins-only
 
 The models, batches and ``prepare`` are ``bench_calibration.py``'s. Each round times one plain fp32 forward and one
 calibration batch per histogram observer with each ``count_bins`` (the histogram module's name swapped between
 calls), in rotating order, so machine load hits every variant alike; reported are the medians of the per-round
-ratios to the forward. Before timing, both are run on the same batches and every observer's histogram and
-(scale, zero point) must be identical, or the script stops. The CPU flags, threads and load are printed.
+ratios to the forward. ``--count-bins-only`` times just the ``count_bins`` calls of one calibration batch (the
+tensors and ranges the percentile observers saw), without the forward around them, whose time swings on a loaded
+machine; reported are the milliseconds per batch and the median per-round ratio to the baseline. Before timing a
+calibration, both are run on the same batches and every observer's histogram and (scale, zero point) must be
+identical, or the script stops. The CPU flags, threads and load are printed.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ def load_count_bins(path: Path) -> Callable:
     if spec is None or spec.loader is None:
         raise SystemExit(f"cannot load {path}: pass a binning.py file")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     return module.count_bins
 
@@ -99,11 +104,42 @@ def measure(label: str, build: Callable, batch: Callable, variants: dict[str, Ca
             for k, v in times.items()}
 
 
+def measure_count_bins(label: str, build: Callable, batch: Callable, variants: dict[str, Callable],
+                       rounds: int) -> dict:
+    """Each ``count_bins`` on the calls one percentile calibration batch makes, interleaved."""
+    model = build()
+    data = [batch(i) for i in range(3)]
+    prepared = prepare(model, QuantConfig.from_options("static", observer="percentile"), data[0])
+    calibrate(prepared, data[:2], progress=False)
+    calls = []
+    current = histogram_module.count_bins
+
+    def record(*args: object) -> object:
+        calls.append(args)
+        return current(*args)
+
+    histogram_module.count_bins = record
+    calibrate(prepared, data[2:], progress=False)
+    histogram_module.count_bins = current
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    keys = list(variants)
+    for r in range(rounds):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            start = time.perf_counter()
+            for args in calls:
+                variants[k](*args)
+            times[k].append(time.perf_counter() - start)
+    base = times["baseline"]
+    return {k: (statistics.median(v) * 1e3, statistics.median([t / b for t, b in zip(v, base, strict=True)]))
+            for k, v in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("baseline", type=Path, help="a binning.py whose count_bins is the baseline")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--count-bins-only", action="store_true", help="time only the count_bins calls")
     args = parser.parse_args(argv)
     if not args.baseline.is_file():
         parser.error(f"{args.baseline} is not a file; write one with git show main:src/mixq/quant/observers/"
@@ -115,8 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU flags: {sorted(cpu_flags() & set(FLAGS))}; torch threads {torch.get_num_threads()}; "
           f"load average {load_before:.1f}", file=sys.stderr)
     for label, (build, batch, _) in workloads(quick=False).items():
-        rows = measure(label, build, batch, variants, args.rounds)
-        print(f"\n**{label}** (load average {os.getloadavg()[0]:.1f})\n\n| variant | ms/batch | vs fp32 forward |\n"
+        if args.count_bins_only:
+            rows, versus = measure_count_bins(label, build, batch, variants, args.rounds), "vs baseline"
+        else:
+            rows, versus = measure(label, build, batch, variants, args.rounds), "vs fp32 forward"
+        print(f"\n**{label}** (load average {os.getloadavg()[0]:.1f})\n\n| variant | ms/batch | {versus} |\n"
               "|---|---:|---:|")
         for k, (ms, ratio) in rows.items():
             print(f"| {k} | {ms:.1f} | {ratio:.2f}x |")

@@ -37,9 +37,6 @@ passes over the chunk (``abs``, ``count_nonzero``).
 from __future__ import annotations
 
 import functools
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import torch
 
@@ -47,10 +44,6 @@ import torch
 # to spread over its threads (2 idle threads: 7% faster than inline chunks below torch's 32768 grain on the bench
 # models, both equal on 1 thread). A multiple of 16, so every chunk starts 64-byte aligned.
 _CHUNK = 1 << 17
-# a worker thread's chunks: below torch's 32768-element grain, so each op runs inline in the worker instead of
-# starting torch's own threads from it (which would oversubscribe the cores)
-_INLINE_CHUNK = (1 << 15) - 16
-_MIN_CHUNKS_PER_WORKER = 16
 _PRECISION = {torch.float32: 24, torch.float64: 53}
 _SEARCHED = 512  # tensors this small are counted by ``bucketize`` (see ``count_bins``)
 
@@ -84,101 +77,46 @@ def _lower_edges(start: float, width: float, bins: int, zeros_apart: bool) -> to
     return torch.cat([lower.new_full((1,), float("-inf")), lower])
 
 
+@torch.inference_mode()  # the chunk loop is dispatch-bound: skip autograd's bookkeeping
 def count_bins(x: torch.Tensor, start: float, width: float, bins: int, lo: float,
                hi: float) -> tuple[torch.Tensor, int]:
     """Counts of ``x`` (finite float32, values in ``[lo, hi]``) in the ``bins`` bins of ``uniform_edges(start, width,
     bins)`` (int64; every value in the bin that holds it, values beyond the ends in the end bins) and the number
     of exact zeros (``+0`` or ``-0``). Example: ``count_bins(torch.tensor([0.5, 1.5]), 0.0, 1.0, 2, 0.5, 1.5)``
-    is ``(tensor([1, 1]), 0)``.
-
-    With more than one torch thread the chunks are shared among that many threads (``_workers``: this one and
-    pool threads), each taking the next chunk when done with one and counting it with single-threaded ops:
-    ``torch.bincount`` and ``index_select``, half of the work, have no multithreaded CPU kernel, and torch releases
-    the GIL inside each op. A thread slowed down (a busy core) takes fewer chunks. The counts are integers, so the
-    result does not depend on how the chunks were shared."""
+    is ``(tensor([1, 1]), 0)``."""
     if x.dtype != torch.float32:
         raise TypeError(f"count_bins counts float32 values (the observers' data), got {x.dtype}")
-    with torch.inference_mode():  # the chunk loop is dispatch-bound: skip autograd's bookkeeping
-        flat = x.reshape(-1)
-        amax, zeros_possible = max(-lo, hi), lo <= 0.0 <= hi
-        # one binary search per value: exact (the same comparisons), and cheaper than the chunk loop's fixed cost
-        # on a few values (10 vs 70 us on 16, equal near 1k); a float64 index only where float32 cannot carry the
-        # margin
-        if flat.numel() <= _SEARCHED or _margin(start, width, bins, amax, torch.float64) >= 0.25:
-            lower = _lower_edges(start, width, bins, False).to(flat.device)
-            index = torch.bucketize(flat, lower[2:], right=True)
-            return torch.bincount(index, minlength=bins), flat.numel() - int(torch.count_nonzero(flat))
-        dtype = torch.float32 if _margin(start, width, bins, amax, torch.float32) < 0.25 else torch.float64
-        zeros_apart = lo == 0.0 and start == 0.0  # every value is in bin 0 or above, and 0 is its lower edge
-        shift = torch.tensor(1.0 - start / width + _margin(start, width, bins, amax, dtype), dtype=dtype,
-                             device=flat.device)
-        index = _Index(_lower_edges(start, width, bins, zeros_apart).to(flat.device), shift, 1.0 / width, bins,
-                       zeros_possible and not zeros_apart)
-        workers = _workers(flat)
-        chunks = flat.split(_CHUNK if workers == 1 else _INLINE_CHUNK)
-        queue = deque(chunks)  # thread-safe pops: each chunk is counted once, by whichever thread is free
-        parts = [_pool(workers - 1).submit(index.count, queue, chunks[0].numel()) for _ in range(1, workers)]
-        counts, nonzero = index.count(queue, chunks[0].numel())
-        for part in parts:  # a pool thread that has not started yet (a busy machine) took nothing: not waited for
-            if not part.cancel():
-                more = part.result()
-                counts, nonzero = counts + more[0], nonzero + more[1]
-        if zeros_apart:  # index 0 holds the zeros of bin 0
-            zeros = int(counts[0])
-            counts[1] += zeros
-        else:
-            zeros = flat.numel() - nonzero if zeros_possible else 0
-    return counts[1:], zeros
-
-
-@dataclass(frozen=True)
-class _Index:
-    """The exact bin index of the module docstring for one call, one place up (index ``i + 1`` is bin ``i``): the
-    table ``lower`` (``_lower_edges``), ``t``'s shift and scale, and whether to count nonzero values."""
-
-    lower: torch.Tensor
-    shift: torch.Tensor
-    scale: float
-    bins: int
-    count_nonzero: bool
-
-    def count(self, queue: deque[torch.Tensor], size: int) -> tuple[torch.Tensor, int]:
-        """Takes chunks (at most ``size`` values) from ``queue`` until it is empty: their counts by index
-        (``bins + 1``), and how many are not 0 (when ``count_nonzero``)."""
-        with torch.inference_mode():  # per thread: a worker does not inherit the caller's mode
-            device, dtype = self.lower.device, self.shift.dtype
-            buffers = tuple(torch.empty(size, dtype=d, device=device) for d in (dtype, torch.float32, torch.int32))
-            counts = torch.zeros(self.bins + 1, dtype=torch.int64, device=device)
-            nonzero = 0
-            while True:
-                try:
-                    chunk = queue.popleft()
-                except IndexError:
-                    break
-                t, g, u = buffers if chunk.numel() == size else (b[:chunk.numel()] for b in buffers)
-                g_bits = g.view(torch.int32)
-                torch.add(self.shift, chunk if dtype == torch.float32 else chunk.to(dtype), alpha=self.scale, out=t)
-                u.copy_(t.clamp_(1, self.bins))  # truncation: the floor, as t >= 1
-                torch.index_select(self.lower, 0, u, out=g)
-                torch.sub(chunk, g, out=g)
-                torch.bitwise_right_shift(g_bits, 31, out=g_bits)  # -1 where x < lower[u], else 0
-                counts += torch.bincount(u.add_(g_bits), minlength=self.bins + 1)
-                if self.count_nonzero:
-                    torch.abs(chunk, out=g)  # -0 has a sign bit
-                    nonzero += int(torch.count_nonzero(g_bits))
-        return counts, nonzero
-
-
-def _workers(flat: torch.Tensor) -> int:
-    """How many threads count ``flat``: torch's CPU threads for a tensor of at least ``_MIN_CHUNKS_PER_WORKER``
-    inline chunks per thread, else one (at 2 threads on a loaded machine, tensors of 131k-524k values, the tiny
-    BERT's, counted slower shared: more, smaller chunks and a thread hand-off per tensor)."""
-    if flat.device.type != "cpu":
-        return 1
-    return max(1, min(torch.get_num_threads(), flat.numel() // (_MIN_CHUNKS_PER_WORKER * _INLINE_CHUNK)))
-
-
-@functools.lru_cache(maxsize=4)
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """The threads ``count_bins`` shares chunks with (created on first use, kept for the process)."""
-    return ThreadPoolExecutor(workers, thread_name_prefix="mixq-count-bins")
+    flat = x.reshape(-1)
+    amax, zeros_possible = max(-lo, hi), lo <= 0.0 <= hi
+    zeros_apart = lo == 0.0 and start == 0.0  # no value below bin 0, whose lower edge is 0: zeros at index 0
+    lower = _lower_edges(start, width, bins, zeros_apart).to(flat.device)
+    # one binary search per value: exact (the same comparisons), and cheaper than the chunk loop's fixed cost on
+    # a few values (10 vs 70 us on 16, equal near 1k); a float64 index only where float32 cannot carry the margin
+    if flat.numel() <= _SEARCHED or _margin(start, width, bins, amax, torch.float64) >= 0.25:
+        index = torch.bucketize(flat, lower[2:], right=True)
+        return torch.bincount(index, minlength=bins), flat.numel() - int(torch.count_nonzero(flat))
+    dtype = torch.float32 if _margin(start, width, bins, amax, torch.float32) < 0.25 else torch.float64
+    shift = torch.tensor(1.0 - start / width + _margin(start, width, bins, amax, dtype), dtype=dtype,
+                         device=flat.device)
+    scale = 1.0 / width
+    size = min(flat.numel(), _CHUNK)
+    buffers = tuple(torch.empty(size, dtype=d, device=flat.device) for d in (dtype, torch.float32, torch.int32))
+    counts = torch.zeros(bins + 1, dtype=torch.int64, device=flat.device)  # one place up: index i + 1 is bin i
+    nonzero, count_nonzero = 0, zeros_possible and not zeros_apart
+    for chunk in flat.split(_CHUNK):
+        t, g, u = buffers if chunk.numel() == size else (b[:chunk.numel()] for b in buffers)
+        g_bits = g.view(torch.int32)
+        torch.add(shift, chunk if dtype == torch.float32 else chunk.to(dtype), alpha=scale, out=t)
+        u.copy_(t.clamp_(1, bins))  # truncation: the floor, as t >= 1
+        torch.index_select(lower, 0, u, out=g)
+        torch.sub(chunk, g, out=g)
+        torch.bitwise_right_shift(g_bits, 31, out=g_bits)  # -1 where x < lower[u], else 0
+        counts += torch.bincount(u.add_(g_bits), minlength=bins + 1)
+        if count_nonzero:
+            torch.abs(chunk, out=g)  # -0 has a sign bit
+            nonzero += int(torch.count_nonzero(g_bits))
+    if zeros_apart:  # index 0 holds the zeros of bin 0
+        zeros = int(counts[0])
+        counts[1] += zeros
+        return counts[1:], zeros
+    return counts[1:], (flat.numel() - nonzero) if zeros_possible else 0
