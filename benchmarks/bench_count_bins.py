@@ -12,9 +12,9 @@ calibration batch per histogram observer with each ``count_bins`` (the histogram
 calls), in rotating order, so machine load hits every variant alike; reported are the medians of the per-round
 ratios to the forward. ``--count-bins-only`` times just the ``count_bins`` calls of one calibration batch (the
 tensors and ranges the percentile observers saw), without the forward around them, whose time swings on a loaded
-machine; reported are the milliseconds per batch and the median per-round ratio to the baseline. Before timing a
-calibration, both are run on the same batches and every observer's histogram and (scale, zero point) must be
-identical, or the script stops. The CPU flags, threads and load are printed.
+machine; reported are the milliseconds per batch and the median per-round ratio to the baseline. Before timing,
+both must give identical counts on every call, and for a calibration identical histograms and (scale, zero point)
+for every observer on the same batches, or the script stops. The CPU flags, threads and load are printed.
 """
 
 from __future__ import annotations
@@ -121,6 +121,10 @@ def measure_count_bins(label: str, build: Callable, batch: Callable, variants: d
     histogram_module.count_bins = record
     calibrate(prepared, data[2:], progress=False)
     histogram_module.count_bins = current
+    for args in calls:
+        (counts, zeros), *others = (count_bins(*args) for count_bins in variants.values())
+        if not all(torch.equal(counts, c) and zeros == z for c, z in others):
+            raise SystemExit(f"{label}: the two count_bins count differently; timings would compare different work")
     times: dict[str, list[float]] = {k: [] for k in variants}
     keys = list(variants)
     for r in range(rounds):
