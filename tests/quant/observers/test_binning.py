@@ -3,15 +3,23 @@ float64 edges land in the bin that holds them."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixq.quant.observers import PercentileObserver
-from mixq.quant.observers.binning import _CHUNK, _margin, ceil_float32, count_bins, uniform_edges
-from mixq.quant.spec import DEFAULT_ACTIVATION
+from mixq.quant.observers import EntropyObserver, MSEObserver, PercentileObserver
+from mixq.quant.observers.binning import (
+    _CHUNK,
+    _margin,
+    ceil_float32,
+    count_bins,
+    uniform_edges,
+)
+from mixq.quant.spec import DEFAULT_ACTIVATION, QuantSpec
 
 
 def _reference(x: torch.Tensor, start: float, width: float, bins: int) -> tuple[np.ndarray, int]:
@@ -107,3 +115,89 @@ def test_small_tensors_take_the_search_and_count_the_same():
 def test_other_dtypes_are_refused():
     with pytest.raises(TypeError, match="float32"):
         count_bins(torch.zeros(4, dtype=torch.float64), 0.0, 1.0, 16, 0.0, 0.0)
+
+
+@pytest.fixture
+def threads(request):
+    """Run the test with ``request.param`` torch threads (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3], indirect=True)
+@pytest.mark.parametrize("start", [pytest.param(-1.0, id="signed"), pytest.param(0.0, id="from-0-zeros-apart")])
+def test_counts_do_not_depend_on_how_many_threads_count_them(threads, start):
+    bins, width = 512, 2.0 / 512
+    x = _adversarial(start, width, bins, seed=6, extra=3 * _CHUNK)
+    x = x[x >= start]  # from 0: no value below the first edge, so zeros are counted at index 0 (lo = start = 0)
+    x[:5000] = 0.0
+    x[5000:6000] = -0.0
+    _check(x, start, width, bins)
+
+
+@pytest.mark.parametrize("size", [pytest.param(300, id="searched"), pytest.param(5000, id="one-chunk"),
+                                  pytest.param(3 * _CHUNK, id="chunks")])
+def test_nonnegative_data_from_0_count_their_zeros_exactly(size):
+    bins, width = 256, 6.0 / 256
+    x = _adversarial(0.0, width, bins, seed=7, extra=size)
+    x = x[x >= 0.0][:size]
+    x[: size // 3] = 0.0  # ReLU outputs: many zeros of both signs, and the least positive floats beside them
+    x[size // 3: size // 2] = -0.0
+    x[size // 2: size // 2 + 10] = torch.finfo(torch.float32).smallest_normal * 2.0**-23
+    _check(x[torch.randperm(size, generator=torch.Generator().manual_seed(8))], 0.0, width, bins)
+
+
+class _ReferenceHistogram:
+    """The histogram observers' statistics computed the plain way: the documented widening (whole old bins merged)
+    and each batch binned by a float64 search of the edges."""
+
+    def __init__(self, bins: int) -> None:
+        self.bins, self.hist, self.zeros, self.lo, self.hi = bins, np.zeros(bins), 0, np.inf, -np.inf
+
+    def observe(self, x: torch.Tensor) -> None:
+        lo, hi = float(x.min()), float(x.max())
+        n = self.bins
+        if self.lo == np.inf:
+            self.start, self.width = lo, (hi - lo) / n
+        elif lo < self.start or hi > self.start + n * self.width:
+            shift = max(0, math.ceil((self.start - lo) / self.width))
+            new_start = self.start - shift * self.width
+            end = self.start + n * self.width
+            factor = max(1, math.ceil((max(hi, end) - new_start) / (n * self.width)), math.ceil((n + shift) / n))
+            index = np.minimum((np.arange(n) + shift) // factor, n - 1)
+            self.hist = np.bincount(index, weights=self.hist, minlength=n)
+            self.start, self.width = new_start, self.width * factor
+        counts, zeros = _reference(x, self.start, self.width, n)
+        self.hist, self.zeros = self.hist + counts, self.zeros + zeros
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"num_batches": torch.tensor(1), "histogram": torch.from_numpy(self.hist),
+                "hist_min": torch.tensor(self.start, dtype=torch.float64),
+                "bin_width": torch.tensor(self.width, dtype=torch.float64), "min_val": torch.tensor(self.lo),
+                "max_val": torch.tensor(self.hi), "zero_count": torch.tensor(float(self.zeros), dtype=torch.float64)}
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("cls", [PercentileObserver, MSEObserver, EntropyObserver])
+@pytest.mark.parametrize("relu", [pytest.param(True, id="relu6-outputs"), pytest.param(False, id="signed")])
+def test_observer_statistics_and_ranges_equal_a_plain_reference(threads, cls, relu):
+    spec = DEFAULT_ACTIVATION if relu else QuantSpec("int8", granularity="per_tensor")
+    obs, ref = cls(spec, bins=512), _ReferenceHistogram(512)
+    gen = torch.Generator().manual_seed(9)
+    for scale, size in [(0.5, 300), (1.0, _CHUNK + 5000), (3.0, 2 * _CHUNK), (2.0, 40000)]:  # ranges grow
+        x = torch.randn(size, generator=gen) * scale
+        x = x.clamp(0.0, 6.0) if relu else x
+        obs(x)
+        ref.observe(x)
+        np.testing.assert_array_equal(obs.histogram.numpy(), ref.hist)
+    with pytest.raises(ValueError, match="non-finite"):
+        obs(torch.tensor([1.0, float("inf")]))  # refused before it touches the statistics
+    planned = cls(spec, bins=512)
+    planned.load_state_dict(ref.state_dict())
+    for key, value in planned.state_dict().items():
+        assert key == "num_batches" or torch.equal(obs.state_dict()[key], value), key
+    for got, expected in zip(obs.calculate_qparams(), planned.calculate_qparams(), strict=True):
+        assert torch.equal(got, expected)

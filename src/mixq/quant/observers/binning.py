@@ -25,6 +25,13 @@ once: the bound holds too), so ``|t - ((x - start)/w + D)| <= r*(M/w + D) + (2r 
 and ``floor(t)`` is ``b`` or ``b + 1``; clamping ``t`` to ``[0, bins - 1]`` clamps it the same way. If ``u =
 clamp(b + 1) != clamp(b)``, then ``u = b + 1 >= 1`` and ``x < e[u]``; if ``u = clamp(b)``, then ``u = 0``
 (``g[0] = -inf``) or ``x >= e[b] >= e[u]``. Either way ``u - [x < g[u]] = clamp(b)``.
+
+The chunk loop computes all this one place up (``t + 1`` clamped to ``[1, bins]``, the 1 folded into ``c``: its
+rounding adds at most ``r`` to the error, inside the ``+ 2`` of ``D``), so index 0 is free for exact zeros. When
+the histogram starts at 0 and no value is below it (``lo == start == 0``: ReLU outputs, often half zeros), bin 0's
+entry in the table is the least positive float32 instead of ``-inf``: a zero has ``t = c < 2``, so index 1, and
+``x < 2**-149`` moves exactly the zeros to index 0. The one ``bincount`` then counts them, instead of two more
+passes over the chunk (``abs``, ``count_nonzero``).
 """
 
 from __future__ import annotations
@@ -60,13 +67,14 @@ def _margin(start: float, width: float, bins: int, amax: float, dtype: torch.dty
 
 
 @functools.lru_cache(maxsize=256)  # a histogram's bins change only when it widens: reuse the table until then
-def _lower_edges(start: float, width: float, bins: int) -> torch.Tensor:
-    """``g`` of the module docstring: each bin's lower edge rounded up to float32, ``-inf`` for bin 0 (shared:
-    read only)."""
+def _lower_edges(start: float, width: float, bins: int, zeros_apart: bool) -> torch.Tensor:
+    """``g`` of the module docstring one place up: entry ``i + 1`` is bin ``i``'s lower edge rounded up to float32,
+    entry 1 is ``-inf``, or the least positive float32 with ``zeros_apart`` (then ``start`` is 0 and exact zeros
+    get index 0); entry 0 is unused (shared: read only)."""
     lower = ceil_float32(uniform_edges(start, width, bins)[:-1])
-    lower[0] = float("-inf")
+    lower[0] = torch.finfo(torch.float32).smallest_normal * 2.0**-23 if zeros_apart else float("-inf")
     lower[lower == 0.0] = -0.0  # -0.0 - (+0.0) is -0.0, whose sign bit would say -0.0 < +0.0
-    return lower
+    return torch.cat([lower.new_full((1,), float("-inf")), lower])
 
 
 @torch.inference_mode()  # the chunk loop is dispatch-bound: skip autograd's bookkeeping
@@ -80,29 +88,35 @@ def count_bins(x: torch.Tensor, start: float, width: float, bins: int, lo: float
         raise TypeError(f"count_bins counts float32 values (the observers' data), got {x.dtype}")
     flat = x.reshape(-1)
     amax, zeros_possible = max(-lo, hi), lo <= 0.0 <= hi
-    lower = _lower_edges(start, width, bins).to(flat.device)
+    zeros_apart = lo == 0.0 and start == 0.0  # no value below bin 0, whose lower edge is 0: zeros at index 0
+    lower = _lower_edges(start, width, bins, zeros_apart).to(flat.device)
     # one binary search per value: exact (the same comparisons), and cheaper than the chunk loop's fixed cost on
     # a few values (10 vs 70 us on 16, equal near 1k); a float64 index only where float32 cannot carry the margin
     if flat.numel() <= _SEARCHED or _margin(start, width, bins, amax, torch.float64) >= 0.25:
-        index = torch.bucketize(flat, lower[1:], right=True)
+        index = torch.bucketize(flat, lower[2:], right=True)
         return torch.bincount(index, minlength=bins), flat.numel() - int(torch.count_nonzero(flat))
     dtype = torch.float32 if _margin(start, width, bins, amax, torch.float32) < 0.25 else torch.float64
-    shift = torch.tensor(-start / width + _margin(start, width, bins, amax, dtype), dtype=dtype, device=flat.device)
+    shift = torch.tensor(1.0 - start / width + _margin(start, width, bins, amax, dtype), dtype=dtype,
+                         device=flat.device)
     scale = 1.0 / width
     size = min(flat.numel(), _CHUNK)
     buffers = tuple(torch.empty(size, dtype=d, device=flat.device) for d in (dtype, torch.float32, torch.int32))
-    counts = torch.zeros(bins, dtype=torch.int64, device=flat.device)
-    nonzero = 0
+    counts = torch.zeros(bins + 1, dtype=torch.int64, device=flat.device)  # one place up: index i + 1 is bin i
+    nonzero, count_nonzero = 0, zeros_possible and not zeros_apart
     for chunk in flat.split(_CHUNK):
         t, g, u = buffers if chunk.numel() == size else (b[:chunk.numel()] for b in buffers)
         g_bits = g.view(torch.int32)
         torch.add(shift, chunk if dtype == torch.float32 else chunk.to(dtype), alpha=scale, out=t)
-        u.copy_(t.clamp_(0, bins - 1))  # truncation: the floor, as t >= 0
+        u.copy_(t.clamp_(1, bins))  # truncation: the floor, as t >= 1
         torch.index_select(lower, 0, u, out=g)
         torch.sub(chunk, g, out=g)
-        torch.bitwise_right_shift(g_bits, 31, out=g_bits)  # -1 where x < g[u], else 0
-        counts += torch.bincount(u.add_(g_bits), minlength=bins)
-        if zeros_possible:
+        torch.bitwise_right_shift(g_bits, 31, out=g_bits)  # -1 where x < lower[u], else 0
+        counts += torch.bincount(u.add_(g_bits), minlength=bins + 1)
+        if count_nonzero:
             torch.abs(chunk, out=g)  # -0 has a sign bit
             nonzero += int(torch.count_nonzero(g_bits))
-    return counts, (flat.numel() - nonzero) if zeros_possible else 0
+    if zeros_apart:  # index 0 holds the zeros of bin 0
+        zeros = int(counts[0])
+        counts[1] += zeros
+        return counts[1:], zeros
+    return counts[1:], (flat.numel() - nonzero) if zeros_possible else 0
