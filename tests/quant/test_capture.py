@@ -145,6 +145,19 @@ def test_what_torch_fx_cannot_trace_goes_to_torch_export():
     assert capture._traced(StandardisedConv(3, 4, 3), (torch.randn(2, 3, 6, 6),), {}) is None  # computed weight
 
 
+def test_a_trace_is_checked_against_the_output_the_probe_pass_recorded():
+    conv, x = FunctionalConv(4), torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        y = conv(x)
+    assert capture._traced(conv, (x,), {}, expected=y) is not None
+    assert capture._traced(conv, (x,), {}, expected=y + 1e-6) is None  # not what the module computed: torch.export
+    model = nn.Sequential(FunctionalConv(4), nn.ReLU())
+    outputs: dict = {}
+    capture.first_call_inputs(model, ["0"], x, call=lambda m, b: m(b), outputs=outputs)
+    with torch.no_grad():
+        assert torch.equal(outputs["0"], model[0](x))  # a copy of the first call's output
+
+
 def test_a_computed_weight_is_folded_once_from_the_parameters(wild):
     model, batches = wild
     qmodel = mixq.quantize(model, "fp16", example_inputs=batches[0], progress=False)

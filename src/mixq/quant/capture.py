@@ -290,12 +290,17 @@ def _same_outputs(a: Any, b: Any) -> bool:
         torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in zip(flat_a, flat_b, strict=True))
 
 
-def _traced(module: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule | None:
+def _copied(value: Any) -> Any:
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+def _traced(module: nn.Module, args: tuple, kwargs: dict, expected: Any = None) -> fx.GraphModule | None:
     """``module`` traced with ``torch.fx`` (milliseconds; ``torch.export`` takes a tenth of a second or more), its
     ``F.conv1d`` / ``F.conv2d`` / ``F.linear`` / ``matmul`` calls as the ATen ops ``torch.export`` records, its
     non-tensor inputs fixed to this call's. None where the trace fails, where the graph reads a weight-shaped tensor
     in any other way (a computed weight, ``W.t()``), or where it does not compute exactly the module's output for
-    this call: ``torch.export`` then captures the module."""
+    this call (``expected``, when the probe pass recorded it; else the module is run once): ``torch.export`` then
+    captures the module."""
     try:
         bound = inspect.signature(module.forward).bind(*args, **kwargs)
     except TypeError:
@@ -318,7 +323,8 @@ def _traced(module: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule | No
         return None
     try:
         with torch.no_grad():
-            same = _same_outputs(module(*args, **kwargs), gm(*args, **kwargs))
+            reference = module(*args, **kwargs) if expected is None else expected
+            same = _same_outputs(reference, gm(*args, **kwargs))
     except Exception:  # noqa: BLE001
         return None
     return gm if same else None
@@ -351,14 +357,14 @@ def _shapes_by_name(module: nn.Module, args: tuple, kwargs: dict, spec: Callable
 
 
 def _captured(module: nn.Module, args: tuple, kwargs: dict, trainable: bool,
-              templates: dict[Hashable, fx.GraphModule] | None = None
+              templates: dict[Hashable, fx.GraphModule] | None = None, expected: Any = None
               ) -> tuple[fx.GraphModule | None, list[str], str, str]:
     """``(graph module, layers made, "", tool)`` for ``module`` captured on one call's inputs with its compute on
     weights as plain layers, by ``tool`` (``torch.fx`` where :func:`_traced` can, else ``torch.export``);
     ``(None, [], "", tool)`` when it computes nothing mixq quantizes, ``(None, [], why, tool)`` on failure.
     ``templates``: ``torch.export`` captures by ``capture_reuse.signature``, reused for (and extended by) identical
-    instances."""
-    traced = _traced(module, args, kwargs)
+    instances. ``expected``: the module's output on these inputs, where the probe pass recorded it."""
+    traced = _traced(module, args, kwargs, expected)
     if traced is not None:
         made, why = _rewrite(traced, module, trainable)
         return (traced if made and not why else None), made, why, "torch.fx"
@@ -415,12 +421,20 @@ def _trains_alike(child: nn.Module) -> bool:
 
 
 def first_call_inputs(model: nn.Module, names: list[str], probe: Batch,
-                      call: Callable[[nn.Module, Batch], Any] = call_checked) -> dict[str, tuple[tuple, dict]]:
+                      call: Callable[[nn.Module, Batch], Any] = call_checked,
+                      outputs: dict[str, Any] | None = None) -> dict[str, tuple[tuple, dict]]:
     """The first call's ``(args, kwargs)`` of each named module during one forward pass of ``probe`` (run by
-    ``call``: by default a batch the model cannot take is refused in one line)."""
+    ``call``: by default a batch the model cannot take is refused in one line). ``outputs``, when given, receives
+    a copy of each first call's output (what a capture of the module must compute from those inputs)."""
     seen: dict[str, tuple[tuple, dict]] = {}
     hooks = [model.get_submodule(n).register_forward_pre_hook(
         lambda m, a, k, n=n: seen.setdefault(n, (a, k)) and None, with_kwargs=True) for n in names]
+    if outputs is not None:
+        def record(name: str, output: Any) -> None:  # returns None: the module's output is left as it is
+            if name not in outputs:
+                outputs[name] = tree_map(_copied, output)
+
+        hooks += [model.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: record(n, o)) for n in names]
     try:
         with torch.no_grad():
             call(model, probe)
@@ -440,7 +454,8 @@ def capture_compute(model: nn.Module, probe: Batch | None, notes: list[str], exc
         return {}
     if probe is None:
         return {n: "pass example_inputs (or calib_data) so mixq can capture what its forward computes" for n in names}
-    inputs = first_call_inputs(model, names, probe)
+    outputs: dict[str, Any] = {}
+    inputs = first_call_inputs(model, names, probe, outputs=outputs)
     failed: dict[str, str] = {}
     templates: dict[Hashable, fx.GraphModule] = {}
     for name in names:
@@ -452,7 +467,7 @@ def capture_compute(model: nn.Module, probe: Batch | None, notes: list[str], exc
             failed[name] = ("QAT captures only modules whose children are registered layers or stateless "
                             "(padding, activations)")
             continue
-        gm, made, why, tool = _captured(module, *inputs[name], trainable, templates)
+        gm, made, why, tool = _captured(module, *inputs[name], trainable, templates, outputs.get(name))
         if why:
             failed[name] = why
         if gm is None:
